@@ -31,6 +31,7 @@ from . import __version__
 from .backbones import BackboneSpec, FeatureExtractor, create_backbone, get_spec
 from .data import (
     DEFAULT_MAX_PIXELS,
+    Batch,
     ImageDataset,
     ImageSource,
     make_loader,
@@ -358,32 +359,28 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
         writer = _PartWriter(journal)
         seq = journal.next_seq()
         try:
-            with _num_threads(threads):
-                loader = make_loader(dataset, pending, batch_size=batch_size,
-                                     num_workers=workers,
-                                     pin_memory=ext.device.type == "cuda")
-                for batch in loader:
-                    codes = ext(batch.images)
-                    for k, v in codes.items():
-                        if v.shape[0]:
-                            layer_dims[k] = int(v.shape[1])
-                    fails = [(src.paths[i], r) for i, r in batch.failures]
-                    for p, r in fails:
-                        log.warning("skipping %s: %s", p, r)
-                    new_failures.extend(fails)
-                    writer.put(Part(
-                        seq=seq,
-                        paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
-                        labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0
-                                         else "" for i in batch.indices], dtype=np.str_),
-                        codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
-                        fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
-                        fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
-                    ))
-                    seq += 1
-                    n_new += len(batch.indices)
-                    if bar is not None:
-                        bar.update(len(batch.indices) + len(batch.failures))
+            for batch, codes in iter_codes(dataset, ext, pending, batch_size=batch_size,
+                                           num_workers=workers, threads=threads):
+                for k, v in codes.items():
+                    if v.shape[0]:
+                        layer_dims[k] = int(v.shape[1])
+                fails = [(src.paths[i], r) for i, r in batch.failures]
+                for p, r in fails:
+                    log.warning("skipping %s: %s", p, r)
+                new_failures.extend(fails)
+                writer.put(Part(
+                    seq=seq,
+                    paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
+                    labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0
+                                     else "" for i in batch.indices], dtype=np.str_),
+                    codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
+                    fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
+                    fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
+                ))
+                seq += 1
+                n_new += len(batch.indices)
+                if bar is not None:
+                    bar.update(len(batch.indices) + len(batch.failures))
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: keeping the %d images done so far; rerun the same "
@@ -419,6 +416,94 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     if interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def iter_codes(dataset: ImageDataset, ext: CodeExtractor, indices: Sequence[int], *,
+               batch_size: int, num_workers: int, threads: int | None = None
+               ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+    """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop)."""
+    with _num_threads(threads):
+        loader = make_loader(dataset, indices, batch_size=batch_size, num_workers=num_workers,
+                             pin_memory=ext.device.type == "cuda")
+        for batch in loader:
+            yield batch, ext(batch.images)
+
+
+@dataclass
+class ArrayCodes:
+    """In-memory codes of a source (for predict and the sklearn transformer).
+
+    ``codes[layer]`` rows align with ``paths``/``labels``/``index`` (positions in the source);
+    files that could not be decoded are in ``failures`` and have no row.
+    """
+
+    paths: list[str]
+    index: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    codes: dict[str, np.ndarray]
+    failures: list[tuple[str, str]]
+    provenance: dict[str, Any]
+
+
+def extract_arrays(
+    source: str | os.PathLike | Sequence[str] | ImageSource,
+    *,
+    extractor: CodeExtractor | None = None,
+    backbone: str = "mobilenet_v2",
+    weights: str | None = "auto",
+    layers: str | Sequence[str] | None = None,
+    pooling: str = "avg",
+    input_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    classes: Sequence[str] | None = None,
+) -> ArrayCodes:
+    """Like :func:`extract` but returns the codes in memory instead of writing a store.
+
+    Pass ``extractor`` to reuse an already built :class:`CodeExtractor` (its options win).
+    """
+    src = open_source(source, classes=classes)
+    ext = extractor or CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
+                                     input_size=input_size, device=device, precision=precision)
+    workers = default_workers(ext.device) if num_workers is None else int(num_workers)
+    if len(src) < 2 * batch_size:
+        workers = min(workers, 1 if len(src) > batch_size else 0)
+    dataset = ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+    idx: list[int] = []
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ext.layers}
+    failures: list[tuple[str, str]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(src), unit="img", desc=f"codes {ext.spec.name}", dynamic_ncols=True)
+    try:
+        for batch, codes in iter_codes(dataset, ext, range(len(src)), batch_size=batch_size,
+                                       num_workers=workers, threads=threads):
+            idx.extend(batch.indices)
+            for k, v in codes.items():
+                if v.shape[0]:
+                    chunks[k].append(v)
+            failures.extend((src.paths[i], r) for i, r in batch.failures)
+            if bar is not None:
+                bar.update(len(batch.indices) + len(batch.failures))
+    finally:
+        if bar is not None:
+            bar.close()
+    index = np.asarray(idx, np.int64)
+    out = {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32))
+           for k, v in chunks.items()}
+    for p, r in failures:
+        log.warning("skipping %s: %s", p, r)
+    prov = ext.provenance()
+    prov.update({"root": os.fspath(src.root), "source_kind": src.kind})
+    return ArrayCodes([src.paths[i] for i in idx], index, src.labels[index], list(src.classes),
+                      out, failures, prov)
 
 
 def command_line() -> str:
