@@ -128,7 +128,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             precision=args.precision, dtype=args.dtype, compression=args.compression,
             threads=args.threads, overwrite=args.overwrite, retry_failed=args.retry_failed,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-            progress=not args.no_progress, command=command_line())
+            progress=not args.no_progress, command=command_line(args.argv))
     except KeyboardInterrupt as e:
         res = e.args[0] if e.args and isinstance(e.args[0], ExtractResult) else None
         kept = f" {res.rows} rows are saved in {res.path};" if res else ""
@@ -240,7 +240,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnncodes`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _setup_logging(args.verbose, args.quiet)
     from .store import StoreMismatchError
     from .weights import WeightsUnavailableError

@@ -506,6 +506,6 @@ def extract_arrays(
                       out, failures, prov)
 
 
-def command_line() -> str:
-    """The current process's command line, shell-quoted (for provenance)."""
-    return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line, shell-quoted (for provenance): ``cnncodes <argv>``."""
+    return shlex.join(["cnncodes"] + list(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real images generated on the fly (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# tests never touch the network: point the hub cache at an empty folder unless told otherwise
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-empty"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def make_image(rng: np.random.Generator, cls: int, size=(40, 48)) -> Image.Image:
+    """A small RGB image whose colour and texture depend on its class (learnable, not trivial)."""
+    h, w = size
+    base = np.zeros((h, w, 3), np.float32)
+    base[..., cls % 3] = 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = (np.sin((xx if cls % 2 else yy) * (0.3 + 0.2 * cls)) * 60)[..., None]
+    img = base + stripes + rng.normal(0, 25, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def write_tree(root: Path, classes=("ant", "bee", "cow"), per_class=8, seed=0,
+               ext=".png", size=(40, 48)) -> Path:
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(rng, c, size).save(d / f"img{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """3 classes x 8 PNG images of 40x48 px."""
+    return write_tree(tmp_path / "photos")
+
+
+@pytest.fixture
+def sample_photo() -> Path:
+    import sklearn
+
+    return Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg"
