@@ -29,6 +29,7 @@ import torch
 
 from . import __version__
 from .backbones import BackboneSpec, FeatureExtractor, create_backbone, get_spec
+from .distributed import DistInfo, barrier, process_group, shard_batches
 from .data import (
     DEFAULT_MAX_PIXELS,
     Batch,
@@ -267,34 +268,45 @@ def extract(
         raise ValueError(f"Output {out} is a folder; pass a file path such as {out / 'codes.h5'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     src = open_source(source)
-    ext = CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
-                        input_size=input_size, device=device, precision=precision)
-    prov = ext.provenance()
-    prov.update({
-        "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
-        "command": command or "python: cnncodes.extract(...)",
-        "truncated_images": truncated_policy(), "max_pixels": int(max_pixels or 0),
-    })
-    if extra_provenance:
-        prov.update(extra_provenance)
-    config = {k: prov[k] for k in CONFIG_FIELDS}
+    dev = resolve_device(device)
+    with process_group(dev.type) as di:
+        if di.enabled:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", di.world))
+            if dev.type == "cuda" and str(device) in ("auto", "cuda"):
+                dev = torch.device("cuda", di.local_rank)
+            if dev.type == "cpu" and threads is None:
+                threads = max(1, (os.cpu_count() or 1) // local_world)
+            if num_workers is None:
+                num_workers = max(1, default_workers(dev) // local_world)
+        ext = CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
+                            input_size=input_size, device=dev, precision=precision)
+        prov = ext.provenance()
+        prov.update({
+            "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
+            "command": command or "python: cnncodes.extract(...)",
+            "truncated_images": truncated_policy(), "max_pixels": int(max_pixels or 0),
+        })
+        if extra_provenance:
+            prov.update(extra_provenance)
+        config = {k: prov[k] for k in CONFIG_FIELDS}
 
-    journal = Journal(out)
-    if overwrite:
-        journal.clear()
-        if out.exists():
-            out.unlink()
-    journal.lock()
-    try:
-        return _extract_locked(src, out, journal, ext, prov, config, t0=t0,
-                               batch_size=batch_size, num_workers=num_workers,
-                               compression=compression, threads=threads,
-                               retry_failed=retry_failed, max_pixels=max_pixels,
-                               progress=progress)
-    finally:
-        journal.unlock()
-        if journal.exists() and not journal.part_files():
+        journal = Journal(out)
+        if overwrite and di.is_main:
             journal.clear()
+            if out.exists():
+                out.unlink()
+        barrier()
+        journal.lock(di.rank)
+        try:
+            return _extract_locked(src, out, journal, ext, prov, config, di, t0=t0,
+                                   batch_size=batch_size, num_workers=num_workers,
+                                   compression=compression, threads=threads,
+                                   retry_failed=retry_failed, max_pixels=max_pixels,
+                                   progress=progress)
+        finally:
+            journal.unlock()
+            if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
+                journal.clear()
 
 
 def _check_compatible(out: Path, journal: Journal, config: dict[str, Any]) -> None:
@@ -316,7 +328,7 @@ def _check_compatible(out: Path, journal: Journal, config: dict[str, Any]) -> No
 
 
 def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtractor,
-                    prov: dict[str, Any], config: dict[str, Any], *, t0: float,
+                    prov: dict[str, Any], config: dict[str, Any], di: DistInfo, *, t0: float,
                     batch_size: int, num_workers: int | None, compression: str | None,
                     threads: int | None, retry_failed: bool, max_pixels: int | None,
                     progress: bool) -> ExtractResult:
@@ -336,31 +348,40 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     pending = [i for i, p in enumerate(src.paths) if p not in skip]
     retried = sorted(failed_before & {src.paths[i] for i in pending}) if retry_failed else []
     skipped = len(src) - len(pending)
-    log.info("%s: %d images, %d already done, %d to extract (%s %s, layers %s, %d px, %s on %s)",
-             src.root, len(src), skipped, len(pending), ext.spec.name, ext.resolved.id,
-             ",".join(ext.layers), ext.preprocessing.crop, ext.precision, ext.device)
+    mine = shard_batches(pending, batch_size, di.rank, di.world) if di.enabled else pending
+    if di.is_main:
+        log.info("%s: %d images, %d already done, %d to extract (%s %s, layers %s, %d px, %s on "
+                 "%s%s)", src.root, len(src), skipped, len(pending), ext.spec.name,
+                 ext.resolved.id, ",".join(ext.layers), ext.preprocessing.crop, ext.precision,
+                 ext.device, f", {di.world} ranks" if di.enabled else "")
+    barrier()  # every rank has read the state before anyone writes
+    if di.is_main:
+        journal.write_manifest(config)
 
-    journal.write_manifest(config)
     workers = default_workers(ext.device) if num_workers is None else int(num_workers)
-    if len(pending) < 2 * batch_size:
-        workers = min(workers, 1 if len(pending) > batch_size else 0)
+    if len(mine) < 2 * batch_size:
+        workers = min(workers, 1 if len(mine) > batch_size else 0)
     dataset = ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
     new_failures: list[tuple[str, str]] = []
     n_new = 0
     interrupted = False
     t_run = time.perf_counter()
     bar = None
-    if progress and pending:
+    if progress and mine and di.is_main:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(pending), unit="img", desc=f"extract {ext.spec.name}",
-                   dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, smoothing=0.1,
+                   desc=f"extract {ext.spec.name}" + (f" rank 0/{di.world}" if di.enabled
+                                                      else ""))
     layer_dims: dict[str, int] = {}
-    if pending:
+    if mine:
         writer = _PartWriter(journal)
-        seq = journal.next_seq()
+        pos = 0
         try:
-            for batch, codes in iter_codes(dataset, ext, pending, batch_size=batch_size,
+            for batch, codes in iter_codes(dataset, ext, mine, batch_size=batch_size,
                                            num_workers=workers, threads=threads):
+                n_items = len(batch.indices) + len(batch.failures)
+                key = mine[pos]  # source index of the batch's first item: parts fold in order
+                pos += n_items
                 for k, v in codes.items():
                     if v.shape[0]:
                         layer_dims[k] = int(v.shape[1])
@@ -369,7 +390,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                     log.warning("skipping %s: %s", p, r)
                 new_failures.extend(fails)
                 writer.put(Part(
-                    seq=seq,
+                    seq=key, rank=di.rank,
                     paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
                     labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0
                                      else "" for i in batch.indices], dtype=np.str_),
@@ -377,10 +398,9 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                     fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
                     fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
                 ))
-                seq += 1
                 n_new += len(batch.indices)
                 if bar is not None:
-                    bar.update(len(batch.indices) + len(batch.failures))
+                    bar.update(n_items)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: keeping the %d images done so far; rerun the same "
@@ -391,31 +411,65 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
             writer.close()
     seconds_run = time.perf_counter() - t_run
     rate = n_new / seconds_run if seconds_run > 0 and n_new else 0.0
+    if interrupted and di.enabled:
+        raise KeyboardInterrupt(ExtractResult(path=out, rows=len(done), new=n_new,
+                                              skipped=skipped, failed=new_failures,
+                                              interrupted=True))
     rows = len(done)
-    if journal.part_files() or not out.is_file() or retried:
+    stats = _gather_stats(di, n_new, len(new_failures), seconds_run)
+    if di.enabled:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * di.world
+        dist.all_gather_object(gathered, new_failures)
+        new_failures = [f for part in gathered for f in part]
+    barrier()  # every rank's parts are committed
+    if di.is_main and (journal.part_files() or not out.is_file() or retried):
         run = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": prov["command"],
-               "device": str(ext.device), "precision": ext.precision, "new": n_new,
-               "failed": len(new_failures), "seconds": round(seconds_run, 3),
-               "images_per_s": round(rate, 2), "batch_size": batch_size, "workers": workers,
+               "device": str(ext.device), "precision": ext.precision, "new": stats["new"],
+               "failed": stats["failed"], "seconds": round(stats["seconds"], 3),
+               "images_per_s": round(stats["new"] / stats["seconds"], 2)
+               if stats["seconds"] > 0 else 0.0,
+               "batch_size": batch_size, "workers": workers, "ranks": di.world,
                "interrupted": interrupted, "host": platform.node()}
         prov = dict(prov)
         prov["complete"] = not interrupted
         now_ok = journal.done_paths()[0]
-        counts = fold(out, journal, prov, compression=compression, run_record=run,
-                      drop_failures=[p for p in retried if p in now_ok])
-        rows = counts["rows"]
-    if not layer_dims:
-        from .store import FeatureStore
-        layer_dims = FeatureStore(out).dims
-    if new_failures:
+        fold(out, journal, prov, compression=compression, run_record=run,
+             drop_failures=[p for p in retried if p in now_ok])
+    barrier()  # the store is assembled
+    if out.is_file():
+        st = FeatureStore(out)
+        rows = len(st)
+        if not layer_dims:
+            layer_dims = st.dims
+    if new_failures and di.is_main:
         log.warning("%d of %d images could not be read; they are listed in %s (cnncodes info)",
                     len(new_failures), len(pending), out)
+    if di.enabled:  # report the whole job's figures on every rank
+        n_new = int(stats["new"])
+        rate = stats["new"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
     result = ExtractResult(path=out, rows=rows, new=n_new, skipped=skipped, failed=new_failures,
                            seconds=time.perf_counter() - t0, images_per_s=rate,
                            layers=layer_dims, interrupted=interrupted)
     if interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def _gather_stats(di: DistInfo, new: int, failed: int, seconds: float) -> dict[str, float]:
+    """Totals across ranks (images, failures; the slowest rank's time)."""
+    if not di.enabled:
+        return {"new": new, "failed": failed, "seconds": seconds}
+    import torch.distributed as dist
+
+    t = torch.tensor([float(new), float(failed)], dtype=torch.float64)
+    m = torch.tensor([seconds], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t, m = t.cuda(), m.cuda()
+    dist.all_reduce(t)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    return {"new": int(t[0]), "failed": int(t[1]), "seconds": float(m[0])}
 
 
 def iter_codes(dataset: ImageDataset, ext: CodeExtractor, indices: Sequence[int], *,

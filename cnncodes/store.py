@@ -250,12 +250,16 @@ class FeatureStore:
 
 @dataclass
 class Part:
+    """One committed batch. ``seq`` orders parts in the fold (the source index of the batch's
+    first image, so parts of any rank fold in source order); ``rank`` is the writer's rank."""
+
     seq: int
     paths: np.ndarray
     labels: np.ndarray  # class names ('' = unlabelled)
     codes: dict[str, np.ndarray]
     fail_paths: np.ndarray
     fail_reasons: np.ndarray
+    rank: int = 0
 
 
 class Journal:
@@ -278,16 +282,18 @@ class Journal:
         return len(self.part_files())
 
     # locking: one writer per store; the OS drops the lock when the process dies (even kill -9)
-    def lock(self) -> None:
+    def lock(self, rank: int = 0) -> None:
+        """Take this store's writer lock (rank > 0 of a torchrun job: a lock of its own)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        name = "lock" if rank == 0 else f"lock-r{rank}"
+        fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise RuntimeError(
-                    f"Another process is writing {self.store_path} (lock {self.dir / 'lock'} is "
+                    f"Another process is writing {self.store_path} (lock {self.dir / name} is "
                     "held); wait for it to finish or stop it first.") from None
             raise
         self._lock_fd = fd
@@ -311,10 +317,6 @@ class Journal:
     def write_manifest(self, config: Mapping[str, Any]) -> None:
         _atomic_write_bytes(self.dir / "manifest.json", json.dumps(dict(config)).encode())
 
-    def next_seq(self) -> int:
-        files = self.part_files()
-        return int(files[-1].stem.split("-")[1]) + 1 if files else 0
-
     def write_part(self, part: Part) -> Path:
         arrays: dict[str, np.ndarray] = {
             "seq": np.asarray(part.seq, np.int64),
@@ -325,7 +327,7 @@ class Journal:
         }
         for k, v in part.codes.items():
             arrays[f"codes__{k}"] = v
-        final = self.dir / f"part-{part.seq:09d}.npz"
+        final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
         tmp = final.with_suffix(".npz.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

@@ -1,0 +1,87 @@
+"""torch.distributed glue: the process group that ``torchrun`` sets up, and deterministic sharding.
+
+cnncodes uses PyTorch's own launcher (``torchrun``) and process groups; there is no scheduler of its
+own. Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) everything here is a no-op, so the
+same command works in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """Rank, world size and local rank from torchrun's environment (1 process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator[DistInfo]:
+    """Join torchrun's process group for the block (gloo on CPU, nccl on CUDA).
+
+    A group that the caller already initialised is used and left alone; one created here is
+    destroyed on exit.
+    """
+    info = env_info()
+    if not info.enabled:
+        yield info
+        return
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        created = True
+        log.info("rank %d/%d joined the %s process group", info.rank, info.world, backend)
+    try:
+        yield info
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shard_batches(items: Sequence[int], batch_size: int, rank: int, world: int) -> list[int]:
+    """A contiguous block of whole batches of ``items`` for ``rank``: no padding, no duplicates.
+
+    Batches are cut on the same grid as a single-process run, so every batch (and so every code)
+    is the same whatever the number of ranks. Ranks get at most one batch more than others.
+    """
+    n_batches = (len(items) + batch_size - 1) // batch_size
+    start = rank * n_batches // world
+    stop = (rank + 1) * n_batches // world
+    return list(items[start * batch_size: min(len(items), stop * batch_size)])
