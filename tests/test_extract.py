@@ -246,3 +246,30 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_codes(tmp_path):
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(Xa, Xb)
     assert not journal.exists()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "vgg11_bn",
+                                  "efficientnet_b0", "convnext_tiny"])
+def test_batchnorm_folding_keeps_the_codes(name):
+    from cnncodes.backbones import create_backbone, get_spec
+    from cnncodes.extract import fold_batchnorm
+
+    layers = list(get_spec(name).layers)
+
+    def build():
+        torch.manual_seed(0)
+        ext, _ = create_backbone(name, weights="random", layers=layers)
+        g = torch.Generator().manual_seed(1)
+        for m in ext.model.modules():  # non-trivial statistics, as in trained networks
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        return ext
+    plain, folded = build(), build()
+    n = fold_batchnorm(folded)
+    assert (n > 0) == (name != "convnext_tiny")  # ConvNeXt has LayerNorm, nothing to fold
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        a, b = plain(x), folded(x)
+    for k in layers:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4 * float(a[k].abs().max()))
