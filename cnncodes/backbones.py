@@ -27,6 +27,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 POOLINGS = ("avg", "max", "avgmax", "none")
+#: ``weights="random"`` initialises with this seed: the same network in every process and run.
+RANDOM_INIT_SEED = 0
 KINDS = ("map", "gap", "vector")
 
 
@@ -392,7 +394,8 @@ def create_backbone(
         name: a registry name (see :func:`list_backbones`).
         weights: ``"auto"`` (the entry's recommended weights; the packaged, offline ImageNet
             weights for mobilenet_v2), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``,
-            ...), a path to a local checkpoint, or ``None``/``"random"`` for random init.
+            ...), a path to a local checkpoint, or ``None``/``"random"`` for a random init
+            (seeded with ``RANDOM_INIT_SEED``: the same network in every run and process).
         layers: layer names (``"fc6,fc7"`` or a list); default the entry's default layer.
         pooling: ``avg``, ``max``, ``avgmax`` or ``none`` for spatial maps.
 
@@ -406,7 +409,14 @@ def create_backbone(
     layer_names = resolve_layers(spec, layers)
     check_pooling(pooling)
     resolved = resolve_weights(spec, weights)
-    model = build_model(spec)
+    if resolved.is_random:
+        # seeded, so "random" codes are the same in every run (resume/append stay consistent);
+        # fork_rng leaves the caller's RNG state as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = build_model(spec)
+    else:
+        model = build_model(spec)
     resolved = load_weights(model, spec, resolved)
     model.eval()
     return FeatureExtractor(model, spec, layer_names, pooling).eval(), resolved

@@ -95,3 +95,13 @@ def test_resolve_layers_orders_and_dedupes():
     spec = get_spec("resnet50")
     assert resolve_layers(spec, "pool,layer2,pool") == ["layer2", "pool"]
     assert resolve_layers(spec, None) == ["pool"]
+
+
+def test_random_init_is_reproducible_and_leaves_the_rng_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, _ = create_backbone("resnet18", weights="random")
+    assert torch.equal(torch.get_rng_state(), state)
+    b, _ = create_backbone("resnet18", weights="random")
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(v, w), k
