@@ -15,10 +15,46 @@ from .data import ImageSource, load_rgb, open_source  # noqa: E402
 from .extract import CodeExtractor, ExtractResult, extract  # noqa: E402
 from .store import FeatureStore, StoreMismatchError  # noqa: E402
 from .weights import Preprocessing, WeightsUnavailableError  # noqa: E402
+from .classify import (  # noqa: E402
+    ModelMismatchError,
+    TrainedModel,
+    baseline,
+    build_pipeline,
+    evaluate,
+    fit_codes,
+    load_model,
+    parse_c_grid,
+    predict,
+    save_model,
+    train,
+)
+from .transformer import CNNCodes  # noqa: E402
+from .finetune import (  # noqa: E402
+    EscalationResult,
+    FinetuneConfig,
+    FinetuneDivergedError,
+    FinetuneResult,
+    ImagePredictions,
+    escalate,
+    finetune,
+    is_finetuned_model,
+    load_finetuned,
+    predict_images,
+)
+from .advise import Advice, Thresholds, advise, choose_layer, decide  # noqa: E402
 
 __all__ = [
     "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
     "ImageSource", "Preprocessing", "StoreMismatchError", "WeightsUnavailableError",
     "__version__", "create_backbone", "extract", "get_spec", "list_backbones", "load_rgb",
     "open_source", "register",
+    # classifiers on codes (classify.py, transformer.py)
+    "CNNCodes", "ModelMismatchError", "TrainedModel", "baseline", "build_pipeline", "evaluate",
+    "fit_codes", "load_model", "parse_c_grid", "predict", "save_model", "train",
+    # fine-tuning (finetune.py)
+    "EscalationResult", "FinetuneConfig", "FinetuneDivergedError", "FinetuneResult",
+    "ImagePredictions", "escalate", "finetune", "is_finetuned_model", "load_finetuned",
+    "predict_images",
+    # choosing the layer and the strategy (advise.py)
+    "Advice", "Thresholds", "advise", "choose_layer", "decide",
 ]

@@ -113,17 +113,44 @@ def _add_extract(sub: Any) -> argparse.ArgumentParser:
                    help="discard an existing store made with other options")
     g.add_argument("--retry-failed", action="store_true",
                    help="try again the files recorded as failures")
+    g = p.add_argument_group("--layers auto (choose the layer from the data, see `advise`)")
+    g.add_argument("--budget", default="2min",
+                   help="time budget of the layer choice (default 2min; e.g. 90s, 5min)")
     return p
+
+
+def _auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
+    """``--layers auto``: the advised layer and the evidence to record (else the layers as given)."""
+    if args.layers is None or args.layers.strip().lower() != "auto":
+        return args.layers, None
+    from .advise import choose_layer
+    from .data import DEFAULT_MAX_PIXELS
+    from .distributed import env_info
+
+    # under torchrun every rank must pick the same layer: no speed-dependent sample size there
+    budget = None if env_info().enabled else args.budget
+    layer, evidence = choose_layer(
+        args.source, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
+        input_size=args.input_size, budget=budget,
+        reuse_from=None if args.overwrite else args.output, batch_size=args.batch_size,
+        num_workers=args.num_workers, device=args.device, precision=args.precision,
+        threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        progress=not args.no_progress)
+    if env_info().is_main:
+        print(f"--layers auto -> {layer}: {evidence.get('explanation')}")
+    return layer, {"advice": evidence}
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .data import DEFAULT_MAX_PIXELS
     from .extract import ExtractResult, command_line, extract
 
+    layers, advice = _auto_layer(args)
     try:
         res = extract(
             args.source, args.output, backbone=args.backbone, weights=args.weights,
-            layers=args.layers, pooling=args.pooling, input_size=args.input_size,
+            layers=layers, extra_provenance=advice, pooling=args.pooling,
+            input_size=args.input_size,
             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
             precision=args.precision, dtype=args.dtype, compression=args.compression,
             threads=args.threads, overwrite=args.overwrite, retry_failed=args.retry_failed,
@@ -134,6 +161,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         kept = f" {res.rows} rows are saved in {res.path};" if res else ""
         print(f"\ninterrupted:{kept} run the same command again to continue.", file=sys.stderr)
         return 130
+    from .distributed import env_info
+    if not env_info().is_main:  # under torchrun only rank 0 reports (failures: its own shard)
+        return 0
     dims = ", ".join(f"{k} ({d}-d)" for k, d in res.layers.items())
     print(f"{res.path}: {res.rows} images; {res.new} extracted now, {res.skipped} already done; "
           f"layers {dims}")
@@ -202,6 +232,426 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------- classifiers: train / evaluate / predict / baseline
+
+_TRUST_NOTE = ("Model files are joblib pickles: loading one runs code, so use only model files you "
+               "made or that come from a source you trust.")
+
+
+def _pca_arg(s: str) -> int | float | None:
+    if s.lower() in ("none", ""):
+        return None
+    return float(s) if "." in s or "e" in s.lower() else int(s)
+
+
+def _add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0) -> None:
+    g = p.add_argument_group("classifier")
+    g.add_argument("--model", default="logreg", choices=["logreg", "linearsvc"],
+                   help="logreg = LogisticRegression (lbfgs, multinomial); linearsvc = LinearSVC")
+    g.add_argument("--c-grid", default="default",
+                   help="C values searched by CV: start:stop:count log-spaced (e.g. 1e-4:1e2:13), "
+                        "a comma list, 'default' (1e-4:1e2:7) or 'full' (the 45-value [1e-6, "
+                        "1e5] linear-probe grid)")
+    g.add_argument("--cv", type=int, default=5,
+                   help="stratified folds (reduced automatically for classes with fewer images)")
+    g.add_argument("--n-jobs", type=_int_or_none, default=None, help="parallel CV fits (-1 = all "
+                   "cores)")
+    g.add_argument("--class-weight", default="none", choices=["none", "balanced"],
+                   help="balanced: weight classes inversely to their frequency")
+    g.add_argument("--l2", action="store_true", help="L2-normalise codes first")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="skip per-feature standardisation")
+    g.add_argument("--pca", type=_pca_arg, default=None,
+                   help="PCA to N components (int) or a variance fraction (e.g. 0.95)")
+    g.add_argument("--scoring", default="accuracy",
+                   help="CV score (any sklearn scorer name, e.g. balanced_accuracy)")
+    g.add_argument("--max-iter", type=int, default=1000, help="solver iterations")
+    g.add_argument("--holdout", type=float, default=holdout,
+                   help="fraction of each class held out for testing (seeded, stratified; 0 = "
+                        f"none; default {holdout:g})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and CV folds")
+
+
+def _classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(model=args.model, c_grid=args.c_grid, cv=args.cv, n_jobs=args.n_jobs,
+                class_weight=None if args.class_weight == "none" else args.class_weight,
+                l2=args.l2, standardize=args.standardize, pca=args.pca, scoring=args.scoring,
+                max_iter=args.max_iter, seed=args.seed)
+
+
+def _add_train(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="fit a linear classifier on cached codes (C chosen by CV)",
+                       epilog=_TRUST_NOTE)
+    p.add_argument("store", help="an .h5 code store of labelled images (`cnncodes extract`)")
+    p.add_argument("-o", "--output", default="model.joblib",
+                   help="model file to write (default model.joblib)")
+    p.add_argument("--layer", default=None, help="layer to train on (default the store's default)")
+    p.add_argument("--test", default=None, help="a separate test store to evaluate on")
+    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_classifier_options(p)
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .classify import evaluate, save_model, train
+    from .report import build_report, format_table, write_report
+
+    if args.test and args.holdout:
+        raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
+    model = train(args.store, layer=args.layer, holdout=args.holdout,
+                  **_classifier_kwargs(args))
+    path = save_model(model, args.output)
+    evaluation = None
+    if args.test or args.holdout:
+        evaluation = evaluate(model, args.test or args.store)
+    rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
+    if args.report:
+        write_report(rep, args.report, evaluation=evaluation)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(format_table(rep))
+    print(f"\nmodel written to {path}" + (f"; report in {args.report}" if args.report else ""))
+    return 0
+
+
+def _add_evaluate(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="score a model on a labelled code store it was not "
+                       "trained on", epilog=_TRUST_NOTE)
+    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only)")
+    p.add_argument("store", help="an .h5 code store extracted with the model's settings")
+    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--raw-baseline", action="store_true",
+                   help="also train/evaluate the same protocol on raw pixels of the same images")
+    p.add_argument("--raw-size", type=int, default=32, help="raw-pixel side (default 32)")
+    p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .classify import evaluate, load_model, pixel_baseline
+    from .report import build_report, format_table, write_report
+
+    model = load_model(args.model)
+    evaluation = evaluate(model, args.store)
+    rows = None
+    if args.raw_baseline:
+        sel = model.selection
+        p = model.provenance
+        rows = [{"name": f"{p.get('backbone')} {model.layer} codes ({p.get('input_size')} px)",
+                 "features": model.n_features, "selection": sel,
+                 **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy",
+                                                       "macro_f1")}},
+                pixel_baseline(model.train_paths, model.train_labels, evaluation.paths,
+                               evaluation.y_true, classes=model.classes, size=args.raw_size,
+                               grey=args.raw_grey, model=sel["model"], c_grid=sel["c_grid"],
+                               cv=sel["cv"], class_weight=sel.get("class_weight"),
+                               scoring=sel.get("scoring", "accuracy"),
+                               max_iter=sel.get("max_iter", 1000), seed=sel.get("seed", 0))]
+    rep = build_report(model=model, evaluation=evaluation, rows=rows,
+                       extra={"model_file": args.model})
+    if args.report:
+        write_report(rep, args.report, evaluation=evaluation)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(format_table(rep))
+    if args.report:
+        print(f"\nreport in {args.report}")
+    return 0
+
+
+def _add_predict(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="label images with a trained model (extracts with the "
+                       "model's own backbone/weights/layer/preprocessing)", epilog=_TRUST_NOTE)
+    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only)")
+    p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
+    p.add_argument("-o", "--output", default="predictions.csv",
+                   help="CSV with path,label,probability|score,error (default predictions.csv)")
+    _add_runtime_options(p)
+    return p
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .classify import load_model, predict
+    from .data import DEFAULT_MAX_PIXELS
+
+    model = load_model(args.model)
+    pred = predict(model, args.source, batch_size=args.batch_size, num_workers=args.num_workers,
+                   device=args.device, precision=args.precision, threads=args.threads,
+                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+                   progress=not args.no_progress)
+    out = pred.to_csv(args.output)
+    counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
+    print(f"{out}: {len(pred.paths)} images labelled by {model.describe()}")
+    if counts:
+        print(f"  {counts}")
+    if pred.true_labels is not None:
+        pairs = [(t, p) for t, p in zip(pred.true_labels, pred.labels, strict=True) if t]
+        if pairs:
+            acc = sum(t == p for t, p in pairs) / len(pairs)
+            print(f"  accuracy against the folder labels: {acc:.4f} ({len(pairs)} images)")
+    if pred.failures:
+        print(f"{len(pred.failures)} files could not be read (listed in the CSV with an error):")
+        for p, r in pred.failures[:20]:
+            print(f"  {p}: {r}")
+        if len(pred.failures) > 20:
+            print(f"  ... and {len(pred.failures) - 20} more")
+    return 0
+
+
+def _add_baseline(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("baseline", help="small-dataset quick baseline: extract (cached) + train "
+                       "with CV + held-out test + raw-pixel comparison, in one command",
+                       epilog="SOURCE may hold train/ and test/ (or val/) class trees: that split "
+                              "is used as is. " + _TRUST_NOTE)
+    p.add_argument("source", help="a folder of class folders, or one with train/ + test/ trees")
+    p.add_argument("--report", default="out/baseline",
+                   help="folder for the model, report.json and PNGs (default out/baseline)")
+    p.add_argument("--cache", default=None,
+                   help="folder for the code stores (default REPORT/cache; existing codes reused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard cached codes made with other options")
+    p.add_argument("--raw-size", type=int, default=32, help="raw-pixel baseline side (default 32)")
+    p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-raw-baseline", dest="raw_baseline", action="store_false", default=None,
+                   help="skip the raw-pixel baseline row")
+    g.add_argument("--raw-baseline", dest="raw_baseline", action="store_true",
+                   help="run the raw-pixel baseline even when it is not cheap")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_backbone_options(p, layers_help="the layer to classify on (default the backbone's "
+                                         "default layer)")
+    _add_runtime_options(p)
+    _add_classifier_options(p, holdout=0.2)
+    return p
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .classify import baseline
+    from .data import DEFAULT_MAX_PIXELS
+    from .extract import command_line
+    from .report import format_table
+
+    res = baseline(args.source, report=args.report, cache=args.cache, backbone=args.backbone,
+                   weights=args.weights, layer=args.layers, pooling=args.pooling,
+                   input_size=args.input_size, batch_size=args.batch_size,
+                   num_workers=args.num_workers, device=args.device, precision=args.precision,
+                   threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+                   overwrite=args.overwrite, progress=not args.no_progress,
+                   holdout=args.holdout, raw_baseline=args.raw_baseline,
+                   raw_size=args.raw_size, raw_grey=args.raw_grey, command=command_line(),
+                   **_classifier_kwargs(args))
+    if args.json:
+        print(json.dumps(res.report, indent=2))
+        return 0
+    print(format_table(res.report))
+    if res.failures:
+        print(f"\n{len(res.failures)} files could not be read and were left out:")
+        for p, r in res.failures[:20]:
+            print(f"  {p}: {r}")
+    print(f"\nmodel, report.json and PNGs in {args.report} ({res.report.get('wall_time_s')} s "
+          "in all)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- finetune
+
+
+def _crop_scale(s: str) -> tuple[float, float]:
+    lo, _, hi = s.partition(",")
+    try:
+        return float(lo), float(hi or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop-scale wants MIN,MAX (e.g. 0.35,1); got {s!r}")
+
+
+def _add_finetune(sub: Any) -> argparse.ArgumentParser:
+    # argument_default=SUPPRESS: only options given on the command line reach the library, so
+    # `--resume` alone continues a run with its saved options.
+    p = sub.add_parser("finetune", help="fine-tune a backbone end to end (states predict, "
+                       "head-only, full); resumable; --escalation compares with the linear probe",
+                       argument_default=argparse.SUPPRESS,
+                       epilog="Defaults: see cnncodes.finetune.FinetuneConfig (SGD momentum 0.9, "
+                              "lr 0.001 (AdamW 1e-4), head x10, weight decay 1e-3, 15 epochs, "
+                              "cosine after 1 warmup epoch, val 0.15, test 0.2).")
+    p.add_argument("source", help="a folder of class folders, or a labelled .txt/.csv list")
+    p.add_argument("-o", "--output", required=True,
+                   help="run folder: checkpoint.pt, model.pt, report.json, curves.png")
+    p.add_argument("--test", help="a separate labelled test source (default: --test-fraction of "
+                                  "SOURCE)")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue the run in -o from its last checkpoint (saved options are used)")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="delete a previous run in -o first")
+    p.add_argument("--escalation", action="store_true", default=False,
+                   help="run the linear probe, head-only and full fine-tuning on one split and "
+                        "write escalation.json/.md/.png")
+    p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--json", action="store_true", default=False, help="print the report as JSON")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", help="registry name (default mobilenet_v2)")
+    g.add_argument("--weights", help="auto, a weights name, a checkpoint or RUN/model.pt, random")
+    g.add_argument("--input-size", type=int, help="crop size in pixels (default from the weights)")
+    g.add_argument("--state", choices=["predict", "head-only", "full"],
+                   help="full (default), head-only (backbone frozen), predict (evaluate "
+                        "--weights RUN/model.pt, no training)")
+    g.add_argument("--freeze", type=int, help="freeze the first K stages (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--optimizer", choices=["sgd", "adamw"])
+    g.add_argument("--lr", type=float, help="base learning rate of the pretrained layers")
+    g.add_argument("--head-lr-mult", type=float, help="head lr = lr x this (default 10)")
+    g.add_argument("--layer-decay", type=float,
+                   help="layer-wise lr decay per stage from the top (e.g. 0.7)")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=["cosine", "step", "constant"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--step-size", type=int, help="epochs between steps (schedule step)")
+    g.add_argument("--gamma", type=float, help="step factor (schedule step)")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm")
+    g.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation improvement")
+    g = p.add_argument_group("data")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random resized crop / flip")
+    g.add_argument("--crop-scale", type=_crop_scale, metavar="MIN,MAX",
+                   help="random resized crop area range (default 0.35,1)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false")
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--test-fraction", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 AMP on CUDA, fp32 on CPU")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    g.add_argument("--workers", "--num-workers", dest="num_workers", type=_int_or_none)
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms during the run")
+    g.add_argument("--max-pixels", type=int, help="decompression-bomb limit per image")
+    return p
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .extract import command_line
+    from .finetune import FinetuneConfig, escalate, finetune
+
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    common = dict(test=getattr(args, "test", None), resume=args.resume,
+                  overwrite=args.overwrite, progress=not args.no_progress,
+                  command=command_line())
+    if args.escalation:
+        esc = escalate(args.source, args.output, **common, **options)
+        if args.json:
+            print(esc.json_path.read_text())
+            return 0
+        print(esc.table())
+        print(f"\n{esc.verdict}")
+        print(f"\nreports: {esc.markdown_path}, {esc.json_path}, {esc.png_path}; runs in "
+              f"{esc.output / 'head-only'} and {esc.output / 'full'}")
+        return 0
+    res = finetune(args.source, args.output, **common, **options)
+    if args.json:
+        print(json.dumps(res.report, indent=2, default=str))
+        return 0
+    rep = res.report
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    if res.state == "predict":
+        print(f"{res.output}: evaluated {rep['backbone']} fine-tuned model on "
+              f"{rep['split']['test']} images: accuracy {f(res.test_accuracy)}")
+    else:
+        resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
+        print(f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
+              f"{res.status}{resumed}: {res.epochs_run} epochs, best epoch {res.best_epoch}")
+        print(f"  validation accuracy {f(res.val_accuracy)}, test accuracy "
+              f"{f(res.test_accuracy)} ({rep['split']['test']} images); "
+              f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s")
+        print(f"  model {res.model_path} (usable as --weights for extract; predict with "
+              f"cnncodes.finetune.predict_images), report {res.report_path}, curves "
+              f"{res.curves_path}")
+    if res.failures:
+        print(f"{len(res.failures)} files could not be read and were skipped:")
+        for p, r in res.failures[:20]:
+            print(f"  {p}: {r}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- advise
+
+
+def _add_advise(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("advise", help="which layer, and codes or fine-tuning? measured on your data",
+                       epilog="The decision rule and its thresholds are documented at the top "
+                              "of cnncodes/advise.py (module docstring).")
+    p.add_argument("source", help="labelled images: a folder of class folders or a labelled list")
+    p.add_argument("--report", default=None, help="folder for advice.json and advice.png")
+    p.add_argument("--budget", default="5min",
+                   help="time budget; it sets the sample size (default 5min; 90s, 1h, none)")
+    p.add_argument("--sample", type=int, default=2000,
+                   help="most images probed (default 2000); with --budget none the sample is "
+                        "exactly this (reproducible)")
+    p.add_argument("--folds", type=int, default=5, help="stratified CV folds (default 5)")
+    p.add_argument("--probe", default="logreg", choices=["logreg", "ridge"],
+                   help="linear probe: logreg (StandardScaler + LogisticRegression, small C grid; "
+                        "default) or ridge (closed form, faster on big samples)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the folds")
+    p.add_argument("--head-sample", type=int, default=256,
+                   help="images shown to the ImageNet head and BatchNorm check (default 256)")
+    g = p.add_argument_group("decision thresholds (see cnncodes.advise)")
+    g.add_argument("--small-per-class", type=int, default=None,
+                   help="median images/class below which data is small (default 200)")
+    g.add_argument("--large-per-class", type=int, default=None,
+                   help="median images/class from which data can be large (default 1000)")
+    g.add_argument("--large-total", type=int, default=None,
+                   help="total images also needed to be large (default 10000)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="points an earlier layer must win by (default 1.0)")
+    g.add_argument("--se-mult", type=float, default=None,
+                   help="...and by this many paired standard errors over the folds (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_backbone_options(p, layers_help="candidate layers (default: all of the backbone's)")
+    _add_runtime_options(p)
+    return p
+
+
+def _cmd_advise(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .advise import Thresholds, advise, format_advice
+    from .data import DEFAULT_MAX_PIXELS
+
+    over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
+                                          "margin", "se_mult") if getattr(args, k) is not None}
+    th = dataclasses.replace(Thresholds(), **over)
+    adv = advise(args.source, backbone=args.backbone, weights=args.weights, layers=args.layers,
+                 pooling=args.pooling, input_size=args.input_size, budget=args.budget,
+                 max_images=args.sample, folds=args.folds, probe=args.probe, seed=args.seed,
+                 head_sample=args.head_sample, thresholds=th, batch_size=args.batch_size,
+                 num_workers=args.num_workers, device=args.device, precision=args.precision,
+                 threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+                 progress=not args.no_progress, report=args.report)
+    if args.json:
+        print(json.dumps(adv.to_dict(), indent=2))
+        return 0
+    print(format_advice(adv))
+    if args.report:
+        print(f"report    {args.report}/advice.json, {args.report}/advice.png")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
@@ -209,6 +659,12 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
     "models": (_add_models, _cmd_models),
     "extract": (_add_extract, _cmd_extract),
     "info": (_add_info, _cmd_info),
+    "train": (_add_train, _cmd_train),
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "predict": (_add_predict, _cmd_predict),
+    "baseline": (_add_baseline, _cmd_baseline),
+    "finetune": (_add_finetune, _cmd_finetune),
+    "advise": (_add_advise, _cmd_advise),
 }
 
 

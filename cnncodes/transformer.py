@@ -1,0 +1,319 @@
+"""``CNNCodes``: a scikit-learn transformer from image paths to CNN codes.
+
+It drops into a ``Pipeline`` in front of any estimator and works inside ``GridSearchCV``::
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.linear_model import LogisticRegression
+    pipe = make_pipeline(CNNCodes(layer="pool", input_size=112), LogisticRegression())
+    pipe.fit(train_paths, y_train).score(test_paths, y_test)
+
+Codes are computed through the same :class:`~cnncodes.CodeExtractor` path as ``extract`` and are
+cached, so the many fits of a grid search do not re-run the backbone:
+
+* ``cache="memory"`` (default): a per-process cache keyed by the extraction configuration (backbone,
+  weights checksum, layer, pooling, preprocessing) and by each file's path, size and mtime; clones
+  made by ``GridSearchCV`` share it. :func:`clear_memory_cache` empties it.
+* ``cache="codes.h5"``: an HDF5 code store. A store created here (absolute paths) is extended with
+  missing images through :func:`cnncodes.extract` (crash-safe, resumable); a store made by
+  ``cnncodes extract`` from a folder is only read, missing images are computed in memory.
+* ``cache=None``: no caching.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .data import DEFAULT_MAX_PIXELS, ImageSource
+
+log = logging.getLogger(__name__)
+
+_MEMORY: dict[tuple, dict[str, tuple[tuple[int, int], np.ndarray]]] = {}
+_LOCK = threading.Lock()
+#: Counters of the memory cache (``hits``/``misses`` in rows), for diagnostics and tests.
+STATS = {"hits": 0, "misses": 0, "extracted": 0}
+
+
+def clear_memory_cache() -> None:
+    """Forget every code held by the ``cache="memory"`` caches of this process."""
+    with _LOCK:
+        _MEMORY.clear()
+        for k in STATS:
+            STATS[k] = 0
+
+
+def _stat_key(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        return -1, -1
+
+
+def _as_paths(X: Any) -> list[str]:
+    """Image paths from a list/tuple/1-d array (or an (N, 1) column) of str/PathLike."""
+    if isinstance(X, (str, os.PathLike)):
+        raise ValueError(f"CNNCodes expects a sequence of image paths, got the single path "
+                         f"{os.fspath(X)!r}; wrap it in a list.")
+    arr = np.asarray(X, dtype=object)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"CNNCodes expects a 1-d sequence of image paths; got an array of shape "
+                         f"{arr.shape}.")
+    out = []
+    for p in arr.tolist():
+        if not isinstance(p, (str, os.PathLike)):
+            raise ValueError(f"CNNCodes expects image paths (str or Path); got {type(p).__name__} "
+                             f"{p!r}.")
+        out.append(os.path.abspath(os.path.expanduser(os.fspath(p))))
+    return out
+
+
+class CNNCodes(TransformerMixin, BaseEstimator):
+    """Transform image paths into CNN codes of one layer of a pretrained backbone.
+
+    Args:
+        backbone, weights, layer, pooling, input_size: as in :func:`cnncodes.extract` (``layer``
+            is a single layer name; default the backbone's default layer).
+        batch_size, num_workers, device, precision, max_pixels: extraction runtime options.
+        cache: ``"memory"``, a path to an ``.h5`` store, or None (see the module docstring).
+        on_error: ``"raise"`` (default: a ValueError naming the unreadable files) or ``"zeros"``
+            (a zero row and a logged warning per unreadable image, so rows stay aligned with y).
+
+    Attributes:
+        layer_: the layer used.  n_features_out_: code dimension.
+        provenance_: backbone, weights id and checksum, preprocessing... of the codes.
+    """
+
+    def __init__(self, backbone: str = "mobilenet_v2", *, weights: str | None = "auto",
+                 layer: str | None = None, pooling: str = "avg", input_size: int | None = None,
+                 batch_size: int = 64, num_workers: int | None = 0, device: str = "auto",
+                 precision: str = "auto", cache: str | os.PathLike | None = "memory",
+                 on_error: str = "raise", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device
+        self.precision = precision
+        self.cache = cache
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+
+    # --- sklearn protocol ----------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None) -> CNNCodes:
+        """Build the cut backbone (no image is read; codes are computed by ``transform``)."""
+        from .backbones import get_spec, layer_dims
+        from .extract import CodeExtractor
+
+        _as_paths(X)
+        if self.on_error not in ("raise", "zeros"):
+            raise ValueError(f"on_error must be 'raise' or 'zeros'; got {self.on_error!r}.")
+        if self.layer is not None and ("," in str(self.layer) or
+                                       not isinstance(self.layer, str)):
+            raise ValueError(f"CNNCodes reads one layer; got layer={self.layer!r}.")
+        spec = get_spec(self.backbone)
+        layer = self.layer or spec.default_layer
+        ext = CodeExtractor(self.backbone, weights=self.weights, layers=[layer],
+                            pooling=self.pooling, input_size=self.input_size, device=self.device,
+                            precision=self.precision)
+        if self._store_cache() is not None and ext.resolved.is_random:
+            raise ValueError("cache=<store> needs reproducible weights, but weights='random' draws "
+                             "new weights at every build. Save them once (torch.save(model."
+                             "state_dict(), 'w.pth')) and pass weights='w.pth', or use "
+                             "cache='memory'.")
+        self._extractor = ext
+        self.layer_ = layer
+        self.provenance_ = ext.provenance()
+        self.n_features_out_ = int(layer_dims(ext.module, ext.preprocessing.crop,
+                                              device=ext.device)[layer])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Codes (N, D) float32 of the images ``X`` (one row per path, in order)."""
+        check_is_fitted(self, "provenance_")
+        paths = _as_paths(X)
+        codes = np.zeros((len(paths), self.n_features_out_), np.float32)
+        done = np.zeros(len(paths), bool)
+        failures: dict[str, str] = {}
+        key = self._memory_key()
+        if key is not None:
+            self._from_memory(key, paths, codes, done)
+        store_path = self._store_cache()
+        if store_path is not None and not done.all():
+            failures.update(self._from_store(store_path, paths, codes, done))
+        todo = [i for i in np.flatnonzero(~done) if paths[i] not in failures]
+        if todo:
+            failures.update(self._compute([paths[i] for i in todo], todo, codes, done))
+            if key is not None:
+                self._to_memory(key, [paths[i] for i in todo if done[i]], codes[[i for i in todo
+                                                                               if done[i]]])
+        bad = [p for p in paths if p in failures]
+        if bad:
+            listing = "; ".join(f"{p}: {failures[p]}" for p in dict.fromkeys(bad[:5]))
+            if self.on_error == "raise":
+                raise ValueError(f"{len(bad)} of {len(paths)} images could not be read ({listing}"
+                                 f"{' ...' if len(bad) > 5 else ''}). Remove them, or use "
+                                 "CNNCodes(on_error='zeros') to give them zero codes.")
+            log.warning("%d images could not be read and get zero codes: %s", len(bad), listing)
+        return codes
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "provenance_")
+        return np.array([f"{self.layer_}_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        return tags
+
+    # the torch module (with forward hooks) is rebuilt after unpickling, not pickled
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_extractor", None)
+        return state
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _get_extractor(self) -> Any:
+        ext = getattr(self, "_extractor", None)
+        if ext is None:
+            from .extract import CodeExtractor
+
+            if self.provenance_.get("weights") == "random":
+                log.warning("rebuilding a random-weights CNNCodes draws new weights: its codes "
+                            "differ from those it was fitted with")
+            ext = CodeExtractor(self.backbone, weights=self.weights, layers=[self.layer_],
+                                pooling=self.pooling, input_size=self.input_size,
+                                device=self.device, precision=self.precision)
+            self._extractor = ext
+        return ext
+
+    def _store_cache(self) -> Path | None:
+        if self.cache is None or (isinstance(self.cache, str) and self.cache == "memory"):
+            return None
+        if not isinstance(self.cache, (str, os.PathLike)):
+            raise ValueError(f"cache must be 'memory', None or a path to an .h5 store; got "
+                             f"{self.cache!r}.")
+        return Path(self.cache)
+
+    def _memory_key(self) -> tuple | None:
+        if not (isinstance(self.cache, str) and self.cache == "memory"):
+            return None
+        p = self.provenance_
+        weights = p.get("weights_sha256") or p.get("weights")
+        if p.get("weights") == "random":  # another build = other weights: never share
+            weights = f"random@{id(self._get_extractor())}"
+        return (p["backbone"], weights, self.layer_, p["layer_info"][self.layer_]["pooling"],
+                tuple(sorted((k, str(v)) for k, v in p["preprocessing"].items())))
+
+    def _from_memory(self, key: tuple, paths: list[str], codes: np.ndarray,
+                     done: np.ndarray) -> None:
+        with _LOCK:
+            table = _MEMORY.get(key, {})
+            for i, p in enumerate(paths):
+                hit = table.get(p)
+                if hit is not None and hit[0] == _stat_key(p):
+                    codes[i] = hit[1]
+                    done[i] = True
+            STATS["hits"] += int(done.sum())
+            STATS["misses"] += int((~done).sum())
+
+    def _to_memory(self, key: tuple, paths: list[str], rows: np.ndarray) -> None:
+        with _LOCK:
+            table = _MEMORY.setdefault(key, {})
+            for p, row in zip(paths, rows, strict=True):
+                table[p] = (_stat_key(p), row.copy())
+
+    def _compute(self, paths: list[str], positions: list[int], codes: np.ndarray,
+                 done: np.ndarray) -> dict[str, str]:
+        from .extract import extract_arrays
+
+        src = ImageSource(Path("/"), list(paths), np.full(len(paths), -1, np.int64), [], "list")
+        res = extract_arrays(src, extractor=self._get_extractor(), batch_size=self.batch_size,
+                             num_workers=self.num_workers, max_pixels=self.max_pixels)
+        rows = res.codes[self.layer_]
+        pos = np.asarray(positions)[res.index]
+        codes[pos] = rows
+        done[pos] = True
+        STATS["extracted"] += len(res.index)
+        return {os.path.normpath(p): r for p, r in res.failures}
+
+    def _from_store(self, store_path: Path, paths: list[str], codes: np.ndarray,
+                    done: np.ndarray) -> dict[str, str]:
+        from .extract import extract
+        from .store import FeatureStore, StoreMismatchError
+
+        ours = not store_path.exists()
+        if not ours:
+            st = FeatureStore(store_path)
+            ours = os.fspath(st.root) == "/"
+            self._check_store(st)
+        if ours:
+            missing = [p for i, p in enumerate(paths) if not done[i]]
+            layers = [self.layer_]
+            if store_path.is_file():
+                existing = FeatureStore(store_path).layers
+                layers = existing if self.layer_ in existing else layers
+            src = ImageSource(Path("/"), sorted(set(missing)),
+                              np.full(len(set(missing)), -1, np.int64), [], "list")
+            try:
+                extract(src, store_path, backbone=self.backbone, weights=self.weights,
+                        layers=layers, pooling=self.pooling, input_size=self.input_size,
+                        batch_size=self.batch_size, num_workers=self.num_workers,
+                        device=self.device, precision=self.precision,
+                        max_pixels=self.max_pixels, command="cnncodes.CNNCodes")
+            except StoreMismatchError as e:
+                raise StoreMismatchError(
+                    f"CNNCodes(cache={os.fspath(store_path)!r}): {e}") from None
+        st = FeatureStore(store_path)
+        if not ours:
+            self._check_store(st)
+        row_of = {os.path.normpath(os.fspath(p)): r for r, p in enumerate(st.abspaths())}
+        want = [(i, row_of[p]) for i, p in enumerate(paths) if not done[i] and p in row_of]
+        if want:
+            order = sorted(set(r for _, r in want))
+            X, _ = st.load(self.layer_, rows=np.asarray(order))
+            at = {r: k for k, r in enumerate(order)}
+            for i, r in want:
+                codes[i] = X[at[r]]
+                done[i] = True
+        return {os.path.normpath(p): r for p, r in st.failures} if ours else {}
+
+    def _check_store(self, st: Any) -> None:
+        from .classify import store_provenance
+        from .store import StoreMismatchError, config_diff
+
+        prov = store_provenance(st)
+        mine = dict(self.provenance_)
+        diff = config_diff(prov, mine, fields=("backbone", "weights_sha256", "preprocessing"))
+        if self.layer_ not in prov.get("layers", []):
+            diff.append(f"layers: file has {prov.get('layers')}, requested {self.layer_}")
+        elif (prov["layer_info"].get(self.layer_, {}).get("pooling")
+              != mine["layer_info"][self.layer_]["pooling"]):
+            diff.append(f"pooling: file has {prov.get('pooling')}, requested {self.pooling}")
+        if diff:
+            raise StoreMismatchError(f"CNNCodes(cache={os.fspath(st.path)!r}): the store holds "
+                                     "codes made with other settings (" + "; ".join(diff)
+                                     + "). Pass another cache file or matching options.")
+
+
+def transform_paths(paths: Sequence[str | os.PathLike], **kwargs: Any) -> np.ndarray:
+    """Shortcut: ``CNNCodes(**kwargs).fit(paths).transform(paths)``."""
+    return CNNCodes(**kwargs).fit(paths).transform(paths)

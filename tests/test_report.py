@@ -1,0 +1,117 @@
+"""Reports: JSON that parses and says what was measured, PNG figures, per-class CSV, text table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from cnncodes.classify import (
+    Evaluation,
+    TrainedModel,
+    fit_codes,
+    score_predictions,
+    stratified_holdout,
+)
+from cnncodes.report import (
+    build_report,
+    format_table,
+    load_report,
+    plot_confusion,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A logistic regression chosen by CV on real digits features, and its held-out scores."""
+    d = load_digits()
+    X, y = d.data.astype(np.float32), d.target
+    tr, te = stratified_holdout(y, test_size=0.3, seed=0)
+    classes = [f"digit{i}" for i in range(10)]
+    pipe, sel = fit_codes(X[tr], y[tr], classes=classes, c_grid="1e-4:1e1:6", cv=3)
+    model = TrainedModel(pipe, classes, "pixels",
+                         {"backbone": "none", "weights": "n/a", "input_size": 8},
+                         {"kind": "holdout", "test_size": 0.3, "seed": 0, "n_train": len(tr),
+                          "n_test": len(te)}, sel, store="digits")
+    pred, _ = model.scores(X[te])
+    ev = Evaluation("digits", "pixels", classes, [f"img{i}" for i in te], y[te], pred,
+                    score_predictions(y[te], pred, classes))
+    return model, ev
+
+
+def test_report_json_parses_and_holds_the_measurements(fitted, tmp_path):
+    model, ev = fitted
+    rows = [{"name": "digits pixels", "features": 64, "selection": model.selection,
+             **{k: ev.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}},
+            {"name": "skipped one", "skipped": "not cheap"}]
+    rep = build_report(model=model, evaluation=ev, rows=rows, extra={"note": float("nan")})
+    files = write_report(rep, tmp_path / "rep", evaluation=ev)
+    data = load_report(tmp_path / "rep")
+    assert data == json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["format"] == "cnncodes-report" and data["note"] is None  # NaN -> null
+    sel = data["selection"]
+    assert sel["best_C"] in sel["c_grid"] and len(sel["cv_mean"]) == 6
+    assert sel["train_time_s"] > 0 and sel["cv"] == 3
+    test = data["test"]
+    assert test["n"] == len(ev.y_true) and test["accuracy"] == pytest.approx(ev.accuracy)
+    assert test["accuracy"] > 0.9 and 0 < test["balanced_accuracy"] <= 1
+    cm = np.array(test["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == test["n"]
+    assert np.trace(cm) / cm.sum() == pytest.approx(test["accuracy"])
+    per = {r["class"]: r for r in test["per_class"]}
+    assert set(per) == set(model.classes)
+    assert sum(r["support"] for r in per.values()) == test["n"]
+    for i, c in enumerate(model.classes):
+        assert per[c]["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert per[c]["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
+    assert data["files"] == {"cv_plot": "cv_scores.png", "confusion": "confusion.png",
+                             "per_class": "per_class.csv", "json": "report.json"}
+    for name in ("cv_plot", "confusion"):
+        assert files[name].read_bytes()[:8] == PNG_MAGIC and files[name].stat().st_size > 5000
+    with open(files["per_class"]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["class"] for r in table] == model.classes
+    assert math.isclose(float(table[3]["f1"]), per["digit3"]["f1"], abs_tol=1e-4)
+
+
+def test_format_table_shows_rows_and_per_class(fitted):
+    model, ev = fitted
+    rows = [{"name": "codes", "features": 64, "selection": model.selection, "accuracy": 0.9321,
+             "balanced_accuracy": 0.93, "macro_f1": 0.93},
+            {"name": "raw pixels 32x32 rgb", "skipped": "over budget"}]
+    text = format_table(build_report(model=model, evaluation=ev, rows=rows))
+    assert "stratified hold-out 0.3 (seed 0)" in text
+    assert f"best C {model.selection['best_C']:.3g}" in text
+    assert "0.932" in text and "skipped: over budget" in text
+    assert "digit9" in text and "precision" in text
+    only_test = format_table(build_report(model=model, evaluation=ev), per_class=False)
+    assert f"accuracy {ev.accuracy:.4f}" in only_test and "digit9" not in only_test
+
+
+def test_report_without_test_part_has_cv_plot_only(fitted, tmp_path):
+    model, _ = fitted
+    files = write_report(build_report(model=model), tmp_path)
+    assert set(files) == {"cv_plot", "json"}
+    assert "test" not in load_report(tmp_path / "report.json")
+
+
+def test_confusion_plot_for_many_classes(tmp_path):
+    k = 40
+    cm = np.eye(k, dtype=int) * 5 + 1
+    p = plot_confusion(cm, [f"class_{i}" for i in range(k)], tmp_path / "cm.png")
+    assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plotting_leaves_the_pyplot_backend_alone(fitted, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    write_report(build_report(model=fitted[0], evaluation=fitted[1]), tmp_path)
+    assert matplotlib.get_backend() == before
