@@ -108,9 +108,10 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
     if isinstance(source, ImageSource):
         return source
     if not isinstance(source, (str, os.PathLike)):
+        # absolute paths, root "/": stable whatever other paths a later call passes
         paths = [Path(p).resolve() for p in source]
-        root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path.cwd()
-        return ImageSource(root, [_rel(p, root) for p in paths],
+        root = Path(os.sep)
+        return ImageSource(root, [p.as_posix() for p in paths],
                            np.full(len(paths), UNLABELLED, np.int64), list(classes or []), "list")
     src = Path(source).expanduser()
     if not src.exists():
