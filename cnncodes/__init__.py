@@ -2,6 +2,19 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+# GPU model selection (cnncodes.classify, scikit-learn's array API dispatch on torch tensors) needs
+# SciPy's own array API support, which SciPy reads from SCIPY_ARRAY_API once, when it is first
+# imported: so it is switched on here, before anything below imports scipy. A value already set
+# (e.g. SCIPY_ARRAY_API=0) is respected; when scipy was imported before cnncodes it is too late and
+# training falls back to NumPy with a logged warning (see cnncodes.classify.array_api_status).
+# Side effect for the rest of the process: SciPy functions then reject np.matrix and masked arrays.
+SCIPY_PREIMPORTED = "scipy" in _sys.modules
+if not SCIPY_PREIMPORTED:
+    _os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 from .backbones import (  # noqa: E402
     BackboneSpec,
     Cut,

@@ -14,6 +14,69 @@ another backbone/weights/layer/pooling/preprocessing with an error naming the di
 
 .. warning:: joblib (pickle) files execute code when loaded. Only load model files you made
    yourself or that come from a source you trust.
+
+Where model selection runs (``device=``)
+----------------------------------------
+With a CUDA GPU, :func:`train` / :func:`fit_codes` run the whole ``GridSearchCV`` (every fold and
+C, and the refit) through scikit-learn's array API support: the codes become torch tensors on the
+GPU and ``sklearn.config_context(array_api_dispatch=True)`` makes ``Normalizer``,
+``StandardScaler``, ``PCA`` and ``LogisticRegression(solver="lbfgs")`` compute with torch
+(the L-BFGS iterations themselves stay in SciPy, on a small NumPy vector of coefficients).
+
+* ``device="auto"`` (default): the GPU when one is present and the pipeline supports it, else NumPy.
+* ``device="cpu"``: always NumPy (the reference path).
+* ``device="cuda"`` / ``"cuda:1"``: the array API on that GPU (an error when CUDA is absent).
+* ``device="cpu-torch"``: the array API on CPU torch tensors; the same code path as the GPU one,
+  for checking it on machines without a GPU (it is not faster than NumPy on a CPU).
+
+What cannot take the array API path falls back to NumPy on the CPU, says why in the log (a
+warning when the array API was asked for explicitly or the environment prevents it) and records
+it in ``selection["compute"]``:
+
+* ``LinearSVC`` (liblinear) has no array API support in scikit-learn: it always runs on the CPU.
+* The check is scikit-learn's own ``array_api_support`` tag of every pipeline step (supported in
+  scikit-learn 1.9: ``Normalizer``, ``StandardScaler``, ``PCA`` with the ``full``,
+  ``covariance_eigh`` or QR-normalised ``randomized`` solvers (``build_pipeline`` always sets
+  ``power_iteration_normalizer="QR"`` so both paths use the same PCA), ``LogisticRegression``
+  with ``lbfgs``; ``GridSearchCV`` and ``StratifiedKFold`` split torch tensors directly).
+* SciPy must have been imported with ``SCIPY_ARRAY_API=1``. ``import cnncodes`` sets it when
+  SciPy is not imported yet (the ``cnncodes`` command always is in time); in a notebook that
+  imported scikit-learn or SciPy first it is too late: training warns and uses NumPy. Export
+  ``SCIPY_ARRAY_API=1`` before starting Python, or import cnncodes first. (The variable makes
+  SciPy reject ``np.matrix`` and masked arrays process-wide; set ``SCIPY_ARRAY_API=0`` before
+  importing cnncodes to keep SciPy's default behaviour and the NumPy path.)
+* Any error during the array API fit (an unsupported ``scoring``, GPU out of memory...) is
+  logged as a warning and the fit is redone with NumPy.
+
+On the array API path the fits run one after the other in this process (``n_jobs`` is not used:
+the GPU parallelises inside each fit), in the codes' dtype (float32 codes compute in float32 on
+both paths). The fitted pipeline is converted back to NumPy arrays before it is returned, so a
+model file never holds torch tensors and predicts from NumPy input on any machine. Both paths
+give the same chosen C and predictions up to floating-point rounding (on float64 codes the same
+predictions and coefficients within 1e-7; with float32 a near-tie in the CV curve can flip).
+
+Model selection on a cluster (joblib + dask)
+--------------------------------------------
+The grid search's fits (C values x folds) are dispatched by joblib, so any joblib backend set by
+the caller is used. To spread them over a dask cluster (``pip install "dask[distributed]"``;
+cnncodes does not depend on dask)::
+
+    import joblib
+    from dask.distributed import Client
+    import cnncodes
+
+    client = Client("tcp://scheduler:8786")        # or Client() for a local test cluster
+    with joblib.parallel_config(backend="dask"):   # joblib < 1.3: joblib.parallel_backend("dask")
+        model = cnncodes.train("codes.h5", layer="pool", c_grid="full", cv=5, device="cpu")
+    cnncodes.save_model(model, "model.joblib")
+
+``n_jobs=None`` (the default) lets the backend decide how many fits run at once (dask: every
+worker thread of the cluster); ``n_jobs=1`` keeps the fits in this process, outside any
+backend. The codes are read on the client and sent to the workers once per
+grid search (joblib's dask backend scatters large arguments); each task is a scikit-learn
+pipeline fit, so the workers need the same scikit-learn, NumPy and SciPy versions, but not
+cnncodes or torch. Use ``device="cpu"`` there: the array API path runs its fits sequentially in
+the calling process and does not use the backend.
 """
 
 from __future__ import annotations
@@ -150,7 +213,10 @@ def build_pipeline(*, model: str = "logreg", C: float = 1.0, l2: bool = False,
         if isinstance(pca, float) and not 0 < pca < 1 or not isinstance(pca, float) and pca < 1:
             raise ValueError(f"pca must be a component count >= 1 or a variance fraction in "
                              f"(0, 1); got {pca!r}.")
-        steps.append(("pca", PCA(n_components=pca, random_state=random_state)))
+        # QR power iterations: the randomized solver that scikit-learn's "auto" may pick then
+        # also runs under array API dispatch, so the NumPy and GPU paths fit the same PCA
+        steps.append(("pca", PCA(n_components=pca, power_iteration_normalizer="QR",
+                                 random_state=random_state)))
     if model == "logreg":
         clf: Any = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter,
                                       class_weight=class_weight, random_state=random_state)
@@ -223,18 +289,214 @@ def stratified_holdout(y: np.ndarray, *, test_size: float = 0.2,
 SMALL_FIT_VALUES = 20_000_000
 
 
-def _fit_search(search: GridSearchCV, X: np.ndarray, y: np.ndarray, *,
-                threads: int | None = None) -> GridSearchCV:
-    """The one place where estimators are fitted (a GPU/array-API backend would plug in here).
+#: ``device=`` values of :func:`fit_codes` / :func:`train` (``cuda:N`` picks a GPU).
+TRAIN_DEVICES = ("auto", "cpu", "cpu-torch", "cuda")
 
-    ``threads`` limits BLAS/OpenMP threads for the duration of the fit (restored afterwards).
+
+@dataclass(frozen=True)
+class Compute:
+    """Where a model selection runs.
+
+    Attributes:
+        engine: ``numpy`` or ``array-api`` (scikit-learn's array API dispatch on torch tensors).
+        device: ``cpu``, ``cuda:0``... (always ``cpu`` for ``numpy``).
+        requested: the ``device=`` value asked for.
+        reason: why the NumPy path is used although the array API was asked for or possible.
     """
+
+    engine: str
+    device: str
+    requested: str
+    reason: str = ""
+
+    @property
+    def array_api(self) -> bool:
+        return self.engine == "array-api"
+
+    def describe(self) -> str:
+        where = (f"scikit-learn array API on torch {self.device}" if self.array_api
+                 else "NumPy on CPU")
+        return where + (f" ({self.reason})" if self.reason else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"engine": self.engine, "device": self.device, "requested": self.requested}
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+def _scipy_array_api_flag() -> bool:
+    """Whether SciPy itself was initialised with array API support (read once at its import)."""
+    import scipy  # noqa: F401  (import it now if nobody did: cnncodes set the variable in time)
+
+    try:
+        from scipy._lib._array_api import SCIPY_ARRAY_API as flag
+    except ImportError:  # another SciPy layout: trust the variable unless SciPy came first
+        from . import SCIPY_PREIMPORTED
+
+        return os.environ.get("SCIPY_ARRAY_API") == "1" and not SCIPY_PREIMPORTED
+    return str(flag).strip().lower() not in ("", "0", "false", "none")
+
+
+def array_api_status() -> tuple[bool, str]:
+    """``(usable, reason)``: can scikit-learn's array API dispatch run here at all?
+
+    Needs scikit-learn >= 1.8 (with its vendored ``array_api_compat``), torch, and SciPy imported
+    with ``SCIPY_ARRAY_API=1`` (see the module docstring). ``reason`` says what is missing.
+    """
+    try:
+        import sklearn.utils._array_api as sk_xp
+        from sklearn.utils._array_api import move_estimator_to  # noqa: F401  (>= 1.8)
+    except ImportError:
+        return False, (f"scikit-learn {_sklearn_version()} has no array API estimator conversion; "
+                       "install scikit-learn >= 1.8")
+    if getattr(sk_xp, "array_api_compat", None) is None:
+        return False, "array-api-compat is missing (pip install array-api-compat)"
+    env = os.environ.get("SCIPY_ARRAY_API")
+    if env not in (None, "1"):
+        return False, (f"SCIPY_ARRAY_API is set to {env!r}, not '1'; unset it or export "
+                       "SCIPY_ARRAY_API=1 before starting Python")
+    if not _scipy_array_api_flag():
+        return False, ("scipy was imported before SCIPY_ARRAY_API=1 was set (import cnncodes "
+                       "before scikit-learn/scipy, or export SCIPY_ARRAY_API=1 before starting "
+                       "Python)")
+    if env is None:  # SciPy has it, but scikit-learn checks the variable itself
+        return False, ("SCIPY_ARRAY_API was removed from the environment after scipy was "
+                       "imported with it; set it to '1' again")
+    return True, ""
+
+
+def _pipeline_blocker(pipe: Pipeline) -> str:
+    """Why ``pipe`` cannot run under array API dispatch ('' when every step supports it)."""
+    from sklearn.utils import get_tags
+
+    bad = [f"{type(est).__name__} ({name})" for name, est in pipe.steps
+           if est not in ("passthrough", None) and not get_tags(est).array_api_support]
+    if not bad:
+        return ""
+    if isinstance(pipe.steps[-1][1], LinearSVC):
+        return "LinearSVC has no array API support in scikit-learn and always runs on the CPU"
+    return f"{', '.join(bad)} has no array API support in scikit-learn"
+
+
+def resolve_compute(device: str = "auto", *, pipeline: Pipeline | None = None) -> Compute:
+    """Decide where a grid search runs (see the module docstring).
+
+    ``auto`` uses the array API on the GPU when CUDA is available and ``pipeline`` supports it;
+    ``cpu`` is NumPy; ``cuda``/``cuda:N`` and ``cpu-torch`` ask for the array API on that device.
+    What cannot run there falls back to NumPy with the reason logged (a warning when the array
+    API was asked for, or when only the environment prevents it) and returned.
+
+    Raises:
+        ValueError: an unknown device, or ``cuda`` without a usable CUDA device.
+    """
+    requested = str(device)
+    d = requested.strip().lower()
+    if d in ("cpu", "numpy"):
+        return Compute("numpy", "cpu", requested)
+    import torch
+
+    if d == "auto":
+        if not torch.cuda.is_available():
+            return Compute("numpy", "cpu", requested)
+        target = "cuda"
+    elif d == "cpu-torch":
+        target = "cpu"
+    elif d == "cuda" or d.startswith("cuda:"):
+        try:
+            dev = torch.device(d)
+        except RuntimeError:
+            raise ValueError(f"Bad device {device!r}; use cuda or cuda:N.") from None
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={requested!r} but CUDA is not available here; use "
+                             "--device cpu (NumPy) or auto.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={requested!r} but there are only "
+                             f"{torch.cuda.device_count()} CUDA devices.")
+        target = d
+    else:
+        raise ValueError(f"Unknown training device {device!r}; choose one of "
+                         f"{', '.join(TRAIN_DEVICES)} or cuda:N.")
+    usable, reason = array_api_status()
+    env_problem = not usable
+    if usable and pipeline is not None:
+        reason = _pipeline_blocker(pipeline)
+    if reason:
+        explicit = d != "auto"
+        (log.warning if explicit or env_problem else log.info)(
+            "model selection runs with NumPy on the CPU, not the array API on %s: %s",
+            target, reason)
+        return Compute("numpy", "cpu", requested, reason)
+    return Compute("array-api", str(torch.device(target)), requested)
+
+
+def _fit_numpy(search: GridSearchCV, X: np.ndarray, y: np.ndarray, limit: int | None) -> None:
     from threadpoolctl import threadpool_limits
 
-    limit = threads if threads is not None else (1 if X.size <= SMALL_FIT_VALUES else None)
-    with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=limit):
-        warnings.simplefilter("always", ConvergenceWarning)
+    with threadpool_limits(limits=limit):
         search.fit(X, y)
+
+
+def _fit_array_api(search: GridSearchCV, X: np.ndarray, y: np.ndarray, device: str,
+                   limit: int | None) -> None:
+    """Fit ``search`` on torch tensors under array API dispatch; leaves NumPy estimators."""
+    import sklearn
+    import torch
+    from sklearn.utils._array_api import move_estimator_to
+    from threadpoolctl import threadpool_limits
+
+    dev = torch.device(device)
+    old_threads = torch.get_num_threads()
+    try:
+        if dev.type == "cpu" and limit:
+            torch.set_num_threads(limit)
+        Xt = torch.from_numpy(np.ascontiguousarray(X)).to(dev)
+        yt = torch.from_numpy(np.ascontiguousarray(y)).to(dev)
+        # n_jobs=1: the tensors stay in this process, whatever joblib backend is active
+        search.set_params(n_jobs=1)
+        with threadpool_limits(limits=limit), sklearn.config_context(array_api_dispatch=True):
+            search.fit(Xt, yt)
+        # a model file must not hold torch (or CUDA) tensors: every fitted array -> NumPy
+        search.best_estimator_ = move_estimator_to(search.best_estimator_, np, "cpu")
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _fit_search(search: GridSearchCV, X: np.ndarray, y: np.ndarray, *,
+                threads: int | None = None, compute: Compute | None = None) -> Compute:
+    """The one place where estimators are fitted: NumPy, or the array API on torch tensors.
+
+    ``threads`` limits BLAS/OpenMP (and torch CPU) threads for the duration of the fit (restored
+    afterwards). Returns the :class:`Compute` actually used (an array API fit that fails is
+    redone with NumPy, with the reason recorded).
+    """
+    compute = compute or Compute("numpy", "cpu", "cpu")
+    limit = threads if threads is not None else (1 if X.size <= SMALL_FIT_VALUES else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if compute.array_api:
+            n_jobs = search.n_jobs
+            try:
+                _fit_array_api(search, X, y, compute.device, limit)
+            except Exception as e:  # noqa: BLE001 - any failure: the NumPy path is the reference
+                import torch
+
+                if isinstance(e, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                    why = f"the codes do not fit in {compute.device} memory"
+                else:
+                    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+                log.warning("array API training on %s failed (%s); training again with NumPy "
+                            "on the CPU", compute.device, why)
+                compute = Compute("numpy", "cpu", compute.requested,
+                                  f"array API fit failed: {why}")
+                search.set_params(n_jobs=n_jobs)
+                caught.clear()
+                _fit_numpy(search, X, y, limit)
+            finally:
+                search.set_params(n_jobs=n_jobs)
+        else:
+            _fit_numpy(search, X, y, limit)
     n_conv = 0
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
@@ -244,7 +506,7 @@ def _fit_search(search: GridSearchCV, X: np.ndarray, y: np.ndarray, *,
     if n_conv:
         log.warning("%d fits stopped at max_iter before converging (usually at the largest C "
                     "values); raise --max-iter if the chosen C is among them", n_conv)
-    return search
+    return compute
 
 
 def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = None,
@@ -252,14 +514,21 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
               n_jobs: int | None = None, class_weight: str | None = None, l2: bool = False,
               standardize: bool = True, pca: int | float | None = None,
               scoring: str = "accuracy", max_iter: int = 1000, seed: int = 0,
-              threads: int | None = None) -> tuple[Pipeline, dict[str, Any]]:
+              threads: int | None = None, device: str = "auto"
+              ) -> tuple[Pipeline, dict[str, Any]]:
     """Choose C by stratified k-fold grid search and refit on all of ``X, y``.
 
     Args:
         X: (N, D) float codes.  y: (N,) int labels (class indices).
         classes: class names (only for messages).
+        n_jobs: parallel fits, through joblib: ``None`` lets an active joblib backend (e.g.
+            ``joblib.parallel_config(backend="dask")``) decide, else runs them one by one.
         threads: BLAS/OpenMP threads during the fit (restored afterwards); None = 1 for small
             problems (up to :data:`SMALL_FIT_VALUES` values), else the library default.
+        device: where the search runs: ``auto`` (the GPU through scikit-learn's array API when
+            CUDA is present, else NumPy), ``cpu`` (NumPy), ``cuda``/``cuda:N``, or ``cpu-torch``
+            (the array API path on CPU torch tensors). LinearSVC always runs with NumPy. See the
+            module docstring; ``selection["compute"]`` records what was used.
         Other arguments: see :func:`build_pipeline` and :func:`parse_c_grid`; ``cv`` folds are
         reduced automatically for small classes (see :func:`resolve_cv`).
 
@@ -268,6 +537,8 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         score per C, the chosen C, fold count and timings (JSON-serialisable).
     """
     X = np.asarray(X)
+    if X.dtype == np.float16:  # float16 stores: compute in float32 on both paths (lossless)
+        X = X.astype(np.float32)
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
@@ -285,11 +556,12 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
                              "less, or a variance fraction such as 0.95.")
     pipe = build_pipeline(model=model, l2=l2, standardize=standardize, pca=pca,
                           class_weight=class_weight, max_iter=max_iter, random_state=seed)
+    compute = resolve_compute(device, pipeline=pipe)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     search = GridSearchCV(pipe, {"clf__C": grid.tolist()}, scoring=scoring, cv=splitter,
                           n_jobs=n_jobs, refit=True, error_score="raise")
     t0 = time.perf_counter()
-    _fit_search(search, X, y, threads=threads)
+    compute = _fit_search(search, X, y, threads=threads, compute=compute)
     seconds = time.perf_counter() - t0
     res = search.cv_results_
     Cs = [float(c) for c in res["param_clf__C"]]
@@ -303,6 +575,7 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         "class_weight": class_weight, "l2": l2, "standardize": standardize, "pca": pca,
         "max_iter": max_iter, "n_jobs": n_jobs, "steps": [n for n, _ in pipe.steps],
         "n_train": int(X.shape[0]), "n_features": int(X.shape[1]),
+        "compute": {**compute.to_dict(), "dtype": str(X.dtype)},
         "train_time_s": round(seconds, 3), "refit_time_s": round(float(search.refit_time_), 3),
     }
     if len(grid) > 2 and selection["best_C"] in (grid[0], grid[-1]):
@@ -310,9 +583,9 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         selection["c_at_grid_edge"] = side
         log.warning("the chosen C (%.3g) is the %s value of the grid; the best C may lie beyond "
                     "it: widen the grid (e.g. --c-grid full)", selection["best_C"], side)
-    log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%d folds, %d C values, %.1f s)", model,
-             X.shape[0], X.shape[1], selection["best_C"], scoring, selection["best_cv_score"],
-             folds, len(grid), seconds)
+    log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%d folds, %d C values, %.1f s, %s)",
+             model, X.shape[0], X.shape[1], selection["best_C"], scoring,
+             selection["best_cv_score"], folds, len(grid), seconds, compute.describe())
     return search.best_estimator_, selection
 
 
@@ -427,10 +700,6 @@ class TrainedModel:
                 f"{what} do not match the model ({self.describe()}): " + "; ".join(diffs)
                 + f". Extract the images with the model's settings ({self.extract_hint()}) or "
                 "use `cnncodes predict MODEL IMAGES`, which does that for you.")
-        if self.provenance.get("weights") == "random":
-            log.warning("the model was trained on codes of a randomly initialised backbone; "
-                        "codes from another random initialisation cannot be told apart and will "
-                        "not match")
 
     def extract_hint(self) -> str:
         p = self.provenance
@@ -447,7 +716,7 @@ class TrainedModel:
             "provenance": dict(self.provenance), "split": dict(self.split),
             "selection": dict(self.selection), "train_paths": list(self.train_paths),
             "train_labels": np.asarray(self.train_labels, np.int64), "store": self.store,
-            "created": self.created, "versions": dict(self.versions),
+            "created": self.created, "versions": {k: str(v) for k, v in self.versions.items()},
         }
 
     @classmethod
@@ -588,7 +857,8 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
           model: str = "logreg", c_grid: str | Sequence[float] | None = None, cv: int = 5,
           n_jobs: int | None = None, class_weight: str | None = None, l2: bool = False,
           standardize: bool = True, pca: int | float | None = None, scoring: str = "accuracy",
-          max_iter: int = 1000, holdout: float = 0.0, seed: int = 0) -> TrainedModel:
+          max_iter: int = 1000, holdout: float = 0.0, seed: int = 0,
+          device: str = "auto", threads: int | None = None) -> TrainedModel:
     """Fit a classifier on the labelled codes of one layer of a store.
 
     Args:
@@ -596,6 +866,10 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
         layer: layer name (default the store's only/default layer).
         holdout: fraction of each class held out (seeded by ``seed``) and left out of training;
             :func:`evaluate` on the same store then scores exactly those rows. 0 = train on all.
+        n_jobs: parallel CV fits through joblib (``None``: an active joblib backend, e.g. dask,
+            decides; see the module docstring).
+        device: ``auto`` (GPU through scikit-learn's array API when CUDA is present), ``cpu``
+            (NumPy), ``cuda``/``cuda:N`` or ``cpu-torch``; LinearSVC always runs on the CPU.
         Other arguments: see :func:`fit_codes`.
 
     Returns:
@@ -631,7 +905,7 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
     pipe, selection = fit_codes(Xtr, ytr, classes=classes, model=model, c_grid=c_grid, cv=cv,
                                 n_jobs=n_jobs, class_weight=class_weight, l2=l2,
                                 standardize=standardize, pca=pca, scoring=scoring,
-                                max_iter=max_iter, seed=seed)
+                                max_iter=max_iter, seed=seed, threads=threads, device=device)
     prov = store_provenance(st)
     bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
     bound["layers"] = [name]
@@ -644,7 +918,9 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
         selection=selection, train_paths=paths[labelled][rows].tolist(),
         train_labels=ytr.astype(np.int64), store=os.fspath(st.path),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        versions={**versions(), "scikit-learn": _sklearn_version(), "cnncodes": __version__})
+        # plain str: torch.__version__ is a TorchVersion, whose pickle would import torch
+        versions={k: str(v) for k, v in {**versions(), "scikit-learn": _sklearn_version(),
+                                          "cnncodes": __version__}.items()})
 
 
 def _sklearn_version() -> str:
@@ -776,6 +1052,7 @@ class Predictions:
     classes: list[str]
     failures: list[tuple[str, str]] = field(default_factory=list)
     true_labels: list[str] | None = None
+    model: str = ""  # what predicted: TrainedModel.describe() or the fine-tuned network
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """``path,label,<probability|score>,error`` rows; unreadable images have an error and no
@@ -834,12 +1111,18 @@ def predict(model: TrainedModel | str | os.PathLike,
     ``source`` may also be a code store (``.h5``), which is checked against the model's
     provenance and read instead of extracting. Unreadable images are listed in
     ``Predictions.failures``; they do not stop the run.
+
+    ``model`` may also be a fine-tuned ``RUN/model.pt`` written by :func:`cnncodes.finetune`: the
+    images then go through that network (:func:`cnncodes.finetune.predict_images`) and the result
+    has the same form (``score_kind`` ``probability``).
     """
+    if _is_finetuned_file(model):
+        return _predict_finetuned(model, source, batch_size=batch_size,  # type: ignore[arg-type]
+                                  num_workers=num_workers, device=device, precision=precision,
+                                  threads=threads, max_pixels=max_pixels, progress=progress)
     m = load_model(model)
     true: list[str] | None = None
-    if isinstance(source, FeatureStore) or (
-            isinstance(source, (str, os.PathLike)) and Path(source).is_file()
-            and Path(source).suffix.lower() in (".h5", ".hdf5")):
+    if _is_store_source(source):
         st = _as_store(source)  # type: ignore[arg-type]
         sp = store_provenance(st)
         m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")
@@ -871,7 +1154,59 @@ def predict(model: TrainedModel | str | os.PathLike,
     if failures:
         log.warning("%d images could not be read and have no prediction", len(failures))
     return Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
-                       true)
+                       true, model=m.describe())
+
+
+def _is_finetuned_file(model: Any) -> bool:
+    """A ``model.pt`` of :func:`cnncodes.finetune` (a torch zip archive), not a joblib model."""
+    import zipfile
+
+    if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
+        return False
+    from .finetune import is_finetuned_model
+
+    return is_finetuned_model(model)
+
+
+def _is_store_source(source: Any) -> bool:
+    return isinstance(source, FeatureStore) or (
+        isinstance(source, (str, os.PathLike)) and Path(source).is_file()
+        and Path(source).suffix.lower() in (".h5", ".hdf5"))
+
+
+def _predict_finetuned(model: str | os.PathLike,
+                       source: str | os.PathLike | Sequence[str] | ImageSource | FeatureStore, *,
+                       batch_size: int, num_workers: int | None, device: str, precision: str,
+                       threads: int | None, max_pixels: int | None,
+                       progress: bool) -> Predictions:
+    """:func:`predict` for a fine-tuned ``model.pt``: its own network and preprocessing."""
+    from .data import open_source
+    from .finetune import predict_images
+
+    if _is_store_source(source):
+        raise ValueError(f"{os.fspath(model)} is a fine-tuned network: it predicts from images, "
+                         "not from a code store. Pass the images (a folder or a list file).")
+    src = open_source(source)  # type: ignore[arg-type]
+    res = predict_images(model, src, batch_size=batch_size, device=device, precision=precision,
+                         num_workers=num_workers, threads=threads, max_pixels=max_pixels,
+                         progress=progress)
+    root = Path(res.root)
+    paths = [os.path.normpath(os.fspath(root / p)) for p in res.paths]
+    failures = [(os.path.normpath(os.fspath(root / p)), r) for p, r in res.failures]
+    probs = np.asarray(res.probabilities, np.float64).reshape(len(paths), len(res.classes))
+    idx = np.asarray(res.predicted, np.int64)
+    best = probs[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
+    true = None
+    if len(src.labels) and (np.asarray(src.labels) >= 0).any():
+        # the folder's class name, as for linear models (also for classes the model lacks)
+        true = [src.classes[int(i)] if i >= 0 else "" for i in np.asarray(src.labels)[res.index]]
+    meta = res.meta
+    desc = (f"fine-tuned {meta.get('backbone')} ({meta.get('state')}, {len(res.classes)} "
+            f"classes, {meta.get('input_size_used')} px) from {os.fspath(model)}")
+    if failures:
+        log.warning("%d images could not be read and have no prediction", len(failures))
+    return Predictions(paths, res.labels, best, "probability", probs, list(res.classes),
+                       failures, true, model=desc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -923,7 +1258,8 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
                    c_grid: str | Sequence[float] | None = None, cv: int = 5,
                    n_jobs: int | None = None, class_weight: str | None = None,
                    scoring: str = "accuracy", max_iter: int = 1000, seed: int = 0,
-                   budget: int | None = RAW_BASELINE_BUDGET) -> dict[str, Any]:
+                   budget: int | None = RAW_BASELINE_BUDGET,
+                   device: str = "auto") -> dict[str, Any]:
     """The same classifier and model selection on downscaled raw pixels of the same images.
 
     Returns a report row: ``name``, CV record, test ``accuracy``/``balanced_accuracy``; or
@@ -946,7 +1282,7 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
     ytr, yte = np.asarray(y_train)[oktr], np.asarray(y_test)[okte]
     pipe, sel = fit_codes(Xtr[oktr], ytr, classes=classes, model=model, c_grid=c_grid, cv=cv,
                           n_jobs=n_jobs, class_weight=class_weight, standardize=True,
-                          scoring=scoring, max_iter=max_iter, seed=seed)
+                          scoring=scoring, max_iter=max_iter, seed=seed, device=device)
     m = TrainedModel(pipe, list(classes), "pixels", {}, {}, sel)
     pred, _ = m.scores(Xte[okte])
     metrics = score_predictions(yte, pred, classes)
@@ -1059,6 +1395,9 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
        protocol on raw pixels gives a baseline row (``raw_baseline``: None = when cheap),
        5. the model, ``report.json`` and PNGs are written to ``report``.
 
+    ``device`` applies to the extraction and to the grid search (``auto``: the GPU for both when
+    present; ``cpu``: NumPy for the classifier; see :func:`fit_codes`).
+
     Raises:
         ValueError, StoreMismatchError: bad options, a cache made with other settings (pass
             ``overwrite=True`` or another ``cache``), classes too small to split.
@@ -1085,8 +1424,9 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     train_store = stores.get("train", stores.get("all"))
     test_store = stores.get("test", train_store)
     assert train_store is not None and test_store is not None
+    # the same device for the grid search: cpu keeps everything on the CPU, auto/cuda use the GPU
     fit_kw = dict(model=model, c_grid=c_grid, cv=cv, n_jobs=n_jobs, class_weight=class_weight,
-                  scoring=scoring, max_iter=max_iter, seed=seed)
+                  scoring=scoring, max_iter=max_iter, seed=seed, device=device)
     trained = train(train_store, layer=name, l2=l2, standardize=standardize, pca=pca,
                     holdout=holdout if "all" in split else 0.0, **fit_kw)
     if "all" not in split:

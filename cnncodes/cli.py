@@ -255,7 +255,7 @@ def _add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0)
     g.add_argument("--cv", type=int, default=5,
                    help="stratified folds (reduced automatically for classes with fewer images)")
     g.add_argument("--n-jobs", type=_int_or_none, default=None, help="parallel CV fits (-1 = all "
-                   "cores)")
+                   "cores; the GPU/array-API path runs them one after the other)")
     g.add_argument("--class-weight", default="none", choices=["none", "balanced"],
                    help="balanced: weight classes inversely to their frequency")
     g.add_argument("--l2", action="store_true", help="L2-normalise codes first")
@@ -289,6 +289,11 @@ def _add_train(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--device", default="auto",
+                   help="where the CV grid search runs: auto (a CUDA GPU through scikit-learn's "
+                        "array API when present, else NumPy), cpu (NumPy), cuda, cuda:N, or "
+                        "cpu-torch (the array-API path on CPU, for checks); --model linearsvc "
+                        "always runs on the CPU")
     _add_classifier_options(p)
     return p
 
@@ -299,7 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.test and args.holdout:
         raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
-    model = train(args.store, layer=args.layer, holdout=args.holdout,
+    model = train(args.store, layer=args.layer, holdout=args.holdout, device=args.device,
                   **_classifier_kwargs(args))
     path = save_model(model, args.output)
     evaluation = None
@@ -365,8 +370,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label images with a trained model (extracts with the "
-                       "model's own backbone/weights/layer/preprocessing)", epilog=_TRUST_NOTE)
-    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only)")
+                       "model's own backbone/weights/layer/preprocessing) or a fine-tuned "
+                       "RUN/model.pt", epilog=_TRUST_NOTE)
+    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only), or "
+                                 "a fine-tuned RUN/model.pt from `cnncodes finetune`")
     p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
     p.add_argument("-o", "--output", default="predictions.csv",
                    help="CSV with path,label,probability|score,error (default predictions.csv)")
@@ -375,17 +382,17 @@ def _add_predict(sub: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .classify import load_model, predict
+    from .classify import predict
     from .data import DEFAULT_MAX_PIXELS
 
-    model = load_model(args.model)
-    pred = predict(model, args.source, batch_size=args.batch_size, num_workers=args.num_workers,
+    pred = predict(args.model, args.source, batch_size=args.batch_size,
+                   num_workers=args.num_workers,
                    device=args.device, precision=args.precision, threads=args.threads,
                    max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
                    progress=not args.no_progress)
     out = pred.to_csv(args.output)
     counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
-    print(f"{out}: {len(pred.paths)} images labelled by {model.describe()}")
+    print(f"{out}: {len(pred.paths)} images labelled by {pred.model}")
     if counts:
         print(f"  {counts}")
     if pred.true_labels is not None:
@@ -476,7 +483,11 @@ def _add_finetune(sub: Any) -> argparse.ArgumentParser:
                        argument_default=argparse.SUPPRESS,
                        epilog="Defaults: see cnncodes.finetune.FinetuneConfig (SGD momentum 0.9, "
                               "lr 0.001 (AdamW 1e-4), head x10, weight decay 1e-3, 15 epochs, "
-                              "cosine after 1 warmup epoch, val 0.15, test 0.2).")
+                              "cosine after 1 warmup epoch, val 0.15, test 0.2). The same "
+                              "command runs under `torchrun --nproc-per-node N -m cnncodes "
+                              "finetune ...`: DistributedDataParallel (gloo on CPU, nccl on "
+                              "cuda:LOCAL_RANK), --batch-size per process, metrics reduced over "
+                              "processes, rank 0 writes the run folder; --resume works the same.")
     p.add_argument("source", help="a folder of class folders, or a labelled .txt/.csv list")
     p.add_argument("-o", "--output", required=True,
                    help="run folder: checkpoint.pt, model.pt, report.json, curves.png")
@@ -501,7 +512,10 @@ def _add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--freeze", type=int, help="freeze the first K stages (default 0)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int,
+                   help="images per step per process (default 32); under torchrun each of the "
+                        "N processes takes this many, so the global batch is N x this (the "
+                        "learning rate is not rescaled)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"])
     g.add_argument("--lr", type=float, help="base learning rate of the pretrained layers")
     g.add_argument("--head-lr-mult", type=float, help="head lr = lr x this (default 10)")
@@ -533,6 +547,9 @@ def _add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     g.add_argument("--workers", "--num-workers", dest="num_workers", type=_int_or_none)
     g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun on GPUs: SyncBatchNorm (batch statistics over all "
+                        "processes) for the layers that train; frozen stages keep theirs")
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms during the run")
     g.add_argument("--max-pixels", type=int, help="decompression-bomb limit per image")
@@ -561,6 +578,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
               f"{esc.output / 'head-only'} and {esc.output / 'full'}")
         return 0
     res = finetune(args.source, args.output, **common, **options)
+    from .distributed import env_info
+    if not env_info().is_main:  # under torchrun rank 0 reports for the job
+        return 0
     if args.json:
         print(json.dumps(res.report, indent=2, default=str))
         return 0
@@ -580,7 +600,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
               f"{f(res.test_accuracy)} ({rep['split']['test']} images); "
               f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s")
         print(f"  model {res.model_path} (usable as --weights for extract; predict with "
-              f"cnncodes.finetune.predict_images), report {res.report_path}, curves "
+              f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
               f"{res.curves_path}")
     if res.failures:
         print(f"{len(res.failures)} files could not be read and were skipped:")

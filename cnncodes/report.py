@@ -3,9 +3,11 @@
 ``report.json`` holds the model summary (backbone, weights, layer, classes), the split, the
 model-selection record (CV score per C, chosen C, train time), the test metrics (accuracy,
 balanced accuracy, per-class precision/recall/F1, confusion matrix) and comparison rows (e.g. the
-raw-pixel baseline). Figures: ``cv_scores.png`` (CV score against C for every row, chosen C
-marked) and ``confusion.png``; ``per_class.csv`` repeats the per-class table. Figures use
-matplotlib's Agg canvas directly (no display, no pyplot, the caller's backend is untouched).
+raw-pixel baseline). ``selection["compute"]`` says where the grid search ran (NumPy, or
+scikit-learn's array API on a torch device) and why not on the GPU when it fell back.
+Figures: ``cv_scores.png`` (CV score against C for every row, chosen C marked) and
+``confusion.png``; ``per_class.csv`` repeats the per-class table. Figures use matplotlib's Agg
+canvas directly (no display, no pyplot, the caller's backend is untouched).
 """
 
 from __future__ import annotations
@@ -194,6 +196,20 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def describe_compute(compute: Mapping[str, Any]) -> str:
+    """One line for ``selection["compute"]``: where the grid search ran, and why not on the GPU
+    when it fell back."""
+    if compute.get("engine") == "array-api":
+        text = f"scikit-learn array API on torch {compute.get('device')}"
+    else:
+        text = "NumPy on CPU"
+    if compute.get("dtype"):
+        text += f", {compute['dtype']}"
+    if compute.get("reason"):
+        text += f" (not the array API: {compute['reason']})"
+    return text
+
+
 def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
     """The report as plain text: model line, comparison rows, per-class table."""
     lines: list[str] = []
@@ -218,6 +234,9 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
                      f"values [{min(sel['c_grid']):.3g}, {max(sel['c_grid']):.3g}]: best C "
                      f"{sel['best_C']:.3g}, CV {sel.get('scoring')} {sel['best_cv_score']:.4f}, "
                      f"{sel.get('train_time_s', 0):.1f} s")
+        comp = sel.get("compute")
+        if comp:
+            lines.append(f"compute    {describe_compute(comp)}")
     test = report.get("test")
     rows = report.get("rows") or []
     if rows:

@@ -83,7 +83,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     Args:
         backbone, weights, layer, pooling, input_size: as in :func:`cnncodes.extract` (``layer``
-            is a single layer name; default the backbone's default layer).
+            is a single layer name; default the backbone's default layer). ``weights="random"``
+            is the fixed, seeded random network of :func:`cnncodes.create_backbone`: the same in
+            every build, so its codes may be cached in memory or in a store like any others.
         batch_size, num_workers, device, precision, max_pixels: extraction runtime options.
         cache: ``"memory"``, a path to an ``.h5`` store, or None (see the module docstring).
         on_error: ``"raise"`` (default: a ValueError naming the unreadable files) or ``"zeros"``
@@ -130,11 +132,6 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         ext = CodeExtractor(self.backbone, weights=self.weights, layers=[layer],
                             pooling=self.pooling, input_size=self.input_size, device=self.device,
                             precision=self.precision)
-        if self._store_cache() is not None and ext.resolved.is_random:
-            raise ValueError("cache=<store> needs reproducible weights, but weights='random' draws "
-                             "new weights at every build. Save them once (torch.save(model."
-                             "state_dict(), 'w.pth')) and pass weights='w.pth', or use "
-                             "cache='memory'.")
         self._extractor = ext
         self.layer_ = layer
         self.provenance_ = ext.provenance()
@@ -196,9 +193,6 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if ext is None:
             from .extract import CodeExtractor
 
-            if self.provenance_.get("weights") == "random":
-                log.warning("rebuilding a random-weights CNNCodes draws new weights: its codes "
-                            "differ from those it was fitted with")
             ext = CodeExtractor(self.backbone, weights=self.weights, layers=[self.layer_],
                                 pooling=self.pooling, input_size=self.input_size,
                                 device=self.device, precision=self.precision)
@@ -217,9 +211,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if not (isinstance(self.cache, str) and self.cache == "memory"):
             return None
         p = self.provenance_
+        # "random" is a fixed network (seeded init, cnncodes.backbones.RANDOM_INIT_SEED)
         weights = p.get("weights_sha256") or p.get("weights")
-        if p.get("weights") == "random":  # another build = other weights: never share
-            weights = f"random@{id(self._get_extractor())}"
         return (p["backbone"], weights, self.layer_, p["layer_info"][self.layer_]["pooling"],
                 tuple(sorted((k, str(v)) for k, v in p["preprocessing"].items())))
 

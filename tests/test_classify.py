@@ -2,8 +2,9 @@
 provenance checks, evaluation, predict on images, baseline, and the CNNCodes transformer.
 
 Real data throughout: scikit-learn's digits (as 64-d pixel features, and as PNG class trees pushed
-through a randomly initialised ResNet-18 saved to a checkpoint file, so its codes are
-reproducible and its checksum is recorded like real weights).
+through a randomly initialised ResNet-18 saved to a checkpoint file, so that the model files are
+bound to a weights checksum like with real weights; ``weights="random"``, the fixed seeded
+network, is used where no checksum is needed).
 """
 
 from __future__ import annotations
@@ -479,5 +480,23 @@ def test_cnncodes_store_cache_is_reused(digits_data, tmp_path):
     r = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE,
                  cache=digits_data.test_h5).fit_transform(paths)
     assert np.allclose(r, X_store, atol=1e-5)
-    with pytest.raises(ValueError, match="weights='random'"):
-        CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit(paths)
+
+
+def test_cnncodes_random_weights_are_one_network_and_cacheable(digits_data, tmp_path):
+    """weights="random" is the seeded init: separate builds share the memory cache and a store,
+    and a store written by one build serves another."""
+    paths, _ = _paths_labels(digits_data.test_dir)
+    paths = paths[:12]
+    clear_memory_cache()
+    mem = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
+    again = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
+    assert np.array_equal(mem, again) and STATS["extracted"] == 12  # the 2nd build: all hits
+    fresh = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=None).fit_transform(paths)
+    assert np.allclose(fresh, mem, atol=1e-6)  # computed again by a new network: same codes
+    cache = tmp_path / "random.h5"
+    a = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
+    assert np.allclose(a, mem, atol=1e-6)
+    runs = len(FeatureStore(cache).provenance["runs"])
+    b = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
+    assert np.array_equal(a, b) and len(FeatureStore(cache).provenance["runs"]) == runs
+    assert FeatureStore(cache).provenance["weights"] == "random"

@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from cnncodes import FeatureStore, extract, load_model
@@ -65,6 +66,27 @@ def test_train_with_holdout_writes_report_and_json(digits_data, tmp_path, capsys
     assert (tmp_path / "rep" / "cv_scores.png").is_file()
 
 
+def test_train_device_option_picks_and_reports_the_compute_path(digits_data, tmp_path,  # noqa: F811
+                                                                capsys):
+    args = ["train", digits_data.train_h5, "--layer", "pool", "--c-grid", "1e-3:1e-1:3", "--cv",
+            "3", "--holdout", "0.2"]
+    rc, out, err = run(capsys, *args, "-o", tmp_path / "xp.joblib", "--device", "cpu-torch")
+    assert rc == 0, err
+    assert "compute    scikit-learn array API on torch cpu, float32" in out
+    xp = load_model(tmp_path / "xp.joblib")
+    assert xp.selection["compute"]["engine"] == "array-api"
+    rc, out, err = run(capsys, *args, "-o", tmp_path / "np.joblib", "--device", "cpu")
+    assert rc == 0, err
+    assert "compute    NumPy on CPU, float32" in out
+    assert load_model(tmp_path / "np.joblib").selection["best_C"] == xp.selection["best_C"]
+    rc, out, err = run(capsys, *args, "-o", tmp_path / "svc.joblib", "--device", "cpu-torch",
+                       "--model", "linearsvc")
+    assert rc == 0, err
+    assert "NumPy on CPU, float32 (not the array API: LinearSVC has no array API support" in out
+    rc, _, err = run(capsys, *args, "--device", "tpu")
+    assert rc == 1 and "Unknown training device 'tpu'" in err
+
+
 def test_errors_are_one_line_and_name_the_problem(digits_data, tmp_path, capsys):  # noqa: F811
     rc, _, err = run(capsys, "train", digits_data.train_h5, "--c-grid", "1e-4:1e2",
                      "-o", tmp_path / "m.joblib")
@@ -122,3 +144,85 @@ def test_help_warns_that_model_files_run_code(capsys):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "joblib pickles" in capsys.readouterr().out
+
+
+def test_train_help_says_linearsvc_stays_on_the_cpu(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--device DEVICE" in text and "cpu-torch" in text
+    assert "--model linearsvc always runs on the CPU" in text
+
+
+# ------------------------------------------------------------------ predict with a fine-tuned model
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A tiny fine-tuned model: random-init resnet18 at 32 px, one epoch on 3 x 6 images."""
+    from cnncodes.finetune import finetune
+
+    from .conftest import write_tree
+
+    root = tmp_path_factory.mktemp("finetuned")
+    photos = write_tree(root / "photos", per_class=6)
+    finetune(photos, root / "run", backbone="resnet18", weights="random", input_size=32,
+             epochs=1, batch_size=4, num_workers=0, threads=1, val_fraction=0.2,
+             test_fraction=0.2)
+    return root / "run" / "model.pt", photos
+
+
+def test_predict_dispatches_to_a_finetuned_model(finetuned, tmp_path, capsys):
+    from cnncodes.finetune import is_finetuned_model, predict_images
+
+    model, photos = finetuned
+    assert is_finetuned_model(model)
+    new = tmp_path / "new"
+    shutil.copytree(photos, new)
+    (new / "bee" / "broken.png").write_bytes(b"not an image")
+    rc, out, err = run(capsys, "predict", model, new, "-o", tmp_path / "p.csv", "--workers", "0",
+                       "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # the columns of a linear model's predictions on a labelled folder
+    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error"]
+    assert len(rows) == 19 and [r["path"].endswith("bee/broken.png") for r in rows if
+                                r["error"]] == [True]
+    ok = [r for r in rows if not r["error"]]
+    # the same predictions as the fine-tuning module's own predict_images
+    ref = predict_images(model, new, device="cpu", num_workers=0)
+    by_path = {str(ref.root / p): (ref.classes[int(c)], ref.probabilities[i, int(c)])
+               for i, (p, c) in enumerate(zip(ref.paths, ref.predicted, strict=True))}
+    assert len(ok) == len(by_path) == 18
+    for r in ok:
+        label, prob = by_path[r["path"]]
+        assert r["label"] == label and float(r["probability"]) == pytest.approx(prob, rel=1e-5)
+        assert r["true_label"] == r["path"].split("/")[-2]
+        assert 0 < float(r["probability"]) <= 1
+    assert "fine-tuned resnet18" in out and "18 images labelled" in out
+    acc = sum(r["label"] == r["true_label"] for r in ok) / 18
+    assert f"accuracy against the folder labels: {acc:.4f}" in out
+    assert "1 files could not be read" in out and "broken.png" in out
+
+
+def test_finetuned_predict_on_flat_folder_and_store_refused(finetuned, tmp_path):
+    from cnncodes import predict
+
+    model, photos = finetuned
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(photos.glob("*/*.png"))[::4]:
+        shutil.copy(p, flat / f"{p.parent.name}-{p.name}")
+    pred = predict(model, flat, num_workers=0, device="cpu")
+    assert pred.true_labels is None and len(pred.paths) == 5
+    assert pred.score_kind == "probability" and pred.classes == ["ant", "bee", "cow"]
+    assert np.allclose(pred.all_scores.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(pred.scores, pred.all_scores.max(axis=1))
+    out = pred.to_csv(tmp_path / "flat.csv")
+    with open(out, newline="") as f:
+        assert next(csv.reader(f)) == ["path", "label", "probability", "error"]
+    fake_store = tmp_path / "codes.h5"
+    fake_store.write_bytes(b"")
+    with pytest.raises(ValueError, match="fine-tuned network: it predicts from images"):
+        predict(model, fake_store)

@@ -19,6 +19,7 @@ from cnncodes.classify import (
 )
 from cnncodes.report import (
     build_report,
+    describe_compute,
     format_table,
     load_report,
     plot_confusion,
@@ -115,3 +116,16 @@ def test_plotting_leaves_the_pyplot_backend_alone(fitted, tmp_path):
     before = matplotlib.get_backend()
     write_report(build_report(model=fitted[0], evaluation=fitted[1]), tmp_path)
     assert matplotlib.get_backend() == before
+
+
+def test_report_says_where_the_grid_search_ran(fitted):
+    model, ev = fitted
+    assert model.selection["compute"]["engine"] == "numpy"  # fit_codes records it
+    text = format_table(build_report(model=model, evaluation=ev))
+    assert f"compute    NumPy on CPU, {model.selection['compute']['dtype']}" in text
+    gpu = {"engine": "array-api", "device": "cuda:0", "requested": "auto", "dtype": "float32"}
+    assert describe_compute(gpu) == "scikit-learn array API on torch cuda:0, float32"
+    fallback = {"engine": "numpy", "device": "cpu", "requested": "cuda",
+                "reason": "LinearSVC has no array API support"}
+    assert describe_compute(fallback) == ("NumPy on CPU (not the array API: LinearSVC has no "
+                                          "array API support)")
