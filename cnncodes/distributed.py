@@ -85,3 +85,57 @@ def shard_batches(items: Sequence[int], batch_size: int, rank: int, world: int) 
     start = rank * n_batches // world
     stop = (rank + 1) * n_batches // world
     return list(items[start * batch_size: min(len(items), stop * batch_size)])
+
+
+# ------------------------------------------------------------------------------ collectives
+# No-ops (the local values) outside a process group of more than one rank, so callers need no
+# ``if distributed`` branches. Under nccl the values travel through the rank's current CUDA device.
+
+
+def is_active() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _comm_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over ranks (``sum``, ``max`` or ``min``), as a new tensor on ``t``'s device."""
+    if not is_active():
+        return t.clone()
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    work = t.detach().to(_comm_device(), copy=True)
+    dist.all_reduce(work, op=ops[op])
+    return work.to(t.device)
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sums over ranks of a few numbers (float64: counts stay exact below 2**53)."""
+    t = all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64))
+    return [float(v) for v in t]
+
+
+def all_gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` in one process."""
+    if not is_active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``src``'s buffers (BatchNorm running statistics) into every rank's ``module``."""
+    if not is_active():
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src)
+
+
+def backend() -> str | None:
+    """The process group's backend (``gloo``, ``nccl``), None outside one."""
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None

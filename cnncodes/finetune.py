@@ -28,6 +28,17 @@ This module owns the whole fine-tuning path:
 Augmentation randomness is drawn from per-image generators seeded by ``(seed, epoch, image)`` and
 the batch order from ``(seed, epoch)``, so results do not depend on worker processes or on where a
 run was interrupted; the global torch RNG (dropout) is forked for the call and saved in checkpoints.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with DistributedDataParallel: gloo on
+CPU, nccl on ``cuda:LOCAL_RANK``. Each epoch's order is cut into rank slices (``set_epoch`` per
+epoch; the last ``-n % world`` positions are padded with repeats, as DistributedSampler does, so
+every rank takes the same number of steps); validation and test sets are sharded into whole
+batches without padding and their loss sums, counts and predictions are all-reduced, so the metrics
+equal a single-process evaluation. ``sync_bn`` converts training BatchNorm layers to
+SyncBatchNorm. Rank 0 alone writes the run folder and logs; barriers keep other ranks from reading
+``model.pt`` before it is written. The per-rank dropout RNG states are gathered into each
+checkpoint, so a resume with the same number of ranks continues exactly. The run folder must be on
+a filesystem every rank sees (as for distributed extraction).
 """
 
 from __future__ import annotations
@@ -63,6 +74,18 @@ from .data import (
     normalize_batch,
     open_source,
     preprocess_pil,
+)
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce,
+    all_reduce_sum,
+    backend as dist_backend,
+    barrier,
+    broadcast_buffers,
+    env_info,
+    process_group,
+    shard_batches,
 )
 from .extract import command_line, default_workers, resolve_device, resolve_precision, versions
 from .weights import Preprocessing, ResolvedWeights, load_weights, resolve_weights, weights_sha256
@@ -111,7 +134,10 @@ class FinetuneConfig:
             (backbone frozen, BatchNorm in eval mode) or ``predict`` (no training: evaluate the
             fine-tuned model given as ``weights``).
         epochs: passes over the training split.
-        batch_size: images per step (>= 2: BatchNorm needs two images in training mode).
+        batch_size: images per step and process (>= 2: BatchNorm needs two images in training
+            mode). Per rank, as in torch: under ``torchrun --nproc-per-node N`` each of the N
+            processes takes this many, so the global batch is ``N * batch_size`` (the learning
+            rate is not rescaled for you).
         optimizer: ``sgd`` (momentum, the default) or ``adamw``.
         lr: base learning rate of the pretrained layers (default 0.001 for SGD, 1e-4 for
             AdamW; the head trains 10x faster).
@@ -144,6 +170,9 @@ class FinetuneConfig:
         threads: torch CPU threads during the call (restored afterwards).
         deterministic: ``torch.use_deterministic_algorithms`` during the call (restored after).
         max_pixels: decompression-bomb limit per image.
+        sync_bn: under torchrun on CUDA, BatchNorm layers that train use batch statistics over
+            all ranks (:class:`torch.nn.SyncBatchNorm`); frozen stages keep theirs. No effect in
+            one process; not available on CPU (gloo).
     """
 
     backbone: str = "mobilenet_v2"
@@ -179,6 +208,7 @@ class FinetuneConfig:
     threads: int | None = None
     deterministic: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    sync_bn: bool = False
 
     #: Options that may differ when a run is resumed (they do not change what is computed, or
     #: only extend it).
@@ -769,17 +799,35 @@ class SplitDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, k)`` in an order seeded by ``(seed, epoch)``; set ``.epoch`` before use."""
+    """Yields ``(epoch, k)`` in an order seeded by ``(seed, epoch)``; call :meth:`set_epoch` first.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    With ``world > 1`` (DistributedDataParallel) rank ``r`` takes positions ``r, r + world, ...``
+    of the epoch's order, which is first padded by repeating its first ``-n % world`` entries (as
+    :class:`torch.utils.data.DistributedSampler` does), so every rank gets ``ceil(n / world)``
+    items and takes the same number of steps. ``world=1`` is the plain seeded order.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}); got {rank}.")
+        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def padding(self) -> int:
+        """Repeated items per epoch over all ranks (0 without DDP)."""
+        return -self.n % self.world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng([self.seed, 1, self.epoch]).permutation(self.n)
+        if self.world > 1:
+            order = np.resize(order, self.n + self.padding)[self.rank::self.world]
         return iter([(self.epoch, int(k)) for k in order])
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
 
 def _loader(dataset: SplitDataset, *, batch_size: int, workers: int, seed: int,
@@ -799,17 +847,19 @@ def _loader(dataset: SplitDataset, *, batch_size: int, workers: int, seed: int,
 
 
 @contextlib.contextmanager
-def _run_context(config: FinetuneConfig, device: torch.device) -> Iterator[None]:
+def _run_context(config: FinetuneConfig, device: torch.device, *,
+                 threads: int | None = None) -> Iterator[None]:
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = threads or config.threads
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
         try:
-            if config.threads:
-                torch.set_num_threads(config.threads)
+            if threads:
+                torch.set_num_threads(threads)
             if config.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             yield
@@ -884,14 +934,20 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def _evaluate(net: FinetuneNet, loader: DataLoader, labels: np.ndarray, pp: Preprocessing, *,
               device: torch.device, amp: torch.dtype | None, channels_last: bool,
-              n_classes: int, progress: str | None = None) -> _Eval:
+              n_classes: int, progress: str | None = None, reduce: bool = False) -> _Eval:
+    """Loss, accuracy and predictions of ``net`` over ``loader``'s images of ``labels``.
+
+    With ``reduce`` (under DDP, every rank's loader holding its shard of the rows), the loss sums,
+    counts, predictions and failures are combined over ranks, so every rank gets the metrics of
+    the whole set, as one process would; ``probabilities`` stay this rank's rows only.
+    """
     was = net.training
     net.eval()
     n = len(labels)
     pred = np.full(n, -1, np.int64)
     probs = np.zeros((n, n_classes), np.float32)
     loss_sum, count, failures = 0.0, 0, []
-    bar = _bar(len(loader.dataset), progress)
+    bar = _bar(len(loader.sampler), progress)  # type: ignore[arg-type]
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -917,6 +973,10 @@ def _evaluate(net: FinetuneNet, loader: DataLoader, labels: np.ndarray, pp: Prep
         if bar is not None:
             bar.close()
         net.train(was)
+    if reduce:  # rows are disjoint between ranks: -1 (not mine / unreadable) loses to a class
+        pred = all_reduce(torch.from_numpy(pred), "max").numpy()
+        loss_sum, count = all_reduce_sum([loss_sum, count])
+        failures = sorted(f for part in all_gather_objects(failures) for f in part)
     ok = (pred >= 0) & (labels >= 0)
     acc = float((pred[ok] == labels[ok]).mean()) if ok.any() else float("nan")
     return _Eval(loss_sum / count if count else float("nan"), acc, pred, probs, failures)
@@ -1033,8 +1093,12 @@ def finetune(
             and ``options`` may only change runtime fields (device, workers, threads, epochs,
             early_stopping). Without a checkpoint a new run starts.
         overwrite: delete a previous run's files in ``output`` first.
-        progress: tqdm bars on stderr.
+        progress: tqdm bars on stderr (rank 0 only under torchrun).
         command: command line recorded in the report.
+
+    Under ``torchrun`` every rank calls this with the same arguments: the model trains with
+    DistributedDataParallel (``batch_size`` per rank), rank 0 writes the run folder, and every
+    rank returns the same result (metrics reduced over ranks).
 
     Returns:
         a :class:`FinetuneResult`; ``status`` is ``completed``, ``early-stopped`` or ``evaluated``.
@@ -1048,38 +1112,56 @@ def finetune(
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and not out.is_dir():
         raise ValueError(f"Output {out} is a file; pass a folder for the run (e.g. run/).")
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
     saved: dict[str, Any] | None = None
-    if ckpt_path.is_file():
+    # Reading before joining the process group is safe: without overwrite no rank writes the
+    # folder before every rank has taken part in the first collective, after its read.
+    if not overwrite and ckpt_path.is_file():
         if not resume:
             raise ValueError(f"{out} already holds a fine-tuning run ({ckpt_path.name}); pass "
                              "--resume (resume=True) to continue it, --overwrite to start over, "
                              "or another -o folder.")
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), config, options)
-        saved_split = Split.from_dict(saved["split"])
-        if split is not None and split.to_dict() != saved_split.to_dict():
-            raise ValueError(f"The split given differs from the one {out} was trained on; "
-                             "resume without a split, or use another -o folder.")
-        split = saved_split
-    else:
-        cfg = make_config(config, **options)
-        if resume:
-            log.info("%s has no checkpoint yet: starting a new run", out)
-    if cfg.state == "predict":
-        return _evaluate_only(source, out, cfg, test=test, progress=progress, command=command)
-    if split is None:
-        if source is None:
-            raise ValueError("Pass a source (or a split) to fine-tune on.")
-        split = make_split(source, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction, seed=cfg.seed, test=test)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    with _run_context(cfg, device):
-        return _train(split, out, cfg, device, saved=saved, progress=progress,
-                      command=command or command_line())
+    # the device decides the backend (gloo / nccl); resolved as the configuration will be
+    device_opt = options.get("device", config.device if config is not None else
+                             saved["config"].get("device", "auto") if saved else "auto")
+    with _quiet_unless_main(env_info()), process_group(resolve_device(device_opt).type) as di:
+        if overwrite and di.is_main:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        barrier()  # no rank looks at the folder before rank 0 has cleared it
+        if saved is not None:
+            cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), config, options)
+            saved_split = Split.from_dict(saved["split"])
+            if split is not None and split.to_dict() != saved_split.to_dict():
+                raise ValueError(f"The split given differs from the one {out} was trained on; "
+                                 "resume without a split, or use another -o folder.")
+            split = saved_split
+        else:
+            cfg = make_config(config, **options)
+            if resume:
+                log.info("%s has no checkpoint yet: starting a new run", out)
+        if cfg.state == "predict":
+            if di.enabled:
+                raise ValueError("State 'predict' evaluates a model in one process; run it "
+                                 "without torchrun (or use `cnncodes predict`).")
+            return _evaluate_only(source, out, cfg, test=test, progress=progress,
+                                  command=command)
+        if split is None:
+            if source is None:
+                raise ValueError("Pass a source (or a split) to fine-tune on.")
+            split = make_split(source, val_fraction=cfg.val_fraction,
+                               test_fraction=cfg.test_fraction, seed=cfg.seed, test=test)
+        device = _rank_device(cfg, di)
+        if cfg.sync_bn and di.enabled and device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on "
+                             "CPU / gloo); drop --sync-bn for CPU runs.")
+        out.mkdir(parents=True, exist_ok=True)
+        threads = cfg.threads
+        if di.enabled and device.type == "cpu" and threads is None:
+            threads = max(1, (os.cpu_count() or 1) // _local_world())
+        with _run_context(cfg, device, threads=threads):
+            return _train(split, out, cfg, device, di=di, saved=saved, progress=progress,
+                          command=command or command_line())
 
 
 def _resume_config(saved: FinetuneConfig, config: FinetuneConfig | None,
@@ -1111,27 +1193,105 @@ def _amp(cfg: FinetuneConfig, device: torch.device) -> tuple[str, torch.dtype | 
     return prec, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
 
 
+def _local_world() -> int:
+    """Processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", env_info().world)))
+
+
 def _workers(cfg: FinetuneConfig, device: torch.device, n: int) -> int:
-    w = default_workers(device) if cfg.num_workers is None else int(cfg.num_workers)
-    return 0 if n < 2 * cfg.batch_size and cfg.num_workers is None else w
+    """Decoding processes for a loader of ``n`` images (the default is shared between the ranks
+    of one machine)."""
+    if cfg.num_workers is not None:
+        return int(cfg.num_workers)
+    return 0 if n < 2 * cfg.batch_size else max(1, default_workers(device) // _local_world())
+
+
+def _eval_loader(src: ImageSource, pp: Preprocessing, cfg: FinetuneConfig, device: torch.device,
+                 di: DistInfo) -> DataLoader:
+    """Deterministic evaluation loader; under DDP over this rank's whole batches (no padding, cut on
+    the single-process batch grid, so every batch is the same as in one process)."""
+    rows = list(range(len(src)))
+    mine = shard_batches(rows, cfg.batch_size, di.rank, di.world) if di.enabled else rows
+    return _loader(SplitDataset(src, pp, train=False, max_pixels=cfg.max_pixels),
+                   batch_size=cfg.batch_size, workers=_workers(cfg, device, len(mine)),
+                   seed=cfg.seed, sampler=mine, pin=device.type == "cuda")
+
+
+def _rank_device(cfg: FinetuneConfig, di: DistInfo) -> torch.device:
+    """``cfg.device``; under torchrun ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
+    dev = resolve_device(cfg.device)
+    if di.enabled and dev.type == "cuda":
+        if str(cfg.device) in ("auto", "cuda"):
+            return torch.device("cuda", di.local_rank)
+        if dev.index != di.local_rank:
+            raise ValueError(f"Under torchrun rank {di.rank} uses cuda:{di.local_rank} (its "
+                             f"LOCAL_RANK); --device {cfg.device} would put several ranks on one "
+                             "GPU. Pass --device cuda (or auto), or run without torchrun.")
+    return dev
+
+
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The global torch RNG seed (dropout) of ``rank`` from ``epoch`` on, under DDP."""
+    return int(np.random.SeedSequence([int(seed), 5, int(rank), int(epoch)]).generate_state(1)[0])
+
+
+def convert_sync_bn(net: FinetuneNet) -> FinetuneNet:
+    """``net`` with every BatchNorm as :class:`torch.nn.SyncBatchNorm` (same parameters, buffers
+    and state-dict keys). Frozen stages stay frozen: their parameters keep ``requires_grad=False``
+    and their modules stay in eval mode, where SyncBatchNorm neither syncs nor updates statistics.
+    """
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(net, FinetuneNet)
+    net.train(net.training)  # re-applies eval mode to the (new) modules of frozen stages
+    return net
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(di: DistInfo) -> Iterator[None]:
+    """Ranks other than 0 log errors only (rank 0 reports for the job)."""
+    if di.is_main:
+        yield
+        return
+    root = logging.getLogger("cnncodes")
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
 
 
 def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *,
-           saved: dict[str, Any] | None, progress: bool, command: str) -> FinetuneResult:
+           di: DistInfo, saved: dict[str, Any] | None, progress: bool,
+           command: str) -> FinetuneResult:
     t_start = time.perf_counter()
     classes = split.classes
+    world = di.world
+    train_src, val_src = split.source("train"), split.source("val")
+    n_train = len(train_src)
+    per_rank = -(-n_train // world)
+    if per_rank < 2:
+        raise ValueError(f"{n_train} training images cannot be shared by {world} processes "
+                         "(BatchNorm needs two images per step): use fewer processes.")
+    sync_bn = cfg.sync_bn and di.enabled  # CPU + DDP was refused by finetune()
+    if cfg.sync_bn and not di.enabled:
+        log.info("sync_bn has no effect in one process (BatchNorm already sees the whole batch)")
+    # the same head init on every rank (seeded by cfg.seed; DDP also broadcasts rank 0's weights)
     net, resolved, pp = build_finetune_model(cfg, classes)
     net.freeze(cfg.freeze, backbone=cfg.state == "head-only")
+    if sync_bn:
+        net = convert_sync_bn(net)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     net.to(device)
+    if di.enabled:  # each rank its own dropout stream (one process keeps the plain seed)
+        torch.manual_seed(_rank_seed(cfg.seed, di.rank, 0))
     prec, amp = _amp(cfg, device)
     optimizer = build_optimizer(net, cfg)
-    train_src, val_src = split.source("train"), split.source("val")
-    n_train = len(train_src)
-    drop_last = n_train % cfg.batch_size == 1
-    steps = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps))
+    drop_last = per_rank % cfg.batch_size == 1
+    steps = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
+    factor = lr_factor(cfg, steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16" and device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -1145,10 +1305,26 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if device.type == "cuda" and saved["rng"].get("cuda"):
-            torch.cuda.set_rng_state(saved["rng"]["cuda"][0], device)
         start_epoch = int(saved["epoch"])
+        saved_world = int(saved.get("world_size", 1))
+        if saved_world != world:
+            log.warning("resuming a run trained by %d process(es) with %d: the batches differ from "
+                        "here on and the schedule continues from epoch %d at %d steps per epoch "
+                        "(not an exact continuation)", saved_world, world, start_epoch, steps)
+            scheduler.last_epoch = start_epoch * steps
+            for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                g["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # noqa: SLF001
+        rng = saved["rng"]
+        per = rng.get("per_rank")
+        mine = (per[di.rank] if per is not None and len(per) == world
+                else {"torch": rng["torch"], "cuda": rng.get("cuda")} if world == 1 else None)
+        if mine is not None:  # exact: this rank's dropout stream where it stopped
+            torch.set_rng_state(mine["torch"])
+            if device.type == "cuda" and mine.get("cuda"):
+                torch.cuda.set_rng_state(mine["cuda"][0], device)
+        else:  # another number of ranks: fresh per-rank streams, seeded by the epoch
+            torch.manual_seed(_rank_seed(cfg.seed, di.rank, start_epoch))
         best_acc, best_loss = float(saved["best"]["accuracy"]), float(saved["best"]["loss"])
         best_epoch = saved["best"]["epoch"]
         bad_epochs = int(saved["bad_epochs"])
@@ -1157,42 +1333,63 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
         stopped = saved.get("stopped")
         resumed_from = start_epoch
         log.info("resuming %s from epoch %d/%d", out, start_epoch, cfg.epochs)
-    _write_json(split.to_dict(), out / "split.json")
-    _write_json(cfg.to_dict(), out / "config.json")
+    if di.is_main:
+        _write_json(split.to_dict(), out / "split.json")
+        _write_json({**cfg.to_dict(), "world_size": world}, out / "config.json")
+    model: nn.Module = net
+    if di.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
 
     groups_desc = [{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
                     "params": int(sum(p.numel() for p in g["params"]))}
                    for g in optimizer.param_groups]
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in net.parameters())
-    log.info("%s %s on %s (%s): %d classes, %d train / %d val / %d test images at %d px; "
+    log.info("%s %s on %s (%s%s): %d classes, %d train / %d val / %d test images at %d px; "
              "%s of %s parameters train (%s)", cfg.state, cfg.backbone, device, prec,
+             f", DDP over {world} processes ({dist_backend()}), batch {cfg.batch_size} per "
+             f"process = {cfg.batch_size * world}{', SyncBatchNorm' if sync_bn else ''}"
+             if di.enabled else "",
              len(classes), n_train, len(val_src), len(split.test), pp.crop, f"{trainable:,}",
              f"{total_params:,}", ", ".join(f"{g['name']} lr {g['lr']:.3g}" for g in groups_desc))
 
-    workers = _workers(cfg, device, n_train)
     pin = device.type == "cuda"
-    sampler = EpochSampler(n_train, cfg.seed)
+    sampler = EpochSampler(n_train, cfg.seed, di.rank, world)
     train_loader = _loader(SplitDataset(train_src, pp, train=True, augment=cfg.augment,
                                         crop_scale=cfg.crop_scale, hflip=cfg.hflip,
                                         seed=cfg.seed, max_pixels=cfg.max_pixels),
-                           batch_size=cfg.batch_size, workers=workers, seed=cfg.seed,
-                           sampler=sampler, drop_last=drop_last, pin=pin)
+                           batch_size=cfg.batch_size, workers=_workers(cfg, device, per_rank),
+                           seed=cfg.seed, sampler=sampler, drop_last=drop_last, pin=pin)
     val_labels = val_src.labels
-    val_loader = _loader(SplitDataset(val_src, pp, train=False, max_pixels=cfg.max_pixels),
-                         batch_size=cfg.batch_size, workers=_workers(cfg, device, len(val_src)),
-                         seed=cfg.seed, pin=pin) if len(val_src) else None
+    val_loader = _eval_loader(val_src, pp, cfg, device, di) if len(val_src) else None
     train_labels = torch.as_tensor(train_src.labels)
     trainable_params = [p for p in net.parameters() if p.requires_grad]
     diverged_msg = None
+    new_failures: list[tuple[str, str]] = []
+
+    def merge_failures(new: list[tuple[str, str]]) -> None:
+        """Every rank's unreadable training images of the epoch, logged once (by rank 0)."""
+        for path, r in sorted(f for part in all_gather_objects(new) for f in part):
+            if path not in failures:
+                log.warning("skipping %s: %s", path, r)
+                failures[path] = r
+        new.clear()
 
     def checkpoint(epoch: int) -> None:
+        mine = {"torch": torch.get_rng_state(),
+                "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+        per_rank_rng = all_gather_objects(mine)  # collective: every rank, before rank 0 saves
+        if not di.is_main:
+            return
         _atomic_save({
             "format": 1, "kind": "cnncodes-finetune-checkpoint", "epoch": epoch,
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []},
+            "rng": {"torch": mine["torch"], "cuda": mine["cuda"], "per_rank": per_rank_rng},
+            "world_size": world,
             "best": {"accuracy": best_acc, "loss": best_loss, "epoch": best_epoch},
             "bad_epochs": bad_epochs, "history": history, "failures": failures,
             "stopped": stopped, "config": cfg.to_dict(), "split": split.to_dict(),
@@ -1203,29 +1400,34 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
     try:
         while epoch < cfg.epochs and stopped is None:
             t0 = time.perf_counter()
-            net.train()
-            sampler.epoch = epoch
+            model.train()
+            sampler.set_epoch(epoch)
             loss_sum, correct, seen = 0.0, 0, 0
             lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-            bar = _bar(n_train, f"epoch {epoch + 1}/{cfg.epochs}" if progress else None)
+            bar = _bar(per_rank, f"epoch {epoch + 1}/{cfg.epochs}" if progress and di.is_main
+                       else None)
             for step, batch in enumerate(train_loader):
-                for k, r in batch.failures:
-                    if os.fspath(train_src.abspath(k)) not in failures:
-                        log.warning("skipping %s: %s", train_src.abspath(k), r)
-                        failures[os.fspath(train_src.abspath(k))] = r
+                new_failures.extend((os.fspath(train_src.abspath(k)), r) for k, r in batch.failures)
                 if bar is not None:
                     bar.update(len(batch.indices) + len(batch.failures))
-                if len(batch.indices) >= 2:
+                usable = len(batch.indices) >= 2
+                if di.enabled:  # DDP needs every rank in every step: all step, or none does
+                    usable = all_reduce_sum([not usable])[0] == 0
+                if usable:
                     x = normalize_batch(batch.images.to(device, non_blocking=True), pp,
                                         channels_last=cfg.channels_last)
                     y = train_labels[batch.indices].to(device, non_blocking=True)
                     with _autocast(device, amp):
-                        logits = net(x)
+                        logits = model(x)
                         loss = criterion(logits.float(), y)
-                    if not torch.isfinite(loss):
+                    # the ranks' mean loss: NaN/inf on any rank stops every rank at this step
+                    loss_value = float(loss.detach())
+                    if di.enabled:
+                        loss_value = all_reduce_sum([loss_value])[0] / world
+                    if not math.isfinite(loss_value):
                         lrs = ", ".join(f"{g['name']} {g['lr']:.3g}"
                                         for g in optimizer.param_groups)
-                        raise _Diverged(f"the training loss became {float(loss.detach())} at epoch "
+                        raise _Diverged(f"the training loss became {loss_value} at epoch "
                                         f"{epoch + 1}, step {step + 1} (learning rates {lrs})")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -1240,14 +1442,21 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
                 scheduler.step()
             if bar is not None:
                 bar.close()
+            merge_failures(new_failures)
+            if di.enabled:
+                # whole-job training figures (padding repeats included), and rank 0's BatchNorm
+                # statistics everywhere: what the checkpoint holds and validation must use
+                loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen])
+                broadcast_buffers(net)
             rec: dict[str, Any] = {
                 "epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                 "train_acc": correct / max(1, seen), "val_loss": None, "val_acc": None,
-                "lr": lrs}
+                "lr": lrs, "world_size": world}
             improved = True
             if val_loader is not None:
                 ev = _evaluate(net, val_loader, val_labels, pp, device=device, amp=amp,
-                               channels_last=cfg.channels_last, n_classes=len(classes))
+                               channels_last=cfg.channels_last, n_classes=len(classes),
+                               reduce=di.enabled)
                 rec["val_loss"], rec["val_acc"] = ev.loss, ev.accuracy
                 for k, r in ev.failures:
                     failures.setdefault(os.fspath(val_src.abspath(k)), r)
@@ -1261,8 +1470,10 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
                 best_epoch, bad_epochs = epoch, 0
                 if val_loader is not None:
                     best_acc, best_loss = float(rec["val_acc"]), float(rec["val_loss"])
-                _save_model(net, out / "model.pt", cfg=cfg, resolved=resolved, pp=pp,
-                            epoch=epoch, val_accuracy=rec["val_acc"], command=command)
+                if di.is_main:
+                    _save_model(net, out / "model.pt", cfg=cfg, resolved=resolved, pp=pp,
+                                epoch=epoch, val_accuracy=rec["val_acc"], command=command,
+                                world=world)
             else:
                 bad_epochs += 1
                 if cfg.early_stopping is not None and bad_epochs >= cfg.early_stopping:
@@ -1275,10 +1486,12 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
                      _fmt(rec["val_loss"], ".4f"), _fmt(rec["val_acc"], ".3f"),
                      f"lr {optimizer.param_groups[0]['lr']:.3g}", rec["seconds"],
                      rec["images_per_s"], "  *best" if improved else "")
-            plot_curves(history, out / "curves.png",
-                        title=f"{cfg.backbone} {cfg.state} ({pp.crop} px)")
-    except _Diverged as e:
+            if di.is_main:
+                plot_curves(history, out / "curves.png",
+                            title=f"{cfg.backbone} {cfg.state} ({pp.crop} px)")
+    except _Diverged as e:  # raised on every rank at the same step (the loss is all-reduced)
         diverged_msg = str(e)
+        merge_failures(new_failures)
     finally:
         del train_loader, val_loader
 
@@ -1286,15 +1499,15 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
     model_path = out / "model.pt"
     test_ev = None
     test_src = split.source("test")
+    barrier()  # rank 0 has written model.pt before any rank looks for it
     if model_path.is_file() and len(test_src):
         sd, _ = read_model_file(model_path)
         net.load_stock_state_dict(sd)
-        test_loader = _loader(SplitDataset(test_src, pp, train=False, max_pixels=cfg.max_pixels),
-                              batch_size=cfg.batch_size, seed=cfg.seed, pin=pin,
-                              workers=_workers(cfg, device, len(test_src)))
+        test_loader = _eval_loader(test_src, pp, cfg, device, di)
         test_ev = _evaluate(net, test_loader, test_src.labels, pp, device=device, amp=amp,
                             channels_last=cfg.channels_last, n_classes=len(classes),
-                            progress="test" if progress else None)
+                            progress="test" if progress and di.is_main else None,
+                            reduce=di.enabled)
         for k, r in test_ev.failures:
             failures.setdefault(os.fspath(test_src.abspath(k)), r)
         del test_loader
@@ -1305,7 +1518,12 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
         "message": diverged_msg, "backbone": cfg.backbone, "weights": resolved.id,
         "weights_sha256": weights_sha256(resolved) or "", "classes": classes,
         "input_size": pp.crop, "preprocessing": pp.to_dict(), "device": str(device),
-        "precision": prec, "split": {**split.sizes(), "seed": split.seed,
+        "precision": prec, "world_size": world,
+        "distributed": {"world_size": world, "backend": dist_backend() if di.enabled else None,
+                        "batch_size_per_process": cfg.batch_size,
+                        "global_batch_size": cfg.batch_size * world, "sync_bn": sync_bn,
+                        "train_padding_per_epoch": sampler.padding},
+        "split": {**split.sizes(), "seed": split.seed,
                                      "val_fraction": split.val_fraction,
                                      "test_fraction": split.test_fraction,
                                      "test_source": split.test_source},
@@ -1331,9 +1549,12 @@ def _train(split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *
         "command": command, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(report, out / "report.json")
-    if history:
-        plot_curves(history, out / "curves.png", title=f"{cfg.backbone} {cfg.state} ({pp.crop} px)")
+    if di.is_main:
+        _write_json(report, out / "report.json")
+        if history:
+            plot_curves(history, out / "curves.png",
+                        title=f"{cfg.backbone} {cfg.state} ({pp.crop} px)")
+    barrier()  # the run folder is complete when any rank returns
     result = FinetuneResult(
         output=out, state=cfg.state, status=status,
         model_path=model_path if model_path.is_file() else None, report_path=out / "report.json",
@@ -1368,14 +1589,15 @@ def _per_class(true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> di
 
 
 def _save_model(net: FinetuneNet, path: Path, *, cfg: FinetuneConfig, resolved: ResolvedWeights,
-                pp: Preprocessing, epoch: int, val_accuracy: float | None, command: str) -> None:
+                pp: Preprocessing, epoch: int, val_accuracy: float | None, command: str,
+                world: int = 1) -> None:
     meta = {
         "kind": MODEL_KIND, "format": MODEL_FORMAT, "backbone": cfg.backbone,
         "family": get_spec(cfg.backbone).family, "classes": list(net.classes),
         "head_path": net.head_path, "head_name": HEAD_NAME,
         "preprocessing": pp.to_dict(), "input_size": pp.crop, "base_weights": resolved.id,
         "base_weights_sha256": weights_sha256(resolved) or "", "state": cfg.state,
-        "freeze": net.frozen_stages, "epoch": epoch,
+        "freeze": net.frozen_stages, "epoch": epoch, "world_size": int(world),
         "val_accuracy": None if val_accuracy is None else float(val_accuracy),
         "config": cfg.to_dict(), "command": command, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1657,6 +1879,10 @@ def escalate(
     Raises:
         ValueError: state ``predict``, or an existing escalation without ``resume``/``overwrite``.
     """
+    if env_info().enabled:
+        raise ValueError("The escalation report runs in one process (its linear probe and the "
+                         "wall-time comparison are single-process); run --escalation without "
+                         "torchrun, or fine-tune under torchrun with --state head-only / full.")
     cfg = make_config(config, **options)
     if cfg.state == "predict":
         raise ValueError("The escalation report trains head-only and full models; state "

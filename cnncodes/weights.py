@@ -81,7 +81,8 @@ class ResolvedWeights:
         id: ``random``, ``<Enum>.<NAME>`` or ``file:<path>``.
         path: the checkpoint file to load (None for random, or an enum not yet downloaded).
         url: download URL for enum weights.
-        preprocessing: from the weights' metadata (family default for random/local files).
+        preprocessing: from the weights' metadata; for local files the preprocessing a
+            fine-tuned ``model.pt`` records, else the family default (also for random).
         categories: ImageNet class names when known.
     """
 
@@ -134,6 +135,26 @@ def _default_enum_member(spec: BackboneSpec) -> Any:
     return spec.weights.DEFAULT if spec.weights is not None else None
 
 
+def recorded_preprocessing(path: Path, spec: BackboneSpec | None = None) -> Preprocessing | None:
+    """The preprocessing recorded in a ``model.pt`` written by ``cnncodes finetune``
+    (``obj["cnncodes"]["preprocessing"]``); None for any other checkpoint.
+
+    The file is memory-mapped (``torch.load(weights_only=True, mmap=True)``), so only the metadata
+    is read. With ``spec``, a fine-tuned model of another architecture is an error naming it.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint with metadata: the family default
+        return None
+    meta = obj.get("cnncodes") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
+        return None
+    if spec is not None and meta.get("backbone") not in (None, spec.name):
+        raise ValueError(f"{path} is a fine-tuned {meta['backbone']}, not a {spec.name}; pass "
+                         f"--backbone {meta['backbone']}.")
+    return Preprocessing.from_dict(meta["preprocessing"])
+
+
 def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> ResolvedWeights:
     """Turn a ``weights=`` value into a :class:`ResolvedWeights` without loading anything.
 
@@ -154,7 +175,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
             raise FileNotFoundError(
                 f"Weights file {wstr!r} does not exist. Pass an existing checkpoint path, or a "
                 f"weights name for {spec.name}: {', '.join(spec.weight_names()) or 'random'}.")
-        return ResolvedWeights(f"file:{p.resolve()}", p.resolve(), None, default_pp)
+        recorded = recorded_preprocessing(p, spec)
+        return ResolvedWeights(f"file:{p.resolve()}", p.resolve(), None, recorded or default_pp)
     if spec.weights is None:
         raise ValueError(f"{spec.name} has no published weights; use a checkpoint path or 'random'.")
     try:

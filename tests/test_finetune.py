@@ -381,6 +381,32 @@ def test_fine_tuned_model_is_a_backbone_for_extraction(trained_run):
     assert not np.allclose(ext0(x)["pool"], codes)
 
 
+def test_extraction_takes_the_preprocessing_recorded_in_the_model_file(trained_run, tmp_path):
+    from cnncodes import FeatureStore
+    from cnncodes.weights import IMAGENET, resolve_weights
+
+    model = trained_run / "model.pt"
+    _, meta = read_model_file(model)
+    r = resolve_weights(get_spec("resnet18"), str(model))
+    assert r.id == f"file:{model.resolve()}"
+    assert r.preprocessing.to_dict() == meta["preprocessing"] and r.preprocessing.crop == 32
+    assert IMAGENET.crop == 224  # what a plain checkpoint of the family gets
+    plain = tmp_path / "plain.pth"
+    torch.save(build_model(get_spec("resnet18")).state_dict(), plain)
+    assert resolve_weights(get_spec("resnet18"), str(plain)).preprocessing.crop == 224
+    with pytest.raises(ValueError, match="is a fine-tuned resnet18, not a mobilenet_v2; pass "
+                                         "--backbone resnet18"):
+        resolve_weights(get_spec("mobilenet_v2"), str(model))
+    # `cnncodes extract --weights RUN/model.pt` without --input-size: the fine-tuned model's 32 px
+    split = json.loads((trained_run / "split.json").read_text())
+    out = tmp_path / "codes.h5"
+    assert cli.main(["-q", "extract", split["test_root"], "-o", str(out), "--backbone",
+                     "resnet18", "--weights", str(model), "--no-progress", "--workers",
+                     "0"]) == 0
+    prov = FeatureStore(out).provenance
+    assert prov["input_size"] == 32 and prov["preprocessing"] == meta["preprocessing"]
+
+
 # ------------------------------------------------------------------------------ escalation
 
 
