@@ -113,6 +113,9 @@ def _add_extract(sub: Any) -> argparse.ArgumentParser:
                    help="discard an existing store made with other options")
     g.add_argument("--retry-failed", action="store_true",
                    help="try again the files recorded as failures")
+    g.add_argument("--decoder", default="auto", choices=["auto", "tensor", "pil"],
+                   help="JPEG decoding: tensor (libjpeg-turbo on CPU, nvJPEG on CUDA, tensor "
+                        "resize), pil, or auto (tensor unless the interpolation needs PIL)")
     g = p.add_argument_group("--layers auto (choose the layer from the data, see `advise`)")
     g.add_argument("--budget", default="2min",
                    help="time budget of the layer choice (default 2min; e.g. 90s, 5min)")
@@ -155,7 +158,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             precision=args.precision, dtype=args.dtype, compression=args.compression,
             threads=args.threads, overwrite=args.overwrite, retry_failed=args.retry_failed,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-            progress=not args.no_progress, command=command_line(args.argv))
+            progress=not args.no_progress, command=command_line(args.argv),
+            decoder=args.decoder)
     except KeyboardInterrupt as e:
         res = e.args[0] if e.args and isinstance(e.args[0], ExtractResult) else None
         kept = f" {res.rows} rows are saved in {res.path};" if res else ""
@@ -430,18 +434,37 @@ def _add_baseline(sub: Any) -> argparse.ArgumentParser:
                    help="run the raw-pixel baseline even when it is not cheap")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_backbone_options(p, layers_help="the layer to classify on (default the backbone's "
-                                         "default layer)")
+                                         "default layer); auto: chosen by `advise` on the "
+                                         "training images only")
     _add_runtime_options(p)
     _add_classifier_options(p, holdout=0.2)
+    # --model not given: logistic regression, or the classifier advised by --layer auto
+    p.set_defaults(model=None)
+    g = p.add_argument_group("--layer auto")
+    g.add_argument("--budget", default="2min",
+                   help="time budget of the layer choice (default 2min; e.g. 90s, 5min, none)")
+    g = p.add_argument_group("--fall-through (fine-tune when the data is large)")
+    g.add_argument("--fall-through", action="store_true",
+                   help="after the linear probe, fine-tune the backbone end to end on the same "
+                        "split when the training images are large by advise's size rule, and "
+                        "compare accuracy and wall time (run in REPORT/finetune)")
+    g.add_argument("--force-finetune", action="store_true",
+                   help="with --fall-through: fine-tune whatever the data size")
+    g.add_argument("--finetune-epochs", type=int, default=None,
+                   help="epochs of the fall-through fine-tuning (default 15)")
+    _add_threshold_options(p, "size and layer thresholds (shared with `cnncodes advise`)")
     return p
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from .classify import baseline
+    from .classify import baseline, format_fall_through
     from .data import DEFAULT_MAX_PIXELS
     from .extract import command_line
     from .report import format_table
 
+    if args.force_finetune and not args.fall_through:
+        raise CLIError("--force-finetune goes with --fall-through.")
+    ft_opts = {} if args.finetune_epochs is None else {"epochs": args.finetune_epochs}
     res = baseline(args.source, report=args.report, cache=args.cache, backbone=args.backbone,
                    weights=args.weights, layer=args.layers, pooling=args.pooling,
                    input_size=args.input_size, batch_size=args.batch_size,
@@ -450,11 +473,25 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite, progress=not args.no_progress,
                    holdout=args.holdout, raw_baseline=args.raw_baseline,
                    raw_size=args.raw_size, raw_grey=args.raw_grey, command=command_line(),
-                   **_classifier_kwargs(args))
+                   budget=args.budget, thresholds=_thresholds(args),
+                   fall_through=args.fall_through, force_finetune=args.force_finetune,
+                   finetune_options=ft_opts, **_classifier_kwargs(args))
     if args.json:
         print(json.dumps(res.report, indent=2))
         return 0
+    use = res.report.get("advice_use")
+    if res.advice is not None and use:
+        again = " (reused: recorded in the cache for these training images)" \
+            if use.get("reused_from_cache") else ""
+        print(f"--layer auto -> {use['layer']}: {res.advice.get('explanation')}{again}")
+        if use.get("model_source") == "advice":
+            print(f"--model {use['model']}: the classifier advised for this layer (pass --model "
+                  "to choose another)")
+        print()
     print(format_table(res.report))
+    if res.report.get("fall_through"):
+        print()
+        print(format_fall_through(res.report))
     if res.failures:
         print(f"\n{len(res.failures)} files could not be read and were left out:")
         for p, r in res.failures[:20]:
@@ -612,6 +649,32 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- advise
 
 
+def _add_threshold_options(p: argparse.ArgumentParser,
+                           title: str = "decision thresholds (see cnncodes.advise)") -> None:
+    g = p.add_argument_group(title)
+    g.add_argument("--small-per-class", type=int, default=None,
+                   help="median images/class below which data is small (default 200)")
+    g.add_argument("--large-per-class", type=int, default=None,
+                   help="median images/class from which data can be large (default 1000)")
+    g.add_argument("--large-total", type=int, default=None,
+                   help="total images also needed to be large (default 10000)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="points an earlier layer must win by (default 1.0)")
+    g.add_argument("--se-mult", type=float, default=None,
+                   help="...and by this many paired standard errors over the folds (default 0)")
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    """The :class:`cnncodes.advise.Thresholds` with the options given on the command line."""
+    import dataclasses
+
+    from .advise import Thresholds
+
+    over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
+                                          "margin", "se_mult") if getattr(args, k) is not None}
+    return dataclasses.replace(Thresholds(), **over)
+
+
 def _add_advise(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("advise", help="which layer, and codes or fine-tuning? measured on your data",
                        epilog="The decision rule and its thresholds are documented at the top "
@@ -630,17 +693,7 @@ def _add_advise(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the folds")
     p.add_argument("--head-sample", type=int, default=256,
                    help="images shown to the ImageNet head and BatchNorm check (default 256)")
-    g = p.add_argument_group("decision thresholds (see cnncodes.advise)")
-    g.add_argument("--small-per-class", type=int, default=None,
-                   help="median images/class below which data is small (default 200)")
-    g.add_argument("--large-per-class", type=int, default=None,
-                   help="median images/class from which data can be large (default 1000)")
-    g.add_argument("--large-total", type=int, default=None,
-                   help="total images also needed to be large (default 10000)")
-    g.add_argument("--margin", type=float, default=None,
-                   help="points an earlier layer must win by (default 1.0)")
-    g.add_argument("--se-mult", type=float, default=None,
-                   help="...and by this many paired standard errors over the folds (default 0)")
+    _add_threshold_options(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_backbone_options(p, layers_help="candidate layers (default: all of the backbone's)")
     _add_runtime_options(p)
@@ -648,14 +701,10 @@ def _add_advise(sub: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .advise import Thresholds, advise, format_advice
+    from .advise import advise, format_advice
     from .data import DEFAULT_MAX_PIXELS
 
-    over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
-                                          "margin", "se_mult") if getattr(args, k) is not None}
-    th = dataclasses.replace(Thresholds(), **over)
+    th = _thresholds(args)
     adv = advise(args.source, backbone=args.backbone, weights=args.weights, layers=args.layers,
                  pooling=args.pooling, input_size=args.input_size, budget=args.budget,
                  max_images=args.sample, folds=args.folds, probe=args.probe, seed=args.seed,

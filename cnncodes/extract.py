@@ -278,6 +278,7 @@ def extract(
     progress: bool = False,
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
+    decoder: str = "auto",
 ) -> ExtractResult:
     """Extract codes of every image in ``source`` into the HDF5 store ``output``.
 
@@ -298,6 +299,7 @@ def extract(
         max_pixels: decompression-bomb limit per image.
         progress: show a tqdm bar on stderr.
         command: command line recorded in the provenance.
+        decoder: ``auto``, ``tensor`` (libjpeg-turbo / nvJPEG + tensor resize) or ``pil``.
 
     Raises:
         StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
@@ -349,7 +351,7 @@ def extract(
                                    batch_size=batch_size, num_workers=num_workers,
                                    compression=compression, threads=threads,
                                    retry_failed=retry_failed, max_pixels=max_pixels,
-                                   progress=progress)
+                                   progress=progress, decoder=decoder)
         finally:
             journal.unlock()
             if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
@@ -378,7 +380,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                     prov: dict[str, Any], config: dict[str, Any], di: DistInfo, *, t0: float,
                     batch_size: int, num_workers: int | None, compression: str | None,
                     threads: int | None, retry_failed: bool, max_pixels: int | None,
-                    progress: bool) -> ExtractResult:
+                    progress: bool, decoder: str = "auto") -> ExtractResult:
     _check_compatible(out, journal, config)
     from .store import FeatureStore
 
@@ -408,7 +410,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     workers = default_workers(ext.device) if num_workers is None else int(num_workers)
     if len(mine) < 2 * batch_size:
         workers = min(workers, 1 if len(mine) > batch_size else 0)
-    dataset = ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+    dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     new_failures: list[tuple[str, str]] = []
     n_new = 0
     interrupted = False
@@ -478,6 +480,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                "images_per_s": round(stats["new"] / stats["seconds"], 2)
                if stats["seconds"] > 0 else 0.0,
                "batch_size": batch_size, "workers": workers, "ranks": di.world,
+               "decoder": decoder_name(dataset, ext.device), "bn_folded": ext.bn_folded,
                "interrupted": interrupted, "host": platform.node()}
         prov = dict(prov)
         prov["complete"] = not interrupted
@@ -519,14 +522,52 @@ def _gather_stats(di: DistInfo, new: int, failed: int, seconds: float) -> dict[s
     return {"new": int(t[0]), "failed": int(t[1]), "seconds": float(m[0])}
 
 
-def iter_codes(dataset: ImageDataset, ext: CodeExtractor, indices: Sequence[int], *,
+DECODERS = ("auto", "pil", "tensor")
+
+
+def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None,
+                 decoder: str = "auto") -> ImageDataset | Any:
+    """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
+    libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
+    ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
+    from .decode import TENSOR_INTERPOLATIONS, BytesDataset
+
+    if decoder not in DECODERS:
+        raise ValueError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
+    if decoder == "pil" or ext.preprocessing.interpolation not in TENSOR_INTERPOLATIONS:
+        if decoder == "tensor":
+            log.warning("decoder=tensor does not support %s interpolation; using PIL",
+                        ext.preprocessing.interpolation)
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+    return BytesDataset(src, ext.preprocessing, max_pixels=max_pixels, decode_device=ext.device)
+
+
+def decoder_name(dataset: Any, device: torch.device) -> str:
+    from .decode import BytesDataset
+
+    if isinstance(dataset, BytesDataset):
+        return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
+    return "pil"
+
+
+def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
                batch_size: int, num_workers: int, threads: int | None = None
                ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
     """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop)."""
+    from .decode import BytesDataset, decode_batch, make_bytes_loader
+
     with _num_threads(threads):
-        loader = make_loader(dataset, indices, batch_size=batch_size, num_workers=num_workers,
-                             pin_memory=ext.device.type == "cuda")
+        pin = ext.device.type == "cuda"
+        if isinstance(dataset, BytesDataset):
+            loader = make_bytes_loader(dataset, indices, batch_size=batch_size,
+                                       num_workers=num_workers, pin_memory=pin)
+        else:
+            loader = make_loader(dataset, indices, batch_size=batch_size,
+                                 num_workers=num_workers, pin_memory=pin)
         for batch in loader:
+            if not isinstance(batch, Batch):  # raw JPEG bytes: decode on the GPU
+                batch = decode_batch(batch, ext.preprocessing, device=ext.device,
+                                     max_pixels=dataset.max_pixels)
             yield batch, ext(batch.images)
 
 
@@ -564,6 +605,7 @@ def extract_arrays(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     classes: Sequence[str] | None = None,
+    decoder: str = "auto",
 ) -> ArrayCodes:
     """Like :func:`extract` but returns the codes in memory instead of writing a store.
 
@@ -575,7 +617,7 @@ def extract_arrays(
     workers = default_workers(ext.device) if num_workers is None else int(num_workers)
     if len(src) < 2 * batch_size:
         workers = min(workers, 1 if len(src) > batch_size else 0)
-    dataset = ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+    dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     idx: list[int] = []
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ext.layers}
     failures: list[tuple[str, str]] = []

@@ -298,3 +298,20 @@ def test_ctrl_c_keeps_the_work_and_the_rerun_finishes(tmp_path):
     done = FeatureStore(out)
     assert len(done) == 120 and done.provenance["complete"] is True
     assert list(done.paths) == sorted(done.paths, key=lambda p: (p.split("/")[0], p))
+
+
+def test_tensor_decoder_gives_the_same_rows_and_near_identical_codes(tmp_path):
+    src = write_tree(tmp_path / "photos", per_class=6, seed=8, ext=".jpg", size=(90, 120))
+    (src / "ant" / "zzz.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (src / "bee" / "x.png").write_bytes(b"")
+    a = extract(src, tmp_path / "pil.h5", decoder="pil", num_workers=0, **OPTS)
+    b = extract(src, tmp_path / "tensor.h5", decoder="tensor", num_workers=1, **OPTS)
+    sa, sb = FeatureStore(a.path), FeatureStore(b.path)
+    assert list(sa.paths) == list(sb.paths) and len(sa) == 18
+    assert [p for p, _ in sa.failures] == [p for p, _ in sb.failures] == ["ant/zzz.jpg", "bee/x.png"]
+    Xa, _ = sa.load()
+    Xb, _ = sb.load()
+    cos = (Xa * Xb).sum(1) / np.linalg.norm(Xa, axis=1) / np.linalg.norm(Xb, axis=1)
+    assert cos.min() > 0.9999
+    assert sb.provenance["runs"][-1]["decoder"] == "libjpeg-turbo"
+    assert sa.provenance["runs"][-1]["decoder"] == "pil"

@@ -1,0 +1,709 @@
+"""Batched JPEG decoding + preprocessing on the CPU or the GPU, matching the PIL path.
+
+The PIL path (:func:`cnncodes.data.load_rgb` + :func:`cnncodes.data.preprocess_pil`) decodes and
+resizes one image at a time in DataLoader workers. This module is the fast path for JPEG files:
+
+* **workers only read bytes** (:class:`BytesDataset`). Each file's header is parsed in the worker
+  (:func:`parse_jpeg_header`: size, colour components, coding process, EXIF orientation, end
+  marker), with no pixel decoding. A plain 8-bit baseline/progressive JPEG with 1 (grey) or 3
+  (YCbCr) components, a readable orientation and an end marker stays as bytes. Everything else
+  (PNG, GIF, ..., CMYK/YCCK or RGB-coded JPEGs, 12-bit or arithmetic-coded JPEGs, truncated files,
+  images over the decompression-bomb limit, unreadable EXIF, XMP orientation) goes through the PIL
+  path in the worker, so it gets the same treatment as before or the same recorded failure.
+* **decoding is batched** (:func:`decode_batch`): ``torchvision.io.decode_jpeg`` on a list of
+  byte tensors, on the CPU (libjpeg-turbo) or on CUDA (nvJPEG). A file the decoder rejects is
+  handed to the PIL path (so it is decoded there or fails with PIL's reason), never dropped.
+* **preprocessing matches PIL** (:func:`resize_crop`): EXIF orientation as
+  ``ImageOps.exif_transpose`` does it, the weights' resize of the shorter side with antialiasing,
+  centre crop. On the CPU torch's uint8 antialiased kernel (a port of Pillow-SIMD) is used; on other
+  devices a float two-pass resize that rounds and clips between the horizontal and the vertical
+  pass, as Pillow does. Both agree with PIL to 1-2 grey levels (see ``tests/test_decode.py``).
+
+On the CPU, :class:`DecodingCollate` runs :func:`decode_batch` inside the DataLoader workers (a
+drop-in for :func:`cnncodes.data.collate`); on CUDA the workers return :class:`RawBatch` objects and
+the extraction loop calls :func:`decode_batch` with ``device="cuda"``. Rows and failures keep the
+order of the items, so codes can never be attached to the wrong file.
+
+Known difference: torchvision creates its nvJPEG decoder with default flags, which upsample
+subsampled chroma (4:2:0, 4:2:2) by pixel replication where libjpeg interpolates ("fancy"
+upsampling). After a downscale the difference averages out; when an image is barely downscaled or
+upscaled it shows in the codes. Emulated on the CPU with libjpeg's own replicating upsampler
+(mobilenet_v2 codes vs the PIL path, 80 crops of real photos, 4:2:0, 224 and 112 px; not yet
+measured with nvJPEG itself), the lowest cosine was 0.992 for images smaller than the resize,
+0.9986 between 1x and 1.25x the resize, 0.9993 from 1.25x and 0.9996 from 1.5x on.
+So when decoding on the GPU, subsampled JPEGs whose shorter side is under ``gpu_min_scale`` x the
+resize (1.25 by default: 320 px for resize 256) are decoded by libjpeg in the worker instead; they
+are small and cheap to decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .data import (
+    DEFAULT_MAX_PIXELS,
+    Batch,
+    DecodeError,
+    ImageSource,
+    load_rgb,
+    preprocess_pil,
+)
+from .weights import Preprocessing
+
+log = logging.getLogger(__name__)
+
+try:  # deprecated in torchvision 0.29 in favour of TorchCodec; without it every file uses PIL
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as _decode_jpeg
+except ImportError:  # pragma: no cover - depends on the installed torchvision
+    _decode_jpeg = None
+    ImageReadMode = None
+
+#: Interpolations the tensor path reproduces; any other sends every file to PIL.
+TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
+#: Route of files left to the batch decoder (:func:`decode_batch`).
+TENSOR = "tensor"
+#: Route of small chroma-subsampled JPEGs decoded with libjpeg in the worker (GPU decoding only).
+CPU_SMALL = "cpu: small subsampled JPEG"
+#: Other routes are ``"pil: <why>"``. Default of ``gpu_min_scale`` (see the module docstring).
+GPU_MIN_SCALE = 1.25
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_FAST_SOF = {0xC0: "baseline", 0xC2: "progressive"}  # 8-bit Huffman, what nvJPEG handles
+_STANDALONE = {0x01} | set(range(0xD0, 0xD8))
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+          (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+# max bytes of float32 working memory per resize call on the float path (bounds GPU memory)
+_FLOAT_CHUNK_BYTES = 512 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# Header sniffing (cheap, no pixel decoding)
+
+
+def sniff(data: bytes | memoryview) -> str:
+    """The format of an encoded image from its first bytes: ``jpeg``, ``png``, ``gif``, ``webp``,
+    ``bmp``, ``tiff`` or ``unknown`` (``empty`` for no bytes)."""
+    head = bytes(data[:12])
+    if not head:
+        return "empty"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What :func:`parse_jpeg_header` read from a JPEG's markers (before the first scan).
+
+    Attributes:
+        width, height: frame size in pixels as stored (before EXIF orientation).
+        components: colour components (1 grey, 3 YCbCr or RGB, 4 CMYK/YCCK).
+        precision: bits per sample.
+        sof: the start-of-frame marker byte (0xC0 baseline, 0xC2 progressive, ...).
+        orientation: EXIF orientation 1-8 (1 when absent or when PIL would ignore the value).
+        exif_error: why the EXIF orientation could not be read ('' when it could).
+        exif_segments: number of EXIF APP1 segments (PIL concatenates several).
+        xmp_orientation: an XMP packet carries ``tiff:Orientation`` (PIL may use it).
+        rgb_coded: 3 components stored as RGB rather than YCbCr (Adobe transform 0 or ids R,G,B).
+        subsampled: colour components at lower resolution than the first (4:2:0, 4:2:2, ...).
+        complete: an end-of-image marker follows the first scan (not a truncated file).
+    """
+
+    width: int
+    height: int
+    components: int
+    precision: int
+    sof: int
+    orientation: int = 1
+    exif_error: str = ""
+    exif_segments: int = 0
+    xmp_orientation: bool = False
+    rgb_coded: bool = False
+    subsampled: bool = False
+    complete: bool = False
+
+    @property
+    def coding(self) -> str:
+        return _FAST_SOF.get(self.sof, f"SOF{self.sof - 0xC0}")
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block, 1 if absent.
+
+    Raises:
+        ValueError: malformed block or an orientation entry PIL would read differently.
+    """
+    if tiff[:2] == b"II":
+        e = "<"
+    elif tiff[:2] == b"MM":
+        e = ">"
+    else:
+        raise ValueError("bad TIFF byte order")
+    if len(tiff) < 8 or struct.unpack(e + "H", tiff[2:4])[0] != 42:
+        raise ValueError("bad TIFF header")
+    ifd = struct.unpack(e + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        raise ValueError("IFD0 outside the EXIF block")
+    (n,) = struct.unpack(e + "H", tiff[ifd:ifd + 2])
+    if ifd + 2 + 12 * n > len(tiff):
+        raise ValueError("IFD0 entries outside the EXIF block")
+    for k in range(n):
+        off = ifd + 2 + 12 * k
+        tag, typ, count = struct.unpack(e + "HHI", tiff[off:off + 8])
+        if tag != 0x0112:
+            continue
+        if count != 1 or typ not in (3, 4):  # SHORT or LONG, one value
+            raise ValueError(f"orientation entry of type {typ} x {count}")
+        value = struct.unpack(e + ("H" if typ == 3 else "I"), tiff[off + 8:off + (10 if typ == 3
+                                                                                   else 12)])[0]
+        return value if 1 <= value <= 8 else 1  # PIL's exif_transpose ignores other values
+    return 1
+
+
+def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader:
+    """Read a JPEG's frame header and orientation without decoding pixels.
+
+    Raises:
+        ValueError: not a JPEG, or its markers are malformed before the first scan.
+    """
+    buf = memoryview(data)
+    n = len(buf)
+    if bytes(buf[:3]) != b"\xff\xd8\xff":
+        raise ValueError("no JPEG start-of-image marker")
+    pos = 2
+    sof: tuple[int, bytes] | None = None
+    exif: list[bytes] = []
+    xmp_orientation = False
+    adobe_transform: int | None = None
+    sos = -1
+    while pos + 4 <= n:
+        if buf[pos] != 0xFF:
+            raise ValueError(f"garbage between markers at byte {pos}")
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xD9:
+            raise ValueError("end-of-image marker before any scan")
+        (length,) = struct.unpack(">H", buf[pos + 2:pos + 4])
+        if length < 2 or pos + 2 + length > n:
+            raise ValueError(f"marker 0x{marker:02X} at byte {pos} runs past the end of the file")
+        seg = buf[pos + 4:pos + 2 + length]
+        if marker == 0xDA:
+            sos = pos
+            break
+        if marker in _SOF_MARKERS:
+            if sof is None:
+                sof = (marker, bytes(seg))
+        elif marker == 0xE1:
+            if bytes(seg[:6]) == b"Exif\x00\x00":
+                exif.append(bytes(seg[6:]))
+            elif bytes(seg[:len(_XMP)]) == _XMP and b"tiff:Orientation" in bytes(seg):
+                xmp_orientation = True
+        elif marker == 0xEE and bytes(seg[:5]) == b"Adobe" and len(seg) >= 12:
+            adobe_transform = seg[11]
+        pos += 2 + length
+    if sof is None:
+        raise ValueError("no frame header (SOF) before the first scan")
+    if sos < 0:
+        raise ValueError("no scan: the file ends inside its header")
+    marker, seg = sof
+    if len(seg) < 6:
+        raise ValueError("short frame header")
+    precision, height, width, components = seg[0], *struct.unpack(">HH", seg[1:5]), seg[5]
+    if len(seg) < 6 + 3 * components:
+        raise ValueError("short frame header")
+    ids = tuple(seg[6 + 3 * k] for k in range(components))
+    sampling = {seg[7 + 3 * k] for k in range(components)}  # (H << 4) | V per component
+    rgb_coded = components == 3 and (adobe_transform == 0 or ids == (82, 71, 66))
+    orientation, exif_error = 1, ""
+    if exif:
+        try:
+            orientation = _exif_orientation(exif[0])
+        except (ValueError, struct.error) as e:
+            exif_error = str(e) or type(e).__name__
+    # an end-of-image marker cannot occur inside entropy-coded data (0xFF is always stuffed there)
+    raw = data if isinstance(data, bytes) else bytes(data)
+    complete = raw.rfind(b"\xff\xd9", sos) > sos
+    return JpegHeader(width=width, height=height, components=components, precision=precision,
+                      sof=marker, orientation=orientation, exif_error=exif_error,
+                      exif_segments=len(exif), xmp_orientation=xmp_orientation,
+                      rgb_coded=rgb_coded, subsampled=len(sampling) > 1, complete=complete)
+
+
+def _pixel_limit(max_pixels: int | None) -> int | None:
+    """The pixel count above which the PIL path refuses (or judges) an image."""
+    if max_pixels:
+        return int(max_pixels)
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
+def fallback_reason(header: JpegHeader, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                    ) -> str | None:
+    """Why this JPEG must go through the PIL path, or None if the tensor decoder takes it."""
+    if header.sof not in _FAST_SOF or header.precision != 8:
+        return f"{header.coding} {header.precision}-bit JPEG"
+    if header.components not in (1, 3):
+        return f"{header.components}-component JPEG (CMYK/YCCK)"
+    if header.rgb_coded:
+        return "RGB-coded JPEG"
+    if header.width < 1 or header.height < 1:
+        return "no size in the frame header"
+    limit = _pixel_limit(max_pixels)
+    if limit and header.width * header.height > limit:
+        return "over the pixel limit"
+    if not header.complete:
+        return "no end-of-image marker (truncated?)"
+    if header.exif_error:
+        return f"unreadable EXIF ({header.exif_error})"
+    if header.exif_segments > 1:
+        return "several EXIF segments"
+    if header.xmp_orientation and header.exif_segments == 0:
+        return "XMP orientation"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel operations (pure tensor code, any device)
+
+
+def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF ``orientation`` (1-8) to a ``(..., H, W)`` tensor as PIL's exif_transpose does."""
+    if orientation == 2:    # FLIP_LEFT_RIGHT
+        return image.flip(-1)
+    if orientation == 3:    # ROTATE_180
+        return image.flip(-2, -1)
+    if orientation == 4:    # FLIP_TOP_BOTTOM
+        return image.flip(-2)
+    if orientation == 5:    # TRANSPOSE
+        return image.transpose(-2, -1)
+    if orientation == 6:    # ROTATE_270 (90 degrees clockwise)
+        return image.transpose(-2, -1).flip(-1)
+    if orientation == 7:    # TRANSVERSE
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:    # ROTATE_90 (90 degrees counter-clockwise)
+        return image.transpose(-2, -1).flip(-2)
+    return image
+
+
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after resizing the shorter side to ``size`` (torchvision's ``Resize(int)`` rule)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F2
+
+    return F2.center_crop(x, [crop, crop])
+
+
+def _resize_uint8(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """torch's native uint8 antialiased kernel (CPU; ported from Pillow-SIMD)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F2
+
+    return F2.resize(x, list(size), interpolation=InterpolationMode(interpolation), antialias=True)
+
+
+def _resize_float_two_pass(x: torch.Tensor, size: tuple[int, int], interpolation: str
+                           ) -> torch.Tensor:
+    """Pillow's order on any device: horizontal pass, round + clip to uint8, vertical pass."""
+    import torch.nn.functional as NF
+
+    h, w = size
+    y = x.float()
+    if y.shape[-1] != w:
+        y = NF.interpolate(y, size=(y.shape[-2], w), mode=interpolation, antialias=True,
+                           align_corners=False).add_(0.5).floor_().clamp_(0, 255)
+    if y.shape[-2] != h:
+        y = NF.interpolate(y, size=(h, w), mode=interpolation, antialias=True,
+                           align_corners=False).add_(0.5).floor_().clamp_(0, 255)
+    return y.to(torch.uint8)
+
+
+def resize_crop(images: Sequence[torch.Tensor], pp: Preprocessing, *,
+                method: str = "auto") -> torch.Tensor:
+    """uint8 ``(3, H_i, W_i)`` images of any sizes -> uint8 ``(N, 3, crop, crop)``, PIL-matching.
+
+    Images of the same size are resized together. ``method``: ``uint8`` (torch's native kernel, CPU
+    only), ``float`` (two-pass float, any device) or ``auto`` (uint8 on the CPU, float elsewhere).
+    """
+    if pp.interpolation not in TENSOR_INTERPOLATIONS:
+        raise ValueError(f"The tensor path cannot reproduce {pp.interpolation!r} resizing; choose "
+                         f"one of {', '.join(TENSOR_INTERPOLATIONS)} or use the PIL path.")
+    if method not in ("auto", "uint8", "float"):
+        raise ValueError(f"Unknown resize method {method!r}; choose auto, uint8 or float.")
+    if not images:
+        return torch.empty(0, 3, pp.crop, pp.crop, dtype=torch.uint8)
+    device = images[0].device
+    if method == "auto":
+        method = "uint8" if device.type == "cpu" else "float"
+    out = torch.empty(len(images), 3, pp.crop, pp.crop, dtype=torch.uint8, device=device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, img in enumerate(images):
+        if img.dim() != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
+            raise ValueError(f"image {k}: expected uint8 (3, H, W), got {img.dtype} "
+                             f"{tuple(img.shape)}")
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        if method == "uint8":
+            # one at a time: the kernel is as fast per image, and stacking decoded images (HWC
+            # memory viewed as CHW) would cost a full-size copy
+            y = _resize_uint8(img, resized_size(h, w, pp.resize), pp.interpolation)
+            out[k] = _center_crop(y, pp.crop)
+        else:
+            groups.setdefault((h, w), []).append(k)
+    for (h, w), members in groups.items():  # float path: same-size images in one call
+        size = resized_size(h, w, pp.resize)
+        step = max(1, _FLOAT_CHUNK_BYTES // (3 * 4 * max(h * w, size[0] * size[1])))
+        for s in range(0, len(members), step):
+            chunk = members[s:s + step]
+            x = torch.stack([images[k] for k in chunk])
+            y = _resize_float_two_pass(x, size, pp.interpolation)
+            out[torch.tensor(chunk, device=device)] = _center_crop(y, pp.crop)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset items and batches
+
+
+@dataclass
+class RawItem:
+    """One file as a worker hands it over: JPEG bytes for the batch decoder (``data``), or the
+    image the worker already finished (``image``, uint8 ``(3, crop, crop)``, by PIL or by libjpeg),
+    or a failure reason. ``route`` says which way it went (:data:`TENSOR`, :data:`CPU_SMALL`,
+    ``"pil: <why>"``)."""
+
+    index: int
+    path: str
+    route: str
+    data: bytes | None = None
+    orientation: int = 1
+    image: torch.Tensor | None = None
+    failure: str | None = None
+
+
+@dataclass
+class RawBatch:
+    """A batch before tensor decoding: JPEG bytes in one buffer, PIL results, failures.
+
+    Attributes:
+        order: every item's index in input order (rows of the decoded batch keep this order).
+        jpeg_indices, jpeg_paths, orientations: the items for the tensor decoder.
+        blob: uint8 1-D tensor, their files concatenated; ``offsets[k]:offsets[k + 1]`` is item k.
+        ready_indices, ready: items the workers already decoded and preprocessed.
+        failures: ``(index, reason)`` of items that failed in the worker.
+        routes: ``{index: route}`` (see :class:`RawItem`), for logs and tests.
+    """
+
+    order: list[int]
+    jpeg_indices: list[int]
+    jpeg_paths: list[str]
+    orientations: list[int]
+    blob: torch.Tensor
+    offsets: list[int]
+    ready_indices: list[int]
+    ready: torch.Tensor
+    failures: list[tuple[int, str]]
+    routes: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def pin_memory(self) -> RawBatch:
+        """DataLoader(pin_memory=True) hook: page-locks the images finished in the workers."""
+        if self.ready.numel():
+            self.ready = self.ready.pin_memory()
+        return self
+
+
+def gpu_min_side(pp: Preprocessing, scale: float = GPU_MIN_SCALE) -> int:
+    """Shorter side (pixels) under which a chroma-subsampled JPEG is decoded by libjpeg rather than
+    by nvJPEG when decoding on the GPU (``scale`` x the resize; 0 sends every JPEG to the GPU)."""
+    return int(math.ceil(scale * pp.resize)) if scale > 0 else 0
+
+
+def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
+              cpu_below: int = 0) -> RawItem:
+    """What a worker does with one file: read the bytes, route them, run PIL where needed.
+
+    Args:
+        index, path: the item's index (kept with its result) and file.
+        pp: the weights' preprocessing.
+        max_pixels: decompression-bomb limit (larger files go to PIL, which records the failure).
+        tensor_path: False sends every file to PIL.
+        cpu_below: chroma-subsampled JPEGs whose shorter side is under this are decoded here with
+            libjpeg (route :data:`CPU_SMALL`) instead of by the batch decoder; see
+            :func:`gpu_min_side`.
+
+    Never raises: failures become ``RawItem.failure`` (the PIL path's reasons).
+    """
+    p = os.fspath(path)
+    why = None
+    if not tensor_path or _decode_jpeg is None:
+        why = "tensor path off"
+    elif pp.interpolation not in TENSOR_INTERPOLATIONS:
+        why = f"{pp.interpolation} interpolation"
+    else:
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+            kind = sniff(data)
+        except OSError:
+            kind = "unreadable"  # load_rgb names the reason (not found, permissions...)
+        if kind != "jpeg":
+            why = kind
+        else:
+            try:
+                header = parse_jpeg_header(data)
+                why = fallback_reason(header, max_pixels=max_pixels)
+            except ValueError as e:
+                why = f"malformed JPEG header ({e})"
+            if why is None:
+                if header.subsampled and min(header.width, header.height) < cpu_below:
+                    return _cpu_item(index, p, data, header.orientation, pp, max_pixels)
+                return RawItem(index, p, TENSOR, data=data, orientation=header.orientation)
+    return _pil_item(index, p, pp, max_pixels, f"pil: {why}")
+
+
+def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preprocessing,
+              max_pixels: int | None) -> RawItem:
+    """The tensor path on the CPU for one file, now (in the worker)."""
+    (res,) = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "cpu")
+    if isinstance(res, Exception):
+        return _pil_item(index, path, pp, max_pixels, "pil: decoder error")
+    image = resize_crop([apply_orientation(res, orientation)], pp, method="uint8")[0]
+    return RawItem(index, path, CPU_SMALL, image=image)
+
+
+def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
+              route: str) -> RawItem:
+    """The robust PIL path, exactly as :class:`cnncodes.data.ImageDataset` runs it."""
+    try:
+        img = load_rgb(path, max_pixels=max_pixels)
+        return RawItem(index, path, route, image=preprocess_pil(img, pp))
+    except DecodeError as e:
+        return RawItem(index, path, route, failure=str(e))
+    except Exception as e:  # noqa: BLE001 - never let one file stop the run
+        return RawItem(index, path, route,
+                       failure=f"preprocessing error: {type(e).__name__}: {e}")
+
+
+class BytesDataset(Dataset):
+    """Items :class:`RawItem` for an :class:`~cnncodes.data.ImageSource`: JPEG bytes for the batch
+    decoder, or finished images for files it should not take (PIL path; on the GPU also small
+    chroma-subsampled JPEGs, decoded with libjpeg here). Load with :func:`make_bytes_loader`.
+
+    Args:
+        decode_device: where :func:`decode_batch` will run (``cpu``: in the workers).
+        gpu_min_scale: see :func:`gpu_min_side` (used when ``decode_device`` is not the CPU).
+    """
+
+    def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
+                 decode_device: str | torch.device = "cpu",
+                 gpu_min_scale: float = GPU_MIN_SCALE):
+        self.source = source
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+        self.tensor_path = tensor_path
+        self.decode_device = torch.device(decode_device)
+        self.cpu_below = 0 if self.decode_device.type == "cpu" else \
+            gpu_min_side(preprocessing, gpu_min_scale)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> RawItem:
+        return read_item(i, self.source.abspath(i), self.preprocessing,
+                         max_pixels=self.max_pixels, tensor_path=self.tensor_path,
+                         cpu_below=self.cpu_below)
+
+
+def collate_raw(items: Sequence[RawItem]) -> RawBatch:
+    """Gather worker items into one :class:`RawBatch` (one shared buffer for all the bytes).
+
+    Raises:
+        ValueError: two items with the same index (rows are matched to items by index).
+    """
+    if len({it.index for it in items}) != len(items):
+        raise ValueError("Items of a batch must have distinct indices; got "
+                         f"{[it.index for it in items]}.")
+    jpegs = [it for it in items if it.data is not None]
+    ready = [it for it in items if it.image is not None]
+    offsets = [0]
+    for it in jpegs:
+        offsets.append(offsets[-1] + len(it.data))  # type: ignore[arg-type]
+    joined = bytearray(b"".join(it.data for it in jpegs))  # type: ignore[misc]
+    blob = torch.frombuffer(joined, dtype=torch.uint8) if joined else \
+        torch.empty(0, dtype=torch.uint8)
+    crop = ready[0].image.shape[-1] if ready else 1  # type: ignore[union-attr]
+    return RawBatch(
+        order=[it.index for it in items],
+        jpeg_indices=[it.index for it in jpegs], jpeg_paths=[it.path for it in jpegs],
+        orientations=[it.orientation for it in jpegs], blob=blob, offsets=offsets,
+        ready_indices=[it.index for it in ready],
+        ready=torch.stack([it.image for it in ready]) if ready  # type: ignore[misc]
+        else torch.empty(0, 3, crop, crop, dtype=torch.uint8),
+        failures=[(it.index, str(it.failure)) for it in items
+                  if it.data is None and it.image is None],
+        routes={it.index: it.route for it in items})
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every call
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of "
+                                "TorchVision are deprecated.*")
+        out = _decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    return list(out)
+
+
+def decode_jpegs(datas: list[torch.Tensor], device: str | torch.device = "cpu"
+                 ) -> list[torch.Tensor | Exception]:
+    """Decode JPEG byte tensors to uint8 RGB ``(3, H, W)`` on ``device``, in one batched call.
+
+    If the batched call fails (it returns nothing when one image is bad), each image is decoded
+    alone so that only the bad ones come back as the exception they raised.
+    """
+    if _decode_jpeg is None:
+        raise RuntimeError("torchvision.io.decode_jpeg is not available in this torchvision.")
+    dev = torch.device(device)
+    if not datas:
+        return []
+    try:
+        return _decode(datas, dev)  # type: ignore[return-value]
+    except Exception as batch_error:  # noqa: BLE001 - isolate the culprit(s) below
+        if len(datas) == 1:
+            return [batch_error]
+    out: list[torch.Tensor | Exception] = []
+    for d in datas:
+        try:
+            out.append(_decode([d], dev)[0])
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+    return out
+
+
+def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
+                 device: str | torch.device = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 resize_method: str = "auto") -> Batch:
+    """Decode a batch's JPEGs on ``device``, preprocess them as the PIL path does, and merge them
+    with the items the workers already finished.
+
+    Args:
+        raw: a :class:`RawBatch` (from :func:`collate_raw`) or its list of :class:`RawItem`.
+        pp: the weights' preprocessing (resize, crop, interpolation).
+        device: where decoding and resizing run and where the images end up.
+        max_pixels: decompression-bomb limit for files that fall back to PIL here.
+        resize_method: see :func:`resize_crop`.
+
+    Returns:
+        :class:`cnncodes.data.Batch`: ``images`` uint8 ``(N_ok, 3, crop, crop)`` on ``device``,
+        ``indices`` the items' indices in input order minus the failures, ``failures``
+        ``(index, reason)`` in input order. A JPEG the tensor decoder rejects is retried with PIL
+        (decoded there, or failed with PIL's reason).
+    """
+    if not isinstance(raw, RawBatch):
+        raw = collate_raw(list(raw))
+    dev = torch.device(device)
+    crop = pp.crop
+    rows: dict[int, torch.Tensor] = {}
+    failed: dict[int, str] = dict(raw.failures)
+    if raw.ready_indices:
+        ready = raw.ready.to(dev, non_blocking=True)
+        for k, i in enumerate(raw.ready_indices):
+            rows[i] = ready[k]
+    good: list[int] = []  # indices of the JPEGs decoded here, in order
+    decoded_rows: torch.Tensor | None = None
+    if raw.jpeg_indices:
+        datas = [raw.blob[raw.offsets[k]:raw.offsets[k + 1]] for k in range(len(raw.jpeg_indices))]
+        decoded = decode_jpegs(datas, dev)
+        images: list[torch.Tensor] = []
+        for k, (i, res) in enumerate(zip(raw.jpeg_indices, decoded, strict=True)):
+            if isinstance(res, Exception):
+                log.debug("%s: tensor decoder failed (%s); using PIL", raw.jpeg_paths[k], res)
+                item = _pil_item(i, raw.jpeg_paths[k], pp, max_pixels, "pil: decoder error")
+                raw.routes[i] = item.route
+                if item.image is not None:
+                    rows[i] = item.image
+                else:
+                    failed[i] = str(item.failure)
+                continue
+            good.append(i)
+            images.append(apply_orientation(res, raw.orientations[k]))
+        if images:
+            decoded_rows = resize_crop(images, pp, method=resize_method)
+            for k, i in enumerate(good):
+                rows[i] = decoded_rows[k]
+    ok = [i for i in raw.order if i in rows]
+    failures = [(i, failed[i]) for i in raw.order if i in failed]
+    if decoded_rows is not None and good == ok:  # the usual case: nothing to merge
+        return Batch(ok, decoded_rows, failures)
+    out = torch.empty(len(ok), 3, crop, crop, dtype=torch.uint8, device=dev)
+    for r, i in enumerate(ok):
+        out[r].copy_(rows[i], non_blocking=True)
+    return Batch(ok, out, failures)
+
+
+class DecodingCollate:
+    """``collate_fn`` that decodes in the DataLoader worker (CPU): :class:`RawItem` list ->
+    :class:`cnncodes.data.Batch`, a drop-in for :func:`cnncodes.data.collate`."""
+
+    def __init__(self, preprocessing: Preprocessing, *, device: str = "cpu",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.preprocessing = preprocessing
+        self.device = device
+        self.max_pixels = max_pixels
+
+    def __call__(self, items: list[RawItem]) -> Batch:
+        return decode_batch(collate_raw(items), self.preprocessing, device=self.device,
+                            max_pixels=self.max_pixels)
+
+
+def make_bytes_loader(dataset: BytesDataset, indices: Sequence[int], *, batch_size: int,
+                      num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """An ordered DataLoader over ``indices`` of ``dataset``.
+
+    If ``dataset.decode_device`` is the CPU it yields :class:`cnncodes.data.Batch` (decoded in the
+    workers); otherwise :class:`RawBatch`, to pass to :func:`decode_batch` with that device.
+    """
+    sub = torch.utils.data.Subset(dataset, list(indices))
+    collate_fn: Callable[[list[RawItem]], Any]
+    if dataset.decode_device.type == "cpu":
+        collate_fn = DecodingCollate(dataset.preprocessing, max_pixels=dataset.max_pixels)
+    else:
+        collate_fn = collate_raw
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw["prefetch_factor"] = 4
+    return DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False, **kw)
