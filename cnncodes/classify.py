@@ -87,7 +87,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -858,7 +858,8 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
           n_jobs: int | None = None, class_weight: str | None = None, l2: bool = False,
           standardize: bool = True, pca: int | float | None = None, scoring: str = "accuracy",
           max_iter: int = 1000, holdout: float = 0.0, seed: int = 0,
-          device: str = "auto", threads: int | None = None) -> TrainedModel:
+          device: str = "auto", threads: int | None = None,
+          holdout_paths: Collection[str] | None = None) -> TrainedModel:
     """Fit a classifier on the labelled codes of one layer of a store.
 
     Args:
@@ -866,6 +867,10 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
         layer: layer name (default the store's only/default layer).
         holdout: fraction of each class held out (seeded by ``seed``) and left out of training;
             :func:`evaluate` on the same store then scores exactly those rows. 0 = train on all.
+        holdout_paths: hold out exactly the rows whose stored path (as in ``store.paths``) is
+            in this collection instead (a split made on the source files before extraction, as
+            :func:`baseline` does for ``layer="auto"``); ``holdout`` and ``seed`` are then only
+            recorded.
         n_jobs: parallel CV fits through joblib (``None``: an active joblib backend, e.g. dask,
             decides; see the module docstring).
         device: ``auto`` (GPU through scikit-learn's array API when CUDA is present), ``cpu``
@@ -894,7 +899,17 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
     yl = np.searchsorted(present, y[labelled])
     split: dict[str, Any] = {"kind": "all", "store": os.fspath(st.path), "n_train": int(len(yl))}
     rows = np.arange(len(yl))
-    if holdout:
+    if holdout_paths is not None:
+        held = set(holdout_paths)
+        is_test = np.array([p in held for p in st.paths[labelled].tolist()], bool)
+        tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        rows = tr
+        split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
+                 "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te)),
+                 "made_on": "source files"}
+        log.info("held out %d of %d rows for testing (split of the source files)", len(te),
+                 len(yl))
+    elif holdout:
         tr, te = stratified_holdout(yl, test_size=holdout, seed=seed)
         rows = tr
         split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
@@ -1297,7 +1312,11 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
 
 @dataclass
 class BaselineResult:
-    """What :func:`baseline` did; ``report`` is the JSON-able report (also written to disk)."""
+    """What :func:`baseline` did; ``report`` is the JSON-able report (also written to disk).
+
+    ``advice`` is the evidence of ``layer="auto"`` (else None); ``finetune`` the
+    :class:`~cnncodes.finetune.FinetuneResult` of the ``fall_through`` run when it ran.
+    """
 
     model: TrainedModel
     evaluation: Evaluation
@@ -1306,6 +1325,8 @@ class BaselineResult:
     files: dict[str, Path]
     stores: dict[str, Path]
     failures: list[tuple[str, str]]
+    advice: dict[str, Any] | None = None
+    finetune: Any = None
 
 
 SPLIT_NAMES = ("train", "test", "val")
@@ -1336,8 +1357,8 @@ def find_split(source: str | os.PathLike) -> dict[str, Path]:
     return {"train": subdirs["train"], "test": test}
 
 
-def extract_cached(source: str | os.PathLike, cache: str | os.PathLike, *, layer: str,
-                   backbone: str, **kwargs: Any) -> FeatureStore:
+def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.PathLike, *,
+                   layer: str, backbone: str, **kwargs: Any) -> FeatureStore:
     """``extract`` into ``cache`` but reuse an existing cache that holds ``layer`` among others."""
     from .extract import extract
 
@@ -1353,24 +1374,307 @@ def extract_cached(source: str | os.PathLike, cache: str | os.PathLike, *, layer
     res = extract(source, cache, backbone=backbone, layers=layers, **kwargs)
     if res.failed:
         log.warning("%d images of %s could not be read and are left out", len(res.failed),
-                    source)
+                    getattr(source, "root", source))
     return FeatureStore(res.path)
 
 
-def _pick_layer(layer: str | None, *, default: str, train_source: str | os.PathLike) -> str:
-    """The layer to classify on, decided before any extraction.
-
-    ``auto`` is reserved for the layer advisor: it would call ``cnncodes.advise.choose_layer(
-    train_source, backbone=..., ...)`` here and record its evidence in the report.
-    """
+def _pick_layer(layer: str | None, *, default: str) -> str:
+    """The layer to classify on as asked: ``default`` for None, ``auto`` kept for the advisor."""
     if layer is None:
         return default
-    if layer == "auto":
-        raise ValueError("--layer auto (choosing the layer from the data) is not available in "
-                         "this version; name a layer, see `cnncodes models`.")
+    if layer.strip().lower() == "auto":
+        return "auto"
     if "," in layer:
         raise ValueError(f"baseline trains on one layer; got {layer!r}. Pass a single layer.")
     return layer
+
+
+# --- the training rows, for the layer advisor and the fine-tuning fall-through ----------------
+
+
+def subset_source(src: ImageSource, rows: Sequence[int] | np.ndarray) -> ImageSource:
+    """The rows ``rows`` of ``src`` as a new source (same root, paths and class list)."""
+    idx = np.asarray(rows, np.int64)
+    return ImageSource(src.root, [src.paths[int(i)] for i in idx], src.labels[idx].copy(),
+                       list(src.classes), "list")
+
+
+def holdout_sources(source: str | os.PathLike | ImageSource, *, holdout: float = 0.2,
+                    seed: int = 0) -> tuple[ImageSource, ImageSource]:
+    """``(train, test)`` sources of a single labelled tree, split on its files.
+
+    The same seeded stratified split as :func:`train` with ``holdout`` makes of the store rows
+    (:func:`stratified_holdout` over the labelled images in source order), but decided before
+    any extraction: the two agree whenever every image decodes; with broken files a broken file
+    may fall in either part (it has no codes and is left out there).
+    """
+    from .data import open_source
+
+    src = open_source(source)
+    labelled = np.flatnonzero(src.labels >= 0)
+    if labelled.size == 0:
+        raise ValueError(f"{src.root} has no labelled images; baseline needs a folder of class "
+                         "folders (or a labelled list).")
+    tr, te = stratified_holdout(src.labels[labelled], test_size=holdout, seed=seed)
+    return subset_source(src, labelled[tr]), subset_source(src, labelled[te])
+
+
+def _rows_key(src: ImageSource, split: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies the training rows an advice was measured on (for reusing it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p, y in zip(src.paths, src.labels.tolist(), strict=True):
+        if y >= 0:
+            h.update(f"{p}\t{src.classes[y]}\n".encode())
+    return {"n": int((src.labels >= 0).sum()), "sha256": h.hexdigest()[:16], **split}
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    import json
+
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True,
+                                                                     default=str)
+
+
+def advise_layer(train_source: str | os.PathLike | ImageSource, *, backbone: str,
+                 weights: str | None, pooling: str, input_size: int | None,
+                 budget: str | float | None = "2min", seed: int = 0,
+                 thresholds: Any = None, train_key: Mapping[str, Any] | None = None,
+                 reuse_from: str | os.PathLike | None = None,
+                 **advise_options: Any) -> tuple[str, dict[str, Any], bool]:
+    """``(layer, evidence, reused)``: :func:`cnncodes.advise.choose_layer` on the training rows.
+
+    The advice recorded in ``reuse_from`` (a code store) by an earlier run is reused when it was
+    measured on the same training rows (``train_key``) with the same thresholds; otherwise the
+    advisor runs again (``reuse_from`` is never handed to ``choose_layer``, whose own reuse does
+    not know which rows the advice saw). ``evidence`` gets ``train_rows`` = ``train_key``.
+    """
+    from dataclasses import asdict
+
+    # names read from the module at call time (``cnncodes.advise`` the package attribute is
+    # the function; tests may monkeypatch ``cnncodes.advise.choose_layer``)
+    from .advise import Thresholds, choose_layer, recorded_advice
+
+    th = thresholds if thresholds is not None else Thresholds()
+    if reuse_from is not None and train_key is not None:
+        prior = recorded_advice(reuse_from, backbone=backbone, pooling=pooling)
+        if (prior is not None and _same_json(prior.get("train_rows"), dict(train_key))
+                and _same_json(prior.get("thresholds"), asdict(th))):
+            log.info("--layer auto: reusing %s, chosen on the same training rows and recorded "
+                     "in %s", prior["layer"], reuse_from)
+            return str(prior["layer"]), dict(prior), True
+    layer, evidence = choose_layer(train_source, backbone=backbone, weights=weights,
+                                       pooling=pooling, input_size=input_size, budget=budget,
+                                       reuse_from=None, seed=seed, thresholds=th,
+                                       **advise_options)
+    evidence = dict(evidence)
+    if train_key is not None:
+        evidence["train_rows"] = dict(train_key)
+    return str(layer), evidence, False
+
+
+def _record_advice(path: str | os.PathLike, evidence: Mapping[str, Any]) -> bool:
+    """Make sure ``path``'s provenance holds ``evidence`` as ``advice``.
+
+    ``extract(..., extra_provenance=...)`` records it whenever it writes the store; a store that
+    was already complete (codes cached by an earlier run) is not rewritten by ``extract``, so the
+    attribute is set here (the store's ``<name>_json`` attribute convention). Returns whether
+    the file was changed.
+    """
+    import json
+
+    import h5py
+
+    st = FeatureStore(path)
+    if _same_json(st.provenance.get("advice"), dict(evidence)):
+        return False
+    with h5py.File(st.path, "r+") as f:
+        f.attrs["advice_json"] = json.dumps(dict(evidence), default=str)
+    return True
+
+
+def size_check(train_source: ImageSource, thresholds: Any = None) -> dict[str, Any]:
+    """Is the training part large enough to fine-tune, by advise's size rule?
+
+    Uses :class:`cnncodes.advise.SizeInfo` ``.size_class`` with ``thresholds``
+    (:class:`cnncodes.advise.Thresholds`): ``large`` needs a median of ``large_per_class``
+    images per class **and** ``large_total`` images.
+    """
+    from dataclasses import asdict
+
+    from .advise import SizeInfo, Thresholds
+
+    th = thresholds if thresholds is not None else Thresholds()
+    lab = train_source.labels[train_source.labels >= 0]
+    counts = np.bincount(lab, minlength=len(train_source.classes))
+    size = SizeInfo(n_images=int(counts.sum()),
+                    per_class={c: int(n) for c, n in zip(train_source.classes, counts,
+                                                         strict=True) if n > 0})
+    cls = size.size_class(th)
+    short = []
+    if size.median_per_class < th.large_per_class:
+        short.append(f"median < {th.large_per_class} per class")
+    if size.n_images < th.large_total:
+        short.append(f"images < {th.large_total}")
+    return {"size_class": cls, "large": cls == "large", "n_images": size.n_images,
+            "n_classes": size.n_classes, "median_per_class": size.median_per_class,
+            "short_by": short, "thresholds": asdict(th)}
+
+
+def _finetune_command(parts: Sequence[str], *, backbone: str, weights: str | None,
+                      input_size: int | None, out: Path,
+                      options: Mapping[str, Any]) -> str:
+    import shlex
+
+    from .advise import RunSetup
+
+    args = ["cnncodes", "finetune", *parts,
+            *RunSetup(backbone=backbone, weights=str(weights) if weights is not None else "auto",
+                      input_size=input_size).backbone_args(pooling=False), "-o", os.fspath(out)]
+    for k in ("epochs", "head_lr_mult", "freeze"):
+        if k in options:
+            v = options[k]
+            args += [f"--{k.replace('_', '-')}", str(int(v) if float(v).is_integer() else v)]
+    return shlex.join(args)
+
+
+def _ft_balanced_accuracy(rep: Mapping[str, Any]) -> float | None:
+    cm = rep.get("confusion_matrix")
+    if not cm:
+        return None
+    cm = np.asarray(cm, float)
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present])) if present.any() else None
+
+
+def _fall_through_verdict(probe: Mapping[str, Any], ft: Mapping[str, Any]) -> str:
+    a, b = probe.get("accuracy"), ft.get("accuracy")
+    if b is None:
+        return "fine-tuning produced no test accuracy; keep the codes + linear classifier."
+    ratio = (ft.get("wall_time_s") or 0.0) / max(probe.get("wall_time_s") or 0.0, 1e-9)
+    gain = 100.0 * (b - a)
+    if gain > 0:
+        return (f"fine-tuning is better by {gain:.1f} points ({b:.4f} vs {a:.4f}) at "
+                f"{ratio:.1f}x the linear probe's wall time.")
+    return (f"the linear probe is as good or better ({a:.4f} vs {b:.4f}; fine-tuning took "
+            f"{ratio:.1f}x its wall time): keep the codes + linear classifier.")
+
+
+def run_fall_through(train_source: ImageSource, test_source: ImageSource, output: Path, *,
+                     backbone: str, weights: str | None, input_size: int | None, seed: int,
+                     device: str, precision: str, num_workers: int | None,
+                     threads: int | None, max_pixels: int | None, progress: bool,
+                     overwrite: bool, command: str | None,
+                     options: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Full fine-tuning on exactly the linear probe's rows: its training rows (a seeded
+    validation share of them for model selection by epoch) and its test rows.
+
+    Returns ``(row, FinetuneResult or None)``; the run folder is ``output``: an earlier run there
+    is continued (an interrupted one resumes exactly) when its options and split are the same,
+    else, or with ``overwrite``, started over.
+    """
+    from .finetune import FinetuneDivergedError, finetune, make_config, make_split
+
+    cfg = make_config(None, backbone=backbone, weights=weights, input_size=input_size,
+                      state="full", seed=seed, device=device, precision=precision,
+                      num_workers=num_workers, threads=threads, max_pixels=max_pixels,
+                      **dict(options))
+    split = make_split(train_source, val_fraction=cfg.val_fraction, test_fraction=0.0,
+                       seed=cfg.seed, test=test_source)
+    had_run = (output / "checkpoint.pt").is_file() and not overwrite
+    log.info("fall-through: full fine-tuning of %s on %d train / %d validation / %d test images "
+             "(%d epochs) in %s", backbone, len(split.train), len(split.val), len(split.test),
+             cfg.epochs, output)
+    t0 = time.perf_counter()
+    res = None
+
+    def run(fresh: bool) -> Any:
+        return finetune(None, output, config=cfg, split=split, resume=not fresh,
+                        overwrite=fresh, progress=progress, command=command)
+
+    try:
+        try:
+            res = run(overwrite)
+        except ValueError as e:
+            if not had_run:
+                raise
+            # the folder is this report's: a run made with other options or on another split
+            # (another seed or hold-out) does not belong to it any more
+            log.warning("%s held a fine-tuning run that cannot be continued here (%s); starting "
+                        "it over", output, e)
+            res = run(True)
+        rep = res.report
+        status = res.status
+    except FinetuneDivergedError as e:
+        import json
+
+        rep = json.loads((output / "report.json").read_text())
+        status = "diverged"
+        log.warning("%s", e)
+    wall = time.perf_counter() - t0
+    row = {
+        "name": f"fine-tuned {backbone} (full, {rep.get('epochs_run')} "
+                f"epoch{'' if rep.get('epochs_run') == 1 else 's'}, {rep.get('input_size')} px)",
+        "kind": "finetune", "status": status, "method": "full fine-tuning",
+        "accuracy": rep.get("test_accuracy"), "balanced_accuracy": _ft_balanced_accuracy(rep),
+        "val_accuracy": rep.get("val_accuracy"), "n_test": (rep.get("split") or {}).get("test"),
+        "n_train": len(split.train), "n_val": len(split.val), "epochs": rep.get("epochs_run"),
+        "best_epoch": rep.get("best_epoch"), "trainable_params": rep.get("trainable_params"),
+        # the run's own time (every epoch, also of an earlier session, + setup and test)
+        "wall_time_s": round(float(rep.get("seconds") or wall), 2),
+        "this_call_s": round(wall, 2), "run": os.fspath(output),
+        "config": {k: v for k, v in cfg.to_dict().items()
+                   if k in ("epochs", "batch_size", "optimizer", "lr", "head_lr_mult", "freeze",
+                            "val_fraction", "seed")},
+    }
+    if status == "diverged":
+        row["message"] = rep.get("message")
+    return row, res
+
+
+def format_fall_through(report: Mapping[str, Any]) -> str:
+    """The ``fall_through`` part of a baseline report as text (empty when there is none)."""
+    ft = report.get("fall_through")
+    if not ft:
+        return ""
+    size = ft.get("size", {})
+    lines = [f"fall-through: {size.get('n_images')} training images, median "
+             f"{size.get('median_per_class', 0):g} per class -> {size.get('size_class')} "
+             "(advise's size rule)"]
+    if ft.get("status") == "skipped":
+        lines.append(f"  {ft['message']}")
+        return "\n".join(lines)
+    probe, row = ft.get("linear_probe") or {}, ft.get("finetune") or {}
+    if ft.get("forced"):
+        lines[0] += "; fine-tuning forced"
+    names = [str(probe.get("name", "linear probe")), str(row.get("name", "fine-tuning"))]
+    w = max(30, *(len(n) for n in names))
+    lines.append(f"  {'method':<{w}}  {'test acc':>8}  {'bal acc':>8}  {'wall s':>8}")
+
+    def f(v: Any, spec: str = ".4f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    for n, r in zip(names, (probe, row), strict=True):
+        lines.append(f"  {n:<{w}}  {f(r.get('accuracy')):>8}  "
+                     f"{f(r.get('balanced_accuracy')):>8}  {f(r.get('wall_time_s'), '.1f'):>8}")
+    lines.append(f"  same split: {row.get('n_train')} train + {row.get('n_val')} validation "
+                 f"(fine-tuning) / {probe.get('n_test')} test images; fine-tuning run in "
+                 f"{row.get('run')}")
+    if row.get("status") == "diverged":
+        lines.append(f"  fine-tuning diverged: {row.get('message')}")
+    lines.append(f"  verdict: {ft.get('verdict')}")
+    return "\n".join(lines)
+
+
+def _codes_seconds(stores: Mapping[str, FeatureStore]) -> float:
+    """Extraction time recorded in the stores' run records (also for codes cached earlier)."""
+    total = 0.0
+    for st in stores.values():
+        for r in st.provenance.get("runs", []) or []:
+            total += float(r.get("seconds") or 0.0)
+    return total
 
 
 def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "out/baseline",
@@ -1379,13 +1683,17 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
              input_size: int | None = None, batch_size: int = 64,
              num_workers: int | None = None, device: str = "auto", precision: str = "auto",
              threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-             overwrite: bool = False, progress: bool = False, model: str = "logreg",
+             overwrite: bool = False, progress: bool = False, model: str | None = None,
              c_grid: str | Sequence[float] | None = None, cv: int = 5,
              n_jobs: int | None = None, class_weight: str | None = None, l2: bool = False,
              standardize: bool = True, pca: int | float | None = None,
              scoring: str = "accuracy", max_iter: int = 1000, holdout: float = 0.2,
              seed: int = 0, raw_baseline: bool | None = None, raw_size: int = 32,
-             raw_grey: bool = False, command: str | None = None) -> BaselineResult:
+             raw_grey: bool = False, command: str | None = None,
+             budget: str | float | None = "2min", thresholds: Any = None,
+             advise_options: Mapping[str, Any] | None = None, fall_through: bool = False,
+             force_finetune: bool = False,
+             finetune_options: Mapping[str, Any] | None = None) -> BaselineResult:
     """The small-dataset quick baseline in one call.
 
     1. codes of ``source`` are extracted (cached in ``cache`` or ``report/cache``; existing codes
@@ -1398,47 +1706,122 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     ``device`` applies to the extraction and to the grid search (``auto``: the GPU for both when
     present; ``cpu``: NumPy for the classifier; see :func:`fit_codes`).
 
+    ``layer="auto"``: the layer is chosen by :func:`cnncodes.advise.choose_layer` on the
+    training rows only (``train/``, or the training part of the hold-out split, which is then
+    made on the source files before extraction: see :func:`holdout_sources`), within ``budget``
+    (``advise_options`` go to :func:`cnncodes.advise.advise`, e.g. ``max_images``). Its evidence
+    is ``report["advice"]`` and the stores' provenance ``advice``; an advice recorded in the
+    cache for the same training rows and thresholds is reused. When ``model`` is None the
+    advised classifier is used (``logreg`` without advice).
+
+    ``fall_through=True``: after the linear probe, when the training rows are ``large`` by
+    advise's size rule (``thresholds``, a :class:`cnncodes.advise.Thresholds`; or always with
+    ``force_finetune``), the backbone is fine-tuned end to end (state ``full``) on the same rows
+    and tested on the same test rows, in ``report/finetune`` (``finetune_options`` are
+    :class:`cnncodes.finetune.FinetuneConfig` fields, e.g. ``epochs``; with advice, its
+    ``head_lr_mult``/``freeze`` policy is the default). ``report["fall_through"]`` compares
+    accuracy and wall time; when the data is not large, it says why and gives the command.
+
     Raises:
         ValueError, StoreMismatchError: bad options, a cache made with other settings (pass
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
     from .backbones import get_spec
+    from .data import open_source
     from .report import build_report, write_report
 
     t0 = time.perf_counter()
     if report is None and cache is None:
         raise ValueError("baseline needs a report folder or a cache folder for the codes.")
+    if fall_through and report is None:
+        raise ValueError("fall_through needs a report folder (the fine-tuning run goes into "
+                         "REPORT/finetune).")
+    if model is not None and model not in MODELS:
+        raise ValueError(f"Unknown model {model!r}; choose one of {', '.join(MODELS)}.")
     split = find_split(source)
     cache_dir = Path(cache) if cache is not None else Path(report or ".") / "cache"
-    name = _pick_layer(layer, default=get_spec(backbone).default_layer,
-                       train_source=split.get("train", split.get("all")))
+    name = _pick_layer(layer, default=get_spec(backbone).default_layer)
+    single = "all" in split
+    holdout_paths: set[str] | None = None
+    advice: dict[str, Any] | None = None
+    advice_use: dict[str, Any] | None = None
+    if name == "auto":
+        t_adv = time.perf_counter()
+        if single and holdout:
+            adv_src, held = holdout_sources(split["all"], holdout=holdout, seed=seed)
+            holdout_paths = set(held.paths)
+            rows_split = {"split": "holdout", "test_size": float(holdout), "seed": int(seed)}
+            adv_arg: str | os.PathLike | ImageSource = adv_src
+        else:
+            adv_arg = split["all"] if single else split["train"]
+            adv_src = open_source(adv_arg)
+            rows_split = {"split": "all" if single else "train/"}
+        key = _rows_key(adv_src, rows_split)
+        reuse = None if overwrite else cache_dir / ("codes.h5" if single else "train.h5")
+        name, advice, reused = advise_layer(
+            adv_arg, backbone=backbone, weights=weights, pooling=pooling, input_size=input_size,
+            budget=budget, seed=seed, thresholds=thresholds, train_key=key, reuse_from=reuse,
+            **{"batch_size": batch_size, "num_workers": num_workers, "device": device,
+               "precision": precision, "threads": threads,
+               "max_pixels": max_pixels or DEFAULT_MAX_PIXELS, "progress": progress,
+               **dict(advise_options or {})})
+        advice_use = {"layer": name, "reused_from_cache": reused, "train_rows": int(key["n"]),
+                      "seconds": round(time.perf_counter() - t_adv, 2)}
+        log.info("--layer auto -> %s: %s", name, advice.get("explanation"))
+    model_name = model or "logreg"
+    if advice is not None and advice_use is not None:
+        advised = advice.get("classifier")
+        if model is None and advised in MODELS:
+            model_name = advised
+        advice_use.update(model=model_name, model_source="advice" if model is None and
+                          advised in MODELS else ("given" if model else "default"))
     ex_kw = dict(weights=weights, pooling=pooling, input_size=input_size,
                  batch_size=batch_size, num_workers=num_workers, device=device,
                  precision=precision, threads=threads, overwrite=overwrite,
                  max_pixels=max_pixels, progress=progress, command=command)
-    stores = {k: extract_cached(src, cache_dir / f"{'codes' if k == 'all' else k}.h5",
-                                layer=name, backbone=backbone, **ex_kw)
-              for k, src in split.items()}
+    if advice is not None:
+        ex_kw["extra_provenance"] = {"advice": advice}
+    t_codes = time.perf_counter()
+    try:
+        stores = {k: extract_cached(src, cache_dir / f"{'codes' if k == 'all' else k}.h5",
+                                    layer=name, backbone=backbone, **ex_kw)
+                  for k, src in split.items()}
+    except StoreMismatchError as e:
+        if advice is None:
+            raise
+        raise StoreMismatchError(f"--layer auto chose {name}, but the cached codes cannot take "
+                                 f"it: {e}") from e
+    if advice is not None:
+        for st in stores.values():
+            _record_advice(st.path, advice)
     failures = [(os.path.normpath(os.fspath(st.root / f)), r) for st in stores.values()
                 for f, r in st.failures]
     train_store = stores.get("train", stores.get("all"))
     test_store = stores.get("test", train_store)
     assert train_store is not None and test_store is not None
+    extract_now = time.perf_counter() - t_codes
     # the same device for the grid search: cpu keeps everything on the CPU, auto/cuda use the GPU
-    fit_kw = dict(model=model, c_grid=c_grid, cv=cv, n_jobs=n_jobs, class_weight=class_weight,
-                  scoring=scoring, max_iter=max_iter, seed=seed, device=device)
+    fit_kw = dict(model=model_name, c_grid=c_grid, cv=cv, n_jobs=n_jobs,
+                  class_weight=class_weight, scoring=scoring, max_iter=max_iter, seed=seed,
+                  device=device)
+    t_fit = time.perf_counter()
     trained = train(train_store, layer=name, l2=l2, standardize=standardize, pca=pca,
-                    holdout=holdout if "all" in split else 0.0, **fit_kw)
-    if "all" not in split:
+                    holdout=holdout if single else 0.0, holdout_paths=holdout_paths, **fit_kw)
+    if not single:
         trained.split.update({"kind": "predefined", "train": os.fspath(split["train"]),
                               "test": os.fspath(split["test"])})
     evaluation = evaluate(trained, test_store)
+    fit_s = time.perf_counter() - t_fit
     trained.split["n_test"] = int(len(evaluation.y_true))
     p = trained.provenance
+    codes_s = max(_codes_seconds(stores), 0.0)
     rows = [{"name": f"{p['backbone']} {name} codes ({p.get('input_size')} px)",
              "features": trained.n_features, "selection": trained.selection,
              "n_test": len(evaluation.y_true),
-             **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}}]
+             **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+             # codes (extraction time recorded in the stores, also when cached) + CV + test
+             "wall_time_s": round(codes_s + fit_s, 2), "extract_s": round(codes_s, 2),
+             "extract_this_run_s": round(extract_now, 2), "fit_and_test_s": round(fit_s, 2)}]
     n_raw = len(trained.train_paths) * raw_size * raw_size * (1 if raw_grey else 3)
     if raw_baseline or (raw_baseline is None and n_raw <= RAW_BASELINE_BUDGET):
         rows.append(pixel_baseline(trained.train_paths, trained.train_labels, evaluation.paths,
@@ -1447,16 +1830,80 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     elif raw_baseline is None:
         rows.append({"name": f"raw pixels {raw_size}x{raw_size}",
                      "skipped": f"not cheap: {n_raw} training values"})
+    extra: dict[str, Any] = {"command": command, "source": os.fspath(source),
+                             "stores": {k: os.fspath(v.path) for k, v in stores.items()},
+                             "failures": [{"path": a, "reason": b} for a, b in failures]}
+    if advice is not None:
+        extra["advice"] = advice
+        extra["advice_use"] = advice_use
     files: dict[str, Path] = {}
-    rep = build_report(model=trained, evaluation=evaluation, rows=rows,
-                       extra={"command": command, "source": os.fspath(source),
-                              "stores": {k: os.fspath(v.path) for k, v in stores.items()},
-                              "failures": [{"path": a, "reason": b} for a, b in failures],
-                              "wall_time_s": round(time.perf_counter() - t0, 2)})
-    if report is not None:
-        out = Path(report)
-        files["model"] = save_model(trained, out / "model.joblib")
-        rep["files"] = {"model": "model.joblib"}
-        files.update(write_report(rep, out, evaluation=evaluation))
+    out = Path(report) if report is not None else None
+
+    def write(rep: dict[str, Any]) -> None:
+        if out is not None:
+            files["model"] = out / "model.joblib"
+            rep["files"] = {"model": "model.joblib"}
+            files.update(write_report(rep, out, evaluation=evaluation))
+
+    if out is not None:
+        save_model(trained, out / "model.joblib")
+    ft_result = None
+    if fall_through:
+        assert out is not None
+        ft_train = ImageSource(Path(os.sep), [Path(x).as_posix() for x in trained.train_paths],
+                               np.asarray(trained.train_labels, np.int64), list(trained.classes),
+                               "list")
+        ft_test = ImageSource(Path(os.sep), [Path(x).as_posix() for x in evaluation.paths],
+                              np.asarray(evaluation.y_true, np.int64), list(trained.classes),
+                              "list")
+        size = size_check(ft_train, thresholds)
+        opts: dict[str, Any] = {}
+        if advice is not None and advice.get("similarity"):
+            from .advise import FINETUNE_POLICY
+
+            pol = FINETUNE_POLICY.get(str(advice["similarity"]))
+            if pol:  # advise's fine-tuning policy for this similarity
+                opts.update(head_lr_mult=float(pol["head_lr_mult"]), freeze=int(pol["freeze"]))
+        opts.update(dict(finetune_options or {}))
+        ft_out = out / "finetune"
+        probe_row = {k: rows[0].get(k) for k in ("name", "accuracy", "balanced_accuracy",
+                                                 "n_test", "wall_time_s")}
+        probe_row["name"] = f"linear probe: {trained.kind} on {name} codes"
+        ft_rec: dict[str, Any] = {"size": size, "forced": bool(force_finetune),
+                                  "linear_probe": probe_row, "options": opts,
+                                  "output": os.fspath(ft_out)}
+        if size["large"] or force_finetune:
+            ft_rec["status"] = "running"
+            write(build_report(model=trained, evaluation=evaluation, rows=rows,
+                               extra={**extra, "fall_through": ft_rec,
+                                      "wall_time_s": round(time.perf_counter() - t0, 2)}))
+            ft_row, ft_result = run_fall_through(
+                ft_train, ft_test, ft_out, backbone=backbone,
+                weights=weights, input_size=input_size, seed=seed, device=device,
+                precision=precision, num_workers=num_workers, threads=threads,
+                max_pixels=max_pixels, progress=progress, overwrite=overwrite,
+                command=command, options=opts)
+            ft_rec.update(status="ran", finetune=ft_row,
+                          verdict=_fall_through_verdict(probe_row, ft_row))
+            rows.append(ft_row)
+        else:
+            parts = ([os.fspath(split["train"]), "--test", os.fspath(split["test"])]
+                     if not single else [os.fspath(source), "--test-fraction", f"{holdout:g}",
+                                         "--seed", str(seed)])
+            cmd = _finetune_command(parts, backbone=backbone, weights=weights,
+                                    input_size=input_size, out=ft_out, options=opts)
+            ft_rec.update(status="skipped", command=cmd, message=(
+                f"not large enough: {size['n_images']} images, median "
+                f"{size['median_per_class']:g} per class ({' and '.join(size['short_by'])}; "
+                f"advise's size rule -> {size['size_class']}); fine-tuning skipped, run "
+                f"`{cmd}` to try anyway (or add --force-finetune to fine-tune on this exact "
+                "split)"))
+            rows.append({"name": "fine-tuning (fall-through)",
+                         "skipped": f"not large enough ({size['size_class']})"})
+            log.info("fall-through: %s", ft_rec["message"])
+        extra["fall_through"] = ft_rec
+    extra["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    rep = build_report(model=trained, evaluation=evaluation, rows=rows, extra=extra)
+    write(rep)
     return BaselineResult(trained, evaluation, rows, rep, files,
-                          {k: v.path for k, v in stores.items()}, failures)
+                          {k: v.path for k, v in stores.items()}, failures, advice, ft_result)

@@ -411,8 +411,8 @@ def test_baseline_single_tree_holds_out_and_lists_bad_images(digits_data, tmp_pa
     assert len(res.evaluation.y_true) == 40 and len(res.rows) == 1
     assert [Path(p).name for p, _ in res.failures] == ["empty.png"]
     assert (tmp_path / "rep" / "cache" / "codes.h5").is_file()
-    with pytest.raises(ValueError, match="--layer auto"):
-        baseline(photos, report=tmp_path / "rep", backbone=BACKBONE, layer="auto")
+    with pytest.raises(ValueError, match="one layer"):
+        baseline(photos, report=tmp_path / "rep", backbone=BACKBONE, layer="layer3,pool")
 
 
 # ----------------------------------------------------------------------- CNNCodes transformer
