@@ -58,8 +58,12 @@ def plain_model(backbone: str, weights: str) -> nn.Module:
     from cnncodes.backbones import build_model, get_spec
     from cnncodes.weights import load_weights, resolve_weights
 
+    from cnncodes.backbones import RANDOM_INIT_SEED
+
     spec = get_spec(backbone)
-    model = build_model(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)  # weights="random": the same net cnncodes builds
+        model = build_model(spec)
     load_weights(model, spec, resolve_weights(spec, weights))
     last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent, _, attr = last.rpartition(".")
