@@ -174,13 +174,17 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if res.new:
         print(f"throughput: {res.images_per_s:.1f} img/s ({res.seconds:.1f} s in all)")
     if res.failed:
-        print(f"{len(res.failed)} files could not be read (recorded in the store; "
-              f"`cnncodes info {res.path}` lists them):")
-        for p, r in res.failed[:20]:
-            print(f"  {p}: {r}")
-        if len(res.failed) > 20:
-            print(f"  ... and {len(res.failed) - 20} more")
+        _print_failures(res.failed, f"recorded in the store; `cnncodes info {res.path}` lists "
+                                    "them")
     return 0
+
+
+def _print_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> None:
+    print(f"{len(failures)} files could not be read ({where}):")
+    for p, r in failures[:most]:
+        print(f"  {p}: {r}")
+    if len(failures) > most:
+        print(f"  ... and {len(failures) - most} more")
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -217,7 +221,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f"{pp.get('interpolation')} mean {pp.get('mean')} std {pp.get('std')}")
     print(f"  source     {prov.get('root')} ({prov.get('source_kind')})")
     v = prov.get("versions", {})
-    print(f"  versions   " + " ".join(f"{k} {x}" for k, x in v.items()))
+    print("  versions   " + " ".join(f"{k} {x}" for k, x in v.items()))
     print(f"  created    {prov.get('created')}  updated {prov.get('updated')}")
     for r in prov.get("runs", []):
         print(f"  run        {r.get('time')}: {r.get('new')} new, {r.get('failed')} failed, "
@@ -405,11 +409,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             acc = sum(t == p for t, p in pairs) / len(pairs)
             print(f"  accuracy against the folder labels: {acc:.4f} ({len(pairs)} images)")
     if pred.failures:
-        print(f"{len(pred.failures)} files could not be read (listed in the CSV with an error):")
-        for p, r in pred.failures[:20]:
-            print(f"  {p}: {r}")
-        if len(pred.failures) > 20:
-            print(f"  ... and {len(pred.failures) - 20} more")
+        _print_failures(pred.failures, "listed in the CSV with an error")
     return 0
 
 

@@ -47,6 +47,59 @@ def write_tree(root: Path, classes=("ant", "bee", "cow"), per_class=8, seed=0,
     return root
 
 
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started (transitively) by ``pid``, from /proc."""
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_job_tree(proc, *, min_children: int = 2, timeout: float = 30) -> None:
+    """SIGKILL a torchrun launcher and every rank, as a crashed node would.
+
+    torchrun starts each rank in a session of its own, so killing the launcher's process group is
+    not enough: each rank's group is killed too, then we wait until none is alive.
+    """
+    import signal
+    import time
+
+    ranks = descendants(proc.pid)
+    assert len(ranks) >= min_children, ranks
+    for pid in [proc.pid, *ranks]:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "ranks survived SIGKILL"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """3 classes x 8 PNG images of 40x48 px."""

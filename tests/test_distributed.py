@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ from cnncodes import FeatureStore
 from cnncodes.distributed import shard_batches
 from cnncodes.store import Journal
 
-from .conftest import write_tree
-from .test_finetune_ddp import _alive, _descendants
+from .conftest import kill_job_tree, write_tree
 
 pytestmark = pytest.mark.slow
 
@@ -90,19 +88,7 @@ def test_killed_torchrun_job_resumes(setup):
     while time.time() < deadline and proc.poll() is None and len(journal.part_files()) < 3:
         time.sleep(0.005)
     assert proc.poll() is None, "the job finished before it could be killed"
-    # torchrun starts each worker in a session of its own: kill the launcher and every rank
-    ranks = _descendants(proc.pid)
-    assert len(ranks) >= 2, ranks
-    for pid in [proc.pid, *ranks]:
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in ranks):
-        assert time.monotonic() < deadline, "ranks survived SIGKILL"
-        time.sleep(0.05)
+    kill_job_tree(proc)  # the launcher and every rank
     assert not out.exists() and 0 < journal.n_parts() < 13
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import torch
 
 from cnncodes import FeatureStore, StoreMismatchError, extract
 from cnncodes.extract import extract_arrays
-from cnncodes.store import Journal, fold
+from cnncodes.store import Journal
 
 from .conftest import write_tree
 

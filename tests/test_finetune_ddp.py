@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from cnncodes.finetune import (
     read_model_file,
 )
 
-from .conftest import write_tree
+from .conftest import kill_job_tree, write_tree
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -43,35 +42,6 @@ def _torchrun(photos: Path, out: Path, *extra: str) -> tuple[list[str], dict[str
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return cmd, env
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    return kids
-
-
-def _descendants(pid: int) -> list[int]:
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.fixture(scope="module")
@@ -196,21 +166,8 @@ def test_killed_torchrun_job_resumes_exactly(photos, ddp_run, tmp_path):
         assert time.monotonic() < deadline, "no checkpoint after 240 s"
         time.sleep(0.005)
     assert proc.poll() is None, "the job finished before it could be killed"
-    # torchrun starts each rank in a session of its own: kill the launcher's group and each
-    # rank's group (the rank and anything it started) at once, as a crashed node would
-    ranks = _descendants(proc.pid)
-    assert len(ranks) >= 2, ranks
-    for pid in [proc.pid, *ranks]:
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+    kill_job_tree(proc)
     proc.stderr.close()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in ranks):
-        assert time.monotonic() < deadline, "ranks survived SIGKILL"
-        time.sleep(0.05)
     at_kill = torch.load(ckpt, weights_only=True)["epoch"]
     assert 1 <= at_kill < EPOCHS
     # --resume alone, under torchrun: every rank loads the checkpoint and its own RNG state
