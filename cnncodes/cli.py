@@ -113,6 +113,9 @@ def _add_extract(sub: Any) -> argparse.ArgumentParser:
                    help="discard an existing store made with other options")
     g.add_argument("--retry-failed", action="store_true",
                    help="try again the files recorded as failures")
+    g.add_argument("--commit-every", type=float, default=600.0, metavar="SECONDS",
+                   help="fold finished batches into the .h5 this often during a long run, so it "
+                        "is readable (marked incomplete) while extraction goes on (default 600)")
     g.add_argument("--decoder", default="auto", choices=["auto", "tensor", "pil"],
                    help="JPEG decoding: tensor (libjpeg-turbo on CPU, nvJPEG on CUDA, tensor "
                         "resize), pil, or auto (tensor unless the interpolation needs PIL)")
@@ -159,7 +162,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             threads=args.threads, overwrite=args.overwrite, retry_failed=args.retry_failed,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
             progress=not args.no_progress, command=command_line(args.argv),
-            decoder=args.decoder)
+            decoder=args.decoder, commit_every=args.commit_every)
     except KeyboardInterrupt as e:
         res = e.args[0] if e.args and isinstance(e.args[0], ExtractResult) else None
         kept = f" {res.rows} rows are saved in {res.path};" if res else ""

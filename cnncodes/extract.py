@@ -235,14 +235,21 @@ class _PartWriter:
     def _run(self) -> None:
         while True:
             part = self.q.get()
-            if part is None:
-                return
-            if self.error is not None:
-                continue
             try:
-                self.journal.write_part(part)
+                if part is None:
+                    return
+                if self.error is None:
+                    self.journal.write_part(part)
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 self.error = e
+            finally:
+                self.q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued part is on disk."""
+        self.q.join()
+        if self.error is not None:
+            raise self.error
 
     def put(self, part: Part) -> None:
         if self.error is not None:
@@ -279,6 +286,7 @@ def extract(
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
     decoder: str = "auto",
+    commit_every: float | None = 600.0,
 ) -> ExtractResult:
     """Extract codes of every image in ``source`` into the HDF5 store ``output``.
 
@@ -300,6 +308,9 @@ def extract(
         progress: show a tqdm bar on stderr.
         command: command line recorded in the provenance.
         decoder: ``auto``, ``tensor`` (libjpeg-turbo / nvJPEG + tensor resize) or ``pil``.
+        commit_every: seconds between commit points during a long run, where the journal is
+            folded into ``output`` so the store is readable (marked incomplete) while extraction
+            goes on; None = only at the end. Single-process runs only.
 
     Raises:
         StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
@@ -351,7 +362,8 @@ def extract(
                                    batch_size=batch_size, num_workers=num_workers,
                                    compression=compression, threads=threads,
                                    retry_failed=retry_failed, max_pixels=max_pixels,
-                                   progress=progress, decoder=decoder)
+                                   progress=progress, decoder=decoder,
+                                   commit_every=commit_every)
         finally:
             journal.unlock()
             if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
@@ -380,7 +392,8 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                     prov: dict[str, Any], config: dict[str, Any], di: DistInfo, *, t0: float,
                     batch_size: int, num_workers: int | None, compression: str | None,
                     threads: int | None, retry_failed: bool, max_pixels: int | None,
-                    progress: bool, decoder: str = "auto") -> ExtractResult:
+                    progress: bool, decoder: str = "auto",
+                    commit_every: float | None = None) -> ExtractResult:
     _check_compatible(out, journal, config)
     from .store import FeatureStore
 
@@ -425,6 +438,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     if mine:
         writer = _PartWriter(journal)
         pos = 0
+        last_commit = time.monotonic()
         try:
             for batch, codes in iter_codes(dataset, ext, mine, batch_size=batch_size,
                                            num_workers=workers, threads=threads):
@@ -450,6 +464,13 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                 n_new += len(batch.indices)
                 if bar is not None:
                     bar.update(n_items)
+                if (commit_every is not None and not di.enabled and pos < len(mine)
+                        and time.monotonic() - last_commit >= commit_every):
+                    writer.flush()  # commit point: fold what is on disk, keep extracting
+                    fold(out, journal, {**prov, "complete": False}, compression=compression,
+                         keep_journal=True)
+                    last_commit = time.monotonic()
+                    log.info("commit point: %d images folded into %s", n_new, out)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: keeping the %d images done so far; rerun the same "

@@ -336,9 +336,10 @@ class Journal:
         os.replace(tmp, final)
         return final
 
-    def read_parts(self) -> Iterator[Part]:
-        """Parts in commit order; unreadable ones (should not happen) are logged and skipped."""
-        for p in self.part_files():
+    def read_parts(self, files: Sequence[Path] | None = None) -> Iterator[Part]:
+        """Parts (of ``files``, default all) in commit order; unreadable ones (should not happen)
+        are logged, removed and skipped."""
+        for p in self.part_files() if files is None else files:
             try:
                 with np.load(p, allow_pickle=False) as z:
                     codes = {k[len("codes__"):]: z[k] for k in z.files if k.startswith("codes__")}
@@ -406,11 +407,17 @@ def read_existing(path: Path) -> dict[str, Any] | None:
 
 def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
          *, compression: str | None = None, run_record: Mapping[str, Any] | None = None,
-         drop_failures: Sequence[str] = (), copy_block: int = 4096) -> dict[str, int]:
+         drop_failures: Sequence[str] = (), copy_block: int = 4096,
+         keep_journal: bool = False) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
+
+    ``keep_journal=True`` (a commit point in the middle of a run, with a writer still adding parts)
+    removes only the parts that were folded, leaving the lock, manifest and newer parts alone.
+    A path that has a row is never also listed as a failure (a retried file that now decoded).
 
     Returns counts: ``rows`` (total), ``new`` (rows added), ``failures`` (total).
     """
+    files = journal.part_files()
     store_path = Path(store_path)
     old = FeatureStore(store_path) if store_path.is_file() else None
     old_paths = list(old.paths) if old is not None else []
@@ -428,7 +435,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     if old is not None:
         fail.update(dict(old.failures))
         dims = old.dims
-    for part in journal.read_parts():
+    for part in journal.read_parts(files):
         keep = np.array([p not in old_set for p in part.paths.tolist()], bool)
         new_rows += int(keep.sum())
         names.update(x for x in part.labels.tolist() if x)
@@ -475,7 +482,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         # append the journal's rows in commit order
         row = n_old
         seen = set(old_set)
-        for part in journal.read_parts():
+        for part in journal.read_parts(files):
             keep = np.array([p not in seen for p in part.paths.tolist()], bool)
             if not keep.any():
                 continue
@@ -491,7 +498,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         assert row == total, (row, total)
 
         fg = f.create_group("failures")
-        fp = sorted(fail)
+        fp = sorted(p for p in fail if p not in seen)
         fg.create_dataset("paths", data=np.array(fp, dtype=object), dtype=STR)
         fg.create_dataset("reasons", data=np.array([fail[p] for p in fp], dtype=object), dtype=STR)
 
@@ -511,8 +518,13 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         os.fsync(fh.fileno())
     os.replace(tmp, store_path)
     _fsync_dir(store_path.parent)
-    journal.clear()
-    return {"rows": total, "new": new_rows, "failures": len(fail)}
+    if keep_journal:
+        for p in files:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    else:
+        journal.clear()
+    return {"rows": total, "new": new_rows, "failures": len(fp)}
 
 
 def _write_attrs(attrs: h5py.AttributeManager, prov: Mapping[str, Any]) -> None:

@@ -314,3 +314,31 @@ def test_tensor_decoder_gives_the_same_rows_and_near_identical_codes(tmp_path):
     assert cos.min() > 0.9999
     assert sb.provenance["runs"][-1]["decoder"] == "libjpeg-turbo"
     assert sa.provenance["runs"][-1]["decoder"] == "pil"
+
+
+def test_commit_points_make_the_store_readable_mid_run_and_change_nothing(image_tree, tmp_path,
+                                                                          monkeypatch):
+    (image_tree / "cow" / "bad.jpg").write_bytes(b"")
+    ref = extract(image_tree, tmp_path / "ref.h5", batch_size=5, num_workers=0,
+                  commit_every=None, **OPTS)
+    import importlib
+    ex = importlib.import_module("cnncodes.extract")
+    seen = []
+    real_fold = ex.fold
+
+    def spy(out, journal, prov, **kw):
+        counts = real_fold(out, journal, prov, **kw)
+        st = FeatureStore(out)
+        seen.append((kw.get("keep_journal", False), len(st), st.provenance["complete"]))
+        return counts
+    monkeypatch.setattr(ex, "fold", spy)
+    extract(image_tree, tmp_path / "c.h5", batch_size=5, num_workers=0, commit_every=0.0, **OPTS)
+    mid = [s for s in seen if s[0]]
+    # one commit point per batch but the last; cow/bad.jpg (batch 4) has no row
+    assert [n for _, n, _ in mid] == [5, 10, 15, 19]
+    assert all(complete is False for _, _, complete in mid)
+    assert seen[-1] == (False, 24, True)
+    a, b = FeatureStore(ref.path), FeatureStore(tmp_path / "c.h5")
+    assert list(a.paths) == list(b.paths) and a.failures == b.failures
+    np.testing.assert_array_equal(a.load()[0], b.load()[0])
+    assert len(b.provenance["runs"]) == 1 and not Journal(tmp_path / "c.h5").exists()
