@@ -65,8 +65,8 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec, build_model, get_spec, resolve_layers
-from .data import DEFAULT_MAX_PIXELS, ImageDataset, ImageSource, normalize_batch, open_source
-from .extract import CodeExtractor, default_workers, iter_codes, versions
+from .data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
+from .extract import CodeExtractor, iter_codes, loader_workers, make_dataset, versions
 from .weights import ResolvedWeights, load_weights
 
 log = logging.getLogger(__name__)
@@ -1002,7 +1002,7 @@ def advise(
         meter = PretrainedMeter(spec, ext.resolved, device=ext.device)
     order = stratified_order(src.labels, seed=seed)
     n_cap = min(max_images, order.size)
-    dataset = ImageDataset(src, pp, max_pixels=max_pixels)
+    dataset = make_dataset(src, ext, max_pixels=max_pixels)  # the codes extract would write
     got_codes: dict[int, dict[str, np.ndarray]] = {}
     got_raw: dict[int, np.ndarray] = {}
     failures: list[tuple[str, str]] = []
@@ -1013,9 +1013,7 @@ def advise(
 
     def run(indices: Sequence[int]) -> float:
         """Extract ``indices``; returns seconds spent outside the head/BN meter."""
-        workers = default_workers(ext.device) if num_workers is None else int(num_workers)
-        if len(indices) < 2 * batch_size:
-            workers = min(workers, 1 if len(indices) > batch_size else 0)
+        workers = loader_workers(ext.device, num_workers, len(indices), batch_size)
         t = time.perf_counter()
         t_meter = 0.0
         indices = [int(i) for i in indices]

@@ -187,7 +187,7 @@ def _pool(x: torch.Tensor, cut: Cut, pooling: str) -> torch.Tensor:
     if x.ndim == 2:  # already a vector (e.g. a 1x1 map flattened by the net)
         return x.clone()
     if cut.kind == "gap" or pooling == "avg":
-        return x.float().mean(dim=(2, 3)) if x.dtype != torch.float32 else x.mean(dim=(2, 3))
+        return x.float().mean(dim=(2, 3))
     if pooling == "max":
         return x.amax(dim=(2, 3))
     if pooling == "avgmax":

@@ -108,7 +108,7 @@ from sklearn.svm import LinearSVC
 
 from . import __version__
 from .data import DEFAULT_MAX_PIXELS, ImageSource
-from .store import FeatureStore, StoreMismatchError
+from .store import FeatureStore, StoreMismatchError, canonical
 
 log = logging.getLogger(__name__)
 
@@ -690,7 +690,7 @@ class TrainedModel:
             have = (_weights_identity(provenance) if f == "weights"
                     else _layer_pooling(provenance, self.layer) if f == "pooling"
                     else provenance.get(f))
-            if _canon(have) != _canon(want):
+            if canonical(have) != canonical(want):
                 diffs.append(f"{f}: model has {_show(want)}, {what} have {_show(have)}")
         if not diffs and dim is not None and dim != self.n_features:
             diffs.append(f"dimension: model expects {self.n_features}-d {self.layer} codes, "
@@ -772,17 +772,6 @@ def load_model(path: str | os.PathLike | TrainedModel) -> TrainedModel:
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"Cannot read model file {path}: {type(e).__name__}: {e}") from e
     return TrainedModel.from_dict(obj, source=os.fspath(path))
-
-
-def _canon(v: Any) -> Any:
-    """Comparable form of a provenance value (lists for tuples, floats rounded)."""
-    if isinstance(v, (list, tuple)):
-        return [_canon(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: _canon(x) for k, x in v.items()}
-    if isinstance(v, float):
-        return round(v, 6)
-    return v
 
 
 def store_provenance(store: FeatureStore) -> dict[str, Any]:

@@ -74,6 +74,16 @@ def default_workers(device: torch.device) -> int:
     return min(8, n) if device.type == "cuda" else max(1, min(4, n // 2))
 
 
+def loader_workers(device: torch.device, num_workers: int | None, n_items: int,
+                   batch_size: int) -> int:
+    """Decoding workers for ``n_items`` images: the asked or default number, but none for a
+    single batch and at most one for two (starting workers would cost more than they save)."""
+    workers = default_workers(device) if num_workers is None else int(num_workers)
+    if n_items < 2 * batch_size:
+        workers = min(workers, 1 if n_items > batch_size else 0)
+    return workers
+
+
 @contextlib.contextmanager
 def _num_threads(n: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for the block and restore the caller's value after."""
@@ -408,7 +418,6 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     failed_before |= j_failed
     skip = done if retry_failed else done | failed_before
     pending = [i for i, p in enumerate(src.paths) if p not in skip]
-    retried = sorted(failed_before & {src.paths[i] for i in pending}) if retry_failed else []
     skipped = len(src) - len(pending)
     mine = shard_batches(pending, batch_size, di.rank, di.world) if di.enabled else pending
     if di.is_main:
@@ -420,9 +429,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
     if di.is_main:
         journal.write_manifest(config)
 
-    workers = default_workers(ext.device) if num_workers is None else int(num_workers)
-    if len(mine) < 2 * batch_size:
-        workers = min(workers, 1 if len(mine) > batch_size else 0)
+    workers = loader_workers(ext.device, num_workers, len(mine), batch_size)
     dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     new_failures: list[tuple[str, str]] = []
     n_new = 0
@@ -494,7 +501,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
         dist.all_gather_object(gathered, new_failures)
         new_failures = [f for part in gathered for f in part]
     barrier()  # every rank's parts are committed
-    if di.is_main and (journal.part_files() or not out.is_file() or retried):
+    if di.is_main and (journal.part_files() or not out.is_file()):
         run = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": prov["command"],
                "device": str(ext.device), "precision": ext.precision, "new": stats["new"],
                "failed": stats["failed"], "seconds": round(stats["seconds"], 3),
@@ -505,9 +512,7 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                "interrupted": interrupted, "host": platform.node()}
         prov = dict(prov)
         prov["complete"] = not interrupted
-        now_ok = journal.done_paths()[0]
-        fold(out, journal, prov, compression=compression, run_record=run,
-             drop_failures=[p for p in retried if p in now_ok])
+        fold(out, journal, prov, compression=compression, run_record=run)
     barrier()  # the store is assembled
     if out.is_file():
         st = FeatureStore(out)
@@ -635,9 +640,7 @@ def extract_arrays(
     src = open_source(source, classes=classes)
     ext = extractor or CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
                                      input_size=input_size, device=device, precision=precision)
-    workers = default_workers(ext.device) if num_workers is None else int(num_workers)
-    if len(src) < 2 * batch_size:
-        workers = min(workers, 1 if len(src) > batch_size else 0)
+    workers = loader_workers(ext.device, num_workers, len(src), batch_size)
     dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     idx: list[int] = []
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ext.layers}

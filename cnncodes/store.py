@@ -58,16 +58,17 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
     out = []
     for f in fields:
         a, b = old.get(f), new.get(f)
-        if _norm(a) != _norm(b):
+        if canonical(a) != canonical(b):
             out.append(f"{f}: file has {_short(a)}, requested {_short(b)}")
     return out
 
 
-def _norm(v: Any) -> Any:
+def canonical(v: Any) -> Any:
+    """Comparable form of a provenance value (lists for tuples, floats rounded to 6 places)."""
     if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _norm(x) for k, x in v.items()}
+        return [canonical(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: canonical(x) for k, x in v.items()}
     if isinstance(v, float):
         return round(v, 6)
     return v
@@ -336,14 +337,21 @@ class Journal:
         os.replace(tmp, final)
         return final
 
-    def read_parts(self, files: Sequence[Path] | None = None) -> Iterator[Part]:
+    def read_parts(self, files: Sequence[Path] | None = None, *, codes: bool = True
+                   ) -> Iterator[Part]:
         """Parts (of ``files``, default all) in commit order; unreadable ones (should not happen)
-        are logged, removed and skipped."""
+        are logged, removed and skipped. ``codes=False`` reads only paths, labels and failures
+        (``.codes`` then maps each layer to its dim, or is empty for a part without rows)."""
         for p in self.part_files() if files is None else files:
             try:
                 with np.load(p, allow_pickle=False) as z:
-                    codes = {k[len("codes__"):]: z[k] for k in z.files if k.startswith("codes__")}
-                    yield Part(int(z["seq"]), z["paths"], z["labels"], codes, z["fail_paths"],
+                    names = [k for k in z.files if k.startswith("codes__")]
+                    if codes:
+                        arrays = {k[len("codes__"):]: z[k] for k in names}
+                    else:  # the shapes from the .npy headers, without reading the data
+                        arrays = {k[len("codes__"):]: _npz_member_shape(z, k) for k in names}
+                    codes_out = arrays
+                    yield Part(int(z["seq"]), z["paths"], z["labels"], codes_out, z["fail_paths"],
                                z["fail_reasons"])
             except Exception as e:  # noqa: BLE001
                 log.warning("ignoring unreadable journal part %s (%s); its images will be redone",
@@ -355,13 +363,9 @@ class Journal:
         """Paths with codes and paths recorded as failed, across all parts."""
         ok: set[str] = set()
         failed: set[str] = set()
-        for p in self.part_files():
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    ok.update(z["paths"].tolist())
-                    failed.update(z["fail_paths"].tolist())
-            except Exception:  # noqa: BLE001 - read_parts() will report and remove it
-                continue
+        for part in self.read_parts(codes=False):
+            ok.update(part.paths.tolist())
+            failed.update(part.fail_paths.tolist())
         return ok, failed
 
     def clear(self) -> None:
@@ -373,6 +377,19 @@ class Journal:
                 p.unlink()
         with contextlib.suppress(OSError):
             self.dir.rmdir()
+
+
+def _npz_member_shape(z: Any, key: str) -> tuple[int, ...]:
+    """Shape of one array of an open ``.npz`` from its ``.npy`` header (the data is not read)."""
+    fmt = np.lib.format
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, _ = read(f)
+        return tuple(shape)
+    except Exception:  # noqa: BLE001 - an unusual header: read the array instead
+        return tuple(z[key].shape)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -407,8 +424,7 @@ def read_existing(path: Path) -> dict[str, Any] | None:
 
 def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
          *, compression: str | None = None, run_record: Mapping[str, Any] | None = None,
-         drop_failures: Sequence[str] = (), copy_block: int = 4096,
-         keep_journal: bool = False) -> dict[str, int]:
+         copy_block: int = 4096, keep_journal: bool = False) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
 
     ``keep_journal=True`` (a commit point in the middle of a run, with a writer still adding parts)
@@ -427,7 +443,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     layers = list(provenance["layers"])
     dtype = np.dtype(provenance.get("dtype", "float32"))
 
-    # pass 1 over the journal: counts, class names, dims (parts are small; memory stays flat)
+    # pass 1 over the journal, without the codes: counts, class names, dims, failures
     new_rows = 0
     names: set[str] = set(old_classes)
     dims: dict[str, int] = {}
@@ -435,16 +451,14 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     if old is not None:
         fail.update(dict(old.failures))
         dims = old.dims
-    for part in journal.read_parts(files):
+    for part in journal.read_parts(files, codes=False):
         keep = np.array([p not in old_set for p in part.paths.tolist()], bool)
         new_rows += int(keep.sum())
         names.update(x for x in part.labels.tolist() if x)
-        for k, v in part.codes.items():
-            if v.shape[0]:
-                dims.setdefault(k, int(v.shape[1]))
+        for k, shape in part.codes.items():
+            if shape[0]:
+                dims.setdefault(k, int(shape[1]))
         fail.update(zip(part.fail_paths.tolist(), part.fail_reasons.tolist(), strict=True))
-    for p in drop_failures:
-        fail.pop(p, None)
     classes = sorted(names)
     cls_index = {c: i for i, c in enumerate(classes)}
     n_old = len(old_paths)

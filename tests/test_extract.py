@@ -342,3 +342,17 @@ def test_commit_points_make_the_store_readable_mid_run_and_change_nothing(image_
     assert list(a.paths) == list(b.paths) and a.failures == b.failures
     np.testing.assert_array_equal(a.load()[0], b.load()[0])
     assert len(b.provenance["runs"]) == 1 and not Journal(tmp_path / "c.h5").exists()
+
+
+def test_retry_failed_turns_a_repaired_file_into_a_row(image_tree, tmp_path):
+    good = (image_tree / "ant" / "img000.png").read_bytes()
+    (image_tree / "ant" / "img000.png").write_bytes(b"broken")
+    out = tmp_path / "c.h5"
+    extract(image_tree, out, num_workers=0, **OPTS)
+    assert [p for p, _ in FeatureStore(out).failures] == ["ant/img000.png"]
+    (image_tree / "ant" / "img000.png").write_bytes(good)
+    assert extract(image_tree, out, num_workers=0, **OPTS).new == 0  # failures are final ...
+    res = extract(image_tree, out, num_workers=0, retry_failed=True, **OPTS)  # ... unless retried
+    st = FeatureStore(out)
+    assert res.new == 1 and len(st) == 24 and st.failures == []
+    assert "ant/img000.png" in set(st.paths)
