@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write_text
 from .backbones import BackboneSpec, build_model, get_spec, resolve_layers
 from .data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
 from .extract import CodeExtractor, iter_codes, loader_workers, make_dataset, versions
@@ -1242,9 +1243,7 @@ def save_report(advice: Advice, folder: str | os.PathLike) -> dict[str, Path]:
         raise ValueError(f"--report {d} is a file; pass a folder (it is created if needed).")
     d.mkdir(parents=True, exist_ok=True)
     js = d / "advice.json"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(advice.to_dict(), indent=2))
-    os.replace(tmp, js)
+    atomic_write_text(js, json.dumps(advice.to_dict(), indent=2))
     png = plot_advice(advice, d / "advice.png")
     return {"json": js, "png": png}
 

@@ -107,6 +107,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 
 from . import __version__
+from .atomic import atomic_path
 from .data import DEFAULT_MAX_PIXELS, ImageSource
 from .store import FeatureStore, StoreMismatchError, canonical
 
@@ -744,9 +745,8 @@ def save_model(model: TrainedModel, path: str | os.PathLike) -> Path:
         raise ValueError(f"Model path {path} is a folder; pass a file name such as "
                          f"{path / 'model.joblib'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    joblib.dump(model.to_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        joblib.dump(model.to_dict(), tmp)
     return path
 
 

@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .atomic import atomic_path, atomic_write_text
 from .backbones import BackboneSpec, build_model, get_spec
 from .data import (
     DEFAULT_MAX_PIXELS,
@@ -80,12 +81,14 @@ from .distributed import (
     all_gather_objects,
     all_reduce,
     all_reduce_sum,
-    backend as dist_backend,
     barrier,
     broadcast_buffers,
     env_info,
     process_group,
     shard_batches,
+)
+from .distributed import (
+    backend as dist_backend,
 )
 from .extract import command_line, default_workers, resolve_device, resolve_precision, versions
 from .weights import Preprocessing, ResolvedWeights, load_weights, resolve_weights, weights_sha256
@@ -893,25 +896,12 @@ def _plain(obj: Any) -> Any:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(_plain(obj), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(_plain(obj), tmp)
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    _atomic_write_text(json.dumps(obj, indent=2, default=str) + "\n", path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1028,9 +1018,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
         fig.suptitle(title)
     fig.tight_layout()
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, p)
+    with atomic_path(p, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     return p
 
 
@@ -1853,9 +1842,8 @@ def _plot_escalation(rows: Sequence[dict[str, Any]], path: Path, title: str) -> 
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def escalate(
@@ -1954,7 +1942,7 @@ def escalate(
           f"{cfg.epochs} epochs of fine-tuning, batch {cfg.batch_size}, {cfg.optimizer} lr "
           f"{cfg.base_lr:g} (head x{cfg.head_lr_mult:g}), freeze {cfg.freeze} for full.\n\n"
           + _escalation_table(rows) + f"\n\n{verdict}\n")
-    _atomic_write_text(md, out / "escalation.md")
+    atomic_write_text(out / "escalation.md", md)
     _plot_escalation(rows, out / "escalation.png",
                      f"{cfg.backbone}, {pp_size} px, {sizes['train']} train images")
     log.info("escalation: %s", verdict)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
     names["json"] = "report.json"
     rep["files"] = names
     files["json"] = out / "report.json"
-    tmp = files["json"].with_name("report.json.tmp")
-    tmp.write_text(json.dumps(_jsonable(rep), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, files["json"])
+    atomic_write_text(files["json"], json.dumps(_jsonable(rep), indent=2) + "\n")
     log.info("report written to %s", out)
     return files
 

@@ -39,6 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_text, fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -316,7 +318,7 @@ class Journal:
             return None
 
     def write_manifest(self, config: Mapping[str, Any]) -> None:
-        _atomic_write_bytes(self.dir / "manifest.json", json.dumps(dict(config)).encode())
+        atomic_write_text(self.dir / "manifest.json", json.dumps(dict(config)))
 
     def write_part(self, part: Part) -> Path:
         arrays: dict[str, np.ndarray] = {
@@ -329,12 +331,8 @@ class Journal:
         for k, v in part.codes.items():
             arrays[f"codes__{k}"] = v
         final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
-        tmp = final.with_suffix(".npz.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(final, tmp=final.with_suffix(".npz.tmp")) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
         return final
 
     def read_parts(self, files: Sequence[Path] | None = None, *, codes: bool = True
@@ -390,24 +388,6 @@ def _npz_member_shape(z: Any, key: str) -> tuple[int, ...]:
         return tuple(shape)
     except Exception:  # noqa: BLE001 - an unusual header: read the array instead
         return tuple(z[key].shape)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,8 +446,8 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     for layer in layers:
         dims.setdefault(layer, 0)
 
-    tmp = store_path.with_name(store_path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
+            h5py.File(tmp, "w") as f:
         g = f.create_group("codes")
         for layer in layers:
             d = dims[layer]
@@ -528,10 +508,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         prov["format_version"] = FORMAT_VERSION
         _write_attrs(f.attrs, prov)
         f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, store_path)
-    _fsync_dir(store_path.parent)
+    fsync_dir(store_path.parent)
     if keep_journal:
         for p in files:
             with contextlib.suppress(OSError):
