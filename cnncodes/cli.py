@@ -311,7 +311,7 @@ def _add_train(sub: Any) -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .classify import evaluate, save_model, train
-    from .report import build_report, format_table, write_report
+    from .report import build_report
 
     if args.test and args.holdout:
         raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
@@ -322,14 +322,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.test or args.holdout:
         evaluation = evaluate(model, args.test or args.store)
     rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
+    if _emit_report(rep, args, evaluation):
+        print(f"\nmodel written to {path}" + (f"; report in {args.report}" if args.report else ""))
+    return 0
+
+
+def _emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) -> bool:
+    """Write the report files if --report, print JSON (--json) or the table; True for the table."""
+    from .report import format_table, write_report
+
     if args.report:
         write_report(rep, args.report, evaluation=evaluation)
     if args.json:
         print(json.dumps(rep, indent=2))
-        return 0
+        return False
     print(format_table(rep))
-    print(f"\nmodel written to {path}" + (f"; report in {args.report}" if args.report else ""))
-    return 0
+    return True
 
 
 def _add_evaluate(sub: Any) -> argparse.ArgumentParser:
@@ -348,7 +356,7 @@ def _add_evaluate(sub: Any) -> argparse.ArgumentParser:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .classify import evaluate, load_model, pixel_baseline
-    from .report import build_report, format_table, write_report
+    from .report import build_report
 
     model = load_model(args.model)
     evaluation = evaluate(model, args.store)
@@ -368,13 +376,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                max_iter=sel.get("max_iter", 1000), seed=sel.get("seed", 0))]
     rep = build_report(model=model, evaluation=evaluation, rows=rows,
                        extra={"model_file": args.model})
-    if args.report:
-        write_report(rep, args.report, evaluation=evaluation)
-    if args.json:
-        print(json.dumps(rep, indent=2))
-        return 0
-    print(format_table(rep))
-    if args.report:
+    if _emit_report(rep, args, evaluation) and args.report:
         print(f"\nreport in {args.report}")
     return 0
 
