@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= data/demo
 DEMO_SIZE ?= 112
 
-.PHONY: venv demo test clean bench
+.PHONY: venv demo test test-slow structure clean bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ demo: $(STAMP)
 	# C chosen by 5-fold CV on train/, scored on test/, next to logistic regression on raw pixels
 	$(VENV)/bin/cnncodes baseline $(DEMO)/animal-mnist --cache $(DEMO) --report $(DEMO)/baseline --input-size $(DEMO_SIZE) --layer pool --no-progress
 
+# the fast suite (a few minutes on 2 cores); pytest's exit code 5 (nothing collected) is not a failure
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# the slow tests (kill -9 / Ctrl-C / torchrun subprocesses); .ci/run runs both
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; exit 0; fi; exit $$rc
+
+# file sizes, function lengths, signature widths, import cycles, in-place HDF5 writes
+structure:
+	$(PYTHON) tools/structure.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py

@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 from cnncodes import cli  # noqa: E402
 from cnncodes.backbones import BackboneSpec, Cut, register  # noqa: E402
+from cnncodes.codes.extraction import extract_arrays
+from cnncodes.codes.extractor import CodeExtractor
 from cnncodes.datasets import make_split_tree  # noqa: E402
-from cnncodes.extract import CodeExtractor, extract_arrays  # noqa: E402
 
 RESULTS_MD = ROOT / "benchmarks" / "ADVISE_RESULTS.md"
 BEGIN, END = "<!-- bench_advise:begin -->", "<!-- bench_advise:end -->"

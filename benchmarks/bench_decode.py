@@ -1,4 +1,4 @@
-"""Decode + resize + crop throughput: the PIL path vs the tensor path (cnncodes.decode).
+"""Decode + resize + crop throughput: the PIL path vs the tensor path (cnncodes.sources.tensor_decode).
 
     python benchmarks/bench_decode.py                       # 256 JPEGs 500x375, CPU (+ CUDA)
     python benchmarks/bench_decode.py --n 512 --repeats 5 --batch-size 64 --workers 2
@@ -33,21 +33,21 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_extract import make_jpegs  # noqa: E402
 
-from cnncodes.data import (  # noqa: E402
+from cnncodes.sources.data import (  # noqa: E402
     ImageDataset,
     load_rgb,
     make_loader,
     open_source,
     preprocess_pil,
 )
-from cnncodes.decode import (  # noqa: E402
+from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
+from cnncodes.sources.tensor_decode import (  # noqa: E402
     BytesDataset,
     decode_batch,
     gpu_min_side,
     make_bytes_loader,
     read_item,
 )
-from cnncodes.weights import IMAGENET, Preprocessing  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeats: int

@@ -1,4 +1,4 @@
-"""Extraction throughput: cnncodes.extract vs a plain torchvision loop, same images, same run.
+"""Extraction throughput: cnncodes.codes.extraction vs a plain torchvision loop, same images, same run.
 
     python benchmarks/bench_extract.py --backbone mobilenet_v2 --n 200 --input-size 224
     python benchmarks/bench_extract.py --backbone resnet50 --weights random --n 100
@@ -56,9 +56,8 @@ def make_jpegs(folder: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
 
 def plain_model(backbone: str, weights: str) -> nn.Module:
     from cnncodes.backbones import build_model, get_spec
-    from cnncodes.weights import load_weights, resolve_weights
-
-    from cnncodes.backbones import RANDOM_INIT_SEED
+    from cnncodes.backbones.factory import RANDOM_INIT_SEED
+    from cnncodes.backbones.weights import load_weights, resolve_weights
 
     spec = get_spec(backbone)
     with torch.random.fork_rng(devices=[]):
@@ -74,7 +73,7 @@ def plain_model(backbone: str, weights: str) -> nn.Module:
 def run_plain(folder: Path, backbone: str, weights: str, input_size: int | None,
               batch_size: int, workers: int, device: str) -> tuple[float, dict[str, np.ndarray]]:
     from cnncodes.backbones import get_spec
-    from cnncodes.weights import resolve_weights
+    from cnncodes.backbones.weights import resolve_weights
 
     t0 = time.perf_counter()  # both timings include building the model and listing the files
     pp = resolve_weights(get_spec(backbone), weights).preprocessing.with_input_size(input_size)
@@ -103,7 +102,7 @@ def run_ours(folder: Path, backbone: str, weights: str, input_size: int | None,
     if out.exists():
         out.unlink()
     t0 = time.perf_counter()
-    cnncodes.extract(folder, out, backbone=backbone, weights=weights, input_size=input_size,
+    cnncodes.codes.extraction(folder, out, backbone=backbone, weights=weights, input_size=input_size,
                      batch_size=batch_size, num_workers=workers, device=device,
                      precision=precision)
     dt = time.perf_counter() - t0
@@ -127,7 +126,7 @@ def memory_mode(args: argparse.Namespace) -> None:
         folder = make_jpegs(base / f"jpegs{n}", n, size=(160, 120))
         code = (
             "import resource, cnncodes, sys; "
-            f"cnncodes.extract({os.fspath(folder)!r}, {os.fspath(base / f'mem{n}.h5')!r}, "
+            f"cnncodes.codes.extraction({os.fspath(folder)!r}, {os.fspath(base / f'mem{n}.h5')!r}, "
             f"backbone={args.backbone!r}, weights={args.weights!r}, input_size=64, "
             f"batch_size={args.batch_size}, num_workers=1, overwrite=True); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
@@ -157,7 +156,7 @@ def main() -> None:
     if args.memory:
         memory_mode(args)
         return
-    from cnncodes.extract import default_workers, resolve_device
+    from cnncodes._runtime import default_workers, resolve_device
 
     work = Path(args.workdir)
     folder = make_jpegs(work / f"jpegs{args.n}", args.n)

@@ -21,11 +21,11 @@ import platform
 import sys
 import time
 
-import cnncodes  # first: sets SCIPY_ARRAY_API before scipy is imported  # noqa: I001
 import numpy as np
 import torch
 
-from cnncodes.classify import fit_codes, stratified_holdout
+import cnncodes  # first: sets SCIPY_ARRAY_API before scipy is imported  # noqa: I001
+from cnncodes.linear.classify import fit_codes, stratified_holdout
 
 
 def make_codes(n: int, d: int, k: int, *, signal: float, seed: int = 0

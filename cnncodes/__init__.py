@@ -1,73 +1,114 @@
-"""cnncodes: CNN codes from pretrained backbones, cached in HDF5, with linear classifiers on top."""
+"""cnncodes: CNN codes from pretrained backbones, cached in HDF5, with linear classifiers on top.
 
-__version__ = "0.1.0"
+The package root only re-exports the public API, lazily (PEP 562): ``import cnncodes`` costs
+milliseconds, imports neither torch nor scikit-learn, and changes no global state (environment
+variables, thread counts, RNG). See README.md (Architecture) for the layout: sources -> backbones ->
+codes -> linear / advisor / finetuning -> workflows -> report -> cli.
+"""
 
-import os as _os
-import sys as _sys
+from __future__ import annotations
 
-# GPU model selection (cnncodes.classify, scikit-learn's array API dispatch on torch tensors) needs
-# SciPy's own array API support, which SciPy reads from SCIPY_ARRAY_API once, when it is first
-# imported: so it is switched on here, before anything below imports scipy. A value already set
-# (e.g. SCIPY_ARRAY_API=0) is respected; when scipy was imported before cnncodes it is too late and
-# training falls back to NumPy with a logged warning (see cnncodes.classify.array_api_status).
-# Side effect for the rest of the process: SciPy functions then reject np.matrix and masked arrays.
-SCIPY_PREIMPORTED = "scipy" in _sys.modules
-if not SCIPY_PREIMPORTED:
-    _os.environ.setdefault("SCIPY_ARRAY_API", "1")
+import importlib
+from typing import Any
 
-from .backbones import (  # noqa: E402
-    BackboneSpec,
-    Cut,
-    FeatureExtractor,
-    create_backbone,
-    get_spec,
-    list_backbones,
-    register,
-)
-from .data import ImageSource, load_rgb, open_source  # noqa: E402
-from .extract import CodeExtractor, ExtractResult, extract  # noqa: E402
-from .store import FeatureStore, StoreMismatchError  # noqa: E402
-from .weights import Preprocessing, WeightsUnavailableError  # noqa: E402
-from .classify import (  # noqa: E402
-    ModelMismatchError,
-    TrainedModel,
-    baseline,
-    build_pipeline,
-    evaluate,
-    fit_codes,
-    load_model,
-    parse_c_grid,
-    predict,
-    save_model,
-    train,
-)
-from .transformer import CNNCodes  # noqa: E402
-from .finetune import (  # noqa: E402
-    EscalationResult,
-    FinetuneConfig,
-    FinetuneDivergedError,
-    FinetuneResult,
-    ImagePredictions,
-    escalate,
-    finetune,
-    is_finetuned_model,
-    load_finetuned,
-    predict_images,
-)
-from .advise import Advice, Thresholds, advise, choose_layer, decide  # noqa: E402
+from ._version import __version__
+
+_LAZY: dict[str, str] = {
+    # ._version
+    "__version__": "._version",
+    # .advisor.advise
+    "Advice": ".advisor.advise",
+    "Thresholds": ".advisor.advise",
+    "advise": ".advisor.advise",
+    "choose_layer": ".advisor.advise",
+    "decide": ".advisor.advise",
+    # .backbones
+    "BackboneSpec": ".backbones",
+    "Cut": ".backbones",
+    "FeatureExtractor": ".backbones",
+    "create_backbone": ".backbones",
+    "get_spec": ".backbones",
+    "list_backbones": ".backbones",
+    "register": ".backbones",
+    # .codes.extraction
+    "ExtractResult": ".codes.extraction",
+    "extract": ".codes.extraction",
+    # .codes.extractor
+    "CodeExtractor": ".codes.extractor",
+    # .codes.store
+    "FeatureStore": ".codes.store",
+    # .errors
+    "CnnCodesError": ".errors",
+    "DecodeError": ".errors",
+    "FinetuneDivergedError": ".errors",
+    "ModelMismatchError": ".errors",
+    "OptionError": ".errors",
+    "StoreMismatchError": ".errors",
+    "WeightsUnavailableError": ".errors",
+    # .finetuning.finetune
+    "EscalationResult": ".finetuning.finetune",
+    "FinetuneConfig": ".finetuning.finetune",
+    "FinetuneResult": ".finetuning.finetune",
+    "ImagePredictions": ".finetuning.finetune",
+    "escalate": ".finetuning.finetune",
+    "finetune": ".finetuning.finetune",
+    "is_finetuned_model": ".finetuning.finetune",
+    "load_finetuned": ".finetuning.finetune",
+    "predict_images": ".finetuning.finetune",
+    # .linear.classify
+    "TrainedModel": ".linear.classify",
+    "baseline": ".linear.classify",
+    "build_pipeline": ".linear.classify",
+    "evaluate": ".linear.classify",
+    "fit_codes": ".linear.classify",
+    "load_model": ".linear.classify",
+    "parse_c_grid": ".linear.classify",
+    "predict": ".linear.classify",
+    "save_model": ".linear.classify",
+    "train": ".linear.classify",
+    # .linear.transformer
+    "CNNCodes": ".linear.transformer",
+    # .sources.data
+    "ImageSource": ".sources.data",
+    "load_rgb": ".sources.data",
+    "open_source": ".sources.data",
+    # .sources.preprocessing
+    "Preprocessing": ".sources.preprocessing",
+    # .linear.array_api_env
+    "enable_array_api": ".linear.array_api_env",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'cnncodes' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
+    "__version__",
+    # errors
+    "CnnCodesError", "DecodeError", "FinetuneDivergedError", "ModelMismatchError", "OptionError",
+    "StoreMismatchError", "WeightsUnavailableError",
+    # sources, backbones, codes
     "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
-    "ImageSource", "Preprocessing", "StoreMismatchError", "WeightsUnavailableError",
-    "__version__", "create_backbone", "extract", "get_spec", "list_backbones", "load_rgb",
-    "open_source", "register",
-    # classifiers on codes (classify.py, transformer.py)
-    "CNNCodes", "ModelMismatchError", "TrainedModel", "baseline", "build_pipeline", "evaluate",
-    "fit_codes", "load_model", "parse_c_grid", "predict", "save_model", "train",
-    # fine-tuning (finetune.py)
-    "EscalationResult", "FinetuneConfig", "FinetuneDivergedError", "FinetuneResult",
-    "ImagePredictions", "escalate", "finetune", "is_finetuned_model", "load_finetuned",
-    "predict_images",
-    # choosing the layer and the strategy (advise.py)
+    "ImageSource", "Preprocessing", "create_backbone", "extract", "get_spec", "list_backbones",
+    "load_rgb", "open_source", "register",
+    # classifiers on codes
+    "CNNCodes", "TrainedModel", "baseline", "build_pipeline", "evaluate", "fit_codes",
+    "load_model", "parse_c_grid", "predict", "save_model", "train",
+    # fine-tuning
+    "EscalationResult", "FinetuneConfig", "FinetuneResult", "ImagePredictions", "escalate",
+    "finetune", "is_finetuned_model", "load_finetuned", "predict_images",
+    # choosing the layer and the strategy
     "Advice", "Thresholds", "advise", "choose_layer", "decide",
+    "enable_array_api",
 ]

@@ -1,13 +1,20 @@
 """Atomic file writes: a file is written under a temporary name, flushed to disk and renamed over
 its destination, so a crash or ``kill -9`` leaves either the old file or the new one, never half.
+
+Every file cnncodes writes goes through here: bytes/text, JSON, CSV and matplotlib figures (the
+store's HDF5 file through :func:`atomic_path` in :mod:`cnncodes.codes.store`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -52,3 +59,43 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with NumPy values, paths and tuples turned into JSON types; NaN/inf become None."""
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if hasattr(v, "tolist") and hasattr(v, "dtype"):  # NumPy arrays and scalars
+        return jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return v
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` (made :func:`jsonable`; other objects as ``str``) as JSON, atomically."""
+    text = json.dumps(jsonable(obj), indent=indent, default=str) + "\n"
+    atomic_write_text(path, text)
+    return Path(path)
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str],
+                     rows: Iterable[Sequence[Any]]) -> Path:
+    """Write a CSV file (UTF-8, one header row), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(list(header))
+        w.writerows(rows)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Save a matplotlib figure (PNG from the extension), atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return path

@@ -1,4 +1,4 @@
-"""cnncodes.advise: the decision rule on constructed evidence, the measurements on tiny real data,
+"""cnncodes.advisor.advise: the decision rule on constructed evidence, the measurements on tiny real data,
 `cnncodes advise` end to end, and `extract --layers auto` recording its evidence in the store."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cnncodes import cli
-from cnncodes.advise import (
+from cnncodes.advisor.advise import (
     LayerScore,
     PretrainedMeter,
     ProbeResult,
@@ -30,12 +30,12 @@ from cnncodes.advise import (
     stratified_order,
 )
 from cnncodes.backbones import get_spec
-from cnncodes.store import FeatureStore
-from cnncodes.weights import packaged_file, resolve_weights
+from cnncodes.backbones.weights import packaged_file, resolve_weights
+from cnncodes.codes.store import FeatureStore
 
 from .conftest import write_tree
 
-advise_module = importlib.import_module("cnncodes.advise")
+advise_module = importlib.import_module("cnncodes.advisor.advise")
 
 # ------------------------------------------------------------------------------------------
 # constructed evidence
@@ -310,7 +310,7 @@ def test_bn_meter_kl_is_zero_when_statistics_match_and_rng_is_untouched():
     meter = PretrainedMeter(spec, resolve_weights(spec, "random"))
     assert torch.equal(state, torch.random.get_rng_state())  # fresh net built under fork_rng
     assert len(meter.bns) == 52
-    from cnncodes.weights import IMAGENET
+    from cnncodes.sources.preprocessing import IMAGENET
 
     pp = IMAGENET.with_input_size(32)
     g = torch.Generator().manual_seed(0)

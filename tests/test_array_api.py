@@ -20,7 +20,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from cnncodes import FeatureStore, evaluate, load_model, save_model, train
-from cnncodes.classify import (
+from cnncodes.linear.classify import (
     Compute,
     array_api_status,
     build_pipeline,
@@ -239,25 +239,33 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env={**base, **env}, timeout=180)
 
 
-def test_scipy_array_api_is_set_by_import_unless_scipy_came_first():
-    """``import cnncodes`` switches SciPy's array API on when it is in time; after ``import
-    scipy`` it is too late: training warns and uses NumPy, with the fix in the message."""
+@pytest.mark.slow
+def test_scipy_array_api_is_opt_in_and_too_late_after_scipy():
+    """``import cnncodes`` leaves the environment alone; ``cnncodes.enable_array_api()`` switches
+    SciPy's array API on when it is in time; after ``import scipy`` it is too late: training warns
+    and uses NumPy, with the fix in the message."""
+    untouched = _python("import os, cnncodes, cnncodes.cli\n"
+                        "print(os.environ.get('SCIPY_ARRAY_API'))")
+    assert untouched.returncode == 0, untouched.stderr
+    assert untouched.stdout.split()[-1] == "1"  # the command's module set it for its process
+    plain = _python("import os, cnncodes\nprint(os.environ.get('SCIPY_ARRAY_API'))")
+    assert plain.stdout.split()[-1] == "None"
     probe = ("import os, json, numpy as np\n"
              "{first}\n"
-             "from cnncodes.classify import array_api_status, fit_codes\n"
+             "from cnncodes.linear.classify import array_api_status, fit_codes\n"
              "X = np.random.default_rng(0).normal(size=(60, 4)); y = np.arange(60) % 2\n"
              "_, sel = fit_codes(X, y, c_grid=[1.0], cv=2, device='cpu-torch')\n"
              "print(json.dumps([os.environ.get('SCIPY_ARRAY_API'), array_api_status(),"
              " sel['compute']]))\n")
-    good = _python(probe.format(first="import cnncodes, scipy"))
+    good = _python(probe.format(first="import cnncodes; cnncodes.enable_array_api(); import scipy"))
     assert good.returncode == 0, good.stderr
     env_value, (ok, _), compute = json.loads(good.stdout.splitlines()[-1])
     assert env_value == "1" and ok and compute["engine"] == "array-api"
 
-    late = _python(probe.format(first="import scipy, sklearn, cnncodes"))
+    late = _python(probe.format(first="import scipy, sklearn, cnncodes; cnncodes.enable_array_api()"))
     assert late.returncode == 0, late.stderr
     _, (ok, reason), compute = json.loads(late.stdout.splitlines()[-1])
     assert not ok and compute["engine"] == "numpy"
     assert "scipy was imported before SCIPY_ARRAY_API=1 was set" in reason
     assert compute["reason"] == reason
-    assert "not the array API" in late.stderr and "import cnncodes" in late.stderr  # warned
+    assert "not the array API" in late.stderr and "enable_array_api" in late.stderr  # warned

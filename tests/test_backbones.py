@@ -7,14 +7,8 @@ import gc
 import pytest
 import torch
 
-from cnncodes.backbones import (
-    POOLINGS,
-    create_backbone,
-    get_spec,
-    layer_dims,
-    list_backbones,
-    resolve_layers,
-)
+from cnncodes.backbones import create_backbone, get_spec, layer_dims, list_backbones, resolve_layers
+from cnncodes.backbones.registry import POOLINGS
 
 SIZE = 64
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
@@ -40,14 +40,14 @@ from cnncodes import (
     save_model,
     train,
 )
-from cnncodes.classify import (
+from cnncodes.linear.classify import (
     build_pipeline,
     find_split,
     resolve_cv,
     store_provenance,
     stratified_holdout,
 )
-from cnncodes.transformer import STATS, clear_memory_cache
+from cnncodes.linear.transformer import STATS, clear_memory_cache
 
 BACKBONE = "resnet18"
 SIZE = 32

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cnncodes.cli import main
 from cnncodes.backbones import list_backbones
+from cnncodes.cli import main
 
 
 def test_models_lists_every_backbone(capsys):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncodes.data import DecodeError, ImageDataset, collate, load_rgb, open_source
-from cnncodes.weights import IMAGENET
+from cnncodes.errors import DecodeError
+from cnncodes.sources.data import ImageDataset, collate, load_rgb, open_source
+from cnncodes.sources.preprocessing import IMAGENET
 
 
 def test_class_tree_is_sorted_and_labelled(image_tree):

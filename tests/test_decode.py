@@ -1,4 +1,4 @@
-"""Tensor decode path (cnncodes.decode) against the PIL path: pixels, codes, routing, alignment."""
+"""Tensor decode path (cnncodes.sources.tensor_decode) against the PIL path: pixels, codes, routing, alignment."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from cnncodes.data import DecodeError, ImageDataset, collate, load_rgb, open_source, preprocess_pil
-from cnncodes.decode import (
+from cnncodes.errors import DecodeError
+from cnncodes.sources.data import ImageDataset, collate, load_rgb, open_source, preprocess_pil
+from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
+from cnncodes.sources.tensor_decode import (
     CPU_SMALL,
     TENSOR,
     BytesDataset,
@@ -28,7 +30,6 @@ from cnncodes.decode import (
     resize_crop,
     sniff,
 )
-from cnncodes.weights import IMAGENET, Preprocessing
 
 BICUBIC = Preprocessing(232, 224, IMAGENET.mean, IMAGENET.std, "bicubic")  # resnet50 V2 style
 
@@ -383,7 +384,7 @@ def photo_set(tmp_path_factory) -> list[Path]:
 @pytest.mark.parametrize("input_size", [224, 112])
 def test_codes_match_fp32_pil_codes(photo_set, input_size):
     """mobilenet_v2 (packaged ImageNet weights), 20 real-photo JPEGs: cosine >= 0.9999."""
-    from cnncodes.extract import CodeExtractor
+    from cnncodes.codes.extractor import CodeExtractor
 
     ext = CodeExtractor("mobilenet_v2", input_size=input_size, device="cpu", precision="fp32")
     pp = ext.preprocessing
@@ -408,7 +409,7 @@ def test_gpu_decode_agrees_with_cpu_tensor_path_and_pil(tmp_path, photo_set):
     gpu_min_side); 4:4:4 and grey images differ only by IDCT rounding. Codes must stay within the
     issue's GPU target (cosine >= 0.999 of the fp32 PIL codes).
     """
-    from cnncodes.extract import CodeExtractor
+    from cnncodes.codes.extractor import CodeExtractor
 
     ph = Image.fromarray(photos()[1][:360, :480])
     extra = {"rot.jpg": jpeg_bytes(ph, exif=_exif(6)), "grey.jpg": jpeg_bytes(ph.convert("L")),
@@ -455,7 +456,7 @@ def test_gpu_decode_agrees_with_cpu_tensor_path_and_pil(tmp_path, photo_set):
 
 
 def decode_jpegs_cpu(items, mask):
-    from cnncodes.decode import decode_jpegs
+    from cnncodes.sources.tensor_decode import decode_jpegs
 
     datas = [torch.frombuffer(bytearray(it.data), dtype=torch.uint8)
              for it, m in zip(items, mask) if m]

@@ -13,8 +13,8 @@ import torch
 import torchvision
 
 from cnncodes import FeatureStore
-from cnncodes.distributed import shard_batches
-from cnncodes.store import Journal
+from cnncodes._distributed import shard_batches
+from cnncodes.codes.store import Journal
 
 from .conftest import kill_job_tree, write_tree
 
@@ -63,6 +63,7 @@ def _same(a: FeatureStore, b: FeatureStore) -> None:
         assert a.provenance[key] == b.provenance[key]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equals_single_process(setup):
     tmp, args, single = setup
     out = tmp / "dist.h5"
@@ -77,6 +78,7 @@ def test_torchrun_two_ranks_equals_single_process(setup):
     assert not Journal(out).exists()
 
 
+@pytest.mark.slow
 def test_killed_torchrun_job_resumes(setup):
     tmp, args, single = setup
     out = tmp / "dist.h5"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from cnncodes import FeatureStore, StoreMismatchError, extract
-from cnncodes.extract import extract_arrays
-from cnncodes.store import Journal
+from cnncodes.codes.extraction import extract_arrays
+from cnncodes.codes.store import Journal
 
 from .conftest import write_tree
 
@@ -50,7 +50,7 @@ def test_extract_writes_codes_paths_labels_and_provenance(image_tree, tmp_path):
 
 
 def open_source_paths(root: Path) -> list[str]:
-    from cnncodes.data import open_source
+    from cnncodes.sources.data import open_source
     return open_source(root).paths
 
 
@@ -171,7 +171,7 @@ def test_fold_is_atomic_when_it_fails(image_tree, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr("cnncodes.store._write_attrs", boom)
+    monkeypatch.setattr("cnncodes.codes.store._write_attrs", boom)
     with pytest.raises(OSError, match="disk full"):
         extract(image_tree, out, batch_size=5, num_workers=0, **OPTS)
     assert out.read_bytes() == before                  # the old store is intact ...
@@ -251,7 +251,7 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_codes(tmp_path):
                                   "efficientnet_b0", "convnext_tiny"])
 def test_batchnorm_folding_keeps_the_codes(name):
     from cnncodes.backbones import create_backbone, get_spec
-    from cnncodes.extract import fold_batchnorm
+    from cnncodes.codes.extractor import fold_batchnorm
 
     layers = list(get_spec(name).layers)
 
@@ -322,7 +322,7 @@ def test_commit_points_make_the_store_readable_mid_run_and_change_nothing(image_
     ref = extract(image_tree, tmp_path / "ref.h5", batch_size=5, num_workers=0,
                   commit_every=None, **OPTS)
     import importlib
-    ex = importlib.import_module("cnncodes.extract")
+    ex = importlib.import_module("cnncodes.codes.extraction")
     seen = []
     real_fold = ex.fold
 

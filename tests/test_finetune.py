@@ -21,10 +21,9 @@ from torch import nn
 
 from cnncodes import CodeExtractor, cli, get_spec
 from cnncodes.backbones import build_model
-from cnncodes.data import normalize_batch
-from cnncodes.finetune import (
+from cnncodes.errors import FinetuneDivergedError
+from cnncodes.finetuning.finetune import (
     FinetuneConfig,
-    FinetuneDivergedError,
     FinetuneNet,
     build_finetune_model,
     build_optimizer,
@@ -39,6 +38,7 @@ from cnncodes.finetune import (
     predict_images,
     read_model_file,
 )
+from cnncodes.sources.data import normalize_batch
 
 from .conftest import write_tree
 
@@ -269,6 +269,7 @@ def _cli_args(photos: Path, out: Path, epochs: int) -> list[str]:
             "0.2", "--lr", "0.005", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_reaches_the_same_weights(photos, tmp_path):
     epochs = 6
     ref, killed = tmp_path / "ref", tmp_path / "killed"
@@ -352,8 +353,8 @@ def test_predict_with_fine_tuned_model_matches_training_evaluation(trained_run, 
     np.testing.assert_allclose(pred.probabilities.sum(1), 1, rtol=1e-5)
     # same predictions as the network itself on the recorded preprocessing
     net, meta = load_finetuned(model)
-    from cnncodes.data import preprocess_pil, load_rgb
-    from cnncodes.weights import Preprocessing
+    from cnncodes.sources.data import load_rgb, preprocess_pil
+    from cnncodes.sources.preprocessing import Preprocessing
     pp = Preprocessing.from_dict(meta["preprocessing"])
     x = torch.stack([preprocess_pil(load_rgb(p), pp) for p in paths])
     with torch.no_grad():
@@ -383,7 +384,8 @@ def test_fine_tuned_model_is_a_backbone_for_extraction(trained_run):
 
 def test_extraction_takes_the_preprocessing_recorded_in_the_model_file(trained_run, tmp_path):
     from cnncodes import FeatureStore
-    from cnncodes.weights import IMAGENET, resolve_weights
+    from cnncodes.backbones.weights import resolve_weights
+    from cnncodes.sources.preprocessing import IMAGENET
 
     model = trained_run / "model.pt"
     _, meta = read_model_file(model)

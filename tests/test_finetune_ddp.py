@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnncodes.finetune import (
+from cnncodes.finetuning.finetune import (
     EpochSampler,
     build_finetune_model,
     convert_sync_bn,

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from cnncodes.classify import (
+from cnncodes.linear.classify import (
     Evaluation,
     TrainedModel,
     fit_codes,
     score_predictions,
     stratified_holdout,
 )
-from cnncodes.report import (
+from cnncodes.report.core import (
     build_report,
     describe_compute,
     format_table,

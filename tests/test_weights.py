@@ -10,13 +10,10 @@ import torch
 import torchvision
 
 from cnncodes.backbones import create_backbone, get_spec
-from cnncodes.extract import CodeExtractor, extract_arrays
-from cnncodes.weights import (
-    WeightsUnavailableError,
-    file_sha256,
-    packaged_file,
-    resolve_weights,
-)
+from cnncodes.backbones.weights import file_sha256, packaged_file, resolve_weights
+from cnncodes.codes.extraction import extract_arrays
+from cnncodes.codes.extractor import CodeExtractor
+from cnncodes.errors import WeightsUnavailableError
 
 
 def test_packaged_mobilenet_is_found_offline_and_checksummed():

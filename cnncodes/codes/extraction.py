@@ -4,18 +4,14 @@
 ``torch.inference_mode()`` (fp32 + channels_last on CPU; fp16/bf16 autocast + channels_last + pinned
 memory on CUDA), and hands each finished batch to a writer thread that commits it atomically to the
 store's journal (see :mod:`cnncodes.store`). Rerunning the same call after an interruption extracts
-only what is missing; images added to the source are appended.
-"""
+only what is missing; images added to the source are appended."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
 import queue
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,198 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
-from . import __version__
-from .backbones import BackboneSpec, FeatureExtractor, create_backbone, get_spec
-from .distributed import DistInfo, barrier, process_group, shard_batches
-from .data import (
-    DEFAULT_MAX_PIXELS,
+from .._distributed import DistInfo, barrier, process_group, shard_batches
+from .._runtime import default_workers, loader_workers, num_threads, resolve_device
+from ..errors import StoreMismatchError
+from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.data import (
     Batch,
     ImageDataset,
     ImageSource,
     make_loader,
-    normalize_batch,
     open_source,
     truncated_policy,
 )
-from .store import CONFIG_FIELDS, Journal, Part, StoreMismatchError, config_diff, fold
-from .weights import Preprocessing, ResolvedWeights, weights_sha256
+from .extractor import CodeExtractor
+from .store import CONFIG_FIELDS, Journal, Part, config_diff, fold
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+
 STORE_DTYPES = ("float32", "float16")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else is validated."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use "
-                         "--device cpu or --device auto.")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA, fp32 elsewhere (bf16 autocast is ~5x slower on CPUs)."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}.")
-    return precision
-
-
-def default_workers(device: torch.device) -> int:
-    n = os.cpu_count() or 1
-    return min(8, n) if device.type == "cuda" else max(1, min(4, n // 2))
-
-
-def loader_workers(device: torch.device, num_workers: int | None, n_items: int,
-                   batch_size: int) -> int:
-    """Decoding workers for ``n_items`` images: the asked or default number, but none for a
-    single batch and at most one for two (starting workers would cost more than they save)."""
-    workers = default_workers(device) if num_workers is None else int(num_workers)
-    if n_items < 2 * batch_size:
-        workers = min(workers, 1 if n_items > batch_size else 0)
-    return workers
-
-
-@contextlib.contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the block and restore the caller's value after."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def fold_batchnorm(extractor: FeatureExtractor, *, input_size: int = 64, tol: float = 1e-4) -> int:
-    """Fold eval-mode BatchNorm into the convolution before it (inference only; same codes).
-
-    Pairs are a Conv2d registered right before a BatchNorm2d in the same parent (how torchvision
-    builds every conv-bn pair). The result is checked on a random batch against the unfolded
-    network and undone if any layer's codes move by more than ``tol`` (relative), so an unusual
-    architecture can only lose the speed-up, never correctness. Returns the number of pairs folded.
-    """
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = extractor.model
-    if model.training:
-        return 0
-    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        ref = extractor(x)
-    replaced: list[tuple[nn.Module, str, nn.Module]] = []
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        for a, b in zip(names, names[1:], strict=False):
-            conv, bn = parent._modules[a], parent._modules[b]
-            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
-                    and bn.running_mean is not None and not conv._forward_hooks
-                    and not bn._forward_hooks and not conv._forward_pre_hooks):
-                with torch.no_grad():
-                    fused = fuse_conv_bn_eval(conv, bn)
-                replaced += [(parent, a, conv), (parent, b, bn)]
-                parent._modules[a] = fused
-                parent._modules[b] = nn.Identity()
-    if not replaced:
-        return 0
-    with torch.inference_mode():
-        new = extractor(x)
-    for k, v in ref.items():
-        err = float((new[k] - v).abs().max()) / (float(v.abs().max()) + 1e-12)
-        if not err <= tol:
-            log.warning("BatchNorm folding changed %s codes by %.2e; keeping the unfolded net", k,
-                        err)
-            for parent, name, mod in replaced:
-                parent._modules[name] = mod
-            return 0
-    return len(replaced) // 2
-
-
-class CodeExtractor:
-    """A cut backbone ready to turn uint8 image batches into codes on one device.
-
-    Shared by ``extract``, ``predict`` and the sklearn transformer so every path computes codes the
-    same way.
-    """
-
-    def __init__(self, backbone: str = "mobilenet_v2", *, weights: str | None = "auto",
-                 layers: str | Sequence[str] | None = None, pooling: str = "avg",
-                 input_size: int | None = None, device: str | torch.device = "auto",
-                 precision: str = "auto", channels_last: bool = True, fuse_bn: bool = True):
-        self.spec: BackboneSpec = get_spec(backbone)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.channels_last = channels_last
-        module, resolved = create_backbone(backbone, weights=weights, layers=layers,
-                                           pooling=pooling)
-        self.module: FeatureExtractor = module
-        self.resolved: ResolvedWeights = resolved
-        self.preprocessing: Preprocessing = resolved.preprocessing.with_input_size(input_size)
-        self.layers = list(module.layers)
-        self.pooling = pooling
-        self.bn_folded = fold_batchnorm(self.module, input_size=min(self.preprocessing.crop, 64)) \
-            if fuse_bn else 0
-        if channels_last:
-            self.module.to(memory_format=torch.channels_last)
-        self.module.to(self.device)
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-
-    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """uint8 NCHW batch (any device) -> ``{layer: float32 (N, D) numpy}``."""
-        if images.shape[0] == 0:
-            return {k: np.zeros((0, 0), np.float32) for k in self.layers}
-        x = images.to(self.device, non_blocking=True)
-        x = normalize_batch(x, self.preprocessing, channels_last=self.channels_last)
-        with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    out = self.module(x)
-            else:
-                out = self.module(x)
-            return {k: v.float().cpu().numpy() for k, v in out.items()}
-
-    def provenance(self) -> dict[str, Any]:
-        """Everything a store or a model file must record to be checked later."""
-        layer_info = {}
-        for name in self.layers:
-            cut = self.spec.cut(name)
-            layer_info[name] = {"node": cut.node, "kind": cut.kind, "depth": cut.depth,
-                                "pooling": cut.effective_pooling(self.pooling)}
-        return {
-            "backbone": self.spec.name,
-            "family": self.spec.family,
-            "weights": self.resolved.id,
-            "weights_sha256": weights_sha256(self.resolved) or "",
-            "layers": self.layers,
-            "default_layer": self.spec.default_layer if self.spec.default_layer in self.layers
-            else self.layers[-1],
-            "pooling": self.pooling,
-            "layer_info": layer_info,
-            "preprocessing": self.preprocessing.to_dict(),
-            "input_size": self.preprocessing.crop,
-            "versions": versions(),
-        }
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-    return {"cnncodes": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "h5py": h5py.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 @dataclass
@@ -277,47 +103,31 @@ def extract(
     source: str | os.PathLike | Sequence[str] | ImageSource,
     output: str | os.PathLike,
     *,
-    backbone: str = "mobilenet_v2",
-    weights: str | None = "auto",
-    layers: str | Sequence[str] | None = None,
-    pooling: str = "avg",
-    input_size: int | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
+    backbone: str | BackboneOptions = DEFAULT_BACKBONE,
+    runtime: RuntimeOptions | None = None,
     dtype: str = "float32",
     compression: str | None = None,
-    threads: int | None = None,
     overwrite: bool = False,
     retry_failed: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
-    decoder: str = "auto",
     commit_every: float | None = 600.0,
+    **options: Any,
 ) -> ExtractResult:
     """Extract codes of every image in ``source`` into the HDF5 store ``output``.
 
     Args:
         source: class-folder tree, flat folder, list file or sequence of paths.
         output: the ``.h5`` store; created, resumed or appended to.
-        backbone, weights, layers, pooling: see :func:`cnncodes.create_backbone`.
-        input_size: crop size override (resize keeps the weights' resize/crop ratio).
-        batch_size: images per forward pass (codes do not depend on it).
-        num_workers: decoding processes (default from the core count; 0 = in-process).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        backbone: a registry name or a :class:`~cnncodes.options.BackboneOptions` (which codes).
+        runtime: a :class:`~cnncodes.options.RuntimeOptions` (batch size, workers, device,
+            precision, threads, decoder, max_pixels, progress); the codes do not depend on it.
         dtype: storage dtype, ``float32`` or ``float16``.
         compression: HDF5 compression (``gzip``, ``lzf`` or None).
-        threads: torch intra-op threads during the call (restored afterwards).
         overwrite: delete an existing store and journal first.
         retry_failed: try again the files recorded as failures.
-        max_pixels: decompression-bomb limit per image.
-        progress: show a tqdm bar on stderr.
         command: command line recorded in the provenance.
-        decoder: ``auto``, ``tensor`` (libjpeg-turbo / nvJPEG + tensor resize) or ``pil``.
+        options: single fields of either options object (``layers="pool"``, ``batch_size=32``).
         commit_every: seconds between commit points during a long run, where the journal is
             folded into ``output`` so the store is readable (marked incomplete) while extraction
             goes on; None = only at the end. Single-process runs only.
@@ -327,8 +137,9 @@ def extract(
             preprocessing/dtype (use ``overwrite=True`` or another file).
     """
     t0 = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    bopts, ropts, _ = split_options(backbone, runtime, options, where="extract")
+    batch_size, num_workers, device = ropts.batch_size, ropts.num_workers, ropts.device
+    threads, max_pixels = ropts.threads, ropts.max_pixels
     if dtype not in STORE_DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose {', '.join(STORE_DTYPES)}.")
     if compression not in (None, "none", "gzip", "lzf"):
@@ -348,8 +159,7 @@ def extract(
                 threads = max(1, (os.cpu_count() or 1) // local_world)
             if num_workers is None:
                 num_workers = max(1, default_workers(dev) // local_world)
-        ext = CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
-                            input_size=input_size, device=dev, precision=precision)
+        ext = CodeExtractor(bopts, runtime=ropts.replace(device=dev))
         prov = ext.provenance()
         prov.update({
             "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
@@ -372,7 +182,7 @@ def extract(
                                    batch_size=batch_size, num_workers=num_workers,
                                    compression=compression, threads=threads,
                                    retry_failed=retry_failed, max_pixels=max_pixels,
-                                   progress=progress, decoder=decoder,
+                                   progress=ropts.progress, decoder=ropts.decoder,
                                    commit_every=commit_every)
         finally:
             journal.unlock()
@@ -556,7 +366,7 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
     ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
-    from .decode import TENSOR_INTERPOLATIONS, BytesDataset
+    from ..sources.tensor_decode import TENSOR_INTERPOLATIONS, BytesDataset
 
     if decoder not in DECODERS:
         raise ValueError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
@@ -569,7 +379,7 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
 
 
 def decoder_name(dataset: Any, device: torch.device) -> str:
-    from .decode import BytesDataset
+    from ..sources.tensor_decode import BytesDataset
 
     if isinstance(dataset, BytesDataset):
         return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
@@ -580,9 +390,9 @@ def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
                batch_size: int, num_workers: int, threads: int | None = None
                ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
     """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop)."""
-    from .decode import BytesDataset, decode_batch, make_bytes_loader
+    from ..sources.tensor_decode import BytesDataset, decode_batch, make_bytes_loader
 
-    with _num_threads(threads):
+    with num_threads(threads):
         pin = ext.device.type == "cuda"
         if isinstance(dataset, BytesDataset):
             loader = make_bytes_loader(dataset, indices, batch_size=batch_size,
@@ -618,28 +428,21 @@ def extract_arrays(
     source: str | os.PathLike | Sequence[str] | ImageSource,
     *,
     extractor: CodeExtractor | None = None,
-    backbone: str = "mobilenet_v2",
-    weights: str | None = "auto",
-    layers: str | Sequence[str] | None = None,
-    pooling: str = "avg",
-    input_size: int | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
+    backbone: str | BackboneOptions = DEFAULT_BACKBONE,
+    runtime: RuntimeOptions | None = None,
     classes: Sequence[str] | None = None,
-    decoder: str = "auto",
+    **options: Any,
 ) -> ArrayCodes:
     """Like :func:`extract` but returns the codes in memory instead of writing a store.
 
-    Pass ``extractor`` to reuse an already built :class:`CodeExtractor` (its options win).
+    Pass ``extractor`` to reuse an already built :class:`CodeExtractor` (its backbone options and
+    device win); ``backbone``/``runtime``/``options`` as for :func:`extract`.
     """
+    bopts, ropts, _ = split_options(backbone, runtime, options, where="extract_arrays")
+    batch_size, num_workers, threads = ropts.batch_size, ropts.num_workers, ropts.threads
+    max_pixels, progress, decoder = ropts.max_pixels, ropts.progress, ropts.decoder
     src = open_source(source, classes=classes)
-    ext = extractor or CodeExtractor(backbone, weights=weights, layers=layers, pooling=pooling,
-                                     input_size=input_size, device=device, precision=precision)
+    ext = extractor or CodeExtractor(bopts, runtime=ropts)
     workers = loader_workers(ext.device, num_workers, len(src), batch_size)
     dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     idx: list[int] = []
@@ -671,8 +474,3 @@ def extract_arrays(
     prov.update({"root": os.fspath(src.root), "source_kind": src.kind})
     return ArrayCodes([src.paths[i] for i in idx], index, src.labels[index], list(src.classes),
                       out, failures, prov)
-
-
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command line, shell-quoted (for provenance): ``cnncodes <argv>``."""
-    return shlex.join(["cnncodes"] + list(sys.argv[1:] if argv is None else argv))

@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .weights import Preprocessing
+from ..errors import DecodeError
+from ..options import DEFAULT_MAX_PIXELS
+from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
                     ".pgm", ".pbm", ".jfif")
 LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")
 #: Default decompression-bomb limit (pixels); PIL's own default warning threshold.
-DEFAULT_MAX_PIXELS = 89_478_485
 UNLABELLED = -1
-
-
-class DecodeError(Exception):
-    """An image could not be turned into RGB pixels; ``str(e)`` is the reason recorded."""
 
 
 @dataclass

@@ -12,7 +12,6 @@ canvas directly (no display, no pyplot, the caller's backend is untouched).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -24,28 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_write_text
+from .._version import __version__
+from ..atomic import atomic_write_csv, atomic_write_json, jsonable, save_figure
 
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "cnncodes-report"
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Path):
-        return os.fspath(v)
-    return v
 
 
 def build_report(*, model: Any, evaluation: Any = None,
@@ -71,7 +54,7 @@ def build_report(*, model: Any, evaluation: Any = None,
         rep["rows"] = [dict(r) for r in rows]
     if extra:
         rep.update({k: v for k, v in extra.items() if v is not None})
-    return _jsonable(rep)
+    return jsonable(rep)
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
@@ -111,7 +94,7 @@ def plot_cv_scores(series: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     ax.set_title("model selection: CV score per C (* = chosen)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -141,7 +124,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str],
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -168,17 +151,14 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
             title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy {acc:.3f} "
                   f"(n={test.get('n')})")
         files["per_class"] = out / "per_class.csv"
-        with open(files["per_class"], "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["class", "precision", "recall", "f1", "support"])
-            for r in test["per_class"]:
-                w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
-                            f"{r['f1']:.4f}", r["support"]])
+        atomic_write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
+                         ([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                           f"{r['f1']:.4f}", r["support"]] for r in test["per_class"]))
     names.update({k: v.name for k, v in files.items()})
     names["json"] = "report.json"
     rep["files"] = names
     files["json"] = out / "report.json"
-    atomic_write_text(files["json"], json.dumps(_jsonable(rep), indent=2) + "\n")
+    atomic_write_json(files["json"], rep)
     log.info("report written to %s", out)
     return files
 

@@ -64,11 +64,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write_text
-from .backbones import BackboneSpec, build_model, get_spec, resolve_layers
-from .data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
-from .extract import CodeExtractor, iter_codes, loader_workers, make_dataset, versions
-from .weights import ResolvedWeights, load_weights
+from .._runtime import loader_workers, versions
+from ..atomic import atomic_write_text
+from ..backbones.factory import build_model
+from ..backbones.registry import BackboneSpec, get_spec, resolve_layers
+from ..backbones.weights import ResolvedWeights, load_weights
+from ..codes.extraction import iter_codes, make_dataset
+from ..codes.extractor import CodeExtractor
+from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
 
 log = logging.getLogger(__name__)
 
@@ -1116,7 +1119,7 @@ def recorded_advice(store: str | os.PathLike, *, backbone: str,
     Looks at the store's provenance, then at the journal of an interrupted first extraction. Returns
     None when nothing was recorded or the backbone/pooling differ.
     """
-    from .store import FeatureStore, Journal
+    from ..codes.store import FeatureStore, Journal
 
     path = Path(store)
     if path.is_file():

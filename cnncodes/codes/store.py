@@ -39,7 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text, fsync_dir
+from ..atomic import atomic_path, atomic_write_text, fsync_dir
+from ..errors import StoreMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ STR = h5py.string_dtype("utf-8")
 #: Provenance fields that must agree for codes to be appended to or resumed in the same file.
 CONFIG_FIELDS = ("backbone", "weights", "weights_sha256", "layers", "pooling", "preprocessing",
                  "dtype")
-
-
-class StoreMismatchError(ValueError):
-    """An existing store (or journal) was made with a different configuration."""
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
@@ -516,6 +513,56 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     else:
         journal.clear()
     return {"rows": total, "new": new_rows, "failures": len(fp)}
+
+
+def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any]) -> bool:
+    """Set provenance fields of a complete store (e.g. the advisor's evidence under ``advice``).
+
+    The one door for changing an existing store: under the writer lock, the store is rebuilt by
+    :func:`fold` (with no journal parts) under a temporary name and atomically renamed over the
+    old file, so a kill at any moment leaves the old store or the new one. Costs one copy of the
+    store; meant for small metadata written once (never per row).
+
+    Returns:
+        Whether the file changed (False when every field already holds that value).
+
+    Raises:
+        StoreMismatchError: ``store_path`` is not a store, or an unfinished extraction left journal
+            parts (finish it first by running its command again).
+    """
+    store_path = Path(store_path)
+    if not store_path.is_file():
+        raise StoreMismatchError(f"{store_path} is not a codes store (no such file); extract it "
+                                 "first with `cnncodes extract`.")
+
+    def same(prov: Mapping[str, Any]) -> bool:
+        return all(canonical(prov.get(k)) == canonical(json.loads(json.dumps(v, default=str)))
+                   for k, v in updates.items())
+
+    if same(FeatureStore(store_path).provenance):
+        return False
+    journal = Journal(store_path)
+    journal.lock()
+    try:
+        if journal.part_files():
+            raise StoreMismatchError(
+                f"{store_path} has an unfinished extraction ({journal.n_parts()} journal parts in "
+                f"{journal.dir}); run its extract command again to finish it, then retry.")
+        st = FeatureStore(store_path)  # read again under the lock
+        prov = st.provenance
+        if same(prov):
+            return False
+        prov.update(json.loads(json.dumps(dict(updates), default=str)))
+        with st._open() as f:
+            prov["layer_info"] = {layer: {k: (v.item() if hasattr(v, "item") else v)
+                                          for k, v in f["codes"][layer].attrs.items()}
+                                  for layer in f["codes"]}
+        fold(store_path, journal, prov, copy_block=4096)
+        return True
+    finally:
+        journal.unlock()
+        if journal.exists() and not journal.part_files():
+            journal.clear()
 
 
 def _write_attrs(attrs: h5py.AttributeManager, prov: Mapping[str, Any]) -> None:

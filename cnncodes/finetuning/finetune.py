@@ -64,19 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .atomic import atomic_path, atomic_write_text
-from .backbones import BackboneSpec, build_model, get_spec
-from .data import (
-    DEFAULT_MAX_PIXELS,
-    DecodeError,
-    ImageSource,
-    collate,
-    load_rgb,
-    normalize_batch,
-    open_source,
-    preprocess_pil,
-)
-from .distributed import (
+from .._distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce,
@@ -87,11 +75,25 @@ from .distributed import (
     process_group,
     shard_batches,
 )
-from .distributed import (
+from .._distributed import (
     backend as dist_backend,
 )
-from .extract import command_line, default_workers, resolve_device, resolve_precision, versions
-from .weights import Preprocessing, ResolvedWeights, load_weights, resolve_weights, weights_sha256
+from .._runtime import command_line, default_workers, resolve_device, resolve_precision, versions
+from ..atomic import atomic_path, atomic_write_text
+from ..backbones.factory import build_model
+from ..backbones.registry import BackboneSpec, get_spec
+from ..backbones.weights import ResolvedWeights, load_weights, resolve_weights, weights_sha256
+from ..errors import DecodeError, FinetuneDivergedError
+from ..sources.data import (
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    collate,
+    load_rgb,
+    normalize_batch,
+    open_source,
+    preprocess_pil,
+)
+from ..sources.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +116,6 @@ RUN_FILES = ("checkpoint.pt", "model.pt", "split.json", "curves.png", "report.js
              "config.json")
 ESCALATION_FILES = ("escalation.json", "escalation.md", "escalation.png", "probe.json",
                     "split.json")
-
-
-class FinetuneDivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the run folder keeps the best checkpoint."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1751,8 +1749,9 @@ def linear_probe(split: Split, *, backbone: str = "mobilenet_v2", weights: str |
     the probe is fitted on the training part (C chosen by CV inside it) and scored on the
     validation and test parts. Wall time covers extraction and fitting.
     """
-    from .classify import fit_codes
-    from .extract import CodeExtractor, extract_arrays
+    from ..codes.extraction import extract_arrays
+    from ..codes.extractor import CodeExtractor
+    from ..linear.classify import fit_codes
 
     t0 = time.perf_counter()
     ext = CodeExtractor(backbone, weights=weights, input_size=input_size, device=device,

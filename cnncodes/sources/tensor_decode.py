@@ -51,15 +51,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .data import (
-    DEFAULT_MAX_PIXELS,
-    Batch,
-    DecodeError,
-    ImageSource,
-    load_rgb,
-    preprocess_pil,
-)
-from .weights import Preprocessing
+from ..errors import DecodeError
+from .data import DEFAULT_MAX_PIXELS, Batch, ImageSource, load_rgb, preprocess_pil
+from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -39,12 +39,11 @@ it in ``selection["compute"]``:
   ``covariance_eigh`` or QR-normalised ``randomized`` solvers (``build_pipeline`` always sets
   ``power_iteration_normalizer="QR"`` so both paths use the same PCA), ``LogisticRegression``
   with ``lbfgs``; ``GridSearchCV`` and ``StratifiedKFold`` split torch tensors directly).
-* SciPy must have been imported with ``SCIPY_ARRAY_API=1``. ``import cnncodes`` sets it when
-  SciPy is not imported yet (the ``cnncodes`` command always is in time); in a notebook that
-  imported scikit-learn or SciPy first it is too late: training warns and uses NumPy. Export
-  ``SCIPY_ARRAY_API=1`` before starting Python, or import cnncodes first. (The variable makes
-  SciPy reject ``np.matrix`` and masked arrays process-wide; set ``SCIPY_ARRAY_API=0`` before
-  importing cnncodes to keep SciPy's default behaviour and the NumPy path.)
+* SciPy must have been imported with ``SCIPY_ARRAY_API=1``. ``import cnncodes`` never sets it;
+  the ``cnncodes`` command does, before anything imports SciPy. From Python, call
+  :func:`cnncodes.enable_array_api` before importing scikit-learn or SciPy, or export
+  ``SCIPY_ARRAY_API=1``; when SciPy came up without it, training warns and uses NumPy. (The
+  variable makes SciPy reject ``np.matrix`` and masked arrays process-wide.)
 * Any error during the array API fit (an unsupported ``scoring``, GPU out of memory...) is
   logged as a warning and the fit is redone with NumPy.
 
@@ -106,10 +105,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 
-from . import __version__
-from .atomic import atomic_path
-from .data import DEFAULT_MAX_PIXELS, ImageSource
-from .store import FeatureStore, StoreMismatchError, canonical
+from .._version import __version__
+from ..atomic import atomic_path
+from ..codes.store import FeatureStore, canonical
+from ..errors import ModelMismatchError, StoreMismatchError
+from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource
+from .array_api_env import ENABLE_HINT
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,6 @@ _COPIED_FIELDS = BINDING_FIELDS + ("family", "weights_sha256", "input_size", "dt
 RAW_BASELINE_BUDGET = 60_000_000
 TRUST_WARNING = ("joblib model files run code when loaded: load only files you made or that come "
                  "from a source you trust.")
-
-
-class ModelMismatchError(StoreMismatchError):
-    """Codes (a store or a backbone configuration) do not match what a model was trained on."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,14 +325,12 @@ class Compute:
 
 def _scipy_array_api_flag() -> bool:
     """Whether SciPy itself was initialised with array API support (read once at its import)."""
-    import scipy  # noqa: F401  (import it now if nobody did: cnncodes set the variable in time)
+    import scipy  # noqa: F401  (import it now if nobody did)
 
     try:
         from scipy._lib._array_api import SCIPY_ARRAY_API as flag
-    except ImportError:  # another SciPy layout: trust the variable unless SciPy came first
-        from . import SCIPY_PREIMPORTED
-
-        return os.environ.get("SCIPY_ARRAY_API") == "1" and not SCIPY_PREIMPORTED
+    except ImportError:  # another SciPy layout: trust the variable
+        return os.environ.get("SCIPY_ARRAY_API") == "1"
     return str(flag).strip().lower() not in ("", "0", "false", "none")
 
 
@@ -358,9 +353,7 @@ def array_api_status() -> tuple[bool, str]:
         return False, (f"SCIPY_ARRAY_API is set to {env!r}, not '1'; unset it or export "
                        "SCIPY_ARRAY_API=1 before starting Python")
     if not _scipy_array_api_flag():
-        return False, ("scipy was imported before SCIPY_ARRAY_API=1 was set (import cnncodes "
-                       "before scikit-learn/scipy, or export SCIPY_ARRAY_API=1 before starting "
-                       "Python)")
+        return False, f"scipy was imported before SCIPY_ARRAY_API=1 was set ({ENABLE_HINT})"
     if env is None:  # SciPy has it, but scikit-learn checks the variable itself
         return False, ("SCIPY_ARRAY_API was removed from the environment after scipy was "
                        "imported with it; set it to '1' again")
@@ -915,7 +908,7 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
     bound["layers"] = [name]
     bound["layer_info"] = {name: prov["layer_info"].get(name, {})}
     bound["store_layers"] = list(prov.get("layers", []))
-    from .extract import versions
+    from .._runtime import versions
 
     return TrainedModel(
         pipeline=pipe, classes=classes, layer=name, provenance=bound, split=split,
@@ -1093,7 +1086,7 @@ def model_extractor(model: TrainedModel, *, device: str = "auto", precision: str
         ModelMismatchError: the weights file changed (checksum) or the preprocessing of the
             rebuilt extractor differs from the recorded one.
     """
-    from .extract import CodeExtractor
+    from ..codes.extractor import CodeExtractor
 
     p = model.provenance
     ext = CodeExtractor(p["backbone"], weights=weights_argument(p), layers=[model.layer],
@@ -1137,7 +1130,7 @@ def predict(model: TrainedModel | str | os.PathLike,
             cls = st.classes
             true = [cls[i] if i >= 0 else "" for i in y]
     else:
-        from .extract import extract_arrays
+        from ..codes.extraction import extract_arrays
 
         ext = model_extractor(m, device=device, precision=precision)
         codes = extract_arrays(source, extractor=ext, batch_size=batch_size,
@@ -1167,7 +1160,7 @@ def _is_finetuned_file(model: Any) -> bool:
 
     if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
         return False
-    from .finetune import is_finetuned_model
+    from ..finetuning.finetune import is_finetuned_model
 
     return is_finetuned_model(model)
 
@@ -1184,8 +1177,8 @@ def _predict_finetuned(model: str | os.PathLike,
                        threads: int | None, max_pixels: int | None,
                        progress: bool) -> Predictions:
     """:func:`predict` for a fine-tuned ``model.pt``: its own network and preprocessing."""
-    from .data import open_source
-    from .finetune import predict_images
+    from ..finetuning.finetune import predict_images
+    from ..sources.data import open_source
 
     if _is_store_source(source):
         raise ValueError(f"{os.fspath(model)} is a fine-tuned network: it predicts from images, "
@@ -1228,7 +1221,8 @@ def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool
     """
     from PIL import Image
 
-    from .data import DecodeError, load_rgb
+    from ..errors import DecodeError
+    from ..sources.data import load_rgb
 
     if int(size) < 2:
         raise ValueError(f"Raw-pixel size must be >= 2; got {size}.")
@@ -1349,7 +1343,7 @@ def find_split(source: str | os.PathLike) -> dict[str, Path]:
 def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.PathLike, *,
                    layer: str, backbone: str, **kwargs: Any) -> FeatureStore:
     """``extract`` into ``cache`` but reuse an existing cache that holds ``layer`` among others."""
-    from .extract import extract
+    from ..codes.extraction import extract
 
     cache = Path(cache)
     layers: list[str] = [layer]
@@ -1397,7 +1391,7 @@ def holdout_sources(source: str | os.PathLike | ImageSource, *, holdout: float =
     any extraction: the two agree whenever every image decodes; with broken files a broken file
     may fall in either part (it has no codes and is left out there).
     """
-    from .data import open_source
+    from ..sources.data import open_source
 
     src = open_source(source)
     labelled = np.flatnonzero(src.labels >= 0)
@@ -1443,7 +1437,7 @@ def advise_layer(train_source: str | os.PathLike | ImageSource, *, backbone: str
 
     # names read from the module at call time (``cnncodes.advise`` the package attribute is
     # the function; tests may monkeypatch ``cnncodes.advise.choose_layer``)
-    from .advise import Thresholds, choose_layer, recorded_advice
+    from ..advisor.advise import Thresholds, choose_layer, recorded_advice
 
     th = thresholds if thresholds is not None else Thresholds()
     if reuse_from is not None and train_key is not None:
@@ -1471,16 +1465,9 @@ def _record_advice(path: str | os.PathLike, evidence: Mapping[str, Any]) -> bool
     attribute is set here (the store's ``<name>_json`` attribute convention). Returns whether
     the file was changed.
     """
-    import json
+    from ..codes.store import update_provenance
 
-    import h5py
-
-    st = FeatureStore(path)
-    if _same_json(st.provenance.get("advice"), dict(evidence)):
-        return False
-    with h5py.File(st.path, "r+") as f:
-        f.attrs["advice_json"] = json.dumps(dict(evidence), default=str)
-    return True
+    return update_provenance(path, {"advice": dict(evidence)})
 
 
 def size_check(train_source: ImageSource, thresholds: Any = None) -> dict[str, Any]:
@@ -1492,7 +1479,7 @@ def size_check(train_source: ImageSource, thresholds: Any = None) -> dict[str, A
     """
     from dataclasses import asdict
 
-    from .advise import SizeInfo, Thresholds
+    from ..advisor.advise import SizeInfo, Thresholds
 
     th = thresholds if thresholds is not None else Thresholds()
     lab = train_source.labels[train_source.labels >= 0]
@@ -1516,7 +1503,7 @@ def _finetune_command(parts: Sequence[str], *, backbone: str, weights: str | Non
                       options: Mapping[str, Any]) -> str:
     import shlex
 
-    from .advise import RunSetup
+    from ..advisor.advise import RunSetup
 
     args = ["cnncodes", "finetune", *parts,
             *RunSetup(backbone=backbone, weights=str(weights) if weights is not None else "auto",
@@ -1564,7 +1551,8 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
     is continued (an interrupted one resumes exactly) when its options and split are the same,
     else, or with ``overwrite``, started over.
     """
-    from .finetune import FinetuneDivergedError, finetune, make_config, make_split
+    from ..errors import FinetuneDivergedError
+    from ..finetuning.finetune import finetune, make_config, make_split
 
     cfg = make_config(None, backbone=backbone, weights=weights, input_size=input_size,
                       state="full", seed=seed, device=device, precision=precision,
@@ -1715,9 +1703,9 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
         ValueError, StoreMismatchError: bad options, a cache made with other settings (pass
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
-    from .backbones import get_spec
-    from .data import open_source
-    from .report import build_report, write_report
+    from ..backbones.registry import get_spec
+    from ..report.core import build_report, write_report
+    from ..sources.data import open_source
 
     t0 = time.perf_counter()
     if report is None and cache is None:
@@ -1848,7 +1836,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
         size = size_check(ft_train, thresholds)
         opts: dict[str, Any] = {}
         if advice is not None and advice.get("similarity"):
-            from .advise import FINETUNE_POLICY
+            from ..advisor.advise import FINETUNE_POLICY
 
             pol = FINETUNE_POLICY.get(str(advice["similarity"]))
             if pol:  # advise's fine-tuning policy for this similarity

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .data import DEFAULT_MAX_PIXELS, ImageSource
+from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> CNNCodes:
         """Build the cut backbone (no image is read; codes are computed by ``transform``)."""
-        from .backbones import get_spec, layer_dims
-        from .extract import CodeExtractor
+        from ..backbones.factory import layer_dims
+        from ..backbones.registry import get_spec
+        from ..codes.extractor import CodeExtractor
 
         _as_paths(X)
         if self.on_error not in ("raise", "zeros"):
@@ -191,7 +192,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     def _get_extractor(self) -> Any:
         ext = getattr(self, "_extractor", None)
         if ext is None:
-            from .extract import CodeExtractor
+            from ..codes.extractor import CodeExtractor
 
             ext = CodeExtractor(self.backbone, weights=self.weights, layers=[self.layer_],
                                 pooling=self.pooling, input_size=self.input_size,
@@ -236,7 +237,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _compute(self, paths: list[str], positions: list[int], codes: np.ndarray,
                  done: np.ndarray) -> dict[str, str]:
-        from .extract import extract_arrays
+        from ..codes.extraction import extract_arrays
 
         src = ImageSource(Path("/"), list(paths), np.full(len(paths), -1, np.int64), [], "list")
         res = extract_arrays(src, extractor=self._get_extractor(), batch_size=self.batch_size,
@@ -250,8 +251,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _from_store(self, store_path: Path, paths: list[str], codes: np.ndarray,
                     done: np.ndarray) -> dict[str, str]:
-        from .extract import extract
-        from .store import FeatureStore, StoreMismatchError
+        from ..codes.extraction import extract
+        from ..codes.store import FeatureStore
+        from ..errors import StoreMismatchError
 
         ours = not store_path.exists()
         if not ours:
@@ -290,8 +292,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         return {os.path.normpath(p): r for p, r in st.failures} if ours else {}
 
     def _check_store(self, st: Any) -> None:
+        from ..codes.store import config_diff
+        from ..errors import StoreMismatchError
         from .classify import store_provenance
-        from .store import StoreMismatchError, config_diff
 
         prov = store_provenance(st)
         mine = dict(self.provenance_)

@@ -1,0 +1,83 @@
+"""Runtime plumbing shared by every command: device and precision, worker and thread counts,
+library versions and the command line recorded in provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ._version import __version__
+
+log = logging.getLogger(__name__)
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else is validated."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use "
+                         "--device cpu or --device auto.")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere (bf16 autocast is ~5x slower on CPUs)."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}.")
+    return precision
+
+
+def default_workers(device: torch.device) -> int:
+    n = os.cpu_count() or 1
+    return min(8, n) if device.type == "cuda" else max(1, min(4, n // 2))
+
+
+def loader_workers(device: torch.device, num_workers: int | None, n_items: int,
+                   batch_size: int) -> int:
+    """Decoding workers for ``n_items`` images: the asked or default number, but none for a
+    single batch and at most one for two (starting workers would cost more than they save)."""
+    workers = default_workers(device) if num_workers is None else int(num_workers)
+    if n_items < 2 * batch_size:
+        workers = min(workers, 1 if n_items > batch_size else 0)
+    return workers
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore the caller's value after."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+    return {"cnncodes": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "h5py": h5py.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line, shell-quoted (for provenance): ``cnncodes <argv>``."""
+    return shlex.join(["cnncodes"] + list(sys.argv[1:] if argv is None else argv))

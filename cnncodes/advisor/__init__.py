@@ -1,0 +1,1 @@
+"""The advisor: evidence about size and similarity, layer probes, and the quadrant decision."""

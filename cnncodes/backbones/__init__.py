@@ -1,0 +1,19 @@
+"""Backbones: the registry (metadata as data), its entries, weights resolution, cutting, building."""
+
+from . import entries as _entries  # noqa: F401  (registers every entry)
+from .cutting import FeatureExtractor
+from .factory import build_model, create_backbone, layer_dims
+from .registry import (
+           BackboneSpec,
+           Cut,
+           check_pooling,
+           get_spec,
+           list_backbones,
+           register,
+           resolve_layers,
+)
+from .weights import ResolvedWeights, resolve_weights
+
+__all__ = ["BackboneSpec", "Cut", "FeatureExtractor", "ResolvedWeights", "build_model",
+           "check_pooling", "create_backbone", "get_spec", "layer_dims", "list_backbones",
+           "register", "resolve_layers", "resolve_weights"]

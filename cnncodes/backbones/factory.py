@@ -1,0 +1,82 @@
+"""Building a backbone: architecture + resolved weights + cut, as an eval-mode :class:`FeatureExtractor`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cutting import FeatureExtractor
+from .registry import BackboneSpec, check_pooling, get_spec, resolve_layers
+from .weights import load_weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+#: ``weights="random"`` initialises with this seed: the same network in every process and run.
+RANDOM_INIT_SEED = 0
+
+
+def build_model(spec: BackboneSpec) -> nn.Module:
+    """Instantiate ``spec``'s architecture with random weights (no download)."""
+    return spec.builder(weights=None)
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | None = "auto",
+    layers: str | Sequence[str] | None = None,
+    pooling: str = "avg",
+) -> tuple[FeatureExtractor, Any]:
+    """Build a backbone with its weights, cut at ``layers``.
+
+    Args:
+        name: a registry name (see :func:`list_backbones`).
+        weights: ``"auto"`` (the entry's recommended weights; the packaged, offline ImageNet
+            weights for mobilenet_v2), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``,
+            ...), a path to a local checkpoint, or ``None``/``"random"`` for a random init
+            (seeded with ``RANDOM_INIT_SEED``: the same network in every run and process).
+        layers: layer names (``"fc6,fc7"`` or a list); default the entry's default layer.
+        pooling: ``avg``, ``max``, ``avgmax`` or ``none`` for spatial maps.
+
+    Returns:
+        ``(extractor, resolved_weights)``: an eval-mode :class:`FeatureExtractor` on CPU and a
+        :class:`cnncodes.weights.ResolvedWeights` describing what was loaded and the preprocessing.
+    """
+
+
+    spec = get_spec(name)
+    layer_names = resolve_layers(spec, layers)
+    check_pooling(pooling)
+    resolved = resolve_weights(spec, weights)
+    if resolved.is_random:
+        # seeded, so "random" codes are the same in every run (resume/append stay consistent);
+        # fork_rng leaves the caller's RNG state as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = build_model(spec)
+    else:
+        model = build_model(spec)
+    resolved = load_weights(model, spec, resolved)
+    model.eval()
+    return FeatureExtractor(model, spec, layer_names, pooling).eval(), resolved
+
+
+def layer_dims(
+    extractor: FeatureExtractor, input_size: int, *, device: str | torch.device = "cpu"
+) -> dict[str, int]:
+    """Output dims of each requested layer at ``input_size``, from one dry forward pass."""
+    was_training = extractor.training
+    extractor.eval()
+    try:
+        p = next(extractor.parameters())
+        with torch.inference_mode():
+            out = extractor(torch.zeros(1, 3, input_size, input_size, device=device, dtype=p.dtype))
+        return {k: int(v.shape[1]) for k, v in out.items()}
+    finally:
+        extractor.train(was_training)

@@ -1,0 +1,170 @@
+"""The backbone registry: which networks exist, where they can be cut, and how to build them.
+
+Every backbone is one declarative :class:`BackboneSpec`: the torchvision builder, its weights enum,
+named cut points (module path -> output dimension and kind) and the default ("last") layer. Adding a
+family is adding entries here; ``cnncodes models`` and the parametrised tests read the same registry.
+
+A cut point has one of three kinds:
+
+``map``     a spatial feature map (C x H x W), pooled to a vector by the chosen pooling
+            (``avg`` default, ``max``, ``avgmax`` = both concatenated, ``none`` = flattened).
+``gap``     the network's own global-average-pooled code; always averaged whatever the pooling.
+``vector``  a vector layer (fc6/fc7 of VGG/AlexNet, the flattened pre-logits of ConvNeXt)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..options import POOLINGS
+
+log = logging.getLogger(__name__)
+
+
+
+
+KINDS = ("map", "gap", "vector")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A named place to cut a network.
+
+    Attributes:
+        node: dotted module path (as in ``named_modules()``) whose output is taken.
+        dim: channels (``map``/``gap``) or features (``vector``) of that output.
+        kind: ``map``, ``gap`` or ``vector`` (see module docstring).
+        depth: ``last`` for the backbone's final code, ``earlier`` for more generic, lower layers.
+        relu: apply a ReLU before pooling (for networks that apply it functionally in forward()).
+    """
+
+    node: str
+    dim: int
+    kind: str = "map"
+    depth: str = "earlier"
+    relu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Cut kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
+        if self.depth not in ("last", "earlier"):
+            raise ValueError(f"Cut depth must be 'last' or 'earlier'; got {self.depth!r}.")
+
+    def out_dim(self, pooling: str, spatial: tuple[int, int] | None = None) -> int:
+        """Dimension of the code this cut gives under ``pooling`` (``spatial`` needed for 'none')."""
+        if self.kind != "map":
+            return self.dim
+        if pooling == "avgmax":
+            return 2 * self.dim
+        if pooling == "none":
+            if spatial is None:
+                raise ValueError("pooling='none' needs the spatial size of the map to know its dim")
+            return self.dim * spatial[0] * spatial[1]
+        return self.dim
+
+    def effective_pooling(self, pooling: str) -> str:
+        """The pooling actually applied for this cut (fixed for ``gap`` and ``vector`` cuts)."""
+        return {"map": pooling, "gap": "avg", "vector": "n/a"}[self.kind]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry: everything needed to build a backbone and cut it.
+
+    Attributes:
+        name: registry name (the torchvision builder name).
+        family: architecture family (``resnet``, ``vgg``, ...).
+        builder: callable ``builder(weights=None, **kw) -> nn.Module`` (torchvision's).
+        weights: the torchvision ``WeightsEnum`` class, or None if there is none.
+        layers: ordered mapping layer name -> :class:`Cut`, from earliest to last.
+        default_layer: the layer taken when none is asked for (the "last" code).
+        default_weights: the weights name used for ``weights="auto"``.
+        state_dict_fix: optional function fixing legacy keys of published checkpoints.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    weights: Any
+    layers: Mapping[str, Cut]
+    default_layer: str
+    default_weights: str = "DEFAULT"
+    state_dict_fix: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    notes: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.default_layer not in self.layers:
+            raise ValueError(f"{self.name}: default_layer {self.default_layer!r} is not a layer")
+
+    @property
+    def last_layers(self) -> list[str]:
+        return [n for n, c in self.layers.items() if c.depth == "last"]
+
+    @property
+    def earlier_layers(self) -> list[str]:
+        return [n for n, c in self.layers.items() if c.depth == "earlier"]
+
+    def cut(self, layer: str) -> Cut:
+        try:
+            return self.layers[layer]
+        except KeyError:
+            raise ValueError(
+                f"Unknown layer {layer!r} for {self.name}; choose one of "
+                f"{', '.join(self.layers)} (or 'auto')."
+            ) from None
+
+    def weight_names(self) -> list[str]:
+        if self.weights is None:
+            return []
+        return ["DEFAULT"] + [w.name for w in self.weights]
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the registry (replacing an entry of the same name)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name``; an error naming the valid choices if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = [n for n in _REGISTRY if name.lower().replace("-", "_") in n]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown backbone {name!r}.{hint} Choose one of: {', '.join(_REGISTRY)}."
+        ) from None
+
+
+def resolve_layers(spec: BackboneSpec, layers: str | Sequence[str] | None) -> list[str]:
+    """Normalise a layer request (``None``, ``"a,b"``, a list) to validated names in network order."""
+    if layers is None or layers == "" or layers == ():
+        return [spec.default_layer]
+    if isinstance(layers, str):
+        layers = [x.strip() for x in layers.split(",") if x.strip()]
+    names = list(dict.fromkeys(layers))
+    for n in names:
+        spec.cut(n)
+    order = list(spec.layers)
+    return sorted(names, key=order.index)
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+    return pooling

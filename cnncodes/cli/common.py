@@ -1,0 +1,177 @@
+"""Pieces every command group shares: the user-facing error, option groups built from
+:mod:`cnncodes.options`, and the failure printer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CnnCodesError
+from ..options import (
+    BACKBONE_FIELDS,
+    DECODERS,
+    POOLINGS,
+    PRECISIONS,
+    RUNTIME_FIELDS,
+    BackboneOptions,
+    RuntimeOptions,
+)
+
+log = logging.getLogger("cnncodes")
+
+
+class CLIError(CnnCodesError):
+    """A user-facing error: printed as ``error: ...`` with exit status 1."""
+
+
+def int_or_none(s: str) -> int | None:
+    return None if s.lower() in ("none", "auto", "") else int(s)
+
+
+def add_backbone_options(p: argparse.ArgumentParser, *, layers_help: str | None = None) -> None:
+    """``--backbone --weights --layers --pooling --input-size``: the fields of BackboneOptions."""
+    d = BackboneOptions()
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", default=d.backbone,
+                   help=f"registry name (see `cnncodes models`); default {d.backbone}")
+    g.add_argument("--weights", default=d.weights,
+                   help="auto (packaged/recommended), DEFAULT, IMAGENET1K_V1..., a checkpoint "
+                        "path, or random")
+    g.add_argument("--layers", "--layer", dest="layers", default=d.layers,
+                   help=layers_help or "comma-separated layer names; default the backbone's "
+                                       "last layer")
+    g.add_argument("--pooling", default=d.pooling, choices=POOLINGS,
+                   help="how spatial maps become vectors (none = flatten)")
+    g.add_argument("--input-size", type=int, default=d.input_size,
+                   help="crop size in pixels (default from the weights, e.g. 224)")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """``--batch-size --workers --device --precision --threads --decoder --max-pixels
+    --no-progress``: the fields of RuntimeOptions (progress is on by default in the CLI)."""
+    d = RuntimeOptions()
+    g = p.add_argument_group("runtime")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none,
+                   default=d.num_workers, help="decoding processes (default from the core count)")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="compute precision (auto: fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    g.add_argument("--decoder", default=d.decoder, choices=DECODERS,
+                   help="JPEG decoding: tensor (libjpeg-turbo on CPU, nvJPEG on CUDA, tensor "
+                        "resize), pil, or auto (tensor unless the interpolation needs PIL)")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help=f"decompression-bomb limit per image (default {d.max_pixels:,})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def backbone_options(args: argparse.Namespace, **changes: Any) -> BackboneOptions:
+    """The BackboneOptions of parsed ``args`` (``changes`` override fields, e.g. ``layers=``)."""
+    values = {f: getattr(args, f) for f in BACKBONE_FIELDS}
+    values.update(changes)
+    return BackboneOptions(**values)
+
+
+def runtime_options(args: argparse.Namespace, **changes: Any) -> RuntimeOptions:
+    """The RuntimeOptions of parsed ``args``."""
+    values = {f: getattr(args, f) for f in RUNTIME_FIELDS if f != "progress"}
+    values["progress"] = not args.no_progress
+    values.update(changes)
+    return RuntimeOptions(**values)
+
+
+def print_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> None:
+    print(f"{len(failures)} files could not be read ({where}):")
+    for p, r in failures[:most]:
+        print(f"  {p}: {r}")
+    if len(failures) > most:
+        print(f"  ... and {len(failures) - most} more")
+
+
+def pca_arg(s: str) -> int | float | None:
+    if s.lower() in ("none", ""):
+        return None
+    return float(s) if "." in s or "e" in s.lower() else int(s)
+
+
+def add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0) -> None:
+    g = p.add_argument_group("classifier")
+    g.add_argument("--model", default="logreg", choices=["logreg", "linearsvc"],
+                   help="logreg = LogisticRegression (lbfgs, multinomial); linearsvc = LinearSVC")
+    g.add_argument("--c-grid", default="default",
+                   help="C values searched by CV: start:stop:count log-spaced (e.g. 1e-4:1e2:13), "
+                        "a comma list, 'default' (1e-4:1e2:7) or 'full' (the 45-value [1e-6, "
+                        "1e5] linear-probe grid)")
+    g.add_argument("--cv", type=int, default=5,
+                   help="stratified folds (reduced automatically for classes with fewer images)")
+    g.add_argument("--n-jobs", type=int_or_none, default=None, help="parallel CV fits (-1 = all "
+                   "cores; the GPU/array-API path runs them one after the other)")
+    g.add_argument("--class-weight", default="none", choices=["none", "balanced"],
+                   help="balanced: weight classes inversely to their frequency")
+    g.add_argument("--l2", action="store_true", help="L2-normalise codes first")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="skip per-feature standardisation")
+    g.add_argument("--pca", type=pca_arg, default=None,
+                   help="PCA to N components (int) or a variance fraction (e.g. 0.95)")
+    g.add_argument("--scoring", default="accuracy",
+                   help="CV score (any sklearn scorer name, e.g. balanced_accuracy)")
+    g.add_argument("--max-iter", type=int, default=1000, help="solver iterations")
+    g.add_argument("--holdout", type=float, default=holdout,
+                   help="fraction of each class held out for testing (seeded, stratified; 0 = "
+                        f"none; default {holdout:g})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and CV folds")
+
+
+def classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(model=args.model, c_grid=args.c_grid, cv=args.cv, n_jobs=args.n_jobs,
+                class_weight=None if args.class_weight == "none" else args.class_weight,
+                l2=args.l2, standardize=args.standardize, pca=args.pca, scoring=args.scoring,
+                max_iter=args.max_iter, seed=args.seed)
+
+
+def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) -> bool:
+    """Write the report files if --report, print JSON (--json) or the table; True for the table."""
+    from ..report.core import format_table, write_report
+
+    if args.report:
+        write_report(rep, args.report, evaluation=evaluation)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return False
+    print(format_table(rep))
+    return True
+
+
+def add_threshold_options(p: argparse.ArgumentParser,
+                           title: str = "decision thresholds (see cnncodes.advise)") -> None:
+    g = p.add_argument_group(title)
+    g.add_argument("--small-per-class", type=int, default=None,
+                   help="median images/class below which data is small (default 200)")
+    g.add_argument("--large-per-class", type=int, default=None,
+                   help="median images/class from which data can be large (default 1000)")
+    g.add_argument("--large-total", type=int, default=None,
+                   help="total images also needed to be large (default 10000)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="points an earlier layer must win by (default 1.0)")
+    g.add_argument("--se-mult", type=float, default=None,
+                   help="...and by this many paired standard errors over the folds (default 0)")
+
+
+def thresholds(args: argparse.Namespace) -> Any:
+    """The :class:`cnncodes.advise.Thresholds` with the options given on the command line."""
+    import dataclasses
+
+    from ..advisor.advise import Thresholds
+
+    over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
+                                          "margin", "se_mult") if getattr(args, k) is not None}
+    return dataclasses.replace(Thresholds(), **over)
+
+
+TRUST_NOTE = ("Model files are joblib pickles: loading one runs code, so use only model files you "
+              "made or that come from a source you trust.")

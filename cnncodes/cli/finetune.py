@@ -1,0 +1,155 @@
+"""``cnncodes finetune``: training the network end to end (and the escalation comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from .common import int_or_none
+
+log = logging.getLogger("cnncodes")
+
+
+def crop_scale(s: str) -> tuple[float, float]:
+    lo, _, hi = s.partition(",")
+    try:
+        return float(lo), float(hi or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop-scale wants MIN,MAX (e.g. 0.35,1); got {s!r}")
+
+
+def add_finetune(sub: Any) -> argparse.ArgumentParser:
+    # argument_default=SUPPRESS: only options given on the command line reach the library, so
+    # `--resume` alone continues a run with its saved options.
+    p = sub.add_parser("finetune", help="fine-tune a backbone end to end (states predict, "
+                       "head-only, full); resumable; --escalation compares with the linear probe",
+                       argument_default=argparse.SUPPRESS,
+                       epilog="Defaults: see cnncodes.finetune.FinetuneConfig (SGD momentum 0.9, "
+                              "lr 0.001 (AdamW 1e-4), head x10, weight decay 1e-3, 15 epochs, "
+                              "cosine after 1 warmup epoch, val 0.15, test 0.2). The same "
+                              "command runs under `torchrun --nproc-per-node N -m cnncodes "
+                              "finetune ...`: DistributedDataParallel (gloo on CPU, nccl on "
+                              "cuda:LOCAL_RANK), --batch-size per process, metrics reduced over "
+                              "processes, rank 0 writes the run folder; --resume works the same.")
+    p.add_argument("source", help="a folder of class folders, or a labelled .txt/.csv list")
+    p.add_argument("-o", "--output", required=True,
+                   help="run folder: checkpoint.pt, model.pt, report.json, curves.png")
+    p.add_argument("--test", help="a separate labelled test source (default: --test-fraction of "
+                                  "SOURCE)")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue the run in -o from its last checkpoint (saved options are used)")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="delete a previous run in -o first")
+    p.add_argument("--escalation", action="store_true", default=False,
+                   help="run the linear probe, head-only and full fine-tuning on one split and "
+                        "write escalation.json/.md/.png")
+    p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--json", action="store_true", default=False, help="print the report as JSON")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", help="registry name (default mobilenet_v2)")
+    g.add_argument("--weights", help="auto, a weights name, a checkpoint or RUN/model.pt, random")
+    g.add_argument("--input-size", type=int, help="crop size in pixels (default from the weights)")
+    g.add_argument("--state", choices=["predict", "head-only", "full"],
+                   help="full (default), head-only (backbone frozen), predict (evaluate "
+                        "--weights RUN/model.pt, no training)")
+    g.add_argument("--freeze", type=int, help="freeze the first K stages (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int,
+                   help="images per step per process (default 32); under torchrun each of the "
+                        "N processes takes this many, so the global batch is N x this (the "
+                        "learning rate is not rescaled)")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"])
+    g.add_argument("--lr", type=float, help="base learning rate of the pretrained layers")
+    g.add_argument("--head-lr-mult", type=float, help="head lr = lr x this (default 10)")
+    g.add_argument("--layer-decay", type=float,
+                   help="layer-wise lr decay per stage from the top (e.g. 0.7)")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=["cosine", "step", "constant"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--step-size", type=int, help="epochs between steps (schedule step)")
+    g.add_argument("--gamma", type=float, help="step factor (schedule step)")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm")
+    g.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation improvement")
+    g = p.add_argument_group("data")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random resized crop / flip")
+    g.add_argument("--crop-scale", type=crop_scale, metavar="MIN,MAX",
+                   help="random resized crop area range (default 0.35,1)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false")
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--test-fraction", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 AMP on CUDA, fp32 on CPU")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none)
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun on GPUs: SyncBatchNorm (batch statistics over all "
+                        "processes) for the layers that train; frozen stages keep theirs")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms during the run")
+    g.add_argument("--max-pixels", type=int, help="decompression-bomb limit per image")
+    return p
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .._runtime import command_line
+    from ..finetuning.finetune import FinetuneConfig, escalate, finetune
+
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    common = dict(test=getattr(args, "test", None), resume=args.resume,
+                  overwrite=args.overwrite, progress=not args.no_progress,
+                  command=command_line())
+    if args.escalation:
+        esc = escalate(args.source, args.output, **common, **options)
+        if args.json:
+            print(esc.json_path.read_text())
+            return 0
+        print(esc.table())
+        print(f"\n{esc.verdict}")
+        print(f"\nreports: {esc.markdown_path}, {esc.json_path}, {esc.png_path}; runs in "
+              f"{esc.output / 'head-only'} and {esc.output / 'full'}")
+        return 0
+    res = finetune(args.source, args.output, **common, **options)
+    from .._distributed import env_info
+    if not env_info().is_main:  # under torchrun rank 0 reports for the job
+        return 0
+    if args.json:
+        print(json.dumps(res.report, indent=2, default=str))
+        return 0
+    rep = res.report
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    if res.state == "predict":
+        print(f"{res.output}: evaluated {rep['backbone']} fine-tuned model on "
+              f"{rep['split']['test']} images: accuracy {f(res.test_accuracy)}")
+    else:
+        resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
+        print(f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
+              f"{res.status}{resumed}: {res.epochs_run} epochs, best epoch {res.best_epoch}")
+        print(f"  validation accuracy {f(res.val_accuracy)}, test accuracy "
+              f"{f(res.test_accuracy)} ({rep['split']['test']} images); "
+              f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s")
+        print(f"  model {res.model_path} (usable as --weights for extract; predict with "
+              f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
+              f"{res.curves_path}")
+    if res.failures:
+        print(f"{len(res.failures)} files could not be read and were skipped:")
+        for p, r in res.failures[:20]:
+            print(f"  {p}: {r}")
+    return 0

@@ -1,0 +1,98 @@
+"""The ``cnncodes`` command line: parse -> call the library -> print. Nothing else lives here.
+
+Each subcommand is a pair ``add_<name>(subparsers)`` / ``cmd_<name>(args) -> int`` (in the module of
+its command group) registered in ``COMMANDS``; option names match the library's keyword arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._version import __version__
+from ..errors import CnnCodesError
+from .advise import add_advise, cmd_advise
+from .codes import add_extract, add_info, add_models, cmd_extract, cmd_info, cmd_models
+from .finetune import add_finetune, cmd_finetune
+from .linear import (
+    add_baseline,
+    add_evaluate,
+    add_predict,
+    add_train,
+    cmd_baseline,
+    cmd_evaluate,
+    cmd_predict,
+    cmd_train,
+)
+
+log = logging.getLogger("cnncodes")
+
+
+
+
+COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
+                          Callable[[argparse.Namespace], int]]] = {
+    "models": (add_models, cmd_models),
+    "extract": (add_extract, cmd_extract),
+    "info": (add_info, cmd_info),
+    "train": (add_train, cmd_train),
+    "evaluate": (add_evaluate, cmd_evaluate),
+    "predict": (add_predict, cmd_predict),
+    "baseline": (add_baseline, cmd_baseline),
+    "finetune": (add_finetune, cmd_finetune),
+    "advise": (add_advise, cmd_advise),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnncodes",
+        description="CNN codes from pretrained backbones, cached in HDF5, with linear classifiers.")
+    parser.add_argument("--version", action="version", version=f"cnncodes {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add, _cmd) in COMMANDS.items():
+        add(sub).set_defaults(_cmd=_cmd)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger("cnncodes")
+    root.setLevel(level)
+    if not any(getattr(h, "_cnncodes", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("cnncodes: %(message)s"))
+        h._cnncodes = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+        root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cnncodes`` console script; returns the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args._cmd(args) or 0)
+    except (CnnCodesError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The one :class:`CodeExtractor` every path uses to turn uint8 image batches into codes
+(cut backbone, BatchNorm folded and checked, channels_last, autocast).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._runtime import resolve_device, resolve_precision, versions
+from ..backbones.cutting import FeatureExtractor
+from ..backbones.factory import create_backbone
+from ..backbones.registry import BackboneSpec, get_spec
+from ..backbones.weights import ResolvedWeights, weights_sha256
+from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.data import (
+    normalize_batch,
+)
+from ..sources.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def fold_batchnorm(extractor: FeatureExtractor, *, input_size: int = 64, tol: float = 1e-4) -> int:
+    """Fold eval-mode BatchNorm into the convolution before it (inference only; same codes).
+
+    Pairs are a Conv2d registered right before a BatchNorm2d in the same parent (how torchvision
+    builds every conv-bn pair). The result is checked on a random batch against the unfolded
+    network and undone if any layer's codes move by more than ``tol`` (relative), so an unusual
+    architecture can only lose the speed-up, never correctness. Returns the number of pairs folded.
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = extractor.model
+    if model.training:
+        return 0
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = extractor(x)
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
+                    and bn.running_mean is not None and not conv._forward_hooks
+                    and not bn._forward_hooks and not conv._forward_pre_hooks):
+                with torch.no_grad():
+                    fused = fuse_conv_bn_eval(conv, bn)
+                replaced += [(parent, a, conv), (parent, b, bn)]
+                parent._modules[a] = fused
+                parent._modules[b] = nn.Identity()
+    if not replaced:
+        return 0
+    with torch.inference_mode():
+        new = extractor(x)
+    for k, v in ref.items():
+        err = float((new[k] - v).abs().max()) / (float(v.abs().max()) + 1e-12)
+        if not err <= tol:
+            log.warning("BatchNorm folding changed %s codes by %.2e; keeping the unfolded net", k,
+                        err)
+            for parent, name, mod in replaced:
+                parent._modules[name] = mod
+            return 0
+    return len(replaced) // 2
+
+
+class CodeExtractor:
+    """A cut backbone ready to turn uint8 image batches into codes on one device.
+
+    Shared by ``extract``, ``predict`` and the sklearn transformer so every path computes codes the
+    same way.
+    """
+
+    def __init__(self, backbone: str | BackboneOptions = DEFAULT_BACKBONE, *,
+                 runtime: RuntimeOptions | None = None, channels_last: bool = True,
+                 fuse_bn: bool = True, **options: Any):
+        """``backbone``: a registry name or :class:`BackboneOptions`; ``options``: single backbone
+        fields (``weights=``, ``layers=``...) or the runtime's ``device``/``precision``."""
+        bopts, ropts, _ = split_options(backbone, runtime, options, where="CodeExtractor")
+        self.options: BackboneOptions = bopts
+        backbone, weights, layers = bopts.backbone, bopts.weights, bopts.layers
+        pooling, input_size = bopts.pooling, bopts.input_size
+        device, precision = ropts.device, ropts.precision
+        self.spec: BackboneSpec = get_spec(backbone)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = channels_last
+        module, resolved = create_backbone(backbone, weights=weights, layers=layers,
+                                           pooling=pooling)
+        self.module: FeatureExtractor = module
+        self.resolved: ResolvedWeights = resolved
+        self.preprocessing: Preprocessing = resolved.preprocessing.with_input_size(input_size)
+        self.layers = list(module.layers)
+        self.pooling = pooling
+        self.bn_folded = fold_batchnorm(self.module, input_size=min(self.preprocessing.crop, 64)) \
+            if fuse_bn else 0
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.module.to(self.device)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        """uint8 NCHW batch (any device) -> ``{layer: float32 (N, D) numpy}``."""
+        if images.shape[0] == 0:
+            return {k: np.zeros((0, 0), np.float32) for k in self.layers}
+        x = images.to(self.device, non_blocking=True)
+        x = normalize_batch(x, self.preprocessing, channels_last=self.channels_last)
+        with torch.inference_mode():
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    out = self.module(x)
+            else:
+                out = self.module(x)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything a store or a model file must record to be checked later."""
+        layer_info = {}
+        for name in self.layers:
+            cut = self.spec.cut(name)
+            layer_info[name] = {"node": cut.node, "kind": cut.kind, "depth": cut.depth,
+                                "pooling": cut.effective_pooling(self.pooling)}
+        return {
+            "backbone": self.spec.name,
+            "family": self.spec.family,
+            "weights": self.resolved.id,
+            "weights_sha256": weights_sha256(self.resolved) or "",
+            "layers": self.layers,
+            "default_layer": self.spec.default_layer if self.spec.default_layer in self.layers
+            else self.layers[-1],
+            "pooling": self.pooling,
+            "layer_info": layer_info,
+            "preprocessing": self.preprocessing.to_dict(),
+            "input_size": self.preprocessing.crop,
+            "versions": versions(),
+        }

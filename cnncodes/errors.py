@@ -1,0 +1,36 @@
+"""The package's exceptions: one base, :class:`CnnCodesError`, and the specific errors under it.
+
+Each also derives from the built-in exception a caller would expect (``ValueError`` for bad input,
+``RuntimeError`` for a failed run), so ``except ValueError`` keeps working. Messages follow the
+"X must be Y. Got Z instead." style and name the fix.
+"""
+
+from __future__ import annotations
+
+
+class CnnCodesError(Exception):
+    """Base of every error cnncodes raises on purpose."""
+
+
+class OptionError(CnnCodesError, ValueError):
+    """An option has a value that cannot work (the message names the valid values)."""
+
+
+class StoreMismatchError(CnnCodesError, ValueError):
+    """A feature store was made with other settings than the ones asked for, or is not a store."""
+
+
+class ModelMismatchError(StoreMismatchError):
+    """A model file does not fit the codes or images it is applied to."""
+
+
+class WeightsUnavailableError(CnnCodesError, RuntimeError):
+    """Pretrained weights could not be found locally nor downloaded."""
+
+
+class DecodeError(CnnCodesError):
+    """An image file could not be decoded (recorded as a per-file failure, never fatal)."""
+
+
+class FinetuneDivergedError(CnnCodesError, RuntimeError):
+    """Fine-tuning produced a non-finite loss (the message says what to change)."""

@@ -1,0 +1,1 @@
+"""Reports: JSON, plots and text tables; every file written atomically."""

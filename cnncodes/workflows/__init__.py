@@ -1,0 +1,1 @@
+"""Workflows composed of library calls: baseline, predict dispatch, linear probe vs fine-tune."""
