@@ -33,10 +33,14 @@ _LAZY: dict[str, str] = {
     # .codes.extraction
     "ExtractResult": ".codes.extraction",
     "extract": ".codes.extraction",
+    "extract_arrays": ".codes.extraction",
     # .codes.extractor
     "CodeExtractor": ".codes.extractor",
     # .codes.store
     "FeatureStore": ".codes.store",
+    # .options
+    "BackboneOptions": ".options",
+    "RuntimeOptions": ".options",
     # .errors
     "CnnCodesError": ".errors",
     "DecodeError": ".errors",
@@ -100,7 +104,8 @@ __all__ = [
     "StoreMismatchError", "WeightsUnavailableError",
     # sources, backbones, codes
     "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
-    "ImageSource", "Preprocessing", "create_backbone", "extract", "get_spec", "list_backbones",
+    "ImageSource", "Preprocessing", "create_backbone", "extract", "extract_arrays", "get_spec",
+    "list_backbones", "BackboneOptions", "RuntimeOptions",
     "load_rgb", "open_source", "register",
     # classifiers on codes
     "CNNCodes", "TrainedModel", "baseline", "build_pipeline", "evaluate", "fit_codes",
