@@ -71,7 +71,9 @@ from ..backbones.registry import BackboneSpec, get_spec, resolve_layers
 from ..backbones.weights import ResolvedWeights, load_weights
 from ..codes.extraction import iter_codes, make_dataset
 from ..codes.extractor import CodeExtractor
-from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.folders import ImageSource, open_source
+from ..sources.loader import normalize_batch
 
 log = logging.getLogger(__name__)
 

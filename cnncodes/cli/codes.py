@@ -88,7 +88,7 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
         return args.layers, None
     from .._distributed import env_info
     from ..advisor.advise import choose_layer
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..options import DEFAULT_MAX_PIXELS
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there
     budget = None if env_info().enabled else args.budget

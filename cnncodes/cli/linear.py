@@ -118,7 +118,7 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..linear.classify import predict
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..options import DEFAULT_MAX_PIXELS
 
     pred = predict(args.model, args.source, batch_size=args.batch_size,
                    num_workers=args.num_workers,
@@ -186,8 +186,8 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..linear.classify import baseline, format_fall_through
+    from ..options import DEFAULT_MAX_PIXELS
     from ..report.core import format_table
-    from ..sources.data import DEFAULT_MAX_PIXELS
 
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")

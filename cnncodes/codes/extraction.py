@@ -26,14 +26,9 @@ from .._distributed import DistInfo, barrier, process_group, shard_batches
 from .._runtime import default_workers, loader_workers, num_threads, resolve_device
 from ..errors import StoreMismatchError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
-from ..sources.data import (
-    Batch,
-    ImageDataset,
-    ImageSource,
-    make_loader,
-    open_source,
-    truncated_policy,
-)
+from ..sources.folders import ImageSource, open_source
+from ..sources.images import truncated_policy
+from ..sources.loader import Batch, ImageDataset, make_loader
 from .extractor import CodeExtractor
 from .store import CONFIG_FIELDS, Journal, Part, config_diff, fold
 
@@ -366,7 +361,8 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
     ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
-    from ..sources.tensor_decode import TENSOR_INTERPOLATIONS, BytesDataset
+    from ..sources.preprocessing import TENSOR_INTERPOLATIONS
+    from ..sources.tensor_decode import BytesDataset
 
     if decoder not in DECODERS:
         raise ValueError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnncodes.backbones import create_backbone, get_spec, layer_dims, list_backbones, resolve_layers
-from cnncodes.backbones.registry import POOLINGS
+from cnncodes.options import POOLINGS
 
 SIZE = 64
 
