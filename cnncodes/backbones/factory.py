@@ -46,10 +46,13 @@ def create_backbone(
 
     Returns:
         ``(extractor, resolved_weights)``: an eval-mode :class:`FeatureExtractor` on CPU and a
-        :class:`cnncodes.weights.ResolvedWeights` describing what was loaded and the preprocessing.
+        :class:`cnncodes.backbones.weights.ResolvedWeights` describing what was loaded and the
+        preprocessing.
+
+    Raises:
+        OptionError: unknown backbone, layer, pooling or weights name (the message lists the valid
+            ones).
     """
-
-
     spec = get_spec(name)
     layer_names = resolve_layers(spec, layers)
     check_pooling(pooling)
