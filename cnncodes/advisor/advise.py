@@ -1121,7 +1121,8 @@ def recorded_advice(store: str | os.PathLike, *, backbone: str,
     Looks at the store's provenance, then at the journal of an interrupted first extraction. Returns
     None when nothing was recorded or the backbone/pooling differ.
     """
-    from ..codes.store import FeatureStore, Journal
+    from ..codes.store import FeatureStore
+    from ..codes.journal import Journal
 
     path = Path(store)
     if path.is_file():

@@ -16,7 +16,7 @@ import torch
 
 from cnncodes import FeatureStore, StoreMismatchError, extract
 from cnncodes.codes.extraction import extract_arrays
-from cnncodes.codes.store import Journal
+from cnncodes.codes.journal import Journal
 
 from ..conftest import write_tree
 
