@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .cutting import FeatureExtractor
-from .registry import BackboneSpec, check_pooling, get_spec, resolve_layers
-from .weights import load_weights, resolve_weights
+from .registry import BackboneSpec, check_pooling, get_spec, list_backbones, resolve_layers
+from .weights import load_weights, packaged_file, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +83,23 @@ def layer_dims(
         return {k: int(v.shape[1]) for k, v in out.items()}
     finally:
         extractor.train(was_training)
+
+
+def describe_backbones() -> list[dict[str, Any]]:
+    """The registry as data (what ``cnncodes models`` shows): per backbone its family, layers
+    (dim, kind, depth), default layer, the weights ``auto`` picks and whether they ship offline."""
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        member = (spec.weights.DEFAULT if spec.default_weights == "DEFAULT"
+                  else spec.weights[spec.default_weights])
+        rows.append({
+            "backbone": name, "family": spec.family,
+            "layers": {k: {"dim": c.dim, "kind": c.kind, "depth": c.depth}
+                       for k, c in spec.layers.items()},
+            "default_layer": spec.default_layer,
+            "default_weights": f"{type(member).__name__}.{member.name}",
+            "offline": packaged_file(member.url.rsplit("/", 1)[-1]) is not None,
+            "weights": spec.weight_names(),
+        })
+    return rows

@@ -46,7 +46,7 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..linear.classify import evaluate, save_model, train
-    from ..report.core import build_report
+    from ..report.files import build_report
 
     if args.test and args.holdout:
         raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
@@ -78,7 +78,7 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..linear.classify import evaluate, load_model, pixel_baseline
-    from ..report.core import build_report
+    from ..report.files import build_report
 
     model = load_model(args.model)
     evaluation = evaluate(model, args.store)
@@ -187,7 +187,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..linear.classify import baseline, format_fall_through
     from ..options import DEFAULT_MAX_PIXELS
-    from ..report.core import format_table
+    from ..report.text import format_table
 
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")

@@ -1705,7 +1705,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
     from ..backbones.registry import get_spec
-    from ..report.core import build_report, write_report
+    from ..report.files import build_report, write_report
     from ..sources.folders import open_source
 
     t0 = time.perf_counter()
