@@ -33,13 +33,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_extract import make_jpegs  # noqa: E402
 
-from cnncodes.sources.data import (  # noqa: E402
-    ImageDataset,
-    load_rgb,
-    make_loader,
-    open_source,
-    preprocess_pil,
-)
+from cnncodes.sources.loader import ImageDataset, make_loader, preprocess_pil
+from cnncodes.sources.images import load_rgb
+from cnncodes.sources.folders import open_source
 from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
 from cnncodes.sources.tensor_decode import (  # noqa: E402
     BytesDataset,

@@ -72,10 +72,10 @@ _LAZY: dict[str, str] = {
     "train": ".linear.classify",
     # .linear.transformer
     "CNNCodes": ".linear.transformer",
-    # .sources.data
-    "ImageSource": ".sources.data",
-    "load_rgb": ".sources.data",
-    "open_source": ".sources.data",
+    # .sources.folders, .sources.images
+    "ImageSource": ".sources.folders",
+    "open_source": ".sources.folders",
+    "load_rgb": ".sources.images",
     # .sources.preprocessing
     "Preprocessing": ".sources.preprocessing",
     # .linear.array_api_env

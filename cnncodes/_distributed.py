@@ -43,6 +43,12 @@ def env_info() -> DistInfo:
     return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def local_world_size(info: DistInfo | None = None) -> int:
+    """Ranks on this machine (torchrun's ``LOCAL_WORLD_SIZE``; the world size without it)."""
+    info = info or env_info()
+    return int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+
+
 @contextlib.contextmanager
 def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator[DistInfo]:
     """Join torchrun's process group for the block (gloo on CPU, nccl on CUDA).

@@ -1,5 +1,6 @@
-"""Runtime plumbing shared by every command: device and precision, worker and thread counts,
-library versions and the command line recorded in provenance.
+"""Runtime plumbing shared by every command, and its only home: device and precision, worker and
+thread counts (also per rank under torchrun), the thread guard, progress bars, library versions and
+the command line recorded in provenance.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 
 from ._version import __version__
+from .errors import OptionError
+from .options import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -30,8 +31,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use "
-                         "--device cpu or --device auto.")
+        raise OptionError(f"device must be cpu or auto on this machine (CUDA is not available). "
+                          f"Got {str(device)!r} instead; use --device cpu or --device auto.")
     return dev
 
 
@@ -40,11 +41,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}.")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}. Got {precision!r} "
+                          "instead.")
     return precision
 
 
 def default_workers(device: torch.device) -> int:
+    """Decoding workers when none are asked: up to 8 feeding a GPU, half the cores (1-4) on CPU."""
     n = os.cpu_count() or 1
     return min(8, n) if device.type == "cuda" else max(1, min(4, n // 2))
 
@@ -57,6 +60,26 @@ def loader_workers(device: torch.device, num_workers: int | None, n_items: int,
     if n_items < 2 * batch_size:
         workers = min(workers, 1 if n_items > batch_size else 0)
     return workers
+
+
+def per_rank_threads(local_world: int) -> int:
+    """CPU threads of one of ``local_world`` ranks sharing this machine (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // max(1, local_world))
+
+
+def per_rank_workers(device: torch.device, local_world: int) -> int:
+    """Default decoding workers of one of ``local_world`` ranks sharing this machine."""
+    return max(1, default_workers(device) // max(1, local_world))
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True, leave: bool = True) -> Any:
+    """A tqdm bar on stderr counting images, or None when ``enabled`` is false (or nothing to do)."""
+    if not enabled or total <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, smoothing=0.1,
+                leave=leave)
 
 
 @contextlib.contextmanager
@@ -72,6 +95,7 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 def versions() -> dict[str, str]:
+    """Versions of the libraries that shape the codes (recorded in provenance)."""
     import torchvision
     return {"cnncodes": __version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "h5py": h5py.__version__,

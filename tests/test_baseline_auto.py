@@ -16,7 +16,7 @@ from cnncodes.advisor.advise import Thresholds
 from cnncodes.cli import main
 from cnncodes.errors import StoreMismatchError
 from cnncodes.linear.classify import holdout_sources, size_check
-from cnncodes.sources.data import open_source
+from cnncodes.sources.folders import open_source
 
 from .conftest import write_tree
 

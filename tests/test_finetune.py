@@ -38,7 +38,7 @@ from cnncodes.finetuning.finetune import (
     predict_images,
     read_model_file,
 )
-from cnncodes.sources.data import normalize_batch
+from cnncodes.sources.loader import normalize_batch
 
 from .conftest import write_tree
 
@@ -353,7 +353,8 @@ def test_predict_with_fine_tuned_model_matches_training_evaluation(trained_run, 
     np.testing.assert_allclose(pred.probabilities.sum(1), 1, rtol=1e-5)
     # same predictions as the network itself on the recorded preprocessing
     net, meta = load_finetuned(model)
-    from cnncodes.sources.data import load_rgb, preprocess_pil
+    from cnncodes.sources.images import load_rgb
+    from cnncodes.sources.loader import preprocess_pil
     from cnncodes.sources.preprocessing import Preprocessing
     pp = Preprocessing.from_dict(meta["preprocessing"])
     x = torch.stack([preprocess_pil(load_rgb(p), pp) for p in paths])

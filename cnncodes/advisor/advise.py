@@ -71,7 +71,9 @@ from ..backbones.registry import BackboneSpec, get_spec, resolve_layers
 from ..backbones.weights import ResolvedWeights, load_weights
 from ..codes.extraction import iter_codes, make_dataset
 from ..codes.extractor import CodeExtractor
-from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource, normalize_batch, open_source
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.folders import ImageSource, open_source
+from ..sources.loader import normalize_batch
 
 log = logging.getLogger(__name__)
 
@@ -1119,7 +1121,8 @@ def recorded_advice(store: str | os.PathLike, *, backbone: str,
     Looks at the store's provenance, then at the journal of an interrupted first extraction. Returns
     None when nothing was recorded or the backbone/pooling differ.
     """
-    from ..codes.store import FeatureStore, Journal
+    from ..codes.store import FeatureStore
+    from ..codes.journal import Journal
 
     path = Path(store)
     if path.is_file():

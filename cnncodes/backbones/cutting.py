@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from .registry import BackboneSpec, Cut, check_pooling
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,12 @@ class FeatureExtractor(nn.Module):
         self.pooling = check_pooling(pooling)
         self._outs: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
-        self._handles = []
         for layer in self.layers:
             cut = spec.cut(layer)
             if cut.node not in modules:
-                raise ValueError(f"{spec.name}: cut node {cut.node!r} not found in the model")
-            self._handles.append(
-                modules[cut.node].register_forward_hook(self._make_hook(layer, cut))
-            )
+                raise OptionError(f"{spec.name}: a cut node must be a module of the model. Got "
+                                  f"{cut.node!r} (layer {layer}) instead; fix its registry entry.")
+            modules[cut.node].register_forward_hook(self._make_hook(layer, cut))
 
     def _make_hook(self, layer: str, cut: Cut) -> Callable[..., None]:
         def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -82,7 +81,3 @@ class FeatureExtractor(nn.Module):
             raise RuntimeError(f"{self.spec.name}: layers {missing} produced no output")
         return {n: outs[n] for n in self.layers}
 
-    def remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []

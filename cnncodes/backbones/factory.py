@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .cutting import FeatureExtractor
-from .registry import BackboneSpec, check_pooling, get_spec, resolve_layers
-from .weights import load_weights, resolve_weights
+from .registry import BackboneSpec, check_pooling, get_spec, list_backbones, resolve_layers
+from .weights import load_weights, packaged_file, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,13 @@ def create_backbone(
 
     Returns:
         ``(extractor, resolved_weights)``: an eval-mode :class:`FeatureExtractor` on CPU and a
-        :class:`cnncodes.weights.ResolvedWeights` describing what was loaded and the preprocessing.
+        :class:`cnncodes.backbones.weights.ResolvedWeights` describing what was loaded and the
+        preprocessing.
+
+    Raises:
+        OptionError: unknown backbone, layer, pooling or weights name (the message lists the valid
+            ones).
     """
-
-
     spec = get_spec(name)
     layer_names = resolve_layers(spec, layers)
     check_pooling(pooling)
@@ -80,3 +83,23 @@ def layer_dims(
         return {k: int(v.shape[1]) for k, v in out.items()}
     finally:
         extractor.train(was_training)
+
+
+def describe_backbones() -> list[dict[str, Any]]:
+    """The registry as data (what ``cnncodes models`` shows): per backbone its family, layers
+    (dim, kind, depth), default layer, the weights ``auto`` picks and whether they ship offline."""
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        member = (spec.weights.DEFAULT if spec.default_weights == "DEFAULT"
+                  else spec.weights[spec.default_weights])
+        rows.append({
+            "backbone": name, "family": spec.family,
+            "layers": {k: {"dim": c.dim, "kind": c.kind, "depth": c.depth}
+                       for k, c in spec.layers.items()},
+            "default_layer": spec.default_layer,
+            "default_weights": f"{type(member).__name__}.{member.name}",
+            "offline": packaged_file(member.url.rsplit("/", 1)[-1]) is not None,
+            "weights": spec.weight_names(),
+        })
+    return rows

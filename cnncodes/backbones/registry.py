@@ -21,13 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from ..options import POOLINGS
 
 log = logging.getLogger(__name__)
 
-
-
-
+#: Kinds of cut point (see the module docstring).
 KINDS = ("map", "gap", "vector")
 
 
@@ -51,9 +50,10 @@ class Cut:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"Cut kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
+            raise OptionError(f"Cut kind must be one of {', '.join(KINDS)}. Got {self.kind!r} "
+                              "instead.")
         if self.depth not in ("last", "earlier"):
-            raise ValueError(f"Cut depth must be 'last' or 'earlier'; got {self.depth!r}.")
+            raise OptionError(f"Cut depth must be 'last' or 'earlier'. Got {self.depth!r} instead.")
 
     def out_dim(self, pooling: str, spatial: tuple[int, int] | None = None) -> int:
         """Dimension of the code this cut gives under ``pooling`` (``spatial`` needed for 'none')."""
@@ -63,7 +63,8 @@ class Cut:
             return 2 * self.dim
         if pooling == "none":
             if spatial is None:
-                raise ValueError("pooling='none' needs the spatial size of the map to know its dim")
+                raise OptionError("spatial must be the (H, W) of the map when pooling='none'. "
+                                  "Got None instead.")
             return self.dim * spatial[0] * spatial[1]
         return self.dim
 
@@ -100,7 +101,8 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         if self.default_layer not in self.layers:
-            raise ValueError(f"{self.name}: default_layer {self.default_layer!r} is not a layer")
+            raise OptionError(f"{self.name}: default_layer must be one of its layers "
+                              f"({', '.join(self.layers)}). Got {self.default_layer!r} instead.")
 
     @property
     def last_layers(self) -> list[str]:
@@ -114,9 +116,9 @@ class BackboneSpec:
         try:
             return self.layers[layer]
         except KeyError:
-            raise ValueError(
-                f"Unknown layer {layer!r} for {self.name}; choose one of "
-                f"{', '.join(self.layers)} (or 'auto')."
+            raise OptionError(
+                f"layer must be one of {self.name}'s layers: {', '.join(self.layers)} (or 'auto'). "
+                f"Got {layer!r} instead."
             ) from None
 
     def weight_names(self) -> list[str]:
@@ -146,8 +148,9 @@ def get_spec(name: str) -> BackboneSpec:
     except KeyError:
         close = [n for n in _REGISTRY if name.lower().replace("-", "_") in n]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown backbone {name!r}.{hint} Choose one of: {', '.join(_REGISTRY)}."
+        raise OptionError(
+            f"backbone must be a registered name ({', '.join(_REGISTRY)}). Got {name!r} "
+            f"instead.{hint} `cnncodes models` lists their layers."
         ) from None
 
 
@@ -165,6 +168,8 @@ def resolve_layers(spec: BackboneSpec, layers: str | Sequence[str] | None) -> li
 
 
 def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`cnncodes.options.POOLINGS`, else an :class:`OptionError`."""
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+        raise OptionError(f"pooling must be one of {', '.join(POOLINGS)}. Got {pooling!r} "
+                          "instead.")
     return pooling

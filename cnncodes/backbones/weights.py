@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import WeightsUnavailableError
+from ..errors import OptionError, WeightsUnavailableError
 from ..sources.preprocessing import IMAGENET, Preprocessing
 from .registry import BackboneSpec
 
@@ -115,8 +115,9 @@ def recorded_preprocessing(path: Path, spec: BackboneSpec | None = None) -> Prep
     if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
         return None
     if spec is not None and meta.get("backbone") not in (None, spec.name):
-        raise ValueError(f"{path} is a fine-tuned {meta['backbone']}, not a {spec.name}; pass "
-                         f"--backbone {meta['backbone']}.")
+        raise OptionError(f"backbone must be {meta['backbone']} for {path} (a fine-tuned "
+                          f"{meta['backbone']}). Got {spec.name} instead; pass --backbone "
+                          f"{meta['backbone']}.")
     return Preprocessing.from_dict(meta["preprocessing"])
 
 
@@ -124,7 +125,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
     """Turn a ``weights=`` value into a :class:`ResolvedWeights` without loading anything.
 
     Raises:
-        ValueError: unknown weights name (the message lists the valid names).
+        OptionError: unknown weights name (the message lists the valid names).
+        FileNotFoundError: a checkpoint path that does not exist.
     """
     default_pp = _preprocessing_of(_default_enum_member(spec)) if spec.weights else IMAGENET
     if weights is None or (isinstance(weights, str) and weights.lower() in ("random", "none")):
@@ -143,13 +145,14 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
         recorded = recorded_preprocessing(p, spec)
         return ResolvedWeights(f"file:{p.resolve()}", p.resolve(), None, recorded or default_pp)
     if spec.weights is None:
-        raise ValueError(f"{spec.name} has no published weights; use a checkpoint path or 'random'.")
+        raise OptionError(f"weights must be a checkpoint path or 'random' for {spec.name} (it has "
+                          f"no published weights). Got {wstr!r} instead.")
     try:
         member = spec.weights.DEFAULT if wstr == "DEFAULT" else spec.weights[wstr]
     except KeyError:
-        raise ValueError(
-            f"Unknown weights {wstr!r} for {spec.name}; choose one of "
-            f"{', '.join(spec.weight_names())}, 'auto', 'random', or a checkpoint path."
+        raise OptionError(
+            f"weights must be one of {', '.join(spec.weight_names())}, 'auto', 'random' or a "
+            f"checkpoint path for {spec.name}. Got {wstr!r} instead."
         ) from None
     url = member.url
     base = os.path.basename(url)
@@ -197,7 +200,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(
+        raise OptionError(
             f"Cannot load checkpoint {path}: {type(e).__name__}: {e}. Checkpoints must be loadable "
             "with torch.load(weights_only=True) (a state dict of tensors)."
         ) from e
@@ -207,7 +210,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"Checkpoint {path} does not hold a state dict of tensors.")
+        raise OptionError(f"Checkpoint {path} must hold a state dict of tensors. Got a "
+                          f"{type(obj).__name__} instead.")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -248,7 +252,7 @@ def load_weights(model: nn.Module, spec: BackboneSpec, resolved: ResolvedWeights
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [k for k in missing if k not in mism]
         if missing or unexpected:
-            raise ValueError(
+            raise OptionError(
                 f"Checkpoint {resolved.path} does not fit {spec.name}: missing keys "
                 f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
                 f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Is it a {spec.name} "

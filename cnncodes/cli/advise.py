@@ -41,7 +41,7 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_advise(args: argparse.Namespace) -> int:
     from ..advisor.advise import advise, format_advice
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..options import DEFAULT_MAX_PIXELS
 
     th = thresholds(args)
     adv = advise(args.source, backbone=args.backbone, weights=args.weights, layers=args.layers,

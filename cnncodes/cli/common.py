@@ -86,11 +86,10 @@ def runtime_options(args: argparse.Namespace, **changes: Any) -> RuntimeOptions:
 
 
 def print_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> None:
-    print(f"{len(failures)} files could not be read ({where}):")
-    for p, r in failures[:most]:
-        print(f"  {p}: {r}")
-    if len(failures) > most:
-        print(f"  ... and {len(failures) - most} more")
+    """Print the list of files that could not be read (text from :mod:`cnncodes.report`)."""
+    from ..report.store_info import format_failures
+
+    print(format_failures(failures, where, most))
 
 
 def pca_arg(s: str) -> int | float | None:
@@ -136,7 +135,8 @@ def classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) -> bool:
     """Write the report files if --report, print JSON (--json) or the table; True for the table."""
-    from ..report.core import format_table, write_report
+    from ..report.files import write_report
+    from ..report.text import format_table
 
     if args.report:
         write_report(rep, args.report, evaluation=evaluation)

@@ -46,7 +46,7 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..linear.classify import evaluate, save_model, train
-    from ..report.core import build_report
+    from ..report.files import build_report
 
     if args.test and args.holdout:
         raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
@@ -78,7 +78,7 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..linear.classify import evaluate, load_model, pixel_baseline
-    from ..report.core import build_report
+    from ..report.files import build_report
 
     model = load_model(args.model)
     evaluation = evaluate(model, args.store)
@@ -118,7 +118,7 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..linear.classify import predict
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..options import DEFAULT_MAX_PIXELS
 
     pred = predict(args.model, args.source, batch_size=args.batch_size,
                    num_workers=args.num_workers,
@@ -186,8 +186,8 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..linear.classify import baseline, format_fall_through
-    from ..report.core import format_table
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..options import DEFAULT_MAX_PIXELS
+    from ..report.text import format_table
 
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")

@@ -30,9 +30,7 @@ from .linear import (
 
 log = logging.getLogger("cnncodes")
 
-
-
-
+#: subcommand -> (adds its parser, runs it); the order is the order of ``cnncodes --help``.
 COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
                           Callable[[argparse.Namespace], int]]] = {
     "models": (add_models, cmd_models),
@@ -73,7 +71,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cnncodes`` console script; returns the exit status."""
+    """Entry point of the ``cnncodes`` console script; returns the exit status.
+
+    Errors the user can fix (every :class:`~cnncodes.errors.CnnCodesError`, bad values, missing
+    files, failed runs) print one ``error: ...`` line and return 1 (``-v`` re-raises runtime
+    errors with their traceback); Ctrl-C returns 130.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 ``extract(source, output, ...)`` decodes images in DataLoader workers, runs the cut backbone under
 ``torch.inference_mode()`` (fp32 + channels_last on CPU; fp16/bf16 autocast + channels_last + pinned
 memory on CUDA), and hands each finished batch to a writer thread that commits it atomically to the
-store's journal (see :mod:`cnncodes.store`). Rerunning the same call after an interruption extracts
+store's journal (see :mod:`cnncodes.codes.journal` and :mod:`cnncodes.codes.store`). Rerunning the same call after an interruption extracts
 only what is missing; images added to the source are appended."""
 
 from __future__ import annotations
@@ -22,25 +22,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._distributed import DistInfo, barrier, process_group, shard_batches
-from .._runtime import default_workers, loader_workers, num_threads, resolve_device
-from ..errors import StoreMismatchError
-from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
-from ..sources.data import (
-    Batch,
-    ImageDataset,
-    ImageSource,
-    make_loader,
-    open_source,
-    truncated_policy,
+from .._distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce,
+    all_reduce_sum,
+    barrier,
+    local_world_size,
+    process_group,
+    shard_batches,
 )
+from .._runtime import (
+    loader_workers,
+    num_threads,
+    per_rank_threads,
+    per_rank_workers,
+    progress_bar,
+    resolve_device,
+)
+from ..errors import OptionError
+from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.folders import ImageSource, open_source
+from ..sources.images import truncated_policy
+from ..sources.loader import Batch, ImageDataset, make_loader
 from .extractor import CodeExtractor
-from .store import CONFIG_FIELDS, Journal, Part, config_diff, fold
+from .journal import Journal, Part
+from .store import CONFIG_FIELDS, FeatureStore, check_store_compatible, fold
 
 log = logging.getLogger(__name__)
 
 
+#: Storage dtypes of a store's codes.
 STORE_DTYPES = ("float32", "float16")
+#: HDF5 compressions of a store's codes.
+COMPRESSIONS = (None, "none", "gzip", "lzf")
 
 
 @dataclass
@@ -135,41 +150,33 @@ def extract(
     Raises:
         StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
             preprocessing/dtype (use ``overwrite=True`` or another file).
+        OptionError: a bad option value (the message lists the valid ones).
     """
     t0 = time.perf_counter()
     bopts, ropts, _ = split_options(backbone, runtime, options, where="extract")
-    batch_size, num_workers, device = ropts.batch_size, ropts.num_workers, ropts.device
-    threads, max_pixels = ropts.threads, ropts.max_pixels
     if dtype not in STORE_DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; choose {', '.join(STORE_DTYPES)}.")
-    if compression not in (None, "none", "gzip", "lzf"):
-        raise ValueError(f"Unknown compression {compression!r}; choose gzip, lzf or none.")
+        raise OptionError(f"dtype must be one of {', '.join(STORE_DTYPES)}. Got {dtype!r} "
+                          "instead.")
+    if compression not in COMPRESSIONS:
+        raise OptionError(f"compression must be gzip, lzf or none. Got {compression!r} instead.")
     out = Path(output)
     if out.exists() and out.is_dir():
-        raise ValueError(f"Output {out} is a folder; pass a file path such as {out / 'codes.h5'}.")
+        raise OptionError(f"output must be a file path such as {out / 'codes.h5'}. Got the "
+                          f"folder {out} instead.")
     out.parent.mkdir(parents=True, exist_ok=True)
     src = open_source(source)
-    dev = resolve_device(device)
+    dev = resolve_device(ropts.device)
     with process_group(dev.type) as di:
-        if di.enabled:
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", di.world))
-            if dev.type == "cuda" and str(device) in ("auto", "cuda"):
-                dev = torch.device("cuda", di.local_rank)
-            if dev.type == "cpu" and threads is None:
-                threads = max(1, (os.cpu_count() or 1) // local_world)
-            if num_workers is None:
-                num_workers = max(1, default_workers(dev) // local_world)
-        ext = CodeExtractor(bopts, runtime=ropts.replace(device=dev))
+        ropts = _rank_runtime(ropts, dev, di)
+        ext = CodeExtractor(bopts, runtime=ropts)
         prov = ext.provenance()
         prov.update({
             "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
             "command": command or "python: cnncodes.extract(...)",
-            "truncated_images": truncated_policy(), "max_pixels": int(max_pixels or 0),
+            "truncated_images": truncated_policy(), "max_pixels": int(ropts.max_pixels or 0),
         })
         if extra_provenance:
             prov.update(extra_provenance)
-        config = {k: prov[k] for k in CONFIG_FIELDS}
-
         journal = Journal(out)
         if overwrite and di.is_main:
             journal.clear()
@@ -178,58 +185,73 @@ def extract(
         barrier()
         journal.lock(di.rank)
         try:
-            return _extract_locked(src, out, journal, ext, prov, config, di, t0=t0,
-                                   batch_size=batch_size, num_workers=num_workers,
-                                   compression=compression, threads=threads,
-                                   retry_failed=retry_failed, max_pixels=max_pixels,
-                                   progress=ropts.progress, decoder=ropts.decoder,
-                                   commit_every=commit_every)
+            job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
+                       retry_failed=retry_failed, commit_every=commit_every, t0=t0)
+            return _extract_locked(job)
         finally:
             journal.unlock()
             if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
                 journal.clear()
 
 
-def _check_compatible(out: Path, journal: Journal, config: dict[str, Any]) -> None:
-    fix = (f"Use another output file, or --overwrite (overwrite=True) to discard {out} and "
-           "extract again.")
-    if out.is_file():
-        from .store import FeatureStore
-        diff = config_diff(FeatureStore(out).provenance, config)
-        if diff:
-            raise StoreMismatchError(f"{out} was extracted with a different configuration ("
-                                     + "; ".join(diff) + "). " + fix)
-    manifest = journal.manifest()
-    if manifest is not None and journal.part_files():
-        diff = config_diff(manifest, config)
-        if diff:
-            raise StoreMismatchError(f"An unfinished extraction into {out} used a different "
-                                     "configuration (" + "; ".join(diff) + "). Rerun it with "
-                                     "its own options to finish it, or: " + fix)
+def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> RuntimeOptions:
+    """The runtime of this rank: its own GPU, and a share of the machine's threads and workers."""
+    if not di.enabled:
+        return ropts.replace(device=dev)
+    local_world = local_world_size(di)
+    if dev.type == "cuda" and str(ropts.device) in ("auto", "cuda"):
+        dev = torch.device("cuda", di.local_rank)
+    changes: dict[str, Any] = {"device": dev}
+    if dev.type == "cpu" and ropts.threads is None:
+        changes["threads"] = per_rank_threads(local_world)
+    if ropts.num_workers is None:
+        changes["num_workers"] = per_rank_workers(dev, local_world)
+    return ropts.replace(**changes)
 
 
-def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtractor,
-                    prov: dict[str, Any], config: dict[str, Any], di: DistInfo, *, t0: float,
-                    batch_size: int, num_workers: int | None, compression: str | None,
-                    threads: int | None, retry_failed: bool, max_pixels: int | None,
-                    progress: bool, decoder: str = "auto",
-                    commit_every: float | None = None) -> ExtractResult:
-    _check_compatible(out, journal, config)
-    from .store import FeatureStore
+@dataclass
+class _Job:
+    """One extraction under the writer lock: what to extract, where, and how."""
 
-    done: set[str] = set()
-    failed_before: set[str] = set()
-    if out.is_file():
-        st = FeatureStore(out)
-        done.update(st.paths.tolist())
-        failed_before.update(p for p, _ in st.failures)
-    j_ok, j_failed = journal.done_paths()
-    done |= j_ok
-    failed_before |= j_failed
-    skip = done if retry_failed else done | failed_before
-    pending = [i for i, p in enumerate(src.paths) if p not in skip]
+    src: ImageSource
+    out: Path
+    journal: Journal
+    ext: CodeExtractor
+    prov: dict[str, Any]
+    di: DistInfo
+    runtime: RuntimeOptions
+    compression: str | None
+    retry_failed: bool
+    commit_every: float | None
+    t0: float
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {k: self.prov[k] for k in CONFIG_FIELDS}
+
+
+@dataclass
+class _Progress:
+    """What the batch loop did (this rank)."""
+
+    new: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    layer_dims: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def _extract_locked(job: _Job) -> ExtractResult:
+    """Check, plan, run the batches, fold; the body of :func:`extract` under the writer lock."""
+    src, out, journal, ext, di = job.src, job.out, job.journal, job.ext, job.di
+    check_store_compatible(out, job.config)
+    if di.is_main and journal.part_files():
+        journal.verify(ext.layers)  # damaged parts of a killed run: set aside, redo their images
+    barrier()
+    done, pending = _plan(job)
     skipped = len(src) - len(pending)
-    mine = shard_batches(pending, batch_size, di.rank, di.world) if di.enabled else pending
+    bs = job.runtime.batch_size
+    mine = shard_batches(pending, bs, di.rank, di.world) if di.enabled else pending
     if di.is_main:
         log.info("%s: %d images, %d already done, %d to extract (%s %s, layers %s, %d px, %s on "
                  "%s%s)", src.root, len(src), skipped, len(pending), ext.spec.name,
@@ -237,128 +259,139 @@ def _extract_locked(src: ImageSource, out: Path, journal: Journal, ext: CodeExtr
                  ext.device, f", {di.world} ranks" if di.enabled else "")
     barrier()  # every rank has read the state before anyone writes
     if di.is_main:
-        journal.write_manifest(config)
-
-    workers = loader_workers(ext.device, num_workers, len(mine), batch_size)
-    dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
-    new_failures: list[tuple[str, str]] = []
-    n_new = 0
-    interrupted = False
-    t_run = time.perf_counter()
-    bar = None
-    if progress and mine and di.is_main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, smoothing=0.1,
-                   desc=f"extract {ext.spec.name}" + (f" rank 0/{di.world}" if di.enabled
-                                                      else ""))
-    layer_dims: dict[str, int] = {}
-    if mine:
-        writer = _PartWriter(journal)
-        pos = 0
-        last_commit = time.monotonic()
-        try:
-            for batch, codes in iter_codes(dataset, ext, mine, batch_size=batch_size,
-                                           num_workers=workers, threads=threads):
-                n_items = len(batch.indices) + len(batch.failures)
-                key = mine[pos]  # source index of the batch's first item: parts fold in order
-                pos += n_items
-                for k, v in codes.items():
-                    if v.shape[0]:
-                        layer_dims[k] = int(v.shape[1])
-                fails = [(src.paths[i], r) for i, r in batch.failures]
-                for p, r in fails:
-                    log.warning("skipping %s: %s", p, r)
-                new_failures.extend(fails)
-                writer.put(Part(
-                    seq=key, rank=di.rank,
-                    paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
-                    labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0
-                                     else "" for i in batch.indices], dtype=np.str_),
-                    codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
-                    fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
-                    fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
-                ))
-                n_new += len(batch.indices)
-                if bar is not None:
-                    bar.update(n_items)
-                if (commit_every is not None and not di.enabled and pos < len(mine)
-                        and time.monotonic() - last_commit >= commit_every):
-                    writer.flush()  # commit point: fold what is on disk, keep extracting
-                    fold(out, journal, {**prov, "complete": False}, compression=compression,
-                         keep_journal=True)
-                    last_commit = time.monotonic()
-                    log.info("commit point: %d images folded into %s", n_new, out)
-        except KeyboardInterrupt:
-            interrupted = True
-            log.warning("interrupted: keeping the %d images done so far; rerun the same "
-                        "command to continue", n_new)
-        finally:
-            if bar is not None:
-                bar.close()
-            writer.close()
-    seconds_run = time.perf_counter() - t_run
-    rate = n_new / seconds_run if seconds_run > 0 and n_new else 0.0
-    if interrupted and di.enabled:
-        raise KeyboardInterrupt(ExtractResult(path=out, rows=len(done), new=n_new,
-                                              skipped=skipped, failed=new_failures,
+        journal.write_manifest(job.config)
+    workers = loader_workers(ext.device, job.runtime.num_workers, len(mine), bs)
+    dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
+                           decoder=job.runtime.decoder)
+    run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
+    if run.interrupted and di.enabled:
+        raise KeyboardInterrupt(ExtractResult(path=out, rows=len(done), new=run.new,
+                                              skipped=skipped, failed=run.failures,
                                               interrupted=True))
-    rows = len(done)
-    stats = _gather_stats(di, n_new, len(new_failures), seconds_run)
-    if di.enabled:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * di.world
-        dist.all_gather_object(gathered, new_failures)
-        new_failures = [f for part in gathered for f in part]
+    stats = _gather_stats(run.new, len(run.failures), run.seconds)
+    failures = [f for part in all_gather_objects(run.failures) for f in part]
     barrier()  # every rank's parts are committed
     if di.is_main and (journal.part_files() or not out.is_file()):
-        run = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": prov["command"],
-               "device": str(ext.device), "precision": ext.precision, "new": stats["new"],
-               "failed": stats["failed"], "seconds": round(stats["seconds"], 3),
-               "images_per_s": round(stats["new"] / stats["seconds"], 2)
-               if stats["seconds"] > 0 else 0.0,
-               "batch_size": batch_size, "workers": workers, "ranks": di.world,
-               "decoder": decoder_name(dataset, ext.device), "bn_folded": ext.bn_folded,
-               "interrupted": interrupted, "host": platform.node()}
-        prov = dict(prov)
-        prov["complete"] = not interrupted
-        fold(out, journal, prov, compression=compression, run_record=run)
+        record = _run_record(job, stats, workers, decoder_name(dataset, ext.device),
+                             run.interrupted)
+        fold(out, journal, {**job.prov, "complete": not run.interrupted},
+             compression=job.compression, run_record=record)
     barrier()  # the store is assembled
+    rows, layer_dims = len(done), run.layer_dims
     if out.is_file():
         st = FeatureStore(out)
         rows = len(st)
-        if not layer_dims:
-            layer_dims = st.dims
-    if new_failures and di.is_main:
+        layer_dims = layer_dims or st.dims
+    if failures and di.is_main:
         log.warning("%d of %d images could not be read; they are listed in %s (cnncodes info)",
-                    len(new_failures), len(pending), out)
-    if di.enabled:  # report the whole job's figures on every rank
-        n_new = int(stats["new"])
-        rate = stats["new"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
-    result = ExtractResult(path=out, rows=rows, new=n_new, skipped=skipped, failed=new_failures,
-                           seconds=time.perf_counter() - t0, images_per_s=rate,
-                           layers=layer_dims, interrupted=interrupted)
-    if interrupted:
+                    len(failures), len(pending), out)
+    n_new = int(stats["new"]) if di.enabled else run.new  # the whole job's figures on every rank
+    seconds = stats["seconds"] if di.enabled else run.seconds
+    result = ExtractResult(path=out, rows=rows, new=n_new, skipped=skipped, failed=failures,
+                           seconds=time.perf_counter() - job.t0,
+                           images_per_s=n_new / seconds if seconds > 0 and n_new else 0.0,
+                           layers=layer_dims, interrupted=run.interrupted)
+    if run.interrupted:
         raise KeyboardInterrupt(result)
     return result
 
 
-def _gather_stats(di: DistInfo, new: int, failed: int, seconds: float) -> dict[str, float]:
-    """Totals across ranks (images, failures; the slowest rank's time)."""
-    if not di.enabled:
-        return {"new": new, "failed": failed, "seconds": seconds}
-    import torch.distributed as dist
+def _plan(job: _Job) -> tuple[set[str], list[int]]:
+    """Paths already done (store + journal) and the source indices still to extract."""
+    done: set[str] = set()
+    failed_before: set[str] = set()
+    if job.out.is_file():
+        st = FeatureStore(job.out)
+        done.update(st.paths.tolist())
+        failed_before.update(p for p, _ in st.failures)
+    j_ok, j_failed = job.journal.done_paths()
+    done |= j_ok
+    failed_before |= j_failed
+    skip = done if job.retry_failed else done | failed_before
+    return done, [i for i, p in enumerate(job.src.paths) if p not in skip]
 
-    t = torch.tensor([float(new), float(failed)], dtype=torch.float64)
-    m = torch.tensor([seconds], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t, m = t.cuda(), m.cuda()
-    dist.all_reduce(t)
-    dist.all_reduce(m, op=dist.ReduceOp.MAX)
-    return {"new": int(t[0]), "failed": int(t[1]), "seconds": float(m[0])}
+
+def _part(job: _Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
+          fails: list[tuple[str, str]]) -> Part:
+    src = job.src
+    return Part(
+        seq=key, rank=job.di.rank,
+        paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
+        labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0 else ""
+                         for i in batch.indices], dtype=np.str_),
+        codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
+        fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
+        fail_reasons=np.array([r for _, r in fails], dtype=np.str_))
 
 
-DECODERS = ("auto", "pil", "tensor")
+def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Progress:
+    """Extract ``mine`` batch by batch into the journal (with commit points); Ctrl-C stops it
+    cleanly with the finished batches kept."""
+    src, ext, di = job.src, job.ext, job.di
+    run = _Progress()
+    t_run = time.perf_counter()
+    bar = progress_bar(len(mine), f"extract {ext.spec.name}"
+                       + (f" rank 0/{di.world}" if di.enabled else ""),
+                       enabled=job.runtime.progress and di.is_main)
+    writer = _PartWriter(job.journal)
+    pos = 0
+    last_commit = time.monotonic()
+    try:
+        for batch, codes in iter_codes(dataset, ext, mine, batch_size=job.runtime.batch_size,
+                                       num_workers=workers, threads=job.runtime.threads):
+            n_items = len(batch.indices) + len(batch.failures)
+            key = mine[pos]  # source index of the batch's first item: parts fold in order
+            pos += n_items
+            run.layer_dims.update({k: int(v.shape[1]) for k, v in codes.items() if v.shape[0]})
+            fails = [(src.paths[i], r) for i, r in batch.failures]
+            for p, r in fails:
+                log.warning("skipping %s: %s", p, r)
+            run.failures.extend(fails)
+            writer.put(_part(job, key, batch, codes, fails))
+            run.new += len(batch.indices)
+            if bar is not None:
+                bar.update(n_items)
+            if (job.commit_every is not None and not di.enabled and pos < len(mine)
+                    and time.monotonic() - last_commit >= job.commit_every):
+                writer.flush()  # commit point: fold what is on disk, keep extracting
+                fold(job.out, job.journal, {**job.prov, "complete": False},
+                     compression=job.compression, keep_journal=True)
+                last_commit = time.monotonic()
+                log.info("commit point: %d images folded into %s", run.new, job.out)
+    except KeyboardInterrupt:
+        run.interrupted = True
+        log.warning("interrupted: keeping the %d images done so far; rerun the same "
+                    "command to continue", run.new)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+    run.seconds = time.perf_counter() - t_run
+    return run
+
+
+def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
+                interrupted: bool) -> dict[str, Any]:
+    """The entry this run adds to the store's ``runs`` history."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": job.prov["command"],
+              "device": str(job.ext.device), "precision": job.ext.precision,
+              "new": stats["new"], "failed": stats["failed"],
+              "seconds": round(stats["seconds"], 3),
+              "images_per_s": round(stats["new"] / stats["seconds"], 2)
+              if stats["seconds"] > 0 else 0.0,
+              "batch_size": job.runtime.batch_size, "workers": workers, "ranks": job.di.world,
+              "decoder": decoder, "bn_folded": job.ext.bn_folded,
+              "interrupted": interrupted, "host": platform.node()}
+    if job.journal.bad_parts:
+        record["bad_parts"] = list(job.journal.bad_parts)
+    return record
+
+
+def _gather_stats(new: int, failed: int, seconds: float) -> dict[str, float]:
+    """Totals across ranks (images, failures; the slowest rank's time); local values alone."""
+    total_new, total_failed = all_reduce_sum([new, failed])
+    slowest = all_reduce(torch.tensor([seconds], dtype=torch.float64), "max")
+    return {"new": int(total_new), "failed": int(total_failed), "seconds": float(slowest[0])}
 
 
 def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None,
@@ -366,10 +399,12 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
     ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
-    from ..sources.tensor_decode import TENSOR_INTERPOLATIONS, BytesDataset
+    from ..sources.preprocessing import TENSOR_INTERPOLATIONS
+    from ..sources.tensor_decode import BytesDataset
 
     if decoder not in DECODERS:
-        raise ValueError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
+        raise OptionError(f"decoder must be one of {', '.join(DECODERS)}. Got {decoder!r} "
+                          "instead.")
     if decoder == "pil" or ext.preprocessing.interpolation not in TENSOR_INTERPOLATIONS:
         if decoder == "tensor":
             log.warning("decoder=tensor does not support %s interpolation; using PIL",
@@ -448,10 +483,7 @@ def extract_arrays(
     idx: list[int] = []
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ext.layers}
     failures: list[tuple[str, str]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(src), unit="img", desc=f"codes {ext.spec.name}", dynamic_ncols=True)
+    bar = progress_bar(len(src), f"codes {ext.spec.name}", enabled=progress)
     try:
         for batch, codes in iter_codes(dataset, ext, range(len(src)), batch_size=batch_size,
                                        num_workers=workers, threads=threads):

@@ -16,9 +16,7 @@ from ..backbones.factory import create_backbone
 from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, weights_sha256
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
-from ..sources.data import (
-    normalize_batch,
-)
+from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)

@@ -19,19 +19,23 @@ place with an atomic ``os.replace``. At the end of a run (or on Ctrl-C) the jour
 a new HDF5 file is built from the previous file plus the parts, written to ``codes.h5.tmp`` and
 atomically renamed over ``codes.h5``; only then are the parts deleted. A kill at any moment leaves
 either complete parts or the previous complete file, and a rerun picks up from there (parts whose
-paths are already in the file, left by a kill between rename and cleanup, are skipped).
+paths are already in the file, left by a kill between rename and cleanup, are skipped). The journal
+itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`.
+
+This module is the only door to an existing store: :func:`fold` (new rows) and
+:func:`update_provenance` (metadata such as the advisor's evidence) both rebuild it under a
+temporary name; :func:`check_store_compatible` is the one compatibility check of a store (and of an
+unfinished journal) against the settings a caller wants.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,19 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text, fsync_dir
-from ..errors import StoreMismatchError
+from ..atomic import atomic_path, fsync_dir
+from ..errors import OptionError, StoreMismatchError
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
+
 FORMAT_VERSION = 1
+
+
 STR = h5py.string_dtype("utf-8")
+
+
 #: Provenance fields that must agree for codes to be appended to or resumed in the same file.
 CONFIG_FIELDS = ("backbone", "weights", "weights_sha256", "layers", "pooling", "preprocessing",
                  "dtype")
@@ -76,10 +86,6 @@ def canonical(v: Any) -> Any:
 def _short(v: Any) -> str:
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) < 120 else s[:117] + "..."
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
 
 
 def _attrs_to_dict(attrs: h5py.AttributeManager) -> dict[str, Any]:
@@ -118,10 +124,12 @@ class FeatureStore:
             with self._open() as f:
                 version = int(f.attrs.get("format_version", -1))
         except OSError as e:
-            raise ValueError(f"{self.path} is not a readable HDF5 file ({e}).") from e
+            raise StoreMismatchError(f"{self.path} must be a readable HDF5 file. Got an error "
+                                     f"instead ({e}); extract it again.") from e
         if version != FORMAT_VERSION:
-            raise ValueError(f"{self.path} is not a cnncodes store of format {FORMAT_VERSION} "
-                             f"(format_version={version}); re-extract it with this version.")
+            raise StoreMismatchError(
+                f"{self.path} must be a cnncodes store of format {FORMAT_VERSION}. Got "
+                f"format_version={version} instead; re-extract it with this version.")
 
     def _open(self) -> h5py.File:
         return h5py.File(self.path, "r")
@@ -182,8 +190,9 @@ class FeatureStore:
             return layers[0] if len(layers) == 1 else self.provenance.get("default_layer",
                                                                           layers[-1])
         if layer not in layers:
-            raise ValueError(f"Layer {layer!r} is not in {self.path}; it holds "
-                             f"{', '.join(layers)}. Extract it with --layers {layer}.")
+            raise OptionError(f"layer must be one of the layers in {self.path} "
+                              f"({', '.join(layers)}). Got {layer!r} instead; extract it with "
+                              f"--layers {layer}.")
         return layer
 
     def load(self, layer: str | None = None, *, rows: np.ndarray | slice | None = None,
@@ -213,15 +222,6 @@ class FeatureStore:
             return torch.from_numpy(X).to(device or "cpu"), torch.from_numpy(y).to(device or "cpu")
         return X, y
 
-    def iter_batches(self, layer: str | None = None, *, batch_size: int = 4096
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Stream ``(X, y)`` blocks of at most ``batch_size`` rows (memory flat in N)."""
-        name = self._layer(layer)
-        with self._open() as f:
-            ds, lab = f["codes"][name], f["labels"]
-            for s in range(0, ds.shape[0], batch_size):
-                yield np.asarray(ds[s:s + batch_size], np.float32), lab[s:s + batch_size]
-
     def info(self) -> dict[str, Any]:
         """Summary for ``cnncodes info``: counts, classes, layers, dims, provenance, failures."""
         prov = self.provenance
@@ -244,159 +244,91 @@ class FeatureStore:
         }
 
 
+
 # --------------------------------------------------------------------------------------------
-# The journal
+# Compatibility: the one check of a store (and its journal) against requested settings
 
 
-@dataclass
-class Part:
-    """One committed batch. ``seq`` orders parts in the fold (the source index of the batch's
-    first image, so parts of any rank fold in source order); ``rank`` is the writer's rank."""
+def check_store_compatible(path: str | os.PathLike, config: Mapping[str, Any], *,
+                           fields: Sequence[str] = CONFIG_FIELDS, layer: str | None = None,
+                           journal: bool = True, what: str | None = None,
+                           fix: str | None = None) -> None:
+    """Raise :class:`StoreMismatchError` if the store at ``path`` (or, with ``journal``, the
+    manifest of its unfinished extraction) was made with other settings than ``config``.
 
-    seq: int
-    paths: np.ndarray
-    labels: np.ndarray  # class names ('' = unlabelled)
-    codes: dict[str, np.ndarray]
-    fail_paths: np.ndarray
-    fail_reasons: np.ndarray
-    rank: int = 0
+    Args:
+        path: the ``.h5`` store; a missing file (and an empty journal) passes.
+        config: requested provenance values (at least ``fields``; with ``layer`` also
+            ``layer_info[layer]["pooling"]`` when known).
+        fields: provenance fields that must agree (:data:`CONFIG_FIELDS` for appending codes).
+        layer: one layer that must be in the store with the same effective pooling (the check a
+            reader of a single layer needs) instead of comparing the whole layer list.
+        journal: also check an unfinished extraction's manifest.
+        what: who asks, prefixed to the message (e.g. ``CNNCodes(cache='x.h5')``).
+        fix: the advice that ends the message (default: another file or ``--overwrite``).
 
-
-class Journal:
-    """Append-only part files next to the store; each part is committed atomically."""
-
-    def __init__(self, store_path: str | os.PathLike):
-        self.store_path = Path(store_path)
-        self.dir = self.store_path.with_name(self.store_path.name + ".parts")
-        self._lock_fd: int | None = None
-
-    def exists(self) -> bool:
-        return self.dir.is_dir()
-
-    def part_files(self) -> list[Path]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(self.dir.glob("part-*.npz"))
-
-    def n_parts(self) -> int:
-        return len(self.part_files())
-
-    # locking: one writer per store; the OS drops the lock when the process dies (even kill -9)
-    def lock(self, rank: int = 0) -> None:
-        """Take this store's writer lock (rank > 0 of a torchrun job: a lock of its own)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = "lock" if rank == 0 else f"lock-r{rank}"
-        fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(
-                    f"Another process is writing {self.store_path} (lock {self.dir / name} is "
-                    "held); wait for it to finish or stop it first.") from None
-            raise
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def manifest(self) -> dict[str, Any] | None:
-        p = self.dir / "manifest.json"
-        if not p.is_file():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def write_manifest(self, config: Mapping[str, Any]) -> None:
-        atomic_write_text(self.dir / "manifest.json", json.dumps(dict(config)))
-
-    def write_part(self, part: Part) -> Path:
-        arrays: dict[str, np.ndarray] = {
-            "seq": np.asarray(part.seq, np.int64),
-            "paths": np.asarray(part.paths, dtype=np.str_),
-            "labels": np.asarray(part.labels, dtype=np.str_),
-            "fail_paths": np.asarray(part.fail_paths, dtype=np.str_),
-            "fail_reasons": np.asarray(part.fail_reasons, dtype=np.str_),
-        }
-        for k, v in part.codes.items():
-            arrays[f"codes__{k}"] = v
-        final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
-        with atomic_path(final, tmp=final.with_suffix(".npz.tmp")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        return final
-
-    def read_parts(self, files: Sequence[Path] | None = None, *, codes: bool = True
-                   ) -> Iterator[Part]:
-        """Parts (of ``files``, default all) in commit order; unreadable ones (should not happen)
-        are logged, removed and skipped. ``codes=False`` reads only paths, labels and failures
-        (``.codes`` then maps each layer to its dim, or is empty for a part without rows)."""
-        for p in self.part_files() if files is None else files:
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    names = [k for k in z.files if k.startswith("codes__")]
-                    if codes:
-                        arrays = {k[len("codes__"):]: z[k] for k in names}
-                    else:  # the shapes from the .npy headers, without reading the data
-                        arrays = {k[len("codes__"):]: _npz_member_shape(z, k) for k in names}
-                    codes_out = arrays
-                    yield Part(int(z["seq"]), z["paths"], z["labels"], codes_out, z["fail_paths"],
-                               z["fail_reasons"])
-            except Exception as e:  # noqa: BLE001
-                log.warning("ignoring unreadable journal part %s (%s); its images will be redone",
-                            p, e)
-                with contextlib.suppress(OSError):
-                    p.unlink()
-
-    def done_paths(self) -> tuple[set[str], set[str]]:
-        """Paths with codes and paths recorded as failed, across all parts."""
-        ok: set[str] = set()
-        failed: set[str] = set()
-        for part in self.read_parts(codes=False):
-            ok.update(part.paths.tolist())
-            failed.update(part.fail_paths.tolist())
-        return ok, failed
-
-    def clear(self) -> None:
-        """Delete the journal folder (after a successful fold, or for --overwrite)."""
-        if not self.dir.is_dir():
-            return
-        for p in self.dir.iterdir():
-            with contextlib.suppress(OSError):
-                p.unlink()
-        with contextlib.suppress(OSError):
-            self.dir.rmdir()
+    Raises:
+        StoreMismatchError: naming every differing field, the file's value and the requested one.
+    """
+    path = Path(path)
+    fix = fix or (f"Use another output file, or --overwrite (overwrite=True) to discard {path} "
+                  "and extract again.")
+    lead = f"{what}: " if what else ""
+    if path.is_file():
+        store = FeatureStore(path)
+        prov = store.provenance
+        diff = config_diff(prov, config, fields)
+        if layer is not None:
+            diff += _layer_diff(store, layer, config)
+        if diff:
+            raise StoreMismatchError(f"{lead}{path} was extracted with a different configuration "
+                                     "(" + "; ".join(diff) + "). " + fix)
+    if journal:
+        j = Journal(path)
+        manifest = j.manifest()
+        if manifest is not None and j.part_files():
+            diff = config_diff(manifest, config, fields)
+            if diff:
+                raise StoreMismatchError(f"{lead}An unfinished extraction into {path} used a "
+                                         "different configuration (" + "; ".join(diff) + "). "
+                                         "Rerun it with its own options to finish it, or: " + fix)
 
 
-def _npz_member_shape(z: Any, key: str) -> tuple[int, ...]:
-    """Shape of one array of an open ``.npz`` from its ``.npy`` header (the data is not read)."""
-    fmt = np.lib.format
-    try:
-        with z.zip.open(f"{key}.npy") as f:
-            version = fmt.read_magic(f)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, _ = read(f)
-        return tuple(shape)
-    except Exception:  # noqa: BLE001 - an unusual header: read the array instead
-        return tuple(z[key].shape)
+def _layer_diff(store: FeatureStore, layer: str, config: Mapping[str, Any]) -> list[str]:
+    """The layer is in the store and pooled the same way (its per-layer attrs)."""
+    layers = store.layers
+    if layer not in layers:
+        return [f"layers: file has {layers}, requested {layer}"]
+    want = ((config.get("layer_info") or {}).get(layer) or {}).get("pooling")
+    with store._open() as f:
+        have = _attrs_to_dict(f["codes"][layer].attrs).get("pooling")
+    if want is not None and have is not None and have != want:
+        return [f"pooling of {layer}: file has {have}, requested {want}"]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
 # Folding the journal into the HDF5 file
 
 
-def read_existing(path: Path) -> dict[str, Any] | None:
-    """Provenance, paths and failures of an existing store, or None."""
-    if not path.is_file():
-        return None
-    st = FeatureStore(path)
-    return {"provenance": st.provenance, "paths": st.paths, "failures": st.failures}
+class _DamagedPart(Exception):
+    """A part became unreadable between the fold's two passes (it is quarantined; fold again)."""
+
+
+@dataclass
+class _Plan:
+    """What the fold's first pass found: the new file's size, classes, dims and failures."""
+
+    old: FeatureStore | None
+    old_paths: list[str]
+    classes: list[str]
+    dims: dict[str, int]
+    fail: dict[str, str]
+    new_rows: int
+
+    @property
+    def total(self) -> int:
+        return len(self.old_paths) + self.new_rows
 
 
 def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
@@ -407,104 +339,23 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     ``keep_journal=True`` (a commit point in the middle of a run, with a writer still adding parts)
     removes only the parts that were folded, leaving the lock, manifest and newer parts alone.
     A path that has a row is never also listed as a failure (a retried file that now decoded).
+    A damaged part is quarantined (:meth:`Journal.quarantine`) and left out: its images are not in
+    the new store, so the next run extracts them again.
 
     Returns counts: ``rows`` (total), ``new`` (rows added), ``failures`` (total).
     """
-    files = journal.part_files()
     store_path = Path(store_path)
-    old = FeatureStore(store_path) if store_path.is_file() else None
-    old_paths = list(old.paths) if old is not None else []
-    old_set = set(old_paths)
-    old_classes = old.classes if old is not None else []
-    old_prov = old.provenance if old is not None else {}
-    layers = list(provenance["layers"])
-    dtype = np.dtype(provenance.get("dtype", "float32"))
-
-    # pass 1 over the journal, without the codes: counts, class names, dims, failures
-    new_rows = 0
-    names: set[str] = set(old_classes)
-    dims: dict[str, int] = {}
-    fail: dict[str, str] = {}
-    if old is not None:
-        fail.update(dict(old.failures))
-        dims = old.dims
-    for part in journal.read_parts(files, codes=False):
-        keep = np.array([p not in old_set for p in part.paths.tolist()], bool)
-        new_rows += int(keep.sum())
-        names.update(x for x in part.labels.tolist() if x)
-        for k, shape in part.codes.items():
-            if shape[0]:
-                dims.setdefault(k, int(shape[1]))
-        fail.update(zip(part.fail_paths.tolist(), part.fail_reasons.tolist(), strict=True))
-    classes = sorted(names)
-    cls_index = {c: i for i, c in enumerate(classes)}
-    n_old = len(old_paths)
-    total = n_old + new_rows
-    for layer in layers:
-        dims.setdefault(layer, 0)
-
-    with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
-            h5py.File(tmp, "w") as f:
-        g = f.create_group("codes")
-        for layer in layers:
-            d = dims[layer]
-            chunk_rows = max(1, min(max(total, 1), (1 << 20) // max(d * dtype.itemsize, 1)))
-            ds = g.create_dataset(
-                layer, shape=(total, d), maxshape=(None, d), dtype=dtype,
-                chunks=(chunk_rows, max(d, 1)) if d else None,
-                compression=compression if compression not in (None, "none") else None)
-            for k, v in (provenance.get("layer_info", {}).get(layer) or {}).items():
-                ds.attrs[k] = v
-        paths_ds = f.create_dataset("paths", shape=(total,), maxshape=(None,), dtype=STR)
-        labels_ds = f.create_dataset("labels", shape=(total,), maxshape=(None,), dtype=np.int64)
-        f.create_dataset("classes", data=np.array(classes, dtype=object), dtype=STR)
-
-        # copy the old rows block by block, remapping labels to the new class list
-        if old is not None:
-            remap = np.array([cls_index[c] for c in old_classes] + [-1], np.int64)
-            with old._open() as src:
-                for s in range(0, n_old, copy_block):
-                    e = min(n_old, s + copy_block)
-                    for layer in layers:
-                        g[layer][s:e] = src["codes"][layer][s:e]
-                    paths_ds[s:e] = src["paths"][s:e]
-                    lab = src["labels"][s:e]
-                    labels_ds[s:e] = remap[lab]  # -1 indexes the trailing -1
-        # append the journal's rows in commit order
-        row = n_old
-        seen = set(old_set)
-        for part in journal.read_parts(files):
-            keep = np.array([p not in seen for p in part.paths.tolist()], bool)
-            if not keep.any():
-                continue
-            n = int(keep.sum())
-            for layer in layers:
-                g[layer][row:row + n] = part.codes[layer][keep].astype(dtype, copy=False)
-            kept_paths = part.paths[keep].tolist()
-            paths_ds[row:row + n] = np.array(kept_paths, dtype=object)
-            labels_ds[row:row + n] = np.array(
-                [cls_index[x] if x else -1 for x in part.labels[keep].tolist()], np.int64)
-            seen.update(kept_paths)
-            row += n
-        assert row == total, (row, total)
-
-        fg = f.create_group("failures")
-        fp = sorted(p for p in fail if p not in seen)
-        fg.create_dataset("paths", data=np.array(fp, dtype=object), dtype=STR)
-        fg.create_dataset("reasons", data=np.array([fail[p] for p in fp], dtype=object), dtype=STR)
-
-        prov = dict(provenance)
-        prov.pop("layer_info", None)
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        prov["created"] = old_prov.get("created", now)
-        prov["updated"] = now
-        runs = list(old_prov.get("runs", []))
-        if run_record is not None:
-            runs.append(dict(run_record))
-        prov["runs"] = runs
-        prov["format_version"] = FORMAT_VERSION
-        _write_attrs(f.attrs, prov)
-        f.flush()
+    files = journal.part_files()
+    for _attempt in range(3):
+        try:
+            counts = _build(store_path, journal, files, provenance, compression=compression,
+                            run_record=run_record, copy_block=copy_block)
+            break
+        except _DamagedPart:  # the temporary file is gone; fold the intact parts again
+            files = [p for p in files if p.exists()]
+    else:
+        raise RuntimeError(f"Journal parts of {store_path} keep getting damaged while folding; "
+                           "check the disk, then rerun the extract command.")
     fsync_dir(store_path.parent)
     if keep_journal:
         for p in files:
@@ -512,7 +363,135 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
                 p.unlink()
     else:
         journal.clear()
-    return {"rows": total, "new": new_rows, "failures": len(fp)}
+    return counts
+
+
+def _scan(store_path: Path, journal: Journal, files: Sequence[Path],
+          layers: Sequence[str]) -> _Plan:
+    """Pass 1, without reading codes: counts, class names, dims and failures."""
+    old = FeatureStore(store_path) if store_path.is_file() else None
+    old_paths = list(old.paths) if old is not None else []
+    names: set[str] = set(old.classes if old is not None else [])
+    dims: dict[str, int] = old.dims if old is not None else {}
+    fail: dict[str, str] = dict(old.failures) if old is not None else {}
+    new_rows = 0
+    seen = set(old_paths)
+    for part in journal.read_parts(files, codes=False, layers=layers):
+        fresh = [p for p in part.paths.tolist() if p not in seen]
+        new_rows += len(fresh)
+        seen.update(fresh)
+        names.update(x for x in part.labels.tolist() if x)
+        for k, shape in part.codes.items():
+            if shape[0]:
+                dims.setdefault(k, int(shape[1]))
+        fail.update(zip(part.fail_paths.tolist(), part.fail_reasons.tolist(), strict=True))
+    for layer in layers:
+        dims.setdefault(layer, 0)
+    return _Plan(old, old_paths, sorted(names), dims, fail, new_rows)
+
+
+def _build(store_path: Path, journal: Journal, files: Sequence[Path],
+           provenance: Mapping[str, Any], *, compression: str | None,
+           run_record: Mapping[str, Any] | None, copy_block: int) -> dict[str, int]:
+    """One fold attempt: pass 1 (:func:`_scan`), then the new file under a temporary name."""
+    layers = list(provenance["layers"])
+    dtype = np.dtype(provenance.get("dtype", "float32"))
+    plan = _scan(store_path, journal, files, layers)
+    files = [p for p in files if p.exists()]  # without the parts pass 1 set aside
+    n_bad = len(journal.bad_parts)
+    cls_index = {c: i for i, c in enumerate(plan.classes)}
+    with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
+            h5py.File(tmp, "w") as f:
+        _create_datasets(f, layers, plan, dtype, compression,
+                         provenance.get("layer_info") or {})
+        if plan.old is not None:
+            _copy_old_rows(f, plan, cls_index, layers, copy_block)
+        seen = _append_parts(f, journal, files, plan, cls_index, layers, dtype)
+        if len(journal.bad_parts) != n_bad:
+            raise _DamagedPart
+        fg = f.create_group("failures")
+        fp = sorted(p for p in plan.fail if p not in seen)
+        fg.create_dataset("paths", data=np.array(fp, dtype=object), dtype=STR)
+        fg.create_dataset("reasons", data=np.array([plan.fail[p] for p in fp], dtype=object),
+                          dtype=STR)
+        old_prov = plan.old.provenance if plan.old is not None else {}
+        _write_attrs(f.attrs, _new_provenance(provenance, old_prov, run_record))
+        f.flush()
+    return {"rows": plan.total, "new": plan.new_rows, "failures": len(fp)}
+
+
+def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np.dtype,
+                     compression: str | None, layer_info: Mapping[str, Any]) -> None:
+    total = plan.total
+    g = f.create_group("codes")
+    for layer in layers:
+        d = plan.dims[layer]
+        chunk_rows = max(1, min(max(total, 1), (1 << 20) // max(d * dtype.itemsize, 1)))
+        ds = g.create_dataset(
+            layer, shape=(total, d), maxshape=(None, d), dtype=dtype,
+            chunks=(chunk_rows, max(d, 1)) if d else None,
+            compression=compression if compression not in (None, "none") else None)
+        for k, v in (layer_info.get(layer) or {}).items():
+            ds.attrs[k] = v
+    f.create_dataset("paths", shape=(total,), maxshape=(None,), dtype=STR)
+    f.create_dataset("labels", shape=(total,), maxshape=(None,), dtype=np.int64)
+    f.create_dataset("classes", data=np.array(plan.classes, dtype=object), dtype=STR)
+
+
+def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
+                   layers: Sequence[str], copy_block: int) -> None:
+    """Copy the old rows block by block, remapping labels to the new class list."""
+    assert plan.old is not None
+    n_old = len(plan.old_paths)
+    remap = np.array([cls_index[c] for c in plan.old.classes] + [-1], np.int64)
+    with plan.old._open() as src:
+        for s in range(0, n_old, copy_block):
+            e = min(n_old, s + copy_block)
+            for layer in layers:
+                f["codes"][layer][s:e] = src["codes"][layer][s:e]
+            f["paths"][s:e] = src["paths"][s:e]
+            f["labels"][s:e] = remap[src["labels"][s:e]]  # -1 indexes the trailing -1
+
+
+def _append_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _Plan,
+                  cls_index: Mapping[str, int], layers: Sequence[str],
+                  dtype: np.dtype) -> set[str]:
+    """Pass 2: the journal's rows in commit order after the old ones; returns every row's path."""
+    row = len(plan.old_paths)
+    seen = set(plan.old_paths)
+    for part in journal.read_parts(files, layers=layers):
+        keep = np.array([p not in seen for p in part.paths.tolist()], bool)
+        if not keep.any():
+            continue
+        n = int(keep.sum())
+        if row + n > plan.total:  # a part changed since pass 1
+            raise _DamagedPart
+        for layer in layers:
+            f["codes"][layer][row:row + n] = part.codes[layer][keep].astype(dtype, copy=False)
+        kept_paths = part.paths[keep].tolist()
+        f["paths"][row:row + n] = np.array(kept_paths, dtype=object)
+        f["labels"][row:row + n] = np.array(
+            [cls_index[x] if x else -1 for x in part.labels[keep].tolist()], np.int64)
+        seen.update(kept_paths)
+        row += n
+    if row != plan.total:
+        raise _DamagedPart
+    return seen
+
+
+def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
+                    run_record: Mapping[str, Any] | None) -> dict[str, Any]:
+    prov = dict(provenance)
+    prov.pop("layer_info", None)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    prov["created"] = old_prov.get("created", now)
+    prov["updated"] = now
+    runs = list(old_prov.get("runs", []))
+    if run_record is not None:
+        runs.append(dict(run_record))
+    prov["runs"] = runs
+    prov["format_version"] = FORMAT_VERSION
+    return prov
 
 
 def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any]) -> bool:

@@ -84,15 +84,10 @@ from ..backbones.factory import build_model
 from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, load_weights, resolve_weights, weights_sha256
 from ..errors import DecodeError, FinetuneDivergedError
-from ..sources.data import (
-    DEFAULT_MAX_PIXELS,
-    ImageSource,
-    collate,
-    load_rgb,
-    normalize_batch,
-    open_source,
-    preprocess_pil,
-)
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.folders import ImageSource, open_source
+from ..sources.loader import collate, normalize_batch, preprocess_pil
+from ..sources.images import load_rgb
 from ..sources.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)

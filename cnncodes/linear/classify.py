@@ -109,7 +109,8 @@ from .._version import __version__
 from ..atomic import atomic_path
 from ..codes.store import FeatureStore, canonical
 from ..errors import ModelMismatchError, StoreMismatchError
-from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.folders import ImageSource
 from .array_api_env import ENABLE_HINT
 
 log = logging.getLogger(__name__)
@@ -1178,7 +1179,7 @@ def _predict_finetuned(model: str | os.PathLike,
                        progress: bool) -> Predictions:
     """:func:`predict` for a fine-tuned ``model.pt``: its own network and preprocessing."""
     from ..finetuning.finetune import predict_images
-    from ..sources.data import open_source
+    from ..sources.folders import open_source
 
     if _is_store_source(source):
         raise ValueError(f"{os.fspath(model)} is a fine-tuned network: it predicts from images, "
@@ -1222,7 +1223,7 @@ def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool
     from PIL import Image
 
     from ..errors import DecodeError
-    from ..sources.data import load_rgb
+    from ..sources.images import load_rgb
 
     if int(size) < 2:
         raise ValueError(f"Raw-pixel size must be >= 2; got {size}.")
@@ -1391,7 +1392,7 @@ def holdout_sources(source: str | os.PathLike | ImageSource, *, holdout: float =
     any extraction: the two agree whenever every image decodes; with broken files a broken file
     may fall in either part (it has no codes and is left out there).
     """
-    from ..sources.data import open_source
+    from ..sources.folders import open_source
 
     src = open_source(source)
     labelled = np.flatnonzero(src.labels >= 0)
@@ -1704,8 +1705,8 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
     from ..backbones.registry import get_spec
-    from ..report.core import build_report, write_report
-    from ..sources.data import open_source
+    from ..report.files import build_report, write_report
+    from ..sources.folders import open_source
 
     t0 = time.perf_counter()
     if report is None and cache is None:

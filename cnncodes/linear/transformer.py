@@ -32,7 +32,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.folders import ImageSource
 
 log = logging.getLogger(__name__)
 

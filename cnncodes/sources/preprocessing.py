@@ -1,13 +1,35 @@
-"""How an image becomes an input tensor: the :class:`Preprocessing` record (resize, crop, normalise).
+"""How an image becomes an input tensor: the :class:`Preprocessing` record (resize, crop, normalise)
+and the one table of interpolation names (:data:`INTERPOLATIONS`, :func:`interpolation_mode`).
 
 It lives with the image sources because decoding and batching apply it; the backbones' weights only
-say which one they were trained with.
+say which one they were trained with. Nothing here imports torch or torchvision at import time.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..errors import OptionError
+
+#: Interpolation names a :class:`Preprocessing` may carry (torchvision ``InterpolationMode`` values).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact", "lanczos", "box", "hamming")
+#: Interpolations the tensor decoding path reproduces; any other sends every file to PIL.
+TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def interpolation_mode(name: str) -> Any:
+    """The ``torchvision.transforms.InterpolationMode`` of an interpolation name.
+
+    Raises:
+        OptionError: ``name`` is not one of :data:`INTERPOLATIONS`.
+    """
+    if name not in INTERPOLATIONS:
+        raise OptionError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}. "
+                          f"Got {name!r} instead.")
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
 
 
 @dataclass(frozen=True)

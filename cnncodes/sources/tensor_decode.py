@@ -1,10 +1,10 @@
 """Batched JPEG decoding + preprocessing on the CPU or the GPU, matching the PIL path.
 
-The PIL path (:func:`cnncodes.data.load_rgb` + :func:`cnncodes.data.preprocess_pil`) decodes and
+The PIL path (:func:`cnncodes.sources.images.load_rgb` + :func:`cnncodes.sources.loader.preprocess_pil`) decodes and
 resizes one image at a time in DataLoader workers. This module is the fast path for JPEG files:
 
 * **workers only read bytes** (:class:`BytesDataset`). Each file's header is parsed in the worker
-  (:func:`parse_jpeg_header`: size, colour components, coding process, EXIF orientation, end
+  (:func:`cnncodes.sources.jpeg.parse_jpeg_header`: size, colour components, coding process, EXIF orientation, end
   marker), with no pixel decoding. A plain 8-bit baseline/progressive JPEG with 1 (grey) or 3
   (YCbCr) components, a readable orientation and an end marker stays as bytes. Everything else
   (PNG, GIF, ..., CMYK/YCCK or RGB-coded JPEGs, 12-bit or arithmetic-coded JPEGs, truncated files,
@@ -17,10 +17,10 @@ resizes one image at a time in DataLoader workers. This module is the fast path 
   ``ImageOps.exif_transpose`` does it, the weights' resize of the shorter side with antialiasing,
   centre crop. On the CPU torch's uint8 antialiased kernel (a port of Pillow-SIMD) is used; on other
   devices a float two-pass resize that rounds and clips between the horizontal and the vertical
-  pass, as Pillow does. Both agree with PIL to 1-2 grey levels (see ``tests/test_decode.py``).
+  pass, as Pillow does. Both agree with PIL to 1-2 grey levels (see ``tests/sources/test_decode.py``).
 
 On the CPU, :class:`DecodingCollate` runs :func:`decode_batch` inside the DataLoader workers (a
-drop-in for :func:`cnncodes.data.collate`); on CUDA the workers return :class:`RawBatch` objects and
+drop-in for :func:`cnncodes.sources.loader.collate`); on CUDA the workers return :class:`RawBatch` objects and
 the extraction loop calls :func:`decode_batch` with ``device="cuda"``. Rows and failures keep the
 order of the items, so codes can never be attached to the wrong file.
 
@@ -33,29 +33,31 @@ measured with nvJPEG itself), the lowest cosine was 0.992 for images smaller tha
 0.9986 between 1x and 1.25x the resize, 0.9993 from 1.25x and 0.9996 from 1.5x on.
 So when decoding on the GPU, subsampled JPEGs whose shorter side is under ``gpu_min_scale`` x the
 resize (1.25 by default: 320 px for resize 256) are decoded by libjpeg in the worker instead; they
-are small and cheap to decode.
-"""
+are small and cheap to decode."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import struct
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DecodeError
-from .data import DEFAULT_MAX_PIXELS, Batch, ImageSource, load_rgb, preprocess_pil
-from .preprocessing import Preprocessing
+from ..options import DEFAULT_MAX_PIXELS
+from .folders import ImageSource
+from .images import load_rgb
+from .jpeg import fallback_reason, parse_jpeg_header, sniff
+from .loader import Batch, preprocess_pil
+from .preprocessing import TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode
 
 log = logging.getLogger(__name__)
+
 
 try:  # deprecated in torchvision 0.29 in favour of TorchCodec; without it every file uses PIL
     from torchvision.io import ImageReadMode
@@ -64,222 +66,21 @@ except ImportError:  # pragma: no cover - depends on the installed torchvision
     _decode_jpeg = None
     ImageReadMode = None
 
-#: Interpolations the tensor path reproduces; any other sends every file to PIL.
-TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
+
 #: Route of files left to the batch decoder (:func:`decode_batch`).
 TENSOR = "tensor"
+
+
 #: Route of small chroma-subsampled JPEGs decoded with libjpeg in the worker (GPU decoding only).
 CPU_SMALL = "cpu: small subsampled JPEG"
+
+
 #: Other routes are ``"pil: <why>"``. Default of ``gpu_min_scale`` (see the module docstring).
 GPU_MIN_SCALE = 1.25
 
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_FAST_SOF = {0xC0: "baseline", 0xC2: "progressive"}  # 8-bit Huffman, what nvJPEG handles
-_STANDALONE = {0x01} | set(range(0xD0, 0xD8))
-_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-          (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+
 # max bytes of float32 working memory per resize call on the float path (bounds GPU memory)
 _FLOAT_CHUNK_BYTES = 512 * 2**20
-
-
-# --------------------------------------------------------------------------------------------
-# Header sniffing (cheap, no pixel decoding)
-
-
-def sniff(data: bytes | memoryview) -> str:
-    """The format of an encoded image from its first bytes: ``jpeg``, ``png``, ``gif``, ``webp``,
-    ``bmp``, ``tiff`` or ``unknown`` (``empty`` for no bytes)."""
-    head = bytes(data[:12])
-    if not head:
-        return "empty"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    return "unknown"
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What :func:`parse_jpeg_header` read from a JPEG's markers (before the first scan).
-
-    Attributes:
-        width, height: frame size in pixels as stored (before EXIF orientation).
-        components: colour components (1 grey, 3 YCbCr or RGB, 4 CMYK/YCCK).
-        precision: bits per sample.
-        sof: the start-of-frame marker byte (0xC0 baseline, 0xC2 progressive, ...).
-        orientation: EXIF orientation 1-8 (1 when absent or when PIL would ignore the value).
-        exif_error: why the EXIF orientation could not be read ('' when it could).
-        exif_segments: number of EXIF APP1 segments (PIL concatenates several).
-        xmp_orientation: an XMP packet carries ``tiff:Orientation`` (PIL may use it).
-        rgb_coded: 3 components stored as RGB rather than YCbCr (Adobe transform 0 or ids R,G,B).
-        subsampled: colour components at lower resolution than the first (4:2:0, 4:2:2, ...).
-        complete: an end-of-image marker follows the first scan (not a truncated file).
-    """
-
-    width: int
-    height: int
-    components: int
-    precision: int
-    sof: int
-    orientation: int = 1
-    exif_error: str = ""
-    exif_segments: int = 0
-    xmp_orientation: bool = False
-    rgb_coded: bool = False
-    subsampled: bool = False
-    complete: bool = False
-
-    @property
-    def coding(self) -> str:
-        return _FAST_SOF.get(self.sof, f"SOF{self.sof - 0xC0}")
-
-
-def _exif_orientation(tiff: bytes) -> int:
-    """Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block, 1 if absent.
-
-    Raises:
-        ValueError: malformed block or an orientation entry PIL would read differently.
-    """
-    if tiff[:2] == b"II":
-        e = "<"
-    elif tiff[:2] == b"MM":
-        e = ">"
-    else:
-        raise ValueError("bad TIFF byte order")
-    if len(tiff) < 8 or struct.unpack(e + "H", tiff[2:4])[0] != 42:
-        raise ValueError("bad TIFF header")
-    ifd = struct.unpack(e + "I", tiff[4:8])[0]
-    if ifd + 2 > len(tiff):
-        raise ValueError("IFD0 outside the EXIF block")
-    (n,) = struct.unpack(e + "H", tiff[ifd:ifd + 2])
-    if ifd + 2 + 12 * n > len(tiff):
-        raise ValueError("IFD0 entries outside the EXIF block")
-    for k in range(n):
-        off = ifd + 2 + 12 * k
-        tag, typ, count = struct.unpack(e + "HHI", tiff[off:off + 8])
-        if tag != 0x0112:
-            continue
-        if count != 1 or typ not in (3, 4):  # SHORT or LONG, one value
-            raise ValueError(f"orientation entry of type {typ} x {count}")
-        value = struct.unpack(e + ("H" if typ == 3 else "I"), tiff[off + 8:off + (10 if typ == 3
-                                                                                   else 12)])[0]
-        return value if 1 <= value <= 8 else 1  # PIL's exif_transpose ignores other values
-    return 1
-
-
-def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader:
-    """Read a JPEG's frame header and orientation without decoding pixels.
-
-    Raises:
-        ValueError: not a JPEG, or its markers are malformed before the first scan.
-    """
-    buf = memoryview(data)
-    n = len(buf)
-    if bytes(buf[:3]) != b"\xff\xd8\xff":
-        raise ValueError("no JPEG start-of-image marker")
-    pos = 2
-    sof: tuple[int, bytes] | None = None
-    exif: list[bytes] = []
-    xmp_orientation = False
-    adobe_transform: int | None = None
-    sos = -1
-    while pos + 4 <= n:
-        if buf[pos] != 0xFF:
-            raise ValueError(f"garbage between markers at byte {pos}")
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if marker == 0xD9:
-            raise ValueError("end-of-image marker before any scan")
-        (length,) = struct.unpack(">H", buf[pos + 2:pos + 4])
-        if length < 2 or pos + 2 + length > n:
-            raise ValueError(f"marker 0x{marker:02X} at byte {pos} runs past the end of the file")
-        seg = buf[pos + 4:pos + 2 + length]
-        if marker == 0xDA:
-            sos = pos
-            break
-        if marker in _SOF_MARKERS:
-            if sof is None:
-                sof = (marker, bytes(seg))
-        elif marker == 0xE1:
-            if bytes(seg[:6]) == b"Exif\x00\x00":
-                exif.append(bytes(seg[6:]))
-            elif bytes(seg[:len(_XMP)]) == _XMP and b"tiff:Orientation" in bytes(seg):
-                xmp_orientation = True
-        elif marker == 0xEE and bytes(seg[:5]) == b"Adobe" and len(seg) >= 12:
-            adobe_transform = seg[11]
-        pos += 2 + length
-    if sof is None:
-        raise ValueError("no frame header (SOF) before the first scan")
-    if sos < 0:
-        raise ValueError("no scan: the file ends inside its header")
-    marker, seg = sof
-    if len(seg) < 6:
-        raise ValueError("short frame header")
-    precision, height, width, components = seg[0], *struct.unpack(">HH", seg[1:5]), seg[5]
-    if len(seg) < 6 + 3 * components:
-        raise ValueError("short frame header")
-    ids = tuple(seg[6 + 3 * k] for k in range(components))
-    sampling = {seg[7 + 3 * k] for k in range(components)}  # (H << 4) | V per component
-    rgb_coded = components == 3 and (adobe_transform == 0 or ids == (82, 71, 66))
-    orientation, exif_error = 1, ""
-    if exif:
-        try:
-            orientation = _exif_orientation(exif[0])
-        except (ValueError, struct.error) as e:
-            exif_error = str(e) or type(e).__name__
-    # an end-of-image marker cannot occur inside entropy-coded data (0xFF is always stuffed there)
-    raw = data if isinstance(data, bytes) else bytes(data)
-    complete = raw.rfind(b"\xff\xd9", sos) > sos
-    return JpegHeader(width=width, height=height, components=components, precision=precision,
-                      sof=marker, orientation=orientation, exif_error=exif_error,
-                      exif_segments=len(exif), xmp_orientation=xmp_orientation,
-                      rgb_coded=rgb_coded, subsampled=len(sampling) > 1, complete=complete)
-
-
-def _pixel_limit(max_pixels: int | None) -> int | None:
-    """The pixel count above which the PIL path refuses (or judges) an image."""
-    if max_pixels:
-        return int(max_pixels)
-    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
-
-
-def fallback_reason(header: JpegHeader, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                    ) -> str | None:
-    """Why this JPEG must go through the PIL path, or None if the tensor decoder takes it."""
-    if header.sof not in _FAST_SOF or header.precision != 8:
-        return f"{header.coding} {header.precision}-bit JPEG"
-    if header.components not in (1, 3):
-        return f"{header.components}-component JPEG (CMYK/YCCK)"
-    if header.rgb_coded:
-        return "RGB-coded JPEG"
-    if header.width < 1 or header.height < 1:
-        return "no size in the frame header"
-    limit = _pixel_limit(max_pixels)
-    if limit and header.width * header.height > limit:
-        return "over the pixel limit"
-    if not header.complete:
-        return "no end-of-image marker (truncated?)"
-    if header.exif_error:
-        return f"unreadable EXIF ({header.exif_error})"
-    if header.exif_segments > 1:
-        return "several EXIF segments"
-    if header.xmp_orientation and header.exif_segments == 0:
-        return "XMP orientation"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Pixel operations (pure tensor code, any device)
 
 
 def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -316,10 +117,10 @@ def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 def _resize_uint8(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """torch's native uint8 antialiased kernel (CPU; ported from Pillow-SIMD)."""
-    from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F2
 
-    return F2.resize(x, list(size), interpolation=InterpolationMode(interpolation), antialias=True)
+    return F2.resize(x, list(size), interpolation=interpolation_mode(interpolation),
+                     antialias=True)
 
 
 def _resize_float_two_pass(x: torch.Tensor, size: tuple[int, int], interpolation: str
@@ -378,10 +179,6 @@ def resize_crop(images: Sequence[torch.Tensor], pp: Preprocessing, *,
             y = _resize_float_two_pass(x, size, pp.interpolation)
             out[torch.tensor(chunk, device=device)] = _center_crop(y, pp.crop)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Dataset items and batches
 
 
 @dataclass
@@ -496,7 +293,7 @@ def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preproce
 
 def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
               route: str) -> RawItem:
-    """The robust PIL path, exactly as :class:`cnncodes.data.ImageDataset` runs it."""
+    """The robust PIL path, exactly as :class:`cnncodes.sources.loader.ImageDataset` runs it."""
     try:
         img = load_rgb(path, max_pixels=max_pixels)
         return RawItem(index, path, route, image=preprocess_pil(img, pp))
@@ -508,7 +305,7 @@ def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
 
 
 class BytesDataset(Dataset):
-    """Items :class:`RawItem` for an :class:`~cnncodes.data.ImageSource`: JPEG bytes for the batch
+    """Items :class:`RawItem` for an :class:`~cnncodes.sources.folders.ImageSource`: JPEG bytes for the batch
     decoder, or finished images for files it should not take (PIL path; on the GPU also small
     chroma-subsampled JPEGs, decoded with libjpeg here). Load with :func:`make_bytes_loader`.
 
@@ -568,10 +365,6 @@ def collate_raw(items: Sequence[RawItem]) -> RawBatch:
         routes={it.index: it.route for it in items})
 
 
-# --------------------------------------------------------------------------------------------
-# Decoding
-
-
 def _decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every call
@@ -621,7 +414,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
         resize_method: see :func:`resize_crop`.
 
     Returns:
-        :class:`cnncodes.data.Batch`: ``images`` uint8 ``(N_ok, 3, crop, crop)`` on ``device``,
+        :class:`cnncodes.sources.loader.Batch`: ``images`` uint8 ``(N_ok, 3, crop, crop)`` on ``device``,
         ``indices`` the items' indices in input order minus the failures, ``failures``
         ``(index, reason)`` in input order. A JPEG the tensor decoder rejects is retried with PIL
         (decoded there, or failed with PIL's reason).
@@ -670,7 +463,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
 
 class DecodingCollate:
     """``collate_fn`` that decodes in the DataLoader worker (CPU): :class:`RawItem` list ->
-    :class:`cnncodes.data.Batch`, a drop-in for :func:`cnncodes.data.collate`."""
+    :class:`cnncodes.sources.loader.Batch`, a drop-in for :func:`cnncodes.sources.loader.collate`."""
 
     def __init__(self, preprocessing: Preprocessing, *, device: str = "cpu",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
@@ -687,7 +480,7 @@ def make_bytes_loader(dataset: BytesDataset, indices: Sequence[int], *, batch_si
                       num_workers: int, pin_memory: bool = False) -> DataLoader:
     """An ordered DataLoader over ``indices`` of ``dataset``.
 
-    If ``dataset.decode_device`` is the CPU it yields :class:`cnncodes.data.Batch` (decoded in the
+    If ``dataset.decode_device`` is the CPU it yields :class:`cnncodes.sources.loader.Batch` (decoded in the
     workers); otherwise :class:`RawBatch`, to pass to :func:`decode_batch` with that device.
     """
     sub = torch.utils.data.Subset(dataset, list(indices))

@@ -14,9 +14,9 @@ import torchvision
 
 from cnncodes import FeatureStore
 from cnncodes._distributed import shard_batches
-from cnncodes.codes.store import Journal
+from cnncodes.codes.journal import Journal
 
-from .conftest import kill_job_tree, write_tree
+from ..conftest import kill_job_tree, write_tree
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cnncodes.backbones import create_backbone, get_spec, layer_dims, list_backbones, resolve_layers
-from cnncodes.backbones.registry import POOLINGS
+from cnncodes.errors import OptionError
+from cnncodes.options import POOLINGS
 
 SIZE = 64
 
@@ -73,15 +74,18 @@ def test_vgg_fc_codes_are_after_relu():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(name="resnet5"), "Unknown backbone 'resnet5'.*resnet50"),
-    (dict(name="vgg16", layers="fc8"), "Unknown layer 'fc8' for vgg16; choose one of pool5, fc6, fc7"),
-    (dict(name="resnet18", pooling="mean"), "Unknown pooling 'mean'; choose one of avg, max"),
-    (dict(name="resnet18", weights="IMAGENET1K_V9"), "Unknown weights 'IMAGENET1K_V9'.*IMAGENET1K_V1"),
+    (dict(name="resnet5"), "backbone must be a registered name .*Got 'resnet5' instead. Did you mean resnet50"),
+    (dict(name="vgg16", layers="fc8"),
+     "layer must be one of vgg16's layers: pool5, fc6, fc7 .*Got 'fc8' instead"),
+    (dict(name="resnet18", pooling="mean"),
+     "pooling must be one of avg, max, avgmax, none. Got 'mean' instead"),
+    (dict(name="resnet18", weights="IMAGENET1K_V9"),
+     "weights must be one of DEFAULT, IMAGENET1K_V1.*Got 'IMAGENET1K_V9' instead"),
 ])
 def test_bad_names_are_explained(bad, match):
     kw = {"weights": "random", **bad}
     name = kw.pop("name")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(OptionError, match=match):
         create_backbone(name, **kw)
 
 

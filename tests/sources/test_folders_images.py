@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from cnncodes.errors import DecodeError
-from cnncodes.sources.data import ImageDataset, collate, load_rgb, open_source
+from cnncodes.sources.folders import open_source
+from cnncodes.sources.images import load_rgb
+from cnncodes.sources.loader import ImageDataset, collate
 from cnncodes.sources.preprocessing import IMAGENET
 
 

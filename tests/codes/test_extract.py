@@ -16,9 +16,9 @@ import torch
 
 from cnncodes import FeatureStore, StoreMismatchError, extract
 from cnncodes.codes.extraction import extract_arrays
-from cnncodes.codes.store import Journal
+from cnncodes.codes.journal import Journal
 
-from .conftest import write_tree
+from ..conftest import write_tree
 
 OPTS = dict(backbone="mobilenet_v2", weights="random", input_size=32, progress=False)
 
@@ -50,7 +50,7 @@ def test_extract_writes_codes_paths_labels_and_provenance(image_tree, tmp_path):
 
 
 def open_source_paths(root: Path) -> list[str]:
-    from cnncodes.sources.data import open_source
+    from cnncodes.sources.folders import open_source
     return open_source(root).paths
 
 

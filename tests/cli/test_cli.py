@@ -42,9 +42,9 @@ def test_extract_then_info(image_tree, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["extract", "{src}", "-o", "{out}", "--backbone", "resnet5"], "Unknown backbone 'resnet5'"),
+    (["extract", "{src}", "-o", "{out}", "--backbone", "resnet5"], "Got 'resnet5' instead"),
     (["extract", "{src}", "-o", "{out}", "--weights", "random", "--layers", "fc8"],
-     "Unknown layer 'fc8' for mobilenet_v2; choose one of stage2"),
+     "layer must be one of mobilenet_v2's layers: stage2, stage3"),
     (["extract", "{tmp}/missing", "-o", "{out}"], "does not exist"),
     (["info", "{tmp}/none.h5"], "No code store"),
 ])

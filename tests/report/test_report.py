@@ -17,14 +17,9 @@ from cnncodes.linear.classify import (
     score_predictions,
     stratified_holdout,
 )
-from cnncodes.report.core import (
-    build_report,
-    describe_compute,
-    format_table,
-    load_report,
-    plot_confusion,
-    write_report,
-)
+from cnncodes.report.files import build_report, load_report, write_report
+from cnncodes.report.plots import plot_confusion
+from cnncodes.report.text import describe_compute, format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

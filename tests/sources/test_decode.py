@@ -11,7 +11,10 @@ import torch
 from PIL import Image, ImageFile
 
 from cnncodes.errors import DecodeError
-from cnncodes.sources.data import ImageDataset, collate, load_rgb, open_source, preprocess_pil
+from cnncodes.sources.folders import open_source
+from cnncodes.sources.images import load_rgb
+from cnncodes.sources.jpeg import fallback_reason, parse_jpeg_header, sniff
+from cnncodes.sources.loader import ImageDataset, collate, preprocess_pil
 from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
 from cnncodes.sources.tensor_decode import (
     CPU_SMALL,
@@ -22,13 +25,10 @@ from cnncodes.sources.tensor_decode import (
     apply_orientation,
     collate_raw,
     decode_batch,
-    fallback_reason,
     gpu_min_side,
     make_bytes_loader,
-    parse_jpeg_header,
     read_item,
     resize_crop,
-    sniff,
 )
 
 BICUBIC = Preprocessing(232, 224, IMAGENET.mean, IMAGENET.std, "bicubic")  # resnet50 V2 style

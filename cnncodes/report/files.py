@@ -1,0 +1,97 @@
+"""Report files of trained classifiers: ``report.json`` (built by :func:`build_report`), the figures
+and ``per_class.csv``, all written atomically (:mod:`cnncodes.atomic`), and :func:`load_report`.
+
+``report.json`` holds the model summary (backbone, weights, layer, classes), the split, the
+model-selection record (CV score per C, chosen C, train time), the test metrics (accuracy,
+balanced accuracy, per-class precision/recall/F1, confusion matrix) and comparison rows (e.g. the
+raw-pixel baseline). ``selection["compute"]`` says where the grid search ran (NumPy, or
+scikit-learn's array API on a torch device) and why not on the GPU when it fell back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..atomic import atomic_write_csv, atomic_write_json, jsonable
+from .plots import plot_confusion, plot_cv_scores
+
+log = logging.getLogger(__name__)
+
+
+REPORT_FORMAT = "cnncodes-report"
+
+
+def build_report(*, model: Any, evaluation: Any = None,
+                 rows: Sequence[Mapping[str, Any]] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-serialisable report of a :class:`~cnncodes.classify.TrainedModel` and, optionally,
+    its :class:`~cnncodes.classify.Evaluation` and comparison ``rows``."""
+    p = model.provenance
+    rep: dict[str, Any] = {
+        "format": REPORT_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cnncodes": __version__,
+        "model": {"model": model.kind, "layer": model.layer, "backbone": p.get("backbone"),
+                  "weights": p.get("weights"), "weights_sha256": p.get("weights_sha256"),
+                  "pooling": p.get("pooling"), "input_size": p.get("input_size"),
+                  "preprocessing": p.get("preprocessing"), "classes": list(model.classes),
+                  "n_features": model.n_features, "train_store": model.store},
+        "split": dict(model.split),
+        "selection": dict(model.selection),
+    }
+    if evaluation is not None:
+        rep["test"] = evaluation.to_dict()
+    if rows:
+        rep["rows"] = [dict(r) for r in rows]
+    if extra:
+        rep.update({k: v for k, v in extra.items() if v is not None})
+    return jsonable(rep)
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
+                 evaluation: Any = None) -> dict[str, Path]:
+    """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part)
+    and ``per_class.csv`` into ``out_dir``; returns ``{name: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    rep = dict(report)
+    names = dict(rep.get("files") or {})
+    rows = rep.get("rows") or [{"name": f"{rep['model']['backbone']} {rep['model']['layer']} "
+                                        "codes", "selection": rep.get("selection")}]
+    if any(r.get("selection") for r in rows):
+        files["cv_plot"] = plot_cv_scores(rows, out / "cv_scores.png",
+                                          scoring=rep.get("selection", {}).get("scoring",
+                                                                               "accuracy"))
+    test = rep.get("test")
+    if test:
+        acc = test.get("accuracy", float("nan"))
+        files["confusion"] = plot_confusion(
+            test["confusion_matrix"], test["classes"], out / "confusion.png",
+            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy {acc:.3f} "
+                  f"(n={test.get('n')})")
+        files["per_class"] = out / "per_class.csv"
+        atomic_write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
+                         ([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                           f"{r['f1']:.4f}", r["support"]] for r in test["per_class"]))
+    names.update({k: v.name for k, v in files.items()})
+    names["json"] = "report.json"
+    rep["files"] = names
+    files["json"] = out / "report.json"
+    atomic_write_json(files["json"], rep)
+    log.info("report written to %s", out)
+    return files
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``report.json`` (a folder or the file)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    return json.loads(p.read_text(encoding="utf-8"))

@@ -1,0 +1,106 @@
+"""Text for the codes commands: the backbone catalogue (``cnncodes models``), a store's summary
+(``cnncodes info``, recorded advice included), an extraction's outcome and lists of failed files.
+
+Each function takes library data (dicts from :func:`cnncodes.backbones.describe_backbones`,
+:meth:`cnncodes.FeatureStore.info`, an :class:`~cnncodes.codes.extraction.ExtractResult`) and
+returns a string; the CLI only prints it. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: The models table's closing note (what the pooling of a map layer does, what [offline] means).
+MODELS_NOTE = ("map layers are pooled by --pooling (avg, max, avgmax: 2x dim, none: dim x H x W); "
+               "weights marked [offline] ship in a pip package, the others download on first use.")
+
+
+def format_models(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ``cnncodes models`` table: one line per backbone (default layer, weights, layers)."""
+    lines = [f"{'backbone':<19} {'default':<8} {'weights (auto)':<42} layers (name:dim; * = last)"]
+    for r in rows:
+        layers = " ".join(f"{k}:{v['dim']}{'*' if v['depth'] == 'last' else ''}"
+                          for k, v in r["layers"].items())
+        w = r["default_weights"] + (" [offline]" if r["offline"] else "")
+        lines.append(f"{r['backbone']:<19} {r['default_layer']:<8} {w:<42} {layers}")
+    lines += ["", MODELS_NOTE]
+    return "\n".join(lines)
+
+
+def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> str:
+    """``N files could not be read (where):`` and the first ``most`` of them with their reason."""
+    lines = [f"{len(failures)} files could not be read ({where}):"]
+    lines += [f"  {p}: {r}" for p, r in failures[:most]]
+    if len(failures) > most:
+        lines.append(f"  ... and {len(failures) - most} more")
+    return "\n".join(lines)
+
+
+def format_extract_result(res: Any) -> str:
+    """What ``cnncodes extract`` did: rows, new and skipped images, layers, speed, failures."""
+    dims = ", ".join(f"{k} ({d}-d)" for k, d in res.layers.items())
+    lines = [f"{res.path}: {res.rows} images; {res.new} extracted now, {res.skipped} already "
+             f"done; layers {dims}"]
+    if res.new:
+        lines.append(f"throughput: {res.images_per_s:.1f} img/s ({res.seconds:.1f} s in all)")
+    if res.failed:
+        lines.append(format_failures(res.failed, f"recorded in the store; `cnncodes info "
+                                                 f"{res.path}` lists them"))
+    return "\n".join(lines)
+
+
+def format_interrupted(res: Any) -> str:
+    """The line printed when ``cnncodes extract`` is interrupted (``res``: the partial result)."""
+    kept = f" {res.rows} rows are saved in {res.path};" if res is not None else ""
+    return f"\ninterrupted:{kept} run the same command again to continue."
+
+
+def format_auto_layer(layer: str, evidence: Mapping[str, Any]) -> str:
+    """The line ``--layers auto`` prints: the chosen layer and the advisor's explanation."""
+    return f"--layers auto -> {layer}: {evidence.get('explanation')}"
+
+
+def format_advice(advice: Any, width: int = 200) -> str:
+    """Recorded advice (the advisor's evidence kept in a store), cut to ``width`` characters."""
+    return json.dumps(advice)[:width]
+
+
+def format_store_info(info: Mapping[str, Any]) -> str:
+    """The ``cnncodes info`` summary of :meth:`FeatureStore.info`."""
+    prov = info["provenance"]
+    out = [f"{info['path']}",
+           f"  images     {info['images']} ({info['unlabelled']} unlabelled), "
+           f"{len(info['failures'])} failed"]
+    if info["classes"]:
+        cls = ", ".join(f"{c} {n}" for c, n in info["classes"].items())
+        out.append(f"  classes    {len(info['classes'])}: {cls}")
+    for name, li in info["layers"].items():
+        out.append(f"  layer      {name}: {li['dim']}-d {li['dtype']} (node {li.get('node')}, "
+                   f"{li.get('kind')}, pooling {li.get('pooling')})")
+    pp = prov.get("preprocessing", {})
+    out.append(f"  backbone   {prov.get('backbone')}  weights {prov.get('weights')} "
+               f"(sha256 {str(prov.get('weights_sha256') or '-')[:16]})")
+    out.append(f"  preprocess resize {pp.get('resize')} crop {pp.get('crop')} "
+               f"{pp.get('interpolation')} mean {pp.get('mean')} std {pp.get('std')}")
+    out.append(f"  source     {prov.get('root')} ({prov.get('source_kind')})")
+    v = prov.get("versions", {})
+    out.append("  versions   " + " ".join(f"{k} {x}" for k, x in v.items()))
+    out.append(f"  created    {prov.get('created')}  updated {prov.get('updated')}")
+    for r in prov.get("runs", []):
+        out.append(f"  run        {r.get('time')}: {r.get('new')} new, {r.get('failed')} failed, "
+                   f"{r.get('images_per_s')} img/s on {r.get('device')} {r.get('precision')}"
+                   f"{' (interrupted)' if r.get('interrupted') else ''}: {r.get('command')}")
+        for b in r.get("bad_parts", []):
+            out.append(f"  bad part   {b.get('part')}: {b.get('error')} (its images were "
+                       "extracted again)")
+    if "advice" in prov:
+        out.append(f"  advice     {format_advice(prov['advice'])}")
+    if info["pending_parts"]:
+        out.append(f"  pending    {info['pending_parts']} journal parts not yet folded in: rerun "
+                   "the extract command to finish")
+    if info["failures"]:
+        out.append("  failures:")
+        out += [f"    {f['path']}: {f['reason']}" for f in info["failures"]]
+    return "\n".join(out)

@@ -1,0 +1,89 @@
+"""Reports as plain text: the classifier report table (:func:`format_table`) and the one-line
+description of where model selection ran (:func:`describe_compute`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def describe_compute(compute: Mapping[str, Any]) -> str:
+    """One line for ``selection["compute"]``: where the grid search ran, and why not on the GPU
+    when it fell back."""
+    if compute.get("engine") == "array-api":
+        text = f"scikit-learn array API on torch {compute.get('device')}"
+    else:
+        text = "NumPy on CPU"
+    if compute.get("dtype"):
+        text += f", {compute['dtype']}"
+    if compute.get("reason"):
+        text += f" (not the array API: {compute['reason']})"
+    return text
+
+
+def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
+    """The report as plain text: model line, comparison rows, per-class table."""
+    lines: list[str] = []
+    m = report["model"]
+    sel = report.get("selection", {})
+    split = report.get("split", {})
+    lines.append(f"model      {m['model']} on {m['backbone']}/{m['layer']} codes "
+                 f"({m['n_features']}-d, {m.get('weights')}, {m.get('input_size')} px), "
+                 f"{len(m['classes'])} classes")
+    kind = split.get("kind")
+    if kind == "holdout":
+        how = (f"stratified hold-out {split.get('test_size')} (seed {split.get('seed')}): "
+               f"{split.get('n_train')} train / {split.get('n_test')} test")
+    elif kind == "predefined":
+        how = (f"train/ and test/ folders: {split.get('n_train')} train / "
+               f"{split.get('n_test')} test")
+    else:
+        how = f"all {split.get('n_train')} labelled rows used for training"
+    lines.append(f"split      {how}")
+    if sel:
+        lines.append(f"selection  {sel.get('cv')}-fold stratified CV over {len(sel['c_grid'])} C "
+                     f"values [{min(sel['c_grid']):.3g}, {max(sel['c_grid']):.3g}]: best C "
+                     f"{sel['best_C']:.3g}, CV {sel.get('scoring')} {sel['best_cv_score']:.4f}, "
+                     f"{sel.get('train_time_s', 0):.1f} s")
+        comp = sel.get("compute")
+        if comp:
+            lines.append(f"compute    {describe_compute(comp)}")
+    test = report.get("test")
+    rows = report.get("rows") or []
+    if rows:
+        w = max(28, *(len(str(r["name"])) for r in rows))
+        lines.append("")
+        lines.append(f"{'':<{w}}  {'test acc':>8}  {'bal acc':>8}  {'CV':>7}  "
+                     f"{'best C':>8}  {'dim':>6}  {'fit s':>6}")
+        for r in rows:
+            if "skipped" in r:
+                lines.append(f"{r['name']:<{w}}  skipped: {r['skipped']}")
+                continue
+            s = r.get("selection") or {}
+            lines.append(f"{r['name']:<{w}}  {_fmt(r.get('accuracy')):>8}  "
+                         f"{_fmt(r.get('balanced_accuracy')):>8}  "
+                         f"{_fmt(s.get('best_cv_score')):>7}  {_fmt(s.get('best_C'), '.3g'):>8}  "
+                         f"{r.get('features', '-'):>6}  {_fmt(s.get('train_time_s'), '.1f'):>6}")
+    elif test:
+        lines.append(f"test       accuracy {test['accuracy']:.4f}, balanced accuracy "
+                     f"{test['balanced_accuracy']:.4f} on {test['n']} rows")
+    if test and per_class:
+        lines.append("")
+        cw = max(8, *(len(str(r["class"])) for r in test["per_class"]))
+        lines.append(f"{'class':<{cw}}  {'precision':>9}  {'recall':>7}  {'f1':>6}  "
+                     f"{'support':>7}")
+        for r in test["per_class"]:
+            lines.append(f"{r['class']:<{cw}}  {r['precision']:>9.3f}  {r['recall']:>7.3f}  "
+                         f"{r['f1']:>6.3f}  {r['support']:>7d}")
+        if test.get("excluded_training_rows") and split.get("kind") != "holdout":
+            lines.append(f"({test['excluded_training_rows']} rows of the test source were used "
+                         "for training and were not scored)")
+    return "\n".join(lines)

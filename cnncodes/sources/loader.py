@@ -1,0 +1,93 @@
+"""From decoded images to batches: PIL preprocessing (resize, crop), batched normalisation,
+the :class:`ImageDataset` of the PIL path, the :class:`Batch` it collates to and the ordered
+DataLoader.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import functional as TF
+
+from ..errors import DecodeError
+from ..options import DEFAULT_MAX_PIXELS
+from .folders import ImageSource
+from .images import load_rgb
+from .preprocessing import Preprocessing, interpolation_mode
+
+log = logging.getLogger(__name__)
+
+
+def preprocess_pil(img: Image.Image, pp: Preprocessing) -> torch.Tensor:
+    """Resize (shorter side), centre-crop and return a uint8 CHW tensor (normalisation is batched)."""
+    img = TF.resize(img, pp.resize, interpolation=interpolation_mode(pp.interpolation))
+    img = TF.center_crop(img, [pp.crop, pp.crop])
+    return TF.pil_to_tensor(img)
+
+
+def normalize_batch(images: torch.Tensor, pp: Preprocessing, *, dtype: torch.dtype = torch.float32,
+                    channels_last: bool = True) -> torch.Tensor:
+    """uint8 NCHW -> normalised float NCHW on the images' device (channels_last memory if asked)."""
+    mean = torch.tensor(pp.mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    std = torch.tensor(pp.std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    x = (images.to(torch.float32) - mean) / std
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+class ImageDataset(Dataset):
+    """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`."""
+
+    def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.source = source
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels)
+            return i, preprocess_pil(img, self.preprocessing), None
+        except DecodeError as e:
+            return i, None, str(e)
+        except Exception as e:  # noqa: BLE001 - never let one file stop the run
+            return i, None, f"preprocessing error: {type(e).__name__}: {e}"
+
+
+@dataclass
+class Batch:
+    """A collated batch: decoded images and the indices they belong to, plus the failures."""
+
+    indices: list[int]
+    images: torch.Tensor
+    failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.indices, self.images.pin_memory(), self.failures)
+
+
+def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    failures = [(i, r) for i, t, r in items if t is None]
+    images = torch.stack([t for _, t in ok]) if ok else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    return Batch([i for i, _ in ok], images, [(i, str(r)) for i, r in failures])
+
+
+def make_loader(dataset: ImageDataset, indices: Sequence[int], *, batch_size: int,
+                num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """An ordered DataLoader over ``indices`` of ``dataset`` yielding :class:`Batch` objects."""
+    sub = torch.utils.data.Subset(dataset, list(indices))
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw["prefetch_factor"] = 4
+    return DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate, pin_memory=pin_memory, drop_last=False, **kw)

@@ -1,0 +1,52 @@
+"""Text of the codes commands (models, info, extract) made from library data."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from cnncodes.report.store_info import (
+    format_extract_result,
+    format_failures,
+    format_models,
+    format_store_info,
+)
+
+INFO = {
+    "path": "c.h5", "images": 3, "unlabelled": 0, "classes": {"ant": 2, "bee": 1},
+    "layers": {"pool": {"dim": 1280, "dtype": "float32", "node": "features", "kind": "gap",
+                        "pooling": "avg"}},
+    "failures": [{"path": "ant/x.jpg", "reason": "empty file (0 bytes)"}], "pending_parts": 2,
+    "provenance": {"backbone": "mobilenet_v2", "weights": "random", "runs": [
+        {"time": "t", "new": 3, "failed": 1, "images_per_s": 9.5, "device": "cpu",
+         "precision": "fp32", "command": "cnncodes extract",
+         "bad_parts": [{"part": "part-0000000005-r0000.npz", "error": "BadZipFile: truncated"}]}],
+        "advice": {"layer": "stage4", "explanation": "earlier layer wins"}},
+}
+
+
+def test_store_info_names_layers_runs_bad_parts_advice_and_failures():
+    text = format_store_info(INFO)
+    assert "classes    2: ant 2, bee 1" in text
+    assert "layer      pool: 1280-d float32 (node features, gap, pooling avg)" in text
+    assert "bad part   part-0000000005-r0000.npz: BadZipFile: truncated" in text
+    assert 'advice     {"layer": "stage4"' in text
+    assert "pending    2 journal parts" in text and "ant/x.jpg: empty file" in text
+
+
+def test_failures_are_capped_with_a_count():
+    text = format_failures([(f"f{i}", "bad") for i in range(25)], "somewhere", most=20)
+    assert text.splitlines()[0] == "25 files could not be read (somewhere):"
+    assert "f19: bad" in text and "f20" not in text and text.endswith("... and 5 more")
+
+
+def test_extract_result_and_models_table():
+    res = SimpleNamespace(path="c.h5", rows=24, new=4, skipped=20, layers={"pool": 1280},
+                          images_per_s=12.0, seconds=1.5, failed=[("a.jpg", "empty")])
+    text = format_extract_result(res)
+    assert text.startswith("c.h5: 24 images; 4 extracted now, 20 already done; layers pool "
+                           "(1280-d)")
+    assert "12.0 img/s" in text and "1 files could not be read" in text
+    rows = [{"backbone": "b", "default_layer": "pool", "default_weights": "W.V1", "offline": True,
+             "layers": {"s": {"dim": 8, "depth": "earlier"}, "pool": {"dim": 16,
+                                                                      "depth": "last"}}}]
+    assert "W.V1 [offline]" in format_models(rows) and "s:8 pool:16*" in format_models(rows)
