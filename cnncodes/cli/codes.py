@@ -87,7 +87,7 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info
-    from ..advisor.advise import choose_layer
+    from ..advisor.run import choose_layer
     from ..sources.data import DEFAULT_MAX_PIXELS
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there
