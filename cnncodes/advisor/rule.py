@@ -4,8 +4,7 @@ Nothing here measures anything: :func:`decide` turns a :class:`~cnncodes.advisor
 and a :class:`~cnncodes.advisor.probe.ProbeResult` into a :class:`Decision`, deterministically, so
 it is unit-tested on constructed evidence.
 
-**Decision** (:func:`decide`, pure and deterministic, unit-tested on constructed evidence)
-    The rule, in order:
+**The rule**, in order:
 
     1. *Size.* ``large`` when the median number of images per class is at least
        ``large_per_class`` (default 1,000) **and** there are at least ``large_total`` (10,000)
