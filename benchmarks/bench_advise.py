@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from cnncodes import cli  # noqa: E402
 from cnncodes.backbones import BackboneSpec, Cut, register  # noqa: E402
-from cnncodes.codes.extraction import extract_arrays
-from cnncodes.codes.extractor import CodeExtractor
+from cnncodes.codes.extraction import extract_arrays  # noqa: E402
+from cnncodes.codes.extractor import CodeExtractor  # noqa: E402
 from cnncodes.datasets import make_split_tree  # noqa: E402
 
 RESULTS_MD = ROOT / "benchmarks" / "ADVISE_RESULTS.md"

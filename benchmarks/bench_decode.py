@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_extract import make_jpegs  # noqa: E402
 
-from cnncodes.sources.loader import ImageDataset, make_loader, preprocess_pil
-from cnncodes.sources.images import load_rgb
 from cnncodes.sources.folders import open_source
+from cnncodes.sources.images import load_rgb
+from cnncodes.sources.loader import ImageDataset, make_loader, preprocess_pil
 from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
 from cnncodes.sources.tensor_decode import (  # noqa: E402
     BytesDataset,

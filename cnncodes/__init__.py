@@ -16,12 +16,12 @@ from ._version import __version__
 _LAZY: dict[str, str] = {
     # ._version
     "__version__": "._version",
-    # .advisor.advise
-    "Advice": ".advisor.advise",
-    "Thresholds": ".advisor.advise",
-    "advise": ".advisor.advise",
-    "choose_layer": ".advisor.advise",
-    "decide": ".advisor.advise",
+    # .advisor
+    "Advice": ".advisor.advice",
+    "Thresholds": ".advisor.rule",
+    "advise": ".advisor.run",
+    "choose_layer": ".advisor.run",
+    "decide": ".advisor.rule",
     # .backbones
     "BackboneSpec": ".backbones",
     "Cut": ".backbones",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnncodes import FeatureStore, baseline, load_model
-from cnncodes.advisor.advise import Thresholds
+from cnncodes.advisor.rule import Thresholds
 from cnncodes.cli import main
 from cnncodes.errors import StoreMismatchError
 from cnncodes.linear.classify import holdout_sources, size_check
@@ -20,7 +20,7 @@ from cnncodes.sources.folders import open_source
 
 from .conftest import write_tree
 
-advise_module = importlib.import_module("cnncodes.advisor.advise")
+advise_module = importlib.import_module("cnncodes.advisor.run")
 
 OPTS = dict(backbone="resnet18", weights="random", input_size=32, num_workers=0,
             c_grid="1e-2:1:3", cv=3, raw_baseline=False)

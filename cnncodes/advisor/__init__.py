@@ -1,1 +1,19 @@
-"""The advisor: evidence about size and similarity, layer probes, and the quadrant decision."""
+"""The advisor: which layer, and codes or fine-tuning, measured on the user's data.
+
+One module per concept, data flowing down the list:
+
+* :mod:`.defaults`: option defaults and choices (no imports; the CLI reads them);
+* :mod:`.evidence`: the data set's size (:class:`SizeInfo`) and the pretrained network's view of
+  it (:class:`PretrainedMeter`: ImageNet head, BatchNorm statistics);
+* :mod:`.sample`: the time budget and the stratified sample it buys;
+* :mod:`.probe`: the cross-validated linear probe of every candidate layer (the advisor's own
+  small probes, not :mod:`cnncodes.linear`'s);
+* :mod:`.rule`: the pure decision rule (:class:`Thresholds`, :func:`decide`, :class:`Decision`);
+* :mod:`.advice`: :class:`Advice`, the result and its JSON;
+* :mod:`.plots`: ``advice.png`` and the report folder;
+* :mod:`.run`: :func:`advise`, and ``--layers auto`` (:func:`choose_layer`,
+  :func:`recorded_advice`).
+
+The advisor imports sources, backbones and codes, never linear, finetuning or anything higher.
+The text report is :func:`cnncodes.report.advice.format_advice`.
+"""

@@ -65,7 +65,7 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info
-    from ..advisor.advise import choose_layer
+    from ..advisor.run import choose_layer
     from ..report.store_info import format_auto_layer
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there

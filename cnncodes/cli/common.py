@@ -148,25 +148,30 @@ def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) 
 
 
 def add_threshold_options(p: argparse.ArgumentParser,
-                           title: str = "decision thresholds (see cnncodes.advise)") -> None:
+                          title: str = "decision thresholds (see cnncodes.advisor.rule)") -> None:
+    from ..advisor import defaults as D
+
     g = p.add_argument_group(title)
     g.add_argument("--small-per-class", type=int, default=None,
-                   help="median images/class below which data is small (default 200)")
+                   help=f"median images/class below which data is small (default "
+                        f"{D.SMALL_PER_CLASS})")
     g.add_argument("--large-per-class", type=int, default=None,
-                   help="median images/class from which data can be large (default 1000)")
+                   help=f"median images/class from which data can be large (default "
+                        f"{D.LARGE_PER_CLASS})")
     g.add_argument("--large-total", type=int, default=None,
-                   help="total images also needed to be large (default 10000)")
+                   help=f"total images also needed to be large (default {D.LARGE_TOTAL})")
     g.add_argument("--margin", type=float, default=None,
-                   help="points an earlier layer must win by (default 1.0)")
+                   help=f"points an earlier layer must win by (default {D.MARGIN_POINTS:g})")
     g.add_argument("--se-mult", type=float, default=None,
-                   help="...and by this many paired standard errors over the folds (default 0)")
+                   help="...and by this many paired standard errors over the folds (default "
+                        f"{D.SE_MULT:g})")
 
 
 def thresholds(args: argparse.Namespace) -> Any:
-    """The :class:`cnncodes.advise.Thresholds` with the options given on the command line."""
+    """The :class:`cnncodes.advisor.rule.Thresholds` with the options given on the command line."""
     import dataclasses
 
-    from ..advisor.advise import Thresholds
+    from ..advisor.rule import Thresholds
 
     over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
                                           "margin", "se_mult") if getattr(args, k) is not None}

@@ -86,8 +86,8 @@ from ..backbones.weights import ResolvedWeights, load_weights, resolve_weights, 
 from ..errors import DecodeError, FinetuneDivergedError
 from ..options import DEFAULT_MAX_PIXELS
 from ..sources.folders import ImageSource, open_source
-from ..sources.loader import collate, normalize_batch, preprocess_pil
 from ..sources.images import load_rgb
+from ..sources.loader import collate, normalize_batch, preprocess_pil
 from ..sources.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)

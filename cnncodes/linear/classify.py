@@ -1438,7 +1438,8 @@ def advise_layer(train_source: str | os.PathLike | ImageSource, *, backbone: str
 
     # names read from the module at call time (``cnncodes.advise`` the package attribute is
     # the function; tests may monkeypatch ``cnncodes.advise.choose_layer``)
-    from ..advisor.advise import Thresholds, choose_layer, recorded_advice
+    from ..advisor.rule import Thresholds
+    from ..advisor.run import choose_layer, recorded_advice
 
     th = thresholds if thresholds is not None else Thresholds()
     if reuse_from is not None and train_key is not None:
@@ -1480,7 +1481,8 @@ def size_check(train_source: ImageSource, thresholds: Any = None) -> dict[str, A
     """
     from dataclasses import asdict
 
-    from ..advisor.advise import SizeInfo, Thresholds
+    from ..advisor.evidence import SizeInfo
+    from ..advisor.rule import Thresholds
 
     th = thresholds if thresholds is not None else Thresholds()
     lab = train_source.labels[train_source.labels >= 0]
@@ -1504,7 +1506,7 @@ def _finetune_command(parts: Sequence[str], *, backbone: str, weights: str | Non
                       options: Mapping[str, Any]) -> str:
     import shlex
 
-    from ..advisor.advise import RunSetup
+    from ..advisor.rule import RunSetup
 
     args = ["cnncodes", "finetune", *parts,
             *RunSetup(backbone=backbone, weights=str(weights) if weights is not None else "auto",
@@ -1837,7 +1839,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
         size = size_check(ft_train, thresholds)
         opts: dict[str, Any] = {}
         if advice is not None and advice.get("similarity"):
-            from ..advisor.advise import FINETUNE_POLICY
+            from ..advisor.rule import FINETUNE_POLICY
 
             pol = FINETUNE_POLICY.get(str(advice["similarity"]))
             if pol:  # advise's fine-tuning policy for this similarity

@@ -1,0 +1,22 @@
+"""The advisor's option defaults and choices, each defined once.
+
+No imports: ``cnncodes advise --help`` builds its flags from these without loading NumPy or torch.
+The time budgets (``ADVISE_BUDGET``, ``AUTO_LAYER_BUDGET``) live in :mod:`cnncodes.options`.
+"""
+
+#: Largest sample the probe sees (``--sample``); with no budget the sample is exactly this.
+SAMPLE = 2000
+#: Stratified CV folds of the probe (``--folds``).
+FOLDS = 5
+#: The linear probes (``--probe``) and the default one.
+PROBES = ("ridge", "logreg")
+PROBE = "logreg"
+#: Images shown to the complete network for the ImageNet-head / BatchNorm evidence.
+HEAD_SAMPLE = 256
+
+#: The decision rule's default thresholds (see :mod:`cnncodes.advisor.rule`).
+SMALL_PER_CLASS = 200
+LARGE_PER_CLASS = 1000
+LARGE_TOTAL = 10_000
+MARGIN_POINTS = 1.0
+SE_MULT = 0.0

@@ -1,0 +1,258 @@
+"""The advisor's evidence: how big the data set is, and how it looks to the pretrained network.
+
+* :class:`SizeInfo` / :func:`measure_size`: images, classes, images per class, image sizes and
+  modes read from a sample of headers;
+* :class:`PretrainedMeter`: the complete network's own view of a sample, (a) the ImageNet head's
+  confidence and entropy (meaningful only with ImageNet weights) and (b) how far the data's
+  BatchNorm-input statistics are from the running statistics learnt in pretraining (Gaussian KL
+  per channel). Both are side evidence: the linear probe (:mod:`cnncodes.advisor.probe`) decides.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones.factory import build_model
+from ..backbones.registry import BackboneSpec
+from ..backbones.weights import ResolvedWeights, load_weights
+from ..errors import OptionError
+from ..sources.folders import ImageSource
+from ..sources.loader import normalize_batch
+from ..sources.splits import stratified_order
+
+
+class SizeThresholds(Protocol):
+    """The size half of :class:`cnncodes.advisor.rule.Thresholds`."""
+
+    small_per_class: int
+    large_per_class: int
+    large_total: int
+
+
+@dataclass
+class SizeInfo:
+    """How big the data set is.
+
+    Attributes:
+        n_images: labelled images in the source.
+        per_class: images per class name.
+        image_sizes: summary of a sample of image headers (widths, heights, modes).
+    """
+
+    n_images: int
+    per_class: dict[str, int]
+    image_sizes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.per_class)
+
+    @property
+    def median_per_class(self) -> float:
+        return float(np.median(list(self.per_class.values()))) if self.per_class else 0.0
+
+    def size_class(self, th: SizeThresholds) -> str:
+        """``small``, ``medium`` or ``large`` under ``th`` (step 1 of :mod:`cnncodes.advisor.rule`)."""
+        med = self.median_per_class
+        if med >= th.large_per_class and self.n_images >= th.large_total:
+            return "large"
+        if med < th.small_per_class:
+            return "small"
+        return "medium"
+
+    def to_dict(self, *, max_classes: int | None = None) -> dict[str, Any]:
+        """JSON-able counts; ``per_class`` left out beyond ``max_classes`` classes."""
+        counts = list(self.per_class.values())
+        d: dict[str, Any] = {
+            "n_images": self.n_images, "n_classes": self.n_classes,
+            "per_class_min": int(min(counts)) if counts else 0,
+            "per_class_median": self.median_per_class,
+            "per_class_max": int(max(counts)) if counts else 0,
+            "image_sizes": self.image_sizes,
+        }
+        if max_classes is None or self.n_classes <= max_classes:
+            d["per_class"] = dict(self.per_class)
+        return d
+
+
+def measure_size(source: ImageSource, *, sample: int = 200, seed: int = 0) -> SizeInfo:
+    """Counts per class, plus image sizes and modes read from ``sample`` image headers.
+
+    Raises:
+        OptionError: the source has no labels, or fewer than two classes.
+    """
+    _check_labelled(source)
+    counts = np.bincount(source.labels[source.labels >= 0], minlength=len(source.classes))
+    per_class = {c: int(n) for c, n in zip(source.classes, counts, strict=True) if n > 0}
+    order = stratified_order(source.labels, seed=seed)[:sample]
+    from PIL import Image
+
+    ws, hs, modes, bad = [], [], {}, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in order:
+            try:
+                with Image.open(source.abspath(int(i))) as im:
+                    ws.append(im.size[0])
+                    hs.append(im.size[1])
+                    modes[im.mode] = modes.get(im.mode, 0) + 1
+            except Exception:  # noqa: BLE001 - an unreadable header is only counted here
+                bad += 1
+    sizes: dict[str, Any] = {"sampled": int(order.size), "unreadable": bad, "modes": modes}
+    if ws:
+        for name, v in (("width", ws), ("height", hs)):
+            sizes[name] = {"min": int(np.min(v)), "median": float(np.median(v)),
+                           "max": int(np.max(v))}
+    return SizeInfo(n_images=int(counts.sum()), per_class=per_class, image_sizes=sizes)
+
+
+def _check_labelled(source: ImageSource) -> None:
+    n_lab = int((source.labels >= 0).sum())
+    n_cls = len(np.unique(source.labels[source.labels >= 0]))
+    if n_lab == 0:
+        raise OptionError(f"advise needs labelled images. Got {source.root}, a {source.kind} "
+                          "source without labels, instead; pass a folder of class folders, or a "
+                          ".txt/.csv list with a label per image.")
+    if n_cls < 2:
+        raise OptionError(f"advise needs at least two classes to compare layers. Got "
+                          f"{source.root} with a single class ({', '.join(source.classes)}) "
+                          "instead; add a folder per class.")
+
+
+class PretrainedMeter:
+    """Runs the complete network (with its head) on a sample of images and accumulates:
+
+    * the ImageNet head's softmax: top-1 probability, normalised entropy, predicted category;
+    * per BatchNorm layer, the per-channel mean and variance of its *input* over the sample, to
+      compare with the running statistics it learnt during pretraining.
+
+    A fresh copy of the network is built (the caller's extractor and RNG are not touched).
+    """
+
+    def __init__(self, spec: BackboneSpec, resolved: ResolvedWeights, *,
+                 device: torch.device | str = "cpu"):
+        self.spec = spec
+        self.resolved = resolved
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(spec)
+        load_weights(model, spec, resolved)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.bns = [(n, m) for n, m in self.model.named_modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                    and m.running_mean is not None]
+        self._sum = [torch.zeros(m.num_features, dtype=torch.float64) for _, m in self.bns]
+        self._sq = [torch.zeros(m.num_features, dtype=torch.float64) for _, m in self.bns]
+        self._cnt = [0] * len(self.bns)
+        self._handles = [m.register_forward_pre_hook(self._hook(i))
+                         for i, (_, m) in enumerate(self.bns)]
+        self.top1: list[np.ndarray] = []
+        self.entropy: list[np.ndarray] = []
+        self.pred: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.n_outputs: int | None = None
+
+    def _hook(self, i: int) -> Any:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            x = inp[0].detach().to(torch.float64)
+            dims = [0] + list(range(2, x.ndim))
+            self._sum[i] += x.sum(dim=dims).cpu()
+            self._sq[i] += (x * x).sum(dim=dims).cpu()
+            self._cnt[i] += x.numel() // x.shape[1]
+
+        return hook
+
+    @property
+    def n_seen(self) -> int:
+        return int(sum(len(p) for p in self.pred))
+
+    def update(self, images: torch.Tensor, labels: np.ndarray, pp: Any) -> None:
+        """Add a uint8 NCHW batch (``pp`` = the extractor's preprocessing)."""
+        x = normalize_batch(images.to(self.device), pp, channels_last=True)
+        with torch.inference_mode():
+            logits = self.model(x).float()
+        if logits.ndim != 2:
+            return
+        self.n_outputs = int(logits.shape[1])
+        p = torch.softmax(logits, dim=1)
+        ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1) / math.log(max(2, logits.shape[1]))
+        self.top1.append(p.max(1).values.cpu().numpy())
+        self.entropy.append(ent.cpu().numpy())
+        self.pred.append(p.argmax(1).cpu().numpy())
+        self.labels.append(np.asarray(labels))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def head_evidence(self) -> dict[str, Any]:
+        """ImageNet-head confidence, entropy and agreement with the user's classes."""
+        from sklearn.metrics import normalized_mutual_info_score
+
+        if not self.pred:
+            return {"available": False, "reason": "no images reached the head"}
+        if self.n_outputs != 1000:
+            return {"available": False, "meaningful": False,
+                    "reason": f"the network's head has {self.n_outputs} outputs, not ImageNet's "
+                              "1000 classes"}
+        top1, ent = np.concatenate(self.top1), np.concatenate(self.entropy)
+        pred, lab = np.concatenate(self.pred), np.concatenate(self.labels)
+        cats = self.resolved.categories
+        vals, cnt = np.unique(pred, return_counts=True)
+        top = sorted(zip(cnt.tolist(), vals.tolist(), strict=True), reverse=True)[:5]
+        return {
+            "available": True, "meaningful": True, "n_images": int(top1.size),
+            "mean_top1_prob": round(float(top1.mean()), 4),
+            "median_top1_prob": round(float(np.median(top1)), 4),
+            "frac_top1_above_0.5": round(float((top1 > 0.5).mean()), 4),
+            "mean_normalized_entropy": round(float(ent.mean()), 4),
+            "distinct_top1_categories": int(vals.size),
+            "nmi_classes_vs_imagenet": round(float(normalized_mutual_info_score(lab, pred)), 4),
+            "top_categories": [{"category": cats[v] if cats and v < len(cats) else int(v),
+                                "share": round(c / top1.size, 4)} for c, v in top],
+            "top1_hist": np.histogram(top1, bins=10, range=(0, 1))[0].tolist(),
+            "note": "ImageNet-like photos make the head confident (high top-1, low entropy); "
+                    "side evidence only, the probe decides",
+        }
+
+    def bn_evidence(self) -> dict[str, Any]:
+        """Distance between the data's BN-input statistics and the running (pretraining) ones."""
+        if not self.bns:
+            return {"available": False,
+                    "reason": f"{self.spec.name} has no BatchNorm layers (nothing to compare)"}
+        per = []
+        for i, (name, m) in enumerate(self.bns):
+            if not self._cnt[i]:
+                continue
+            mu = self._sum[i] / self._cnt[i]
+            var = (self._sq[i] / self._cnt[i] - mu * mu).clamp_min(0) + m.eps
+            rm = m.running_mean.detach().double().cpu()
+            rv = m.running_var.detach().double().cpu() + m.eps
+            kl = 0.5 * (torch.log(rv / var) + (var + (mu - rm) ** 2) / rv - 1)
+            z = (mu - rm).abs() / rv.sqrt()
+            per.append({"layer": name, "kl": round(float(kl.mean()), 4),
+                        "mean_shift_z": round(float(z.mean()), 4),
+                        "log_var_ratio": round(float(torch.log(var / rv).mean()), 4)})
+        if not per:
+            return {"available": False, "reason": "no BatchNorm layer saw any input"}
+        kls = np.array([p["kl"] for p in per])
+        thirds = np.array_split(kls, 3) if kls.size >= 3 else [kls]
+        return {
+            "available": True, "meaningful": True, "n_images": self.n_seen,
+            "n_bn_layers": len(per), "mean_kl": round(float(kls.mean()), 4),
+            "median_kl": round(float(np.median(kls)), 4),
+            "kl_by_depth_thirds": [round(float(t.mean()), 4) for t in thirds],
+            "mean_shift_z": round(float(np.mean([p["mean_shift_z"] for p in per])), 4),
+            "per_layer": per,
+            "note": "Gaussian KL(data || running stats) per channel, averaged; 0 = the data "
+                    "looks like the pretraining data to that layer. Depends on the input size "
+                    "too: compare data sets at the same --input-size; side evidence only",
+        }

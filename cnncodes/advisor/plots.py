@@ -1,0 +1,94 @@
+"""The advisor's files: ``advice.png`` (:func:`plot_advice`) and the report folder with
+``advice.json`` next to it (:func:`save_report`); both written atomically (:mod:`cnncodes.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_json, save_figure
+from ..errors import OptionError
+from .advice import Advice
+
+
+def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
+    """Per-layer CV accuracy curve (+ raw pixels, recommended layer) and, where measured, the
+    BatchNorm distance by depth and the ImageNet-head confidence histogram; one PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = ["probe"]
+    if advice.batchnorm.get("available"):
+        panels.append("bn")
+    if advice.head.get("available"):
+        panels.append("head")
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    pr = advice.probe
+    names = list(pr.layers)
+    means = [100 * pr.layers[n].mean for n in names]
+    errs = [100 * pr.layers[n].std for n in names]
+    ax = axes[0]
+    x = np.arange(len(names))
+    ax.errorbar(x, means, yerr=errs, marker="o", capsize=3, color="tab:blue",
+                label=f"{pr.method} probe, {pr.folds}-fold CV")
+    for i, n in enumerate(names):
+        if pr.layers[n].depth == "last":
+            ax.plot(i, means[i], "s", ms=11, mfc="none", mec="tab:gray")
+    j = names.index(advice.layer)
+    ax.plot(j, means[j], "*", ms=18, color="tab:red", label=f"recommended: {advice.layer}")
+    if pr.raw is not None:
+        ax.axhline(100 * pr.raw.mean, ls="--", color="tab:green", label="raw pixels")
+    ax.set_xticks(x, [n + (" (last)" if pr.layers[n].depth == "last" else "") for n in names],
+                  rotation=30, ha="right")
+    ax.set_ylabel("CV accuracy (%)")
+    ax.set_title(f"{advice.setup.backbone} @ {advice.meta.get('input_size')} px, "
+                 f"{pr.n_images:,} images\n{advice.decision.quadrant}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    k = 1
+    if "bn" in panels:
+        ax = axes[k]
+        k += 1
+        per = advice.batchnorm["per_layer"]
+        ax.plot([p["kl"] for p in per], marker=".", color="tab:purple")
+        ax.set_yscale("log")
+        ax.set_xlabel("BatchNorm layer (input -> output)")
+        ax.set_ylabel("KL(data || running stats), mean over channels")
+        ax.set_title(f"BatchNorm statistics: mean KL {advice.batchnorm['mean_kl']:.3g}",
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+    if "head" in panels:
+        ax = axes[k]
+        h = advice.head
+        ax.bar(np.arange(10) / 10 + 0.05, h["top1_hist"], width=0.09, color="tab:orange")
+        ax.set_xlabel("ImageNet top-1 probability")
+        ax.set_ylabel("images")
+        ax.set_title(f"ImageNet head: mean top-1 {h['mean_top1_prob']:.2f}, "
+                     f"entropy {h['mean_normalized_entropy']:.2f}", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out)
+
+
+def check_report_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path; raises :class:`OptionError` when it exists and is not a folder."""
+    d = Path(folder)
+    if d.exists() and not d.is_dir():
+        raise OptionError(f"report (--report) must be a folder. Got {d}, a file, instead; pass a "
+                          "folder (it is created if needed).")
+    return d
+
+
+def save_report(advice: Advice, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write ``advice.json`` and ``advice.png`` into ``folder``; returns their paths."""
+    d = check_report_folder(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    js = atomic_write_json(d / "advice.json", advice.to_dict())
+    png = plot_advice(advice, d / "advice.png")
+    return {"json": js, "png": png}

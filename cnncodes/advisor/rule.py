@@ -1,0 +1,328 @@
+"""The pure decision rule of the advisor: quadrant, layer and next commands from the evidence.
+
+Nothing here measures anything: :func:`decide` turns a :class:`~cnncodes.advisor.evidence.SizeInfo`
+and a :class:`~cnncodes.advisor.probe.ProbeResult` into a :class:`Decision`, deterministically, so
+it is unit-tested on constructed evidence.
+
+**The rule**, in order:
+
+    1. *Size.* ``large`` when the median number of images per class is at least
+       ``large_per_class`` (default 1,000) **and** there are at least ``large_total`` (10,000)
+       images; ``small`` when the median per class is below ``small_per_class`` (200); ``medium``
+       in between (treated as small, with fine-tuning named as the next step to try).
+    2. *Similarity.* ``gap`` = CV accuracy of the best earlier layer minus that of the best last
+       layer, in points; ``threshold`` = max(``margin`` (default 1.0 point), ``se_mult`` (default
+       0) x the paired standard error of that difference over the folds). ``gap > threshold`` ->
+       **dissimilar** (the generic, earlier features transfer better than the ImageNet-specific
+       last ones); otherwise **similar** (a near-tie goes to the last layer, the conventional
+       choice, at a cost of at most ``margin`` points of CV accuracy). Exact ties between layers
+       go to the deeper layer. Raw pixels beating every layer by more than the threshold does not
+       change the quadrant but adds a warning.
+
+       Why no significance test by default: the CV gap is an unbiased estimate, so taking the
+       best layer maximises expected accuracy; demanding 2 standard errors before leaving the
+       last layer was measured to cost 5-6 held-out points on 400-image samples
+       (benchmarks/ADVISE_RESULTS.md). ``se_mult`` > 0 is there for users who want it.
+    3. *Quadrant -> action.* small+similar: best last layer + logistic regression;
+       small+dissimilar: best earlier layer + linear SVM; large+similar: fine-tune with the
+       pretrained layers at a lower learning rate (``--head-lr-mult 10 --freeze 1``);
+       large+dissimilar: fine-tune the whole network from the pretrained init
+       (``--head-lr-mult 1 --freeze 0``). See :data:`FINETUNE_POLICY`.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+from ..options import DEFAULT_BACKBONE
+from .defaults import LARGE_PER_CLASS, LARGE_TOTAL, MARGIN_POINTS, SE_MULT, SMALL_PER_CLASS
+from .evidence import SizeInfo
+from .probe import LayerScore, ProbeResult
+
+#: Fine-tuning suggestions per similarity, for large data sets (``cnncodes finetune`` options):
+#: similar data keeps the pretrained layers close to ImageNet (head learns 10x faster, the stem and
+#: first stage frozen); dissimilar data needs every layer to move (one rate, nothing frozen: the
+#: pretrained weights are only an initialisation).
+FINETUNE_POLICY: dict[str, dict[str, float | int]] = {
+    "similar": {"head_lr_mult": 10, "freeze": 1},
+    "dissimilar": {"head_lr_mult": 1, "freeze": 0},
+}
+#: ``cnncodes train --model`` per similarity, and its name in words.
+CLASSIFIER = {"similar": "logreg", "dissimilar": "linearsvc"}
+CLASSIFIER_NAME = {"logreg": "logistic regression", "linearsvc": "LinearSVC"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The decision rule's documented, overridable thresholds.
+
+    Attributes:
+        small_per_class: median images per class below which the data set is ``small``.
+        large_per_class: median images per class from which it can be ``large``.
+        large_total: total images needed (as well) to be ``large``.
+        margin: minimum CV-accuracy gap, in points, for an earlier layer to beat the last one.
+        se_mult: the gap must also exceed this many paired standard errors over the folds.
+    """
+
+    small_per_class: int = SMALL_PER_CLASS
+    large_per_class: int = LARGE_PER_CLASS
+    large_total: int = LARGE_TOTAL
+    margin: float = MARGIN_POINTS
+    se_mult: float = SE_MULT
+
+    def __post_init__(self) -> None:
+        for name in ("small_per_class", "large_per_class", "large_total"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be >= 1. Got {getattr(self, name)} instead.")
+        if self.small_per_class > self.large_per_class:
+            raise OptionError(f"small_per_class must not exceed large_per_class. Got "
+                              f"small_per_class ({self.small_per_class}) > large_per_class "
+                              f"({self.large_per_class}) instead; raise --large-per-class or lower "
+                              "--small-per-class.")
+        if self.margin < 0 or self.se_mult < 0:
+            raise OptionError(f"margin and se_mult must be >= 0. Got margin={self.margin}, "
+                              f"se_mult={self.se_mult} instead.")
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What the next commands must repeat: the source and the extraction options."""
+
+    source: str = "IMAGES"
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "auto"
+    input_size: int | None = None
+    pooling: str = "avg"
+
+    def backbone_args(self, *, pooling: bool = True) -> list[str]:
+        """The ``--backbone/--weights/--input-size[/--pooling]`` flags that differ from defaults."""
+        out = ["--backbone", self.backbone]
+        if self.weights not in ("auto", None):
+            out += ["--weights", str(self.weights)]
+        if self.input_size:
+            out += ["--input-size", str(self.input_size)]
+        if pooling and self.pooling != "avg":
+            out += ["--pooling", self.pooling]
+        return out
+
+
+@dataclass
+class Decision:
+    """What to do, and why.
+
+    Attributes:
+        quadrant: ``small-similar``, ``small-dissimilar``, ``large-similar`` or
+            ``large-dissimilar``.
+        size_class: ``small``, ``medium`` or ``large``.
+        similarity: ``similar`` or ``dissimilar``.
+        layer: the recommended layer.
+        classifier: ``logreg`` or ``linearsvc`` (the ``cnncodes train --model`` value).
+        action: the practice in words.
+        explanation: one sentence with the numbers that decided it.
+        commands: the exact next commands, in order.
+        also: a further command worth trying (fine-tuning for medium data, the codes baseline
+            for large data), or None.
+        finetune: suggested fine-tuning options for large/medium data, else None.
+        comparison: the numbers of the rule (best layers, gap, threshold, standard error).
+        warnings: caveats (random weights, raw pixels beating the codes, imbalance...).
+    """
+
+    quadrant: str
+    size_class: str
+    similarity: str
+    layer: str
+    classifier: str
+    action: str
+    explanation: str
+    commands: list[str]
+    also: str | None
+    finetune: dict[str, Any] | None
+    comparison: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def next_command(self) -> str:
+        return " && ".join(self.commands)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["next_command"] = self.next_command
+        return d
+
+
+def _best(scores: Sequence[LayerScore]) -> LayerScore:
+    """Highest mean CV accuracy; exact ties go to the later (deeper) layer in ``scores``."""
+    best = scores[0]
+    for s in scores[1:]:
+        if s.mean >= best.mean:
+            best = s
+    return best
+
+
+def _paired_se(a: LayerScore, b: LayerScore) -> float:
+    """Standard error (points) of the mean per-fold difference ``a - b`` (same folds)."""
+    d = 100.0 * (np.asarray(a.fold_scores) - np.asarray(b.fold_scores))
+    if d.size < 2:
+        return 0.0
+    return float(np.std(d, ddof=1) / math.sqrt(d.size))
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """Step 2 of the rule: the best last and earlier layers and whether the gap is real."""
+
+    last: LayerScore
+    earlier: LayerScore
+    gap: float  # points, earlier minus last
+    se: float  # paired standard error of the gap, points
+    threshold: float  # points the gap must exceed
+
+    @property
+    def dissimilar(self) -> bool:
+        return self.gap > self.threshold
+
+    @property
+    def similarity(self) -> str:
+        return "dissimilar" if self.dissimilar else "similar"
+
+    @property
+    def chosen(self) -> LayerScore:
+        return self.earlier if self.dissimilar else self.last
+
+
+def _compare_layers(probe: ProbeResult, th: Thresholds) -> _Gap:
+    last = [s for s in probe.layers.values() if s.depth == "last"]
+    earlier = [s for s in probe.layers.values() if s.depth == "earlier"]
+    if not last or not earlier:
+        have = ", ".join(f"{k} ({s.depth})" for k, s in probe.layers.items()) or "none"
+        raise OptionError(f"The decision compares the last layer with earlier ones: the probe "
+                          f"must hold at least one of each. Got {have} instead; leave the "
+                          "candidate layers at their default (all layers) or add the missing "
+                          "depth.")
+    bl, be = _best(last), _best(earlier)
+    se = _paired_se(be, bl)
+    return _Gap(bl, be, 100.0 * (be.mean - bl.mean), se, max(th.margin, th.se_mult * se))
+
+
+def _why(g: _Gap, probe: ProbeResult) -> str:
+    """The similarity half of the explanation, with the numbers."""
+    bl, be, gap, threshold = g.last.layer, g.earlier.layer, g.gap, g.threshold
+    how = f"{probe.method} probe, {probe.folds}-fold CV on {probe.n_images:,} images"
+    if g.dissimilar:
+        return (f"{be} beats {bl} by {gap:.1f} points ({how}; threshold {threshold:.1f}) -> "
+                "dissimilar data")
+    if gap < -threshold:
+        return f"{bl} beats the best earlier layer {be} by {-gap:.1f} points ({how}) -> similar data"
+    rel = "ahead of" if gap > 0 else "behind"
+    return (f"{be} is only {abs(gap):.1f} points {rel} {bl} ({how}; threshold "
+            f"{threshold:.1f}): a tie goes to the last layer -> similar data")
+
+
+def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap,
+             random_weights: bool) -> tuple[list[str], bool]:
+    """``(warnings, codes_help)``: raw pixels beating the codes, random weights, imbalance."""
+    warn: list[str] = []
+    chosen, codes_help = g.chosen, True
+    if probe.raw is not None and 100.0 * (probe.raw.mean - chosen.mean) > g.threshold:
+        codes_help = False
+        warn.append(f"raw pixels ({probe.raw.mean:.3f}) beat {chosen.layer} codes "
+                    f"({chosen.mean:.3f}) by {100 * (probe.raw.mean - chosen.mean):.1f} points: "
+                    "these pretrained features do not help on this data; fine-tuning or training "
+                    "from scratch may do better even at this size")
+    if random_weights:
+        warn.append("the backbone has random weights: the probe measures random features, not "
+                    "transfer from ImageNet; the quadrant is not meaningful")
+    counts = list(size.per_class.values())
+    if counts and min(counts) > 0 and max(counts) / min(counts) >= 10:
+        warn.append(f"classes are imbalanced ({min(counts)} to {max(counts)} images); consider "
+                    "class_weight=balanced (cnncodes train --class-weight balanced)")
+    return warn, codes_help
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _commands(setup: RunSetup, layer: str, similarity: str) -> tuple[list[str], dict[str, Any]]:
+    """``([extract, train], finetune)``: the codes route for ``layer`` and the fine-tuning one."""
+    codes_cmds = [
+        shlex.join(["cnncodes", "extract", setup.source, "-o", "codes.h5",
+                    *setup.backbone_args(), "--layers", layer]),
+        shlex.join(["cnncodes", "train", "codes.h5", "--layer", layer, "--model",
+                    CLASSIFIER[similarity], "-o", "model.joblib"]),
+    ]
+    pol = FINETUNE_POLICY[similarity]
+    ft_cmd = shlex.join(["cnncodes", "finetune", setup.source, *setup.backbone_args(pooling=False),
+                         "-o", "run/", "--head-lr-mult", _fmt_num(pol["head_lr_mult"]),
+                         "--freeze", str(int(pol["freeze"]))])
+    return codes_cmds, {"head_lr_mult": pol["head_lr_mult"], "freeze": int(pol["freeze"]),
+                        "command": ft_cmd}
+
+
+def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None = None,
+           setup: RunSetup | None = None, random_weights: bool = False) -> Decision:
+    """Quadrant, layer and action from the evidence, by the rule in the module docstring.
+
+    Args:
+        size: the data set's size.
+        probe: CV accuracies of the candidate layers (needs at least one ``last`` and one
+            ``earlier`` layer).
+        thresholds: the rule's thresholds (defaults documented in :class:`Thresholds`).
+        setup: source and extraction options repeated in the next commands.
+        random_weights: the codes came from random weights (adds a warning).
+
+    Raises:
+        OptionError: the probe lacks a last or an earlier layer.
+    """
+    th = thresholds or Thresholds()
+    setup = setup or RunSetup()
+    g = _compare_layers(probe, th)  # step 2: similarity
+    size_class = size.size_class(th)  # step 1: size
+    similarity, chosen = g.similarity, g.chosen
+    classifier = CLASSIFIER[similarity]
+    why = _why(g, probe)
+    warn, codes_help = _caveats(size, probe, g, random_weights)
+    codes_cmds, finetune = _commands(setup, chosen.layer, similarity)
+    ft_cmd = finetune["command"]
+    per_class = f"{size.median_per_class:,.0f} per class"
+    # step 3: quadrant -> action
+    if size_class == "large":
+        action = ("fine-tune with the pretrained layers at a lower learning rate (head x10, stem "
+                  "and first stage frozen)" if not g.dissimilar else
+                  "fine-tune the whole network from the pretrained weights (one learning rate, "
+                  "nothing frozen)")
+        commands, also = [ft_cmd], " && ".join(codes_cmds)
+        sentence = (f"{why}; {size.n_images:,} images ({per_class}) is large -> {action}: "
+                    f"{ft_cmd}")
+    else:
+        action = (f"{'earlier' if g.dissimilar else 'last'}-layer codes + "
+                  f"{'linear SVM' if g.dissimilar else 'linear classifier (logistic regression)'}")
+        commands = codes_cmds
+        sentence = (f"{why}; use {chosen.layer} codes + {CLASSIFIER_NAME[classifier]}"
+                    f" ({size.n_images:,} images, {per_class}: {size_class})")
+        if size_class == "medium":
+            also = ft_cmd
+            sentence += f"; with this much data fine-tuning may pay off next: {ft_cmd}"
+        else:
+            also, finetune = None, None
+    if not codes_help:
+        sentence += " (warning: raw pixels beat the codes)"
+    comparison = {
+        "best_last": g.last.layer, "best_last_accuracy": round(g.last.mean, 4),
+        "best_earlier": g.earlier.layer, "best_earlier_accuracy": round(g.earlier.mean, 4),
+        "gap_points": round(g.gap, 2), "paired_se_points": round(g.se, 2),
+        "threshold_points": round(g.threshold, 2), "codes_beat_raw_pixels": codes_help,
+        "raw_pixels_accuracy": round(probe.raw.mean, 4) if probe.raw is not None else None,
+    }
+    return Decision(quadrant=f"{'large' if size_class == 'large' else 'small'}-{similarity}",
+                    size_class=size_class, similarity=similarity, layer=chosen.layer,
+                    classifier=classifier, action=action, explanation=sentence,
+                    commands=commands, also=also, finetune=finetune, comparison=comparison,
+                    warnings=warn)

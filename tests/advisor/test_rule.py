@@ -1,0 +1,184 @@
+"""cnncodes.advisor.rule: the decision rule on constructed evidence (no model, no data)."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+
+from cnncodes.advisor.evidence import SizeInfo
+from cnncodes.advisor.rule import RunSetup, Thresholds, decide
+from cnncodes.errors import OptionError
+
+from .helpers import MNV2_DEPTHS, SETUP, TWO, expected_layer, make_probe, make_size
+
+
+def test_small_similar_last_layer_and_logreg():
+    d = decide(make_size(100), make_probe({"stage2": .60, "stage3": .70, "stage4": .80,
+                                           "stage5": .84, "pool": .90}), setup=SETUP)
+    assert (d.quadrant, d.similarity, d.size_class) == ("small-similar", "similar", "small")
+    assert d.layer == "pool" and d.classifier == "logreg"
+    assert "pool beats the best earlier layer stage5 by 6.0 points" in d.explanation
+    assert "5-fold CV on 2,000 images" in d.explanation
+    assert d.finetune is None and d.also is None
+    extract_cmd, train_cmd = d.commands
+    assert shlex.split(extract_cmd) == ["cnncodes", "extract", "my photos/", "-o", "codes.h5",
+                                        "--backbone", "mobilenet_v2", "--input-size", "112",
+                                        "--layers", "pool"]
+    assert shlex.split(train_cmd)[-5:] == ["pool", "--model", "logreg", "-o", "model.joblib"]
+    assert d.next_command == f"{extract_cmd} && {train_cmd}"
+
+
+def test_small_dissimilar_earlier_layer_and_svm():
+    d = decide(make_size(50), make_probe({"stage2": .70, "stage3": .80, "stage4": .911,
+                                          "stage5": .88, "pool": .85}), setup=SETUP)
+    assert d.quadrant == "small-dissimilar"
+    assert d.layer == "stage4" and d.classifier == "linearsvc"
+    assert d.explanation.startswith("stage4 beats pool by 6.1 points")
+    assert "-> dissimilar data; use stage4 codes + LinearSVC" in d.explanation
+    assert "--layers stage4" in d.commands[0] and "--model linearsvc" in d.commands[1]
+    assert d.comparison["best_earlier"] == "stage4" and d.comparison["gap_points"] == 6.1
+
+
+def test_large_similar_names_finetune_with_lower_backbone_lr():
+    d = decide(make_size(1500), make_probe({"stage4": .80, "pool": .90}, depths=TWO), setup=SETUP)
+    assert d.quadrant == "large-similar" and d.size_class == "large"
+    assert d.finetune == {"head_lr_mult": 10, "freeze": 1, "command": d.commands[0]}
+    assert shlex.split(d.commands[0]) == [
+        "cnncodes", "finetune", "my photos/", "--backbone", "mobilenet_v2", "--input-size", "112",
+        "-o", "run/", "--head-lr-mult", "10", "--freeze", "1"]
+    assert "--layers pool" in d.also  # the quick codes baseline stays available
+    assert "is large -> fine-tune" in d.explanation and d.commands[0] in d.explanation
+
+
+def test_large_dissimilar_finetunes_everything():
+    d = decide(make_size(2000), make_probe({"stage4": .95, "pool": .85}, depths=TWO))
+    assert d.quadrant == "large-dissimilar" and d.layer == "stage4"
+    assert "--head-lr-mult 1 --freeze 0" in d.commands[0]
+    assert d.finetune["freeze"] == 0
+
+
+def test_medium_keeps_codes_but_suggests_finetuning_next():
+    d = decide(make_size(500), make_probe({"stage4": .80, "pool": .90}, depths=TWO))
+    assert d.size_class == "medium" and d.quadrant == "small-similar"
+    assert d.commands[0].startswith("cnncodes extract")
+    assert d.also is not None and d.also.startswith("cnncodes finetune")
+    assert "fine-tuning may pay off next" in d.explanation
+
+
+@pytest.mark.parametrize("per_class,n_classes,quadrant_size", [
+    (199, 10, "small"), (200, 10, "medium"), (999, 20, "medium"), (1000, 10, "large"),
+    (1000, 9, "medium"),  # 9,000 images: enough per class, too few in total
+])
+def test_size_boundaries(per_class, n_classes, quadrant_size):
+    d = decide(make_size(per_class, n_classes), make_probe({"stage4": .8, "pool": .9},
+                                                           depths=TWO))
+    assert d.size_class == quadrant_size
+    assert d.quadrant == ("large" if quadrant_size == "large" else "small") + "-similar"
+
+
+@pytest.mark.parametrize("earlier_mean", [0.905, 0.900, 0.895])
+def test_ties_within_margin_go_to_the_last_layer(earlier_mean):
+    d = decide(make_size(100), make_probe({"stage4": earlier_mean, "pool": .90}, depths=TWO))
+    assert d.layer == "pool" and d.similarity == "similar"
+    if earlier_mean > 0.90:
+        assert "a tie goes to the last layer" in d.explanation
+
+
+def test_the_chosen_layer_is_the_best_scored_one_unless_within_the_margin():
+    """On 200 random score sets the rule picks the layer an independent restatement picks: the
+    best layer when it is earlier and wins by more than the margin, else the best last layer."""
+    rng = np.random.default_rng(0)
+    resnet = {"layer2": "earlier", "layer3": "earlier", "layer4": "last", "pool": "last"}
+    seen = set()
+    for _ in range(200):
+        depths = resnet if rng.random() < 0.5 else MNV2_DEPTHS
+        means = {k: float(np.round(rng.uniform(0.5, 0.95), 3)) for k in depths}
+        margin = float(rng.choice([0.0, 1.0, 5.0]))
+        p = make_probe(means, depths=depths)
+        d = decide(make_size(100), p, thresholds=Thresholds(margin=margin))
+        assert d.layer == expected_layer(p, margin)
+        best = max(means, key=lambda k: means[k])
+        if depths[best] == "last":
+            assert means[d.layer] == means[best]  # a best last layer always wins
+        seen.add(d.similarity)
+    assert seen == {"similar", "dissimilar"}  # both branches were exercised
+
+
+def test_noisy_folds_raise_the_threshold():
+    # a 3-point average gap, but the per-fold differences swing by +-10 points
+    folds = {"stage4": [.98, .78, .98, .78, .93], "pool": [.80, .90, .80, .90, .85]}
+    p = make_probe({"stage4": .89, "pool": .85}, depths=TWO, fold_scores=folds)
+    d = decide(make_size(100), p, thresholds=Thresholds(se_mult=2))
+    assert d.comparison["gap_points"] == pytest.approx(4.0, abs=0.01)
+    assert d.comparison["paired_se_points"] == pytest.approx(6.78, abs=0.01)  # sd 15.2 / sqrt 5
+    assert d.comparison["threshold_points"] > d.comparison["gap_points"]
+    assert d.layer == "pool"
+    # by default only the margin counts: the same gap decides for the earlier layer
+    d2 = decide(make_size(100), p)
+    assert d2.layer == "stage4" and d2.comparison["threshold_points"] == 1.0
+
+
+def test_overridden_thresholds_change_the_decision():
+    p = make_probe({"stage4": .905, "pool": .90}, depths=TWO)
+    assert decide(make_size(100), p).layer == "pool"
+    assert decide(make_size(100), p, thresholds=Thresholds(margin=0.2)).layer == "stage4"
+    small = make_size(100)
+    assert decide(small, p).size_class == "small"
+    th = Thresholds(small_per_class=10, large_per_class=50, large_total=500)
+    assert decide(small, p, thresholds=th).quadrant == "large-similar"
+    # total too small for "large" even with enough per class
+    th2 = Thresholds(small_per_class=10, large_per_class=50, large_total=5000)
+    assert decide(small, p, thresholds=th2).size_class == "medium"
+
+
+def test_threshold_validation_names_the_values():
+    with pytest.raises(OptionError, match=r"small_per_class \(300\).*large_per_class \(100\)"):
+        Thresholds(small_per_class=300, large_per_class=100)
+    with pytest.raises(OptionError, match="margin"):
+        Thresholds(margin=-1)
+    with pytest.raises(ValueError, match="large_total must be >= 1. Got 0 instead"):
+        Thresholds(large_total=0)
+
+
+def test_exact_ties_between_layers_go_deeper():
+    p = make_probe({"stage3": .80, "stage4": .80, "stage5": .70, "pool": .95})
+    assert decide(make_size(100), p).comparison["best_earlier"] == "stage4"
+    resnet = {"layer3": "earlier", "layer4": "last", "pool": "last"}
+    p = make_probe({"layer3": .7, "layer4": .9, "pool": .9}, depths=resnet)
+    assert decide(make_size(100), p).layer == "pool"
+
+
+def test_raw_pixels_beating_the_codes_warns():
+    p = make_probe({"stage4": .80, "pool": .85}, depths=TWO, raw=.95)
+    d = decide(make_size(100), p)
+    assert d.comparison["codes_beat_raw_pixels"] is False
+    assert any("raw pixels" in w for w in d.warnings)
+    assert "raw pixels beat the codes" in d.explanation
+    assert d.layer == "pool"  # the warning does not change the quadrant
+    d = decide(make_size(100), make_probe({"stage4": .80, "pool": .85}, depths=TWO, raw=.7))
+    assert d.comparison["codes_beat_raw_pixels"] is True and not d.warnings
+
+
+def test_random_weights_and_imbalance_warn():
+    size = SizeInfo(220, {"a": 200, "b": 20})
+    d = decide(size, make_probe({"stage4": .8, "pool": .9}, depths=TWO), random_weights=True)
+    assert any("random weights" in w for w in d.warnings)
+    assert any("imbalanced" in w for w in d.warnings)
+    balanced = decide(make_size(100), make_probe({"stage4": .8, "pool": .9}, depths=TWO))
+    assert balanced.warnings == []
+
+
+def test_decision_needs_both_depths():
+    with pytest.raises(OptionError, match="last layer with earlier ones"):
+        decide(make_size(100), make_probe({"pool": .9}, depths={"pool": "last"}))
+
+
+def test_commands_repeat_non_default_options():
+    setup = RunSetup(source="data", backbone="resnet18", weights="random", pooling="max")
+    d = decide(make_size(100), make_probe({"layer3": .95, "pool": .80},
+                                          depths={"layer3": "earlier", "pool": "last"}),
+               setup=setup)
+    assert shlex.split(d.commands[0])[5:] == ["--backbone", "resnet18", "--weights", "random",
+                                              "--pooling", "max", "--layers", "layer3"]
