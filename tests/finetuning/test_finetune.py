@@ -22,27 +22,19 @@ from torch import nn
 from cnncodes import CodeExtractor, cli, get_spec
 from cnncodes.backbones import build_model
 from cnncodes.errors import FinetuneDivergedError
-from cnncodes.finetuning.finetune import (
-    FinetuneConfig,
-    FinetuneNet,
-    build_finetune_model,
-    build_optimizer,
-    escalate,
-    finetune,
-    is_finetuned_model,
-    load_finetuned,
-    lr_factor,
-    make_config,
-    make_split,
-    param_groups,
-    predict_images,
-    read_model_file,
-)
+from cnncodes.finetuning.config import FinetuneConfig, make_config
+from cnncodes.finetuning.model_file import is_finetuned_model, read_model_file
+from cnncodes.finetuning.net import FinetuneNet, build_finetune_model, load_finetuned
+from cnncodes.finetuning.optim import build_optimizer, lr_factor, param_groups
+from cnncodes.finetuning.predict import predict_images
+from cnncodes.finetuning.run import finetune
+from cnncodes.finetuning.split import make_split
 from cnncodes.sources.data import normalize_batch
+from cnncodes.workflows.compare import escalate
 
-from .conftest import write_tree
+from ..conftest import write_tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: A tiny, fast, deterministic run: random-init resnet18 at 32 px, one thread, no workers.
 TINY = dict(backbone="resnet18", weights="random", input_size=32, batch_size=8, num_workers=0,
             threads=1, val_fraction=0.2, test_fraction=0.2)
