@@ -127,6 +127,7 @@ class Trainer:
             self.resume(saved)
         self.first_epoch_this_session = len(self.state.history)
         self._new_failures: list[tuple[str, str]] = []
+        self._plotted = -1  # epochs in curves.png as written by this session
         self._prepare()
 
     # ------------------------------------------------------------------------------ set-up
@@ -397,8 +398,12 @@ class Trainer:
         return None
 
     def plot(self) -> None:
+        """Write ``curves.png`` (unless it already shows every epoch of the history)."""
+        if self._plotted == len(self.state.history):
+            return
         plot_curves(self.state.history, self.out / "curves.png",
                     title=f"{self.cfg.backbone} {self.cfg.state} ({self.pp.crop} px)")
+        self._plotted = len(self.state.history)
 
     def test(self) -> Evaluation | None:
         """The best epoch's ``model.pt`` on the test part (None without either)."""
