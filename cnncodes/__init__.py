@@ -49,16 +49,14 @@ _LAZY: dict[str, str] = {
     "OptionError": ".errors",
     "StoreMismatchError": ".errors",
     "WeightsUnavailableError": ".errors",
-    # .finetuning.finetune
-    "EscalationResult": ".finetuning.finetune",
-    "FinetuneConfig": ".finetuning.finetune",
-    "FinetuneResult": ".finetuning.finetune",
-    "ImagePredictions": ".finetuning.finetune",
-    "escalate": ".finetuning.finetune",
-    "finetune": ".finetuning.finetune",
-    "is_finetuned_model": ".finetuning.finetune",
-    "load_finetuned": ".finetuning.finetune",
-    "predict_images": ".finetuning.finetune",
+    # .finetuning
+    "FinetuneConfig": ".finetuning.config",
+    "FinetuneResult": ".finetuning.run",
+    "ImagePredictions": ".finetuning.predict",
+    "finetune": ".finetuning.run",
+    "is_finetuned_model": ".finetuning.model_file",
+    "load_finetuned": ".finetuning.net",
+    "predict_images": ".finetuning.predict",
     # .linear.classify
     "TrainedModel": ".linear.classify",
     "baseline": ".linear.classify",
@@ -78,6 +76,9 @@ _LAZY: dict[str, str] = {
     "load_rgb": ".sources.images",
     # .sources.preprocessing
     "Preprocessing": ".sources.preprocessing",
+    # .workflows.compare
+    "EscalationResult": ".workflows.compare",
+    "escalate": ".workflows.compare",
     # .linear.array_api_env
     "enable_array_api": ".linear.array_api_env",
 }

@@ -160,7 +160,7 @@ def test_train_help_says_linearsvc_stays_on_the_cpu(capsys):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """A tiny fine-tuned model: random-init resnet18 at 32 px, one epoch on 3 x 6 images."""
-    from cnncodes.finetuning.finetune import finetune
+    from cnncodes.finetuning.run import finetune
 
     from .conftest import write_tree
 
@@ -173,7 +173,8 @@ def finetuned(tmp_path_factory):
 
 
 def test_predict_dispatches_to_a_finetuned_model(finetuned, tmp_path, capsys):
-    from cnncodes.finetuning.finetune import is_finetuned_model, predict_images
+    from cnncodes.finetuning.model_file import is_finetuned_model
+    from cnncodes.finetuning.predict import predict_images
 
     model, photos = finetuned
     assert is_finetuned_model(model)

@@ -1,16 +1,24 @@
 """``cnncodes finetune``: training the network end to end (and the escalation comparison).
+
+Parse -> one library call (:func:`cnncodes.finetune` or :func:`cnncodes.escalate`) -> print
+(:mod:`cnncodes.report.finetune`). Options are :class:`~cnncodes.FinetuneConfig` fields; only those
+given on the command line reach the library, so ``--resume`` alone continues with the saved ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
 from typing import Any
 
+from ..finetuning.config import OPTIMIZERS, SCHEDULES, STATES, FinetuneConfig
+from ..options import PRECISIONS
 from .common import int_or_none
 
-log = logging.getLogger("cnncodes")
+#: FinetuneConfig's fields: the options that reach the library
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
+_D = FinetuneConfig()
 
 
 def crop_scale(s: str) -> tuple[float, float]:
@@ -27,7 +35,7 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a backbone end to end (states predict, "
                        "head-only, full); resumable; --escalation compares with the linear probe",
                        argument_default=argparse.SUPPRESS,
-                       epilog="Defaults: see cnncodes.finetune.FinetuneConfig (SGD momentum 0.9, "
+                       epilog="Defaults: see cnncodes.FinetuneConfig (SGD momentum 0.9, "
                               "lr 0.001 (AdamW 1e-4), head x10, weight decay 1e-3, 15 epochs, "
                               "cosine after 1 warmup epoch, val 0.15, test 0.2). The same "
                               "command runs under `torchrun --nproc-per-node N -m cnncodes "
@@ -49,27 +57,29 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars")
     p.add_argument("--json", action="store_true", default=False, help="print the report as JSON")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", help="registry name (default mobilenet_v2)")
+    g.add_argument("--backbone", help=f"registry name (default {_D.backbone})")
     g.add_argument("--weights", help="auto, a weights name, a checkpoint or RUN/model.pt, random")
     g.add_argument("--input-size", type=int, help="crop size in pixels (default from the weights)")
-    g.add_argument("--state", choices=["predict", "head-only", "full"],
+    g.add_argument("--state", choices=STATES,
                    help="full (default), head-only (backbone frozen), predict (evaluate "
                         "--weights RUN/model.pt, no training)")
-    g.add_argument("--freeze", type=int, help="freeze the first K stages (default 0)")
+    g.add_argument("--freeze", type=int,
+                   help=f"freeze the first K stages (default {_D.freeze})")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int,
-                   help="images per step per process (default 32); under torchrun each of the "
-                        "N processes takes this many, so the global batch is N x this (the "
-                        "learning rate is not rescaled)")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"])
+                   help=f"images per step per process (default {_D.batch_size}); under torchrun "
+                        "each of the N processes takes this many, so the global batch is N x "
+                        "this (the learning rate is not rescaled)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, help="base learning rate of the pretrained layers")
-    g.add_argument("--head-lr-mult", type=float, help="head lr = lr x this (default 10)")
+    g.add_argument("--head-lr-mult", type=float,
+                   help=f"head lr = lr x this (default {_D.head_lr_mult:g})")
     g.add_argument("--layer-decay", type=float,
                    help="layer-wise lr decay per stage from the top (e.g. 0.7)")
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=["cosine", "step", "constant"])
+    g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--step-size", type=int, help="epochs between steps (schedule step)")
     g.add_argument("--gamma", type=float, help="step factor (schedule step)")
@@ -88,7 +98,7 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+    g.add_argument("--precision", choices=PRECISIONS,
                    help="auto: fp16 AMP on CUDA, fp32 on CPU")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none)
@@ -98,58 +108,30 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
                         "processes) for the layers that train; frozen stages keep theirs")
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms during the run")
-    g.add_argument("--max-pixels", type=int, help="decompression-bomb limit per image")
+    g.add_argument("--max-pixels", type=int,
+                   help=f"decompression-bomb limit per image (default {_D.max_pixels:,})")
     return p
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    from .._distributed import env_info
     from .._runtime import command_line
-    from ..finetuning.finetune import FinetuneConfig, escalate, finetune
+    from ..report.finetune import format_escalation, format_finetune
 
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    options = {k: v for k, v in vars(args).items() if k in names}
+    options = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
     common = dict(test=getattr(args, "test", None), resume=args.resume,
                   overwrite=args.overwrite, progress=not args.no_progress,
                   command=command_line())
     if args.escalation:
+        from ..workflows.compare import escalate
+
         esc = escalate(args.source, args.output, **common, **options)
-        if args.json:
-            print(esc.json_path.read_text())
-            return 0
-        print(esc.table())
-        print(f"\n{esc.verdict}")
-        print(f"\nreports: {esc.markdown_path}, {esc.json_path}, {esc.png_path}; runs in "
-              f"{esc.output / 'head-only'} and {esc.output / 'full'}")
+        print(esc.json_path.read_text() if args.json else format_escalation(esc))
         return 0
+    from ..finetuning.run import finetune
+
     res = finetune(args.source, args.output, **common, **options)
-    from .._distributed import env_info
     if not env_info().is_main:  # under torchrun rank 0 reports for the job
         return 0
-    if args.json:
-        print(json.dumps(res.report, indent=2, default=str))
-        return 0
-    rep = res.report
-
-    def f(v: Any) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    if res.state == "predict":
-        print(f"{res.output}: evaluated {rep['backbone']} fine-tuned model on "
-              f"{rep['split']['test']} images: accuracy {f(res.test_accuracy)}")
-    else:
-        resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
-        print(f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
-              f"{res.status}{resumed}: {res.epochs_run} epochs, best epoch {res.best_epoch}")
-        print(f"  validation accuracy {f(res.val_accuracy)}, test accuracy "
-              f"{f(res.test_accuracy)} ({rep['split']['test']} images); "
-              f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s")
-        print(f"  model {res.model_path} (usable as --weights for extract; predict with "
-              f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
-              f"{res.curves_path}")
-    if res.failures:
-        print(f"{len(res.failures)} files could not be read and were skipped:")
-        for p, r in res.failures[:20]:
-            print(f"  {p}: {r}")
+    print(json.dumps(res.report, indent=2, default=str) if args.json else format_finetune(res))
     return 0

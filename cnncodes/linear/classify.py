@@ -1161,7 +1161,7 @@ def _is_finetuned_file(model: Any) -> bool:
 
     if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
         return False
-    from ..finetuning.finetune import is_finetuned_model
+    from ..finetuning.model_file import is_finetuned_model
 
     return is_finetuned_model(model)
 
@@ -1178,7 +1178,7 @@ def _predict_finetuned(model: str | os.PathLike,
                        threads: int | None, max_pixels: int | None,
                        progress: bool) -> Predictions:
     """:func:`predict` for a fine-tuned ``model.pt``: its own network and preprocessing."""
-    from ..finetuning.finetune import predict_images
+    from ..finetuning.predict import predict_images
     from ..sources.folders import open_source
 
     if _is_store_source(source):
@@ -1555,7 +1555,9 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
     else, or with ``overwrite``, started over.
     """
     from ..errors import FinetuneDivergedError
-    from ..finetuning.finetune import finetune, make_config, make_split
+    from ..finetuning.config import make_config
+    from ..finetuning.run import finetune
+    from ..finetuning.split import make_split
 
     cfg = make_config(None, backbone=backbone, weights=weights, input_size=input_size,
                       state="full", seed=seed, device=device, precision=precision,

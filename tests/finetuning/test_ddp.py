@@ -17,19 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from cnncodes.finetuning.finetune import (
-    EpochSampler,
-    build_finetune_model,
-    convert_sync_bn,
-    finetune,
-    make_config,
-    predict_images,
-    read_model_file,
-)
+from cnncodes.finetuning.config import make_config
+from cnncodes.finetuning.data import EpochSampler
+from cnncodes.finetuning.ddp import convert_sync_bn
+from cnncodes.finetuning.model_file import read_model_file
+from cnncodes.finetuning.net import build_finetune_model
+from cnncodes.finetuning.predict import predict_images
+from cnncodes.finetuning.run import finetune
 
-from .conftest import kill_job_tree, write_tree
+from ..conftest import kill_job_tree, write_tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 ARGS = ["--backbone", "mobilenet_v2", "--weights", "random", "--input-size", "32",
         "--batch-size", "4", "--workers", "0", "--threads", "1", "--val-fraction", "0.3",

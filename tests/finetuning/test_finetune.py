@@ -1,5 +1,5 @@
-"""Fine-tuning: head replacement, freezing, learning rates, exact resume after kill -9, NaN guard,
-predict with a fine-tuned model, the escalation report. Random-init models on tiny generated
+"""Fine-tuning: head replacement, freezing, learning rates, the split, learning on a separable set,
+early stopping, exact resume after kill -9, NaN guard, predict with a fine-tuned model. Random-init models on tiny generated
 images (no network)."""
 
 from __future__ import annotations
@@ -22,27 +22,18 @@ from torch import nn
 from cnncodes import CodeExtractor, cli, get_spec
 from cnncodes.backbones import build_model
 from cnncodes.errors import FinetuneDivergedError
-from cnncodes.finetuning.finetune import (
-    FinetuneConfig,
-    FinetuneNet,
-    build_finetune_model,
-    build_optimizer,
-    escalate,
-    finetune,
-    is_finetuned_model,
-    load_finetuned,
-    lr_factor,
-    make_config,
-    make_split,
-    param_groups,
-    predict_images,
-    read_model_file,
-)
+from cnncodes.finetuning.config import FinetuneConfig, make_config
+from cnncodes.finetuning.model_file import is_finetuned_model, read_model_file
+from cnncodes.finetuning.net import FinetuneNet, build_finetune_model, load_finetuned
+from cnncodes.finetuning.optim import build_optimizer, lr_factor, param_groups
+from cnncodes.finetuning.predict import predict_images
+from cnncodes.finetuning.run import finetune
+from cnncodes.finetuning.split import make_split
 from cnncodes.sources.loader import normalize_batch
 
-from .conftest import write_tree
+from ..conftest import write_tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: A tiny, fast, deterministic run: random-init resnet18 at 32 px, one thread, no workers.
 TINY = dict(backbone="resnet18", weights="random", input_size=32, batch_size=8, num_workers=0,
             threads=1, val_fraction=0.2, test_fraction=0.2)
@@ -232,6 +223,44 @@ def test_split_is_seeded_stratified_and_disjoint(photos):
         make_split(photos / "ant")
 
 
+def _old_split_rule(labels: np.ndarray, n_classes: int, val: float, test: float,
+                    seed: int) -> dict[str, list[int]]:
+    """The per-class shuffle make_split had before it used sources.splits.stratified_parts."""
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for c in range(n_classes):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.random.default_rng([seed, c]).permutation(len(idx))]
+        n = len(idx)
+
+        def share(f: float) -> int:
+            k = int(round(f * n))
+            return 1 if f > 0 and k == 0 and n >= 3 else k
+
+        n_test, n_val = share(test), share(val)
+        parts["test"] += idx[:n_test].tolist()
+        parts["val"] += idx[n_test:n_test + n_val].tolist()
+        parts["train"] += idx[n_test + n_val:].tolist()
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+@pytest.mark.parametrize("seed,val,test", [(0, 0.15, 0.2), (3, 0.2, 0.3), (7, 0.1, 0.0)])
+def test_split_keeps_the_rows_of_runs_made_before_the_shared_splitter(tmp_path, seed, val, test):
+    from cnncodes import open_source
+    from cnncodes.finetuning.split import Split
+
+    photos = write_tree(tmp_path / "uneven", per_class=9, seed=1)
+    for k in range(4):  # uneven classes: 9, 9, 5
+        (photos / "cow" / f"img{k:03d}.png").unlink()
+    src = open_source(photos)
+    old = _old_split_rule(src.labels, len(src.classes), val, test, seed)
+    split = make_split(photos, val_fraction=val, test_fraction=test, seed=seed)
+    for part in ("train", "val", "test"):
+        assert [p for p, _ in getattr(split, part)] == [src.paths[i] for i in old[part]], part
+    # a split.json written by an earlier run reads back as the same split
+    saved = json.loads(json.dumps(split.to_dict()))
+    assert Split.from_dict(saved) == split
+
+
 # ------------------------------------------------------------------------------ training runs
 
 
@@ -239,7 +268,8 @@ def test_run_writes_report_curves_and_leaves_global_state(trained_run, photos, t
     rep = json.loads((trained_run / "report.json").read_text())
     assert rep["status"] == "completed" and rep["epochs_run"] == 2
     assert rep["split"]["train"] == 18 and rep["split"]["test"] == 6
-    assert 0 <= rep["test_accuracy"] <= 1 and len(rep["history"]) == 2
+    cm = np.array(rep["confusion_matrix"])
+    assert rep["test_accuracy"] == pytest.approx(np.trace(cm) / cm.sum()) and len(rep["history"]) == 2
     assert {g["name"] for g in rep["param_groups"]} == {"stage1", "stage2", "stage3", "stage4",
                                                          "head"}
     assert sum(map(sum, rep["confusion_matrix"])) == 6
@@ -267,6 +297,56 @@ def _cli_args(photos: Path, out: Path, epochs: int) -> list[str]:
             "random", "--input-size", "32", "--epochs", str(epochs), "--batch-size", "8",
             "--workers", "0", "--threads", "1", "--val-fraction", "0.2", "--test-fraction",
             "0.2", "--lr", "0.005", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 20 images of 32x32 px whose colour and stripes depend on the class."""
+    return write_tree(tmp_path_factory.mktemp("ft") / "separable", per_class=20, size=(32, 32))
+
+
+#: learns the separable set in one epoch (AdamW adapts its steps; SGD needs many more epochs)
+LEARN = {**TINY, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0}
+
+
+def test_fine_tuning_learns_and_full_beats_an_untrained_head(separable, tmp_path):
+    from cnncodes.backbones.weights import weights_sha256
+    from cnncodes.finetuning.model_file import save_model_file
+
+    res = finetune(separable, tmp_path / "full", epochs=1, **LEARN)
+    assert res.status == "completed" and res.report["split"]["test"] == 12
+    assert res.test_accuracy >= 0.9 and res.val_accuracy >= 0.9  # chance is 1/3
+    # state predict on the same test images with the untrained (new, random) head: chance level
+    torch.manual_seed(0)
+    cfg = make_config(**{k: v for k, v in LEARN.items() if k != "lr"})
+    net, resolved, pp = build_finetune_model(cfg, res.classes)
+    untrained = tmp_path / "untrained.pt"
+    save_model_file(net, untrained, config=cfg.to_dict(), family="resnet",
+                    base_weights=resolved.id, base_weights_sha256=weights_sha256(resolved) or "",
+                    preprocessing=pp.to_dict(), epoch=0, val_accuracy=None, command="test")
+    split = json.loads((res.output / "split.json").read_text())
+    test_list = tmp_path / "test.csv"
+    test_list.write_text("".join(f"{Path(split['root']) / p},{c}\n" for p, c in split["test"]))
+    ev = finetune(test_list, tmp_path / "predict", state="predict", weights=str(untrained),
+                  num_workers=0, batch_size=8)
+    assert ev.status == "evaluated" and ev.report["split"]["test"] == 12
+    assert ev.test_accuracy <= 0.5 < res.test_accuracy
+
+
+def test_early_stopping_stops_before_max_epochs_and_keeps_the_best_model(photos, tmp_path):
+    # head-only at a vanishing learning rate: the weights (and so the validation loss) cannot
+    # move, so no epoch after the first improves and patience 2 ends the run after epoch 3
+    res = finetune(photos, tmp_path / "es", state="head-only", epochs=10, early_stopping=2,
+                   lr=1e-30, **{k: v for k, v in TINY.items()})
+    assert res.status == "early-stopped" and res.epochs_run == 3 < 10
+    assert res.best_epoch == 1 and res.report["best_epoch"] == 1
+    _, meta = read_model_file(res.model_path)
+    assert meta["epoch"] == 1  # model.pt is the best epoch's, not the last one's
+    ck = torch.load(res.output / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 3 and ck["stopped"] == "early-stopped" and ck["bad_epochs"] == 2
+    # resuming a stopped run trains no further
+    again = finetune(photos, res.output, resume=True)
+    assert again.epochs_run == 3 and again.status == "early-stopped"
 
 
 @pytest.mark.slow
@@ -408,35 +488,3 @@ def test_extraction_takes_the_preprocessing_recorded_in_the_model_file(trained_r
                      "0"]) == 0
     prov = FeatureStore(out).provenance
     assert prov["input_size"] == 32 and prov["preprocessing"] == meta["preprocessing"]
-
-
-# ------------------------------------------------------------------------------ escalation
-
-
-def test_escalation_report_compares_probe_head_only_and_full(photos, tmp_path):
-    out = tmp_path / "esc"
-    assert cli.main(["-q", "finetune", str(photos), "-o", str(out), "--escalation",
-                     "--backbone", "resnet18", "--weights", "random", "--input-size", "32",
-                     "--epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1",
-                     "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-progress"]) == 0
-    rep = json.loads((out / "escalation.json").read_text())
-    assert [r["method"] for r in rep["rows"]] == ["linear probe", "head-only fine-tuning",
-                                                   "full fine-tuning"]
-    for r in rep["rows"]:
-        assert 0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 and r["status"] == "completed"
-    probe, head, full = rep["rows"]
-    assert probe["trainable_params"] == head["trainable_params"] < full["trainable_params"]
-    assert rep["split"] == {"train": 18, "val": 6, "test": 6, "seed": 0}
-    split = (out / "split.json").read_text()
-    for sub in ("head-only", "full"):  # the same split for every method
-        assert (out / sub / "split.json").read_text() == split
-        assert (out / sub / "model.pt").is_file()
-    md = (out / "escalation.md").read_text()
-    assert "| linear probe |" in md and "| full fine-tuning |" in md and rep["verdict"] in md
-    with Image.open(out / "escalation.png") as im:
-        assert im.format == "PNG"
-    with pytest.raises(ValueError, match="already holds an escalation report"):
-        escalate(photos, out, **TINY)
-    # resuming a finished escalation reuses the probe and the finished runs
-    res = escalate(photos, out, resume=True, epochs=1, **TINY)
-    assert [r["test_accuracy"] for r in res.rows] == [r["test_accuracy"] for r in rep["rows"]]

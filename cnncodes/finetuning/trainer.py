@@ -1,0 +1,474 @@
+"""The fine-tuning loop as a small state object: :class:`Trainer` builds the network, optimiser,
+scheduler and loaders of one run, and offers :meth:`~Trainer.step` (one optimiser step),
+:meth:`~Trainer.train_epoch`, :meth:`~Trainer.evaluate`, :meth:`~Trainer.checkpoint` and
+:meth:`~Trainer.resume`; :class:`TrainState` is what a checkpoint carries besides the tensors.
+
+Resume is exact: a checkpoint (written atomically after every epoch) holds the model, optimiser,
+scheduler and scaler states, every rank's dropout RNG state, and the :class:`TrainState`; batch
+order and augmentation are seeded by ``(seed, epoch)``, so a run killed at any moment and resumed
+computes the same weights bit for bit (with the same number of ranks).
+
+Under DDP every rank runs the same :class:`Trainer`; collectives (loss checks, failure lists, RNG
+states) are called by every rank at the same points, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .._distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+)
+from .._distributed import backend as dist_backend
+from .._runtime import versions
+from ..atomic import atomic_write_json
+from ..backbones.registry import get_spec
+from ..backbones.weights import weights_sha256
+from ..sources.folders import ImageSource
+from ..sources.loader import Batch, normalize_batch
+from .config import FinetuneConfig
+from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
+from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
+from .evaluation import (
+    Evaluation,
+    amp_dtype,
+    autocast,
+    confusion,
+    evaluate,
+    fmt,
+    per_class,
+    progress_bar,
+)
+from .model_file import atomic_torch_save, read_model_file, save_model_file
+from .net import build_finetune_model
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_curves
+from .split import Split
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "cnncodes-finetune-checkpoint"
+REPORT_KIND = "cnncodes-finetune-report"
+
+
+class Diverged(Exception):
+    """The training loss became NaN/inf (raised on every rank at the same step)."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint carries besides the model/optimiser tensors."""
+
+    epoch: int = 0
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"epoch": self.epoch,
+                "best": {"accuracy": self.best_accuracy, "loss": self.best_loss,
+                         "epoch": self.best_epoch},
+                "bad_epochs": self.bad_epochs, "history": self.history,
+                "failures": self.failures, "stopped": self.stopped}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
+        best = saved["best"]
+        return cls(int(saved["epoch"]), float(best["accuracy"]), float(best["loss"]),
+                   best["epoch"], int(saved["bad_epochs"]), list(saved["history"]),
+                   dict(saved["failures"]), saved.get("stopped"))
+
+
+class Trainer:
+    """One fine-tuning run of ``cfg`` on ``split`` into the run folder ``out``.
+
+    ``saved`` (a loaded ``checkpoint.pt``) continues that run. Call inside the run context (the
+    global RNG seeded by ``cfg.seed``): the head init and dropout draw from it.
+    """
+
+    def __init__(self, split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *,
+                 di: DistInfo, saved: dict[str, Any] | None = None, progress: bool = False,
+                 command: str = "") -> None:
+        self.t_start = time.perf_counter()
+        self.split, self.out, self.cfg, self.device, self.di = split, out, cfg, device, di
+        self.progress, self.command = progress, command
+        self.train_src: ImageSource = split.source("train")
+        self.val_src: ImageSource = split.source("val")
+        self.per_rank = -(-len(self.train_src) // di.world)
+        if self.per_rank < 2:
+            raise ValueError(f"{len(self.train_src)} training images cannot be shared by "
+                             f"{di.world} processes (BatchNorm needs two images per step): use "
+                             "fewer processes.")
+        self.sync_bn = cfg.sync_bn and di.enabled  # CPU + DDP was refused by finetune()
+        if cfg.sync_bn and not di.enabled:
+            log.info("sync_bn has no effect in one process (BatchNorm already sees the whole "
+                     "batch)")
+        self._build_model()
+        self.state = TrainState()
+        self.resumed_from: int | None = None
+        if saved is not None:
+            self.resume(saved)
+        self.first_epoch_this_session = len(self.state.history)
+        self._new_failures: list[tuple[str, str]] = []
+        self._plotted = -1  # epochs in curves.png as written by this session
+        self._prepare()
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def _build_model(self) -> None:
+        cfg, di = self.cfg, self.di
+        # the same head init on every rank (seeded by cfg.seed; DDP also broadcasts rank 0's)
+        net, self.resolved, self.pp = build_finetune_model(cfg, self.split.classes)
+        net.freeze(cfg.freeze, backbone=cfg.state == "head-only")
+        if self.sync_bn:
+            net = convert_sync_bn(net)
+        if cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.net = net.to(self.device)
+        if di.enabled:  # each rank its own dropout stream (one process keeps the plain seed)
+            torch.manual_seed(rank_seed(cfg.seed, di.rank, 0))
+        self.precision, self.amp = amp_dtype(cfg.precision, self.device)
+        self.optimizer = build_optimizer(self.net, cfg)
+        self.drop_last = self.per_rank % cfg.batch_size == 1
+        self.steps = (self.per_rank // cfg.batch_size if self.drop_last
+                      else math.ceil(self.per_rank / cfg.batch_size))
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"
+                                           and self.device.type == "cuda")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def resume(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, scaler, RNG and state.
+
+        Exact with the checkpoint's number of ranks; with another, the schedule continues at the
+        new steps per epoch and each rank gets a fresh dropout stream (logged as not exact).
+        """
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState.from_checkpoint(saved)
+        start = self.state.epoch
+        saved_world = int(saved.get("world_size", 1))
+        if saved_world != self.di.world:
+            log.warning("resuming a run trained by %d process(es) with %d: the batches differ "
+                        "from here on and the schedule continues from epoch %d at %d steps per "
+                        "epoch (not an exact continuation)", saved_world, self.di.world, start,
+                        self.steps)
+            self.scheduler = build_scheduler(self.optimizer, self.cfg, self.steps,
+                                             start_step=start * self.steps)
+        restore_rng(saved["rng"], self.di, self.device, seed=self.cfg.seed, epoch=start)
+        self.resumed_from = start
+        log.info("resuming %s from epoch %d/%d", self.out, start, self.cfg.epochs)
+
+    def _prepare(self) -> None:
+        cfg, di, device = self.cfg, self.di, self.device
+        if di.is_main:
+            atomic_write_json(self.out / "split.json", self.split.to_dict())
+            atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": di.world})
+        self.model: nn.Module = self.net
+        if di.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        self._log_start()
+        self.sampler = EpochSampler(len(self.train_src), cfg.seed, di.rank, di.world)
+        dataset = SplitDataset(self.train_src, self.pp, train=True, augment=cfg.augment,
+                               crop_scale=cfg.crop_scale, hflip=cfg.hflip, seed=cfg.seed,
+                               max_pixels=cfg.max_pixels)
+        self.train_loader: DataLoader | None = make_loader(
+            dataset, batch_size=cfg.batch_size, workers=loader_workers(cfg, device, self.per_rank),
+            seed=cfg.seed, sampler=self.sampler, drop_last=self.drop_last,
+            pin=device.type == "cuda")
+        self.val_loader: DataLoader | None = (eval_loader(self.val_src, self.pp, cfg, device, di)
+                                              if len(self.val_src) else None)
+        self.train_labels = torch.as_tensor(self.train_src.labels)
+        self.trainable = [p for p in self.net.parameters() if p.requires_grad]
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The optimiser groups: name, base learning rate, parameter count."""
+        return [{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
+                 "params": int(sum(p.numel() for p in g["params"]))}
+                for g in self.optimizer.param_groups]
+
+    def _log_start(self) -> None:
+        cfg, di = self.cfg, self.di
+        total = sum(p.numel() for p in self.net.parameters())
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        ddp = (f", DDP over {di.world} processes ({dist_backend()}), batch {cfg.batch_size} per "
+               f"process = {cfg.batch_size * di.world}{', SyncBatchNorm' if self.sync_bn else ''}"
+               if di.enabled else "")
+        log.info("%s %s on %s (%s%s): %d classes, %d train / %d val / %d test images at %d px; "
+                 "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
+                 self.precision, ddp, len(self.split.classes), len(self.train_src),
+                 len(self.val_src), len(self.split.test), self.pp.crop, f"{trainable:,}",
+                 f"{total:,}", ", ".join(f"{g['name']} lr {g['lr']:.3g}" for g in self.groups()))
+
+    # ------------------------------------------------------------------------------ training
+
+    def step(self, batch: Batch, index: int) -> tuple[float, int, int]:
+        """One optimiser step on ``batch`` (and one scheduler step, always).
+
+        Returns ``(loss sum, correct, images)`` of the batch; zeros when it is skipped (fewer than
+        two readable images on some rank: under DDP all ranks step, or none does).
+
+        Raises:
+            Diverged: the (ranks' mean) loss is NaN/inf.
+        """
+        self._new_failures.extend((os.fspath(self.train_src.abspath(k)), r)
+                                  for k, r in batch.failures)
+        usable = len(batch.indices) >= 2
+        if self.di.enabled:
+            usable = all_reduce_sum([not usable])[0] == 0
+        out = (0.0, 0, 0)
+        if usable:
+            out = self._optimise(batch, index)
+        self.scheduler.step()
+        return out
+
+    def _optimise(self, batch: Batch, index: int) -> tuple[float, int, int]:
+        cfg = self.cfg
+        x = normalize_batch(batch.images.to(self.device, non_blocking=True), self.pp,
+                            channels_last=cfg.channels_last)
+        y = self.train_labels[batch.indices].to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+        # the ranks' mean loss: NaN/inf on any rank stops every rank at this step
+        loss_value = float(loss.detach())
+        if self.di.enabled:
+            loss_value = all_reduce_sum([loss_value])[0] / self.di.world
+        if not math.isfinite(loss_value):
+            lrs = ", ".join(f"{g['name']} {g['lr']:.3g}" for g in self.optimizer.param_groups)
+            raise Diverged(f"the training loss became {loss_value} at epoch "
+                           f"{self.state.epoch + 1}, step {index + 1} (learning rates {lrs})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        n = len(batch.indices)
+        return float(loss.detach()) * n, int((logits.detach().argmax(1) == y).sum()), n
+
+    def train_epoch(self) -> tuple[dict[str, Any], Evaluation | None]:
+        """Train one epoch and validate: ``(history record, validation evaluation or None)``."""
+        assert self.train_loader is not None
+        cfg, di, epoch = self.cfg, self.di, self.state.epoch
+        t0 = time.perf_counter()
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress_bar(self.per_rank, f"epoch {epoch + 1}/{cfg.epochs}"
+                           if self.progress and di.is_main else None)
+        try:
+            for index, batch in enumerate(self.train_loader):
+                if bar is not None:
+                    bar.update(len(batch.indices) + len(batch.failures))
+                dl, dc, dn = self.step(batch, index)
+                loss_sum, correct, seen = loss_sum + dl, correct + dc, seen + dn
+        finally:
+            if bar is not None:
+                bar.close()
+        self.merge_failures()
+        if di.enabled:
+            # whole-job training figures (padding repeats included), and rank 0's BatchNorm
+            # statistics everywhere: what the checkpoint holds and validation must use
+            loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen])
+            broadcast_buffers(self.net)
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+            "train_acc": correct / max(1, seen), "val_loss": None, "val_acc": None,
+            "lr": lrs, "world_size": di.world}
+        ev = None
+        if self.val_loader is not None:
+            ev = self.evaluate(self.val_loader, self.val_src)
+            rec["val_loss"], rec["val_acc"] = ev.loss, ev.accuracy
+        rec["seconds"] = time.perf_counter() - t0
+        rec["images_per_s"] = seen / rec["seconds"] if rec["seconds"] > 0 else 0.0
+        return rec, ev
+
+    def merge_failures(self) -> None:
+        """Every rank's unreadable training images since the last call, logged once (rank 0's
+        log); a collective."""
+        for path, r in sorted(f for part in all_gather_objects(self._new_failures) for f in part):
+            if path not in self.state.failures:
+                log.warning("skipping %s: %s", path, r)
+                self.state.failures[path] = r
+        self._new_failures.clear()
+
+    def evaluate(self, loader: DataLoader, src: ImageSource,
+                 progress: str | None = None) -> Evaluation:
+        """Loss, accuracy and predictions over ``src`` (whole set, reduced over ranks);
+        unreadable images are added to the run's failures."""
+        ev = evaluate(self.net, loader, src.labels, self.pp, device=self.device, amp=self.amp,
+                      channels_last=self.cfg.channels_last, n_classes=len(self.split.classes),
+                      progress=progress, reduce=self.di.enabled)
+        for k, r in ev.failures:
+            self.state.failures.setdefault(os.fspath(src.abspath(k)), r)
+        return ev
+
+    def end_epoch(self, rec: dict[str, Any], ev: Evaluation | None) -> bool:
+        """Record the epoch; save ``model.pt`` when validation improved, count patience
+        otherwise. Returns whether it improved (always True without a validation part)."""
+        st = self.state
+        improved = ev is None or (ev.accuracy > st.best_accuracy or (
+            ev.accuracy == st.best_accuracy and ev.loss < st.best_loss))
+        st.history.append(rec)
+        st.epoch += 1
+        if improved:
+            st.best_epoch, st.bad_epochs = st.epoch, 0
+            if ev is not None:
+                st.best_accuracy, st.best_loss = float(rec["val_acc"]), float(rec["val_loss"])
+            if self.di.is_main:
+                self.save_model(rec["val_acc"])
+        else:
+            st.bad_epochs += 1
+            if self.cfg.early_stopping is not None and st.bad_epochs >= self.cfg.early_stopping:
+                st.stopped = "early-stopped"
+                log.info("early stopping: no validation improvement for %d epochs (best epoch "
+                         "%d)", st.bad_epochs, st.best_epoch)
+        return improved
+
+    def save_model(self, val_accuracy: float | None) -> None:
+        """Write ``model.pt`` (the best epoch so far)."""
+        save_model_file(self.net, self.out / "model.pt", config=self.cfg.to_dict(),
+                        family=get_spec(self.cfg.backbone).family,
+                        base_weights=self.resolved.id,
+                        base_weights_sha256=weights_sha256(self.resolved) or "",
+                        preprocessing=self.pp.to_dict(), epoch=self.state.epoch,
+                        val_accuracy=val_accuracy, command=self.command, world=self.di.world)
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` (rank 0; every rank must call it: the RNG states are
+        gathered)."""
+        mine, per_rank = gather_rng_states(self.device)
+        if not self.di.is_main:
+            return
+        st = self.state.to_checkpoint()
+        atomic_torch_save({
+            "format": 1, "kind": CHECKPOINT_KIND, "epoch": st.pop("epoch"),
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": {"torch": mine["torch"], "cuda": mine["cuda"], "per_rank": per_rank},
+            "world_size": self.di.world, **st,
+            "config": self.cfg.to_dict(), "split": self.split.to_dict(),
+        }, self.out / "checkpoint.pt")
+
+    def fit(self) -> str | None:
+        """Train until ``epochs`` or early stopping; returns the divergence message, if any."""
+        cfg = self.cfg
+        try:
+            while self.state.epoch < cfg.epochs and self.state.stopped is None:
+                rec, ev = self.train_epoch()
+                improved = self.end_epoch(rec, ev)
+                self.checkpoint()
+                log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  %s  %.1fs "
+                         "(%.0f img/s)%s", self.state.epoch, cfg.epochs, rec["train_loss"],
+                         rec["train_acc"], fmt(rec["val_loss"], ".4f"), fmt(rec["val_acc"], ".3f"),
+                         f"lr {self.optimizer.param_groups[0]['lr']:.3g}", rec["seconds"],
+                         rec["images_per_s"], "  *best" if improved else "")
+                if self.di.is_main:
+                    self.plot()
+        except Diverged as e:
+            self.merge_failures()
+            return str(e)
+        finally:  # stops the loaders' worker processes
+            self.train_loader = self.val_loader = None
+        return None
+
+    def plot(self) -> None:
+        """Write ``curves.png`` (unless it already shows every epoch of the history)."""
+        if self._plotted == len(self.state.history):
+            return
+        plot_curves(self.state.history, self.out / "curves.png",
+                    title=f"{self.cfg.backbone} {self.cfg.state} ({self.pp.crop} px)")
+        self._plotted = len(self.state.history)
+
+    def test(self) -> Evaluation | None:
+        """The best epoch's ``model.pt`` on the test part (None without either)."""
+        test_src = self.split.source("test")
+        model_path = self.out / "model.pt"
+        barrier()  # rank 0 has written model.pt before any rank looks for it
+        if not (model_path.is_file() and len(test_src)):
+            return None
+        sd, _ = read_model_file(model_path)
+        self.net.load_stock_state_dict(sd)
+        loader = eval_loader(test_src, self.pp, self.cfg, self.device, self.di)
+        return self.evaluate(loader, test_src,
+                             progress="test" if self.progress and self.di.is_main else None)
+
+    # ------------------------------------------------------------------------------ report
+
+    def report(self, diverged: str | None, test_ev: Evaluation | None) -> dict[str, Any]:
+        """The run's ``report.json`` content."""
+        cfg, di, st, split = self.cfg, self.di, self.state, self.split
+        history = st.history
+        test_src = split.source("test")
+        status = "diverged" if diverged else (st.stopped or "completed")
+        train_seconds = float(sum(h["seconds"] for h in history))
+        this_session = sum(h["seconds"] for h in history[self.first_epoch_this_session:])
+        best_rec = next((h for h in history if h["epoch"] == st.best_epoch), None)
+        test_labels = test_src.labels
+        return {
+            "kind": REPORT_KIND, "status": status, "state": cfg.state,
+            "message": diverged, "backbone": cfg.backbone, "weights": self.resolved.id,
+            "weights_sha256": weights_sha256(self.resolved) or "", "classes": split.classes,
+            "input_size": self.pp.crop, "preprocessing": self.pp.to_dict(),
+            "device": str(self.device), "precision": self.precision, "world_size": di.world,
+            "distributed": {"world_size": di.world,
+                            "backend": dist_backend() if di.enabled else None,
+                            "batch_size_per_process": cfg.batch_size,
+                            "global_batch_size": cfg.batch_size * di.world,
+                            "sync_bn": self.sync_bn,
+                            "train_padding_per_epoch": self.sampler.padding},
+            "split": {**split.sizes(), "seed": split.seed, "val_fraction": split.val_fraction,
+                      "test_fraction": split.test_fraction, "test_source": split.test_source},
+            "stages": [{"index": s.index, "span": s.span, "params": len(s.params),
+                        "frozen": s.index <= self.net.frozen_stages} for s in self.net.stages],
+            "param_groups": self.groups(),
+            "trainable_params": sum(p.numel() for p in self.net.parameters()
+                                    if p.requires_grad),
+            "total_params": sum(p.numel() for p in self.net.parameters()),
+            "epochs_run": len(history), "best_epoch": st.best_epoch,
+            "val_accuracy": best_rec["val_acc"] if best_rec else None,
+            "test_accuracy": test_ev.accuracy if test_ev else None,
+            "test_loss": test_ev.loss if test_ev else None,
+            "per_class_test_accuracy": per_class(test_labels, test_ev.predicted, split.classes)
+            if test_ev else None,
+            "confusion_matrix": confusion(test_labels, test_ev.predicted, len(split.classes))
+            if test_ev else None,
+            "train_seconds": train_seconds,
+            # every epoch's time (also from sessions before a resume) + this session's setup/test
+            "seconds": train_seconds + max(0.0, time.perf_counter() - self.t_start
+                                           - this_session),
+            "history": history, "resumed_from": self.resumed_from,
+            "failures": sorted(st.failures.items()), "config": cfg.to_dict(),
+            "files": {"model": "model.pt" if (self.out / "model.pt").is_file() else None,
+                      "checkpoint": "checkpoint.pt", "curves": "curves.png",
+                      "split": "split.json"},
+            "command": self.command, "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+

@@ -1,0 +1,40 @@
+"""Text summaries of fine-tuning results for the terminal: a run (:func:`format_finetune`) and the
+escalation comparison (:func:`format_escalation`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def format_finetune(res: Any) -> str:
+    """A :class:`cnncodes.FinetuneResult` in a few lines (plus the unreadable files, if any)."""
+    rep = res.report
+    if res.state == "predict":
+        lines = [f"{res.output}: evaluated {rep['backbone']} fine-tuned model on "
+                 f"{rep['split']['test']} images: accuracy {_f(res.test_accuracy)}"]
+    else:
+        resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
+        lines = [
+            f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
+            f"{res.status}{resumed}: {res.epochs_run} epochs, best epoch {res.best_epoch}",
+            f"  validation accuracy {_f(res.val_accuracy)}, test accuracy "
+            f"{_f(res.test_accuracy)} ({rep['split']['test']} images); "
+            f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s",
+            f"  model {res.model_path} (usable as --weights for extract; predict with "
+            f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
+            f"{res.curves_path}"]
+    if res.failures:
+        lines.append(f"{len(res.failures)} files could not be read and were skipped:")
+        lines += [f"  {p}: {r}" for p, r in res.failures[:20]]
+    return "\n".join(lines)
+
+
+def format_escalation(esc: Any) -> str:
+    """A :class:`cnncodes.EscalationResult`: the table, the verdict, where the files are."""
+    return (f"{esc.table()}\n\n{esc.verdict}\n\nreports: {esc.markdown_path}, {esc.json_path}, "
+            f"{esc.png_path}; runs in {esc.output / 'head-only'} and {esc.output / 'full'}")
