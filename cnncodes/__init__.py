@@ -55,17 +55,20 @@ _LAZY: dict[str, str] = {
     "is_finetuned_model": ".finetuning.finetune",
     "load_finetuned": ".finetuning.finetune",
     "predict_images": ".finetuning.finetune",
-    # .linear.classify
-    "TrainedModel": ".linear.classify",
-    "baseline": ".linear.classify",
-    "build_pipeline": ".linear.classify",
-    "evaluate": ".linear.classify",
-    "fit_codes": ".linear.classify",
-    "load_model": ".linear.classify",
-    "parse_c_grid": ".linear.classify",
-    "predict": ".linear.classify",
-    "save_model": ".linear.classify",
-    "train": ".linear.classify",
+    # .linear
+    "ClassifierOptions": ".linear.options",
+    "TrainedModel": ".linear.model_file",
+    "build_pipeline": ".linear.pipelines",
+    "evaluate": ".linear.evaluation",
+    "fit_codes": ".linear.selection",
+    "load_model": ".linear.model_file",
+    "parse_c_grid": ".linear.grids",
+    "save_model": ".linear.model_file",
+    "train": ".linear.training",
+    # .workflows
+    "BaselineOptions": ".workflows.baseline",
+    "baseline": ".workflows.baseline",
+    "predict": ".workflows.predict",
     # .linear.transformer
     "CNNCodes": ".linear.transformer",
     # .sources.data
@@ -103,7 +106,8 @@ __all__ = [
     "ImageSource", "Preprocessing", "create_backbone", "extract", "get_spec", "list_backbones",
     "load_rgb", "open_source", "register",
     # classifiers on codes
-    "CNNCodes", "TrainedModel", "baseline", "build_pipeline", "evaluate", "fit_codes",
+    "BaselineOptions", "CNNCodes", "ClassifierOptions", "TrainedModel", "baseline",
+    "build_pipeline", "evaluate", "fit_codes",
     "load_model", "parse_c_grid", "predict", "save_model", "train",
     # fine-tuning
     "EscalationResult", "FinetuneConfig", "FinetuneResult", "ImagePredictions", "escalate",

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from cnncodes.linear.classify import (
-    Evaluation,
-    TrainedModel,
-    fit_codes,
-    score_predictions,
-    stratified_holdout,
-)
+from cnncodes.linear.evaluation import Evaluation, score_predictions
+from cnncodes.linear.model_file import TrainedModel
+from cnncodes.linear.selection import fit_codes
+from cnncodes.sources.splits import stratified_holdout
 from cnncodes.report.core import (
     build_report,
     describe_compute,

@@ -45,7 +45,9 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..linear.classify import evaluate, save_model, train
+    from ..linear.evaluation import evaluate
+    from ..linear.model_file import save_model
+    from ..linear.training import train
     from ..report.core import build_report
 
     if args.test and args.holdout:
@@ -77,7 +79,9 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..linear.classify import evaluate, load_model, pixel_baseline
+    from ..linear.evaluation import evaluate
+    from ..linear.model_file import load_model
+    from ..linear.pixels import pixel_baseline
     from ..report.core import build_report
 
     model = load_model(args.model)
@@ -117,8 +121,8 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..linear.classify import predict
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..linear.prediction import predict
+    from ..options import DEFAULT_MAX_PIXELS
 
     pred = predict(args.model, args.source, batch_size=args.batch_size,
                    num_workers=args.num_workers,
@@ -185,9 +189,10 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
-    from ..linear.classify import baseline, format_fall_through
+    from ..options import DEFAULT_MAX_PIXELS
     from ..report.core import format_table
-    from ..sources.data import DEFAULT_MAX_PIXELS
+    from ..workflows.baseline import baseline
+    from ..workflows.compare import format_fall_through
 
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")

@@ -84,15 +84,8 @@ from ..backbones.factory import build_model
 from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, load_weights, resolve_weights, weights_sha256
 from ..errors import DecodeError, FinetuneDivergedError
-from ..sources.data import (
-    DEFAULT_MAX_PIXELS,
-    ImageSource,
-    collate,
-    load_rgb,
-    normalize_batch,
-    open_source,
-    preprocess_pil,
-)
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.data import ImageSource, collate, load_rgb, normalize_batch, open_source, preprocess_pil
 from ..sources.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -1751,7 +1744,7 @@ def linear_probe(split: Split, *, backbone: str = "mobilenet_v2", weights: str |
     """
     from ..codes.extraction import extract_arrays
     from ..codes.extractor import CodeExtractor
-    from ..linear.classify import fit_codes
+    from ..linear.selection import fit_codes
 
     t0 = time.perf_counter()
     ext = CodeExtractor(backbone, weights=weights, input_size=input_size, device=device,

@@ -32,7 +32,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..sources.data import DEFAULT_MAX_PIXELS, ImageSource
+from ..options import DEFAULT_MAX_PIXELS
+from ..sources.data import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     def _check_store(self, st: Any) -> None:
         from ..codes.store import config_diff
         from ..errors import StoreMismatchError
-        from .classify import store_provenance
+        from .model_file import store_provenance
 
         prov = store_provenance(st)
         mine = dict(self.provenance_)
