@@ -26,8 +26,8 @@ DEFAULT_MODEL = "logreg"
 DEFAULT_C_GRID = "1e-4:1e2:7"
 #: The published linear-probe protocol's grid: 45 log-spaced values in [1e-6, 1e5].
 FULL_C_GRID = "1e-6:1e5:45"
-#: ``class_weight=`` values (None: every row weighs the same).
-CLASS_WEIGHTS = (None, "balanced")
+#: Side in pixels of the raw-pixel baseline's images (``--raw-size``).
+DEFAULT_RAW_SIZE = 32
 
 
 @dataclass(frozen=True)

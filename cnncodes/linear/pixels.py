@@ -15,7 +15,7 @@ import numpy as np
 from ..options import DEFAULT_MAX_PIXELS
 from .evaluation import score_predictions
 from .model_file import TrainedModel
-from .options import ClassifierOptions, classifier_options
+from .options import DEFAULT_RAW_SIZE, ClassifierOptions, classifier_options
 from .selection import fit_codes
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 #: Above this many training values (rows x features) the raw-pixel baseline is not "cheap".
 RAW_BASELINE_BUDGET = 60_000_000
-#: Side in pixels of the raw-pixel baseline's images (``--raw-size``).
-DEFAULT_RAW_SIZE = 32
 
 
 def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool = False,

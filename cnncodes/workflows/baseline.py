@@ -27,8 +27,13 @@ from ..codes.store import FeatureStore
 from ..errors import OptionError, StoreMismatchError
 from ..linear.evaluation import Evaluation, evaluate
 from ..linear.model_file import TrainedModel, save_model
-from ..linear.options import CLASSIFIER_FIELDS, ClassifierOptions, classifier_options
-from ..linear.pixels import DEFAULT_RAW_SIZE, RAW_BASELINE_BUDGET, pixel_baseline
+from ..linear.options import (
+    CLASSIFIER_FIELDS,
+    DEFAULT_RAW_SIZE,
+    ClassifierOptions,
+    classifier_options,
+)
+from ..linear.pixels import RAW_BASELINE_BUDGET, pixel_baseline
 from ..linear.training import train
 from ..options import (
     AUTO_LAYER_BUDGET,
