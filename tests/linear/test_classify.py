@@ -18,6 +18,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from cnncodes import (
+    ClassifierOptions,
     FeatureStore,
     ModelMismatchError,
     evaluate,
@@ -38,7 +39,7 @@ from .digits import BACKBONE, CLASSES, SIZE, digits_data  # noqa: F401 - session
 
 
 @pytest.fixture(scope="session")
-def digits_model(digits_data):
+def digits_model(digits_data):  # noqa: F811
     return train(digits_data.train_h5, layer="pool", c_grid="1e-3:1e1:5", cv=3)
 
 
@@ -144,6 +145,26 @@ def test_fit_codes_with_a_tiny_class_reduces_folds(digits_xy, caplog):
                               c_grid=[0.1, 1.0], classes=["zero", "one", "two"])
     assert sel["cv"] == 2 and sel["cv_requested"] == 5
     assert "'two' has only 2 training images" in caplog.text
+
+
+def test_classifier_options_object_and_keywords_are_one_thing(digits_xy):
+    X, y = digits_xy[0][:300], digits_xy[1][:300]
+    opts = ClassifierOptions(model="linearsvc", c_grid=(0.01, 0.1), cv=3, class_weight="balanced")
+    _, a = fit_codes(X, y, classifier=opts, device="cpu")
+    _, b = fit_codes(X, y, model="linearsvc", c_grid=[0.01, 0.1], cv=3, class_weight="balanced",
+                     device="cpu")
+    timing = ("train_time_s", "refit_time_s")
+    assert {k: v for k, v in a.items() if k not in timing} == \
+        {k: v for k, v in b.items() if k not in timing}
+    assert a["model"] == "linearsvc" and a["class_weight"] == "balanced"
+    assert ClassifierOptions.from_selection(a) == opts  # a model file says how it was chosen
+    _, c = fit_codes(X, y, classifier=opts, cv=2, device="cpu")  # a keyword overrides a field
+    assert c["cv"] == 2 and c["model"] == "linearsvc"
+    assert fit_codes(X, y, c_grid=[0.1], cv=2, device="cpu")[1]["model"] == "logreg"
+    with pytest.raises(TypeError, match="unexpected option 'Cs'; valid options are c_grid"):
+        fit_codes(X, y, Cs=[1.0])
+    with pytest.raises(ValueError, match="model must be one of logreg, linearsvc. Got 'svm'"):
+        ClassifierOptions(model="svm")
 
 
 def test_fit_codes_rejects_nan_codes_and_too_many_pca_components(digits_xy):
@@ -281,6 +302,13 @@ def test_predict_from_a_store_and_linearsvc_scores(digits_data):  # noqa: F811
     ev = evaluate(m, digits_data.test_h5)
     assert np.mean(np.array(pred.labels) == np.array(pred.true_labels)) == \
         pytest.approx(ev.accuracy)
+
+
+def test_predict_takes_the_backbone_options_from_the_model(digits_data, digits_model):  # noqa: F811
+    with pytest.raises(TypeError, match="from the model"):
+        predict(digits_model, digits_data.test_h5, input_size=64)
+    with pytest.raises(TypeError, match="unexpected option 'colour'"):
+        predict(digits_model, digits_data.test_h5, colour="red")
 
 
 def test_predict_refuses_changed_weights(digits_data, digits_model, tmp_path):  # noqa: F811
