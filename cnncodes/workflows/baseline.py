@@ -147,16 +147,8 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
     t0 = time.perf_counter()
-    bopts, ropts, rest = split_options(backbone, runtime, options, where="baseline",
-                                       allow=CLASSIFIER_FIELDS + BASELINE_FIELDS)
-    copts, rest = classifier_options(classifier, rest, where="baseline", allow=BASELINE_FIELDS)
-    sopts = (steps or BaselineOptions()).replace(**rest)
-    if report is None and cache is None:
-        raise OptionError("baseline needs a report folder or a cache folder for the codes. Got "
-                          "neither; pass report= or cache=.")
-    if sopts.fall_through and report is None:
-        raise OptionError("fall_through needs a report folder (the fine-tuning run goes into "
-                          "REPORT/finetune). Got report=None instead.")
+    bopts, ropts, copts, sopts = resolve_options(backbone, runtime, classifier, steps, options,
+                                                 report=report, cache=cache)
     split = find_split(source)
     single = "all" in split
     cache_dir = Path(cache) if cache is not None else Path(report or ".") / "cache"
@@ -180,11 +172,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
                        device=ropts.device)
     failures = [(os.path.normpath(os.fspath(st.root / f)), r) for st in stores.values()
                 for f, r in st.failures]
-    extra: dict[str, Any] = {"command": command, "source": os.fspath(source),
-                             "stores": {k: os.fspath(v.path) for k, v in stores.items()},
-                             "failures": [{"path": a, "reason": b} for a, b in failures]}
-    if choice.advice is not None:
-        extra.update(advice=choice.advice, advice_use=choice.use)
+    extra = _report_extra(source, stores, failures, choice, command)
     out = Path(report) if report is not None else None
     files: dict[str, Path] = {}
 
@@ -211,6 +199,43 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     return BaselineResult(trained, evaluation, rows, rep, files,
                           {k: v.path for k, v in stores.items()}, failures, choice.advice,
                           ft_result)
+
+
+def resolve_options(backbone: str | BackboneOptions, runtime: RuntimeOptions | None,
+                    classifier: ClassifierOptions | None, steps: BaselineOptions | None,
+                    options: Mapping[str, Any], *, report: str | os.PathLike | None,
+                    cache: str | os.PathLike | None
+                    ) -> tuple[BackboneOptions, RuntimeOptions, ClassifierOptions,
+                               BaselineOptions]:
+    """:func:`baseline`'s four options objects, single fields in ``options`` sorted into them.
+
+    Raises:
+        TypeError: an unknown option.  OptionError: no report nor cache folder, or
+            ``fall_through`` without a report folder.
+    """
+    bopts, ropts, rest = split_options(backbone, runtime, options, where="baseline",
+                                       allow=CLASSIFIER_FIELDS + BASELINE_FIELDS)
+    copts, rest = classifier_options(classifier, rest, where="baseline", allow=BASELINE_FIELDS)
+    sopts = (steps or BaselineOptions()).replace(**rest)
+    if report is None and cache is None:
+        raise OptionError("baseline needs a report folder or a cache folder for the codes. Got "
+                          "neither; pass report= or cache=.")
+    if sopts.fall_through and report is None:
+        raise OptionError("fall_through needs a report folder (the fine-tuning run goes into "
+                          "REPORT/finetune). Got report=None instead.")
+    return bopts, ropts, copts, sopts
+
+
+def _report_extra(source: str | os.PathLike, stores: Mapping[str, FeatureStore],
+                  failures: list[tuple[str, str]], choice: LayerChoice,
+                  command: str | None) -> dict[str, Any]:
+    """The baseline's own entries of ``report.json`` (beside model, split, test and rows)."""
+    extra: dict[str, Any] = {"command": command, "source": os.fspath(source),
+                             "stores": {k: os.fspath(v.path) for k, v in stores.items()},
+                             "failures": [{"path": a, "reason": b} for a, b in failures]}
+    if choice.advice is not None:
+        extra.update(advice=choice.advice, advice_use=choice.use)
+    return extra
 
 
 def extract_split(split: Mapping[str, Path], cache_dir: Path, choice: LayerChoice, *,
