@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 import cnncodes  # first: sets SCIPY_ARRAY_API before scipy is imported  # noqa: I001
-from cnncodes.linear.classify import fit_codes, stratified_holdout
+from cnncodes.linear.selection import fit_codes
+from cnncodes.sources.splits import stratified_holdout
 
 
 def make_codes(n: int, d: int, k: int, *, signal: float, seed: int = 0

@@ -16,20 +16,24 @@ from ._version import __version__
 _LAZY: dict[str, str] = {
     # ._version
     "__version__": "._version",
-    # .advisor
+    # .advisor.advice
     "Advice": ".advisor.advice",
+    # .advisor.rule
     "Thresholds": ".advisor.rule",
+    "decide": ".advisor.rule",
+    # .advisor.run
     "advise": ".advisor.run",
     "choose_layer": ".advisor.run",
-    "decide": ".advisor.rule",
-    # .backbones
-    "BackboneSpec": ".backbones",
-    "Cut": ".backbones",
-    "FeatureExtractor": ".backbones",
-    "create_backbone": ".backbones",
-    "get_spec": ".backbones",
-    "list_backbones": ".backbones",
-    "register": ".backbones",
+    # .backbones.cutting
+    "FeatureExtractor": ".backbones.cutting",
+    # .backbones.factory
+    "create_backbone": ".backbones.factory",
+    # .backbones.registry
+    "BackboneSpec": ".backbones.registry",
+    "Cut": ".backbones.registry",
+    "get_spec": ".backbones.registry",
+    "list_backbones": ".backbones.registry",
+    "register": ".backbones.registry",
     # .codes.extraction
     "ExtractResult": ".codes.extraction",
     "extract": ".codes.extraction",
@@ -38,9 +42,6 @@ _LAZY: dict[str, str] = {
     "CodeExtractor": ".codes.extractor",
     # .codes.store
     "FeatureStore": ".codes.store",
-    # .options
-    "BackboneOptions": ".options",
-    "RuntimeOptions": ".options",
     # .errors
     "CnnCodesError": ".errors",
     "DecodeError": ".errors",
@@ -49,38 +50,56 @@ _LAZY: dict[str, str] = {
     "OptionError": ".errors",
     "StoreMismatchError": ".errors",
     "WeightsUnavailableError": ".errors",
-    # .finetuning
+    # .finetuning.config
     "FinetuneConfig": ".finetuning.config",
-    "FinetuneResult": ".finetuning.run",
-    "ImagePredictions": ".finetuning.predict",
-    "finetune": ".finetuning.run",
+    # .finetuning.model_file
     "is_finetuned_model": ".finetuning.model_file",
+    # .finetuning.net
     "load_finetuned": ".finetuning.net",
+    # .finetuning.predict
+    "ImagePredictions": ".finetuning.predict",
     "predict_images": ".finetuning.predict",
-    # .linear.classify
-    "TrainedModel": ".linear.classify",
-    "baseline": ".linear.classify",
-    "build_pipeline": ".linear.classify",
-    "evaluate": ".linear.classify",
-    "fit_codes": ".linear.classify",
-    "load_model": ".linear.classify",
-    "parse_c_grid": ".linear.classify",
-    "predict": ".linear.classify",
-    "save_model": ".linear.classify",
-    "train": ".linear.classify",
+    # .finetuning.run
+    "FinetuneResult": ".finetuning.run",
+    "finetune": ".finetuning.run",
+    # .linear.array_api_env
+    "enable_array_api": ".linear.array_api_env",
+    # .linear.evaluation
+    "evaluate": ".linear.evaluation",
+    # .linear.grids
+    "parse_c_grid": ".linear.grids",
+    # .linear.model_file
+    "TrainedModel": ".linear.model_file",
+    "load_model": ".linear.model_file",
+    "save_model": ".linear.model_file",
+    # .linear.options
+    "ClassifierOptions": ".linear.options",
+    # .linear.pipelines
+    "build_pipeline": ".linear.pipelines",
+    # .linear.selection
+    "fit_codes": ".linear.selection",
+    # .linear.training
+    "train": ".linear.training",
     # .linear.transformer
     "CNNCodes": ".linear.transformer",
-    # .sources.folders, .sources.images
+    # .options
+    "BackboneOptions": ".options",
+    "RuntimeOptions": ".options",
+    # .sources.folders
     "ImageSource": ".sources.folders",
     "open_source": ".sources.folders",
+    # .sources.images
     "load_rgb": ".sources.images",
     # .sources.preprocessing
     "Preprocessing": ".sources.preprocessing",
+    # .workflows.baseline
+    "BaselineOptions": ".workflows.baseline",
+    "baseline": ".workflows.baseline",
     # .workflows.compare
     "EscalationResult": ".workflows.compare",
     "escalate": ".workflows.compare",
-    # .linear.array_api_env
-    "enable_array_api": ".linear.array_api_env",
+    # .workflows.predict
+    "predict": ".workflows.predict",
 }
 
 
@@ -109,7 +128,8 @@ __all__ = [
     "list_backbones", "BackboneOptions", "RuntimeOptions",
     "load_rgb", "open_source", "register",
     # classifiers on codes
-    "CNNCodes", "TrainedModel", "baseline", "build_pipeline", "evaluate", "fit_codes",
+    "BaselineOptions", "CNNCodes", "ClassifierOptions", "TrainedModel", "baseline",
+    "build_pipeline", "evaluate", "fit_codes",
     "load_model", "parse_c_grid", "predict", "save_model", "train",
     # fine-tuning
     "EscalationResult", "FinetuneConfig", "FinetuneResult", "ImagePredictions", "escalate",

@@ -99,27 +99,39 @@ def pca_arg(s: str) -> int | float | None:
 
 
 def add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0) -> None:
+    """``--model --c-grid --cv --n-jobs --class-weight --l2 --no-standardize --pca --scoring
+    --max-iter`` (the fields of ClassifierOptions) and ``--holdout --seed``."""
+    from ..linear.options import (
+        DEFAULT_C_GRID,
+        DEFAULT_MODEL,
+        FULL_C_GRID,
+        MODELS,
+        ClassifierOptions,
+    )
+
+    d = ClassifierOptions()
     g = p.add_argument_group("classifier")
-    g.add_argument("--model", default="logreg", choices=["logreg", "linearsvc"],
-                   help="logreg = LogisticRegression (lbfgs, multinomial); linearsvc = LinearSVC")
+    g.add_argument("--model", default=d.model, choices=MODELS,
+                   help=f"logreg = LogisticRegression (lbfgs, multinomial); linearsvc = "
+                        f"LinearSVC (default {DEFAULT_MODEL})")
     g.add_argument("--c-grid", default="default",
                    help="C values searched by CV: start:stop:count log-spaced (e.g. 1e-4:1e2:13), "
-                        "a comma list, 'default' (1e-4:1e2:7) or 'full' (the 45-value [1e-6, "
-                        "1e5] linear-probe grid)")
-    g.add_argument("--cv", type=int, default=5,
+                        f"a comma list, 'default' ({DEFAULT_C_GRID}) or 'full' (the "
+                        f"{FULL_C_GRID} linear-probe grid)")
+    g.add_argument("--cv", type=int, default=d.cv,
                    help="stratified folds (reduced automatically for classes with fewer images)")
-    g.add_argument("--n-jobs", type=int_or_none, default=None, help="parallel CV fits (-1 = all "
-                   "cores; the GPU/array-API path runs them one after the other)")
+    g.add_argument("--n-jobs", type=int_or_none, default=d.n_jobs, help="parallel CV fits (-1 = "
+                   "all cores; the GPU/array-API path runs them one after the other)")
     g.add_argument("--class-weight", default="none", choices=["none", "balanced"],
                    help="balanced: weight classes inversely to their frequency")
-    g.add_argument("--l2", action="store_true", help="L2-normalise codes first")
+    g.add_argument("--l2", action="store_true", default=d.l2, help="L2-normalise codes first")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
-                   help="skip per-feature standardisation")
-    g.add_argument("--pca", type=pca_arg, default=None,
+                   default=d.standardize, help="skip per-feature standardisation")
+    g.add_argument("--pca", type=pca_arg, default=d.pca,
                    help="PCA to N components (int) or a variance fraction (e.g. 0.95)")
-    g.add_argument("--scoring", default="accuracy",
+    g.add_argument("--scoring", default=d.scoring,
                    help="CV score (any sklearn scorer name, e.g. balanced_accuracy)")
-    g.add_argument("--max-iter", type=int, default=1000, help="solver iterations")
+    g.add_argument("--max-iter", type=int, default=d.max_iter, help="solver iterations")
     g.add_argument("--holdout", type=float, default=holdout,
                    help="fraction of each class held out for testing (seeded, stratified; 0 = "
                         f"none; default {holdout:g})")
@@ -127,10 +139,15 @@ def add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0) 
 
 
 def classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(model=args.model, c_grid=args.c_grid, cv=args.cv, n_jobs=args.n_jobs,
-                class_weight=None if args.class_weight == "none" else args.class_weight,
-                l2=args.l2, standardize=args.standardize, pca=args.pca, scoring=args.scoring,
-                max_iter=args.max_iter, seed=args.seed)
+    """``classifier=`` (a ClassifierOptions from the parsed options) and ``seed=``, as
+    :func:`cnncodes.train` and :func:`cnncodes.baseline` take them."""
+    from ..linear.options import ClassifierOptions
+
+    return dict(classifier=ClassifierOptions(
+        model=args.model, c_grid=args.c_grid, cv=args.cv, n_jobs=args.n_jobs,
+        class_weight=None if args.class_weight == "none" else args.class_weight, l2=args.l2,
+        standardize=args.standardize, pca=args.pca, scoring=args.scoring,
+        max_iter=args.max_iter), seed=args.seed)
 
 
 def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) -> bool:

@@ -1,4 +1,7 @@
 """``cnncodes train``, ``evaluate``, ``predict`` and ``baseline``: linear classifiers on codes.
+
+Each command parses, makes one library call (:mod:`cnncodes.workflows`) and prints what
+:mod:`cnncodes.report` formats.
 """
 
 from __future__ import annotations
@@ -8,7 +11,8 @@ import json
 import logging
 from typing import Any
 
-from ..options import AUTO_LAYER_BUDGET
+from ..linear.options import DEFAULT_RAW_SIZE
+from ..options import AUTO_LAYER_BUDGET, DEFAULT_MAX_PIXELS
 from .common import (
     TRUST_NOTE,
     CLIError,
@@ -16,9 +20,10 @@ from .common import (
     add_classifier_options,
     add_runtime_options,
     add_threshold_options,
+    backbone_options,
     classifier_kwargs,
     emit_report,
-    print_failures,
+    runtime_options,
     thresholds,
 )
 
@@ -45,20 +50,13 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..linear.classify import evaluate, save_model, train
-    from ..report.files import build_report
+    from ..workflows.train_evaluate import train_report
 
-    if args.test and args.holdout:
-        raise CLIError("pass either --test STORE or --holdout FRACTION, not both.")
-    model = train(args.store, layer=args.layer, holdout=args.holdout, device=args.device,
-                  **classifier_kwargs(args))
-    path = save_model(model, args.output)
-    evaluation = None
-    if args.test or args.holdout:
-        evaluation = evaluate(model, args.test or args.store)
-    rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
-    if emit_report(rep, args, evaluation):
-        print(f"\nmodel written to {path}" + (f"; report in {args.report}" if args.report else ""))
+    run = train_report(args.store, args.output, test=args.test, layer=args.layer,
+                       holdout=args.holdout, device=args.device, **classifier_kwargs(args))
+    if emit_report(run.report, args, run.evaluation):
+        print(f"\nmodel written to {run.model_file}"
+              + (f"; report in {args.report}" if args.report else ""))
     return 0
 
 
@@ -70,35 +68,19 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
     p.add_argument("--raw-baseline", action="store_true",
                    help="also train/evaluate the same protocol on raw pixels of the same images")
-    p.add_argument("--raw-size", type=int, default=32, help="raw-pixel side (default 32)")
+    p.add_argument("--raw-size", type=int, default=DEFAULT_RAW_SIZE,
+                   help=f"raw-pixel side (default {DEFAULT_RAW_SIZE})")
     p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..linear.classify import evaluate, load_model, pixel_baseline
-    from ..report.files import build_report
+    from ..workflows.train_evaluate import evaluate_report
 
-    model = load_model(args.model)
-    evaluation = evaluate(model, args.store)
-    rows = None
-    if args.raw_baseline:
-        sel = model.selection
-        p = model.provenance
-        rows = [{"name": f"{p.get('backbone')} {model.layer} codes ({p.get('input_size')} px)",
-                 "features": model.n_features, "selection": sel,
-                 **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy",
-                                                       "macro_f1")}},
-                pixel_baseline(model.train_paths, model.train_labels, evaluation.paths,
-                               evaluation.y_true, classes=model.classes, size=args.raw_size,
-                               grey=args.raw_grey, model=sel["model"], c_grid=sel["c_grid"],
-                               cv=sel["cv"], class_weight=sel.get("class_weight"),
-                               scoring=sel.get("scoring", "accuracy"),
-                               max_iter=sel.get("max_iter", 1000), seed=sel.get("seed", 0))]
-    rep = build_report(model=model, evaluation=evaluation, rows=rows,
-                       extra={"model_file": args.model})
-    if emit_report(rep, args, evaluation) and args.report:
+    run = evaluate_report(args.model, args.store, raw_baseline=args.raw_baseline,
+                          raw_size=args.raw_size, raw_grey=args.raw_grey)
+    if emit_report(run.report, args, run.evaluation) and args.report:
         print(f"\nreport in {args.report}")
     return 0
 
@@ -117,26 +99,12 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..linear.classify import predict
-    from ..options import DEFAULT_MAX_PIXELS
+    from ..report.linear_text import format_predictions
+    from ..workflows.predict import predict
 
-    pred = predict(args.model, args.source, batch_size=args.batch_size,
-                   num_workers=args.num_workers,
-                   device=args.device, precision=args.precision, threads=args.threads,
-                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-                   progress=not args.no_progress)
-    out = pred.to_csv(args.output)
-    counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
-    print(f"{out}: {len(pred.paths)} images labelled by {pred.model}")
-    if counts:
-        print(f"  {counts}")
-    if pred.true_labels is not None:
-        pairs = [(t, p) for t, p in zip(pred.true_labels, pred.labels, strict=True) if t]
-        if pairs:
-            acc = sum(t == p for t, p in pairs) / len(pairs)
-            print(f"  accuracy against the folder labels: {acc:.4f} ({len(pairs)} images)")
-    if pred.failures:
-        print_failures(pred.failures, "listed in the CSV with an error")
+    pred = predict(args.model, args.source, runtime=runtime_options(
+        args, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS))
+    print(format_predictions(pred, pred.to_csv(args.output)))
     return 0
 
 
@@ -152,7 +120,8 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
                    help="folder for the code stores (default REPORT/cache; existing codes reused)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard cached codes made with other options")
-    p.add_argument("--raw-size", type=int, default=32, help="raw-pixel baseline side (default 32)")
+    p.add_argument("--raw-size", type=int, default=DEFAULT_RAW_SIZE,
+                   help=f"raw-pixel baseline side (default {DEFAULT_RAW_SIZE})")
     p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-raw-baseline", dest="raw_baseline", action="store_false", default=None,
@@ -164,9 +133,8 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
                                          "default layer); auto: chosen by `advise` on the "
                                          "training images only")
     add_runtime_options(p)
-    add_classifier_options(p, holdout=0.2)
     # --model not given: logistic regression, or the classifier advised by --layer auto
-    p.set_defaults(model=None)
+    add_classifier_options(p, holdout=0.2)
     g = p.add_argument_group("--layer auto")
     g.add_argument("--budget", default=AUTO_LAYER_BUDGET,
                    help=f"time budget of the layer choice (default {AUTO_LAYER_BUDGET}; e.g. 90s, 5min, none)")
@@ -185,44 +153,25 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
-    from ..linear.classify import baseline, format_fall_through
-    from ..options import DEFAULT_MAX_PIXELS
-    from ..report.text import format_table
+    from ..report.linear_text import format_baseline
+    from ..workflows.baseline import BaselineOptions, baseline
+    from ..workflows.compare import format_fall_through
 
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")
-    ft_opts = {} if args.finetune_epochs is None else {"epochs": args.finetune_epochs}
-    res = baseline(args.source, report=args.report, cache=args.cache, backbone=args.backbone,
-                   weights=args.weights, layer=args.layers, pooling=args.pooling,
-                   input_size=args.input_size, batch_size=args.batch_size,
-                   num_workers=args.num_workers, device=args.device, precision=args.precision,
-                   threads=args.threads, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-                   overwrite=args.overwrite, progress=not args.no_progress,
-                   holdout=args.holdout, raw_baseline=args.raw_baseline,
-                   raw_size=args.raw_size, raw_grey=args.raw_grey, command=command_line(),
-                   budget=args.budget, thresholds=thresholds(args),
-                   fall_through=args.fall_through, force_finetune=args.force_finetune,
-                   finetune_options=ft_opts, **classifier_kwargs(args))
+    steps = BaselineOptions(
+        holdout=args.holdout, raw_baseline=args.raw_baseline, raw_size=args.raw_size,
+        raw_grey=args.raw_grey, budget=args.budget, thresholds=thresholds(args),
+        fall_through=args.fall_through, force_finetune=args.force_finetune,
+        finetune_options={} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})
+    res = baseline(args.source, report=args.report, cache=args.cache,
+                   backbone=backbone_options(args),
+                   runtime=runtime_options(args, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS),
+                   steps=steps, overwrite=args.overwrite, command=command_line(),
+                   **classifier_kwargs(args))
     if args.json:
         print(json.dumps(res.report, indent=2))
         return 0
-    use = res.report.get("advice_use")
-    if res.advice is not None and use:
-        again = " (reused: recorded in the cache for these training images)" \
-            if use.get("reused_from_cache") else ""
-        print(f"--layer auto -> {use['layer']}: {res.advice.get('explanation')}{again}")
-        if use.get("model_source") == "advice":
-            print(f"--model {use['model']}: the classifier advised for this layer (pass --model "
-                  "to choose another)")
-        print()
-    print(format_table(res.report))
-    if res.report.get("fall_through"):
-        print()
-        print(format_fall_through(res.report))
-    if res.failures:
-        print(f"\n{len(res.failures)} files could not be read and were left out:")
-        for p, r in res.failures[:20]:
-            print(f"  {p}: {r}")
-    print(f"\nmodel, report.json and PNGs in {args.report} ({res.report.get('wall_time_s')} s "
-          "in all)")
+    print(format_baseline(res.report, fall_through=format_fall_through(res.report),
+                          failures=res.failures, folder=args.report))
     return 0

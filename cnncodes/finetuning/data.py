@@ -129,7 +129,7 @@ class EpochSampler(Sampler):
 def make_loader(dataset: SplitDataset, *, batch_size: int, workers: int, seed: int,
                 sampler: Sampler | Sequence[int] | None = None, drop_last: bool = False,
                 pin: bool = False) -> DataLoader:
-    """A DataLoader of ``dataset`` (items collated by :func:`cnncodes.sources.data.collate`)."""
+    """A DataLoader of ``dataset`` (items collated by :func:`cnncodes.sources.loader.collate`)."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..options import DEFAULT_MAX_PIXELS
+from ..options import BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ _MEMORY: dict[tuple, dict[str, tuple[tuple[int, int], np.ndarray]]] = {}
 _LOCK = threading.Lock()
 #: Counters of the memory cache (``hits``/``misses`` in rows), for diagnostics and tests.
 STATS = {"hits": 0, "misses": 0, "extracted": 0}
+_B, _R = BackboneOptions(), RuntimeOptions()
 
 
 def clear_memory_cache() -> None:
@@ -87,7 +87,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             is a single layer name; default the backbone's default layer). ``weights="random"``
             is the fixed, seeded random network of :func:`cnncodes.create_backbone`: the same in
             every build, so its codes may be cached in memory or in a store like any others.
-        batch_size, num_workers, device, precision, max_pixels: extraction runtime options.
+        batch_size, num_workers, device, precision, threads, decoder, max_pixels: how codes are
+            computed (the fields of :class:`~cnncodes.options.RuntimeOptions`).
         cache: ``"memory"``, a path to an ``.h5`` store, or None (see the module docstring).
         on_error: ``"raise"`` (default: a ValueError naming the unreadable files) or ``"zeros"``
             (a zero row and a logged warning per unreadable image, so rows stay aligned with y).
@@ -97,11 +98,16 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         provenance_: backbone, weights id and checksum, preprocessing... of the codes.
     """
 
-    def __init__(self, backbone: str = "mobilenet_v2", *, weights: str | None = "auto",
-                 layer: str | None = None, pooling: str = "avg", input_size: int | None = None,
-                 batch_size: int = 64, num_workers: int | None = 0, device: str = "auto",
-                 precision: str = "auto", cache: str | os.PathLike | None = "memory",
-                 on_error: str = "raise", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    # defaults are those of cnncodes.options (one place). num_workers=None is the shared
+    # automatic rule (loader_workers): no worker processes for the one-batch transforms of
+    # cross-validation folds, workers only for many images.
+    def __init__(self, backbone: str = _B.backbone, *, weights: str | None = _B.weights,
+                 layer: str | None = None, pooling: str = _B.pooling,
+                 input_size: int | None = _B.input_size, batch_size: int = _R.batch_size,
+                 num_workers: int | None = _R.num_workers, device: str = _R.device,
+                 precision: str = _R.precision, threads: int | None = _R.threads,
+                 decoder: str = _R.decoder, max_pixels: int | None = _R.max_pixels,
+                 cache: str | os.PathLike | None = "memory", on_error: str = "raise"):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -111,9 +117,11 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.num_workers = num_workers
         self.device = device
         self.precision = precision
+        self.threads = threads
+        self.decoder = decoder
+        self.max_pixels = max_pixels
         self.cache = cache
         self.on_error = on_error
-        self.max_pixels = max_pixels
 
     # --- sklearn protocol ----------------------------------------------------------------------
 
@@ -131,11 +139,10 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             raise ValueError(f"CNNCodes reads one layer; got layer={self.layer!r}.")
         spec = get_spec(self.backbone)
         layer = self.layer or spec.default_layer
-        ext = CodeExtractor(self.backbone, weights=self.weights, layers=[layer],
-                            pooling=self.pooling, input_size=self.input_size, device=self.device,
-                            precision=self.precision)
-        self._extractor = ext
         self.layer_ = layer
+        bopts, ropts = self._options()
+        ext = CodeExtractor(bopts, runtime=ropts)
+        self._extractor = ext
         self.provenance_ = ext.provenance()
         self.n_features_out_ = int(layer_dims(ext.module, ext.preprocessing.crop,
                                               device=ext.device)[layer])
@@ -190,14 +197,25 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _options(self) -> tuple[BackboneOptions, RuntimeOptions]:
+        """The parameters as the shared options objects (validated there)."""
+        layer = getattr(self, "layer_", None) or self.layer
+        bopts = BackboneOptions(backbone=self.backbone, weights=self.weights,
+                                layers=None if layer is None else (layer,),
+                                pooling=self.pooling, input_size=self.input_size)
+        ropts = RuntimeOptions(batch_size=self.batch_size, num_workers=self.num_workers,
+                               device=self.device, precision=self.precision,
+                               threads=self.threads, decoder=self.decoder,
+                               max_pixels=self.max_pixels)
+        return bopts, ropts
+
     def _get_extractor(self) -> Any:
         ext = getattr(self, "_extractor", None)
         if ext is None:
             from ..codes.extractor import CodeExtractor
 
-            ext = CodeExtractor(self.backbone, weights=self.weights, layers=[self.layer_],
-                                pooling=self.pooling, input_size=self.input_size,
-                                device=self.device, precision=self.precision)
+            bopts, ropts = self._options()
+            ext = CodeExtractor(bopts, runtime=ropts)
             self._extractor = ext
         return ext
 
@@ -241,8 +259,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         from ..codes.extraction import extract_arrays
 
         src = ImageSource(Path("/"), list(paths), np.full(len(paths), -1, np.int64), [], "list")
-        res = extract_arrays(src, extractor=self._get_extractor(), batch_size=self.batch_size,
-                             num_workers=self.num_workers, max_pixels=self.max_pixels)
+        res = extract_arrays(src, extractor=self._get_extractor(), runtime=self._options()[1])
         rows = res.codes[self.layer_]
         pos = np.asarray(positions)[res.index]
         codes[pos] = rows
@@ -270,11 +287,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             src = ImageSource(Path("/"), sorted(set(missing)),
                               np.full(len(set(missing)), -1, np.int64), [], "list")
             try:
-                extract(src, store_path, backbone=self.backbone, weights=self.weights,
-                        layers=layers, pooling=self.pooling, input_size=self.input_size,
-                        batch_size=self.batch_size, num_workers=self.num_workers,
-                        device=self.device, precision=self.precision,
-                        max_pixels=self.max_pixels, command="cnncodes.CNNCodes")
+                bopts, ropts = self._options()
+                extract(src, store_path, backbone=bopts.replace(layers=tuple(layers)),
+                        runtime=ropts, command="cnncodes.CNNCodes")
             except StoreMismatchError as e:
                 raise StoreMismatchError(
                     f"CNNCodes(cache={os.fspath(store_path)!r}): {e}") from None
@@ -295,7 +310,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     def _check_store(self, st: Any) -> None:
         from ..codes.store import config_diff
         from ..errors import StoreMismatchError
-        from .classify import store_provenance
+        from .model_file import store_provenance
 
         prov = store_provenance(st)
         mine = dict(self.provenance_)
@@ -310,7 +325,3 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                                      "codes made with other settings (" + "; ".join(diff)
                                      + "). Pass another cache file or matching options.")
 
-
-def transform_paths(paths: Sequence[str | os.PathLike], **kwargs: Any) -> np.ndarray:
-    """Shortcut: ``CNNCodes(**kwargs).fit(paths).transform(paths)``."""
-    return CNNCodes(**kwargs).fit(paths).transform(paths)

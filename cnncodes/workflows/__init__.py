@@ -1,1 +1,5 @@
-"""Workflows composed of library calls: baseline, predict dispatch, linear probe vs fine-tune."""
+"""Workflows that compose the library: ``baseline`` (extract + train + test + raw pixels +
+fall-through), ``predict`` (the dispatch to a linear or a fine-tuned model) and ``compare``
+(linear probe vs fine-tuning on one split). Workflows import linear, advisor and finetuning; nothing
+below imports them.
+"""

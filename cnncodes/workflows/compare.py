@@ -32,7 +32,7 @@ from ..finetuning.config import FinetuneConfig, make_config
 from ..finetuning.evaluation import fmt
 from ..finetuning.run import FinetuneResult, finetune
 from ..finetuning.split import Split, make_split
-from ..linear.classify import fit_codes
+from ..linear.selection import fit_codes
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource
 

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from cnncodes.linear.classify import (
-    Evaluation,
-    TrainedModel,
-    fit_codes,
-    score_predictions,
-    stratified_holdout,
-)
+from cnncodes.linear.evaluation import Evaluation, score_predictions
+from cnncodes.linear.model_file import TrainedModel
+from cnncodes.linear.selection import fit_codes
 from cnncodes.report.files import build_report, load_report, write_report
 from cnncodes.report.plots import plot_confusion
 from cnncodes.report.text import describe_compute, format_table
+from cnncodes.sources.splits import stratified_holdout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

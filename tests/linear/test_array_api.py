@@ -20,18 +20,14 @@ import torch
 from sklearn.datasets import load_digits
 
 from cnncodes import FeatureStore, evaluate, load_model, save_model, train
-from cnncodes.linear.classify import (
-    Compute,
-    array_api_status,
-    build_pipeline,
-    fit_codes,
-    resolve_compute,
-    stratified_holdout,
-)
+from cnncodes.linear.array_api import Compute, array_api_status, resolve_compute
+from cnncodes.linear.pipelines import build_pipeline
+from cnncodes.linear.selection import fit_codes
+from cnncodes.sources.splits import stratified_holdout
 
-from .test_classify import digits_data  # noqa: F401 - session fixture
+from .digits import digits_data  # noqa: F401 - session fixture
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRID = "1e-3:1:4"
 
 
@@ -252,7 +248,8 @@ def test_scipy_array_api_is_opt_in_and_too_late_after_scipy():
     assert plain.stdout.split()[-1] == "None"
     probe = ("import os, json, numpy as np\n"
              "{first}\n"
-             "from cnncodes.linear.classify import array_api_status, fit_codes\n"
+             "from cnncodes.linear.array_api import array_api_status\n"
+             "from cnncodes.linear.selection import fit_codes\n"
              "X = np.random.default_rng(0).normal(size=(60, 4)); y = np.arange(60) % 2\n"
              "_, sel = fit_codes(X, y, c_grid=[1.0], cv=2, device='cpu-torch')\n"
              "print(json.dumps([os.environ.get('SCIPY_ARRAY_API'), array_api_status(),"

@@ -1,36 +1,26 @@
-"""Classifiers on cached codes: grids, pipelines, splits, fold reduction, the model file and its
-provenance checks, evaluation, predict on images, baseline, and the CNNCodes transformer.
+"""Classifiers on cached codes: grids, pipelines, splits, fold reduction, the classifier options,
+the model file and its provenance checks, evaluation and a linear model's predictions.
 
 Real data throughout: scikit-learn's digits (as 64-d pixel features, and as PNG class trees pushed
-through a randomly initialised ResNet-18 saved to a checkpoint file, so that the model files are
-bound to a weights checksum like with real weights; ``weights="random"``, the fixed seeded
-network, is used where no checksum is needed).
+through a randomly initialised ResNet-18 saved to a checkpoint file: see ``digits.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import pickle
 import shutil
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
-from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits
 
 from cnncodes import (
-    CNNCodes,
+    ClassifierOptions,
     FeatureStore,
     ModelMismatchError,
-    baseline,
     evaluate,
     extract,
     fit_codes,
@@ -40,74 +30,16 @@ from cnncodes import (
     save_model,
     train,
 )
-from cnncodes.linear.classify import (
-    build_pipeline,
-    find_split,
-    resolve_cv,
-    store_provenance,
-    stratified_holdout,
-)
-from cnncodes.linear.transformer import STATS, clear_memory_cache
+from cnncodes.linear.grids import resolve_cv
+from cnncodes.linear.model_file import store_provenance
+from cnncodes.linear.pipelines import build_pipeline
+from cnncodes.sources.splits import stratified_holdout
 
-BACKBONE = "resnet18"
-SIZE = 32
-CLASSES = [str(i) for i in range(10)]
-
-
-# ------------------------------------------------------------------------------------ fixtures
-
-
-def write_digits_tree(root: Path, indices: np.ndarray) -> Path:
-    """digits[indices] as ``root/<digit>/<index>.png`` (8x8 grey scaled to 0..255)."""
-    d = load_digits()
-    for i in indices:
-        folder = root / str(int(d.target[i]))
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((d.images[i] * (255.0 / 16.0)).round().astype(np.uint8)).save(
-            folder / f"{int(i):04d}.png")
-    return root
-
-
-def digits_split(per_class_train: int = 14, per_class_test: int = 6) -> tuple[np.ndarray, ...]:
-    y = load_digits().target
-    rng = np.random.default_rng(0)
-    tr, te = [], []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        tr.append(idx[:per_class_train])
-        te.append(idx[per_class_train:per_class_train + per_class_test])
-    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(te))
-
-
-class DigitsData:
-    """A train/test split of digits PNGs, a fixed-weights checkpoint, and their code stores."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        tr, te = digits_split()
-        self.split_dir = root / "digits"
-        self.train_dir = write_digits_tree(self.split_dir / "train", tr)
-        self.test_dir = write_digits_tree(self.split_dir / "test", te)
-        torch.manual_seed(0)
-        import torchvision
-
-        self.weights = root / "resnet18-random.pth"
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), self.weights)
-        self.opts = dict(backbone=BACKBONE, weights=str(self.weights), input_size=SIZE,
-                         num_workers=0, progress=False)
-        self.train_h5 = root / "train.h5"
-        self.test_h5 = root / "test.h5"
-        extract(self.train_dir, self.train_h5, layers="layer3,pool", **self.opts)
-        extract(self.test_dir, self.test_h5, layers="layer3,pool", **self.opts)
+from .digits import BACKBONE, CLASSES, SIZE, digits_data  # noqa: F401 - session fixture
 
 
 @pytest.fixture(scope="session")
-def digits_data(tmp_path_factory) -> DigitsData:
-    return DigitsData(tmp_path_factory.mktemp("digits-data"))
-
-
-@pytest.fixture(scope="session")
-def digits_model(digits_data):
+def digits_model(digits_data):  # noqa: F811
     return train(digits_data.train_h5, layer="pool", c_grid="1e-3:1e1:5", cv=3)
 
 
@@ -215,6 +147,26 @@ def test_fit_codes_with_a_tiny_class_reduces_folds(digits_xy, caplog):
     assert "'two' has only 2 training images" in caplog.text
 
 
+def test_classifier_options_object_and_keywords_are_one_thing(digits_xy):
+    X, y = digits_xy[0][:300], digits_xy[1][:300]
+    opts = ClassifierOptions(model="linearsvc", c_grid=(0.01, 0.1), cv=3, class_weight="balanced")
+    _, a = fit_codes(X, y, classifier=opts, device="cpu")
+    _, b = fit_codes(X, y, model="linearsvc", c_grid=[0.01, 0.1], cv=3, class_weight="balanced",
+                     device="cpu")
+    timing = ("train_time_s", "refit_time_s")
+    assert {k: v for k, v in a.items() if k not in timing} == \
+        {k: v for k, v in b.items() if k not in timing}
+    assert a["model"] == "linearsvc" and a["class_weight"] == "balanced"
+    assert ClassifierOptions.from_selection(a) == opts  # a model file says how it was chosen
+    _, c = fit_codes(X, y, classifier=opts, cv=2, device="cpu")  # a keyword overrides a field
+    assert c["cv"] == 2 and c["model"] == "linearsvc"
+    assert fit_codes(X, y, c_grid=[0.1], cv=2, device="cpu")[1]["model"] == "logreg"
+    with pytest.raises(TypeError, match="unexpected option 'Cs'; valid options are c_grid"):
+        fit_codes(X, y, Cs=[1.0])
+    with pytest.raises(ValueError, match="model must be one of logreg, linearsvc. Got 'svm'"):
+        ClassifierOptions(model="svm")
+
+
 def test_fit_codes_rejects_nan_codes_and_too_many_pca_components(digits_xy):
     X, y = digits_xy
     Xb = X[:200].copy()
@@ -228,7 +180,7 @@ def test_fit_codes_rejects_nan_codes_and_too_many_pca_components(digits_xy):
 # ------------------------------------------------------------------- stores, model file, checks
 
 
-def test_train_evaluate_on_separate_test_store(digits_data, digits_model, tmp_path):
+def test_train_evaluate_on_separate_test_store(digits_data, digits_model, tmp_path):  # noqa: F811
     m = digits_model
     assert m.layer == "pool" and m.classes == CLASSES
     assert m.selection["best_C"] in parse_c_grid("1e-3:1e1:5").tolist()
@@ -252,7 +204,7 @@ def test_train_evaluate_on_separate_test_store(digits_data, digits_model, tmp_pa
     assert list(m2.predict(X)) == list(m.predict(X))
 
 
-def test_holdout_never_evaluates_training_rows(digits_data):
+def test_holdout_never_evaluates_training_rows(digits_data):  # noqa: F811
     m = train(digits_data.train_h5, layer="pool", holdout=0.25, seed=1, c_grid=[0.01, 0.1],
               cv=3)
     assert m.split["kind"] == "holdout" and m.split["seed"] == 1
@@ -267,7 +219,7 @@ def test_holdout_never_evaluates_training_rows(digits_data):
         evaluate(full, digits_data.train_h5)
 
 
-def test_evaluate_refuses_codes_from_other_preprocessing(digits_data, digits_model, tmp_path):
+def test_evaluate_refuses_codes_from_other_preprocessing(digits_data, digits_model, tmp_path):  # noqa: F811
     other = tmp_path / "test40.h5"
     extract(digits_data.test_dir, other, layers="pool", **{**digits_data.opts, "input_size": 40})
     with pytest.raises(ModelMismatchError, match=r"preprocessing: model has .*\"crop\": 32.*"
@@ -282,7 +234,7 @@ def test_evaluate_refuses_codes_from_other_preprocessing(digits_data, digits_mod
     ("layer", lambda p: p.update(layers=["pool"])),
     ("pooling", lambda p: p["layer_info"]["layer3"].update(pooling="max")),
 ])
-def test_check_compatible_names_the_differing_field(digits_data, field, change):
+def test_check_compatible_names_the_differing_field(digits_data, field, change):  # noqa: F811
     m = train(digits_data.train_h5, layer="layer3", c_grid=[0.1], cv=3)
     prov = store_provenance(FeatureStore(digits_data.test_h5))
     m.check_compatible(prov)  # the untouched store is fine
@@ -291,7 +243,7 @@ def test_check_compatible_names_the_differing_field(digits_data, field, change):
         m.check_compatible(prov, what="the codes")
 
 
-def test_same_weights_file_elsewhere_is_compatible(digits_data, digits_model):
+def test_same_weights_file_elsewhere_is_compatible(digits_data, digits_model):  # noqa: F811
     prov = store_provenance(FeatureStore(digits_data.test_h5))
     prov["weights"] = "file:/somewhere/else/resnet18-random.pth"  # moved file, same checksum
     digits_model.check_compatible(prov)
@@ -305,7 +257,7 @@ def test_load_model_refuses_other_files(tmp_path):
         load_model(tmp_path / "missing.joblib")
 
 
-def test_train_on_unlabelled_store_is_refused(digits_data, tmp_path):
+def test_train_on_unlabelled_store_is_refused(digits_data, tmp_path):  # noqa: F811
     flat = tmp_path / "flat"
     flat.mkdir()
     for p in sorted(digits_data.test_dir.glob("*/*.png"))[:6]:
@@ -318,7 +270,7 @@ def test_train_on_unlabelled_store_is_refused(digits_data, tmp_path):
 # --------------------------------------------------------------------------------------- predict
 
 
-def test_predict_images_end_to_end_with_a_broken_file(digits_data, digits_model, tmp_path):
+def test_predict_images_end_to_end_with_a_broken_file(digits_data, digits_model, tmp_path):  # noqa: F811
     photos = tmp_path / "new"
     shutil.copytree(digits_data.test_dir, photos)
     (photos / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -343,7 +295,7 @@ def test_predict_images_end_to_end_with_a_broken_file(digits_data, digits_model,
     assert acc == pytest.approx(ev.accuracy)
 
 
-def test_predict_from_a_store_and_linearsvc_scores(digits_data):
+def test_predict_from_a_store_and_linearsvc_scores(digits_data):  # noqa: F811
     m = train(digits_data.train_h5, layer="pool", model="linearsvc", c_grid=[0.01, 0.1], cv=3)
     pred = predict(m, digits_data.test_h5)
     assert pred.score_kind == "score" and len(pred.paths) == 60
@@ -352,151 +304,17 @@ def test_predict_from_a_store_and_linearsvc_scores(digits_data):
         pytest.approx(ev.accuracy)
 
 
-def test_predict_refuses_changed_weights(digits_data, digits_model, tmp_path):
+def test_predict_takes_the_backbone_options_from_the_model(digits_data, digits_model):  # noqa: F811
+    with pytest.raises(TypeError, match="from the model"):
+        predict(digits_model, digits_data.test_h5, input_size=64)
+    with pytest.raises(TypeError, match="unexpected option 'colour'"):
+        predict(digits_model, digits_data.test_h5, colour="red")
+
+
+def test_predict_refuses_changed_weights(digits_data, digits_model, tmp_path):  # noqa: F811
     m = load_model(save_model(digits_model, tmp_path / "m.joblib"))
     m.provenance["weights_sha256"] = "f" * 64  # as if the checkpoint file had been replaced
     with pytest.raises(ModelMismatchError, match="weights: model has sha256:ffff"):
         predict(m, digits_data.test_dir, num_workers=0)
 
 
-# -------------------------------------------------------------------------------------- baseline
-
-
-def test_find_split_detects_train_test_trees(digits_data, tmp_path):
-    s = find_split(digits_data.split_dir)
-    assert s == {"train": digits_data.train_dir, "test": digits_data.test_dir}
-    assert find_split(digits_data.train_dir) == {"all": digits_data.train_dir}
-    odd = tmp_path / "odd"
-    (odd / "train" / "a").mkdir(parents=True)
-    (odd / "test" / "a").mkdir(parents=True)
-    (odd / "extra").mkdir()
-    assert find_split(odd) == {"all": odd}  # three sub-folders: a class tree called train/test
-    flat = tmp_path / "flat"
-    (flat / "train").mkdir(parents=True)
-    (flat / "val").mkdir()
-    assert find_split(flat) == {"all": flat}  # train/ and val/ are not class trees
-
-
-def test_baseline_predefined_split_reuses_cache_and_reports(digits_data, tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    shutil.copy(digits_data.train_h5, cache / "train.h5")  # holds layer3 and pool
-    kw = dict(report=tmp_path / "rep", cache=cache, backbone=BACKBONE,
-              weights=str(digits_data.weights), input_size=SIZE, num_workers=0,
-              c_grid="1e-3:1e-1:3", cv=3)
-    res = baseline(digits_data.split_dir, raw_size=16, **kw)
-    assert res.model.split["kind"] == "predefined"
-    assert len(res.model.train_paths) == 140 and len(res.evaluation.y_true) == 60
-    assert FeatureStore(cache / "train.h5").layers == ["layer3", "pool"]  # reused, not redone
-    codes, raw = res.rows
-    assert codes["accuracy"] == pytest.approx(res.evaluation.accuracy) and codes["accuracy"] > 0.5
-    assert raw["name"] == "raw pixels 16x16 rgb" and raw["features"] == 768
-    assert 0.5 < raw["accuracy"] <= 1  # digits pixels are a strong baseline
-    for f in ("report.json", "cv_scores.png", "confusion.png", "model.joblib"):
-        assert (tmp_path / "rep" / f).stat().st_size > 0
-    runs = len(FeatureStore(cache / "test.h5").provenance["runs"])
-    again = baseline(digits_data.split_dir, raw_baseline=False, **kw)  # cached: no extraction
-    assert len(FeatureStore(cache / "test.h5").provenance["runs"]) == runs
-    assert again.rows[0]["accuracy"] == codes["accuracy"]
-
-
-def test_baseline_single_tree_holds_out_and_lists_bad_images(digits_data, tmp_path):
-    photos = tmp_path / "photos"
-    shutil.copytree(digits_data.train_dir, photos)
-    (photos / "7" / "empty.png").write_bytes(b"")
-    res = baseline(photos, report=tmp_path / "rep", backbone=BACKBONE,
-                   weights=str(digits_data.weights), input_size=SIZE, num_workers=0,
-                   c_grid=[0.01, 0.1], cv=3, holdout=0.3, raw_baseline=False)
-    assert res.model.split["kind"] == "holdout" and res.model.split["test_size"] == 0.3
-    assert len(res.evaluation.y_true) == 40 and len(res.rows) == 1
-    assert [Path(p).name for p, _ in res.failures] == ["empty.png"]
-    assert (tmp_path / "rep" / "cache" / "codes.h5").is_file()
-    with pytest.raises(ValueError, match="one layer"):
-        baseline(photos, report=tmp_path / "rep", backbone=BACKBONE, layer="layer3,pool")
-
-
-# ----------------------------------------------------------------------- CNNCodes transformer
-
-
-def _paths_labels(folder: Path) -> tuple[list[str], np.ndarray]:
-    paths = sorted(str(p) for p in folder.glob("*/*.png"))
-    return paths, np.array([int(Path(p).parent.name) for p in paths])
-
-
-def test_cnncodes_in_pipeline_and_grid_search_computes_each_image_once(digits_data):
-    clear_memory_cache()
-    Xtr, ytr = _paths_labels(digits_data.train_dir)
-    Xte, yte = _paths_labels(digits_data.test_dir)
-    pipe = Pipeline([("codes", CNNCodes(BACKBONE, weights=str(digits_data.weights),
-                                        layer="pool", input_size=SIZE)),
-                     ("clf", LogisticRegression(max_iter=1000))])
-    search = GridSearchCV(pipe, {"clf__C": [0.01, 0.1, 1.0], "codes__pooling": ["avg"]}, cv=3)
-    with threadpool_limits(1):  # tiny BLAS problems: threads only add contention
-        search.fit(Xtr, ytr)
-    assert search.best_params_["clf__C"] in (0.01, 0.1, 1.0)
-    assert search.score(Xte, yte) > 0.5
-    # 3 C values x 3 folds + refit = 10 pipelines, yet every image went through the CNN once
-    assert STATS["extracted"] == len(Xtr) + len(Xte) and STATS["hits"] > 5 * len(Xtr)
-    codes = search.best_estimator_.named_steps["codes"]
-    assert codes.n_features_out_ == 512 and codes.layer_ == "pool"
-    # the same codes as the extract -> store path
-    X_store, _ = FeatureStore(digits_data.test_h5).load("pool")
-    assert np.allclose(codes.transform(Xte), X_store, atol=1e-5)
-    # picklable (the torch module is rebuilt on demand) and equal after the round trip
-    clone = pickle.loads(pickle.dumps(search.best_estimator_))
-    clear_memory_cache()
-    assert list(clone.predict(Xte)) == list(search.predict(Xte))
-
-
-def test_cnncodes_bad_images_raise_or_get_zero_rows(digits_data, tmp_path):
-    good, _ = _paths_labels(digits_data.test_dir)
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"nope")
-    X = good[:3] + [str(bad)]
-    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=None)
-    with pytest.raises(ValueError, match="1 of 4 images could not be read.*bad.png"):
-        t.fit_transform(X)
-    z = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=None,
-                 on_error="zeros").fit_transform(X)
-    assert z.shape == (4, 512) and not z[3].any() and z[:3].any(axis=1).all()
-    with pytest.raises(ValueError, match="single path"):
-        t.fit(str(bad))
-
-
-def test_cnncodes_store_cache_is_reused(digits_data, tmp_path):
-    paths, _ = _paths_labels(digits_data.test_dir)
-    cache = tmp_path / "t.h5"
-    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=cache)
-    a = t.fit_transform(paths[:30])
-    b = t.transform(paths[20:])  # 10 cached + 30 new
-    st = FeatureStore(cache)
-    assert len(st) == 60 and [r["new"] for r in st.provenance["runs"]] == [30, 30]
-    X_store, _ = FeatureStore(digits_data.test_h5).load("pool")
-    assert np.allclose(np.vstack([a, b[10:]]), X_store, atol=1e-5)
-    c = t.transform(paths[::-1])  # all cached, any order
-    assert len(FeatureStore(cache).provenance["runs"]) == 2
-    assert np.allclose(c[::-1], X_store, atol=1e-5)
-    # a store made by `cnncodes extract` from the folder is read (not written) by the transformer
-    r = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE,
-                 cache=digits_data.test_h5).fit_transform(paths)
-    assert np.allclose(r, X_store, atol=1e-5)
-
-
-def test_cnncodes_random_weights_are_one_network_and_cacheable(digits_data, tmp_path):
-    """weights="random" is the seeded init: separate builds share the memory cache and a store,
-    and a store written by one build serves another."""
-    paths, _ = _paths_labels(digits_data.test_dir)
-    paths = paths[:12]
-    clear_memory_cache()
-    mem = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
-    again = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
-    assert np.array_equal(mem, again) and STATS["extracted"] == 12  # the 2nd build: all hits
-    fresh = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=None).fit_transform(paths)
-    assert np.allclose(fresh, mem, atol=1e-6)  # computed again by a new network: same codes
-    cache = tmp_path / "random.h5"
-    a = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
-    assert np.allclose(a, mem, atol=1e-6)
-    runs = len(FeatureStore(cache).provenance["runs"])
-    b = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
-    assert np.array_equal(a, b) and len(FeatureStore(cache).provenance["runs"]) == runs
-    assert FeatureStore(cache).provenance["weights"] == "random"

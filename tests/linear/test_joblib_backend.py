@@ -17,7 +17,7 @@ from joblib._parallel_backends import ThreadingBackend
 
 from cnncodes import train
 
-from .test_classify import digits_data  # noqa: F401 - session fixture
+from .digits import digits_data  # noqa: F401 - session fixture
 
 KW = dict(layer="pool", c_grid="1e-3:1e-1:3", cv=3, device="cpu")
 

@@ -12,7 +12,7 @@ import pytest
 from cnncodes import FeatureStore, extract, load_model
 from cnncodes.cli import main
 
-from .test_classify import BACKBONE, SIZE, digits_data  # noqa: F401 - session fixture
+from ..linear.digits import BACKBONE, SIZE, digits_data  # noqa: F401 - session fixture
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -162,7 +162,7 @@ def finetuned(tmp_path_factory):
     """A tiny fine-tuned model: random-init resnet18 at 32 px, one epoch on 3 x 6 images."""
     from cnncodes.finetuning.run import finetune
 
-    from .conftest import write_tree
+    from ..conftest import write_tree
 
     root = tmp_path_factory.mktemp("finetuned")
     photos = write_tree(root / "photos", per_class=6)

@@ -1,0 +1,106 @@
+"""The raw-pixel baseline: the same classifier and model selection on downscaled raw pixels of the
+same images (:func:`raw_pixels`, :func:`pixel_baseline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..options import DEFAULT_MAX_PIXELS
+from .evaluation import score_predictions
+from .model_file import TrainedModel
+from .options import DEFAULT_RAW_SIZE, ClassifierOptions, classifier_options
+from .selection import fit_codes
+
+log = logging.getLogger(__name__)
+
+
+#: Above this many training values (rows x features) the raw-pixel baseline is not "cheap".
+RAW_BASELINE_BUDGET = 60_000_000
+
+
+def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Downscaled raw pixels: shorter side resized to ``size``, centre-cropped, flattened, /255.
+
+    Returns:
+        ``(X (N, size*size*channels) float32, ok (N,) bool, failures)``; rows of unreadable
+        images are zeros with ``ok`` False.
+    """
+    from PIL import Image
+
+    from ..errors import DecodeError
+    from ..sources.images import load_rgb
+
+    if int(size) < 2:
+        raise ValueError(f"Raw-pixel size must be >= 2; got {size}.")
+    ch = 1 if grey else 3
+    X = np.zeros((len(paths), size * size * ch), np.float32)
+    ok = np.zeros(len(paths), bool)
+    failures = []
+    for i, p in enumerate(paths):
+        try:
+            img = load_rgb(p, max_pixels=max_pixels)
+        except DecodeError as e:
+            failures.append((os.fspath(p), str(e)))
+            continue
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                         Image.Resampling.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        if grey:
+            img = img.convert("L")
+        X[i] = np.asarray(img, np.float32).reshape(-1) / 255.0
+        ok[i] = True
+    return X, ok, failures
+
+
+def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: Sequence[str],
+                   y_test: np.ndarray, *, classes: Sequence[str], size: int = DEFAULT_RAW_SIZE,
+                   grey: bool = False, classifier: ClassifierOptions | None = None,
+                   seed: int = 0, budget: int | None = RAW_BASELINE_BUDGET,
+                   device: str = "auto", **options: Any) -> dict[str, Any]:
+    """The same classifier and model selection on downscaled raw pixels of the same images.
+
+    Returns a report row: ``name``, CV record, test ``accuracy``/``balanced_accuracy``; or
+    ``{"name": ..., "skipped": reason}`` when it would not be cheap (more than ``budget``
+    training values) or the image files are gone.
+
+    ``classifier`` (or single fields in ``options``) as for :func:`~cnncodes.train`, except that
+    the pixels are always standardised, without L2 normalisation or PCA (settings tuned for
+    codes).
+    """
+    copts, _ = classifier_options(classifier, options, where="pixel_baseline")
+    copts = copts.replace(l2=False, standardize=True, pca=None)
+    ch = 1 if grey else 3
+    name = f"raw pixels {size}x{size} {'grey' if grey else 'rgb'}"
+    dim = size * size * ch
+    if budget is not None and len(train_paths) * dim > budget:
+        return {"name": name, "skipped": f"{len(train_paths)} x {dim} values is over the "
+                f"raw-baseline budget of {budget}; use a smaller --raw-size"}
+    missing = [p for p in list(train_paths)[:1] + list(test_paths)[:1] if not os.path.exists(p)]
+    if missing:
+        return {"name": name, "skipped": f"image files not found (e.g. {missing[0]})"}
+    t0 = time.perf_counter()
+    Xtr, oktr, _ = raw_pixels(train_paths, size=size, grey=grey)
+    Xte, okte, _ = raw_pixels(test_paths, size=size, grey=grey)
+    load_s = time.perf_counter() - t0
+    ytr, yte = np.asarray(y_train)[oktr], np.asarray(y_test)[okte]
+    pipe, sel = fit_codes(Xtr[oktr], ytr, classes=classes, classifier=copts, seed=seed,
+                          device=device)
+    m = TrainedModel(pipe, list(classes), "pixels", {}, {}, sel)
+    pred, _ = m.scores(Xte[okte])
+    metrics = score_predictions(yte, pred, classes)
+    return {"name": name, "features": dim, "selection": sel, "load_time_s": round(load_s, 3),
+            "n_test": int(okte.sum()), **{k: metrics[k] for k in
+                                          ("accuracy", "balanced_accuracy", "macro_f1")}}

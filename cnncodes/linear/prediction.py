@@ -1,0 +1,136 @@
+"""Predictions of a linear model: from a code store (checked against the model's provenance) or
+from images, whose codes are computed by an extractor rebuilt from the model's own backbone,
+weights, layer, pooling and preprocessing (:func:`model_extractor`). :class:`Predictions` is
+the result (also of fine-tuned models, see :mod:`cnncodes.workflows.predict`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write_csv
+from ..codes.store import FeatureStore
+from ..options import BackboneOptions, RuntimeOptions
+from ..sources.folders import ImageSource
+from .model_file import TrainedModel, load_model, store_provenance, weights_argument
+from .training import _abs_paths, _as_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """Predicted labels for a set of images (or store rows); failures are listed, not fatal."""
+
+    paths: list[str]
+    labels: list[str]
+    scores: np.ndarray  # score of the predicted label: probability or decision value
+    score_kind: str
+    all_scores: np.ndarray  # (N, C) per class
+    classes: list[str]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    true_labels: list[str] | None = None
+    model: str = ""  # what predicted: TrainedModel.describe() or the fine-tuned network
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """``path,label,<probability|score>,error`` rows; unreadable images have an error and no
+        label. A ``true_label`` column is added when the source was labelled."""
+        header = ["path", "label", self.score_kind, "error"]
+        if self.true_labels is not None:
+            header.insert(2, "true_label")
+        rows = []
+        for i, p in enumerate(self.paths):
+            row = [p, self.labels[i], f"{self.scores[i]:.6g}", ""]
+            if self.true_labels is not None:
+                row.insert(2, self.true_labels[i])
+            rows.append(row)
+        for p, reason in self.failures:
+            row = [p, "", "", reason]
+            if self.true_labels is not None:
+                row.insert(2, "")
+            rows.append(row)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_csv(path, header, rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": len(self.paths), "failures": len(self.failures),
+                "counts": {c: self.labels.count(c) for c in self.classes}}
+
+
+def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = None) -> Any:
+    """A :class:`~cnncodes.CodeExtractor` configured exactly like the model's training codes
+    (``runtime`` gives its device and precision).
+
+    Raises:
+        ModelMismatchError: the weights file changed (checksum) or the preprocessing of the
+            rebuilt extractor differs from the recorded one.
+    """
+    from ..codes.extractor import CodeExtractor
+
+    p = model.provenance
+    bopts = BackboneOptions(backbone=p["backbone"], weights=weights_argument(p),
+                            layers=(model.layer,), pooling=p.get("pooling", "avg"),
+                            input_size=p.get("input_size"))
+    ext = CodeExtractor(bopts, runtime=runtime)
+    model.check_compatible(ext.provenance(), layers=ext.layers,
+                           what=f"the codes of the rebuilt {p['backbone']} extractor")
+    return ext
+
+
+def linear_predict(model: TrainedModel | str | os.PathLike,
+                   source: str | os.PathLike | Sequence[str] | ImageSource | FeatureStore, *,
+                   runtime: RuntimeOptions | None = None) -> Predictions:
+    """Predict labels with a linear model for images or for the rows of a code store.
+
+    Images: their codes are extracted with the model's own backbone, weights, layer, pooling and
+    preprocessing (the extraction code path of ``extract``; ``runtime`` says how). A code store
+    (``.h5``) is checked against the model's provenance and read instead. Unreadable images are
+    listed in ``Predictions.failures``; they do not stop the run.
+    """
+    m = load_model(model)
+    true: list[str] | None = None
+    if is_store_source(source):
+        st = _as_store(source)  # type: ignore[arg-type]
+        sp = store_provenance(st)
+        m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")
+        X, y = st.load(m.layer)
+        paths = _abs_paths(st)
+        failures = [(os.path.normpath(os.fspath(st.root / p)), r) for p, r in st.failures]
+        if (y >= 0).any():
+            cls = st.classes
+            true = [cls[i] if i >= 0 else "" for i in y]
+    else:
+        from ..codes.extraction import extract_arrays
+
+        ext = model_extractor(m, runtime=runtime)
+        codes = extract_arrays(source, extractor=ext, runtime=runtime)
+        X = codes.codes[m.layer]
+        root = Path(codes.provenance.get("root", "."))
+        paths = [os.path.normpath(os.fspath(root / p)) for p in codes.paths]
+        failures = [(os.path.normpath(os.fspath(root / p)), r) for p, r in codes.failures]
+        if len(codes.labels) and (codes.labels >= 0).any():
+            true = [codes.classes[i] if i >= 0 else "" for i in codes.labels]
+    if len(paths):
+        idx, scores = m.scores(X)
+    else:
+        idx, scores = np.zeros(0, np.int64), np.zeros((0, len(m.classes)))
+    labels = [m.classes[i] for i in idx]
+    best = scores[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
+    if failures:
+        log.warning("%d images could not be read and have no prediction", len(failures))
+    return Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
+                       true, model=m.describe())
+
+
+def is_store_source(source: Any) -> bool:
+    return isinstance(source, FeatureStore) or (
+        isinstance(source, (str, os.PathLike)) and Path(source).is_file()
+        and Path(source).suffix.lower() in (".h5", ".hdf5"))

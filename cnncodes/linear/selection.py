@@ -1,0 +1,127 @@
+"""Model selection: C chosen by stratified k-fold ``GridSearchCV`` over a log-spaced grid, refitted
+on all training rows (:func:`fit_codes`). Where the fits run (NumPy or the array API) is
+:mod:`cnncodes.linear.array_api`.
+
+Model selection on a cluster (joblib + dask)
+--------------------------------------------
+The grid search's fits (C values x folds) are dispatched by joblib, so any joblib backend set by
+the caller is used. To spread them over a dask cluster (``pip install "dask[distributed]"``;
+cnncodes does not depend on dask)::
+
+    import joblib
+    from dask.distributed import Client
+    import cnncodes
+
+    client = Client("tcp://scheduler:8786")        # or Client() for a local test cluster
+    with joblib.parallel_config(backend="dask"):   # joblib < 1.3: joblib.parallel_backend("dask")
+        model = cnncodes.train("codes.h5", layer="pool", c_grid="full", cv=5, device="cpu")
+    cnncodes.save_model(model, "model.joblib")
+
+``n_jobs=None`` (the default) lets the backend decide how many fits run at once (dask: every
+worker thread of the cluster); ``n_jobs=1`` keeps the fits in this process, outside any
+backend. The codes are read on the client and sent to the workers once per
+grid search (joblib's dask backend scatters large arguments); each task is a scikit-learn
+pipeline fit, so the workers need the same scikit-learn, NumPy and SciPy versions, but not
+cnncodes or torch. Use ``device="cpu"`` there: the array API path runs its fits sequentially in
+the calling process and does not use the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+from .array_api import _fit_search, resolve_compute
+from .grids import parse_c_grid, resolve_cv
+from .options import ClassifierOptions, classifier_options
+from .pipelines import build_pipeline
+
+log = logging.getLogger(__name__)
+
+
+def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = None,
+              classifier: ClassifierOptions | None = None, seed: int = 0,
+              threads: int | None = None, device: str = "auto",
+              **options: Any) -> tuple[Pipeline, dict[str, Any]]:
+    """Choose C by stratified k-fold grid search and refit on all of ``X, y``.
+
+    Args:
+        X: (N, D) float codes.  y: (N,) int labels (class indices).
+        classes: class names (only for messages).
+        n_jobs: parallel fits, through joblib: ``None`` lets an active joblib backend (e.g.
+            ``joblib.parallel_config(backend="dask")``) decide, else runs them one by one.
+        threads: BLAS/OpenMP threads during the fit (restored afterwards); None = 1 for small
+            problems (up to :data:`SMALL_FIT_VALUES` values), else the library default.
+        device: where the search runs: ``auto`` (the GPU through scikit-learn's array API when
+            CUDA is present, else NumPy), ``cpu`` (NumPy), ``cuda``/``cuda:N``, or ``cpu-torch``
+            (the array API path on CPU torch tensors). LinearSVC always runs with NumPy. See the
+            module docstring; ``selection["compute"]`` records what was used.
+        classifier: the model and its grid search (:class:`ClassifierOptions`); ``options``
+            override single fields (``c_grid=``, ``cv=``, ``model=``...). ``cv`` folds are reduced
+            automatically for small classes (see :func:`resolve_cv`).
+        seed: seed of the CV folds (and of the solvers/PCA).
+
+    Returns:
+        ``(fitted pipeline, selection)`` where ``selection`` records the grid, the mean/std CV
+        score per C, the chosen C, fold count and timings (JSON-serialisable).
+    """
+    copts, _ = classifier_options(classifier, options, where="fit_codes")
+    model, cv, pca, n_jobs = copts.model_name, copts.cv, copts.pca, copts.n_jobs
+    class_weight, scoring = copts.class_weight, copts.scoring
+    X = np.asarray(X)
+    if X.dtype == np.float16:  # float16 stores: compute in float32 on both paths (lossless)
+        X = X.astype(np.float32)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
+    if not np.all(np.isfinite(X)):
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise ValueError(f"{bad} rows of the codes hold NaN or inf values; re-extract them "
+                         "(fp16 overflow? try --precision fp32).")
+    grid = parse_c_grid(copts.c_grid)
+    folds = resolve_cv(y, cv, classes=classes)
+    if pca is not None and not isinstance(pca, float):
+        limit = min(X.shape[1], X.shape[0] - X.shape[0] // folds)
+        if pca > limit:
+            raise ValueError(f"pca={pca} components is more than a training fold allows "
+                             f"(min(features, rows per fold) = {limit}); use --pca {limit} or "
+                             "less, or a variance fraction such as 0.95.")
+    pipe = build_pipeline(model=model, l2=copts.l2, standardize=copts.standardize, pca=pca,
+                          class_weight=class_weight, max_iter=copts.max_iter, random_state=seed)
+    compute = resolve_compute(device, pipeline=pipe)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    search = GridSearchCV(pipe, {"clf__C": grid.tolist()}, scoring=scoring, cv=splitter,
+                          n_jobs=n_jobs, refit=True, error_score="raise")
+    t0 = time.perf_counter()
+    compute = _fit_search(search, X, y, threads=threads, compute=compute)
+    seconds = time.perf_counter() - t0
+    res = search.cv_results_
+    Cs = [float(c) for c in res["param_clf__C"]]
+    order = np.argsort(Cs)
+    selection = {
+        "model": model, "scoring": scoring, "cv": folds, "cv_requested": int(cv), "seed": seed,
+        "c_grid": [Cs[i] for i in order],
+        "cv_mean": [float(res["mean_test_score"][i]) for i in order],
+        "cv_std": [float(res["std_test_score"][i]) for i in order],
+        "best_C": float(search.best_params_["clf__C"]), "best_cv_score": float(search.best_score_),
+        "class_weight": class_weight, "l2": copts.l2, "standardize": copts.standardize,
+        "pca": pca, "max_iter": copts.max_iter, "n_jobs": n_jobs, "steps": [n for n, _ in pipe.steps],
+        "n_train": int(X.shape[0]), "n_features": int(X.shape[1]),
+        "compute": {**compute.to_dict(), "dtype": str(X.dtype)},
+        "train_time_s": round(seconds, 3), "refit_time_s": round(float(search.refit_time_), 3),
+    }
+    if len(grid) > 2 and selection["best_C"] in (grid[0], grid[-1]):
+        side = "smallest" if selection["best_C"] == grid[0] else "largest"
+        selection["c_at_grid_edge"] = side
+        log.warning("the chosen C (%.3g) is the %s value of the grid; the best C may lie beyond "
+                    "it: widen the grid (e.g. --c-grid full)", selection["best_C"], side)
+    log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%d folds, %d C values, %.1f s, %s)",
+             model, X.shape[0], X.shape[1], selection["best_C"], scoring,
+             selection["best_cv_score"], folds, len(grid), seconds, compute.describe())
+    return search.best_estimator_, selection

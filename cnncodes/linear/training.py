@@ -1,0 +1,132 @@
+"""Training on a code store: :func:`train` reads one layer's labelled rows, holds out a stratified
+share (:func:`cnncodes.sources.splits.stratified_holdout`) or given paths, runs
+:func:`~cnncodes.linear.selection.fit_codes` and binds the result to the store's provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..codes.store import FeatureStore
+from ..sources.splits import stratified_holdout
+from .array_api import _sklearn_version
+from .model_file import _COPIED_FIELDS, TrainedModel, store_provenance
+from .options import ClassifierOptions, classifier_options
+from .selection import fit_codes
+
+log = logging.getLogger(__name__)
+
+
+def _as_store(store: str | os.PathLike | FeatureStore) -> FeatureStore:
+    return store if isinstance(store, FeatureStore) else FeatureStore(store)
+
+
+def resolve_layer(store: FeatureStore, layer: str | None) -> str:
+    """``layer`` checked against the store; None -> the only layer, else the default layer."""
+    layers = store.layers
+    if layer is None:
+        if len(layers) == 1:
+            return layers[0]
+        default = store.provenance.get("default_layer")
+        return default if default in layers else layers[-1]
+    if "," in layer:
+        raise ValueError(f"A classifier reads one layer; got {layer!r}. Pick one of "
+                         f"{', '.join(layers)}.")
+    if layer not in layers:
+        raise ValueError(f"Layer {layer!r} is not in {store.path}; it holds {', '.join(layers)}. "
+                         f"Extract it with --layers {layer}.")
+    return layer
+
+
+def _abs_paths(store: FeatureStore) -> list[str]:
+    return [os.path.normpath(os.fspath(p)) for p in store.abspaths()]
+
+
+def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
+          classifier: ClassifierOptions | None = None, holdout: float = 0.0, seed: int = 0,
+          device: str = "auto", threads: int | None = None,
+          holdout_paths: Collection[str] | None = None, **options: Any) -> TrainedModel:
+    """Fit a classifier on the labelled codes of one layer of a store.
+
+    Args:
+        store: a code store (path or :class:`FeatureStore`).
+        layer: layer name (default the store's only/default layer).
+        holdout: fraction of each class held out (seeded by ``seed``) and left out of training;
+            :func:`evaluate` on the same store then scores exactly those rows. 0 = train on all.
+        holdout_paths: hold out exactly the rows whose stored path (as in ``store.paths``) is
+            in this collection instead (a split made on the source files before extraction, as
+            :func:`baseline` does for ``layer="auto"``); ``holdout`` and ``seed`` are then only
+            recorded.
+        n_jobs: parallel CV fits through joblib (``None``: an active joblib backend, e.g. dask,
+            decides; see the module docstring).
+        device: ``auto`` (GPU through scikit-learn's array API when CUDA is present), ``cpu``
+            (NumPy), ``cuda``/``cuda:N`` or ``cpu-torch``; LinearSVC always runs on the CPU.
+        classifier: the model and its grid search (:class:`ClassifierOptions`); ``options``
+            override single fields (``model=``, ``c_grid=``, ``cv=``, ``n_jobs=``...).
+        seed, threads: see :func:`fit_codes` (``seed`` also seeds the hold-out split).
+
+    Returns:
+        A :class:`TrainedModel` (save it with :func:`save_model`).
+
+    Raises:
+        ValueError: no labelled rows, a single class, a class too small for cross-validation.
+    """
+    st = _as_store(store)
+    name = resolve_layer(st, layer)
+    X, y = st.load(name)
+    paths = np.asarray(_abs_paths(st), dtype=object)
+    store_classes = st.classes
+    labelled = np.flatnonzero(y >= 0)
+    if labelled.size == 0:
+        raise ValueError(f"{st.path} has no labelled rows (it was extracted from a flat folder or "
+                         "an unlabelled list); extract a folder of class folders to train.")
+    if labelled.size < len(y):
+        log.info("%s: ignoring %d unlabelled rows", st.path, len(y) - labelled.size)
+    present = np.unique(y[labelled])
+    classes = [store_classes[i] for i in present]
+    yl = np.searchsorted(present, y[labelled])
+    split: dict[str, Any] = {"kind": "all", "store": os.fspath(st.path), "n_train": int(len(yl))}
+    rows = np.arange(len(yl))
+    if holdout_paths is not None:
+        held = set(holdout_paths)
+        is_test = np.array([p in held for p in st.paths[labelled].tolist()], bool)
+        tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        rows = tr
+        split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
+                 "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te)),
+                 "made_on": "source files"}
+        log.info("held out %d of %d rows for testing (split of the source files)", len(te),
+                 len(yl))
+    elif holdout:
+        tr, te = stratified_holdout(yl, test_size=holdout, seed=seed)
+        rows = tr
+        split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
+                 "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te))}
+        log.info("held out %d of %d rows for testing (stratified, seed %d)", len(te), len(yl),
+                 seed)
+    Xtr, ytr = X[labelled][rows], yl[rows]
+    copts, _ = classifier_options(classifier, options, where="train")
+    pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts, seed=seed,
+                                threads=threads, device=device)
+    prov = store_provenance(st)
+    bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
+    bound["layers"] = [name]
+    bound["layer_info"] = {name: prov["layer_info"].get(name, {})}
+    bound["store_layers"] = list(prov.get("layers", []))
+    from .._runtime import versions  # imports torch: only once a model is trained
+
+    return TrainedModel(
+        pipeline=pipe, classes=classes, layer=name, provenance=bound, split=split,
+        selection=selection, train_paths=paths[labelled][rows].tolist(),
+        train_labels=ytr.astype(np.int64), store=os.fspath(st.path),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # plain str: torch.__version__ is a TorchVersion, whose pickle would import torch
+        versions={k: str(v) for k, v in {**versions(), "scikit-learn": _sklearn_version(),
+                                          "cnncodes": __version__}.items()})

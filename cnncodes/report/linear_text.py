@@ -1,0 +1,74 @@
+"""Plain-text summaries of predictions and of a baseline run (what ``cnncodes predict`` and
+``cnncodes baseline`` print; the tables themselves are :func:`cnncodes.report.text.format_table`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .text import format_table
+
+
+def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> str:
+    """``N files could not be read (where):`` and the first ``most`` of them."""
+    lines = [f"{len(failures)} files could not be read ({where}):"]
+    lines += [f"  {p}: {r}" for p, r in failures[:most]]
+    if len(failures) > most:
+        lines.append(f"  ... and {len(failures) - most} more")
+    return "\n".join(lines)
+
+
+def format_predictions(pred: Any, out: str | os.PathLike) -> str:
+    """What a :class:`~cnncodes.linear.prediction.Predictions` written to ``out`` holds: counts
+    per label, the accuracy against the folder labels when known, the unreadable files."""
+    lines = [f"{os.fspath(out)}: {len(pred.paths)} images labelled by {pred.model}"]
+    counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
+    if counts:
+        lines.append(f"  {counts}")
+    if pred.true_labels is not None:
+        pairs = [(t, p) for t, p in zip(pred.true_labels, pred.labels, strict=True) if t]
+        if pairs:
+            acc = sum(t == p for t, p in pairs) / len(pairs)
+            lines.append(f"  accuracy against the folder labels: {acc:.4f} ({len(pairs)} "
+                         "images)")
+    if pred.failures:
+        lines.append(format_failures(pred.failures, "listed in the CSV with an error"))
+    return "\n".join(lines)
+
+
+def format_advice_use(report: Mapping[str, Any]) -> str:
+    """How ``--layer auto`` chose (empty without advice)."""
+    use, advice = report.get("advice_use"), report.get("advice")
+    if not use or advice is None:
+        return ""
+    again = (" (reused: recorded in the cache for these training images)"
+             if use.get("reused_from_cache") else "")
+    lines = [f"--layer auto -> {use['layer']}: {advice.get('explanation')}{again}"]
+    if use.get("model_source") == "advice":
+        lines.append(f"--model {use['model']}: the classifier advised for this layer (pass "
+                     "--model to choose another)")
+    return "\n".join(lines)
+
+
+def format_baseline(report: Mapping[str, Any], *, fall_through: str = "",
+                    failures: Sequence[tuple[str, str]] = (),
+                    folder: str | os.PathLike | None = None) -> str:
+    """A baseline report as text: the advice, the table, the fall-through part (``fall_through``,
+    already formatted), the unreadable files and where the files are."""
+    parts = []
+    advice = format_advice_use(report)
+    if advice:
+        parts.append(advice + "\n")
+    parts.append(format_table(dict(report)))
+    if fall_through:
+        parts.append("\n" + fall_through)
+    if failures:
+        lines = [f"\n{len(failures)} files could not be read and were left out:"]
+        lines += [f"  {p}: {r}" for p, r in failures[:20]]
+        parts.append("\n".join(lines))
+    if folder is not None:
+        parts.append(f"\nmodel, report.json and PNGs in {os.fspath(folder)} "
+                     f"({report.get('wall_time_s')} s in all)")
+    return "\n".join(parts)

@@ -1,0 +1,102 @@
+"""The predict dispatch: which model predicts, from what.
+
+* a linear model file (``cnncodes train``) or :class:`~cnncodes.TrainedModel`, on images or a code
+  store: :func:`cnncodes.linear.prediction.linear_predict`;
+* a fine-tuned ``RUN/model.pt`` (``cnncodes finetune``), on images:
+  :func:`cnncodes.finetuning.predict.predict_images`, with the result in the same form.
+
+:func:`predict` is ``cnncodes.predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..codes.store import FeatureStore
+from ..linear.model_file import TrainedModel
+from ..linear.prediction import Predictions, is_store_source, linear_predict
+from ..options import BackboneOptions, RuntimeOptions, split_options
+from ..sources.folders import ImageSource
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike | Sequence[str] | ImageSource | FeatureStore
+
+
+def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
+            runtime: RuntimeOptions | None = None, **options: Any) -> Predictions:
+    """Predict labels for images (or the rows of a code store) with a linear or fine-tuned model.
+
+    Args:
+        model: a model file of ``cnncodes train`` (or a :class:`TrainedModel`): the images' codes
+            are extracted with the model's own backbone, weights, layer, pooling and
+            preprocessing, or a code store (``.h5``) is checked against them and read. Or a
+            fine-tuned ``RUN/model.pt`` of :func:`cnncodes.finetune`: the images go through that
+            network (:func:`cnncodes.finetune.predict_images`), ``score_kind`` ``probability``.
+        source: a folder, class-folder tree, list file, sequence of paths, or a code store.
+        runtime: how codes are computed (:class:`RuntimeOptions`); ``options`` override single
+            fields (``batch_size=``, ``num_workers=``, ``device=``...). The backbone options come
+            from the model and cannot be given.
+
+    Returns:
+        :class:`Predictions`; unreadable images are listed in ``failures`` (not fatal).
+    """
+    bopts, ropts, _ = split_options(None, runtime, options, where="predict")
+    if bopts != BackboneOptions():
+        raise TypeError("predict() takes the backbone options (backbone, weights, layers, "
+                        "pooling, input_size) from the model. Got some of them instead; drop "
+                        "them.")
+    if is_finetuned_file(model):
+        return _predict_finetuned(model, source, runtime=ropts)  # type: ignore[arg-type]
+    return linear_predict(model, source, runtime=ropts)
+
+
+def is_finetuned_file(model: Any) -> bool:
+    """Whether ``model`` is a ``model.pt`` of :func:`cnncodes.finetune` (a torch zip archive), not
+    a joblib model file."""
+    if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
+        return False
+    from ..finetuning.model_file import is_finetuned_model
+
+    return is_finetuned_model(model)
+
+
+def _predict_finetuned(model: str | os.PathLike, source: Source, *,
+                       runtime: RuntimeOptions | None) -> Predictions:
+    """:func:`predict` for a fine-tuned ``model.pt``: its own network and preprocessing."""
+    from ..finetuning.predict import predict_images
+    from ..sources.folders import open_source
+
+    if is_store_source(source):
+        raise ValueError(f"{os.fspath(model)} is a fine-tuned network: it predicts from images, "
+                         "not from a code store. Pass the images (a folder or a list file).")
+    src = open_source(source)  # type: ignore[arg-type]
+    r = runtime or RuntimeOptions()
+    # the fine-tuning module's own keyword fields (its preprocessing is the model's)
+    res = predict_images(model, src, batch_size=r.batch_size, device=r.device,
+                         precision=r.precision, num_workers=r.num_workers, threads=r.threads,
+                         max_pixels=r.max_pixels, progress=r.progress)
+    root = Path(res.root)
+    paths = [os.path.normpath(os.fspath(root / p)) for p in res.paths]
+    failures = [(os.path.normpath(os.fspath(root / p)), r) for p, r in res.failures]
+    probs = np.asarray(res.probabilities, np.float64).reshape(len(paths), len(res.classes))
+    idx = np.asarray(res.predicted, np.int64)
+    best = probs[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
+    true = None
+    if len(src.labels) and (np.asarray(src.labels) >= 0).any():
+        # the folder's class name, as for linear models (also for classes the model lacks)
+        true = [src.classes[int(i)] if i >= 0 else "" for i in np.asarray(src.labels)[res.index]]
+    meta = res.meta
+    desc = (f"fine-tuned {meta.get('backbone')} ({meta.get('state')}, {len(res.classes)} "
+            f"classes, {meta.get('input_size_used')} px) from {os.fspath(model)}")
+    if failures:
+        log.warning("%d images could not be read and have no prediction", len(failures))
+    return Predictions(paths, res.labels, best, "probability", probs, list(res.classes),
+                       failures, true, model=desc)

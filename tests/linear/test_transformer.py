@@ -1,0 +1,137 @@
+"""The CNNCodes transformer: inside Pipeline and GridSearchCV, its memory and store caches, bad
+images, scikit-learn's clone/set_params, and codes equal to the extract -> store path."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
+
+from cnncodes import CNNCodes, FeatureStore
+from cnncodes.linear.transformer import STATS, clear_memory_cache
+from cnncodes.options import RuntimeOptions
+
+from .digits import BACKBONE, SIZE, digits_data  # noqa: F401 - session fixture
+
+
+def _paths_labels(folder: Path) -> tuple[list[str], np.ndarray]:
+    paths = sorted(str(p) for p in folder.glob("*/*.png"))
+    return paths, np.array([int(Path(p).parent.name) for p in paths])
+
+
+def test_cnncodes_in_pipeline_and_grid_search_computes_each_image_once(digits_data):  # noqa: F811
+    clear_memory_cache()
+    Xtr, ytr = _paths_labels(digits_data.train_dir)
+    Xte, yte = _paths_labels(digits_data.test_dir)
+    pipe = Pipeline([("codes", CNNCodes(BACKBONE, weights=str(digits_data.weights),
+                                        layer="pool", input_size=SIZE)),
+                     ("clf", LogisticRegression(max_iter=1000))])
+    search = GridSearchCV(pipe, {"clf__C": [0.01, 0.1, 1.0], "codes__pooling": ["avg"]}, cv=3)
+    with threadpool_limits(1):  # tiny BLAS problems: threads only add contention
+        search.fit(Xtr, ytr)
+    assert search.best_params_["clf__C"] in (0.01, 0.1, 1.0)
+    assert search.score(Xte, yte) > 0.5
+    # 3 C values x 3 folds + refit = 10 pipelines, yet every image went through the CNN once
+    assert STATS["extracted"] == len(Xtr) + len(Xte) and STATS["hits"] > 5 * len(Xtr)
+    codes = search.best_estimator_.named_steps["codes"]
+    assert codes.n_features_out_ == 512 and codes.layer_ == "pool"
+    # the same codes as the extract -> store path
+    X_store, _ = FeatureStore(digits_data.test_h5).load("pool")
+    assert np.allclose(codes.transform(Xte), X_store, atol=1e-5)
+    # picklable (the torch module is rebuilt on demand) and equal after the round trip
+    clone = pickle.loads(pickle.dumps(search.best_estimator_))
+    clear_memory_cache()
+    assert list(clone.predict(Xte)) == list(search.predict(Xte))
+
+
+def test_cnncodes_bad_images_raise_or_get_zero_rows(digits_data, tmp_path):  # noqa: F811
+    good, _ = _paths_labels(digits_data.test_dir)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    X = good[:3] + [str(bad)]
+    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=None)
+    with pytest.raises(ValueError, match="1 of 4 images could not be read.*bad.png"):
+        t.fit_transform(X)
+    z = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=None,
+                 on_error="zeros").fit_transform(X)
+    assert z.shape == (4, 512) and not z[3].any() and z[:3].any(axis=1).all()
+    with pytest.raises(ValueError, match="single path"):
+        t.fit(str(bad))
+
+
+def test_cnncodes_store_cache_is_reused(digits_data, tmp_path):  # noqa: F811
+    paths, _ = _paths_labels(digits_data.test_dir)
+    cache = tmp_path / "t.h5"
+    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=cache)
+    a = t.fit_transform(paths[:30])
+    b = t.transform(paths[20:])  # 10 cached + 30 new
+    st = FeatureStore(cache)
+    assert len(st) == 60 and [r["new"] for r in st.provenance["runs"]] == [30, 30]
+    X_store, _ = FeatureStore(digits_data.test_h5).load("pool")
+    assert np.allclose(np.vstack([a, b[10:]]), X_store, atol=1e-5)
+    c = t.transform(paths[::-1])  # all cached, any order
+    assert len(FeatureStore(cache).provenance["runs"]) == 2
+    assert np.allclose(c[::-1], X_store, atol=1e-5)
+    # a store made by `cnncodes extract` from the folder is read (not written) by the transformer
+    r = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE,
+                 cache=digits_data.test_h5).fit_transform(paths)
+    assert np.allclose(r, X_store, atol=1e-5)
+
+
+def test_cnncodes_random_weights_are_one_network_and_cacheable(digits_data, tmp_path):  # noqa: F811
+    """weights="random" is the seeded init: separate builds share the memory cache and a store,
+    and a store written by one build serves another."""
+    paths, _ = _paths_labels(digits_data.test_dir)
+    paths = paths[:12]
+    clear_memory_cache()
+    mem = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
+    again = CNNCodes(BACKBONE, weights="random", input_size=SIZE).fit_transform(paths)
+    assert np.array_equal(mem, again) and STATS["extracted"] == 12  # the 2nd build: all hits
+    fresh = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=None).fit_transform(paths)
+    assert np.allclose(fresh, mem, atol=1e-6)  # computed again by a new network: same codes
+    cache = tmp_path / "random.h5"
+    a = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
+    assert np.allclose(a, mem, atol=1e-6)
+    runs = len(FeatureStore(cache).provenance["runs"])
+    b = CNNCodes(BACKBONE, weights="random", input_size=SIZE, cache=cache).fit_transform(paths)
+    assert np.array_equal(a, b) and len(FeatureStore(cache).provenance["runs"]) == runs
+    assert FeatureStore(cache).provenance["weights"] == "random"
+
+
+def test_clone_gives_an_unfitted_copy_with_equal_params(digits_data):  # noqa: F811
+    paths, _ = _paths_labels(digits_data.test_dir)
+    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), layer="pool", input_size=SIZE,
+                 cache=None, num_workers=0).fit(paths[:4])
+    c = clone(t)
+    assert c.get_params() == t.get_params()
+    assert not hasattr(c, "provenance_") and not hasattr(c, "_extractor")
+    with pytest.raises(Exception, match="not fitted"):
+        c.transform(paths[:2])
+    assert np.allclose(c.fit_transform(paths[:4]), t.transform(paths[:4]), atol=1e-6)
+
+
+def test_set_params_layer_changes_the_codes_after_refit(digits_data):  # noqa: F811
+    paths, _ = _paths_labels(digits_data.test_dir)
+    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), layer="pool", input_size=SIZE,
+                 cache="memory", num_workers=0)
+    assert t.fit_transform(paths[:5]).shape == (5, 512)
+    assert t.set_params(layer="layer3") is t and t.layer == "layer3"
+    codes = t.fit_transform(paths[:5])
+    assert t.layer_ == "layer3" and codes.shape == (5, 256) == (5, t.n_features_out_)
+    X_store, _ = FeatureStore(digits_data.test_h5).load("layer3")
+    assert np.allclose(codes, X_store[:5], atol=1e-5)  # the layer3 codes, not stale pool ones
+    assert list(t.get_feature_names_out()[:2]) == ["layer3_0", "layer3_1"]
+
+
+def test_defaults_are_the_shared_runtime_options():
+    params, runtime = CNNCodes().get_params(), RuntimeOptions()
+    for name in ("batch_size", "num_workers", "device", "precision", "threads", "decoder",
+                 "max_pixels"):
+        assert params[name] == getattr(runtime, name), name
