@@ -3,7 +3,7 @@
 The package root only re-exports the public API, lazily (PEP 562): ``import cnncodes`` costs
 milliseconds, imports neither torch nor scikit-learn, and changes no global state (environment
 variables, thread counts, RNG). See README.md (Architecture) for the layout: sources -> backbones ->
-codes -> linear / advisor / finetuning -> workflows -> report -> cli.
+codes -> linear / advisor / finetuning -> report -> workflows -> cli.
 """
 
 from __future__ import annotations

@@ -19,6 +19,18 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "cnncodes"
 LIMITS = {"file_lines": 700, "function_lines": 120, "public_params": 16}
+#: the one-way data flow: a module may import its own layer's folder and lower layers only;
+#: linear, advisor and finetuning are peers that must not import each other. report sits below
+#: workflows: a workflow (baseline) writes the report of the run it composes.
+PEERS = 4
+LAYERS = [
+    {"cnncodes", "cnncodes._version", "cnncodes.errors", "cnncodes.options", "cnncodes.atomic",
+     "cnncodes._runtime", "cnncodes._distributed"},
+    {"cnncodes.sources"}, {"cnncodes.backbones"}, {"cnncodes.codes"},
+    {"cnncodes.linear", "cnncodes.advisor", "cnncodes.finetuning"},
+    {"cnncodes.report"}, {"cnncodes.workflows"}, {"cnncodes.cli", "cnncodes.datasets",
+                                                  "cnncodes.__main__"},
+]
 #: the only module allowed to open an HDF5 file in a writing mode
 STORE_MODULES = {"cnncodes.codes.store"}
 
@@ -126,6 +138,32 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def area(mod: str) -> tuple[int, str]:
+    """(layer index, folder) of a module: ``cnncodes.linear.training`` -> (4, cnncodes.linear)."""
+    parts = mod.split(".")
+    for n in (2, 1):
+        key = ".".join(parts[:n])
+        for i, layer in enumerate(LAYERS):
+            if key in layer:
+                return i, key
+    return 0, mod
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports against the data flow: into a higher layer, or between peer folders of a layer
+    (the package root is exempt: it only re-exports, lazily)."""
+    out = []
+    for mod, targets in graph.items():
+        if mod == "cnncodes":
+            continue
+        (li, fi) = area(mod)
+        for t in sorted(targets):
+            (lt, ft) = area(t)
+            if lt > li or (lt == li == PEERS and ft != fi):
+                out.append(f"{mod} -> {t}")
+    return out
+
+
 def h5_writes(srcs: dict[str, tuple[Path, ast.Module]]) -> list[str]:
     """``h5py.File(..., mode)`` calls with a writing mode outside the store module."""
     found = []
@@ -160,7 +198,9 @@ def main() -> int:
                 sigs.append((n_params(fn), f"{rel}:{fn.lineno} {qual}"))
     funcs.sort(reverse=True)
     sigs.sort(reverse=True)
-    cyc = cycles(import_graph(srcs))
+    graph = import_graph(srcs)
+    cyc = cycles(graph)
+    up = upward_imports(graph)
     h5 = h5_writes(srcs)
     print(f"cnncodes: {len(srcs)} modules, {sum(n for n, _ in files)} lines")
     print(f"\nlargest files (limit {LIMITS['file_lines']} lines):")
@@ -175,13 +215,17 @@ def main() -> int:
     print(f"\nimport cycles: {len(cyc)}")
     for c in cyc:
         print("  " + " <-> ".join(c))
+    print(f"\nimports against the data flow (sources -> backbones -> codes -> linear | advisor | "
+          f"finetuning -> report -> workflows -> cli): {len(up)}")
+    for u in up:
+        print("  " + u)
     print(f"\nHDF5 opened for writing outside {', '.join(sorted(STORE_MODULES))}: {len(h5)}")
     for h in h5:
         print("  " + h)
     broken = ([f for n, f in files if n > LIMITS["file_lines"]]
               + [f for n, f in funcs if n > LIMITS["function_lines"]]
               + [f for n, f in sigs if n > LIMITS["public_params"]]
-              + [" <-> ".join(c) for c in cyc] + h5)
+              + [" <-> ".join(c) for c in cyc] + up + h5)
     if args.check and broken:
         print(f"\n{len(broken)} limit(s) broken:\n  " + "\n  ".join(broken))
         return 1
