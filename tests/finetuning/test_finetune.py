@@ -477,8 +477,8 @@ def test_extraction_takes_the_preprocessing_recorded_in_the_model_file(trained_r
     plain = tmp_path / "plain.pth"
     torch.save(build_model(get_spec("resnet18")).state_dict(), plain)
     assert resolve_weights(get_spec("resnet18"), str(plain)).preprocessing.crop == 224
-    with pytest.raises(ValueError, match="is a fine-tuned resnet18, not a mobilenet_v2; pass "
-                                         "--backbone resnet18"):
+    with pytest.raises(ValueError, match=r"backbone must be resnet18 .*\(a fine-tuned resnet18\)"
+                                         r"\. Got mobilenet_v2 instead; pass --backbone resnet18"):
         resolve_weights(get_spec("mobilenet_v2"), str(model))
     # `cnncodes extract --weights RUN/model.pt` without --input-size: the fine-tuned model's 32 px
     split = json.loads((trained_run / "split.json").read_text())
