@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._runtime import loader_workers, versions
+from .._runtime import loader_workers, progress_bar, versions
 from ..backbones.registry import get_spec, resolve_layers
 from ..codes.extraction import decoder_name, iter_codes, make_dataset
 from ..codes.extractor import CodeExtractor
@@ -80,11 +80,7 @@ class _SampleCodes:
         self.codes: dict[int, dict[str, np.ndarray]] = {}
         self.raw: dict[int, np.ndarray] = {}
         self.failures: list[tuple[str, str]] = []
-        self.bar = None
-        if ropts.progress:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit="img", desc=f"advise {ext.spec.name}",
-                            dynamic_ncols=True)
+        self.bar = progress_bar(total, f"advise {ext.spec.name}", enabled=ropts.progress)
 
     def run(self, indices: Sequence[int]) -> float:
         """Extract ``indices``; returns the seconds spent outside the head/BN meter."""
@@ -277,7 +273,7 @@ def advise(
 
 
 def recorded_advice(store: str | os.PathLike, *, backbone: str,
-                    pooling: str = "avg") -> dict[str, Any] | None:
+                    pooling: str = BackboneOptions.pooling) -> dict[str, Any] | None:
     """The advice an earlier ``--layers auto`` run recorded for ``store``, if it still applies.
 
     Looks at the store's provenance, then at the journal of an interrupted first extraction. Returns

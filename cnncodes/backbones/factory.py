@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..options import BackboneOptions
 from .cutting import FeatureExtractor
 from .registry import BackboneSpec, check_pooling, get_spec, list_backbones, resolve_layers
 from .weights import load_weights, packaged_file, resolve_weights
@@ -29,9 +30,9 @@ def build_model(spec: BackboneSpec) -> nn.Module:
 def create_backbone(
     name: str,
     *,
-    weights: str | None = "auto",
+    weights: str | None = BackboneOptions.weights,
     layers: str | Sequence[str] | None = None,
-    pooling: str = "avg",
+    pooling: str = BackboneOptions.pooling,
 ) -> tuple[FeatureExtractor, Any]:
     """Build a backbone with its weights, cut at ``layers``.
 

@@ -9,7 +9,6 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._distributed import all_gather_objects, all_reduce, all_reduce_sum
-from .._runtime import resolve_precision
+from .._runtime import progress_bar, resolve_precision
 from ..errors import OptionError
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
@@ -64,7 +63,8 @@ def evaluate(net: FinetuneNet, loader: DataLoader, labels: np.ndarray, pp: Prepr
     pred = np.full(n, -1, np.int64)
     probs = np.zeros((n, n_classes), np.float32)
     loss_sum, count, failures = 0.0, 0, []
-    bar = progress_bar(len(loader.sampler), progress)  # type: ignore[arg-type]
+    bar = progress_bar(len(loader.sampler), progress or "",  # type: ignore[arg-type]
+                       enabled=bool(progress), leave=False)
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -97,14 +97,6 @@ def evaluate(net: FinetuneNet, loader: DataLoader, labels: np.ndarray, pp: Prepr
     ok = (pred >= 0) & (labels >= 0)
     acc = float((pred[ok] == labels[ok]).mean()) if ok.any() else float("nan")
     return Evaluation(loss_sum / count if count else float("nan"), acc, pred, probs, failures)
-
-
-def progress_bar(total: int, desc: str | None) -> Any:
-    """A tqdm bar on stderr for ``total`` images (None when ``desc`` is empty)."""
-    if not desc:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, leave=False)
 
 
 def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> list[list[int]]:

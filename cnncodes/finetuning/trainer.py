@@ -34,7 +34,7 @@ from .._distributed import (
     broadcast_buffers,
 )
 from .._distributed import backend as dist_backend
-from .._runtime import versions
+from .._runtime import progress_bar, versions
 from ..atomic import atomic_write_json
 from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
@@ -43,16 +43,7 @@ from ..sources.loader import Batch, normalize_batch
 from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
-from .evaluation import (
-    Evaluation,
-    amp_dtype,
-    autocast,
-    confusion,
-    evaluate,
-    fmt,
-    per_class,
-    progress_bar,
-)
+from .evaluation import Evaluation, amp_dtype, autocast, confusion, evaluate, fmt, per_class
 from .model_file import atomic_torch_save, read_model_file, save_model_file
 from .net import build_finetune_model
 from .optim import build_optimizer, build_scheduler
@@ -280,8 +271,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = progress_bar(self.per_rank, f"epoch {epoch + 1}/{cfg.epochs}"
-                           if self.progress and di.is_main else None)
+        bar = progress_bar(self.per_rank, f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=self.progress and di.is_main, leave=False)
         try:
             for index, batch in enumerate(self.train_loader):
                 if bar is not None:

@@ -308,20 +308,12 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         return {os.path.normpath(p): r for p, r in st.failures} if ours else {}
 
     def _check_store(self, st: Any) -> None:
-        from ..codes.store import config_diff
-        from ..errors import StoreMismatchError
-        from .model_file import store_provenance
+        """The store's codes must be this transformer's (the one compatibility check)."""
+        from ..codes.store import check_store_compatible
 
-        prov = store_provenance(st)
-        mine = dict(self.provenance_)
-        diff = config_diff(prov, mine, fields=("backbone", "weights_sha256", "preprocessing"))
-        if self.layer_ not in prov.get("layers", []):
-            diff.append(f"layers: file has {prov.get('layers')}, requested {self.layer_}")
-        elif (prov["layer_info"].get(self.layer_, {}).get("pooling")
-              != mine["layer_info"][self.layer_]["pooling"]):
-            diff.append(f"pooling: file has {prov.get('pooling')}, requested {self.pooling}")
-        if diff:
-            raise StoreMismatchError(f"CNNCodes(cache={os.fspath(st.path)!r}): the store holds "
-                                     "codes made with other settings (" + "; ".join(diff)
-                                     + "). Pass another cache file or matching options.")
+        check_store_compatible(st.path, dict(self.provenance_),
+                               fields=("backbone", "weights_sha256", "preprocessing"),
+                               layer=self.layer_, journal=False,
+                               what=f"CNNCodes(cache={os.fspath(st.path)!r})",
+                               fix="Pass another cache file or matching options.")
 
