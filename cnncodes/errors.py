@@ -28,6 +28,10 @@ class WeightsUnavailableError(CnnCodesError, RuntimeError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
+class SourceError(CnnCodesError, ValueError):
+    """An image source (folder or list file) cannot be read as given (the file and line are named)."""
+
+
 class DecodeError(CnnCodesError):
     """An image file could not be decoded (recorded as a per-file failure, never fatal)."""
 
