@@ -79,7 +79,8 @@ class RuntimeOptions:
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         threads: torch CPU threads for the forward pass; None = torch's default.
         decoder: ``auto``, ``tensor`` (libjpeg-turbo / nvJPEG) or ``pil``.
-        max_pixels: decompression-bomb limit per image (None = no limit).
+        max_pixels: decompression-bomb limit per image, width x height (default PIL's own,
+            89,478,485); ``0`` or None = no limit (PIL's own limit is lifted too while decoding).
         progress: show a progress bar (the library logs otherwise).
     """
 
@@ -102,6 +103,9 @@ class RuntimeOptions:
         if self.precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}. "
                               f"Got {self.precision!r} instead.")
+        if self.max_pixels is not None and int(self.max_pixels) < 0:
+            raise OptionError(f"max_pixels must be a pixel count >= 0 (0 = no limit). Got "
+                              f"{self.max_pixels} instead.")
         if self.decoder not in DECODERS:
             raise OptionError(f"decoder must be one of {', '.join(DECODERS)}. "
                               f"Got {self.decoder!r} instead.")

@@ -24,6 +24,7 @@ from ..backbones.registry import BackboneSpec
 from ..backbones.weights import ResolvedWeights, load_weights
 from ..errors import OptionError
 from ..sources.folders import ImageSource
+from ..sources.images import open_regular
 from ..sources.loader import normalize_batch
 from ..sources.splits import stratified_order
 
@@ -99,7 +100,7 @@ def measure_size(source: ImageSource, *, sample: int = 200, seed: int = 0) -> Si
         warnings.simplefilter("ignore")
         for i in order:
             try:
-                with Image.open(source.abspath(int(i))) as im:
+                with open_regular(source.abspath(int(i))) as f, Image.open(f) as im:
                     ws.append(im.size[0])
                     hs.append(im.size[1])
                     modes[im.mode] = modes.get(im.mode, 0) + 1

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from ..options import AUTO_LAYER_BUDGET, DEFAULT_MAX_PIXELS
+from ..options import AUTO_LAYER_BUDGET
 from .common import (
     add_backbone_options,
     add_runtime_options,
@@ -76,7 +76,7 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
         input_size=args.input_size, budget=budget,
         reuse_from=None if args.overwrite else args.output, batch_size=runtime.batch_size,
         num_workers=runtime.num_workers, device=runtime.device, precision=runtime.precision,
-        threads=runtime.threads, max_pixels=runtime.max_pixels or DEFAULT_MAX_PIXELS,
+        threads=runtime.threads, max_pixels=runtime.max_pixels,
         progress=runtime.progress)
     if env_info().is_main:
         print(format_auto_layer(layer, evidence))

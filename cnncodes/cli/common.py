@@ -66,7 +66,8 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="JPEG decoding: tensor (libjpeg-turbo on CPU, nvJPEG on CUDA, tensor "
                         "resize), pil, or auto (tensor unless the interpolation needs PIL)")
     g.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help=f"decompression-bomb limit per image (default {d.max_pixels:,})")
+                   help=f"decompression-bomb limit per image in pixels (default {d.max_pixels:,}; "
+                        "0 = no limit)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -109,7 +109,8 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms during the run")
     g.add_argument("--max-pixels", type=int,
-                   help=f"decompression-bomb limit per image (default {_D.max_pixels:,})")
+                   help=f"decompression-bomb limit per image in pixels (default {_D.max_pixels:,}; "
+                        "0 = no limit)")
     return p
 
 

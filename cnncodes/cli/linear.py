@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from ..linear.options import DEFAULT_RAW_SIZE
-from ..options import AUTO_LAYER_BUDGET, DEFAULT_MAX_PIXELS
+from ..options import AUTO_LAYER_BUDGET
 from .common import (
     TRUST_NOTE,
     CLIError,
@@ -103,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..workflows.predict import predict
 
     pred = predict(args.model, args.source, runtime=runtime_options(
-        args, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS))
+        args, max_pixels=args.max_pixels))
     print(format_predictions(pred, pred.to_csv(args.output)))
     return 0
 
@@ -166,7 +166,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         finetune_options={} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})
     res = baseline(args.source, report=args.report, cache=args.cache,
                    backbone=backbone_options(args),
-                   runtime=runtime_options(args, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS),
+                   runtime=runtime_options(args, max_pixels=args.max_pixels),
                    steps=steps, overwrite=args.overwrite, command=command_line(),
                    **classifier_kwargs(args))
     if args.json:

@@ -74,7 +74,7 @@ class FinetuneConfig:
         num_workers: decoding processes (default from the core count; 0 = in-process).
         threads: torch CPU threads during the call (restored afterwards).
         deterministic: ``torch.use_deterministic_algorithms`` during the call (restored after).
-        max_pixels: decompression-bomb limit per image.
+        max_pixels: decompression-bomb limit per image (0 or None = no limit).
         sync_bn: under torchrun on CUDA, BatchNorm layers that train use batch statistics over
             all ranks (:class:`torch.nn.SyncBatchNorm`); frozen stages keep theirs. No effect in
             one process; not available on CPU (gloo).

@@ -1,13 +1,21 @@
 """Image sources: which files, in which order, with which labels.
 
 A tree of class folders (labels = folder names, like torchvision's ImageFolder), a flat folder of
-images (unlabelled), or a list file (``.txt``: one path per line, optionally ``path<TAB>label``;
-``.csv``: ``path[,label]`` with an optional header). Order is deterministic and sorted.
+images (unlabelled), or a list file (``.txt``/``.lst``/``.csv``/``.tsv``: one path per row,
+optionally with a label; the rules are in :mod:`cnncodes.sources.listfile`). Folder order is
+deterministic and sorted; a list keeps its own order.
+
+Walking a folder: links to folders are followed (also out of the tree), each real folder at most
+once per class (a link loop or a second link to a folder already walked is skipped with a
+warning; the source folder itself is never walked again through a link). Every entry named like an
+image that is not a folder becomes a row, whatever it is: a link to a file outside the tree is read
+through the link; a dangling link, a link loop, a FIFO, a socket or a device becomes a recorded
+per-file failure with the reason (decoding opens nothing but regular files, so nothing can block).
+A folder that cannot be listed is left out with a warning.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -15,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import SourceError
+from .listfile import read_list, resolve_path, warn_if_relative_to_cwd
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +72,43 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(folder: Path, skip: set[tuple[int, int]] | None = None) -> list[Path]:
+    """Image-named entries under ``folder``, following links to folders; each real folder once
+    (``skip``: folders never to walk, e.g. the source root), so link loops end."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    seen = set(skip or ())
+
+    def unreadable(e: OSError) -> None:
+        log.warning("%s: folder cannot be listed (%s); its images are left out", e.filename,
+                    e.strerror or e)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        key = _dir_key(dirpath)
+        if key is None or key in seen:
+            if key is not None:
+                log.warning("%s: folder already walked (a link loop, or a second link to the same "
+                            "folder); skipped", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(key)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in filenames if _is_image(f))
     return sorted(out, key=lambda p: p.as_posix())
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; a link loop raises ELOOP
+    except OSError:
+        return False
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -107,7 +149,26 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
             raise ValueError(f"{src} is a file but not a list ({', '.join(LIST_EXTENSIONS)}); pass "
                              "the folder that contains the images, or a list file of paths.")
         return _from_list(src, classes)
+    if not src.is_dir():
+        raise SourceError(f"Image source {src} must be a folder or a list file. Got "
+                          f"{special_file_kind(src)} instead; pass a folder of images, a folder "
+                          "of class folders, or a .txt/.csv list.")
     return _from_folder(src.resolve(), classes)
+
+
+def special_file_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, in words, when it is neither a regular file nor a folder."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"an unreadable path ({e.strerror or e})"
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _label_index(names: list[str | None], classes: Sequence[str] | None,
@@ -125,9 +186,13 @@ def _label_index(names: list[str | None], classes: Sequence[str] | None,
 
 def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
     entries = sorted(os.scandir(root), key=lambda e: e.name)
-    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
-    top_images = [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
-    per_class = {d.name: _walk_images(Path(d.path)) for d in subdirs}
+    dirs = {e.name: _is_dir(e) for e in entries}
+    subdirs = [e for e in entries if dirs[e.name] and not e.name.startswith(".")]
+    # not is_file(): a FIFO, a dangling link... named like an image is a row that fails, with why
+    top_images = [Path(e.path) for e in entries if not dirs[e.name] and _is_image(e.name)]
+    root_key = _dir_key(root)
+    skip = {root_key} if root_key else set()
+    per_class = {d.name: _walk_images(Path(d.path), skip) for d in subdirs}
     per_class = {k: v for k, v in per_class.items() if v}
     if per_class:
         empty = [d.name for d in subdirs if d.name not in per_class]
@@ -155,36 +220,14 @@ def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
 
 def _from_list(path: Path, classes: Sequence[str] | None) -> ImageSource:
     root = path.resolve().parent
-    rows: list[tuple[str, str | None]] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            lines = [r for r in reader if r and not r[0].startswith("#")]
-            if lines and lines[0][0].strip().lower() in ("path", "file", "filename", "image"):
-                header = [h.strip().lower() for h in lines[0]]
-                lab_col = next((header.index(h) for h in ("label", "class", "target")
-                                if h in header), None)
-                lines = [[r[0]] + ([r[lab_col]] if lab_col is not None and lab_col < len(r)
-                                   else []) for r in lines[1:]]
-            for lineno, r in enumerate(lines, 1):
-                rows.append((r[0].strip(), r[1].strip() if len(r) > 1 and r[1].strip() else None))
-        else:
-            for line in f:
-                line = line.rstrip("\n").strip()
-                if not line or line.startswith("#"):
-                    continue
-                p, _, lab = line.partition("\t")
-                rows.append((p.strip(), lab.strip() or None))
-    if not rows:
-        raise ValueError(f"List file {path} names no images.")
-    names = [lab for _, lab in rows]
+    rows = read_list(path, IMAGE_EXTENSIONS)
+    names = [r.label for r in rows]
     if any(n is None for n in names) and any(n is not None for n in names):
-        first = next(i for i, n in enumerate(names) if n is None)
-        raise ValueError(f"{path}: row {first + 1} ({rows[first][0]!r}) has no label while other "
-                         "rows do; label every row or none.")
+        first = next(r for r in rows if r.label is None)
+        raise SourceError(f"{path}: row {rows.index(first) + 1} (line {first.line}, "
+                          f"{first.path!r}) has no label while other rows do; label every row "
+                          "or none.")
     labels, cls_list = _label_index(names, classes, os.fspath(path))
-    paths = []
-    for p, _ in rows:
-        pp = Path(p).expanduser()
-        paths.append(_rel(pp if pp.is_absolute() else root / pp, root))
+    warn_if_relative_to_cwd(rows, root, path)
+    paths = [_rel(resolve_path(r.path, root), root) for r in rows]
     return ImageSource(root, paths, labels, cls_list, "list")

@@ -3,15 +3,27 @@
 Decoding never lets a bad file through silently: :func:`load_rgb` raises
 :class:`~cnncodes.errors.DecodeError` with a short reason (empty, not an image, truncated, too many
 pixels...), which the datasets record as a per-file failure, so a broken image can neither stop a
-run nor shift a row.
+run nor shift a row. Only regular files are opened (:func:`open_regular`): a FIFO, socket, device,
+dangling link or link loop named like an image is a failure with that reason, never a hang.
+
+``max_pixels``: the per-image decompression-bomb limit; ``0`` or None = no limit. While a file is
+decoded, PIL's own global limit (``Image.MAX_IMAGE_PIXELS``) is set to match it (None for no
+limit) and restored afterwards, so the limit asked for is the one that applies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import stat
+import threading
 import warnings
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -47,30 +59,115 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB PIL image with EXIF orientation applied.
+def _missing_reason(p: Path) -> str:
+    if os.path.islink(p):
+        return f"dangling symbolic link: {os.path.abspath(p)} -> {os.readlink(p)} does not exist"
+    return f"file not found (looked for {os.path.abspath(p)})"
+
+
+def _not_regular_reason(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"not a regular file: {name}, not an image file; remove it from the source"
+    return "not a regular file; remove it from the source"
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open ``path`` for reading if (after following links) it is a regular, non-empty file.
+
+    Nothing else is opened in a way that can block: the type is checked before the open, and
+    again on the open descriptor (opened non-blocking), so a FIFO swapped in between cannot hang.
 
     Raises:
-        DecodeError: with a short reason (empty, not an image, truncated, too many pixels...).
+        DecodeError: not found, a dangling link, a link loop, not a regular file, empty, unreadable.
     """
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = os.stat(p)
     except FileNotFoundError:
-        raise DecodeError("file not found") from None
+        raise DecodeError(_missing_reason(p)) from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DecodeError(f"symbolic link loop at {os.path.abspath(p)}") from None
         raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError(_not_regular_reason(st.st_mode))
+    if st.st_size == 0:
         raise DecodeError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DecodeError(_not_regular_reason(mode))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_limit_lock = threading.Lock()
+_active_limits: Counter[int | None] = Counter()
+_saved_limit: list[int | None] = []
+
+
+def _apply_limit() -> None:
+    if not _active_limits:
+        Image.MAX_IMAGE_PIXELS = _saved_limit.pop()
+    elif None in _active_limits:
+        Image.MAX_IMAGE_PIXELS = None
+    else:  # concurrent calls with different limits: the largest (each call checks its own)
+        Image.MAX_IMAGE_PIXELS = max(k for k in _active_limits if k is not None)
+
+
+@contextlib.contextmanager
+def pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's global ``Image.MAX_IMAGE_PIXELS`` = ``max_pixels`` (None for 0/None: no limit) during
+    the block, restored after it (thread-safe: overlapping blocks keep the most permissive)."""
+    limit = int(max_pixels) if max_pixels else None
+    with _limit_lock:
+        if not _active_limits:
+            _saved_limit.append(Image.MAX_IMAGE_PIXELS)
+        _active_limits[limit] += 1
+        _apply_limit()
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _active_limits[limit] -= 1
+            if not _active_limits[limit]:
+                del _active_limits[limit]
+            _apply_limit()
+
+
+def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB PIL image with EXIF orientation applied.
+
+    Args:
+        max_pixels: decompression-bomb limit (width x height); 0 or None = no limit.
+
+    Raises:
+        DecodeError: with a short reason (empty, not a regular file, not an image, truncated, too
+            many pixels...).
+    """
+    p = Path(path)
+    f = open_regular(p)
+    try:
+        with f, warnings.catch_warnings(), pil_pixel_limit(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(f) as img:
                 w, h = img.size
                 if max_pixels and w * h > max_pixels:
                     raise DecodeError(
                         f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the limit of "
-                        f"{max_pixels} (raise --max-pixels if the image is genuine)")
+                        f"{max_pixels} (raise --max-pixels if the image is genuine, or 0 for no "
+                        "limit)")
                 img.seek(0)
                 img.load()
                 try:

@@ -11,8 +11,6 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from PIL import Image
-
 from ..options import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -194,10 +192,9 @@ def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader:
 
 
 def _pixel_limit(max_pixels: int | None) -> int | None:
-    """The pixel count above which the PIL path refuses (or judges) an image."""
-    if max_pixels:
-        return int(max_pixels)
-    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    """The pixel count above which the PIL path refuses an image (0 or None: no limit; the PIL
+    path then lifts PIL's own limit too, see :func:`cnncodes.sources.images.pil_pixel_limit`)."""
+    return int(max_pixels) if max_pixels else None
 
 
 def fallback_reason(header: JpegHeader, *, max_pixels: int | None = DEFAULT_MAX_PIXELS

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
-from .images import load_rgb
+from .images import load_rgb, open_regular
 from .jpeg import fallback_reason, parse_jpeg_header, sniff
 from .loader import Batch, preprocess_pil
 from .preprocessing import TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode
@@ -245,7 +245,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
     Args:
         index, path: the item's index (kept with its result) and file.
         pp: the weights' preprocessing.
-        max_pixels: decompression-bomb limit (larger files go to PIL, which records the failure).
+        max_pixels: decompression-bomb limit, 0 or None = none (larger files go to PIL, which
+            records the failure).
         tensor_path: False sends every file to PIL.
         cpu_below: chroma-subsampled JPEGs whose shorter side is under this are decoded here with
             libjpeg (route :data:`CPU_SMALL`) instead of by the batch decoder; see
@@ -261,11 +262,13 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
         why = f"{pp.interpolation} interpolation"
     else:
         try:
-            with open(p, "rb") as f:
+            with open_regular(p) as f:  # never a FIFO or a device: nothing blocks
                 data = f.read()
             kind = sniff(data)
+        except DecodeError as e:  # load_rgb names the reason (not found, not a regular file...)
+            kind = "empty" if str(e).startswith("empty") else "unreadable"
         except OSError:
-            kind = "unreadable"  # load_rgb names the reason (not found, permissions...)
+            kind = "unreadable"
         if kind != "jpeg":
             why = kind
         else:

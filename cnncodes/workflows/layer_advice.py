@@ -19,7 +19,7 @@ import numpy as np
 
 from ..codes.store import update_provenance
 from ..linear.options import MODELS, ClassifierOptions
-from ..options import DEFAULT_MAX_PIXELS, BackboneOptions, RuntimeOptions
+from ..options import BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource, open_source
 from .inputs import holdout_sources
 
@@ -89,7 +89,7 @@ def advise_layer(train_source: str | os.PathLike | ImageSource, *,
             return str(prior["layer"]), dict(prior), True
     run = {"batch_size": r.batch_size, "num_workers": r.num_workers, "device": r.device,
            "precision": r.precision, "threads": r.threads,
-           "max_pixels": r.max_pixels or DEFAULT_MAX_PIXELS, "progress": r.progress}
+           "max_pixels": r.max_pixels, "progress": r.progress}
     layer, evidence = choose_layer(train_source, backbone=b.backbone, weights=b.weights,
                                    pooling=b.pooling, input_size=b.input_size, budget=budget,
                                    reuse_from=None, seed=seed, thresholds=th,

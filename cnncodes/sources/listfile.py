@@ -1,0 +1,169 @@
+"""Reading list files (``.txt``, ``.lst``, ``.csv``, ``.tsv``) as people write them.
+
+The rules (also in the README, ``extract`` > Sources):
+
+* **Encoding**: UTF-8, with or without a byte-order mark (``utf-8-sig``). Another encoding (UTF-16
+  from a Windows editor, Latin-1 bytes...) is refused with the line that is not UTF-8.
+* **Lines**: ``\\n``, ``\\r\\n`` or ``\\r`` endings; blank lines and lines whose first non-blank
+  character is ``#`` are ignored (write a path that starts with ``#`` as ``./#name.jpg``). Spaces
+  around each field are stripped. One row per line (no line breaks inside a field).
+* **Separator**, decided once per file: ``.csv`` comma, ``.tsv`` tab. A ``.txt``/``.lst`` uses
+  the first row (the header if there is one): a tab there makes it tab-separated; else a comma
+  makes it comma-separated, unless what follows the last comma ends like an image file name
+  (``Smith, John.jpg`` is one path); else each line is one path, taken whole. With a separator,
+  fields may be quoted as in CSV (``"a, b.jpg",cat``).
+* **Columns**: ``path`` or ``path<sep>label``. An optional header row names them (case-insensitive:
+  ``path``/``file``/``filename``/``filepath``/``image``... and ``label``/``class``/``target``...;
+  in a two-column header the column that is not the path is the label, whatever its name); with a
+  header the columns may be in any order and other columns are ignored. Without a
+  header, a row with more than two fields is an error naming the file and line.
+* **Paths**: ``~`` is expanded; a relative path is relative to the folder of the list file (after
+  following links to the list file), not to the current folder. ``..`` parts are resolved. Failures
+  name the path that was looked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SourceError
+
+log = logging.getLogger(__name__)
+
+
+#: Header names of the path column and of the label column (compared lower-case, stripped).
+PATH_HEADERS = ("path", "paths", "file", "files", "filename", "file_name", "filepath",
+                "file_path", "image", "images", "img", "image_path", "imagepath", "image_file")
+LABEL_HEADERS = ("label", "labels", "class", "classes", "class_name", "classname", "target",
+                 "category", "y")
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class ListRow:
+    """One data row of a list file: its 1-based line number, the path as written, the label."""
+
+    line: int
+    path: str
+    label: str | None
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SourceError(f"List file {path} must be UTF-8. Got UTF-16 (it starts with a UTF-16 "
+                          "byte-order mark) instead; save it as UTF-8.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = len(_LINE_BREAK.findall(data[:e.start].decode("utf-8", "replace"))) + 1
+        raise SourceError(f"List file {path} must be UTF-8. Got byte 0x{data[e.start]:02x} on line "
+                          f"{line}, which is not UTF-8, instead; save the list as UTF-8.") from None
+
+
+def _separator(path: Path, first: str, image_extensions: tuple[str, ...]) -> str | None:
+    ext = path.suffix.lower()
+    if ext == ".csv":
+        return ","
+    if ext == ".tsv":
+        return "\t"
+    if "\t" in first:
+        return "\t"
+    if "," in first:
+        tail = first.rpartition(",")[2].strip().strip('"').lower()
+        return None if tail.endswith(image_extensions) else ","
+    return None
+
+
+def _fields(path: Path, lineno: int, line: str, sep: str | None) -> list[str]:
+    if sep is None:
+        return [line.strip()]
+    try:
+        return [f.strip() for f in next(csv.reader([line], delimiter=sep, skipinitialspace=True))]
+    except csv.Error as e:
+        kind = "tab" if sep == "\t" else "comma"
+        raise SourceError(f"{path}, line {lineno}: a row must be {kind}-separated fields. Got "
+                          f"{line.strip()[:80]!r} ({e}) instead; fix or remove the line.") from None
+
+
+def _header(fields: list[str]) -> tuple[int, int | None] | None:
+    """(path column, label column) if ``fields`` is a header row, else None."""
+    names = [f.strip().lower() for f in fields]
+    path_col = next((i for i, n in enumerate(names) if n in PATH_HEADERS), None)
+    if path_col is None:
+        return None
+    label_col = next((i for i, n in enumerate(names) if n in LABEL_HEADERS and i != path_col),
+                     None)
+    if label_col is None and len(names) == 2:  # "path,species": the other column is the label
+        label_col = 1 - path_col
+    return path_col, label_col
+
+
+def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
+    """The data rows of list file ``path`` (see the module docstring for the rules);
+    ``image_extensions`` tell a path with a comma from a ``path,label`` row in a ``.txt``.
+
+    Raises:
+        SourceError: not UTF-8, a row with too many fields or an empty path, no rows at all (the
+            file and the line are named).
+    """
+    lines = [(n, ln) for n, ln in enumerate(_LINE_BREAK.split(_decode(path)), 1)
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise SourceError(f"List file {path} must name at least one image. Got no rows (only blank "
+                          "or # comment lines) instead.")
+    sep = _separator(path, lines[0][1], image_extensions)
+    rows: list[ListRow] = []
+    cols: tuple[int, int | None] | None = None
+    width = 2
+    for k, (lineno, line) in enumerate(lines):
+        fields = _fields(path, lineno, line, sep)
+        if k == 0 and (cols := _header(fields)) is not None:
+            width = len(fields)
+            continue
+        if len(fields) > width:
+            what = f"{width} (the header's)" if cols else "2 (path and label)"
+            raise SourceError(
+                f"{path}, line {lineno}: a row must have at most {what} fields. Got "
+                f"{len(fields)} instead ({line.strip()[:80]!r}); quote a path that contains the "
+                "separator, or fix the line.")
+        p_col, l_col = cols if cols else (0, 1)
+        p = fields[p_col] if p_col < len(fields) else ""
+        lab = fields[l_col] if l_col is not None and l_col < len(fields) else ""
+        if not p:
+            raise SourceError(f"{path}, line {lineno}: a row must start with an image path. Got "
+                              f"an empty path ({line.strip()[:80]!r}) instead; fix or remove the "
+                              "line.")
+        rows.append(ListRow(lineno, p, lab or None))
+    if not rows:
+        raise SourceError(f"List file {path} must name at least one image. Got only a header row "
+                          "instead.")
+    return rows
+
+
+def resolve_path(written: str, folder: Path) -> Path:
+    """The file a list row names: ``~`` expanded, relative to ``folder``, ``..`` resolved (the
+    folders before the last part; a link at the file itself is kept as written)."""
+    p = Path(written).expanduser()
+    full = p if p.is_absolute() else folder / p
+    if ".." in full.parts:
+        full = full.parent.resolve() / full.name
+    return full
+
+
+def warn_if_relative_to_cwd(rows: list[ListRow], folder: Path, list_file: Path) -> None:
+    """A warning when the first relative row is missing next to the list but present in the current
+    folder: paths are relative to the list file's folder (one stat or two, whatever the size)."""
+    first = next((r for r in rows if not Path(r.path).expanduser().is_absolute()), None)
+    if first is None or Path.cwd().resolve() == folder:
+        return
+    if not os.path.lexists(resolve_path(first.path, folder)) and os.path.lexists(first.path):
+        log.warning("%s: relative paths are relative to the list file's folder %s; %r (line %d) "
+                    "is not there but is in the current folder. Write paths relative to %s, or "
+                    "absolute.", list_file, folder, first.path, first.line, folder)
