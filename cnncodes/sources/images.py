@@ -179,8 +179,9 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PI
         raise
     except UnidentifiedImageError:
         raise DecodeError("not a recognised image (PIL cannot identify it)") from None
-    except Image.DecompressionBombError as e:
-        raise DecodeError(f"decompression bomb: {e}") from None
+    except Image.DecompressionBombError as e:  # PIL's own check (its limit = ours while here)
+        raise DecodeError(f"decompression bomb: {e} (--max-pixels {max_pixels}; raise it if the "
+                          "image is genuine, or 0 for no limit)") from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg or "broken data stream" in msg or "EOF" in msg:

@@ -123,6 +123,9 @@ def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
     cols: tuple[int, int | None] | None = None
     width = 2
     for k, (lineno, line) in enumerate(lines):
+        if "\x00" in line:
+            raise SourceError(f"{path}, line {lineno}: a row must be text. Got a NUL byte "
+                              "instead (a binary file?); fix or remove the line.")
         fields = _fields(path, lineno, line, sep)
         if k == 0 and (cols := _header(fields)) is not None:
             width = len(fields)
