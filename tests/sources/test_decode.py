@@ -31,6 +31,8 @@ from cnncodes.sources.tensor_decode import (
     resize_crop,
 )
 
+from ..conftest import requires_packaged_weights
+
 BICUBIC = Preprocessing(232, 224, IMAGENET.mean, IMAGENET.std, "bicubic")  # resnet50 V2 style
 
 
@@ -381,6 +383,7 @@ def photo_set(tmp_path_factory) -> list[Path]:
     return sklearn_jpegs() + write_photo_jpegs(tmp_path_factory.mktemp("photos"), 18, seed=3)
 
 
+@requires_packaged_weights
 @pytest.mark.parametrize("input_size", [224, 112])
 def test_codes_match_fp32_pil_codes(photo_set, input_size):
     """mobilenet_v2 (packaged ImageNet weights), 20 real-photo JPEGs: cosine >= 0.9999."""
