@@ -210,7 +210,7 @@ def check_outputs(source: str | os.PathLike, report: str | os.PathLike | None, c
     (:func:`cnncodes.outputs.check_output`)."""
     if report is not None:
         check_report_folder(report, inputs=(source,),
-                            files=(*REPORT_FILES, "model.joblib", "cache", "finetune"))
+                            files=(*REPORT_FILES, "model.joblib"))
         check_output(Path(report) / "model.joblib", inputs=(source,), expect="model",
                      overwrite=overwrite, option="--report")
     check_output(cache_dir, kind="folder", files=("codes.h5", "train.h5", "test.h5"),
