@@ -1,5 +1,9 @@
 """Atomic file writes: a file is written under a temporary name, flushed to disk and renamed over
 its destination, so a crash or ``kill -9`` leaves either the old file or the new one, never half.
+The rename never goes over something that is not a regular file (or a symlink, which is replaced
+itself, its target untouched): a device node, FIFO, socket or folder stays what it is and the
+write is refused (:class:`~cnncodes.errors.OutputError`), even when a caller forgot
+:func:`cnncodes.outputs.check_output`.
 
 Every file cnncodes writes goes through here: bytes/text, JSON, CSV and matplotlib figures (the
 store's HDF5 file through :func:`atomic_path` in :mod:`cnncodes.codes.store`).
@@ -12,9 +16,12 @@ import csv
 import json
 import math
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .errors import OutputError
 
 
 @contextlib.contextmanager
@@ -31,15 +38,36 @@ def atomic_path(path: str | os.PathLike, *, tmp: str | os.PathLike | None = None
     path = Path(path)
     tmp = Path(tmp) if tmp is not None else path.with_name(
         f".{path.name}.tmp{os.getpid()}{suffix}")
+    refuse_special(path)
+    refuse_special(tmp, what="temporary file")
     try:
         yield tmp
+        refuse_special(tmp, what="temporary file")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        refuse_special(path)  # again: it may have appeared while the file was written
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            if stat.S_ISREG(os.lstat(tmp).st_mode):  # ours; never a node someone put there
+                tmp.unlink()
         raise
+
+
+def refuse_special(path: Path, *, what: str = "output") -> None:
+    """Raise :class:`OutputError` when ``path`` exists and is neither a regular file nor a
+    symlink (``lstat``: a symlink is replaced itself, its target is left as it is)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a device node" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    raise OutputError(f"The {what} {os.fspath(path)} is {kind}, not a regular file: it is never "
+                      "replaced. Pass another path.")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

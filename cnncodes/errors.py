@@ -38,3 +38,9 @@ class DecodeError(CnnCodesError):
 
 class FinetuneDivergedError(CnnCodesError, RuntimeError):
     """Fine-tuning produced a non-finite loss (the message says what to change)."""
+
+
+class OutputError(CnnCodesError, ValueError):
+    """An output path cannot be written without losing something: it is one of the command's
+    inputs, not a regular file (a device, FIFO, socket, or a folder where a file goes), or a file
+    of another kind (pass ``--overwrite`` to replace that one)."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write_json, save_figure
-from ..errors import OptionError
+from ..outputs import check_output
 from .advice import Advice
 
 
@@ -76,13 +77,14 @@ def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
     return save_figure(fig, out)
 
 
-def check_report_folder(folder: str | os.PathLike) -> Path:
-    """``folder`` as a Path; raises :class:`OptionError` when it exists and is not a folder."""
-    d = Path(folder)
-    if d.exists() and not d.is_dir():
-        raise OptionError(f"report (--report) must be a folder. Got {d}, a file, instead; pass a "
-                          "folder (it is created if needed).")
-    return d
+REPORT_FILES = ("advice.json", "advice.png")
+
+
+def check_report_folder(folder: str | os.PathLike, *, inputs: Any = ()) -> Path:
+    """``folder`` as a Path; raises :class:`~cnncodes.errors.OutputError` when it is not a folder,
+    is an input (or inside an input folder), or holds a non-regular ``advice.json``/``.png``."""
+    return check_output(folder, kind="folder", files=REPORT_FILES, inputs=inputs,
+                        option="--report")
 
 
 def save_report(advice: Advice, folder: str | os.PathLike) -> dict[str, Path]:

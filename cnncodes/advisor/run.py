@@ -208,7 +208,7 @@ def advise(
     budget_s = parse_budget(budget)
     _check_advise_args(probe, max_images, folds)
     if report is not None:
-        check_report_folder(report)  # before the work, not after
+        check_report_folder(report, inputs=(source,))  # before the work, not after
     src = open_source(source)
     size = measure_size(src, seed=seed)
     cand, depths = _candidates(bopts)

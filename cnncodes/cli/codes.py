@@ -87,8 +87,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract
+    from ..outputs import check_output
     from ..report.store_info import format_extract_result, format_interrupted
 
+    check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
+                 option="-o")
     layers, advice = auto_layer(args)
     try:
         res = extract(

@@ -151,13 +151,22 @@ def classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         max_iter=args.max_iter), seed=args.seed)
 
 
-def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any) -> bool:
+def check_report(args: argparse.Namespace, inputs: Sequence[Any]) -> None:
+    """Check ``--report`` (a folder, not an input) before the command's work."""
+    from ..report.files import check_report_folder
+
+    if args.report:
+        check_report_folder(args.report, inputs=inputs)
+
+
+def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any,
+                inputs: Sequence[Any] = ()) -> bool:
     """Write the report files if --report, print JSON (--json) or the table; True for the table."""
     from ..report.files import write_report
     from ..report.text import format_table
 
     if args.report:
-        write_report(rep, args.report, evaluation=evaluation)
+        write_report(rep, args.report, evaluation=evaluation, inputs=inputs)
     if args.json:
         print(json.dumps(rep, indent=2))
         return False

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..linear.options import DEFAULT_RAW_SIZE
 from ..options import AUTO_LAYER_BUDGET
+from ..outputs import check_output
 from .common import (
     TRUST_NOTE,
     CLIError,
@@ -21,6 +22,7 @@ from .common import (
     add_runtime_options,
     add_threshold_options,
     backbone_options,
+    check_report,
     classifier_kwargs,
     emit_report,
     runtime_options,
@@ -39,6 +41,9 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer to train on (default the store's default)")
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o file that is not a cnncodes model (an input, a "
+                        "folder or a special file is never replaced)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--device", default="auto",
                    help="where the CV grid search runs: auto (a CUDA GPU through scikit-learn's "
@@ -52,9 +57,14 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..workflows.train_evaluate import train_report
 
+    inputs = (args.store, args.test)
+    check_output(args.output, inputs=inputs, expect="model", overwrite=args.overwrite,
+                 option="-o")
+    check_report(args, inputs)
     run = train_report(args.store, args.output, test=args.test, layer=args.layer,
-                       holdout=args.holdout, device=args.device, **classifier_kwargs(args))
-    if emit_report(run.report, args, run.evaluation):
+                       holdout=args.holdout, device=args.device, overwrite=args.overwrite,
+                       **classifier_kwargs(args))
+    if emit_report(run.report, args, run.evaluation, inputs):
         print(f"\nmodel written to {run.model_file}"
               + (f"; report in {args.report}" if args.report else ""))
     return 0
@@ -78,9 +88,11 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..workflows.train_evaluate import evaluate_report
 
+    inputs = (args.model, args.store)
+    check_report(args, inputs)
     run = evaluate_report(args.model, args.store, raw_baseline=args.raw_baseline,
                           raw_size=args.raw_size, raw_grey=args.raw_grey)
-    if emit_report(run.report, args, run.evaluation) and args.report:
+    if emit_report(run.report, args, run.evaluation, inputs) and args.report:
         print(f"\nreport in {args.report}")
     return 0
 
@@ -93,7 +105,11 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
                                  "a fine-tuned RUN/model.pt from `cnncodes finetune`")
     p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
     p.add_argument("-o", "--output", default="predictions.csv",
-                   help="CSV with path,label,probability|score,error (default predictions.csv)")
+                   help="CSV with path,label,probability|score,error (default predictions.csv; "
+                        "an earlier predictions CSV there is replaced)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o file that is not a predictions CSV (an input, a "
+                        "folder or a special file is never replaced)")
     add_runtime_options(p)
     return p
 
@@ -102,9 +118,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..report.linear_text import format_predictions
     from ..workflows.predict import predict
 
+    inputs = (args.model, args.source)
+    check_output(args.output, inputs=inputs, expect="csv", overwrite=args.overwrite, option="-o")
     pred = predict(args.model, args.source, runtime=runtime_options(
         args, max_pixels=args.max_pixels))
-    print(format_predictions(pred, pred.to_csv(args.output)))
+    print(format_predictions(pred, pred.to_csv(args.output, overwrite=args.overwrite,
+                                               inputs=inputs)))
     return 0
 
 

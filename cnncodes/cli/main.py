@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,13 +71,46 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         root.propagate = False
 
 
+#: exit status when the reader of stdout closed the pipe (128 + SIGPIPE)
+BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnncodes`` console script; returns the exit status.
 
     Errors the user can fix (every :class:`~cnncodes.errors.CnnCodesError`, bad values, missing
     files, failed runs) print one ``error: ...`` line and return 1 (``-v`` re-raises runtime
-    errors with their traceback); Ctrl-C returns 130.
+    errors with their traceback); Ctrl-C returns 130. A reader that stops early
+    (``cnncodes models | head -1``) ends the command quietly with status 141 (128 + SIGPIPE, what
+    the shell reports for any tool stopped by a closed pipe, so ``set -o pipefail`` still sees
+    that the output was cut); nothing is printed.
     """
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as an "Exception ignored"
+        return rc
+    except BrokenPipeError:  # also from --help
+        _silence_stdout()
+        return BROKEN_PIPE
+    except SystemExit:  # argparse's --help/--version/usage error: flush its output here, too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        raise
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

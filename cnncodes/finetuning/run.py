@@ -34,6 +34,7 @@ from .._distributed import barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
 from ..atomic import atomic_write_json
 from ..errors import FinetuneDivergedError, OptionError
+from ..outputs import check_output
 from ..sources.folders import ImageSource
 from .config import FinetuneConfig, make_config
 from .data import local_world
@@ -118,10 +119,11 @@ def finetune(
         ValueError: bad options, an existing run without ``resume``/``overwrite``, a resume whose
             options differ from the saved run.
     """
-    out = Path(output)
+    weights = options.get("weights", config.weights if config is not None else None)
+    out = check_output(output, kind="folder", files=RUN_FILES, option="-o",
+                       inputs=(source, test, weights if isinstance(weights, (str, os.PathLike))
+                               else None))
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"Output {out} is a file; pass a folder for the run (e.g. run/).")
     saved: dict[str, Any] | None = None
     # Reading before joining the process group is safe: without overwrite no rank writes the
     # folder before every rank has taken part in the first collective, after its read.

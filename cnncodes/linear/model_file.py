@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from ..atomic import atomic_path
 from ..codes.store import FeatureStore, canonical
 from ..errors import ModelMismatchError
+from ..outputs import check_output, sniff
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +184,24 @@ class TrainedModel:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
-def save_model(model: TrainedModel, path: str | os.PathLike) -> Path:
+def save_model(model: TrainedModel, path: str | os.PathLike, *, overwrite: bool = False,
+               inputs: Sequence[Any] = ()) -> Path:
     """Write ``model`` as a joblib file holding a plain dict (see :meth:`TrainedModel.to_dict`).
 
     The file is written to a temporary name and moved into place atomically.
+
+    Args:
+        overwrite: replace an existing file that is not a cnncodes model (never an input, a
+            folder or a special file: :func:`cnncodes.outputs.check_output`).
+        inputs: files the model was made from (the training store is always one).
+
+    Raises:
+        OutputError: ``path`` is an input, not a regular file, or another kind of file.
     """
     import joblib
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"Model path {path} is a folder; pass a file name such as "
-                         f"{path / 'model.joblib'}.")
+    path = check_output(path, inputs=(model.store or None, *inputs), expect="model",
+                        overwrite=overwrite, option="-o")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         joblib.dump(model.to_dict(), tmp)
@@ -217,6 +225,12 @@ def load_model(path: str | os.PathLike | TrainedModel) -> TrainedModel:
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}; train one with `cnncodes train "
                                 "CODES.h5 -o model.joblib`.")
+    kind, what = sniff(path)
+    if kind not in ("model", "pickle"):
+        hint = (" For a fine-tuned network pass its RUN/model.pt to `cnncodes predict`."
+                if kind == "torch" else "")
+        raise ValueError(f"{path} is {what}, not a cnncodes model file; pass the file written by "
+                         f"`cnncodes train CODES.h5 -o model.joblib`.{hint}")
     try:
         obj = joblib.load(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named

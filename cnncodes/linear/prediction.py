@@ -18,6 +18,7 @@ import numpy as np
 from ..atomic import atomic_write_csv
 from ..codes.store import FeatureStore
 from ..options import BackboneOptions, RuntimeOptions
+from ..outputs import check_output
 from ..sources.folders import ImageSource
 from .model_file import TrainedModel, load_model, store_provenance, weights_argument
 from .training import _abs_paths, _as_store
@@ -39,9 +40,16 @@ class Predictions:
     true_labels: list[str] | None = None
     model: str = ""  # what predicted: TrainedModel.describe() or the fine-tuned network
 
-    def to_csv(self, path: str | os.PathLike) -> Path:
+    def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False,
+               inputs: Sequence[Any] = ()) -> Path:
         """``path,label,<probability|score>,error`` rows; unreadable images have an error and no
-        label. A ``true_label`` column is added when the source was labelled."""
+        label. A ``true_label`` column is added when the source was labelled.
+
+        Raises:
+            OutputError: ``path`` is one of ``inputs``, not a regular file, or a file of another
+                kind than a predictions CSV (replaced only with ``overwrite``).
+        """
+        check_output(path, inputs=inputs, expect="csv", overwrite=overwrite, option="-o")
         header = ["path", "label", self.score_kind, "error"]
         if self.true_labels is not None:
             header.insert(2, "true_label")
@@ -62,7 +70,34 @@ class Predictions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": len(self.paths), "failures": len(self.failures),
-                "counts": {c: self.labels.count(c) for c in self.classes}}
+                "counts": {c: self.labels.count(c) for c in self.classes},
+                "folder_labels": self.label_check()}
+
+    def label_check(self) -> dict[str, Any] | None:
+        """The folder labels against the model's classes (None for an unlabelled source).
+
+        ``accuracy`` is over the ``n_known`` images whose folder class is one of the model's
+        classes (None when there is none); ``unknown`` lists the folder classes the model does
+        not know (their ``n_unknown`` images are left out of the accuracy: the model cannot
+        predict them).
+        """
+        if self.true_labels is None:
+            return None
+        known = set(self.classes)
+        pairs = [(t, p) for t, p in zip(self.true_labels, self.labels, strict=True) if t]
+        ok = [(t, p) for t, p in pairs if t in known]
+        unknown = sorted({t for t, _ in pairs if t not in known})
+        return {"accuracy": sum(t == p for t, p in ok) / len(ok) if ok else None,
+                "n_known": len(ok), "n_unknown": len(pairs) - len(ok), "unknown": unknown}
+
+    def warn_unknown_classes(self) -> None:
+        """Log a warning when folder classes are not classes of the model."""
+        chk = self.label_check()
+        if chk and chk["unknown"]:
+            log.warning("folder classes %s are not classes of the model (%s): their %d images "
+                        "get one of the model's classes and are left out of the accuracy%s",
+                        ", ".join(chk["unknown"]), ", ".join(self.classes), chk["n_unknown"],
+                        "" if chk["n_known"] else " (no image of a known class: no accuracy)")
 
 
 def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = None) -> Any:
@@ -126,8 +161,10 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     best = scores[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
     if failures:
         log.warning("%d images could not be read and have no prediction", len(failures))
-    return Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
+    pred = Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
                        true, model=m.describe())
+    pred.warn_unknown_classes()
+    return pred
 
 
 def is_store_source(source: Any) -> bool:

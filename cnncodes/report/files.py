@@ -20,6 +20,7 @@ from typing import Any
 
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, jsonable
+from ..outputs import check_output
 from .plots import plot_confusion, plot_cv_scores
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,26 @@ def build_report(*, model: Any, evaluation: Any = None,
     return jsonable(rep)
 
 
+#: the files :func:`write_report` writes into its folder
+REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv")
+
+
+def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
+                        files: Sequence[str] = REPORT_FILES) -> Path:
+    """Refuse a report folder that is not a folder, is (inside) an input folder, or whose report
+    files are special files or inputs (:func:`cnncodes.outputs.check_output`)."""
+    return check_output(out_dir, kind="folder", files=files, inputs=inputs, option="--report")
+
+
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
-                 evaluation: Any = None) -> dict[str, Path]:
+                 evaluation: Any = None, inputs: Any = ()) -> dict[str, Path]:
     """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part)
-    and ``per_class.csv`` into ``out_dir``; returns ``{name: path}``."""
-    out = Path(out_dir)
+    and ``per_class.csv`` into ``out_dir``; returns ``{name: path}``.
+
+    Raises:
+        OutputError: ``out_dir`` cannot take the report (see :func:`check_report_folder`).
+    """
+    out = check_report_folder(out_dir, inputs=inputs)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     rep = dict(report)

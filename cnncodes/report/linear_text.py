@@ -27,12 +27,17 @@ def format_predictions(pred: Any, out: str | os.PathLike) -> str:
     counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
     if counts:
         lines.append(f"  {counts}")
-    if pred.true_labels is not None:
-        pairs = [(t, p) for t, p in zip(pred.true_labels, pred.labels, strict=True) if t]
-        if pairs:
-            acc = sum(t == p for t, p in pairs) / len(pairs)
-            lines.append(f"  accuracy against the folder labels: {acc:.4f} ({len(pairs)} "
-                         "images)")
+    chk = pred.label_check()  # folder classes the model lacks: also a logged warning
+    if chk is not None:
+        unknown = ", ".join(chk["unknown"])
+        if chk["accuracy"] is not None:
+            only = (f" of the model's classes; {chk['n_unknown']} images of {unknown} left out"
+                    if unknown else "")
+            lines.append(f"  accuracy against the folder labels: {chk['accuracy']:.4f} "
+                         f"({chk['n_known']} images{only})")
+        elif unknown:
+            lines.append(f"  no accuracy: none of the folder classes ({unknown}) is a class of "
+                         f"the model ({', '.join(pred.classes)})")
     if pred.failures:
         lines.append(format_failures(pred.failures, "listed in the CSV with an error"))
     return "\n".join(lines)

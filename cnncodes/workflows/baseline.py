@@ -42,7 +42,8 @@ from ..options import (
     RuntimeOptions,
     split_options,
 )
-from ..report.files import build_report, write_report
+from ..outputs import check_output
+from ..report.files import REPORT_FILES, build_report, check_report_folder, write_report
 from ..sources.folders import ImageSource
 from .compare import fall_through_verdict, finetune_command, run_fall_through
 from .inputs import extract_cached, find_split, pick_layer
@@ -152,6 +153,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     split = find_split(source)
     single = "all" in split
     cache_dir = Path(cache) if cache is not None else Path(report or ".") / "cache"
+    check_outputs(source, report, cache_dir, overwrite=overwrite)
     name = pick_layer(layer if layer is not None else bopts.layers,
                       default=get_spec(bopts.backbone).default_layer)
     choice = choose_training_layer(
@@ -199,6 +201,20 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     return BaselineResult(trained, evaluation, rows, rep, files,
                           {k: v.path for k, v in stores.items()}, failures, choice.advice,
                           ft_result)
+
+
+def check_outputs(source: str | os.PathLike, report: str | os.PathLike | None, cache_dir: Path,
+                  *, overwrite: bool) -> None:
+    """The report and cache folders (and the model file in the report folder) before any work:
+    not an input, not inside the source folder, no special file where a file goes
+    (:func:`cnncodes.outputs.check_output`)."""
+    if report is not None:
+        check_report_folder(report, inputs=(source,),
+                            files=(*REPORT_FILES, "model.joblib"))
+        check_output(Path(report) / "model.joblib", inputs=(source,), expect="model",
+                     overwrite=overwrite, option="--report")
+    check_output(cache_dir, kind="folder", files=("codes.h5", "train.h5", "test.h5"),
+                 inputs=(source,), option="--cache")
 
 
 def resolve_options(backbone: str | BackboneOptions, runtime: RuntimeOptions | None,

@@ -34,6 +34,7 @@ from ..finetuning.run import FinetuneResult, finetune
 from ..finetuning.split import Split, make_split
 from ..linear.selection import fit_codes
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..outputs import check_output
 from ..sources.folders import ImageSource
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,8 @@ def escalate(
     if cfg.state == "predict":
         raise OptionError("The escalation report trains head-only and full models; state "
                           "'predict' does not apply (drop --state or --escalation).")
-    out = Path(output)
+    out = check_output(output, kind="folder", files=ESCALATION_FILES, option="-o",
+                       inputs=(source, test, cfg.weights if isinstance(cfg.weights, str) else None))
     if overwrite:
         for name in ESCALATION_FILES:
             (out / name).unlink(missing_ok=True)

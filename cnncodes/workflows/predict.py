@@ -40,22 +40,68 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
             preprocessing, or a code store (``.h5``) is checked against them and read. Or a
             fine-tuned ``RUN/model.pt`` of :func:`cnncodes.finetune`: the images go through that
             network (:func:`cnncodes.finetune.predict_images`), ``score_kind`` ``probability``.
-        source: a folder, class-folder tree, list file, sequence of paths, or a code store.
+        source: a folder, class-folder tree, list file, sequence of paths, a single image file
+            (one row), or a code store.
         runtime: how codes are computed (:class:`RuntimeOptions`); ``options`` override single
             fields (``batch_size=``, ``num_workers=``, ``device=``...). The backbone options come
             from the model and cannot be given.
 
     Returns:
-        :class:`Predictions`; unreadable images are listed in ``failures`` (not fatal).
+        :class:`Predictions`; unreadable images are listed in ``failures`` (not fatal). Folder
+        classes the model does not know are logged as a warning and left out of
+        :meth:`Predictions.label_check`'s accuracy.
+
+    Raises:
+        ValueError: ``model`` is a fine-tuning ``checkpoint.pt`` (the message names the run's
+            ``model.pt``) or not a model file (the message says what it is).
     """
     bopts, ropts, _ = split_options(None, runtime, options, where="predict")
     if bopts != BackboneOptions():
         raise TypeError("predict() takes the backbone options (backbone, weights, layers, "
                         "pooling, input_size) from the model. Got some of them instead; drop "
                         "them.")
+    source = single_image(source)
     if is_finetuned_file(model):
         return _predict_finetuned(model, source, runtime=ropts)  # type: ignore[arg-type]
+    refuse_checkpoint(model)
     return linear_predict(model, source, runtime=ropts)
+
+
+def single_image(source: Source) -> Source:
+    """A path to one image file becomes a one-path list (a folder, list file or store is kept)."""
+    from ..sources.folders import IMAGE_EXTENSIONS
+
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source).expanduser()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            return [os.fspath(p)]
+    return source
+
+
+def refuse_checkpoint(model: Any) -> None:
+    """Raise a clear error for a fine-tuning ``checkpoint.pt`` (the resumable training state, not
+    a model to predict with), naming the run's ``model.pt``."""
+    if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
+        return
+    import torch
+
+    from ..finetuning.trainer import CHECKPOINT_KIND
+
+    path = Path(model)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint: load_model says what it is
+        return
+    if not (isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND):
+        return
+    best = path.with_name("model.pt")
+    if best.is_file():
+        raise ValueError(f"{path} is a fine-tuning checkpoint (the state to resume training "
+                         f"from), not a model to predict with. Pass the run's model: {best}.")
+    raise ValueError(f"{path} is a fine-tuning checkpoint (the state to resume training from), "
+                     f"not a model to predict with, and the run has no {best} yet. Finish it "
+                     f"with `cnncodes finetune SOURCE -o {path.parent} --resume`, then pass "
+                     f"{best}.")
 
 
 def is_finetuned_file(model: Any) -> bool:
@@ -98,5 +144,7 @@ def _predict_finetuned(model: str | os.PathLike, source: Source, *,
             f"classes, {meta.get('input_size_used')} px) from {os.fspath(model)}")
     if failures:
         log.warning("%d images could not be read and have no prediction", len(failures))
-    return Predictions(paths, res.labels, best, "probability", probs, list(res.classes),
+    pred = Predictions(paths, res.labels, best, "probability", probs, list(res.classes),
                        failures, true, model=desc)
+    pred.warn_unknown_classes()
+    return pred

@@ -16,6 +16,7 @@ from ..linear.model_file import TrainedModel, load_model, save_model
 from ..linear.options import DEFAULT_RAW_SIZE, ClassifierOptions
 from ..linear.pixels import pixel_baseline
 from ..linear.training import train
+from ..outputs import check_output
 from ..report.files import build_report
 
 
@@ -32,19 +33,24 @@ class LinearRun:
 def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathLike, *,
                  test: str | os.PathLike | FeatureStore | None = None, layer: str | None = None,
                  classifier: ClassifierOptions | None = None, holdout: float = 0.0,
-                 seed: int = 0, device: str = "auto", **options: Any) -> LinearRun:
+                 seed: int = 0, device: str = "auto", overwrite: bool = False,
+                 **options: Any) -> LinearRun:
     """Train on ``store`` (see :func:`cnncodes.train`), save the model to ``output``, evaluate on
     ``test`` or on the held-out rows, and build the report.
 
+    ``output`` is checked before training (:func:`cnncodes.outputs.check_output`): an input, a
+    folder or special file is refused, another kind of file unless ``overwrite``.
+
     Raises:
-        OptionError: both ``test`` and ``holdout``.
+        OptionError: both ``test`` and ``holdout``.  OutputError: ``output`` cannot be written.
     """
     if test is not None and holdout:
         raise OptionError("pass either --test STORE or --holdout FRACTION, not both. Got both; "
                           "drop one.")
+    check_output(output, inputs=(store, test), expect="model", overwrite=overwrite, option="-o")
     model = train(store, layer=layer, classifier=classifier, holdout=holdout, seed=seed,
                   device=device, **options)
-    path = save_model(model, output)
+    path = save_model(model, output, overwrite=overwrite, inputs=(store, test))
     evaluation = evaluate(model, test if test is not None else store) \
         if test is not None or holdout else None
     rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
