@@ -32,16 +32,16 @@ import torch
 
 from .._distributed import barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, jsonable
 from ..errors import FinetuneDivergedError, OptionError
 from ..sources.folders import ImageSource
 from .config import FinetuneConfig, make_config
 from .data import local_world
 from .ddp import quiet_unless_main, rank_device
-from .evaluation import confusion, fmt, per_class
+from .evaluation import confusion, fmt, per_class, per_class_note
 from .model_file import is_finetuned_model
 from .predict import predict_images
-from .split import Split, make_split
+from .split import Split, check_same_sources, make_split
 from .trainer import REPORT_KIND, Trainer
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ def finetune(
         if saved is not None:
             cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), config, options)
             saved_split = Split.from_dict(saved["split"])
+            check_same_sources(out, saved_split, source, test)
             if split is not None and split.to_dict() != saved_split.to_dict():
                 raise OptionError(f"The split given differs from the one {out} was trained on; "
                                  "resume without a split, or use another -o folder.")
@@ -272,13 +273,21 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
         "message": None, "backbone": pred.meta["backbone"], "weights": f"file:{Path(w).resolve()}",
         "classes": pred.classes, "input_size": pred.meta["input_size_used"],
         "split": {"train": 0, "val": 0, "test": len(pred.paths)}, "epochs_run": 0,
-        "best_epoch": None, "val_accuracy": None, "test_accuracy": acc,
+        "best_epoch": None, "val_accuracy": None,
+        "val_accuracy_note": "state predict trains nothing, so there is no validation part",
+        "test_accuracy": acc,
         "per_class_test_accuracy": per_class(pred.true, pred.predicted, pred.classes),
         "confusion_matrix": confusion(pred.true, pred.predicted, len(pred.classes)),
         "seconds": time.perf_counter() - t0, "failures": pred.failures,
         "config": cfg.to_dict(), "command": command or command_line(), "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    note = per_class_note(pred.true, pred.predicted, pred.classes)
+    if note:
+        report["per_class_test_accuracy_note"] = note
+    if acc is None:
+        report["test_accuracy_note"] = "the images have no known class (an unlabelled source)"
+    report = jsonable(report)
     atomic_write_json(out / "report.json", report)
     return FinetuneResult(out, "predict", "evaluated", Path(w), out / "report.json", None,
                           pred.classes, 0, None, None, acc, report["seconds"],
