@@ -5,13 +5,11 @@ its JSON report (:meth:`Advice.to_dict`) and the compact record a store keeps as
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..atomic import jsonable
 from .evidence import SizeInfo
+from .jsonsafe import finite_json
 from .probe import ProbeResult
 from .rule import Decision, RunSetup, Thresholds
 
@@ -72,27 +70,3 @@ class Advice:
             "meta": {k: v for k, v in self.meta.items() if k != "versions"},
         })
 
-
-#: The note beside a value that came out NaN or infinite.
-NOT_FINITE_NOTE = "not a finite number (NaN or infinite): it could not be computed on this sample"
-
-
-def finite_json(obj: Any) -> Any:
-    """``obj`` as JSON types (:func:`cnncodes.atomic.jsonable`) where a NaN/inf value under a key
-    becomes null with ``<key>_note`` beside it (in a list: just null)."""
-    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # NumPy arrays and scalars
-        obj = obj.tolist()
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            if hasattr(v, "tolist") and hasattr(v, "dtype"):
-                v = v.tolist()
-            if isinstance(v, float) and not math.isfinite(v):
-                out[str(k)] = None
-                out.setdefault(f"{k}_note", NOT_FINITE_NOTE)
-            else:
-                out[str(k)] = finite_json(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(x) for x in obj]
-    return jsonable(obj)
