@@ -101,7 +101,8 @@ def finetune(
         resume: continue the run in ``output`` from its last checkpoint (exactly: same batches,
             augmentation, dropout and optimiser state); on resume the saved configuration is used
             and ``options`` may only change runtime fields (device, workers, threads, epochs,
-            early_stopping). Without a checkpoint a new run starts.
+            early_stopping). ``source`` may be None (the saved split is used); another source
+            than the run's is refused. Without a checkpoint a new run starts.
         overwrite: delete a previous run's files in ``output`` first.
         progress: tqdm bars on stderr (rank 0 only under torchrun).
         command: command line recorded in the report.
@@ -115,8 +116,9 @@ def finetune(
 
     Raises:
         FinetuneDivergedError: the loss became NaN/inf (the report and the best model are kept).
-        ValueError: bad options, an existing run without ``resume``/``overwrite``, a resume whose
-            options differ from the saved run.
+        ValueError: bad options (a learning rate of 0 included), an existing run without
+            ``resume``/``overwrite``, a resume whose options differ from the saved run, or
+            whose ``source``/``test`` is not the one the run was made from (both are named).
     """
     out = Path(output)
     ckpt_path = out / "checkpoint.pt"
