@@ -20,3 +20,10 @@ LARGE_PER_CLASS = 1000
 LARGE_TOTAL = 10_000
 MARGIN_POINTS = 1.0
 SE_MULT = 0.0
+#: The smallest probe sample that can carry a layer comparison (see
+#: :mod:`cnncodes.advisor.rule`, step 0): images in the smallest class (2 per test fold at the
+#: default 5 folds) and in all (a CV accuracy's binomial standard error is then at most 5 points).
+MIN_COMPARE_PER_CLASS = 10
+MIN_COMPARE_IMAGES = 100
+#: Below this median per class advise refuses: nothing can be probed.
+MIN_PROBE_PER_CLASS = 2

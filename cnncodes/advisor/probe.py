@@ -85,6 +85,7 @@ class ProbeResult:
         layers: per layer (in network order) its :class:`LayerScore`.
         raw: the raw-pixel reference row, or None.
         excluded_classes: classes left out (fewer than 2 images in the sample).
+        class_counts: images per probed class in the sample (empty when not recorded).
     """
 
     method: str
@@ -94,6 +95,12 @@ class ProbeResult:
     layers: dict[str, LayerScore]
     raw: LayerScore | None = None
     excluded_classes: list[str] = field(default_factory=list)
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def smallest_class(self) -> int | None:
+        """Images of the smallest probed class in the sample (None when not recorded)."""
+        return min(self.class_counts.values()) if self.class_counts else None
 
     def to_dict(self, *, compact: bool = False) -> dict[str, Any]:
         def row(s: LayerScore) -> dict[str, Any]:
@@ -109,6 +116,8 @@ class ProbeResult:
 
         return {"method": self.method, "n_images": self.n_images, "folds": self.folds,
                 "grid": list(self.grid), "excluded_classes": list(self.excluded_classes),
+                "smallest_class": self.smallest_class,
+                **({} if compact else {"class_counts": dict(self.class_counts)}),
                 "layers": {k: row(v) for k, v in self.layers.items()},
                 "raw_pixels": row(self.raw) if self.raw is not None else None}
 
@@ -206,6 +215,8 @@ def probe_layers(codes: Mapping[str, np.ndarray], labels: np.ndarray, *,
                           "instead; add images, or raise the sample size (--sample).")
     rows = np.flatnonzero(np.isin(labels, keep_cls))
     y = labels[rows]
+    counts_kept = {str(class_names[v]) if class_names is not None else str(v): int(c)
+                   for v, c in zip(vals.tolist(), counts.tolist(), strict=True) if c >= 2}
     k = int(min(folds, np.bincount(np.searchsorted(keep_cls, y)).min()))
     k = max(k, 2)
     if k < folds:
@@ -234,7 +245,9 @@ def probe_layers(codes: Mapping[str, np.ndarray], labels: np.ndarray, *,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=PROBE_BLAS_THREADS, user_api="blas"):
-        return _probe_all(codes, depths, score, raw, method, rows, k, grid, excluded)
+        res = _probe_all(codes, depths, score, raw, method, rows, k, grid, excluded)
+    res.class_counts = counts_kept
+    return res
 
 
 def _probe_all(codes: Mapping[str, np.ndarray], depths: Mapping[str, str],

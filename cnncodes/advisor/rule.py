@@ -6,6 +6,23 @@ it is unit-tested on constructed evidence.
 
 **The rule**, in order:
 
+    0. *Sample.* A layer comparison is carried by the probe sample only when its smallest class
+       has at least ``min_per_class`` images (default 10) and it holds at least ``min_images``
+       images in all (default 100, and never fewer than ``min_per_class`` x classes). Why these:
+       stratified k-fold CV tests each image once, so at the default 5 folds 10 images per class
+       put 2 of every class in each test fold; with fewer the folds are cut down (below 5 per
+       class) or a class's share of a fold is a single image, and the per-fold accuracies, hence
+       the paired standard error, move in steps of whole classes. In all: a layer's CV accuracy
+       on ``n`` images has a binomial standard error of up to ``50 / sqrt(n)`` points (at p =
+       0.5), i.e. 5 points at 100 images and 25 points at 4; the gaps the rule decides on are
+       1-6 points on real data (benchmarks/ADVISE_RESULTS.md), so below 100 images the noise of
+       one layer's accuracy alone is larger than the effect being compared (on 4 images one image
+       is 25 points: "stage3 beats pool by 75 points" is 3 images). Below the minimum the evidence
+       is still reported, but the verdict says "not enough images to compare layers: N per class
+       / M in all would be needed", claims no lead (the last layer is kept, as for a tie; the
+       raw-pixel comparison is not made either) and a warning says the same. With a median below
+       2 images per class (:data:`~cnncodes.advisor.defaults.MIN_PROBE_PER_CLASS`) nothing can be
+       probed and :func:`check_probe_size` refuses before any extraction.
     1. *Size.* ``large`` when the median number of images per class is at least
        ``large_per_class`` (default 1,000) **and** there are at least ``large_total`` (10,000)
        images; ``small`` when the median per class is below ``small_per_class`` (200); ``medium``
@@ -32,6 +49,7 @@ it is unit-tested on constructed evidence.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 from collections.abc import Sequence
@@ -42,7 +60,16 @@ import numpy as np
 
 from ..errors import OptionError
 from ..options import DEFAULT_BACKBONE
-from .defaults import LARGE_PER_CLASS, LARGE_TOTAL, MARGIN_POINTS, SE_MULT, SMALL_PER_CLASS
+from .defaults import (
+    LARGE_PER_CLASS,
+    LARGE_TOTAL,
+    MARGIN_POINTS,
+    MIN_COMPARE_IMAGES,
+    MIN_COMPARE_PER_CLASS,
+    MIN_PROBE_PER_CLASS,
+    SE_MULT,
+    SMALL_PER_CLASS,
+)
 from .evidence import SizeInfo
 from .probe import LayerScore, ProbeResult
 
@@ -69,6 +96,8 @@ class Thresholds:
         large_total: total images needed (as well) to be ``large``.
         margin: minimum CV-accuracy gap, in points, for an earlier layer to beat the last one.
         se_mult: the gap must also exceed this many paired standard errors over the folds.
+        min_per_class: images of the smallest probed class needed to compare layers (step 0).
+        min_images: images in the probe sample needed to compare layers (step 0).
     """
 
     small_per_class: int = SMALL_PER_CLASS
@@ -76,9 +105,12 @@ class Thresholds:
     large_total: int = LARGE_TOTAL
     margin: float = MARGIN_POINTS
     se_mult: float = SE_MULT
+    min_per_class: int = MIN_COMPARE_PER_CLASS
+    min_images: int = MIN_COMPARE_IMAGES
 
     def __post_init__(self) -> None:
-        for name in ("small_per_class", "large_per_class", "large_total"):
+        for name in ("small_per_class", "large_per_class", "large_total", "min_per_class",
+                     "min_images"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be >= 1. Got {getattr(self, name)} instead.")
         if self.small_per_class > self.large_per_class:
@@ -151,6 +183,11 @@ class Decision:
     def next_command(self) -> str:
         return " && ".join(self.commands)
 
+    @property
+    def layers_compared(self) -> bool:
+        """Whether the sample could carry the layer comparison (step 0 of the rule)."""
+        return bool(self.comparison.get("layers_compared", True))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["next_command"] = self.next_command
@@ -211,6 +248,64 @@ def _compare_layers(probe: ProbeResult, th: Thresholds) -> _Gap:
     return _Gap(bl, be, 100.0 * (be.mean - bl.mean), se, max(th.margin, th.se_mult * se))
 
 
+@dataclass(frozen=True)
+class SampleCheck:
+    """Step 0 of the rule: can the probe sample carry a layer comparison?"""
+
+    smallest_class: int  # images of the smallest probed class in the sample
+    n_images: int  # images in the probe sample
+    n_classes: int
+    need_per_class: int
+    need_images: int
+    source_images: int  # images in the whole data set
+
+    @property
+    def enough(self) -> bool:
+        return self.smallest_class >= self.need_per_class and self.n_images >= self.need_images
+
+    def message(self, *, short: bool = False) -> str:
+        """The verdict's sentence when not :attr:`enough` (``short``: without the fix)."""
+        head = (f"not enough images to compare layers: {self.need_per_class} per class / "
+                f"{self.need_images:,} in all would be needed (the probe had {self.smallest_class} "
+                f"in its smallest class, {self.n_images:,} in all)")
+        if short:
+            return head
+        fix = ("raise --sample / --budget (the data set has "
+               f"{self.source_images:,} images)" if self.source_images >= self.need_images
+               else "add images")
+        return (f"{head}; the measured gaps are not evidence at this size, so no layer is "
+                f"claimed to lead: {fix} to compare them")
+
+
+def check_sample(size: SizeInfo, probe: ProbeResult, th: Thresholds) -> SampleCheck:
+    """Step 0: the probe sample against ``min_per_class`` / ``min_images``."""
+    counts = probe.class_counts or size.per_class  # constructed probes: the data set's counts
+    n_classes = len(counts) or size.n_classes
+    smallest = min(counts.values()) if counts else 0
+    return SampleCheck(int(smallest), int(probe.n_images), int(n_classes), th.min_per_class,
+                       max(th.min_images, th.min_per_class * n_classes), int(size.n_images))
+
+
+def check_probe_size(size: SizeInfo, *, source: str = "the source",
+                     thresholds: Thresholds | None = None) -> None:
+    """Refuse a data set too small to probe at all (median under
+    :data:`~cnncodes.advisor.defaults.MIN_PROBE_PER_CLASS` images per class).
+
+    Raises:
+        OptionError: naming the source, its counts, what would be enough and the way out.
+    """
+    th = thresholds or Thresholds()
+    if size.median_per_class >= MIN_PROBE_PER_CLASS:
+        return
+    need = max(th.min_images, th.min_per_class * size.n_classes)
+    raise OptionError(
+        f"advise needs at least {MIN_PROBE_PER_CLASS} images per class to probe the layers. Got "
+        f"{source}: {size.n_images:,} images in {size.n_classes} classes, median "
+        f"{size.median_per_class:g} per class, instead. To compare layers "
+        f"{th.min_per_class} per class / {need:,} in all would be needed: add images, or skip "
+        "the advisor and pick a layer yourself (e.g. --layers pool, the last layer).")
+
+
 def _why(g: _Gap, probe: ProbeResult) -> str:
     """The similarity half of the explanation, with the numbers."""
     bl, be, gap, threshold = g.last.layer, g.earlier.layer, g.gap, g.threshold
@@ -225,12 +320,16 @@ def _why(g: _Gap, probe: ProbeResult) -> str:
             f"{threshold:.1f}): a tie goes to the last layer -> similar data")
 
 
-def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap,
-             random_weights: bool) -> tuple[list[str], bool]:
-    """``(warnings, codes_help)``: raw pixels beating the codes, random weights, imbalance."""
+def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap, random_weights: bool,
+             sample: SampleCheck) -> tuple[list[str], bool | None]:
+    """``(warnings, codes_help)``: too small a sample, raw pixels beating the codes, random
+    weights, imbalance (``codes_help`` None: not compared)."""
     warn: list[str] = []
     chosen, codes_help = g.chosen, True
-    if probe.raw is not None and 100.0 * (probe.raw.mean - chosen.mean) > g.threshold:
+    if not sample.enough:
+        warn.append(sample.message())
+        codes_help = None
+    elif probe.raw is not None and 100.0 * (probe.raw.mean - chosen.mean) > g.threshold:
         codes_help = False
         warn.append(f"raw pixels ({probe.raw.mean:.3f}) beat {chosen.layer} codes "
                     f"({chosen.mean:.3f}) by {100 * (probe.raw.mean - chosen.mean):.1f} points: "
@@ -283,12 +382,17 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
     """
     th = thresholds or Thresholds()
     setup = setup or RunSetup()
+    sample = check_sample(size, probe, th)  # step 0: can the sample compare layers?
     g = _compare_layers(probe, th)  # step 2: similarity
+    if not sample.enough:  # no lead is claimed: as a tie, the last layer
+        g = dataclasses.replace(g, threshold=math.inf)
     size_class = size.size_class(th)  # step 1: size
     similarity, chosen = g.similarity, g.chosen
     classifier = CLASSIFIER[similarity]
-    why = _why(g, probe)
-    warn, codes_help = _caveats(size, probe, g, random_weights)
+    why = _why(g, probe) if sample.enough else (
+        f"{sample.message(short=True)}; keeping the last layer {g.last.layer}, the "
+        "conventional choice, without a measured lead")
+    warn, codes_help = _caveats(size, probe, g, random_weights, sample)
     codes_cmds, finetune = _commands(setup, chosen.layer, similarity)
     ft_cmd = finetune["command"]
     per_class = f"{size.median_per_class:,.0f} per class"
@@ -312,15 +416,21 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
             sentence += f"; with this much data fine-tuning may pay off next: {ft_cmd}"
         else:
             also, finetune = None, None
-    if not codes_help:
+    if codes_help is False:
         sentence += " (warning: raw pixels beat the codes)"
     comparison = {
         "best_last": g.last.layer, "best_last_accuracy": round(g.last.mean, 4),
         "best_earlier": g.earlier.layer, "best_earlier_accuracy": round(g.earlier.mean, 4),
         "gap_points": round(g.gap, 2), "paired_se_points": round(g.se, 2),
-        "threshold_points": round(g.threshold, 2), "codes_beat_raw_pixels": codes_help,
+        "threshold_points": round(g.threshold, 2) if sample.enough else None,
+        "layers_compared": sample.enough, "needed_per_class": sample.need_per_class,
+        "needed_images": sample.need_images, "sample_smallest_class": sample.smallest_class,
+        "codes_beat_raw_pixels": codes_help,
         "raw_pixels_accuracy": round(probe.raw.mean, 4) if probe.raw is not None else None,
     }
+    if not sample.enough:
+        why_not = "not computed: the sample is too small to compare layers (step 0)"
+        comparison["threshold_points_note"] = comparison["codes_beat_raw_pixels_note"] = why_not
     return Decision(quadrant=f"{'large' if size_class == 'large' else 'small'}-{similarity}",
                     size_class=size_class, similarity=similarity, layer=chosen.layer,
                     classifier=classifier, action=action, explanation=sentence,

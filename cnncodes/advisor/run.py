@@ -50,7 +50,7 @@ from .defaults import FOLDS, HEAD_SAMPLE, PROBE, SAMPLE
 from .evidence import PretrainedMeter, measure_size
 from .plots import check_report_folder, save_report
 from .probe import check_probe, probe_layers
-from .rule import RunSetup, Thresholds, decide
+from .rule import RunSetup, Thresholds, check_probe_size, decide
 from .sample import budgeted_size, parse_budget, select_sample
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,10 @@ def advise(
         An :class:`~cnncodes.advisor.advice.Advice`; ``advice.layer`` is the recommended layer.
 
     Raises:
-        OptionError: unlabelled source, one class, unknown layer/probe, bad budget.
+        OptionError: unlabelled source, one class, fewer than 2 images per class (median),
+            unknown layer/probe, bad budget. A sample too small to compare layers (see step 0
+            of :mod:`cnncodes.advisor.rule`) is not an error: the advice says so and claims no
+            lead.
     """
     t0 = time.perf_counter()
     bopts, ropts, _ = split_options(backbone, runtime, options, where="advise")
@@ -211,6 +214,8 @@ def advise(
         check_report_folder(report, inputs=(source,))  # before the work, not after
     src = open_source(source)
     size = measure_size(src, seed=seed)
+    check_probe_size(size, source=os.fspath(src.root if isinstance(source, ImageSource)
+                                            else source), thresholds=th)  # before extracting
     cand, depths = _candidates(bopts)
     ext = CodeExtractor(bopts.replace(layers=tuple(cand)), runtime=ropts)
     meter = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -52,9 +53,14 @@ class FinetuneConfig:
         freeze: freeze the first ``freeze`` stages (0 = none).
         momentum: SGD momentum.
         weight_decay: L2 weight decay (SGD) or decoupled weight decay (AdamW).
-        schedule: ``cosine`` (to 0), ``step`` (x ``gamma`` every ``step_size`` epochs) or
-            ``constant``; always after a linear warmup of ``warmup_epochs``.
-        warmup_epochs: linear warmup length in epochs (fractions allowed; 0 = none).
+        schedule: ``cosine`` (towards 0, never 0 at a step), ``step`` (x ``gamma`` every
+            ``step_size`` epochs) or ``constant``; always after a linear warmup of
+            ``warmup_epochs``.
+        warmup_epochs: linear warmup length in epochs (fractions allowed; 0 = none). The warmup
+            never takes more than half of the run's optimiser steps (``epochs x steps per
+            epoch // 2``): a longer one is shortened to that, with a warning and
+            ``report.json["warmup"]["clamped"]``, so at least half of every run trains at the
+            full learning rate of the schedule.
         step_size, gamma: the ``step`` schedule.
         label_smoothing: cross-entropy label smoothing (0 = none).
         augment: random resized crop (+ horizontal flip) for training; off = the evaluation
@@ -151,10 +157,15 @@ class FinetuneConfig:
             raise bad("epochs", "an integer >= 1")
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise bad("batch_size", "an integer >= 2 (BatchNorm needs two images per step)")
-        if self.lr is not None and not self.lr > 0:
-            raise bad("lr", "> 0 (or None for the optimiser's default)")
-        if not self.head_lr_mult > 0:
-            raise bad("head_lr_mult", "> 0 (10 is the usual choice)")
+        for name in ("lr", "head_lr_mult", "layer_decay", "momentum", "weight_decay",
+                     "warmup_epochs", "gamma", "label_smoothing", "grad_clip", "val_fraction",
+                     "test_fraction"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v)):
+                raise bad(name, "a finite number")
+        if self.state != "predict":  # a state that trains: a zero learning rate trains nothing
+            self._check_learning_rates(bad)
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise bad("layer_decay", "in (0, 1] (e.g. 0.7), or None for no decay")
         if not isinstance(self.freeze, int) or self.freeze < 0:
@@ -195,6 +206,26 @@ class FinetuneConfig:
         if self.num_workers is not None and self.num_workers < 0:
             raise bad("num_workers", ">= 0")
         return self
+
+    def _check_learning_rates(self, bad: Any) -> None:
+        """Refuse a zero (or negative) learning rate for what trains: the head always, the
+        backbone under ``full``."""
+        fix = ("A learning rate of 0 trains nothing (the run would report the untrained model's "
+               "accuracy): pass e.g. --lr 0.001 (SGD) or 1e-4 (AdamW), or leave --lr out for "
+               "the optimiser's default; to evaluate a model without training use --state "
+               "predict")
+        if self.lr is not None and not self.lr > 0:
+            raise OptionError(f"lr must be > 0 (or None for the optimiser's default); got "
+                              f"{self.lr!r}. {fix}.")
+        if not self.head_lr_mult > 0:
+            raise OptionError(f"head_lr_mult must be > 0 (10 is the usual choice); got "
+                              f"{self.head_lr_mult!r}: the head would train at lr x "
+                              f"{self.head_lr_mult!r} = {self.base_lr * self.head_lr_mult!r}. "
+                              "Pass --head-lr-mult 10 (or 1 for one rate everywhere).")
+        if not self.base_lr * self.head_lr_mult > 0:
+            raise OptionError(f"The head's learning rate lr x head_lr_mult must be > 0; got "
+                              f"{self.base_lr!r} x {self.head_lr_mult!r} = 0 (the product "
+                              "underflows). Raise --lr or --head-lr-mult.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/torch-safe dict."""

@@ -106,12 +106,42 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> list[list[int]]:
     return m.tolist()
 
 
-def per_class(true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    out = {}
+def per_class(true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    """Accuracy per class name; None for a class without a scored image (see
+    :func:`per_class_note`)."""
+    out: dict[str, float | None] = {}
     for c, name in enumerate(classes):
         m = (true == c) & (pred >= 0)
-        out[name] = float((pred[m] == c).mean()) if m.any() else float("nan")
+        out[name] = float((pred[m] == c).mean()) if m.any() else None
     return out
+
+
+def per_class_note(true: np.ndarray, pred: np.ndarray, classes: Sequence[str],
+                   part: str = "test") -> str | None:
+    """Why :func:`per_class` holds None for some classes (None when it holds none)."""
+    why = []
+    for c, name in enumerate(classes):
+        n = int((true == c).sum())
+        if not ((true == c) & (pred >= 0)).any():
+            why.append(f"{name} (no {part} image of that class)" if n == 0 else
+                       f"{name} (its {n} {part} image(s) could not be read)")
+    if not why:
+        return None
+    return ("null for " + ", ".join(why) + ": an accuracy needs at least one scored image; a "
+            "class needs 3+ images to get one in each of the validation and test parts")
+
+
+def finite(v: float | None) -> float | None:
+    """``v``, or None when it is None, NaN or infinite (JSON has no NaN)."""
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def set_metric(rep: dict, key: str, value: float | None, why: str) -> None:
+    """``rep[key] = value``; when it is missing or not finite, None and ``rep[key + "_note"] =
+    why`` (every null metric says why it is null)."""
+    rep[key] = finite(value)
+    if rep[key] is None:
+        rep[f"{key}_note"] = why
 
 
 def fmt(v: float | None, spec: str) -> str:

@@ -2,6 +2,14 @@
 the head: discriminative learning rates, optional layer-wise decay), :func:`build_optimizer` (SGD +
 momentum or AdamW), :func:`lr_factor` (linear warmup, then cosine / step / constant, per optimiser
 step) and :func:`build_scheduler`.
+
+**Warmup rule.** The warmup lasts ``round(warmup_epochs x steps per epoch)`` optimiser steps, but
+never more than half of the run's steps (``total // 2``; :func:`warmup_steps`): a warmup as long
+as the run (``--warmup-epochs 5 --epochs 2``) would spend the whole run ramping up and report an
+undertrained model. The clamp is logged by the trainer and recorded in ``report.json``
+(``warmup``). No step trains at a learning rate of 0: the warmup starts at ``1 / (warmup + 1)``,
+the cosine ends just above 0, and :func:`param_groups` refuses a group whose rate is 0 (an
+underflowing ``lr x layer_decay^k`` or a ``step`` schedule that decays to 0 within the run).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import OptionError
 from .config import FinetuneConfig
 from .net import HEAD_NAME, FinetuneNet
 
@@ -34,7 +43,39 @@ def param_groups(net: FinetuneNet, config: FinetuneConfig) -> list[dict[str, Any
         groups.append({"name": f"stage{s.index}", "params": params, "lr": base * decay})
     groups.append({"name": HEAD_NAME, "params": list(net.head.parameters()),
                    "lr": base * config.head_lr_mult})
+    _check_group_rates(groups, config)
     return groups
+
+
+def _check_group_rates(groups: list[dict[str, Any]], config: FinetuneConfig) -> None:
+    """Refuse a group that would train at a learning rate of 0 (at the start, or by the end of
+    a ``step`` schedule)."""
+    last = (config.epochs - 1) // config.step_size if config.schedule == "step" else 0
+    for g in groups:
+        lr = float(g["lr"])
+        try:
+            end = lr * config.gamma ** last if last else lr
+        except OverflowError:  # gamma > 1 grows the rate (the loss guard stops a divergence)
+            end = math.inf
+        if not lr > 0:
+            raise OptionError(
+                f"The learning rate of {g['name']} must be > 0; got {lr!r} (lr {config.base_lr!r}"
+                f", layer_decay {config.layer_decay!r}, head_lr_mult {config.head_lr_mult!r}: "
+                "the product underflows). Raise --lr or --layer-decay, or --freeze that stage.")
+        if not end > 0:
+            raise OptionError(
+                f"gamma must keep the learning rate above 0 for the whole run; got gamma="
+                f"{config.gamma!r}, which after {last} step(s) of {config.step_size} epoch(s) "
+                f"takes {g['name']} from {lr!r} to 0. Use a larger --gamma (e.g. 0.1) or "
+                "--step-size, or --schedule cosine.")
+
+
+def warmup_steps(config: FinetuneConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """``(warmup steps used, warmup steps asked)``: the asked ``round(warmup_epochs x steps per
+    epoch)`` clamped to half of the run's steps (see the module docstring)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    asked = int(round(config.warmup_epochs * steps_per_epoch))
+    return min(asked, total // 2), asked
 
 
 def build_optimizer(net: FinetuneNet, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -49,7 +90,7 @@ def build_optimizer(net: FinetuneNet, config: FinetuneConfig) -> torch.optim.Opt
 def lr_factor(config: FinetuneConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """The multiplier of each group's lr at optimiser step ``t`` (warmup, then the schedule)."""
     total = max(1, config.epochs * steps_per_epoch)
-    warm = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    warm, _ = warmup_steps(config, steps_per_epoch)
     schedule, gamma, step_size = config.schedule, config.gamma, config.step_size
 
     def factor(t: int) -> float:
@@ -62,8 +103,6 @@ def lr_factor(config: FinetuneConfig, steps_per_epoch: int) -> Callable[[int], f
         return 1.0
 
     return factor
-
-
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int,

@@ -32,17 +32,17 @@ import torch
 
 from .._distributed import barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, jsonable
 from ..errors import FinetuneDivergedError, OptionError
 from ..outputs import check_output
 from ..sources.folders import ImageSource
 from .config import FinetuneConfig, make_config
 from .data import local_world
 from .ddp import quiet_unless_main, rank_device
-from .evaluation import confusion, fmt, per_class
+from .evaluation import confusion, fmt, per_class, per_class_note
 from .model_file import is_finetuned_model
 from .predict import predict_images
-from .split import Split, make_split
+from .split import Split, check_same_sources, make_split
 from .trainer import REPORT_KIND, Trainer
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def finetune(
         resume: continue the run in ``output`` from its last checkpoint (exactly: same batches,
             augmentation, dropout and optimiser state); on resume the saved configuration is used
             and ``options`` may only change runtime fields (device, workers, threads, epochs,
-            early_stopping). Without a checkpoint a new run starts.
+            early_stopping). ``source`` may be None (the saved split is used); another source
+            than the run's is refused. Without a checkpoint a new run starts.
         overwrite: delete a previous run's files in ``output`` first.
         progress: tqdm bars on stderr (rank 0 only under torchrun).
         command: command line recorded in the report.
@@ -116,8 +117,9 @@ def finetune(
 
     Raises:
         FinetuneDivergedError: the loss became NaN/inf (the report and the best model are kept).
-        ValueError: bad options, an existing run without ``resume``/``overwrite``, a resume whose
-            options differ from the saved run.
+        ValueError: bad options (a learning rate of 0 included), an existing run without
+            ``resume``/``overwrite``, a resume whose options differ from the saved run, or
+            whose ``source``/``test`` is not the one the run was made from (both are named).
     """
     weights = options.get("weights", config.weights if config is not None else None)
     out = check_output(output, kind="folder", files=RUN_FILES, option="-o",
@@ -144,6 +146,7 @@ def finetune(
         if saved is not None:
             cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), config, options)
             saved_split = Split.from_dict(saved["split"])
+            check_same_sources(out, saved_split, source, test)
             if split is not None and split.to_dict() != saved_split.to_dict():
                 raise OptionError(f"The split given differs from the one {out} was trained on; "
                                  "resume without a split, or use another -o folder.")
@@ -274,13 +277,21 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
         "message": None, "backbone": pred.meta["backbone"], "weights": f"file:{Path(w).resolve()}",
         "classes": pred.classes, "input_size": pred.meta["input_size_used"],
         "split": {"train": 0, "val": 0, "test": len(pred.paths)}, "epochs_run": 0,
-        "best_epoch": None, "val_accuracy": None, "test_accuracy": acc,
+        "best_epoch": None, "val_accuracy": None,
+        "val_accuracy_note": "state predict trains nothing, so there is no validation part",
+        "test_accuracy": acc,
         "per_class_test_accuracy": per_class(pred.true, pred.predicted, pred.classes),
         "confusion_matrix": confusion(pred.true, pred.predicted, len(pred.classes)),
         "seconds": time.perf_counter() - t0, "failures": pred.failures,
         "config": cfg.to_dict(), "command": command or command_line(), "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    note = per_class_note(pred.true, pred.predicted, pred.classes)
+    if note:
+        report["per_class_test_accuracy_note"] = note
+    if acc is None:
+        report["test_accuracy_note"] = "the images have no known class (an unlabelled source)"
+    report = jsonable(report)
     atomic_write_json(out / "report.json", report)
     return FinetuneResult(out, "predict", "evaluated", Path(w), out / "report.json", None,
                           pred.classes, 0, None, None, acc, report["seconds"],

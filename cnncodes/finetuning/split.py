@@ -36,6 +36,10 @@ class Split:
     val_fraction: float
     test_fraction: float
     test_source: str | None = None
+    #: what the run was made from (:func:`source_identity` of SOURCE and of ``--test``); None in
+    #: runs made before it was recorded
+    source_path: str | None = None
+    test_path: str | None = None
 
     def source(self, part: str) -> ImageSource:
         """The ``train``/``val``/``test`` part as an :class:`ImageSource` (labels = class index)."""
@@ -61,6 +65,47 @@ class Split:
         for k in ("train", "val", "test"):
             kw[k] = [(str(p), str(c)) for p, c in d[k]]
         return cls(**kw)
+
+
+def source_identity(source: str | os.PathLike | ImageSource) -> str:
+    """What identifies an image source across calls: the absolute, resolved path of the folder
+    or list file (links followed), or an :class:`ImageSource`'s root."""
+    if isinstance(source, ImageSource):
+        return os.fspath(Path(source.root).resolve())
+    return os.fspath(Path(source).expanduser().resolve())
+
+
+def check_same_sources(run: str | os.PathLike, split: Split,
+                       source: str | os.PathLike | ImageSource | None,
+                       test: str | os.PathLike | ImageSource | None) -> None:
+    """Refuse to continue the run in ``run`` (made on ``split``) with another SOURCE or test
+    source than the one it was made from.
+
+    Runs that predate the recorded ``source`` are checked against their image root (the folder,
+    or the folder of a list file).
+
+    Raises:
+        OptionError: naming both sources and the fixes.
+    """
+    checks = ((source, split.source_path, split.root, "SOURCE"),
+              (test, split.test_path, split.test_source, "--test source"))
+    for given, recorded, root, what in checks:
+        if given is None:
+            continue
+        now = source_identity(given)
+        if recorded is not None:
+            same, was = now == recorded, recorded
+        elif root is None:  # the run had no separate test source
+            same, was = False, "no --test source (its test part is cut from SOURCE)"
+        else:
+            here = Path(now)
+            folder = here.parent if here.is_file() else here
+            same, was = os.fspath(folder) == os.fspath(Path(root).resolve()), root
+        if not same:
+            raise OptionError(
+                f"Cannot resume {run} with {what} {now}: the run was made from {was}. Resume "
+                f"with the run's own {what} (or none: the saved split is used), start a new run "
+                "in another -o folder, or pass --overwrite to replace this run.")
 
 
 def make_split(source: str | os.PathLike | ImageSource, *, val_fraction: float = 0.15,
@@ -110,4 +155,6 @@ def make_split(source: str | os.PathLike | ImageSource, *, val_fraction: float =
                  classes=list(src.classes), train=rows(parts["train"], src),
                  val=rows(parts["val"], src), test=test_rows, seed=int(seed),
                  val_fraction=float(val_fraction), test_fraction=tf,
-                 test_source=os.fspath(test_src.root) if test_src is not None else None)
+                 test_source=os.fspath(test_src.root) if test_src is not None else None,
+                 source_path=source_identity(source),
+                 test_path=source_identity(test) if test is not None else None)

@@ -35,7 +35,7 @@ from .._distributed import (
 )
 from .._distributed import backend as dist_backend
 from .._runtime import progress_bar, versions
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, jsonable
 from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
 from ..sources.folders import ImageSource
@@ -43,10 +43,21 @@ from ..sources.loader import Batch, normalize_batch
 from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
-from .evaluation import Evaluation, amp_dtype, autocast, confusion, evaluate, fmt, per_class
+from .evaluation import (
+    Evaluation,
+    amp_dtype,
+    autocast,
+    confusion,
+    evaluate,
+    finite,
+    fmt,
+    per_class,
+    per_class_note,
+    set_metric,
+)
 from .model_file import atomic_torch_save, read_model_file, save_model_file
 from .net import build_finetune_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, warmup_steps
 from .plots import plot_curves
 from .split import Split
 
@@ -142,9 +153,26 @@ class Trainer:
         self.steps = (self.per_rank // cfg.batch_size if self.drop_last
                       else math.ceil(self.per_rank / cfg.batch_size))
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps)
+        self.warmup = self._warmup_record()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"
                                            and self.device.type == "cuda")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def _warmup_record(self) -> dict[str, Any]:
+        """The warmup used (clamped to half of the run's steps; logged when it was)."""
+        cfg, steps = self.cfg, self.steps
+        used, asked = warmup_steps(cfg, steps)
+        rec = {"warmup_epochs": cfg.warmup_epochs, "steps_asked": asked, "steps": used,
+               "epochs": used / steps if steps else 0.0, "clamped": used < asked,
+               "total_steps": cfg.epochs * steps}
+        if used < asked and self.di.is_main:
+            log.warning("warmup_epochs=%g (%d steps) would take %s of the %d-epoch run (%d "
+                        "steps): warming up over %d steps (%.2f epochs, half the run) instead",
+                        cfg.warmup_epochs, asked, "all" if asked >= cfg.epochs * steps else
+                        "more than half", cfg.epochs, cfg.epochs * steps, used, rec["epochs"])
+            rec["note"] = ("warmup shortened to half of the run's optimiser steps (a warmup may "
+                           "never take more)")
+        return rec
 
     def resume(self, saved: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, scaler, RNG and state.
@@ -295,7 +323,10 @@ class Trainer:
         ev = None
         if self.val_loader is not None:
             ev = self.evaluate(self.val_loader, self.val_src)
-            rec["val_loss"], rec["val_acc"] = ev.loss, ev.accuracy
+            rec["val_loss"], rec["val_acc"] = finite(ev.loss), finite(ev.accuracy)
+            if rec["val_acc"] is None:
+                rec["val_note"] = (f"no validation image of the {len(self.val_src)} could be "
+                                   "read: the epoch counts as an improvement")
         rec["seconds"] = time.perf_counter() - t0
         rec["images_per_s"] = seen / rec["seconds"] if rec["seconds"] > 0 else 0.0
         return rec, ev
@@ -324,6 +355,8 @@ class Trainer:
         """Record the epoch; save ``model.pt`` when validation improved, count patience
         otherwise. Returns whether it improved (always True without a validation part)."""
         st = self.state
+        if ev is not None and rec["val_acc"] is None:
+            ev = None  # nothing could be validated: as without a validation part
         improved = ev is None or (ev.accuracy > st.best_accuracy or (
             ev.accuracy == st.best_accuracy and ev.loss < st.best_loss))
         st.history.append(rec)
@@ -412,6 +445,37 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ report
 
+    def _metrics(self, best_rec: dict[str, Any] | None,
+                 test_ev: Evaluation | None) -> dict[str, Any]:
+        """Validation/test accuracy, test loss and per-class accuracy; each null one with a
+        ``<name>_note`` saying why."""
+        split, m = self.split, {}
+        no_model = "no epoch finished, so there is no model.pt to test"
+        if not split.val:
+            why_val = (f"no validation images (val_fraction {split.val_fraction}: the validation "
+                       "part is empty)")
+        elif best_rec is None:
+            why_val = "no epoch finished"
+        else:
+            why_val = best_rec.get("val_note", "no validation image could be read")
+        set_metric(m, "val_accuracy", best_rec["val_acc"] if best_rec else None, why_val)
+        if not split.test:
+            why_test = "no test images (test_fraction 0 and no --test source)"
+        elif test_ev is None:
+            why_test = no_model
+        else:
+            why_test = f"none of the {len(split.test)} test images could be read"
+        set_metric(m, "test_accuracy", test_ev.accuracy if test_ev else None, why_test)
+        set_metric(m, "test_loss", test_ev.loss if test_ev else None, why_test)
+        labels = split.source("test").labels
+        m["per_class_test_accuracy"] = (per_class(labels, test_ev.predicted, split.classes)
+                                        if test_ev else None)
+        note = (per_class_note(labels, test_ev.predicted, split.classes) if test_ev
+                else why_test)
+        if note:
+            m["per_class_test_accuracy_note"] = note
+        return m
+
     def report(self, diverged: str | None, test_ev: Evaluation | None) -> dict[str, Any]:
         """The run's ``report.json`` content."""
         cfg, di, st, split = self.cfg, self.di, self.state, self.split
@@ -422,7 +486,7 @@ class Trainer:
         this_session = sum(h["seconds"] for h in history[self.first_epoch_this_session:])
         best_rec = next((h for h in history if h["epoch"] == st.best_epoch), None)
         test_labels = test_src.labels
-        return {
+        return jsonable({  # JSON types only, no NaN: the report is printed as JSON too
             "kind": REPORT_KIND, "status": status, "state": cfg.state,
             "message": diverged, "backbone": cfg.backbone, "weights": self.resolved.id,
             "weights_sha256": weights_sha256(self.resolved) or "", "classes": split.classes,
@@ -438,16 +502,12 @@ class Trainer:
                       "test_fraction": split.test_fraction, "test_source": split.test_source},
             "stages": [{"index": s.index, "span": s.span, "params": len(s.params),
                         "frozen": s.index <= self.net.frozen_stages} for s in self.net.stages],
-            "param_groups": self.groups(),
+            "param_groups": self.groups(), "warmup": self.warmup,
             "trainable_params": sum(p.numel() for p in self.net.parameters()
                                     if p.requires_grad),
             "total_params": sum(p.numel() for p in self.net.parameters()),
             "epochs_run": len(history), "best_epoch": st.best_epoch,
-            "val_accuracy": best_rec["val_acc"] if best_rec else None,
-            "test_accuracy": test_ev.accuracy if test_ev else None,
-            "test_loss": test_ev.loss if test_ev else None,
-            "per_class_test_accuracy": per_class(test_labels, test_ev.predicted, split.classes)
-            if test_ev else None,
+            **self._metrics(best_rec, test_ev),
             "confusion_matrix": confusion(test_labels, test_ev.predicted, len(split.classes))
             if test_ev else None,
             "train_seconds": train_seconds,
@@ -461,5 +521,5 @@ class Trainer:
                       "split": "split.json"},
             "command": self.command, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        })
 

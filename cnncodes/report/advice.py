@@ -44,6 +44,8 @@ def format_advice(advice: Advice) -> str:
         same = f" (= {r.same_as})" if r.same_as else ""
         lines.append(f"      {r.layer:<10} {r.depth:<8} {r.dim:>6}-d  {100 * r.mean:6.2f} "
                      f"+- {100 * r.std:4.2f}{same}{mark}")
+    if not d.layers_compared:
+        lines.append("      (too few images for these scores to rank the layers: see the warning)")
     if pr.excluded_classes:
         lines.append(f"      classes left out (under 2 images): {', '.join(pr.excluded_classes)}")
     lines.append(f"quadrant  {d.quadrant}: {d.action}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..atomic import atomic_write_csv, atomic_write_json, jsonable
+from ..advisor.jsonsafe import finite_json
+from ..atomic import atomic_write_csv, atomic_write_json
 from ..outputs import check_output
 from .plots import plot_confusion, plot_cv_scores
 
@@ -52,7 +53,8 @@ def build_report(*, model: Any, evaluation: Any = None,
         rep["rows"] = [dict(r) for r in rows]
     if extra:
         rep.update({k: v for k, v in extra.items() if v is not None})
-    return jsonable(rep)
+    # JSON types only; a NaN/inf metric becomes null with "<key>_note" beside it
+    return finite_json(rep)
 
 
 #: the files :func:`write_report` writes into its folder
@@ -87,10 +89,11 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                                                                                "accuracy"))
     test = rep.get("test")
     if test:
-        acc = test.get("accuracy", float("nan"))
+        acc = test.get("accuracy")
+        acc_text = f"{acc:.3f}" if isinstance(acc, (int, float)) else "n/a"
         files["confusion"] = plot_confusion(
             test["confusion_matrix"], test["classes"], out / "confusion.png",
-            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy {acc:.3f} "
+            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy {acc_text} "
                   f"(n={test.get('n')})")
         files["per_class"] = out / "per_class.csv"
         atomic_write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
@@ -100,7 +103,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
     names["json"] = "report.json"
     rep["files"] = names
     files["json"] = out / "report.json"
-    atomic_write_json(files["json"], rep)
+    atomic_write_json(files["json"], finite_json(rep))
     log.info("report written to %s", out)
     return files
 

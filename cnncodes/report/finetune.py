@@ -28,6 +28,14 @@ def format_finetune(res: Any) -> str:
             f"  model {res.model_path} (usable as --weights for extract; predict with "
             f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
             f"{res.curves_path}"]
+    warm = rep.get("warmup") or {}
+    if warm.get("clamped"):
+        lines.append(f"  warmup_epochs {warm['warmup_epochs']:g} would have taken "
+                     f"{warm['steps_asked']} of the run's {warm['total_steps']} steps: warmed up "
+                     f"over {warm['steps']} (half the run) instead")
+    for key in ("val_accuracy", "test_accuracy", "per_class_test_accuracy"):
+        if rep.get(f"{key}_note"):
+            lines.append(f"  {key.replace('_', ' ')}: {rep[f'{key}_note']}")
     if res.failures:
         lines.append(f"{len(res.failures)} files could not be read and were skipped:")
         lines += [f"  {p}: {r}" for p, r in res.failures[:20]]

@@ -182,3 +182,71 @@ def test_commands_repeat_non_default_options():
                setup=setup)
     assert shlex.split(d.commands[0])[5:] == ["--backbone", "resnet18", "--weights", "random",
                                               "--pooling", "max", "--layers", "layer3"]
+
+
+# ------------------------------------------------------------- step 0: can the sample compare?
+
+
+def _small_probe(n: int, per_class: dict[str, int], means: dict[str, float]):
+    p = make_probe(means, depths=TWO, n=n, folds=2)
+    p.class_counts = dict(per_class)
+    return p
+
+
+def test_a_handful_of_images_claims_no_lead_and_says_what_would_be_enough():
+    # the case: 4 images, stage4 "beats pool by 75 points" (3 images)
+    p = _small_probe(4, {"a": 2, "b": 2}, {"stage4": 1.0, "pool": 0.25})
+    d = decide(SizeInfo(4, {"a": 2, "b": 2}), p)
+    assert not d.layers_compared and d.layer == "pool" and d.similarity == "similar"
+    assert "beats" not in d.explanation and "75" not in d.explanation
+    assert d.explanation.startswith("not enough images to compare layers: 10 per class / 100 in "
+                                    "all would be needed (the probe had 2 in its smallest class, "
+                                    "4 in all); keeping the last layer pool")
+    assert d.warnings[0].endswith("no layer is claimed to lead: add images to compare them")
+    c = d.comparison
+    assert c["layers_compared"] is False and c["gap_points"] == 75.0  # the evidence is kept
+    assert c["threshold_points"] is None and "too small" in c["threshold_points_note"]
+    assert (c["needed_per_class"], c["needed_images"]) == (10, 100)
+    # raw pixels are not compared either (no "raw pixels beat the codes" claim)
+    p.raw = make_probe({"stage4": 1.0}, depths={"stage4": "earlier"}).layers["stage4"]
+    d = decide(SizeInfo(4, {"a": 2, "b": 2}), p)
+    assert d.comparison["codes_beat_raw_pixels"] is None and not any("raw pixels" in w for w in d.warnings)
+
+
+@pytest.mark.parametrize("per_class,n_classes,compared", [
+    (9, 12, False),  # 108 images but a class of 9: the folds cannot hold 2 of each
+    (10, 9, False),  # 10 per class but 90 in all
+    (10, 10, True), (50, 2, True),
+    (10, 12, True),  # 120 images, 10 per class: min_per_class x classes = 120 needed
+])
+def test_the_minimum_sample_boundaries(per_class, n_classes, compared):
+    counts = {f"c{i}": per_class for i in range(n_classes)}
+    p = _small_probe(per_class * n_classes, counts, {"stage4": .95, "pool": .80})
+    d = decide(SizeInfo(per_class * n_classes, counts), p)
+    assert d.layers_compared is compared
+    assert d.layer == ("stage4" if compared else "pool")
+
+
+def test_the_needed_total_grows_with_the_classes_and_the_fix_names_the_sample_flag():
+    counts = {f"c{i}": 8 for i in range(15)}  # 120 images, 15 classes: 150 needed
+    p = _small_probe(120, counts, {"stage4": .95, "pool": .80})
+    d = decide(SizeInfo(120, counts), p)
+    assert "10 per class / 150 in all would be needed" in d.explanation
+    # the data set is big enough, only the sample (budget) was small: say so
+    d = decide(SizeInfo(5000, {f"c{i}": 333 for i in range(15)}), p)
+    assert "raise --sample / --budget (the data set has 5,000 images)" in d.warnings[0]
+    # the minimum is a threshold like the others
+    th = Thresholds(min_per_class=5, min_images=50)
+    assert decide(SizeInfo(120, counts), p, thresholds=th).layer == "stage4"
+    with pytest.raises(OptionError, match="min_images must be >= 1. Got 0 instead"):
+        Thresholds(min_images=0)
+
+
+def test_too_few_images_to_probe_are_refused_with_what_would_be_enough():
+    from cnncodes.advisor.rule import check_probe_size
+
+    with pytest.raises(OptionError, match=r"at least 2 images per class.*Got photos/: 3 images in "
+                                          r"3 classes, median 1 per class.*10 per class / 100 in "
+                                          r"all would be needed.*--layers pool"):
+        check_probe_size(SizeInfo(3, {"a": 1, "b": 1, "c": 1}), source="photos/")
+    check_probe_size(SizeInfo(4, {"a": 2, "b": 2}))  # 2 per class: probed, with the warning

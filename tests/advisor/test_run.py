@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from cnncodes import cli
+from cnncodes.advisor.rule import Thresholds, decide
 from cnncodes.advisor.run import advise, choose_layer
 from cnncodes.advisor.sample import select_sample
 from cnncodes.backbones.weights import packaged_file
@@ -49,14 +50,25 @@ def test_advise_end_to_end_random_resnet18(tree, tmp_path):
     assert adv.meta["sample_requested"] == 40 and adv.meta["budget_s"] is None
     assert list(adv.probe.layers) == ["layer1", "layer2", "layer3", "layer4", "pool"]
     assert adv.probe.layers["pool"].same_as == "layer4"  # avg of layer4 == the network's pool
-    # the layer is the rule's pick from the measured scores (restated independently)
-    assert adv.layer == expected_layer(adv.probe, adv.thresholds.margin)
+    # 40 images (13-14 per class) cannot carry a layer comparison (10 per class / 100 in all):
+    # the evidence is reported, no lead is claimed, the last layer is kept, a warning says so
+    assert adv.probe.class_counts == {"ant": 14, "bee": 13, "cow": 13}
+    assert not adv.decision.layers_compared and adv.layer == "pool"
+    assert adv.warnings[0].startswith("not enough images to compare layers: 10 per class / 100 "
+                                      "in all would be needed (the probe had 13 in its smallest "
+                                      "class, 40 in all)")
+    assert "beats" not in adv.explanation
+    # with the minimum lowered the layer is the rule's pick from the measured scores (restated
+    # independently)
+    low = decide(adv.size, adv.probe, thresholds=Thresholds(min_per_class=3, min_images=12))
+    assert low.layers_compared and low.layer == expected_layer(adv.probe, adv.thresholds.margin)
     assert adv.decision.comparison["best_last"] == "pool"  # layer4 ties pool: ties go deeper
     assert adv.size.n_images == 42 and adv.size.image_sizes["width"]["median"] == 48
     assert adv.head["available"] is False and "random weights" in adv.head["reason"]
     assert any("random weights" in w for w in adv.decision.warnings)
     js = json.loads((tmp_path / "rep" / "advice.json").read_text())
     assert js["layer"] == adv.layer and js["decision"]["quadrant"] == adv.decision.quadrant
+    assert js["layers_compared"] is False and js["warnings"] == adv.warnings
     assert js["similarity"]["probe"]["layers"]["layer2"]["dim"] == 128
     with Image.open(tmp_path / "rep" / "advice.png") as im:
         assert im.size[0] > 300
