@@ -28,6 +28,10 @@ class WeightsUnavailableError(CnnCodesError, RuntimeError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
+class DiskFullError(CnnCodesError, OSError):
+    """The disk filled up while writing; the message says what was kept and what to free."""
+
+
 class DecodeError(CnnCodesError):
     """An image file could not be decoded (recorded as a per-file failure, never fatal)."""
 
