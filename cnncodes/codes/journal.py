@@ -114,8 +114,6 @@ class Journal:
         if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
             return None
         if data.get("host") == socket.gethostname():
-            if data["pid"] == os.getpid() and self._lock_fd is None:
-                return None
             try:
                 os.kill(data["pid"], 0)
             except ProcessLookupError:
@@ -126,6 +124,8 @@ class Journal:
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)  # no holder any more
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
