@@ -3,8 +3,10 @@
 ``extract(source, output, ...)`` decodes images in DataLoader workers, runs the cut backbone under
 ``torch.inference_mode()`` (fp32 + channels_last on CPU; fp16/bf16 autocast + channels_last + pinned
 memory on CUDA), and hands each finished batch to a writer thread that commits it atomically to the
-store's journal (see :mod:`cnncodes.codes.journal` and :mod:`cnncodes.codes.store`). Rerunning the same call after an interruption extracts
-only what is missing; images added to the source are appended."""
+store's journal (see :mod:`cnncodes.codes.journal` and :mod:`cnncodes.codes.store`). Rerunning the
+same call after an interruption extracts only what is missing; a rerun also refreshes the store
+against the source's files (:mod:`cnncodes.codes.sync`): added files are appended, changed files
+extracted again in place, deleted files' rows dropped."""
 
 from __future__ import annotations
 

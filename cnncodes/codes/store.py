@@ -7,10 +7,20 @@ Layout of ``codes.h5``::
     /paths              utf-8 strings (N,), relative to attrs["root"] where possible
     /labels             int64 (N,), index into /classes, -1 = unlabelled
     /classes            utf-8 strings (C,)
+    /files/size, /files/mtime_ns   int64 (N,) the file's identity just before it was read
+                                   (-1: a row of a format-1 store, unverified)
+    /files/hash         utf-8 (N,) ``sha256:<hex>`` in the hash verify mode, else ''
+    /files/source       int64 (N,) index into the provenance's ``sources``
+    /files/missing      bool (N,)  file gone, row kept (``keep_missing``)
     /failures/paths     utf-8 strings (F,)   files that could not be decoded ...
     /failures/reasons   utf-8 strings (F,)   ... and why
+    /failures/{size,mtime_ns,hash,source}    ... and their identity (a changed file is retried)
     attrs               provenance (backbone, weights id + sha256, layers, pooling, preprocessing,
-                        dtype, versions, created/updated, command line, run history)
+                        dtype, root, sources, verify, versions, created/updated, command line,
+                        run history)
+
+Row order: old rows keep their order; a row whose file changed is replaced in place; rows of
+deleted files are removed; new files are appended in source order (see :func:`fold`).
 
 Crash safety. HDF5 files are not safe against ``kill -9`` while open for writing, so the HDF5 file
 is never written in place. Extraction appends each finished batch to a *journal*: a folder
@@ -19,8 +29,10 @@ place with an atomic ``os.replace``. At the end of a run (or on Ctrl-C) the jour
 a new HDF5 file is built from the previous file plus the parts, written to ``codes.h5.tmp`` and
 atomically renamed over ``codes.h5``; only then are the parts deleted. A kill at any moment leaves
 either complete parts or the previous complete file, and a rerun picks up from there (parts whose
-paths are already in the file, left by a kill between rename and cleanup, are skipped). The journal
-itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`.
+paths are already in the file, left by a kill between rename and cleanup, replace those rows with
+the same data). A full disk leaves the previous file and the parts (:func:`disk_full_message`).
+The journal itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`; reading
+a store is :mod:`cnncodes.codes.reader` (:class:`FeatureStore`, re-exported here).
 
 This module is the only door to an existing store: :func:`fold` (new rows) and
 :func:`update_provenance` (metadata such as the advisor's evidence) both rebuild it under a
