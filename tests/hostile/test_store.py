@@ -361,3 +361,15 @@ def test_disk_full_in_a_part_write_keeps_the_store_and_the_finished_parts(tmp_pa
     res = _extract(src, out)
     assert res.new == 6 and len(FeatureStore(out)) == 16 and not Journal(out).exists()
     _assert_matches_fresh(out, src, tmp_path)
+
+
+def test_a_file_that_changed_into_garbage_loses_its_row(tmp_path, capsys):
+    src = write_tree(tmp_path / "photos", per_class=2)
+    out = tmp_path / "c.h5"
+    _extract(src, out)
+    (src / "bee" / "img001.png").write_bytes(b"\x89PNG truncated")
+    rc, text, err = _cli(capsys, "extract", src, "-o", out, *CLI)
+    assert rc == 1 and "bee/img001.png" in text and "nothing was extracted" in err
+    st = FeatureStore(out)
+    assert "bee/img001.png" not in set(st.paths) and len(st) == 5
+    assert [p for p, _ in st.failures] == ["bee/img001.png"]
