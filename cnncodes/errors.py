@@ -32,6 +32,10 @@ class SourceError(CnnCodesError, ValueError):
     """An image source (folder or list file) cannot be read as given (the file and line are named)."""
 
 
+class DiskFullError(CnnCodesError, OSError):
+    """The disk filled up while writing; the message says what was kept and what to free."""
+
+
 class DecodeError(CnnCodesError):
     """An image file could not be decoded (recorded as a per-file failure, never fatal)."""
 

@@ -49,7 +49,17 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="discard an existing store made with other options")
     g.add_argument("--retry-failed", action="store_true",
-                   help="try again the files recorded as failures")
+                   help="try again the files recorded as failures (a failed file that changed "
+                        "since is always tried again)")
+    g.add_argument("--verify", choices=["stat", "hash"], default=None,
+                   help="how a rerun recognises a changed file: stat (size + mtime, default) or "
+                        "hash (SHA-256 of the bytes: reads every file each run; for file systems "
+                        "whose mtimes cannot be trusted). Default: the store's own mode")
+    g.add_argument("--add-source", action="store_true",
+                   help="add this source's images to a store made from another source")
+    g.add_argument("--keep-missing", action="store_true",
+                   help="keep (flagged) the rows of files gone from the source instead of "
+                        "dropping them")
     g.add_argument("--commit-every", type=float, default=600.0, metavar="SECONDS",
                    help="fold finished batches into the .h5 this often during a long run, so it "
                         "is readable (marked incomplete) while extraction goes on (default 600)")
@@ -88,7 +98,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract
     from ..outputs import check_output
-    from ..report.store_info import format_extract_result, format_interrupted
+    from ..report.store_info import (
+        format_extract_result,
+        format_interrupted,
+        format_nothing_extracted,
+    )
 
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
                  option="-o")
@@ -99,14 +113,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
             runtime=runtime_options(args), extra_provenance=advice, dtype=args.dtype,
             compression=args.compression, overwrite=args.overwrite,
             retry_failed=args.retry_failed, command=command_line(args.argv),
-            commit_every=args.commit_every)
+            commit_every=args.commit_every, verify=args.verify, add_source=args.add_source,
+            keep_missing=args.keep_missing)
     except KeyboardInterrupt as e:
         partial = e.args[0] if e.args and isinstance(e.args[0], ExtractResult) else None
         print(format_interrupted(partial), file=sys.stderr)
         return 130
     if env_info().is_main:  # under torchrun only rank 0 reports (failures: its own shard)
         print(format_extract_result(res))
-    return 0
+        if res.nothing_extracted:
+            print(format_nothing_extracted(res), file=sys.stderr)
+    return 1 if res.nothing_extracted else 0
 
 
 def add_info(sub: Any) -> argparse.ArgumentParser:

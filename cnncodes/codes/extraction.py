@@ -3,8 +3,10 @@
 ``extract(source, output, ...)`` decodes images in DataLoader workers, runs the cut backbone under
 ``torch.inference_mode()`` (fp32 + channels_last on CPU; fp16/bf16 autocast + channels_last + pinned
 memory on CUDA), and hands each finished batch to a writer thread that commits it atomically to the
-store's journal (see :mod:`cnncodes.codes.journal` and :mod:`cnncodes.codes.store`). Rerunning the same call after an interruption extracts
-only what is missing; images added to the source are appended."""
+store's journal (see :mod:`cnncodes.codes.journal` and :mod:`cnncodes.codes.store`). Rerunning the
+same call after an interruption extracts only what is missing; a rerun also refreshes the store
+against the source's files (:mod:`cnncodes.codes.sync`): added files are appended, changed files
+extracted again in place, deleted files' rows dropped."""
 
 from __future__ import annotations
 
@@ -40,14 +42,24 @@ from .._runtime import (
     progress_bar,
     resolve_device,
 )
-from ..errors import OptionError
+from ..errors import DiskFullError, OptionError, StoreMismatchError
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
 from ..sources.loader import Batch, ImageDataset, make_loader
 from .extractor import CodeExtractor
+from .identity import check_verify, describe_source, store_sources
 from .journal import Journal, Part
-from .store import CONFIG_FIELDS, FeatureStore, check_store_compatible, fold
+from .reader import check_is_store
+from .store import (
+    CONFIG_FIELDS,
+    FeatureStore,
+    check_store_compatible,
+    disk_full_message,
+    fold,
+    is_disk_full,
+)
+from .sync import Sync, plan_sync, resolve_sources, stored_paths
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,20 @@ class ExtractResult:
     images_per_s: float = 0.0
     layers: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    #: files new to the store, rows extracted again because their file changed, recorded failures
+    #: tried again, rows dropped (file gone), rows kept and flagged (``keep_missing``), rows
+    #: without a recorded identity (format-1 store: not checked)
+    added: int = 0
+    changed: int = 0
+    retried: int = 0
+    removed: int = 0
+    missing: int = 0
+    unverified: int = 0
+
+    @property
+    def nothing_extracted(self) -> bool:
+        """Files were to be extracted and every one of them failed."""
+        return not self.new and bool(self.failed) and not self.interrupted
 
 
 class _PartWriter:
@@ -127,6 +153,9 @@ def extract(
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
     commit_every: float | None = 600.0,
+    verify: str | None = None,
+    add_source: bool = False,
+    keep_missing: bool = False,
     **options: Any,
 ) -> ExtractResult:
     """Extract codes of every image in ``source`` into the HDF5 store ``output``.
@@ -146,10 +175,18 @@ def extract(
         commit_every: seconds between commit points during a long run, where the journal is
             folded into ``output`` so the store is readable (marked incomplete) while extraction
             goes on; None = only at the end. Single-process runs only.
+        verify: how a rerun recognises a changed file: ``stat`` (size + mtime_ns) or ``hash``
+            (size + SHA-256 of the bytes; reads every file on every run); default: the mode the
+            store was made with, else ``stat``.
+        add_source: allow a store made from another source to take this one's images too.
+        keep_missing: keep (flagged) the rows of files that are gone from the source, instead of
+            dropping them.
 
     Raises:
         StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
-            preprocessing/dtype (use ``overwrite=True`` or another file).
+            preprocessing/dtype (use ``overwrite=True`` or another file), is not a cnncodes
+            store, or was made from another source (``add_source=True`` adds this one).
+        DiskFullError: the disk filled up; the previous store and the finished batches are kept.
         OptionError: a bad option value (the message lists the valid ones).
     """
     t0 = time.perf_counter()
@@ -163,7 +200,16 @@ def extract(
     if out.exists() and out.is_dir():
         raise OptionError(f"output must be a file path such as {out / 'codes.h5'}. Got the "
                           f"folder {out} instead.")
+    check_verify(verify)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file():
+        try:
+            check_is_store(out)
+        except StoreMismatchError as e:
+            if not overwrite:
+                raise
+            raise StoreMismatchError(f"{e} --overwrite does not replace it either: delete it "
+                                     "yourself if it is yours.") from None
     src = open_source(source)
     dev = resolve_device(ropts.device)
     with process_group(dev.type) as di:
@@ -171,8 +217,7 @@ def extract(
         ext = CodeExtractor(bopts, runtime=ropts)
         prov = ext.provenance()
         prov.update({
-            "dtype": dtype, "root": os.fspath(src.root), "source_kind": src.kind,
-            "command": command or "python: cnncodes.extract(...)",
+            "dtype": dtype, "command": command or "python: cnncodes.extract(...)",
             "truncated_images": truncated_policy(), "max_pixels": int(ropts.max_pixels or 0),
         })
         if extra_provenance:
@@ -186,8 +231,14 @@ def extract(
         journal.lock(di.rank)
         try:
             job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
-                       retry_failed=retry_failed, commit_every=commit_every, t0=t0)
+                       retry_failed=retry_failed, commit_every=commit_every, t0=t0,
+                       verify=verify, keep_missing=keep_missing)
+            _attach_source(job, describe_source(source, src.root, src.kind), add_source)
             return _extract_locked(job)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(disk_full_message(out, journal, e)) from e
+            raise
         finally:
             journal.unlock()
             if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
@@ -224,10 +275,42 @@ class _Job:
     retry_failed: bool
     commit_every: float | None
     t0: float
+    verify: str | None = None
+    keep_missing: bool = False
+    #: each source file's path as the store records it (see :func:`stored_paths`)
+    stored: list[str] = field(default_factory=list)
+    #: this run's index in the store's sources; whether this run adds the source to the list
+    source: int = 0
+    new_source: bool = False
+    sync: Sync = field(default_factory=Sync)
 
     @property
     def config(self) -> dict[str, Any]:
         return {k: self.prov[k] for k in CONFIG_FIELDS}
+
+    def fold(self, *, complete: bool, **kw: Any) -> dict[str, int]:
+        """Fold the journal into the store with this run's drops, flags and the backbone's dims."""
+        return fold(self.out, self.journal, {**self.prov, "complete": complete},
+                    compression=self.compression, drop=self.sync.drop, flags=self.sync.flags,
+                    dims=self.ext.dims, **kw)
+
+
+def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
+    """Match this run's source with the store's (refusing another one unless ``add_source``),
+    and set the store root, the sources and the verify mode in the provenance."""
+    old: dict[str, Any] = {}
+    if job.out.is_file():
+        old = FeatureStore(job.out).provenance
+    elif job.journal.part_files():
+        old = job.journal.manifest() or {}
+    sources, job.source, job.new_source = resolve_sources(
+        store_sources(old), desc, job.out, add_source=add_source)
+    root = Path(sources[0]["root"])
+    job.stored = stored_paths(job.src.root, job.src.paths, root)
+    verify = job.verify or old.get("verify") or "stat"
+    job.verify = verify
+    job.prov.update({"root": root.as_posix(), "source_kind": sources[0]["kind"],
+                     "sources": sources, "verify": verify})
 
 
 @dataclass
@@ -248,7 +331,9 @@ def _extract_locked(job: _Job) -> ExtractResult:
     if di.is_main and journal.part_files():
         journal.verify(ext.layers)  # damaged parts of a killed run: set aside, redo their images
     barrier()
-    done, pending = _plan(job)
+    job.sync = all_gather_objects(_plan(job) if di.is_main else None)[0]
+    sync = job.sync
+    pending = sync.pending
     skipped = len(src) - len(pending)
     bs = job.runtime.batch_size
     mine = shard_batches(pending, bs, di.rank, di.world) if di.enabled else pending
@@ -259,25 +344,26 @@ def _extract_locked(job: _Job) -> ExtractResult:
                  ext.device, f", {di.world} ranks" if di.enabled else "")
     barrier()  # every rank has read the state before anyone writes
     if di.is_main:
-        journal.write_manifest(job.config)
+        journal.write_manifest({**job.config, "sources": job.prov["sources"],
+                                "verify": job.verify})
     workers = loader_workers(ext.device, job.runtime.num_workers, len(mine), bs)
     dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
                            decoder=job.runtime.decoder)
     run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
     if run.interrupted and di.enabled:
-        raise KeyboardInterrupt(ExtractResult(path=out, rows=len(done), new=run.new,
+        raise KeyboardInterrupt(ExtractResult(path=out, rows=sync.done, new=run.new,
                                               skipped=skipped, failed=run.failures,
                                               interrupted=True))
     stats = _gather_stats(run.new, len(run.failures), run.seconds)
     failures = [f for part in all_gather_objects(run.failures) for f in part]
     barrier()  # every rank's parts are committed
-    if di.is_main and (journal.part_files() or not out.is_file()):
+    if di.is_main and (journal.part_files() or not out.is_file() or sync.drop or sync.flags
+                       or job.new_source):
         record = _run_record(job, stats, workers, decoder_name(dataset, ext.device),
                              run.interrupted)
-        fold(out, journal, {**job.prov, "complete": not run.interrupted},
-             compression=job.compression, run_record=record)
+        job.fold(complete=not run.interrupted, run_record=record)
     barrier()  # the store is assembled
-    rows, layer_dims = len(done), run.layer_dims
+    rows, layer_dims = sync.done, run.layer_dims
     if out.is_file():
         st = FeatureStore(out)
         rows = len(st)
@@ -285,49 +371,62 @@ def _extract_locked(job: _Job) -> ExtractResult:
     if failures and di.is_main:
         log.warning("%d of %d images could not be read; they are listed in %s (cnncodes info)",
                     len(failures), len(pending), out)
+    if failures and not (int(stats["new"]) if di.enabled else run.new) and not run.interrupted:
+        log.error("nothing was extracted: every one of the %d files to do failed", len(failures))
     n_new = int(stats["new"]) if di.enabled else run.new  # the whole job's figures on every rank
     seconds = stats["seconds"] if di.enabled else run.seconds
     result = ExtractResult(path=out, rows=rows, new=n_new, skipped=skipped, failed=failures,
                            seconds=time.perf_counter() - job.t0,
                            images_per_s=n_new / seconds if seconds > 0 and n_new else 0.0,
-                           layers=layer_dims, interrupted=run.interrupted)
+                           layers=layer_dims, interrupted=run.interrupted, added=sync.added,
+                           changed=sync.changed, retried=sync.retried, removed=sync.removed,
+                           missing=sync.missing, unverified=sync.unverified)
     if run.interrupted:
         raise KeyboardInterrupt(result)
     return result
 
 
-def _plan(job: _Job) -> tuple[set[str], list[int]]:
-    """Paths already done (store + journal) and the source indices still to extract."""
-    done: set[str] = set()
-    failed_before: set[str] = set()
-    if job.out.is_file():
-        st = FeatureStore(job.out)
-        done.update(st.paths.tolist())
-        failed_before.update(p for p, _ in st.failures)
-    j_ok, j_failed = job.journal.done_paths()
-    done |= j_ok
-    failed_before |= j_failed
-    skip = done if job.retry_failed else done | failed_before
-    return done, [i for i, p in enumerate(job.src.paths) if p not in skip]
+def _plan(job: _Job) -> Sync:
+    """The store and journal compared with the source's files now (:func:`plan_sync`)."""
+    src = job.src
+    sync = plan_sync(
+        job.out, job.journal, stored=job.stored, abspaths=[src.abspath(i) for i in range(len(src))],
+        labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
+        source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
+        verify=job.verify or "stat", retry_failed=job.retry_failed,
+        keep_missing=job.keep_missing)
+    if sync.changed or sync.removed or sync.missing or sync.retried:
+        log.info("%s: %d files changed, %d gone (%s), %d failures to try again", job.out,
+                 sync.changed, sync.removed + sync.missing,
+                 "kept, flagged missing" if job.keep_missing else "rows dropped", sync.retried)
+    return sync
 
 
 def _part(job: _Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
           fails: list[tuple[str, str]]) -> Part:
-    src = job.src
+    src, ids = job.src, job.sync.ids
+    rows = [ids[i] for i in batch.indices]
+    bad = [ids[i] for i, _ in batch.failures]
     return Part(
-        seq=key, rank=job.di.rank,
-        paths=np.array([src.paths[i] for i in batch.indices], dtype=np.str_),
+        seq=key, rank=job.di.rank, source=job.source,
+        paths=np.array([job.stored[i] for i in batch.indices], dtype=np.str_),
         labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0 else ""
                          for i in batch.indices], dtype=np.str_),
         codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
         fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
-        fail_reasons=np.array([r for _, r in fails], dtype=np.str_))
+        fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
+        sizes=np.array([f.size for f in rows], np.int64),
+        mtimes=np.array([f.mtime_ns for f in rows], np.int64),
+        hashes=np.array([f.hash for f in rows], dtype=np.str_),
+        fail_sizes=np.array([f.size for f in bad], np.int64),
+        fail_mtimes=np.array([f.mtime_ns for f in bad], np.int64),
+        fail_hashes=np.array([f.hash for f in bad], dtype=np.str_))
 
 
 def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Progress:
     """Extract ``mine`` batch by batch into the journal (with commit points); Ctrl-C stops it
     cleanly with the finished batches kept."""
-    src, ext, di = job.src, job.ext, job.di
+    ext, di = job.ext, job.di
     run = _Progress()
     t_run = time.perf_counter()
     bar = progress_bar(len(mine), f"extract {ext.spec.name}"
@@ -343,7 +442,7 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
             key = mine[pos]  # source index of the batch's first item: parts fold in order
             pos += n_items
             run.layer_dims.update({k: int(v.shape[1]) for k, v in codes.items() if v.shape[0]})
-            fails = [(src.paths[i], r) for i, r in batch.failures]
+            fails = [(job.stored[i], r) for i, r in batch.failures]
             for p, r in fails:
                 log.warning("skipping %s: %s", p, r)
             run.failures.extend(fails)
@@ -354,8 +453,7 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
             if (job.commit_every is not None and not di.enabled and pos < len(mine)
                     and time.monotonic() - last_commit >= job.commit_every):
                 writer.flush()  # commit point: fold what is on disk, keep extracting
-                fold(job.out, job.journal, {**job.prov, "complete": False},
-                     compression=job.compression, keep_journal=True)
+                job.fold(complete=False, keep_journal=True)
                 last_commit = time.monotonic()
                 log.info("commit point: %d images folded into %s", run.new, job.out)
     except KeyboardInterrupt:
@@ -375,7 +473,10 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
     """The entry this run adds to the store's ``runs`` history."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": job.prov["command"],
               "device": str(job.ext.device), "precision": job.ext.precision,
-              "new": stats["new"], "failed": stats["failed"],
+              "new": stats["new"], "failed": stats["failed"], "added": job.sync.added,
+              "changed": job.sync.changed, "retried": job.sync.retried,
+              "removed": job.sync.removed, "missing": job.sync.missing,
+              "verify": job.verify,
               "seconds": round(stats["seconds"], 3),
               "images_per_s": round(stats["new"] / stats["seconds"], 2)
               if stats["seconds"] > 0 else 0.0,

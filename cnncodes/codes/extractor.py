@@ -12,7 +12,7 @@ import torch
 
 from .._runtime import resolve_device, resolve_precision, versions
 from ..backbones.cutting import FeatureExtractor
-from ..backbones.factory import create_backbone
+from ..backbones.factory import create_backbone, layer_dims
 from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, weights_sha256
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
@@ -88,6 +88,7 @@ class CodeExtractor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = channels_last
+        self._dims: dict[str, int] | None = None
         module, resolved = create_backbone(backbone, weights=weights, layers=layers,
                                            pooling=pooling)
         self.module: FeatureExtractor = module
@@ -100,6 +101,14 @@ class CodeExtractor:
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Each layer's code dimension at this input size (one dry forward pass, cached): what a
+        store's datasets are sized by even when no image decoded."""
+        if self._dims is None:
+            self._dims = layer_dims(self.module, self.preprocessing.crop, device=self.device)
+        return dict(self._dims)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

@@ -17,6 +17,8 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,18 @@ class Part:
     fail_paths: np.ndarray
     fail_reasons: np.ndarray
     rank: int = 0
+    #: index of the run's source in the store's ``sources`` (all rows of a part share it)
+    source: int = 0
+    #: per row and per failure: the file's size, mtime_ns, hash before it was read (-1/-1/"" in
+    #: parts written before cnncodes recorded them: unverified)
+    sizes: np.ndarray | None = None
+    mtimes: np.ndarray | None = None
+    hashes: np.ndarray | None = None
+    fail_sizes: np.ndarray | None = None
+    fail_mtimes: np.ndarray | None = None
+    fail_hashes: np.ndarray | None = None
+    #: the file it was read from (set by :meth:`Journal.read_parts`)
+    file: Path | None = None
 
 
 class Journal:
@@ -75,14 +89,43 @@ class Journal:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
+                holder = self.lock_holder()
+                who = f" by {describe_holder(holder)}" if holder else ""
                 raise RuntimeError(
-                    f"Another process is writing {self.store_path} (lock {self.dir / name} is "
-                    "held); wait for it to finish or stop it first.") from None
+                    f"Another process is writing {self.store_path}{who} (lock {self.dir / name} "
+                    "is held); wait for it to finish or stop it first.") from None
             raise
         self._lock_fd = fd
+        if rank == 0:  # who holds it, for `cnncodes info` and a refused second writer
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                          .encode(), 0)
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """The process recorded in the writer lock if it is still running (same host: checked
+        with ``kill(pid, 0)``; another host: assumed running), else None. Never takes the lock,
+        so asking cannot get in a writer's way."""
+        try:
+            data = json.loads((self.dir / "lock").read_text() or "null")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+            return None
+        if data.get("host") == socket.gethostname():
+            try:
+                os.kill(data["pid"], 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass  # alive, another user's
+        return data
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)  # no holder any more
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
@@ -110,6 +153,15 @@ class Journal:
         }
         for k, v in part.codes.items():
             arrays[f"codes__{k}"] = v
+        n, nf = len(part.paths), len(part.fail_paths)
+        arrays["source"] = np.asarray(part.source, np.int64)
+        for key, v, size, dt in (("sizes", part.sizes, n, np.int64),
+                                 ("mtimes", part.mtimes, n, np.int64),
+                                 ("hashes", part.hashes, n, np.str_),
+                                 ("fail_sizes", part.fail_sizes, nf, np.int64),
+                                 ("fail_mtimes", part.fail_mtimes, nf, np.int64),
+                                 ("fail_hashes", part.fail_hashes, nf, np.str_)):
+            arrays[key] = np.asarray(v if v is not None else _unknown(size, dt), dtype=dt)
         final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
         with atomic_path(final, tmp=final.with_suffix(".npz.tmp")) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -186,8 +238,17 @@ def _load_part(path: Path, *, codes: bool, layers: Sequence[str] | None) -> Part
         else:  # the shapes from the .npy headers, without reading the data
             arrays = shapes = {k[len("codes__"):]: _npz_member_shape(z, k) for k in names}
         part = Part(int(z["seq"]), z["paths"], z["labels"], arrays, z["fail_paths"],
-                    z["fail_reasons"])
-    n = len(part.paths)
+                    z["fail_reasons"], file=path)
+        n, nf = len(part.paths), len(part.fail_paths)
+        has = set(z.files)
+        part.source = int(z["source"]) if "source" in has else 0
+        for key, size, dt in (("sizes", n, np.int64), ("mtimes", n, np.int64),
+                              ("hashes", n, np.str_), ("fail_sizes", nf, np.int64),
+                              ("fail_mtimes", nf, np.int64), ("fail_hashes", nf, np.str_)):
+            v = z[key] if key in has else _unknown(size, dt)
+            if len(v) != size:
+                raise ValueError(f"{key} has {len(v)} entries for {size} files")
+            setattr(part, key, v)
     if len(part.labels) != n or len(part.fail_paths) != len(part.fail_reasons):
         raise ValueError("paths/labels or failure lists of different lengths")
     for k, shape in shapes.items():
@@ -197,6 +258,17 @@ def _load_part(path: Path, *, codes: bool, layers: Sequence[str] | None) -> Part
     if missing:
         raise ValueError(f"no codes for layer(s) {', '.join(missing)}")
     return part
+
+
+def _unknown(n: int, dtype: Any) -> np.ndarray:
+    """Identity values of files whose identity was not recorded (-1, or '' for hashes)."""
+    return np.full(n, "", np.str_) if dtype is np.str_ else np.full(n, -1, np.int64)
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """``process 1234 on host (since ...)``."""
+    return (f"process {holder.get('pid')} on {holder.get('host')} (since "
+            f"{holder.get('since')})")
 
 
 def _npz_member_shape(z: Any, key: str) -> tuple[int, ...]:

@@ -7,10 +7,20 @@ Layout of ``codes.h5``::
     /paths              utf-8 strings (N,), relative to attrs["root"] where possible
     /labels             int64 (N,), index into /classes, -1 = unlabelled
     /classes            utf-8 strings (C,)
+    /files/size, /files/mtime_ns   int64 (N,) the file's identity just before it was read
+                                   (-1: a row of a format-1 store, unverified)
+    /files/hash         utf-8 (N,) ``sha256:<hex>`` in the hash verify mode, else ''
+    /files/source       int64 (N,) index into the provenance's ``sources``
+    /files/missing      bool (N,)  file gone, row kept (``keep_missing``)
     /failures/paths     utf-8 strings (F,)   files that could not be decoded ...
     /failures/reasons   utf-8 strings (F,)   ... and why
+    /failures/{size,mtime_ns,hash,source}    ... and their identity (a changed file is retried)
     attrs               provenance (backbone, weights id + sha256, layers, pooling, preprocessing,
-                        dtype, versions, created/updated, command line, run history)
+                        dtype, root, sources, verify, versions, created/updated, command line,
+                        run history)
+
+Row order: old rows keep their order; a row whose file changed is replaced in place; rows of
+deleted files are removed; new files are appended in source order (see :func:`fold`).
 
 Crash safety. HDF5 files are not safe against ``kill -9`` while open for writing, so the HDF5 file
 is never written in place. Extraction appends each finished batch to a *journal*: a folder
@@ -19,8 +29,10 @@ place with an atomic ``os.replace``. At the end of a run (or on Ctrl-C) the jour
 a new HDF5 file is built from the previous file plus the parts, written to ``codes.h5.tmp`` and
 atomically renamed over ``codes.h5``; only then are the parts deleted. A kill at any moment leaves
 either complete parts or the previous complete file, and a rerun picks up from there (parts whose
-paths are already in the file, left by a kill between rename and cleanup, are skipped). The journal
-itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`.
+paths are already in the file, left by a kill between rename and cleanup, replace those rows with
+the same data). A full disk leaves the previous file and the parts (:func:`disk_full_message`).
+The journal itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`; reading
+a store is :mod:`cnncodes.codes.reader` (:class:`FeatureStore`, re-exported here).
 
 This module is the only door to an existing store: :func:`fold` (new rows) and
 :func:`update_provenance` (metadata such as the advisor's evidence) both rebuild it under a
@@ -31,11 +43,12 @@ unfinished journal) against the settings a caller wants.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,16 +57,16 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path, fsync_dir
-from ..errors import OptionError, StoreMismatchError
+from ..errors import StoreMismatchError
 from .journal import Journal
+from .reader import (
+    FORMAT_VERSION,
+    STR,
+    FeatureStore,
+    _attrs_to_dict,
+)
 
 log = logging.getLogger(__name__)
-
-
-FORMAT_VERSION = 1
-
-
-STR = h5py.string_dtype("utf-8")
 
 
 #: Provenance fields that must agree for codes to be appended to or resumed in the same file.
@@ -86,163 +99,6 @@ def canonical(v: Any) -> Any:
 def _short(v: Any) -> str:
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) < 120 else s[:117] + "..."
-
-
-def _attrs_to_dict(attrs: h5py.AttributeManager) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in attrs.items():
-        if isinstance(v, bytes):
-            v = v.decode()
-        if isinstance(v, str) and k.endswith("_json"):
-            out[k[:-5]] = json.loads(v)
-        elif isinstance(v, np.generic):
-            out[k] = v.item()
-        else:
-            out[k] = v
-    return out
-
-
-class FeatureStore:
-    """Read access to a ``codes.h5`` file.
-
-    >>> store = FeatureStore("codes.h5")
-    >>> X, y = store.load(layer="pool")        # numpy float32 (N, D), int64 (N,)
-    >>> store.paths[:3], store.classes, store.failures
-
-    The file is opened per call, so a store object holds no file handle.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.is_file():
-            journal = Journal(self.path)
-            hint = (f" An unfinished extraction left {journal.n_parts()} part files in "
-                    f"{journal.dir}; rerun the same `cnncodes extract` command to finish it."
-                    if journal.exists() and journal.n_parts() else "")
-            raise FileNotFoundError(f"No code store at {self.path}.{hint}")
-        try:
-            with self._open() as f:
-                version = int(f.attrs.get("format_version", -1))
-        except OSError as e:
-            raise StoreMismatchError(f"{self.path} must be a readable HDF5 file. Got an error "
-                                     f"instead ({e}); extract it again.") from e
-        if version != FORMAT_VERSION:
-            raise StoreMismatchError(
-                f"{self.path} must be a cnncodes store of format {FORMAT_VERSION}. Got "
-                f"format_version={version} instead; re-extract it with this version.")
-
-    def _open(self) -> h5py.File:
-        return h5py.File(self.path, "r")
-
-    def __len__(self) -> int:
-        with self._open() as f:
-            return int(f["paths"].shape[0])
-
-    def __repr__(self) -> str:
-        return f"FeatureStore({os.fspath(self.path)!r})"
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        with self._open() as f:
-            return _attrs_to_dict(f.attrs)
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.provenance["layers"])
-
-    @property
-    def dims(self) -> dict[str, int]:
-        with self._open() as f:
-            return {k: int(f["codes"][k].shape[1]) for k in self.layers}
-
-    @property
-    def classes(self) -> list[str]:
-        with self._open() as f:
-            return list(f["classes"].asstr()[()])
-
-    @property
-    def paths(self) -> np.ndarray:
-        with self._open() as f:
-            return np.asarray(f["paths"].asstr()[()], dtype=object)
-
-    @property
-    def root(self) -> Path:
-        return Path(self.provenance.get("root", "."))
-
-    def abspaths(self) -> list[Path]:
-        root = self.root
-        return [Path(p) if os.path.isabs(p) else root / p for p in self.paths]
-
-    @property
-    def labels(self) -> np.ndarray:
-        with self._open() as f:
-            return f["labels"][()].astype(np.int64)
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        with self._open() as f:
-            g = f["failures"]
-            return list(zip(g["paths"].asstr()[()], g["reasons"].asstr()[()], strict=True))
-
-    def _layer(self, layer: str | None) -> str:
-        layers = self.layers
-        if layer is None:
-            return layers[0] if len(layers) == 1 else self.provenance.get("default_layer",
-                                                                          layers[-1])
-        if layer not in layers:
-            raise OptionError(f"layer must be one of the layers in {self.path} "
-                              f"({', '.join(layers)}). Got {layer!r} instead; extract it with "
-                              f"--layers {layer}.")
-        return layer
-
-    def load(self, layer: str | None = None, *, rows: np.ndarray | slice | None = None,
-             dtype: Any = np.float32, as_torch: bool = False,
-             device: str | None = None) -> tuple[Any, Any]:
-        """Codes ``X`` (N, D) and labels ``y`` (N,) of one layer.
-
-        Args:
-            layer: layer name; default the only layer, else the backbone's default layer.
-            rows: optional row selection (sorted index array or slice).
-            dtype: numpy dtype of ``X`` (float32 default, whatever the storage dtype).
-            as_torch: return torch tensors (on ``device``) instead of numpy arrays.
-        """
-        name = self._layer(layer)
-        with self._open() as f:
-            ds = f["codes"][name]
-            if rows is None:
-                X = ds[()]
-                y = f["labels"][()]
-            else:
-                X = ds[rows]
-                y = f["labels"][rows]
-        X = np.asarray(X, dtype=dtype)
-        y = np.asarray(y, dtype=np.int64)
-        if as_torch:
-            import torch
-            return torch.from_numpy(X).to(device or "cpu"), torch.from_numpy(y).to(device or "cpu")
-        return X, y
-
-    def info(self) -> dict[str, Any]:
-        """Summary for ``cnncodes info``: counts, classes, layers, dims, provenance, failures."""
-        prov = self.provenance
-        labels = self.labels
-        classes = self.classes
-        counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
-        with self._open() as f:
-            layers = {}
-            for name in prov["layers"]:
-                ds = f["codes"][name]
-                layers[name] = {"dim": int(ds.shape[1]), "dtype": str(ds.dtype),
-                                **_attrs_to_dict(ds.attrs)}
-        journal = Journal(self.path)
-        return {
-            "path": os.fspath(self.path), "images": int(labels.shape[0]),
-            "unlabelled": int((labels < 0).sum()), "classes": counts, "layers": layers,
-            "failures": [{"path": p, "reason": r} for p, r in self.failures],
-            "pending_parts": journal.n_parts() if journal.exists() else 0,
-            "provenance": prov,
-        }
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,41 +171,65 @@ class _DamagedPart(Exception):
     """A part became unreadable between the fold's two passes (it is quarantined; fold again)."""
 
 
+#: Identity columns of ``/files`` (per row) and ``/failures`` (per failure).
+_ID_COLUMNS = (("size", np.int64), ("mtime_ns", np.int64), ("hash", STR), ("source", np.int64))
+
+
 @dataclass
 class _Plan:
-    """What the fold's first pass found: the new file's size, classes, dims and failures."""
+    """What the fold's first pass found: which old rows stay (in order), the new paths (appended
+    in commit order), classes, dims and failures."""
 
     old: FeatureStore | None
-    old_paths: list[str]
+    keep: np.ndarray                 # old row indices that stay, in order
+    new_paths: list[str]
+    row_of: dict[str, int]           # path -> row of the new file
     classes: list[str]
     dims: dict[str, int]
-    fail: dict[str, str]
-    new_rows: int
+    fail: dict[str, tuple[str, int, int, str, int]]  # path -> reason, size, mtime, hash, source
+    replaced: int
+    drop: set[str]
 
     @property
     def total(self) -> int:
-        return len(self.old_paths) + self.new_rows
+        return len(self.keep) + len(self.new_paths)
 
 
 def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
          *, compression: str | None = None, run_record: Mapping[str, Any] | None = None,
-         copy_block: int = 4096, keep_journal: bool = False) -> dict[str, int]:
+         copy_block: int = 4096, keep_journal: bool = False, drop: Collection[str] = (),
+         flags: Mapping[str, bool] | None = None,
+         dims: Mapping[str, int] | None = None) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
+
+    Row order: the old rows keep their order (a row whose file changed is replaced *in place*
+    by the journal's newer row), rows of ``drop`` paths are removed, and paths new to the store
+    are appended in commit (source) order. A journal row for a path the file already holds (a
+    changed file, or a part left by a kill between rename and cleanup) replaces that row; a path
+    the journal lists as failed loses its old row (the file changed and no longer decodes).
+    A path that has a row is never also listed as a failure (a retried file that now decoded).
 
     ``keep_journal=True`` (a commit point in the middle of a run, with a writer still adding parts)
     removes only the parts that were folded, leaving the lock, manifest and newer parts alone.
-    A path that has a row is never also listed as a failure (a retried file that now decoded).
     A damaged part is quarantined (:meth:`Journal.quarantine`) and left out: its images are not in
     the new store, so the next run extracts them again.
 
-    Returns counts: ``rows`` (total), ``new`` (rows added), ``failures`` (total).
+    Args:
+        drop: paths whose rows and failures are removed (files deleted from the source).
+        flags: path -> missing flag to set on its row (``keep_missing``: file gone, row kept).
+        dims: each layer's code dimension (from the backbone), used when neither the old file nor
+            the journal has a row (a first run in which every file failed): never a 0-d layer.
+
+    Returns counts: ``rows`` (total), ``new`` (rows added), ``replaced`` (rows rewritten in place),
+    ``dropped`` (rows removed), ``failures`` (total).
     """
     store_path = Path(store_path)
     files = journal.part_files()
     for _attempt in range(3):
         try:
             counts = _build(store_path, journal, files, provenance, compression=compression,
-                            run_record=run_record, copy_block=copy_block)
+                            run_record=run_record, copy_block=copy_block, drop=set(drop),
+                            flags=dict(flags or {}), dims=dict(dims or {}))
             break
         except _DamagedPart:  # the temporary file is gone; fold the intact parts again
             files = [p for p in files if p.exists()]
@@ -366,37 +246,62 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     return counts
 
 
-def _scan(store_path: Path, journal: Journal, files: Sequence[Path],
-          layers: Sequence[str]) -> _Plan:
-    """Pass 1, without reading codes: counts, class names, dims and failures."""
+def _scan(store_path: Path, journal: Journal, files: Sequence[Path], layers: Sequence[str],
+          drop: set[str], dims_hint: Mapping[str, int]) -> _Plan:
+    """Pass 1, without reading codes: rows kept, new paths, class names, dims and failures."""
     old = FeatureStore(store_path) if store_path.is_file() else None
     old_paths = list(old.paths) if old is not None else []
-    names: set[str] = set(old.classes if old is not None else [])
-    dims: dict[str, int] = old.dims if old is not None else {}
-    fail: dict[str, str] = dict(old.failures) if old is not None else {}
-    new_rows = 0
-    seen = set(old_paths)
+    dims: dict[str, int] = {k: d for k, d in (old.dims if old is not None else {}).items() if d}
+    fail: dict[str, tuple[str, int, int, str, int]] = {}
+    if old is not None:
+        ft = old.failure_table()
+        fail = {p: (r, int(a), int(b), str(c), int(s)) for p, r, a, b, c, s in zip(
+            ft["paths"], ft["reasons"], ft["size"], ft["mtime_ns"], ft["hash"], ft["source"],
+            strict=True)}
+    part_rows: dict[str, str] = {}   # path -> label, last part wins
+    part_fail: set[str] = set()
     for part in journal.read_parts(files, codes=False, layers=layers):
-        fresh = [p for p in part.paths.tolist() if p not in seen]
-        new_rows += len(fresh)
-        seen.update(fresh)
-        names.update(x for x in part.labels.tolist() if x)
+        for p, lab in zip(part.paths.tolist(), part.labels.tolist(), strict=True):
+            part_rows[p] = lab
         for k, shape in part.codes.items():
-            if shape[0]:
-                dims.setdefault(k, int(shape[1]))
-        fail.update(zip(part.fail_paths.tolist(), part.fail_reasons.tolist(), strict=True))
+            if shape[0] and not dims.get(k):
+                dims[k] = int(shape[1])
+        for p, r, a, b, c in zip(part.fail_paths.tolist(), part.fail_reasons.tolist(),
+                                 part.fail_sizes.tolist(), part.fail_mtimes.tolist(),
+                                 part.fail_hashes.tolist(), strict=True):
+            fail[p] = (r, int(a), int(b), str(c), part.source)
+            part_fail.add(p)
+    part_fail -= set(part_rows)
+    keep = np.array([i for i, p in enumerate(old_paths)
+                     if p not in drop and p not in part_fail], np.int64)
+    row_of = {old_paths[i]: r for r, i in enumerate(keep.tolist())}
+    new_paths = [p for p in part_rows if p not in row_of and p not in drop]
+    row_of.update({p: len(keep) + j for j, p in enumerate(new_paths)})
+    names = {lab for p, lab in part_rows.items() if lab and p not in drop}
+    if old is not None and len(keep):
+        old_cls, old_lab = old.classes, old.labels[keep]
+        stays = np.array([old_paths[i] not in part_rows for i in keep.tolist()], bool)
+        names.update(old_cls[i] for i in np.unique(old_lab[stays]).tolist() if i >= 0)
     for layer in layers:
-        dims.setdefault(layer, 0)
-    return _Plan(old, old_paths, sorted(names), dims, fail, new_rows)
+        if not dims.get(layer):
+            dims[layer] = int(dims_hint.get(layer) or 0)
+        if dims[layer] <= 0:
+            raise RuntimeError(f"The code dimension of layer {layer} of {store_path} is unknown "
+                               "(no rows and no backbone dimension); this is a bug in cnncodes.")
+    for p in drop:
+        fail.pop(p, None)
+    replaced = sum(1 for p in part_rows if p in row_of and row_of[p] < len(keep))
+    return _Plan(old, keep, new_paths, row_of, sorted(names), dims, fail, replaced, drop)
 
 
 def _build(store_path: Path, journal: Journal, files: Sequence[Path],
            provenance: Mapping[str, Any], *, compression: str | None,
-           run_record: Mapping[str, Any] | None, copy_block: int) -> dict[str, int]:
+           run_record: Mapping[str, Any] | None, copy_block: int, drop: set[str],
+           flags: dict[str, bool], dims: dict[str, int]) -> dict[str, int]:
     """One fold attempt: pass 1 (:func:`_scan`), then the new file under a temporary name."""
     layers = list(provenance["layers"])
     dtype = np.dtype(provenance.get("dtype", "float32"))
-    plan = _scan(store_path, journal, files, layers)
+    plan = _scan(store_path, journal, files, layers, drop, dims)
     files = [p for p in files if p.exists()]  # without the parts pass 1 set aside
     n_bad = len(journal.bad_parts)
     cls_index = {c: i for i, c in enumerate(plan.classes)}
@@ -406,18 +311,18 @@ def _build(store_path: Path, journal: Journal, files: Sequence[Path],
                          provenance.get("layer_info") or {})
         if plan.old is not None:
             _copy_old_rows(f, plan, cls_index, layers, copy_block)
-        seen = _append_parts(f, journal, files, plan, cls_index, layers, dtype)
+        seen = _write_parts(f, journal, files, plan, cls_index, layers, dtype)
         if len(journal.bad_parts) != n_bad:
             raise _DamagedPart
-        fg = f.create_group("failures")
+        _set_flags(f, plan, flags)
         fp = sorted(p for p in plan.fail if p not in seen)
-        fg.create_dataset("paths", data=np.array(fp, dtype=object), dtype=STR)
-        fg.create_dataset("reasons", data=np.array([plan.fail[p] for p in fp], dtype=object),
-                          dtype=STR)
+        _write_failures(f, fp, plan.fail)
         old_prov = plan.old.provenance if plan.old is not None else {}
         _write_attrs(f.attrs, _new_provenance(provenance, old_prov, run_record))
         f.flush()
-    return {"rows": plan.total, "new": plan.new_rows, "failures": len(fp)}
+    n_old = len(plan.old.paths) if plan.old is not None else 0
+    return {"rows": plan.total, "new": len(plan.new_paths), "replaced": plan.replaced,
+            "dropped": n_old - len(plan.keep), "failures": len(fp)}
 
 
 def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np.dtype,
@@ -428,55 +333,126 @@ def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np
         d = plan.dims[layer]
         chunk_rows = max(1, min(max(total, 1), (1 << 20) // max(d * dtype.itemsize, 1)))
         ds = g.create_dataset(
-            layer, shape=(total, d), maxshape=(None, d), dtype=dtype,
-            chunks=(chunk_rows, max(d, 1)) if d else None,
+            layer, shape=(total, d), maxshape=(None, d), dtype=dtype, chunks=(chunk_rows, d),
             compression=compression if compression not in (None, "none") else None)
         for k, v in (layer_info.get(layer) or {}).items():
             ds.attrs[k] = v
     f.create_dataset("paths", shape=(total,), maxshape=(None,), dtype=STR)
     f.create_dataset("labels", shape=(total,), maxshape=(None,), dtype=np.int64)
     f.create_dataset("classes", data=np.array(plan.classes, dtype=object), dtype=STR)
+    files = f.create_group("files")
+    for key, dt in _ID_COLUMNS:
+        files.create_dataset(key, shape=(total,), maxshape=(None,), dtype=dt)
+    files.create_dataset("missing", shape=(total,), maxshape=(None,), dtype=bool)
 
 
 def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
                    layers: Sequence[str], copy_block: int) -> None:
-    """Copy the old rows block by block, remapping labels to the new class list."""
+    """Copy the kept old rows block by block (in order), remapping labels to the new classes."""
     assert plan.old is not None
-    n_old = len(plan.old_paths)
-    remap = np.array([cls_index[c] for c in plan.old.classes] + [-1], np.int64)
+    n_old = len(plan.old.paths)
+    keep = np.zeros(n_old, bool)
+    keep[plan.keep] = True
+    remap = np.array([cls_index.get(c, -1) for c in plan.old.classes] + [-1], np.int64)
+    table = plan.old.file_table()
     with plan.old._open() as src:
+        dst = 0
         for s in range(0, n_old, copy_block):
             e = min(n_old, s + copy_block)
+            m = keep[s:e]
+            n = int(m.sum())
+            if not n:
+                continue
             for layer in layers:
-                f["codes"][layer][s:e] = src["codes"][layer][s:e]
-            f["paths"][s:e] = src["paths"][s:e]
-            f["labels"][s:e] = remap[src["labels"][s:e]]  # -1 indexes the trailing -1
+                f["codes"][layer][dst:dst + n] = src["codes"][layer][s:e][m]
+            f["paths"][dst:dst + n] = src["paths"][s:e][m]
+            f["labels"][dst:dst + n] = remap[src["labels"][s:e][m]]  # -1: the trailing -1
+            for key, _ in _ID_COLUMNS:
+                vals = table[key][s:e][m]
+                f["files"][key][dst:dst + n] = vals.astype(object) if key == "hash" else vals
+            f["files"]["missing"][dst:dst + n] = table["missing"][s:e][m]
+            dst += n
 
 
-def _append_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _Plan,
-                  cls_index: Mapping[str, int], layers: Sequence[str],
-                  dtype: np.dtype) -> set[str]:
-    """Pass 2: the journal's rows in commit order after the old ones; returns every row's path."""
-    row = len(plan.old_paths)
-    seen = set(plan.old_paths)
+def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _Plan,
+                 cls_index: Mapping[str, int], layers: Sequence[str],
+                 dtype: np.dtype) -> set[str]:
+    """Pass 2: each journal row into its row (appended, or in place of the old one); returns
+    every row's path."""
+    seen = {str(p) for p in (plan.old.paths[plan.keep] if plan.old is not None else [])}
+    written_new: set[int] = set()
+    n_keep = len(plan.keep)
     for part in journal.read_parts(files, layers=layers):
-        keep = np.array([p not in seen for p in part.paths.tolist()], bool)
-        if not keep.any():
+        paths = part.paths.tolist()
+        if not paths:
             continue
-        n = int(keep.sum())
-        if row + n > plan.total:  # a part changed since pass 1
+        if any(p not in plan.row_of and p not in plan.drop for p in paths):
+            raise _DamagedPart  # a path pass 1 did not see: the part changed since
+        sel = [j for j, p in enumerate(paths) if p in plan.row_of]
+        if not sel:
+            continue
+        rows = np.array([plan.row_of[paths[j]] for j in sel], np.int64)
+        order = np.argsort(rows, kind="stable")
+        rows, sel_a = rows[order], np.asarray(sel, np.int64)[order]
+        if len(np.unique(rows)) != len(rows):
             raise _DamagedPart
+        idx: Any = slice(int(rows[0]), int(rows[-1]) + 1) \
+            if rows[-1] - rows[0] + 1 == len(rows) else rows
         for layer in layers:
-            f["codes"][layer][row:row + n] = part.codes[layer][keep].astype(dtype, copy=False)
-        kept_paths = part.paths[keep].tolist()
-        f["paths"][row:row + n] = np.array(kept_paths, dtype=object)
-        f["labels"][row:row + n] = np.array(
-            [cls_index[x] if x else -1 for x in part.labels[keep].tolist()], np.int64)
-        seen.update(kept_paths)
-        row += n
-    if row != plan.total:
+            f["codes"][layer][idx] = part.codes[layer][sel_a].astype(dtype, copy=False)
+        f["paths"][idx] = np.array([paths[j] for j in sel_a], dtype=object)
+        f["labels"][idx] = np.array([cls_index[x] if x else -1
+                                     for x in part.labels[sel_a].tolist()], np.int64)
+        g = f["files"]
+        g["size"][idx] = part.sizes[sel_a]
+        g["mtime_ns"][idx] = part.mtimes[sel_a]
+        g["hash"][idx] = np.array(part.hashes[sel_a].tolist(), dtype=object)
+        g["source"][idx] = np.full(len(sel_a), part.source, np.int64)
+        g["missing"][idx] = np.zeros(len(sel_a), bool)
+        seen.update(paths[j] for j in sel_a)
+        written_new.update(int(r) for r in rows if r >= n_keep)
+    if len(written_new) != len(plan.new_paths):
         raise _DamagedPart
     return seen
+
+
+def _set_flags(f: h5py.File, plan: _Plan, flags: Mapping[str, bool]) -> None:
+    """Set the ``missing`` flag of the rows named in ``flags``."""
+    rows = sorted((plan.row_of[p], v) for p, v in flags.items() if p in plan.row_of)
+    ds = f["files"]["missing"]
+    for r, v in rows:
+        ds[r] = bool(v)
+
+
+def _write_failures(f: h5py.File, paths: Sequence[str],
+                    fail: Mapping[str, tuple[str, int, int, str, int]]) -> None:
+    fg = f.create_group("failures")
+    fg.create_dataset("paths", data=np.array(list(paths), dtype=object), dtype=STR)
+    for i, (key, dt) in enumerate((("reasons", STR), *_ID_COLUMNS)):
+        vals = [fail[p][i] for p in paths]
+        fg.create_dataset(key, data=np.array(vals, dtype=object if dt is STR else dt), dtype=dt)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error means the disk (or the user's quota) is full; HDF5 reports it in its
+    message rather than in ``errno``."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "errno = 28" in text or "Disk quota" in text
+
+
+def disk_full_message(store_path: Path, journal: Journal, e: BaseException) -> str:
+    """What a full disk did and did not do, and how to go on."""
+    where = getattr(e, "filename", None) or store_path
+    kept = (f"the {journal.n_parts()} batches already extracted are kept in {journal.dir}"
+            if journal.n_parts() else "no finished batch was lost")
+    size = store_path.stat().st_size if store_path.is_file() else 0
+    need = (f" (finishing needs room for a new copy of the store: about {size / 2**20:.0f} MiB "
+            "plus the new rows)" if size else "")
+    return (f"The disk holding {store_path.parent} is full (no space left while writing "
+            f"{where}). Nothing is lost: {store_path} is as it was before this run and {kept}. "
+            f"Free some space{need}, then run the same command again to continue.")
 
 
 def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],

@@ -39,16 +39,35 @@ def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int =
 
 
 def format_extract_result(res: Any) -> str:
-    """What ``cnncodes extract`` did: rows, new and skipped images, layers, speed, failures."""
+    """What ``cnncodes extract`` did: rows, extracted (added, changed, retried), removed,
+    unchanged, layers, speed, failures."""
     dims = ", ".join(f"{k} ({d}-d)" for k, d in res.layers.items())
-    lines = [f"{res.path}: {res.rows} images; {res.new} extracted now, {res.skipped} already "
-             f"done; layers {dims}"]
+    n = {k: getattr(res, k, 0) for k in ("added", "changed", "retried", "removed", "missing",
+                                         "unverified")}
+    why = ", ".join(f"{n[k]} {w}" for k, w in (("added", "new files"), ("changed", "changed"),
+                                               ("retried", "failures retried")) if n[k])
+    gone = f", {n['removed']} removed (file gone)" if n["removed"] else ""
+    if n["missing"]:
+        gone += f", {n['missing']} kept but flagged missing (file gone)"
+    lines = [f"{res.path}: {res.rows} images; {res.new} extracted now"
+             f"{f' (of {why})' if why else ''}{gone}, {res.skipped} unchanged; layers {dims}"]
+    if n["unverified"]:
+        lines.append(f"note: {n['unverified']} rows were made before cnncodes recorded file "
+                     "identity and are not checked against their files (--overwrite re-extracts "
+                     "them)")
     if res.new:
         lines.append(f"throughput: {res.images_per_s:.1f} img/s ({res.seconds:.1f} s in all)")
     if res.failed:
         lines.append(format_failures(res.failed, f"recorded in the store; `cnncodes info "
                                                  f"{res.path}` lists them"))
     return "\n".join(lines)
+
+
+def format_nothing_extracted(res: Any) -> str:
+    """The error of a run in which every file to extract failed (exit status 1)."""
+    return (f"error: nothing was extracted: all {len(res.failed)} files to do failed (reasons "
+            f"above). Fix or remove them, then run the command again; {res.path} keeps them as "
+            "recorded failures, and a failed file that changes is tried again.")
 
 
 def format_interrupted(res: Any) -> str:
@@ -65,6 +84,17 @@ def format_auto_layer(layer: str, evidence: Mapping[str, Any]) -> str:
 def format_advice(advice: Any, width: int = 200) -> str:
     """Recorded advice (the advisor's evidence kept in a store), cut to ``width`` characters."""
     return json.dumps(advice)[:width]
+
+
+def _verified(info: Mapping[str, Any]) -> str:
+    n = info.get("unverified_rows", 0)
+    if info.get("verify") is None:
+        return ("no: a store of format 1 has no file identity; its rows are not checked against "
+                "the files (--overwrite re-extracts them and records it)")
+    mode = "size + mtime" if info["verify"] == "stat" else "size + SHA-256 of the bytes"
+    extra = (f"; {n} rows made before identity was recorded are not checked (--overwrite "
+             "re-extracts them)" if n else "")
+    return f"each rerun compares every row's file ({mode}){extra}"
 
 
 def format_store_info(info: Mapping[str, Any]) -> str:
@@ -84,12 +114,19 @@ def format_store_info(info: Mapping[str, Any]) -> str:
                f"(sha256 {str(prov.get('weights_sha256') or '-')[:16]})")
     out.append(f"  preprocess resize {pp.get('resize')} crop {pp.get('crop')} "
                f"{pp.get('interpolation')} mean {pp.get('mean')} std {pp.get('std')}")
-    out.append(f"  source     {prov.get('root')} ({prov.get('source_kind')})")
+    for s in info.get("sources") or [{"path": prov.get("root"), "kind": prov.get("source_kind")}]:
+        out.append(f"  source     {s.get('path') or 'paths under ' + str(s.get('root'))} "
+                   f"({s.get('kind')})")
+    out.append(f"  verified   {_verified(info)}")
     v = prov.get("versions", {})
     out.append("  versions   " + " ".join(f"{k} {x}" for k, x in v.items()))
     out.append(f"  created    {prov.get('created')}  updated {prov.get('updated')}")
     for r in prov.get("runs", []):
-        out.append(f"  run        {r.get('time')}: {r.get('new')} new, {r.get('failed')} failed, "
+        why = ", ".join(f"{r[k]} {w}" for k, w in (("added", "new files"), ("changed", "changed"),
+                                                   ("retried", "failures retried")) if r.get(k))
+        gone = "".join(f", {r[k]} {k}" for k in ("removed", "missing") if r.get(k))
+        out.append(f"  run        {r.get('time')}: {r.get('new')} extracted"
+                   f"{f' (of {why})' if why else ''}{gone}, {r.get('failed')} failed, "
                    f"{r.get('images_per_s')} img/s on {r.get('device')} {r.get('precision')}"
                    f"{' (interrupted)' if r.get('interrupted') else ''}: {r.get('command')}")
         for b in r.get("bad_parts", []):
@@ -97,9 +134,28 @@ def format_store_info(info: Mapping[str, Any]) -> str:
                        "extracted again)")
     if "advice" in prov:
         out.append(f"  advice     {format_advice(prov['advice'])}")
-    if info["pending_parts"]:
-        out.append(f"  pending    {info['pending_parts']} journal parts not yet folded in: rerun "
-                   "the extract command to finish")
+    holder = info.get("in_progress")
+    if holder:
+        out.append(f"  IN PROGRESS an extraction is writing this store now (process "
+                   f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); "
+                   f"{info['pending_parts']} batches not yet folded in. What you see is a "
+                   "commit point; wait for it to finish.")
+    elif info["pending_parts"]:
+        out.append(f"  pending    {info['pending_parts']} journal parts of an interrupted "
+                   "extraction not yet folded in: rerun the extract command to finish")
+    elif prov.get("complete") is False:
+        out.append("  incomplete the last extraction was interrupted: rerun the extract command "
+                   "to finish")
+    bad = info.get("nonfinite_rows") or {}
+    if bad.get("count"):
+        out.append(f"  CORRUPT?   {bad['count']} rows hold NaN or inf codes: possibly corrupt rows "
+                   f"(a damaged disk or file, or an overflow at extraction). First: "
+                   f"{', '.join(bad['first'])}. To extract them again, `touch` those files and "
+                   "rerun the extract command (or --overwrite).")
+    miss = info.get("missing_rows") or {}
+    if miss.get("count"):
+        out.append(f"  missing    {miss['count']} rows kept (--keep-missing) although their file "
+                   f"is gone: {', '.join(miss['first'])}")
     if info["failures"]:
         out.append("  failures:")
         out += [f"    {f['path']}: {f['reason']}" for f in info["failures"]]

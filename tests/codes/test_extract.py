@@ -344,15 +344,19 @@ def test_commit_points_make_the_store_readable_mid_run_and_change_nothing(image_
     assert len(b.provenance["runs"]) == 1 and not Journal(tmp_path / "c.h5").exists()
 
 
-def test_retry_failed_turns_a_repaired_file_into_a_row(image_tree, tmp_path):
+def test_a_repaired_file_becomes_a_row_and_retry_failed_tries_unchanged_failures(image_tree,
+                                                                                 tmp_path):
     good = (image_tree / "ant" / "img000.png").read_bytes()
     (image_tree / "ant" / "img000.png").write_bytes(b"broken")
     out = tmp_path / "c.h5"
     extract(image_tree, out, num_workers=0, **OPTS)
     assert [p for p, _ in FeatureStore(out).failures] == ["ant/img000.png"]
-    (image_tree / "ant" / "img000.png").write_bytes(good)
-    assert extract(image_tree, out, num_workers=0, **OPTS).new == 0  # failures are final ...
+    res = extract(image_tree, out, num_workers=0, **OPTS)  # an unchanged failure is final ...
+    assert res.new == 0 and res.retried == 0
     res = extract(image_tree, out, num_workers=0, retry_failed=True, **OPTS)  # ... unless retried
+    assert res.new == 0 and res.retried == 1 and len(FeatureStore(out).failures) == 1
+    (image_tree / "ant" / "img000.png").write_bytes(good)  # repaired: its identity changed
+    res = extract(image_tree, out, num_workers=0, **OPTS)
     st = FeatureStore(out)
-    assert res.new == 1 and len(st) == 24 and st.failures == []
+    assert res.new == 1 and res.retried == 1 and len(st) == 24 and st.failures == []
     assert "ant/img000.png" in set(st.paths)

@@ -43,8 +43,12 @@ def test_extract_result_and_models_table():
     res = SimpleNamespace(path="c.h5", rows=24, new=4, skipped=20, layers={"pool": 1280},
                           images_per_s=12.0, seconds=1.5, failed=[("a.jpg", "empty")])
     text = format_extract_result(res)
-    assert text.startswith("c.h5: 24 images; 4 extracted now, 20 already done; layers pool "
+    assert text.startswith("c.h5: 24 images; 4 extracted now, 20 unchanged; layers pool "
                            "(1280-d)")
+    res.added, res.changed, res.removed = 3, 1, 2
+    assert format_extract_result(res).startswith(
+        "c.h5: 24 images; 4 extracted now (of 3 new files, 1 changed), 2 removed (file gone), "
+        "20 unchanged")
     assert "12.0 img/s" in text and "1 files could not be read" in text
     rows = [{"backbone": "b", "default_layer": "pool", "default_weights": "W.V1", "offline": True,
              "layers": {"s": {"dim": 8, "depth": "earlier"}, "pool": {"dim": 16,
