@@ -88,7 +88,7 @@ def runtime_options(args: argparse.Namespace, **changes: Any) -> RuntimeOptions:
 
 def print_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> None:
     """Print the list of files that could not be read (text from :mod:`cnncodes.report`)."""
-    from ..report.store_info import format_failures
+    from ..report.text import format_failures
 
     print(format_failures(failures, where, most))
 

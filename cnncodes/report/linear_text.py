@@ -8,16 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .text import format_table
-
-
-def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> str:
-    """``N files could not be read (where):`` and the first ``most`` of them."""
-    lines = [f"{len(failures)} files could not be read ({where}):"]
-    lines += [f"  {p}: {r}" for p, r in failures[:most]]
-    if len(failures) > most:
-        lines.append(f"  ... and {len(failures) - most} more")
-    return "\n".join(lines)
+from .text import format_failures, format_table
 
 
 def format_predictions(pred: Any, out: str | os.PathLike) -> str:

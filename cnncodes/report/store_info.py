@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .text import format_failures
+
 #: The models table's closing note (what the pooling of a map layer does, what [offline] means).
 MODELS_NOTE = ("map layers are pooled by --pooling (avg, max, avgmax: 2x dim, none: dim x H x W); "
                "weights marked [offline] ship in a pip package, the others download on first use.")
@@ -26,15 +28,6 @@ def format_models(rows: Sequence[Mapping[str, Any]]) -> str:
         w = r["default_weights"] + (" [offline]" if r["offline"] else "")
         lines.append(f"{r['backbone']:<19} {r['default_layer']:<8} {w:<42} {layers}")
     lines += ["", MODELS_NOTE]
-    return "\n".join(lines)
-
-
-def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> str:
-    """``N files could not be read (where):`` and the first ``most`` of them with their reason."""
-    lines = [f"{len(failures)} files could not be read ({where}):"]
-    lines += [f"  {p}: {r}" for p, r in failures[:most]]
-    if len(failures) > most:
-        lines.append(f"  ... and {len(failures) - most} more")
     return "\n".join(lines)
 
 

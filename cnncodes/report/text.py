@@ -5,7 +5,7 @@ description of where model selection ran (:func:`describe_compute`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -86,4 +86,13 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
         if test.get("excluded_training_rows") and split.get("kind") != "holdout":
             lines.append(f"({test['excluded_training_rows']} rows of the test source were used "
                          "for training and were not scored)")
+    return "\n".join(lines)
+
+
+def format_failures(failures: Sequence[tuple[str, str]], where: str, most: int = 20) -> str:
+    """``N files could not be read (where):`` and the first ``most`` of them with their reason."""
+    lines = [f"{len(failures)} files could not be read ({where}):"]
+    lines += [f"  {p}: {r}" for p, r in failures[:most]]
+    if len(failures) > most:
+        lines.append(f"  ... and {len(failures) - most} more")
     return "\n".join(lines)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cnncodes.report.store_info import (
-    format_extract_result,
-    format_failures,
-    format_models,
-    format_store_info,
-)
+from cnncodes.report.store_info import format_extract_result, format_models, format_store_info
+from cnncodes.report.text import format_failures
 
 INFO = {
     "path": "c.h5", "images": 3, "unlabelled": 0, "classes": {"ant": 2, "bee": 1},
