@@ -35,6 +35,12 @@ ADVISE_BUDGET = "5min"
 AUTO_LAYER_BUDGET = "2min"
 
 
+def _one_of(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise OptionError unless ``value`` is one of ``choices`` (the message lists them)."""
+    if value not in choices:
+        raise OptionError(f"{name} must be one of {', '.join(choices)}. Got {value!r} instead.")
+
+
 @dataclass(frozen=True)
 class BackboneOptions:
     """Which codes: equal options give the same codes (the store records them as provenance).
@@ -55,9 +61,7 @@ class BackboneOptions:
     input_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise OptionError(f"pooling must be one of {', '.join(POOLINGS)}. "
-                              f"Got {self.pooling!r} instead.")
+        _one_of("pooling", self.pooling, POOLINGS)
         if self.input_size is not None and int(self.input_size) < 16:
             raise OptionError(f"input_size must be at least 16 pixels. Got {self.input_size} "
                               "instead.")
@@ -100,15 +104,11 @@ class RuntimeOptions:
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise OptionError(f"num_workers must be >= 0 or None (automatic). Got "
                               f"{self.num_workers} instead.")
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}. "
-                              f"Got {self.precision!r} instead.")
+        _one_of("precision", self.precision, PRECISIONS)
         if self.max_pixels is not None and int(self.max_pixels) < 0:
             raise OptionError(f"max_pixels must be a pixel count >= 0 (0 = no limit). Got "
                               f"{self.max_pixels} instead.")
-        if self.decoder not in DECODERS:
-            raise OptionError(f"decoder must be one of {', '.join(DECODERS)}. "
-                              f"Got {self.decoder!r} instead.")
+        _one_of("decoder", self.decoder, DECODERS)
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)
