@@ -86,6 +86,20 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def wait_for_file(proc, path: Path, *, timeout: float, what: str) -> None:
+    """Poll until ``path`` exists while ``proc`` runs; fail if it ends first or ``timeout`` passes,
+    and require it still running after (so it can be killed mid-run)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"{what} ended early: {proc.stderr.read().decode()[-3000:]}")
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout:g} s"
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the {what} finished before it could be killed"
+
+
 def kill_job_tree(proc, *, min_children: int = 2, timeout: float = 30) -> None:
     """SIGKILL a torchrun launcher and every rank, as a crashed node would.
 

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from cnncodes.finetuning.net import build_finetune_model
 from cnncodes.finetuning.predict import predict_images
 from cnncodes.finetuning.run import finetune
 
-from ..conftest import kill_job_tree, write_tree
+from ..conftest import kill_job_tree, wait_for_file, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -157,13 +156,7 @@ def test_killed_torchrun_job_resumes_exactly(photos, ddp_run, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     ckpt = out / "checkpoint.pt"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"torchrun ended early: {proc.stderr.read().decode()[-3000:]}")
-        assert time.monotonic() < deadline, "no checkpoint after 240 s"
-        time.sleep(0.005)
-    assert proc.poll() is None, "the job finished before it could be killed"
+    wait_for_file(proc, ckpt, timeout=240, what="torchrun job")
     kill_job_tree(proc)
     proc.stderr.close()
     at_kill = torch.load(ckpt, weights_only=True)["epoch"]

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from cnncodes.finetuning.run import finetune
 from cnncodes.finetuning.split import make_split
 from cnncodes.sources.loader import normalize_batch
 
-from ..conftest import write_tree
+from ..conftest import wait_for_file, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 #: A tiny, fast, deterministic run: random-init resnet18 at 32 px, one thread, no workers.
@@ -360,13 +359,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(photos, tmp_path):
                              *_cli_args(photos, killed, epochs)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = killed / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not ckpt.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"fine-tuning subprocess ended early: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    wait_for_file(proc, ckpt, timeout=300, what="fine-tuning subprocess")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
