@@ -104,6 +104,31 @@ def jsonable(v: Any) -> Any:
     return v
 
 
+#: The note beside a value that came out NaN or infinite.
+NOT_FINITE_NOTE = "not a finite number (NaN or infinite): it could not be computed on this sample"
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` as JSON types (:func:`cnncodes.atomic.jsonable`) where a NaN/inf value under a key
+    becomes null with ``<key>_note`` beside it (in a list: just null)."""
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # NumPy arrays and scalars
+        obj = obj.tolist()
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if hasattr(v, "tolist") and hasattr(v, "dtype"):
+                v = v.tolist()
+            if isinstance(v, float) and not math.isfinite(v):
+                out[str(k)] = None
+                out.setdefault(f"{k}_note", NOT_FINITE_NOTE)
+            else:
+                out[str(k)] = finite_json(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(x) for x in obj]
+    return jsonable(obj)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """Write ``obj`` (made :func:`jsonable`; other objects as ``str``) as JSON, atomically."""
     text = json.dumps(jsonable(obj), indent=indent, default=str) + "\n"

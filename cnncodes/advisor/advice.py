@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..atomic import finite_json
 from .evidence import SizeInfo
-from .jsonsafe import finite_json
 from .probe import ProbeResult
 from .rule import Decision, RunSetup, Thresholds
 

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..advisor.jsonsafe import finite_json
-from ..atomic import atomic_write_csv, atomic_write_json
+from ..atomic import atomic_write_csv, atomic_write_json, finite_json
 from ..outputs import check_output
 from .plots import plot_confusion, plot_cv_scores
 
