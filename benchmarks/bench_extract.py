@@ -102,7 +102,7 @@ def run_ours(folder: Path, backbone: str, weights: str, input_size: int | None,
     if out.exists():
         out.unlink()
     t0 = time.perf_counter()
-    cnncodes.codes.extraction(folder, out, backbone=backbone, weights=weights, input_size=input_size,
+    cnncodes.extract(folder, out, backbone=backbone, weights=weights, input_size=input_size,
                      batch_size=batch_size, num_workers=workers, device=device,
                      precision=precision)
     dt = time.perf_counter() - t0
@@ -126,7 +126,7 @@ def memory_mode(args: argparse.Namespace) -> None:
         folder = make_jpegs(base / f"jpegs{n}", n, size=(160, 120))
         code = (
             "import resource, cnncodes, sys; "
-            f"cnncodes.codes.extraction({os.fspath(folder)!r}, {os.fspath(base / f'mem{n}.h5')!r}, "
+            f"cnncodes.extract({os.fspath(folder)!r}, {os.fspath(base / f'mem{n}.h5')!r}, "
             f"backbone={args.backbone!r}, weights={args.weights!r}, input_size=64, "
             f"batch_size={args.batch_size}, num_workers=1, overwrite=True); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
