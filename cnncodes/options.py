@@ -29,6 +29,8 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 POOLINGS = ("avg", "max", "avgmax", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODERS = ("auto", "tensor", "pil")
+#: inference engines: auto = onnxruntime on the CPU when its export checks out, torch otherwise
+ENGINES = ("auto", "torch", "onnxruntime")
 #: time budget of a stand-alone ``advise`` (sets its sample size)
 ADVISE_BUDGET = "5min"
 #: time budget of the layer choice inside ``extract/baseline --layers auto`` (a step of a larger run)
@@ -86,6 +88,8 @@ class RuntimeOptions:
         max_pixels: decompression-bomb limit per image, width x height (default PIL's own,
             89,478,485); ``0`` or None = no limit (PIL's own limit is lifted too while decoding).
         progress: show a progress bar (the library logs otherwise).
+        engine: ``auto`` (ONNX Runtime on the CPU when its exported graph gives the torch codes,
+            torch on CUDA), ``torch`` or ``onnxruntime``.
     """
 
     batch_size: int = 64
@@ -96,6 +100,7 @@ class RuntimeOptions:
     decoder: str = "auto"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = False
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
@@ -109,6 +114,7 @@ class RuntimeOptions:
             raise OptionError(f"max_pixels must be a pixel count >= 0 (0 = no limit). Got "
                               f"{self.max_pixels} instead.")
         _one_of("decoder", self.decoder, DECODERS)
+        _one_of("engine", self.engine, ENGINES)
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)

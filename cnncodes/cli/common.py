@@ -14,6 +14,7 @@ from ..errors import CnnCodesError
 from ..options import (
     BACKBONE_FIELDS,
     DECODERS,
+    ENGINES,
     POOLINGS,
     PRECISIONS,
     RUNTIME_FIELDS,
@@ -68,6 +69,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help=f"decompression-bomb limit per image in pixels (default {d.max_pixels:,}; "
                         "0 = no limit)")
+    g.add_argument("--engine", default=d.engine, choices=ENGINES,
+                   help="inference engine (auto: onnxruntime on the CPU when its exported graph "
+                        "gives the torch codes, torch on CUDA)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

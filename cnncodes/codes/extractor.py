@@ -1,5 +1,6 @@
 """The one :class:`CodeExtractor` every path uses to turn uint8 image batches into codes
-(cut backbone, BatchNorm folded and checked, channels_last, autocast).
+(cut backbone, BatchNorm folded and checked, then an engine: torch with channels_last/autocast, or
+ONNX Runtime on the CPU, see :mod:`cnncodes.codes.engines`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from .._runtime import resolve_device, resolve_precision, versions
+from .._version import __version__
 from ..backbones.cutting import FeatureExtractor
 from ..backbones.factory import create_backbone, layer_dims
 from ..backbones.registry import BackboneSpec, get_spec
@@ -18,6 +20,7 @@ from ..backbones.weights import ResolvedWeights, weights_sha256
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
+from .engines import OrtEngine, TorchEngine, select_engine
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class CodeExtractor:
     """A cut backbone ready to turn uint8 image batches into codes on one device.
 
     Shared by ``extract``, ``predict`` and the sklearn transformer so every path computes codes the
-    same way.
+    same way. ``runtime.engine`` picks how the forward runs (``engine_name`` says which ran).
     """
 
     def __init__(self, backbone: str | BackboneOptions = DEFAULT_BACKBONE, *,
@@ -101,6 +104,28 @@ class CodeExtractor:
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
+        self.engine: TorchEngine | OrtEngine = select_engine(
+            ropts.engine, module=self.module, layers=self.layers, input_size=self.preprocessing.crop,
+            device=self.device, precision=self.precision, channels_last=channels_last,
+            backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
+
+    def _export_fields(self) -> dict[str, Any]:
+        """What the exported graph depends on (its cache key; called only when exporting)."""
+        import onnxruntime
+
+        from ..backbones.factory import RANDOM_INIT_SEED
+
+        return {"backbone": self.spec.name, "weights": self.resolved.id,
+                "weights_sha256": weights_sha256(self.resolved) or "",
+                "random_seed": RANDOM_INIT_SEED if self.resolved.is_random else None,
+                "layers": self.layers, "pooling": self.pooling,
+                "input_size": self.preprocessing.crop, "bn_folded": self.bn_folded,
+                "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                "cnncodes": __version__}
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
 
     @property
     def dims(self) -> dict[str, int]:
@@ -119,14 +144,8 @@ class CodeExtractor:
         if images.shape[0] == 0:
             return {k: np.zeros((0, 0), np.float32) for k in self.layers}
         x = images.to(self.device, non_blocking=True)
-        x = normalize_batch(x, self.preprocessing, channels_last=self.channels_last)
-        with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    out = self.module(x)
-            else:
-                out = self.module(x)
-            return {k: v.float().cpu().numpy() for k, v in out.items()}
+        x = normalize_batch(x, self.preprocessing, channels_last=self.engine.channels_last)
+        return self.engine(x)
 
     def provenance(self) -> dict[str, Any]:
         """Everything a store or a model file must record to be checked later."""
@@ -148,4 +167,6 @@ class CodeExtractor:
             "preprocessing": self.preprocessing.to_dict(),
             "input_size": self.preprocessing.crop,
             "versions": versions(),
+            "engine": {"name": self.engine.name, "version": self.engine.version,
+                       "threads": self.engine.threads},
         }

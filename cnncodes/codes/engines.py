@@ -1,0 +1,195 @@
+"""Inference engines behind :class:`~cnncodes.codes.extractor.CodeExtractor`: the torch module
+itself, or ONNX Runtime on the CPU running the same cut network exported to ONNX.
+
+``engine="auto"`` picks ONNX Runtime on the CPU (fp32) when the export loads and its codes match the
+torch codes on a probe batch (min cosine >= :data:`CHECK_COSINE` per layer), torch otherwise (and on
+CUDA); a failure is logged with its reason and never changes the codes. Both engines take a
+normalised float NCHW batch and return ``{layer: float32 (N, D) numpy}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import OptionError
+from ..options import ENGINES
+from .export_cache import INPUT_NAME, cached_export
+
+log = logging.getLogger(__name__)
+
+#: the exported graph must give these codes or better (cosine per row, every layer) on the probe
+CHECK_COSINE = 0.99999
+
+
+class TorchEngine:
+    """The cut torch module (BN folded, channels_last, autocast as asked) on its device."""
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module, device: torch.device,
+                 autocast_dtype: torch.dtype | None, channels_last: bool):
+        self.module = module
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        self.version = torch.__version__
+        self.threads: int | None = None
+
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    out = self.module(x)
+            else:
+                out = self.module(x)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+def default_ort_threads() -> int:
+    """Intra-op threads of ONNX Runtime when none are asked: every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class OrtEngine:
+    """An ONNX Runtime CPU session of the exported cut network (fp32, same codes as torch)."""
+
+    name = "onnxruntime"
+    channels_last = False
+
+    def __init__(self, model: bytes, layers: Sequence[str], *, threads: int | None = None,
+                 path: Path | None = None):
+        import onnxruntime as ort
+
+        self.layers = list(layers)
+        self.version = ort.__version__
+        self.threads = int(threads) if threads else default_ort_threads()
+        self.path = path
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between ops: the decoding workers share these cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(model, sess_options=so,
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        outs = self.session.run(self.layers, {INPUT_NAME: arr})
+        return {k: np.asarray(v, np.float32) for k, v in zip(self.layers, outs, strict=True)}
+
+
+def min_cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """The smallest row cosine between ``a`` and ``b`` over every layer (1.0 for equal codes)."""
+    worst = 1.0
+    for k, va in a.items():
+        x, y = np.asarray(va, np.float64), np.asarray(b[k], np.float64)
+        if x.shape != y.shape:
+            return -1.0
+        num = (x * y).sum(1)
+        den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        cos = np.where(den > 0, num / np.maximum(den, 1e-300),
+                       np.where(np.abs(x - y).max(1) == 0, 1.0, -1.0))
+        worst = min(worst, float(cos.min()))
+    return worst
+
+
+def probe_batch(input_size: int, n: int = 3) -> torch.Tensor:
+    """A seeded normalised-looking batch (``n`` differs from the export's 2: checks the dynamic
+    batch axis too)."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(n, 3, input_size, input_size, generator=g)
+
+
+def _ort_available() -> str | None:
+    """None when onnxruntime imports, else the reason (``onnx`` is imported only to export)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"{e.name or e} is not installed"
+    return None
+
+
+def try_onnxruntime(module: nn.Module, layers: Sequence[str], input_size: int, *,
+                    backbone: str, fields: Callable[[], Mapping[str, Any]],
+                    threads: int | None) -> tuple[OrtEngine | None, str]:
+    """An :class:`OrtEngine` whose codes match ``module``'s on the probe batch, or ``(None,
+    reason)``. ``fields()`` gives the export key's fields. A cached graph that fails to load or to
+    match is exported again once."""
+    missing = _ort_available()
+    if missing:
+        return None, missing
+    key_fields = fields()
+    x = probe_batch(input_size)
+    with torch.inference_mode():
+        ref = {k: v.float().numpy() for k, v in module(x).items()}
+    reason = ""
+    for rebuild in (False, True):
+        fresh = True  # a failure inside the export itself is not retried
+        try:
+            data, path, fresh = cached_export(module, layers, input_size, backbone=backbone,
+                                              fields=key_fields, rebuild=rebuild)
+            eng = OrtEngine(data, layers, threads=threads, path=path)
+            cos = min_cosine(ref, eng(x))
+        except Exception as e:  # noqa: BLE001 - any export/load failure means "use torch"
+            reason = f"the ONNX export or load failed ({type(e).__name__}: {e})"
+        else:
+            if cos >= CHECK_COSINE:
+                log.info("engine onnxruntime %s: %s (%s, probe min cosine %.7f)", eng.version,
+                         path, "exported now" if fresh else "cached", cos)
+                return eng, ""
+            reason = (f"the ONNX graph's codes differ from torch's (min cosine {cos:.6f} < "
+                      f"{CHECK_COSINE})")
+        if fresh:
+            break
+        log.warning("%s: %s; exporting it again", backbone, reason)
+    return None, reason
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Got {engine!r} instead.")
+    return engine
+
+
+def select_engine(choice: str, *, module: nn.Module, layers: Sequence[str], input_size: int,
+                  device: torch.device, precision: str, channels_last: bool, backbone: str,
+                  fields: Callable[[], Mapping[str, Any]], threads: int | None
+                  ) -> TorchEngine | OrtEngine:
+    """The engine for ``choice`` (``auto``, ``torch``, ``onnxruntime``); see the module doc.
+
+    Raises:
+        OptionError: ``onnxruntime`` asked for a CUDA device or a reduced precision.
+    """
+    check_engine(choice)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    torch_engine = TorchEngine(module, device, autocast, channels_last)
+    if choice == "torch":
+        return torch_engine
+    if device.type != "cpu" or autocast is not None:
+        if choice == "onnxruntime":
+            raise OptionError(f"engine onnxruntime runs on the CPU in fp32. Got device {device} "
+                              f"and precision {precision} instead; use --device cpu --precision "
+                              "fp32, or --engine auto/torch.")
+        return torch_engine
+    if getattr(module, "training", False):
+        return torch_engine
+    eng, reason = try_onnxruntime(module, layers, input_size, backbone=backbone, fields=fields,
+                                  threads=threads)
+    if eng is not None:
+        return eng
+    log.warning("%s: using the torch engine instead of onnxruntime: %s", backbone, reason)
+    return torch_engine
