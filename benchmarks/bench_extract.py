@@ -3,12 +3,16 @@
     python benchmarks/bench_extract.py --backbone mobilenet_v2 --n 200 --input-size 224
     python benchmarks/bench_extract.py --backbone resnet50 --weights random --n 100
     python benchmarks/bench_extract.py --memory 100,1000      # peak RSS of ours at two sizes
+    python benchmarks/bench_extract.py --engine onnxruntime,torch --threads 2 --workers 1
 
 The plain loop is what a user writes by hand: ImageFolder + PIL transforms (Resize, CenterCrop,
 ToTensor, Normalize) + DataLoader + an fp32 model with its classifier replaced by Identity. Both see
 the same JPEG files (generated from scikit-learn's sample photos: random crops of real photographs,
 500x375 like the reference figures). Printed: img/s of both, the ratio, peak memory, and the minimum
 cosine similarity between our codes and the plain fp32 codes (row by row, same paths).
+``--engine a,b`` times ours once per engine in every round (plain, a, b, plain, a, b: the second
+round is reported, the first warms the file cache and the ONNX export cache) and prints each engine's
+ratio to the plain loop and to the first engine.
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def run_plain(folder: Path, backbone: str, weights: str, input_size: int | None,
 
 def run_ours(folder: Path, backbone: str, weights: str, input_size: int | None,
              batch_size: int, workers: int | None, device: str, precision: str,
-             out: Path) -> tuple[float, dict[str, np.ndarray]]:
+             out: Path, engine: str = "auto", threads: int | None = None
+             ) -> tuple[float, dict[str, np.ndarray], str]:
+    """Seconds, codes by path, and the engine that ran."""
     import cnncodes
 
     if out.exists():
@@ -104,11 +110,18 @@ def run_ours(folder: Path, backbone: str, weights: str, input_size: int | None,
     t0 = time.perf_counter()
     cnncodes.extract(folder, out, backbone=backbone, weights=weights, input_size=input_size,
                      batch_size=batch_size, num_workers=workers, device=device,
-                     precision=precision)
+                     precision=precision, engine=engine, threads=threads)
     dt = time.perf_counter() - t0
     st = cnncodes.FeatureStore(out)
     X, _ = st.load()
-    return dt, dict(zip(st.paths.tolist(), X, strict=True))
+    ran = st.provenance.get("engine", {}).get("name", "torch")
+    return dt, dict(zip(st.paths.tolist(), X, strict=True)), ran
+
+
+def min_cos(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
+    cos = [float(a @ got[p] / (np.linalg.norm(a) * np.linalg.norm(got[p]) + 1e-12))
+           for p, a in ref.items()]
+    return min(cos)
 
 
 def peak_rss_mb() -> float:
@@ -149,6 +162,10 @@ def main() -> None:
                     help="plain loop (default: the same as ours)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--engine", default="auto",
+                    help="ours: comma-separated engines to time (auto, torch, onnxruntime)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ours: CPU threads of the forward (default: the engine's choice)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cnncodes-bench"))
     ap.add_argument("--memory", default=None, help="comma-separated N values: RSS scaling mode")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -163,34 +180,42 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_workers(
         resolve_device(args.device))
     pworkers = args.plain_workers if args.plain_workers is not None else workers
+    engines = args.engine.split(",")
+    os.environ.setdefault("CNNCODES_CACHE", os.fspath(work / "export-cache"))
     print(f"{args.n} JPEGs 500x375, {args.backbone} ({args.weights}), device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
-    # order: plain, ours, plain, ours (the second pair is reported; the first warms caches)
-    res = {}
+          f"engines {engines}, threads {args.threads or torch.get_num_threads()}, workers "
+          f"{workers}, cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    # order per round: plain, then ours per engine (the second round is reported)
+    res: dict = {}
     for rnd in range(2):
         tp, codes_p = run_plain(folder, args.backbone, args.weights, args.input_size,
                                 args.batch_size, pworkers, args.device)
-        to, codes_o = run_ours(folder, args.backbone, args.weights, args.input_size,
-                               args.batch_size, args.workers, args.device, args.precision,
-                               work / "ours.h5")
-        print(f"  round {rnd}: plain {args.n / tp:8.1f} img/s   ours {args.n / to:8.1f} img/s",
-              flush=True)
-        res = {"plain_img_s": args.n / tp, "ours_img_s": args.n / to}
-    cos = []
-    for p, a in codes_p.items():
-        b = codes_o[p]
-        cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
-    res.update({
-        "ratio": res["ours_img_s"] / res["plain_img_s"], "min_cosine": min(cos),
-        "n": args.n, "backbone": args.backbone, "device": args.device,
-        "input_size": args.input_size, "workers_ours": workers, "workers_plain": pworkers,
-        "peak_rss_mb": peak_rss_mb(),
-    })
+        line = f"  round {rnd}: plain {args.n / tp:8.1f} img/s"
+        res = {"plain_img_s": args.n / tp, "engines": {}}
+        for eng in engines:
+            to, codes_o, ran = run_ours(folder, args.backbone, args.weights, args.input_size,
+                                        args.batch_size, args.workers, args.device,
+                                        args.precision, work / "ours.h5", eng, args.threads)
+            res["engines"][eng] = {"img_s": args.n / to, "ran": ran,
+                                   "ratio_vs_plain": tp / to,
+                                   "min_cosine_vs_plain": min_cos(codes_p, codes_o)}
+            line += f"   ours[{eng}->{ran}] {args.n / to:8.1f} img/s"
+        print(line, flush=True)
+    first = res["engines"][engines[0]]["img_s"]
+    for eng, r in res["engines"].items():
+        r["ratio_vs_first"] = r["img_s"] / first
+    res.update({"n": args.n, "backbone": args.backbone, "device": args.device,
+                "input_size": args.input_size, "workers_ours": workers,
+                "workers_plain": pworkers, "threads": args.threads,
+                "load_1min": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb()})
     if args.device != "cpu":
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    print(f"plain torchvision loop: {res['plain_img_s']:.1f} img/s | cnncodes extract: "
-          f"{res['ours_img_s']:.1f} img/s (incl. HDF5 writing) | ratio {res['ratio']:.2f}x | "
-          f"min cosine vs plain fp32 {res['min_cosine']:.6f} | peak RSS {res['peak_rss_mb']:.0f} MB")
+    for eng, r in res["engines"].items():
+        print(f"plain torchvision loop: {res['plain_img_s']:.1f} img/s | cnncodes extract "
+              f"--engine {eng} ({r['ran']}): {r['img_s']:.1f} img/s (incl. HDF5 writing) | ratio "
+              f"{r['ratio_vs_plain']:.2f}x | vs --engine {engines[0]} {r['ratio_vs_first']:.2f}x"
+              f" | min cosine vs plain fp32 {r['min_cosine_vs_plain']:.6f}")
+    print(f"peak RSS {res['peak_rss_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

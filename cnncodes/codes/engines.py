@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: the exported graph must give these codes or better (cosine per row, every layer) on the probe
 CHECK_COSINE = 0.99999
+#: ONNX Runtime's intra-op spinning ("0": idle threads sleep instead of busy-waiting, leaving the
+#: cores to the decoding workers; see benchmarks/bench_extract.py for the measurement)
+ALLOW_SPINNING = "0"
 
 
 class TorchEngine:
@@ -81,7 +84,7 @@ class OrtEngine:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no busy-waiting between ops: the decoding workers share these cores
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", ALLOW_SPINNING)
         so.log_severity_level = 3
         self.session = ort.InferenceSession(model, sess_options=so,
                                             providers=["CPUExecutionProvider"])

@@ -87,8 +87,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             is a single layer name; default the backbone's default layer). ``weights="random"``
             is the fixed, seeded random network of :func:`cnncodes.create_backbone`: the same in
             every build, so its codes may be cached in memory or in a store like any others.
-        batch_size, num_workers, device, precision, threads, decoder, max_pixels: how codes are
-            computed (the fields of :class:`~cnncodes.options.RuntimeOptions`).
+        batch_size, num_workers, device, precision, threads, decoder, max_pixels, engine: how
+            codes are computed (the fields of :class:`~cnncodes.options.RuntimeOptions`).
         cache: ``"memory"``, a path to an ``.h5`` store, or None (see the module docstring).
         on_error: ``"raise"`` (default: a ValueError naming the unreadable files) or ``"zeros"``
             (a zero row and a logged warning per unreadable image, so rows stay aligned with y).
@@ -107,7 +107,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                  num_workers: int | None = _R.num_workers, device: str = _R.device,
                  precision: str = _R.precision, threads: int | None = _R.threads,
                  decoder: str = _R.decoder, max_pixels: int | None = _R.max_pixels,
-                 cache: str | os.PathLike | None = "memory", on_error: str = "raise"):
+                 cache: str | os.PathLike | None = "memory", on_error: str = "raise",
+                 engine: str = _R.engine):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -122,6 +123,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.max_pixels = max_pixels
         self.cache = cache
         self.on_error = on_error
+        self.engine = engine
 
     # --- sklearn protocol ----------------------------------------------------------------------
 
@@ -206,7 +208,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         ropts = RuntimeOptions(batch_size=self.batch_size, num_workers=self.num_workers,
                                device=self.device, precision=self.precision,
                                threads=self.threads, decoder=self.decoder,
-                               max_pixels=self.max_pixels)
+                               max_pixels=self.max_pixels, engine=self.engine)
         return bopts, ropts
 
     def _get_extractor(self) -> Any:
