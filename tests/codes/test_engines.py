@@ -55,9 +55,15 @@ def _onnx_files(cache: Path) -> list[Path]:
 
 @pytest.mark.parametrize("backbone", [
     b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in list_backbones()])
-def test_exported_graph_gives_the_torch_codes(backbone, cache):
-    auto, ref = _pair(backbone, 32)
-    assert auto.engine_name == "onnxruntime", backbone
+def test_exported_graph_gives_the_torch_codes(backbone, cache, caplog):
+    # AlexNet/VGG below ~200 px upsample in their adaptive pool, which the ONNX exporter refuses:
+    # they must fall back cleanly there (and export at their own 224 px, see the vgg11 case below)
+    exports = not backbone.startswith(("vgg", "alexnet"))
+    with caplog.at_level(logging.WARNING, logger="cnncodes"):
+        auto, ref = _pair(backbone, 32)
+    assert auto.engine_name == ("onnxruntime" if exports else "torch"), caplog.text
+    if not exports:
+        assert "adaptive_avg_pool2d" in caplog.text
     assert ref.engine_name == "torch"
     x = _images(5, 32)
     a, b = auto(x), ref(x)
@@ -65,8 +71,8 @@ def test_exported_graph_gives_the_torch_codes(backbone, cache):
     for k in a:
         assert a[k].shape == b[k].shape and a[k].dtype == np.float32
     assert min_cosine(a, b) >= 0.99999
-    assert len(_onnx_files(cache)) == 1
-    assert auto.provenance()["engine"]["name"] == "onnxruntime"
+    assert len(_onnx_files(cache)) == int(exports)
+    assert auto.provenance()["engine"]["name"] == auto.engine_name
 
 
 @pytest.mark.parametrize("backbone,layers,pooling", [
@@ -76,9 +82,10 @@ def test_exported_graph_gives_the_torch_codes(backbone, cache):
     pytest.param("vgg11", ("pool5", "fc6", "fc7"), "avg", marks=pytest.mark.slow),
 ])
 def test_multi_layer_graph(backbone, layers, pooling, cache):
-    auto, ref = _pair(backbone, 48, layers=layers, pooling=pooling)
+    size = 224 if backbone.startswith("vgg") else 48
+    auto, ref = _pair(backbone, size, layers=layers, pooling=pooling)
     assert auto.engine_name == "onnxruntime"
-    x = _images(3, 48)
+    x = _images(3, size)
     a, b = auto(x), ref(x)
     assert list(a) == list(layers)
     assert min_cosine(a, b) >= 0.99999
