@@ -17,6 +17,7 @@ from ..backbones.cutting import FeatureExtractor
 from ..backbones.factory import create_backbone, layer_dims
 from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, weights_sha256
+from ..errors import OptionError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
@@ -99,8 +100,17 @@ class CodeExtractor:
         self.preprocessing: Preprocessing = resolved.preprocessing.with_input_size(input_size)
         self.layers = list(module.layers)
         self.pooling = pooling
-        self.bn_folded = fold_batchnorm(self.module, input_size=min(self.preprocessing.crop, 64)) \
-            if fuse_bn else 0
+        try:
+            self.bn_folded = fold_batchnorm(self.module,
+                                            input_size=min(self.preprocessing.crop, 64)) \
+                if fuse_bn else 0
+        except RuntimeError as e:
+            if "too small" not in str(e) and "greater than actual input" not in str(e):
+                raise
+            raise OptionError(
+                f"input size {self.preprocessing.crop} px is too small for {self.spec.name} "
+                f"({e}). Use a larger --input-size (its pretrained weights use "
+                f"{self.resolved.preprocessing.crop} px).") from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)

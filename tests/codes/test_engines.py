@@ -59,13 +59,14 @@ def test_exported_graph_gives_the_torch_codes(backbone, cache, caplog):
     # AlexNet/VGG below ~200 px upsample in their adaptive pool, which the ONNX exporter refuses:
     # they must fall back cleanly there (and export at their own 224 px, see the vgg11 case below)
     exports = not backbone.startswith(("vgg", "alexnet"))
+    size = 64 if backbone == "alexnet" else 32  # AlexNet's own pooling needs >= 63 px
     with caplog.at_level(logging.WARNING, logger="cnncodes"):
-        auto, ref = _pair(backbone, 32)
+        auto, ref = _pair(backbone, size)
     assert auto.engine_name == ("onnxruntime" if exports else "torch"), caplog.text
     if not exports:
         assert "adaptive_avg_pool2d" in caplog.text
     assert ref.engine_name == "torch"
-    x = _images(5, 32)
+    x = _images(5, size)
     a, b = auto(x), ref(x)
     assert set(a) == set(b) == set(auto.layers)
     for k in a:
@@ -264,3 +265,9 @@ def test_cli_help_imports_neither_torch_nor_onnxruntime():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_input_size_too_small_is_a_clear_error():
+    with pytest.raises(OptionError, match=r"input size 32 px is too small for alexnet.*"
+                                          r"--input-size"):
+        CodeExtractor("alexnet", weights="random", input_size=32, runtime=CPU)
