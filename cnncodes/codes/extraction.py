@@ -482,6 +482,8 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
               if stats["seconds"] > 0 else 0.0,
               "batch_size": job.runtime.batch_size, "workers": workers, "ranks": job.di.world,
               "decoder": decoder, "bn_folded": job.ext.bn_folded,
+              "engine": job.ext.engine.name, "engine_version": job.ext.engine.version,
+              "engine_threads": job.ext.engine.threads,
               "interrupted": interrupted, "host": platform.node()}
     if job.journal.bad_parts:
         record["bad_parts"] = list(job.journal.bad_parts)

@@ -228,9 +228,14 @@ def test_torch_engine_through_extract_and_provenance(cache, tmp_path):
     xa, _ = sa.load(layer="pool")
     xb, _ = sb.load(layer="pool")
     assert min_cosine({"p": xa}, {"p": xb}) >= 0.99999
-    # codes of either engine are the same codes: appending with the other engine is allowed
+    # codes of either engine are the same codes: appending with the other engine is allowed,
+    # and the run history says which engine computed which run
+    write_tree(root, classes=("dog",), per_class=1, seed=5)
     c = cnncodes.extract(root, tmp_path / "a.h5", **kw)
-    assert c.new == 0 and c.rows == 9
+    assert c.new == 1 and c.rows == 10
+    runs = cnncodes.FeatureStore(tmp_path / "a.h5").provenance["runs"]
+    assert [r["engine"] for r in runs] == ["torch", "onnxruntime"]
+    assert runs[-1]["engine_version"] and runs[-1]["engine_threads"] >= 1
     arr = cnncodes.extract_arrays(root, engine="torch", **kw)
     assert arr.provenance["engine"]["name"] == "torch"
 
