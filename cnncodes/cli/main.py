@@ -59,12 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to the current ``sys.stderr`` (not the one of the first call: tests and
+    embedding applications swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger("cnncodes")
     root.setLevel(level)
     if not any(getattr(h, "_cnncodes", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("cnncodes: %(message)s"))
         h._cnncodes = True  # type: ignore[attr-defined]
         root.addHandler(h)
