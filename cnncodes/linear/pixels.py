@@ -94,9 +94,9 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
     copts, _ = classifier_options(classifier, options, where="pixel_baseline")
     asked = copts.model_name
     copts = copts.replace(model=RAW_BASELINE_MODEL, l2=False, standardize=True, pca=None)
-    note = "logistic regression, as every raw-pixel row" + (
-        f" (the codes use {asked}; LinearSVC on raw pixels is slow and would not be comparable)"
-        if asked != RAW_BASELINE_MODEL else "")
+    note = "always logistic regression, whatever the codes use" + (
+        f" (here {asked}): LinearSVC on raw pixels is slow, and one fixed reference keeps rows "
+        "comparable" if asked != RAW_BASELINE_MODEL else "")
     ch = 1 if grey else 3
     name = f"raw pixels {size}x{size} {'grey' if grey else 'rgb'}"
     dim = size * size * ch

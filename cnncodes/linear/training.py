@@ -143,7 +143,7 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
     Xtr, ytr = X[labelled][rows], yl[rows]
     copts, _ = classifier_options(classifier, options, where="train")
     model, source, reason = choose_model(st.provenance, name, copts.model)
-    log.info("classifier %s: %s", model, reason)
+    log.debug("classifier: %s", reason)  # printed with the report (model_reason)
     pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts.replace(model=model),
                                 seed=seed, threads=threads, device=device)
     selection.update(model_source=source, model_reason=reason)

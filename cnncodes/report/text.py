@@ -78,7 +78,7 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
                          f"{_fmt(s.get('best_cv_score')):>7}  {_fmt(s.get('best_C'), '.3g'):>8}  "
                          f"{r.get('features', '-'):>6}  {_fmt(s.get('train_time_s'), '.1f'):>6}")
         first = rows[0].get("model") or (rows[0].get("selection") or {}).get("model")
-        lines += [f"({r['name']}: {r['model_note']})" for r in rows[1:]
+        lines += [f"note: {r['name']} is {r['model_note']}" for r in rows[1:]
                   if r.get("model_note") and r.get("model") != first]
     elif test:
         lines.append(f"test       accuracy {test['accuracy']:.4f}, balanced accuracy "

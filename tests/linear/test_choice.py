@@ -140,11 +140,11 @@ def test_the_raw_pixel_row_is_logistic_regression_whatever_the_codes_use(digits_
                          c_grid=[0.01, 0.1], cv=3)
     assert row["model"] == RAW_BASELINE_MODEL == "logreg"
     assert row["selection"]["model"] == "logreg" and row["selection"]["c_grid"] == [0.01, 0.1]
-    assert "the codes use linearsvc" in row["model_note"]
+    assert "whatever the codes use (here linearsvc)" in row["model_note"]
     assert 0.5 < row["accuracy"] <= 1
     codes = {"name": "codes", "model": "linearsvc", "selection": m.selection, "accuracy": 0.9,
              "balanced_accuracy": 0.9, "features": m.n_features}
     text = format_table(build_report(model=m, evaluation=None, rows=[codes, row]))
     line = next(x for x in text.splitlines() if x.startswith("raw pixels 8x8 rgb"))
     assert line.split()[4] == "logreg"
-    assert f"(raw pixels 8x8 rgb: {row['model_note']})" in text
+    assert f"note: raw pixels 8x8 rgb is {row['model_note']}" in text
