@@ -83,7 +83,8 @@ def _nothing_to_plot(fig: Any, history: Sequence[dict[str, Any]]) -> None:
     for h in history:
         vals = ", ".join(f"{name} {h[k]:.4f}" for k, name in (
             ("train_loss", "train loss"), ("train_acc", "train accuracy"),
-            ("val_loss", "validation loss"), ("val_acc", "validation accuracy")) if _finite(h.get(k)))
+            ("val_loss", "validation loss"), ("val_acc", "validation accuracy"))
+            if _finite(h.get(k)))
         text.append(f"epoch {h.get('epoch')}: {vals}")
     ax.text(0.5, 0.5, "\n".join(text), ha="center", va="center", fontsize=11,
             transform=ax.transAxes)
