@@ -58,7 +58,7 @@ from .evaluation import (
 from .model_file import atomic_torch_save, read_model_file, save_model_file
 from .net import build_finetune_model
 from .optim import build_optimizer, build_scheduler, warmup_steps
-from .plots import plot_curves
+from .plots import bin_steps, plot_curves
 from .split import Split
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         loss_sum, correct, seen = 0.0, 0, 0
+        steps: list[tuple[float, float]] = []  # per optimiser step: (loss, accuracy), this rank
         bar = progress_bar(self.per_rank, f"epoch {epoch + 1}/{cfg.epochs}",
                            enabled=self.progress and di.is_main, leave=False)
         try:
@@ -307,19 +308,28 @@ class Trainer:
                     bar.update(len(batch.indices) + len(batch.failures))
                 dl, dc, dn = self.step(batch, index)
                 loss_sum, correct, seen = loss_sum + dl, correct + dc, seen + dn
+                if dn:
+                    steps.append((dl / dn, dc / dn))
         finally:
             if bar is not None:
                 bar.close()
         self.merge_failures()
+        step_loss, step_acc = bin_steps([a for a, _ in steps]), bin_steps([b for _, b in steps])
         if di.enabled:
             # whole-job training figures (padding repeats included), and rank 0's BatchNorm
-            # statistics everywhere: what the checkpoint holds and validation must use
+            # statistics everywhere: what the checkpoint holds and validation must use; every
+            # rank took the same steps, so the binned step curves have the same length
             loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen])
+            n = len(step_loss)
+            both = all_reduce_sum(step_loss + step_acc) if n else []
+            step_loss = [v / di.world for v in both[:n]]
+            step_acc = [v / di.world for v in both[n:]]
             broadcast_buffers(self.net)
         rec: dict[str, Any] = {
             "epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
             "train_acc": correct / max(1, seen), "val_loss": None, "val_acc": None,
-            "lr": lrs, "world_size": di.world}
+            "lr": lrs, "world_size": di.world, "steps": len(steps),
+            "step_loss": step_loss, "step_acc": step_acc}
         ev = None
         if self.val_loader is not None:
             ev = self.evaluate(self.val_loader, self.val_src)

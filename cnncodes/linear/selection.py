@@ -2,6 +2,16 @@
 on all training rows (:func:`fit_codes`). Where the fits run (NumPy or the array API) is
 :mod:`cnncodes.linear.array_api`.
 
+Ties
+----
+When several C values share the best mean CV score, the **smallest** of them is chosen: the
+strongest regularisation (for LinearSVC the widest margin), the simplest model the folds cannot
+tell apart from the others (scikit-learn's ``GridSearchCV`` takes the first best candidate, and
+the grid is searched in increasing C). When *every* C ties, the grid cannot choose at all:
+with a perfect score the classes are separable at every C (the score saturates); otherwise the
+score is flat over the grid. :func:`describe_choice` says so in ``selection["c_note"]`` (and a
+logged warning); only a unique best at the grid's edge asks for a wider grid.
+
 Model selection on a cluster (joblib + dask)
 --------------------------------------------
 The grid search's fits (C values x folds) are dispatched by joblib, so any joblib backend set by
@@ -29,6 +39,7 @@ the calling process and does not use the backend.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +54,55 @@ from .options import ClassifierOptions, classifier_options
 from .pipelines import build_pipeline
 
 log = logging.getLogger(__name__)
+
+
+def _beyond(grid: Sequence[float], side: str) -> str:
+    """A ``--c-grid`` that reaches three decades beyond ``side`` of ``grid``, as dense."""
+    lo, hi = min(grid), max(grid)
+    per_decade = (len(grid) - 1) / max(math.log10(hi / lo), 1e-9)
+    n = len(grid) + max(1, round(3 * per_decade))
+    lo, hi = (lo / 1e3, hi) if side == "smallest" else (lo, hi * 1e3)
+    return f"{lo:.0e}:{hi:.0e}:{n}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+
+
+def describe_choice(c_grid: Sequence[float], cv_mean: Sequence[float], best_C: float, *,
+                    scoring: str = "accuracy", model: str = "logreg") -> dict[str, Any]:
+    """What the chosen C means: ties and grid edges, in words (see "Ties" above).
+
+    Returns ``{}`` for a unique best inside the grid; else ``c_tie`` (``"all"`` or the tied C
+    values), ``c_rule``, and/or ``c_at_grid_edge`` (``"smallest"``/``"largest"``), with
+    ``c_note``: one sentence for the user. Never suggests a grid the search already covers.
+    """
+    Cs, means = [float(c) for c in c_grid], [float(m) for m in cv_mean]
+    if len(Cs) < 2:
+        return {}
+    best = max(means)
+    tied = [c for c, m in zip(Cs, means, strict=True) if m == best]
+    rule = "the smallest tied C (strongest regularisation, widest margin) is chosen"
+    saturated = not scoring.startswith("neg_") and best >= 1.0
+    if len(tied) == len(Cs):
+        why = (f"the classes are separable at every C: the CV {scoring} is {best:.4f} "
+               "everywhere (the score saturates)" if saturated else
+               f"the CV {scoring} is {best:.4f} at every C: the score is flat over the grid")
+        hint = ("; --scoring neg_log_loss can tell the C values apart" if model == "logreg"
+                else "")
+        return {"c_tie": "all", "c_rule": rule, "c_note": (
+            f"all {len(Cs)} C values in [{Cs[0]:.3g}, {Cs[-1]:.3g}] score the same, so the "
+            f"grid cannot choose: {why}; by rule {rule} (C = {best_C:.3g}){hint}.")}
+    if len(tied) > 1:
+        return {"c_tie": tied, "c_rule": rule, "c_note": (
+            f"{len(tied)} C values in [{tied[0]:.3g}, {tied[-1]:.3g}] tie for the best CV "
+            f"{scoring} ({best:.4f}{': the score saturates' if saturated else ''}); by rule "
+            f"{rule} (C = {best_C:.3g}).")}
+    if len(Cs) > 2 and best_C in (Cs[0], Cs[-1]):
+        side = "smallest" if best_C == Cs[0] else "largest"
+        full = parse_c_grid("full")
+        reach = full[0] < Cs[0] if side == "smallest" else full[-1] > Cs[-1]
+        wider = "full" if reach else _beyond(Cs, side)
+        return {"c_at_grid_edge": side, "c_note": (
+            f"the chosen C ({best_C:.3g}) is the {side} value of the grid; the best C may lie "
+            f"beyond it: widen the grid (e.g. --c-grid {wider}).")}
+    return {}
 
 
 def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = None,
@@ -116,11 +176,10 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         "compute": {**compute.to_dict(), "dtype": str(X.dtype)},
         "train_time_s": round(seconds, 3), "refit_time_s": round(float(search.refit_time_), 3),
     }
-    if len(grid) > 2 and selection["best_C"] in (grid[0], grid[-1]):
-        side = "smallest" if selection["best_C"] == grid[0] else "largest"
-        selection["c_at_grid_edge"] = side
-        log.warning("the chosen C (%.3g) is the %s value of the grid; the best C may lie beyond "
-                    "it: widen the grid (e.g. --c-grid full)", selection["best_C"], side)
+    selection.update(describe_choice(selection["c_grid"], selection["cv_mean"],
+                                     selection["best_C"], scoring=scoring, model=model))
+    if selection.get("c_note"):
+        log.warning("%s", selection["c_note"])
     log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%d folds, %d C values, %.1f s, %s)",
              model, X.shape[0], X.shape[1], selection["best_C"], scoring,
              selection["best_cv_score"], folds, len(grid), seconds, compute.describe())

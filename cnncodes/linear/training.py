@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from ..codes.store import FeatureStore
 from ..sources.splits import stratified_holdout
 from .array_api import _sklearn_version
 from .model_file import _COPIED_FIELDS, TrainedModel, store_provenance
-from .options import ClassifierOptions, classifier_options
+from .options import DEFAULT_MODEL, MODELS, ClassifierOptions, classifier_options
 from .selection import fit_codes
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,31 @@ def resolve_layer(store: FeatureStore, layer: str | None) -> str:
     return layer
 
 
+def choose_model(provenance: Mapping[str, Any], layer: str, model: str | None
+                 ) -> tuple[str, str, str]:
+    """The classifier to train on ``layer``: ``(model, source, reason)``.
+
+    ``model`` named: that one (``source`` ``given``). Else the classifier the advisor chose for
+    this layer when a ``--layers auto`` extraction recorded its advice in the store (``advice``),
+    else :data:`~cnncodes.linear.options.DEFAULT_MODEL` (``default``).
+    """
+    if model is not None:
+        return model, "given", f"{model} as named (--model)"
+    advice = provenance.get("advice")
+    advised = advice.get("classifier") if isinstance(advice, Mapping) else None
+    if advised in MODELS:
+        assert isinstance(advice, Mapping)
+        if advice.get("layer") == layer:
+            why = f" ({advice.get('quadrant')})" if advice.get("quadrant") else ""
+            return str(advised), "advice", (
+                f"{advised}: advised for {layer}{why} by the --layers auto advice recorded in "
+                "the store (pass --model to choose another)")
+        return DEFAULT_MODEL, "default", (
+            f"{DEFAULT_MODEL}, the default: the advice recorded in the store ({advised}) is for "
+            f"layer {advice.get('layer')}, not {layer} (pass --model to choose)")
+    return DEFAULT_MODEL, "default", f"{DEFAULT_MODEL}, the default (pass --model to choose)"
+
+
 def _abs_paths(store: FeatureStore) -> list[str]:
     return [os.path.normpath(os.fspath(p)) for p in store.abspaths()]
 
@@ -69,7 +94,11 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
         device: ``auto`` (GPU through scikit-learn's array API when CUDA is present), ``cpu``
             (NumPy), ``cuda``/``cuda:N`` or ``cpu-torch``; LinearSVC always runs on the CPU.
         classifier: the model and its grid search (:class:`ClassifierOptions`); ``options``
-            override single fields (``model=``, ``c_grid=``, ``cv=``, ``n_jobs=``...).
+            override single fields (``model=``, ``c_grid=``, ``cv=``, ``n_jobs=``...). With no
+            ``model`` named, the classifier advised for this layer by a ``--layers auto``
+            extraction (recorded in the store) is used, else logistic regression
+            (:func:`choose_model`; ``selection["model_source"]``/``["model_reason"]`` say which
+            and why).
         seed, threads: see :func:`fit_codes` (``seed`` also seeds the hold-out split).
 
     Returns:
@@ -113,8 +142,11 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
                  seed)
     Xtr, ytr = X[labelled][rows], yl[rows]
     copts, _ = classifier_options(classifier, options, where="train")
-    pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts, seed=seed,
-                                threads=threads, device=device)
+    model, source, reason = choose_model(st.provenance, name, copts.model)
+    log.debug("classifier: %s", reason)  # printed with the report (model_reason)
+    pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts.replace(model=model),
+                                seed=seed, threads=threads, device=device)
+    selection.update(model_source=source, model_reason=reason)
     prov = store_provenance(st)
     bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
     bound["layers"] = [name]

@@ -41,11 +41,8 @@ def format_advice_use(report: Mapping[str, Any]) -> str:
         return ""
     again = (" (reused: recorded in the cache for these training images)"
              if use.get("reused_from_cache") else "")
-    lines = [f"--layer auto -> {use['layer']}: {advice.get('explanation')}{again}"]
-    if use.get("model_source") == "advice":
-        lines.append(f"--model {use['model']}: the classifier advised for this layer (pass "
-                     "--model to choose another)")
-    return "\n".join(lines)
+    # which classifier was used, and why: the report table's "classifier" line
+    return f"--layer auto -> {use['layer']}: {advice.get('explanation')}{again}"
 
 
 def format_baseline(report: Mapping[str, Any], *, fall_through: str = "",

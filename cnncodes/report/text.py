@@ -53,6 +53,10 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
                      f"values [{min(sel['c_grid']):.3g}, {max(sel['c_grid']):.3g}]: best C "
                      f"{sel['best_C']:.3g}, CV {sel.get('scoring')} {sel['best_cv_score']:.4f}, "
                      f"{sel.get('train_time_s', 0):.1f} s")
+        if sel.get("model_reason") and sel.get("model_source") != "given":
+            lines.append(f"classifier {sel['model_reason']}")
+        if sel.get("c_note"):  # a tie over C or a choice at the grid's edge, in words
+            lines.append(f"note       {sel['c_note']}")
         comp = sel.get("compute")
         if comp:
             lines.append(f"compute    {describe_compute(comp)}")
@@ -61,17 +65,21 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
     if rows:
         w = max(28, *(len(str(r["name"])) for r in rows))
         lines.append("")
-        lines.append(f"{'':<{w}}  {'test acc':>8}  {'bal acc':>8}  {'CV':>7}  "
+        lines.append(f"{'':<{w}}  {'model':<9}  {'test acc':>8}  {'bal acc':>8}  {'CV':>7}  "
                      f"{'best C':>8}  {'dim':>6}  {'fit s':>6}")
         for r in rows:
             if "skipped" in r:
                 lines.append(f"{r['name']:<{w}}  skipped: {r['skipped']}")
                 continue
             s = r.get("selection") or {}
-            lines.append(f"{r['name']:<{w}}  {_fmt(r.get('accuracy')):>8}  "
+            clf = r.get("model") or s.get("model") or r.get("kind") or "-"  # what made the row
+            lines.append(f"{r['name']:<{w}}  {clf:<9}  {_fmt(r.get('accuracy')):>8}  "
                          f"{_fmt(r.get('balanced_accuracy')):>8}  "
                          f"{_fmt(s.get('best_cv_score')):>7}  {_fmt(s.get('best_C'), '.3g'):>8}  "
                          f"{r.get('features', '-'):>6}  {_fmt(s.get('train_time_s'), '.1f'):>6}")
+        first = rows[0].get("model") or (rows[0].get("selection") or {}).get("model")
+        lines += [f"note: {r['name']} is {r['model_note']}" for r in rows[1:]
+                  if r.get("model_note") and r.get("model") != first]
     elif test:
         lines.append(f"test       accuracy {test['accuracy']:.4f}, balanced accuracy "
                      f"{test['balanced_accuracy']:.4f} on {test['n']} rows")

@@ -168,6 +168,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     trained, evaluation = train_and_test(stores, split, choice, copts.replace(model=choice.model),
                                          holdout=sopts.holdout if single else 0.0,
                                          seed=sopts.seed, device=ropts.device)
+    trained.selection.update(_model_choice(choice, copts))
     rows = [codes_row(trained, evaluation, stores, extract_now=extract_now,
                       fit_s=time.perf_counter() - t_fit)]
     rows += pixel_rows(trained, evaluation, copts.replace(model=choice.model), sopts,
@@ -201,6 +202,21 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     return BaselineResult(trained, evaluation, rows, rep, files,
                           {k: v.path for k, v in stores.items()}, failures, choice.advice,
                           ft_result)
+
+
+def _model_choice(choice: LayerChoice, classifier: ClassifierOptions) -> dict[str, str]:
+    """``model_source``/``model_reason`` of the baseline's classifier (as :func:`train` records
+    them): named, advised by ``layer="auto"``, or the default."""
+    model = choice.model
+    if (choice.use or {}).get("model_source") == "advice":
+        return {"model_source": "advice", "model_reason": (
+            f"{model}: advised for {choice.layer} by --layer auto (pass --model to choose "
+            "another)")}
+    if classifier.model is not None:
+        return {"model_source": "given", "model_reason": f"{model} as named (--model)"}
+    return {"model_source": "default", "model_reason": (
+        f"{model}, the default (--layer auto follows the advised classifier; pass --model to "
+        "choose)")}
 
 
 def check_outputs(source: str | os.PathLike, report: str | os.PathLike | None, cache_dir: Path,
@@ -313,8 +329,8 @@ def codes_row(trained: TrainedModel, evaluation: Evaluation,
     p = trained.provenance
     codes_s = max(_codes_seconds(stores), 0.0)
     return {"name": f"{p['backbone']} {trained.layer} codes ({p.get('input_size')} px)",
-            "features": trained.n_features, "selection": trained.selection,
-            "n_test": len(evaluation.y_true),
+            "model": trained.selection.get("model"), "features": trained.n_features,
+            "selection": trained.selection, "n_test": len(evaluation.y_true),
             **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
             "wall_time_s": round(codes_s + fit_s, 2), "extract_s": round(codes_s, 2),
             "extract_this_run_s": round(extract_now, 2), "fit_and_test_s": round(fit_s, 2)}

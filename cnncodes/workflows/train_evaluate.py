@@ -61,15 +61,16 @@ def evaluate_report(model: TrainedModel | str | os.PathLike,
                     store: str | os.PathLike | FeatureStore, *, raw_baseline: bool = False,
                     raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False) -> LinearRun:
     """Evaluate ``model`` on ``store`` (see :func:`cnncodes.evaluate`) and build the report;
-    ``raw_baseline``: add the codes row and the same protocol on raw pixels of the same images
-    (the model's own classifier settings and seed)."""
+    ``raw_baseline``: add the codes row and the raw-pixel row: logistic regression with the
+    model's own C grid, folds and seed on raw pixels of the same images
+    (:func:`~cnncodes.linear.pixels.pixel_baseline`)."""
     m = load_model(model)
     evaluation = evaluate(m, store)
     rows = None
     if raw_baseline:
         sel, p = m.selection, m.provenance
         rows = [{"name": f"{p.get('backbone')} {m.layer} codes ({p.get('input_size')} px)",
-                 "features": m.n_features, "selection": sel,
+                 "model": sel.get("model"), "features": m.n_features, "selection": sel,
                  **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy",
                                                        "macro_f1")}},
                 pixel_baseline(m.train_paths, m.train_labels, evaluation.paths,

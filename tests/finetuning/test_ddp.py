@@ -116,6 +116,9 @@ def test_ddp_run_folder_and_metrics_equal_a_single_process_evaluation(ddp_run):
     assert rep["status"] == "completed" and rep["epochs_run"] == EPOCHS
     assert rep["world_size"] == 2 and rep["distributed"]["backend"] == "gloo"
     assert rep["distributed"]["global_batch_size"] == 8
+    # per-step curves, averaged over the ranks: one value per step of each epoch
+    assert all(0 < len(h["step_loss"]) == len(h["step_acc"]) == min(h["steps"], 50)
+               for h in rep["history"])
     assert json.loads((ddp_run / "config.json").read_text())["world_size"] == 2
     # the bad image was gathered from whichever rank met it and is listed once
     assert [Path(p).name for p, _ in rep["failures"]] == ["bad.png"]

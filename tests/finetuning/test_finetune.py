@@ -25,6 +25,7 @@ from cnncodes.finetuning.config import FinetuneConfig, make_config
 from cnncodes.finetuning.model_file import is_finetuned_model, read_model_file
 from cnncodes.finetuning.net import FinetuneNet, build_finetune_model, load_finetuned
 from cnncodes.finetuning.optim import build_optimizer, lr_factor, param_groups
+from cnncodes.finetuning.plots import curve_kind
 from cnncodes.finetuning.predict import predict_images
 from cnncodes.finetuning.run import finetune
 from cnncodes.finetuning.split import make_split
@@ -282,6 +283,10 @@ def test_run_writes_report_curves_and_leaves_global_state(trained_run, photos, t
     threads = torch.get_num_threads()
     finetune(photos, tmp_path / "r2", epochs=1, deterministic=True, **{**TINY, "threads": 1})
     assert torch.equal(torch.get_rng_state(), rng_before)
+    # one epoch: the curves are drawn per optimiser step (18 images, batches of 8)
+    (one,) = json.loads((tmp_path / "r2" / "report.json").read_text())["history"]
+    assert one["steps"] >= 2 and len(one["step_loss"]) == len(one["step_acc"]) == one["steps"]
+    assert curve_kind([one]) == "steps" and (tmp_path / "r2" / "curves.png").is_file()
     assert torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
     with pytest.raises(ValueError, match="already holds a fine-tuning run.*--resume"):

@@ -90,7 +90,9 @@ def test_layer_auto_records_advice_in_report_and_stores_and_reuses_it(photos, tm
     assert report["split"]["n_train"] == 30 and report["test"]["n"] == 6
     assert report["advice_use"]["model"] == advice["classifier"] == report["model"]["model"]
     assert report["advice_use"]["model_source"] == "advice"
-    assert f"--model {advice['classifier']}: the classifier advised" in out
+    assert (f"classifier {advice['classifier']}: advised for {layer} by --layer auto (pass "
+            "--model to choose another)") in out
+    assert report["selection"]["model_source"] == "advice"
     store = FeatureStore(rep / "cache" / "codes.h5")
     assert store.layers == [layer]
     assert store.provenance["advice"]["layer"] == layer
