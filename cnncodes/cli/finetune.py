@@ -130,9 +130,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(esc.json_path.read_text() if args.json else format_escalation(esc))
         return 0
     from ..finetuning.run import finetune
+    from ..report.html import write_finetune_html
 
     res = finetune(args.source, args.output, **common, **options)
     if not env_info().is_main:  # under torchrun rank 0 reports for the job
         return 0
+    write_finetune_html(res.output)
     print(json.dumps(res.report, indent=2, default=str) if args.json else format_finetune(res))
     return 0
