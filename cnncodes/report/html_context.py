@@ -143,6 +143,8 @@ def split_text(split: Any) -> str:
 
 
 def _task(report: Mapping[str, Any]) -> str:
+    if report.get("task"):
+        return str(report["task"])
     cmd = report.get("command")
     if isinstance(cmd, str):
         try:
