@@ -1,6 +1,8 @@
 """Headless Chromium for the report.html tests: find it (PATH, ``$CNNCODES_CHROMIUM`` or the
-prefix ``tools/get_chromium.sh`` unpacks into) and take a screenshot with JavaScript off and every
-host unresolvable, so the page is shown exactly as a self-contained file:// page.
+prefix ``tools/get_chromium.sh`` unpacks into) and take a screenshot of a file:// page with every
+host unresolvable (the page's own Content-Security-Policy forbids scripts and any fetch but
+``data:`` images; ``--blink-settings=scriptEnabled=false`` would be the other way, but headless
+Chromium 150 then writes no screenshot).
 
     python -m tests.report.browser REPORT.html OUT.png [--width 800]   # e.g. docs/report.png
 """
@@ -45,7 +47,7 @@ def find_chromium() -> tuple[str | None, str]:
 
 def screenshot(html: Path, png: Path, *, width: int = 1100, height: int = 1400,
                browser: str | None = None, timeout: float = 180) -> Path:
-    """``html`` rendered (JavaScript off, no host resolvable) into ``png`` (width x height)."""
+    """``html`` rendered (no host resolvable) into ``png`` (width x height)."""
     browser = browser or find_chromium()[0]
     if browser is None:
         raise RuntimeError(find_chromium()[1])
@@ -53,7 +55,7 @@ def screenshot(html: Path, png: Path, *, width: int = 1100, height: int = 1400,
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                "--disable-background-networking", "--disable-component-update", "--mute-audio",
-               "--blink-settings=scriptEnabled=false", "--host-resolver-rules=MAP * ~NOTFOUND",
+               "--host-resolver-rules=MAP * ~NOTFOUND",
                f"--user-data-dir={profile}", f"--window-size={width},{height}",
                f"--screenshot={png}", Path(html).resolve().as_uri()]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -79,3 +79,5 @@ def assert_self_contained(page: Page) -> None:
         assert ".." not in Path(href).parts, href
     assert not re.search(r"https?://", " ".join(page.srcs() + page.hrefs()))
     assert "url(" not in page.style and "@import" not in page.style
+    csp = [v for t, n, v in page.attrs if t == "meta" and n == "content" and "default-src" in v]
+    assert csp == ["default-src 'none'; img-src data:; style-src 'unsafe-inline'"], csp

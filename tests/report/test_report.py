@@ -65,7 +65,8 @@ def test_report_json_parses_and_holds_the_measurements(fitted, tmp_path):
         assert per[c]["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
         assert per[c]["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
     assert data["files"] == {"cv_plot": "cv_scores.png", "confusion": "confusion.png",
-                             "per_class": "per_class.csv", "json": "report.json"}
+                             "per_class": "per_class.csv", "json": "report.json",
+                             "html": "report.html"}
     for name in ("cv_plot", "confusion"):
         assert files[name].read_bytes()[:8] == PNG_MAGIC and files[name].stat().st_size > 5000
     with open(files["per_class"]) as f:
