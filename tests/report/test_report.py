@@ -92,7 +92,7 @@ def test_format_table_shows_rows_and_per_class(fitted):
 def test_report_without_test_part_has_cv_plot_only(fitted, tmp_path):
     model, _ = fitted
     files = write_report(build_report(model=model), tmp_path)
-    assert set(files) == {"cv_plot", "json"}
+    assert set(files) == {"cv_plot", "json", "html"}
     assert "test" not in load_report(tmp_path / "report.json")
 
 
