@@ -276,9 +276,15 @@ LAYER_COLUMNS = [col("layer", "layer"), col("depth", "depth"), col("dim", "dim",
                  col("note", "note")]
 
 
+def _similarity(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``advice.json``'s evidence block (a store's advice summary has the word there instead)."""
+    sim = d.get("similarity")
+    return sim if isinstance(sim, Mapping) else {}
+
+
 def _evidence(d: Mapping[str, Any], probe: Mapping[str, Any]) -> list[dict[str, str]]:
     size = d.get("size") or {}
-    sim = d.get("similarity") or {}
+    sim = _similarity(d)
     head = d.get("imagenet_head", sim.get("imagenet_head")) or {}
     bn = d.get("batchnorm", sim.get("batchnorm")) or {}
     dec = d.get("decision") or d
@@ -288,11 +294,11 @@ def _evidence(d: Mapping[str, Any], probe: Mapping[str, Any]) -> list[dict[str, 
              f"{fmt(size.get('per_class_median'), 'g')})", "reading": str(dec.get("size_class"))}]
     if head.get("available"):
         rows.append({"what": "(a) ImageNet head",
-                     "value": f"mean top-1 probability {fmt(head.get('mean_top1_prob'), '.3f')}, "
-                              f"normalised entropy {fmt(head.get('mean_normalized_entropy'), '.3f')}"
-                              f", NMI(classes, ImageNet top-1) "
-                              f"{fmt(head.get('nmi_classes_vs_imagenet'), '.3f')}",
-                     "reading": str(dec.get("similarity") or "")})
+                     "value": f"mean top-1 probability {fmt(head.get('mean_top1_prob'), '.3f')}"
+                              f", normalised entropy "
+                              f"{fmt(head.get('mean_normalized_entropy'), '.3f')}, NMI(classes, "
+                              f"ImageNet top-1) {fmt(head.get('nmi_classes_vs_imagenet'), '.3f')}",
+                     "reading": ""})
     else:
         rows.append({"what": "(a) ImageNet head", "value": "n/a",
                      "reading": str(head.get("reason") or "")})
@@ -307,14 +313,14 @@ def _evidence(d: Mapping[str, Any], probe: Mapping[str, Any]) -> list[dict[str, 
     rows.append({"what": "(c) linear probe",
                  "value": f"{probe.get('method')}, {probe.get('folds')}-fold CV on "
                           f"{probe.get('n_images')} images",
-                 "reading": f"best layer {d.get('layer')}"})
+                 "reading": f"best layer {d.get('layer')}; {dec.get('similarity')} to ImageNet"})
     return rows
 
 
 def advice_ctx(d: Mapping[str, Any]) -> dict[str, Any]:
     """An advice (``advice.json``, or the summary a baseline records) for the advice macro."""
     dec = d.get("decision") or {}
-    probe = d.get("probe") or (d.get("similarity") or {}).get("probe") or {}
+    probe = d.get("probe") or _similarity(d).get("probe") or {}
     layers = [{"layer": str(name), "depth": str(r.get("depth")), "dim": fmt(r.get("dim"), ","),
                "cv": fmt(r.get("cv_accuracy")), "std": fmt(r.get("cv_std")),
                "note": ("recommended" if name == d.get("layer") else "")

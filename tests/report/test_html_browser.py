@@ -1,6 +1,7 @@
 """report.html in a real browser: headless Chromium (no host resolvable; the page's CSP allows
-no script and no fetch but data: images) renders the baseline page from file:// to a screenshot that is not blank. Skips, saying why, without a
-Chromium (``tools/get_chromium.sh`` fetches one; ``.ci/run`` calls it).
+no script and no fetch but data: images) renders the baseline page from file:// to a screenshot
+that is not blank. Skips, saying why, without a Chromium (``tools/get_chromium.sh`` fetches one;
+``.ci/run`` calls it).
 
 ``CNNCODES_KEEP_SCREENSHOT=PATH`` keeps a small copy of the screenshot (how docs/ gets its PNG;
 for the demo's own report: ``python -m tests.report.browser data/demo/baseline/report.html
