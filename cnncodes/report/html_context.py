@@ -376,6 +376,28 @@ HISTORY_KEYS = (("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f"),
                 ("val_acc", "val acc.", ".4f"), ("lr", "lr", ".3g"), ("seconds", "seconds", ".1f"))
 
 
+def _lr_text(lr: Any) -> str:
+    """An epoch's learning rates (one per parameter group) as ``backbone 0.001, head 0.01``."""
+    if not isinstance(lr, Mapping):
+        return fmt(lr, ".3g")
+    body = sorted({v for k, v in lr.items() if k != "head" and isinstance(v, (int, float))})
+    text = "backbone " + (fmt(body[0], ".3g") if len(body) == 1 else
+                          f"{fmt(body[0], '.3g')}-{fmt(body[-1], '.3g')}") if body else ""
+    if "head" in lr:
+        text += (", " if text else "") + f"head {fmt(lr['head'], '.3g')}"
+    return text
+
+
+def _base_lr(rep: Mapping[str, Any]) -> str:
+    """The configured base learning rate, else the one the optimiser groups ran at."""
+    lr = (rep.get("config") or {}).get("lr")
+    if lr is not None:
+        return fmt(lr, "g")
+    groups = [g.get("lr") for g in rep.get("param_groups") or [] if g.get("name") != "head"]
+    groups = [g for g in groups if isinstance(g, (int, float))]
+    return f"{fmt(max(groups), 'g')} (default)" if groups else "default"
+
+
 def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
     """The page of a fine-tuning run's ``report.json``."""
     split = rep.get("split") or {}
@@ -400,7 +422,8 @@ def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
         "title": f"cnncodes finetune: {rep.get('backbone')} ({rep.get('state')})",
         "subtitle": f"{len(classes)} classes",
         "summary": summary, "message": rep.get("message"), "notes": notes,
-        "history": [{k: fmt(h.get(k), spec) for k, _, spec in keys} for h in history],
+        "history": [{k: _lr_text(h.get(k)) if k == "lr" else fmt(h.get(k), spec)
+                     for k, _, spec in keys} for h in history],
         "history_columns": [col(k, t, True) for k, t, _ in keys], "best_index": best,
         "cm": confusion_ctx(rep.get("confusion_matrix"), classes),
         "per_class": [{"class": str(c), "acc": fmt(v)} for c, v in per.items()],
@@ -413,7 +436,7 @@ def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
                                                              rep.get("state")),
              ("input size", rep.get("input_size")),
              ("preprocessing", preprocessing_text(rep.get("preprocessing"))),
-             ("optimiser", f"{cfg.get('optimizer')} lr {cfg.get('lr')} (head x"
+             ("optimiser", f"{cfg.get('optimizer')} lr {_base_lr(rep)} (head x"
                            f"{cfg.get('head_lr_mult')}), batch {cfg.get('batch_size')}, "
                            f"freeze {cfg.get('freeze')}, {cfg.get('epochs')} epochs"),
              ("device", f"{rep.get('device')}, {rep.get('precision')}, world size "
