@@ -297,3 +297,16 @@ def test_autoescape_is_what_keeps_markup_out(monkeypatch, digits_report, tmp_pat
         monkeypatch.undo()
         env.cache.clear() if env.cache else None
     assert "script" in parse(tmp_path / "r" / "report.html").tags
+
+
+def test_a_diverged_run_still_gets_its_page(hostile_tree, tmp_path):  # noqa: F811
+    out = tmp_path / "nan"
+    rc, _ = run_cli("-q", "finetune", hostile_tree / "train", "-o", out, *FAST, "--epochs", "2",
+                    "--batch-size", "8", "--schedule", "step", "--step-size", "1", "--gamma",
+                    "1e36", "--warmup-epochs", "0")
+    assert rc == 1
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "diverged"
+    page = parse(out / "report.html")
+    assert_self_contained(page)
+    assert rep["message"] in page.all_text() and "diverged" in _section(page.raw, "summary")
