@@ -27,6 +27,7 @@ demo: $(STAMP)
 	# the small-dataset path: MobileNetV2 (ImageNet) codes of train/ (reusing train.h5) and test/,
 	# C chosen by 5-fold CV on train/, scored on test/, next to logistic regression on raw pixels
 	$(VENV)/bin/cnncodes baseline $(DEMO)/animal-mnist --cache $(DEMO) --report $(DEMO)/baseline --input-size $(DEMO_SIZE) --layer pool --no-progress
+	@echo "demo report: file://$(abspath $(DEMO)/baseline/report.html)"
 
 # the fast suite (a few minutes on 2 cores); pytest's exit code 5 (nothing collected) is not a failure
 test: $(STAMP)

@@ -77,7 +77,7 @@ def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
     return save_figure(fig, out)
 
 
-REPORT_FILES = ("advice.json", "advice.png")
+REPORT_FILES = ("advice.json", "advice.png", "report.html")
 
 
 def check_report_folder(folder: str | os.PathLike, *, inputs: Any = ()) -> Path:

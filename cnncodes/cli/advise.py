@@ -58,10 +58,15 @@ def cmd_advise(args: argparse.Namespace) -> int:
                  budget=args.budget, max_images=args.sample, folds=args.folds, probe=args.probe,
                  seed=args.seed, head_sample=args.head_sample, thresholds=thresholds(args),
                  report=args.report)
+    if args.report:
+        from .._runtime import command_line
+        from ..report.html import write_advice_html
+
+        html = write_advice_html(adv, args.report, command=command_line())
     if args.json:
         print(json.dumps(adv.to_dict(), indent=2))
         return 0
     print(format_advice(adv))
     if args.report:
-        print(f"report    {args.report}/advice.json, {args.report}/advice.png")
+        print(f"report    {html}, {args.report}/advice.json, {args.report}/advice.png")
     return 0

@@ -170,6 +170,10 @@ def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any,
     from ..report.text import format_table
 
     if args.report:
+        from .._runtime import command_line
+
+        rep.setdefault("command", command_line())
+        rep.setdefault("task", getattr(args, "command", None))  # train / evaluate
         write_report(rep, args.report, evaluation=evaluation, inputs=inputs)
     if args.json:
         print(json.dumps(rep, indent=2))

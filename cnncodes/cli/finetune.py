@@ -129,10 +129,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         esc = escalate(args.source, args.output, **common, **options)
         print(esc.json_path.read_text() if args.json else format_escalation(esc))
         return 0
+    from ..errors import FinetuneDivergedError
     from ..finetuning.run import finetune
+    from ..report.html import write_finetune_html
 
-    res = finetune(args.source, args.output, **common, **options)
+    try:
+        res = finetune(args.source, args.output, **common, **options)
+    except FinetuneDivergedError:  # its report.json is written: the page shows what happened
+        if env_info().is_main:
+            write_finetune_html(args.output)
+        raise
     if not env_info().is_main:  # under torchrun rank 0 reports for the job
         return 0
+    write_finetune_html(res.output)
     print(json.dumps(res.report, indent=2, default=str) if args.json else format_finetune(res))
     return 0

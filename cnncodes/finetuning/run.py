@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 #: Files a run folder may hold (``overwrite`` removes exactly these).
 RUN_FILES = ("checkpoint.pt", "model.pt", "split.json", "curves.png", "report.json",
-             "config.json")
+             "config.json", "report.html")
 
 
 @dataclass

@@ -40,6 +40,10 @@ class Evaluation:
     metrics: dict[str, Any]
     excluded_training_rows: int = 0
     unlabelled_rows: int = 0
+    #: per row, the score of the predicted class (``confidence_kind``: ``probability`` for
+    #: logreg, ``score`` (decision value) for LinearSVC); None when not recorded
+    confidence: np.ndarray | None = None
+    confidence_kind: str = "probability"
 
     @property
     def accuracy(self) -> float:
@@ -125,10 +129,12 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
         raise ValueError(f"{st.path} has no labelled rows the model was not trained on "
                          f"({int(labelled.sum())} labelled, {n_seen} used in training); evaluate "
                          "on a separate test store, or train with --holdout.")
-    pred, _ = m.scores(X[keep])
+    pred, scores = m.scores(X[keep])
     metrics = score_predictions(y[keep], pred, m.classes)
     log.info("%s: accuracy %.4f, balanced accuracy %.4f on %d rows", st.path,
              metrics["accuracy"], metrics["balanced_accuracy"], int(keep.sum()))
     return Evaluation(os.fspath(st.path), name, list(m.classes), paths[keep].tolist(), y[keep],
                       pred, metrics, excluded_training_rows=n_seen,
-                      unlabelled_rows=int((~labelled).sum()))
+                      unlabelled_rows=int((~labelled).sum()),
+                      confidence=scores.max(axis=1),
+                      confidence_kind=m.score_kind)

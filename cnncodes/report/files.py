@@ -1,5 +1,6 @@
-"""Report files of trained classifiers: ``report.json`` (built by :func:`build_report`), the figures
-and ``per_class.csv``, all written atomically (:mod:`cnncodes.atomic`), and :func:`load_report`.
+"""Report files of trained classifiers: ``report.json`` (built by :func:`build_report`), the
+figures, ``per_class.csv`` and ``report.html``, all written atomically (:mod:`cnncodes.atomic`),
+and :func:`load_report`.
 
 ``report.json`` holds the model summary (backbone, weights, layer, classes), the split, the
 model-selection record (CV score per C, chosen C, train time), the test metrics (accuracy,
@@ -21,6 +22,7 @@ from typing import Any
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, finite_json
 from ..outputs import check_output
+from .html import REPORT_HTML, write_linear_html
 from .plots import plot_confusion, plot_cv_scores
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def build_report(*, model: Any, evaluation: Any = None,
 
 
 #: the files :func:`write_report` writes into its folder
-REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv")
+REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv", "report.html")
 
 
 def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
@@ -69,8 +71,9 @@ def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                  evaluation: Any = None, inputs: Any = ()) -> dict[str, Path]:
-    """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part)
-    and ``per_class.csv`` into ``out_dir``; returns ``{name: path}``.
+    """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part),
+    ``per_class.csv`` and ``report.html`` (:mod:`cnncodes.report.html`: the page with the
+    thumbnails of ``evaluation``'s test images) into ``out_dir``; returns ``{name: path}``.
 
     Raises:
         OutputError: ``out_dir`` cannot take the report (see :func:`check_report_folder`).
@@ -100,9 +103,11 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                            f"{r['f1']:.4f}", r["support"]] for r in test["per_class"]))
     names.update({k: v.name for k, v in files.items()})
     names["json"] = "report.json"
+    names["html"] = REPORT_HTML
     rep["files"] = names
     files["json"] = out / "report.json"
     atomic_write_json(files["json"], finite_json(rep))
+    files["html"] = write_linear_html(finite_json(rep), out, evaluation=evaluation, files=files)
     log.info("report written to %s", out)
     return files
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .text import format_failures, format_table
@@ -63,5 +64,6 @@ def format_baseline(report: Mapping[str, Any], *, fall_through: str = "",
         parts.append("\n".join(lines))
     if folder is not None:
         parts.append(f"\nmodel, report.json and PNGs in {os.fspath(folder)} "
-                     f"({report.get('wall_time_s')} s in all)")
+                     f"({report.get('wall_time_s')} s in all)\n"
+                     f"report: {Path(folder).resolve() / 'report.html'}")
     return "\n".join(parts)

@@ -35,13 +35,14 @@ from ..finetuning.split import Split, make_split
 from ..linear.selection import fit_codes
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..outputs import check_output
+from ..report.html import write_escalation_html, write_finetune_html
 from ..sources.folders import ImageSource
 
 log = logging.getLogger(__name__)
 
 #: Files of an escalation folder (``overwrite`` removes exactly these; the runs have their own).
 ESCALATION_FILES = ("escalation.json", "escalation.md", "escalation.png", "probe.json",
-                    "split.json")
+                    "split.json", "report.html")
 PROBE = "linear probe"
 
 
@@ -106,10 +107,12 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
             log.warning("%s held a fine-tuning run that cannot be continued here (%s); starting "
                         "it over", output, e)
             res = run(True)
+        write_finetune_html(output)
         return Arm(method, res.status, res.report, res, time.perf_counter() - t0)
     except FinetuneDivergedError as e:
         log.warning("%s", e)
         rep = json.loads((output / "report.json").read_text())
+        write_finetune_html(output)
         return Arm(method, "diverged", rep, None, time.perf_counter() - t0, str(e))
 
 
@@ -310,6 +313,7 @@ def escalate(
         rows.append(row)
     text = verdict(rows[0], rows[1:])
     _write_escalation(out, cfg, split, probe, rows, text, command)
+    write_escalation_html(out)
     log.info("escalation: %s", text)
     return EscalationResult(out, rows, text, out / "escalation.json", out / "escalation.md",
                             out / "escalation.png")

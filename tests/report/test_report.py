@@ -65,7 +65,8 @@ def test_report_json_parses_and_holds_the_measurements(fitted, tmp_path):
         assert per[c]["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
         assert per[c]["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
     assert data["files"] == {"cv_plot": "cv_scores.png", "confusion": "confusion.png",
-                             "per_class": "per_class.csv", "json": "report.json"}
+                             "per_class": "per_class.csv", "json": "report.json",
+                             "html": "report.html"}
     for name in ("cv_plot", "confusion"):
         assert files[name].read_bytes()[:8] == PNG_MAGIC and files[name].stat().st_size > 5000
     with open(files["per_class"]) as f:
@@ -91,7 +92,7 @@ def test_format_table_shows_rows_and_per_class(fitted):
 def test_report_without_test_part_has_cv_plot_only(fitted, tmp_path):
     model, _ = fitted
     files = write_report(build_report(model=model), tmp_path)
-    assert set(files) == {"cv_plot", "json"}
+    assert set(files) == {"cv_plot", "json", "html"}
     assert "test" not in load_report(tmp_path / "report.json")
 
 

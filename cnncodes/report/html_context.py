@@ -1,0 +1,492 @@
+"""What ``report.html`` shows, as plain data for the templates (:mod:`cnncodes.report.html`).
+
+Every function here turns a report dict (``report.json``, ``advice.json``, a fine-tuning run's
+``report.json``, ``escalation.json``) into dicts and lists of strings; numbers are formatted here,
+escaping is the template engine's (autoescape), so nothing here builds markup.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._version import __version__
+
+#: libraries whose versions the provenance lists when the report recorded none
+VERSIONED = ("torch", "torchvision", "scikit-learn", "numpy", "h5py", "onnxruntime", "pillow",
+             "jinja2")
+#: at most this many unreadable files are listed on the page (the JSON has all)
+MAX_FAILURES = 50
+
+
+def fmt(v: Any, spec: str = ".4f") -> str:
+    """A number as text (``n/a`` for None / non-numbers)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "n/a" if v is None else str(v)
+    return format(v, spec)
+
+
+def seconds(v: Any) -> str:
+    return "n/a" if not isinstance(v, (int, float)) else f"{v:.1f} s"
+
+
+def col(key: str, title: str, num: bool = False) -> dict[str, Any]:
+    return {"key": key, "title": title, "num": num}
+
+
+def lib_versions() -> dict[str, str]:
+    """Versions of the installed libraries (metadata only: nothing is imported)."""
+    from importlib import metadata
+
+    out = {"cnncodes": __version__, "python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _text(v: Any) -> str:
+    if v is None or v == "":
+        return "(not recorded)"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return str(v)
+
+
+def provenance(items: Sequence[tuple[str, Any]], *, versions: Mapping[str, Any] | None,
+               command: Any, created: Any = None) -> list[tuple[str, str]]:
+    """Provenance rows: the given ones, then versions (recorded, else this process's) and the
+    command line."""
+    key = "versions" if versions else "versions (when this page was written)"
+    vers = dict(versions) if versions else lib_versions()
+    rows = [(k, _text(v)) for k, v in items]
+    rows.append((key, ", ".join(f"{k} {v}" for k, v in vers.items())))
+    rows.append(("command line", _text(command)))
+    if created:
+        rows.append(("run created", str(created)))
+    return rows
+
+
+def preprocessing_text(pp: Any) -> str:
+    if not isinstance(pp, Mapping):
+        return _text(pp)
+    parts = [f"{k} {pp[k]}" for k in ("resize", "crop", "interpolation") if k in pp]
+    for k in ("mean", "std"):
+        if k in pp:
+            parts.append(f"{k} {', '.join(fmt(x, '.3f') for x in pp[k])}")
+    rest = {k: v for k, v in pp.items() if k not in ("resize", "crop", "interpolation", "mean",
+                                                     "std")}
+    if rest:
+        parts.append(json.dumps(rest, sort_keys=True, default=str))
+    return "; ".join(parts)
+
+
+def confusion_ctx(cm: Any, classes: Sequence[str]) -> dict[str, Any] | None:
+    """The confusion matrix as table rows (true class per row, predicted per column)."""
+    if not cm or not classes:
+        return None
+    rows = [{"name": str(classes[i]),
+             "cells": [{"value": int(v), "diag": i == j} for j, v in enumerate(r)]}
+            for i, r in enumerate(cm)]
+    return {"classes": [str(c) for c in classes], "rows": rows}
+
+
+def failures_ctx(failures: Any) -> dict[str, Any]:
+    items = []
+    for f in failures or []:
+        if isinstance(f, Mapping):
+            items.append({"path": str(f.get("path")), "reason": str(f.get("reason"))})
+        elif isinstance(f, (list, tuple)) and len(f) == 2:
+            items.append({"path": str(f[0]), "reason": str(f[1])})
+    return {"total": len(items), "entries": items[:MAX_FAILURES]}
+
+
+def thumb_caption(true: str, pred: str, conf: float | None, kind: str, *, wrong: bool) -> str:
+    c = "" if conf is None else (f", {100 * conf:.0f}%" if kind == "probability"
+                                 else f", score {conf:.2f}")
+    return f"{true} -> {pred}{c}" if wrong else f"{true}{c}"
+
+
+def thumb_group(items: list[dict[str, Any]], listed: list[dict[str, Any]], *, total: int,
+                wrong: bool, kind: str, ranked: bool) -> dict[str, Any]:
+    shown = len(items) + len(listed)
+    what = "misclassified" if wrong else "correctly classified"
+    how = ("true -> predicted class, " if wrong else "class, ") + (
+        "predicted-class probability" if kind == "probability" else "decision value")
+    order = ("most confident first" if ranked else "in test order (no confidence recorded)")
+    note = (f"{shown} of {total} {what} test images, {order} ({how})." if total else "")
+    return {"shown": items, "listed": listed, "total": total, "note": note,
+            "listed_why": "no image file on disk (only the store is available) or unreadable",
+            "empty": "No test image was misclassified." if wrong else
+                     "No test image was classified correctly."}
+
+
+# ------------------------------------------------------------------------ train/evaluate/baseline
+
+
+def split_text(split: Any) -> str:
+    """``holdout 20% (seed 0): 24 train / 6 test images`` and the like."""
+    if not isinstance(split, Mapping):
+        return "split not recorded"
+    n = f"{split.get('n_train')} train / {split.get('n_test', 'no')} test images"
+    if split.get("kind") == "holdout":
+        return f"hold-out {fmt(100 * float(split.get('test_size') or 0), 'g')}% " \
+               f"(seed {split.get('seed')}): {n}"
+    if split.get("kind") == "predefined":
+        return f"predefined train/test split: {n}"
+    return f"{split.get('kind', 'split')}: {n}"
+
+
+def _task(report: Mapping[str, Any]) -> str:
+    if report.get("task"):
+        return str(report["task"])
+    cmd = report.get("command")
+    if isinstance(cmd, str):
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            words = cmd.split()
+        for w in words[1:]:
+            if w in ("baseline", "train", "evaluate"):
+                return w
+    return "baseline" if "stores" in report else "linear classifier"
+
+
+def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+    sel = r.get("selection") or {}
+    wall = r.get("wall_time_s")
+    if wall is None and sel.get("train_time_s") is not None:  # raw pixels: load + CV + refit
+        wall = float(r.get("load_time_s") or 0.0) + float(sel["train_time_s"])
+    return {"name": str(r.get("name")), "features": fmt(r.get("features"), ","),
+            "accuracy": fmt(r.get("accuracy")), "balanced": fmt(r.get("balanced_accuracy")),
+            "macro_f1": fmt(r.get("macro_f1")), "C": fmt(sel.get("best_C"), ".3g"),
+            "cv": fmt(sel.get("best_cv_score")), "time": seconds(wall),
+            "note": str(r.get("skipped") or r.get("message") or r.get("status") or "")}
+
+
+ROW_COLUMNS = [col("name", "method"), col("features", "features", True),
+               col("accuracy", "test accuracy", True), col("balanced", "balanced acc.", True),
+               col("macro_f1", "macro F1", True), col("C", "chosen C", True),
+               col("cv", "CV score", True), col("time", "wall time", True), col("note", "note")]
+PER_CLASS_COLUMNS = [col("class", "class"), col("precision", "precision", True),
+                     col("recall", "recall", True), col("f1", "F1", True),
+                     col("support", "support", True)]
+
+
+def _accuracy_text(report: Mapping[str, Any]) -> str:
+    rows = report.get("rows") or []
+    test = report.get("test") or {}
+    codes = next((r for r in rows if "raw pixels" not in str(r.get("name"))
+                  and r.get("kind") != "finetune"), None)
+    raw = next((r for r in rows if "raw pixels" in str(r.get("name"))), None)
+    acc = codes.get("accuracy") if codes else test.get("accuracy")
+    text = f"codes {fmt(acc)}" if test else "not tested"
+    if test:
+        text += f" (n={test.get('n')})"
+    if raw is not None:
+        text += (f" vs raw pixels {fmt(raw.get('accuracy'))}" if raw.get("accuracy") is not None
+                 else f"; raw pixels skipped ({raw.get('skipped')})")
+    ft = next((r for r in rows if r.get("kind") == "finetune"), None)
+    if ft is not None:
+        text += f" vs fine-tuned {fmt(ft.get('accuracy'))}"
+    return text
+
+
+def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The page of a train / evaluate / baseline ``report.json``."""
+    m, sel = report.get("model") or {}, report.get("selection") or {}
+    test = report.get("test")
+    task = _task(report)
+    data = report.get("source") or (test or {}).get("source") or m.get("train_store")
+    wall = report.get("wall_time_s", sel.get("train_time_s"))
+    summary = [{"label": "task", "value": task}, {"label": "data", "value": _text(data)},
+               {"label": "accuracy", "value": _accuracy_text(report)},
+               {"label": "chosen C",
+                "value": f"{fmt(sel.get('best_C'), '.3g')} ({sel.get('model', m.get('model'))}, "
+                         f"{sel.get('cv')}-fold CV {fmt(sel.get('best_cv_score'))})"},
+               {"label": "time", "value": seconds(wall)}]
+    note = ""
+    if sel.get("c_at_grid_edge"):
+        note = (f"The chosen C is at the {sel['c_at_grid_edge']} end of the grid; a wider "
+                "--c-grid may score better.")
+    ctx: dict[str, Any] = {
+        "title": f"cnncodes {task}: {m.get('model')} on {m.get('backbone')} {m.get('layer')} "
+                 "codes",
+        "subtitle": f"{len(m.get('classes') or [])} classes; {split_text(report.get('split'))}",
+        "summary": summary, "rows": [_row(r) for r in report.get("rows") or []],
+        "row_columns": ROW_COLUMNS, "selection_note": note, "test": bool(test),
+        "cm": confusion_ctx((test or {}).get("confusion_matrix"), (test or {}).get("classes")),
+        "per_class": [{"class": str(r.get("class")), "precision": fmt(r.get("precision")),
+                       "recall": fmt(r.get("recall")), "f1": fmt(r.get("f1")),
+                       "support": fmt(r.get("support"), "d")}
+                      for r in (test or {}).get("per_class") or []],
+        "per_class_columns": PER_CLASS_COLUMNS,
+        "fall_through": fall_through_ctx(report.get("fall_through")),
+        "advice_ctx": advice_ctx(report["advice"]) if report.get("advice") else None,
+        "failures_ctx": failures_ctx(report.get("failures")),
+    }
+    ctx["provenance"] = provenance(
+        [("backbone", m.get("backbone")), ("weights", m.get("weights")),
+         ("weights sha256", m.get("weights_sha256")), ("layer", m.get("layer")),
+         ("pooling", m.get("pooling")), ("input size", m.get("input_size")),
+         ("preprocessing", preprocessing_text(m.get("preprocessing"))),
+         ("classifier", f"{sel.get('model')}, C {fmt(sel.get('best_C'), '.3g')}, standardize "
+                        f"{sel.get('standardize')}, class_weight {sel.get('class_weight')}, "
+                        f"pca {sel.get('pca')}, steps {sel.get('steps')}"),
+         ("grid search", _text(sel.get("compute"))),
+         ("train store", m.get("train_store")), ("test codes", (test or {}).get("source")),
+         ("model file", report.get("model_file") or (report.get("files") or {}).get("model")),
+         ("classes", ", ".join(str(c) for c in m.get("classes") or []))],
+        versions=report.get("versions"), command=report.get("command"),
+        created=report.get("created"))
+    return ctx
+
+
+def fall_through_ctx(ft: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The baseline's fall-through: probe vs fine-tuning on one split, or why it was skipped."""
+    if not ft:
+        return None
+    size = ft.get("size") or {}
+    text = (f"{size.get('n_images')} training images, median "
+            f"{fmt(size.get('median_per_class'), 'g')} per class -> {size.get('size_class')} "
+            f"(advise's size rule){'; fine-tuning forced' if ft.get('forced') else ''}.")
+    out: dict[str, Any] = {"size": text, "verdict": ft.get("verdict"), "rows": [],
+                           "columns": ROW_COLUMNS, "message": ft.get("message"),
+                           "command": ft.get("command"), "run": None}
+    if ft.get("status") in ("ran", "running"):
+        probe, row = ft.get("linear_probe") or {}, ft.get("finetune") or {}
+        out["rows"] = [_row(probe)] + ([_row(row)] if row else [])
+        out["run"] = row.get("run") if row else None
+        if ft.get("status") == "running":
+            out["message"] = "fine-tuning was still running when this page was written"
+    return out
+
+
+# ------------------------------------------------------------------------------------ advise
+
+
+EVIDENCE_COLUMNS = [col("what", "evidence"), col("value", "measured"), col("reading", "reading")]
+LAYER_COLUMNS = [col("layer", "layer"), col("depth", "depth"), col("dim", "dim", True),
+                 col("cv", "CV accuracy", True), col("std", "+- sd", True),
+                 col("note", "note")]
+
+
+def _similarity(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``advice.json``'s evidence block (a store's advice summary has the word there instead)."""
+    sim = d.get("similarity")
+    return sim if isinstance(sim, Mapping) else {}
+
+
+def _evidence(d: Mapping[str, Any], probe: Mapping[str, Any]) -> list[dict[str, str]]:
+    size = d.get("size") or {}
+    sim = _similarity(d)
+    head = d.get("imagenet_head", sim.get("imagenet_head")) or {}
+    bn = d.get("batchnorm", sim.get("batchnorm")) or {}
+    dec = d.get("decision") or d
+    rows = [{"what": "data size", "value": f"{size.get('n_images')} images, "
+             f"{size.get('n_classes')} classes, {size.get('per_class_min')}-"
+             f"{size.get('per_class_max')} per class (median "
+             f"{fmt(size.get('per_class_median'), 'g')})", "reading": str(dec.get("size_class"))}]
+    if head.get("available"):
+        rows.append({"what": "(a) ImageNet head",
+                     "value": f"mean top-1 probability {fmt(head.get('mean_top1_prob'), '.3f')}"
+                              f", normalised entropy "
+                              f"{fmt(head.get('mean_normalized_entropy'), '.3f')}, NMI(classes, "
+                              f"ImageNet top-1) {fmt(head.get('nmi_classes_vs_imagenet'), '.3f')}",
+                     "reading": ""})
+    else:
+        rows.append({"what": "(a) ImageNet head", "value": "n/a",
+                     "reading": str(head.get("reason") or "")})
+    if bn.get("available"):
+        rows.append({"what": "(b) BatchNorm statistics",
+                     "value": f"mean KL {fmt(bn.get('mean_kl'), '.3g')} over "
+                              f"{bn.get('n_bn_layers')} layers, mean |shift| "
+                              f"{fmt(bn.get('mean_shift_z'), '.3g')} sd", "reading": ""})
+    else:
+        rows.append({"what": "(b) BatchNorm statistics", "value": "n/a",
+                     "reading": str(bn.get("reason") or "")})
+    rows.append({"what": "(c) linear probe",
+                 "value": f"{probe.get('method')}, {probe.get('folds')}-fold CV on "
+                          f"{probe.get('n_images')} images",
+                 "reading": f"best layer {d.get('layer')}; {dec.get('similarity')} to ImageNet"})
+    return rows
+
+
+def advice_ctx(d: Mapping[str, Any]) -> dict[str, Any]:
+    """An advice (``advice.json``, or the summary a baseline records) for the advice macro."""
+    dec = d.get("decision") or {}
+    probe = d.get("probe") or _similarity(d).get("probe") or {}
+    layers = [{"layer": str(name), "depth": str(r.get("depth")), "dim": fmt(r.get("dim"), ","),
+               "cv": fmt(r.get("cv_accuracy")), "std": fmt(r.get("cv_std")),
+               "note": ("recommended" if name == d.get("layer") else "")
+                       + (f" (= {r['same_as']})" if r.get("same_as") else "")}
+              for name, r in (probe.get("layers") or {}).items()]
+    raw = probe.get("raw_pixels")
+    if raw:
+        layers.append({"layer": "raw pixels", "depth": str(raw.get("depth", "")),
+                       "dim": fmt(raw.get("dim"), ","), "cv": fmt(raw.get("cv_accuracy")),
+                       "std": fmt(raw.get("cv_std")), "note": "reference"})
+    names = list((probe.get("layers") or {}).keys())
+    return {"quadrant": d.get("quadrant"), "action": dec.get("action") or d.get("action"),
+            "explanation": d.get("explanation"), "warnings": list(d.get("warnings") or []),
+            "next_command": str(d.get("next_command") or "").replace(" && ", "\n"),
+            "also": dec.get("also") or d.get("also"),
+            "evidence": _evidence(d, probe), "evidence_columns": EVIDENCE_COLUMNS,
+            "layers": layers, "layer_columns": LAYER_COLUMNS,
+            "best_index": names.index(d["layer"]) if d.get("layer") in names else None}
+
+
+def advice_page_context(d: Mapping[str, Any], *, command: str | None) -> dict[str, Any]:
+    """The page of an ``advise`` report folder."""
+    setup, meta, size = d.get("setup") or {}, d.get("meta") or {}, d.get("size") or {}
+    summary = [{"label": "task", "value": "advise"},
+               {"label": "data", "value": _text(setup.get("source"))},
+               {"label": "verdict", "value": f"{d.get('quadrant')}, layer {d.get('layer')}"},
+               {"label": "images", "value": f"{size.get('n_images')} in "
+                                            f"{size.get('n_classes')} classes"},
+               {"label": "time", "value": seconds(meta.get("elapsed_s"))}]
+    per_class = size.get("per_class") or {}
+    return {
+        "title": f"cnncodes advise: {setup.get('backbone')} on {setup.get('source')}",
+        "subtitle": f"sample of {meta.get('sample_used')} images, seed {meta.get('seed')}",
+        "summary": summary, "advice_ctx": advice_ctx(d),
+        "classes": [{"class": str(k), "n": fmt(v, ",")} for k, v in per_class.items()],
+        "class_columns": [col("class", "class"), col("n", "images", True)],
+        "provenance": provenance(
+            [("backbone", setup.get("backbone")), ("weights", meta.get("weights_id")
+                                                   or setup.get("weights")),
+             ("weights sha256", meta.get("weights_sha256")),
+             ("recommended layer", d.get("layer")), ("pooling", setup.get("pooling")),
+             ("input size", meta.get("input_size")), ("device", meta.get("device")),
+             ("decoder", meta.get("decoder")), ("thresholds", d.get("thresholds"))],
+            versions=meta.get("versions"), command=command or meta.get("command")),
+    }
+
+
+# ------------------------------------------------------------------------------------ finetune
+
+
+HISTORY_KEYS = (("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f"),
+                ("train_acc", "train acc.", ".4f"), ("val_loss", "val loss", ".4f"),
+                ("val_acc", "val acc.", ".4f"), ("lr", "lr", ".3g"), ("seconds", "seconds", ".1f"))
+
+
+def _lr_text(lr: Any) -> str:
+    """An epoch's learning rates (one per parameter group) as ``backbone 0.001, head 0.01``."""
+    if not isinstance(lr, Mapping):
+        return fmt(lr, ".3g")
+    body = sorted({v for k, v in lr.items() if k != "head" and isinstance(v, (int, float))})
+    text = "backbone " + (fmt(body[0], ".3g") if len(body) == 1 else
+                          f"{fmt(body[0], '.3g')}-{fmt(body[-1], '.3g')}") if body else ""
+    if "head" in lr:
+        text += (", " if text else "") + f"head {fmt(lr['head'], '.3g')}"
+    return text
+
+
+def _base_lr(rep: Mapping[str, Any]) -> str:
+    """The configured base learning rate, else the one the optimiser groups ran at."""
+    lr = (rep.get("config") or {}).get("lr")
+    if lr is not None:
+        return fmt(lr, "g")
+    groups = [g.get("lr") for g in rep.get("param_groups") or [] if g.get("name") != "head"]
+    groups = [g for g in groups if isinstance(g, (int, float))]
+    return f"{fmt(max(groups), 'g')} (default)" if groups else "default"
+
+
+def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
+    """The page of a fine-tuning run's ``report.json``."""
+    split = rep.get("split") or {}
+    history = list(rep.get("history") or [])
+    keys = [k for k in HISTORY_KEYS if any(k[0] in h for h in history)]
+    best = next((i for i, h in enumerate(history) if h.get("epoch") == rep.get("best_epoch")),
+                None)
+    per = rep.get("per_class_test_accuracy") or {}
+    classes = rep.get("classes") or []
+    cfg = rep.get("config") or {}
+    summary = [{"label": "task", "value": f"fine-tuning ({rep.get('state')})"},
+               {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
+                                          f"validation / {split.get('test')} test images"},
+               {"label": "accuracy", "value": f"test {fmt(rep.get('test_accuracy'))}, "
+                                              f"validation {fmt(rep.get('val_accuracy'))}"},
+               {"label": "status", "value": f"{rep.get('status')}, {rep.get('epochs_run')} "
+                                            f"epochs, best {rep.get('best_epoch')}"},
+               {"label": "time", "value": seconds(rep.get("seconds"))}]
+    notes = [f"{k.replace('_', ' ')}: {rep[k + '_note']}" for k in
+             ("val_accuracy", "test_accuracy", "per_class_test_accuracy") if rep.get(k + "_note")]
+    return {
+        "title": f"cnncodes finetune: {rep.get('backbone')} ({rep.get('state')})",
+        "subtitle": f"{len(classes)} classes",
+        "summary": summary, "message": rep.get("message"), "notes": notes,
+        "history": [{k: _lr_text(h.get(k)) if k == "lr" else fmt(h.get(k), spec)
+                     for k, _, spec in keys} for h in history],
+        "history_columns": [col(k, t, True) for k, t, _ in keys], "best_index": best,
+        "cm": confusion_ctx(rep.get("confusion_matrix"), classes),
+        "per_class": [{"class": str(c), "acc": fmt(v)} for c, v in per.items()],
+        "per_class_columns": [col("class", "class"), col("acc", "test accuracy", True)],
+        "failures_ctx": failures_ctx(rep.get("failures")),
+        "provenance": provenance(
+            [("backbone", rep.get("backbone")), ("weights", rep.get("weights")),
+             ("weights sha256", rep.get("weights_sha256")), ("layer", "all (fine-tuned end to end)"
+                                                             if rep.get("state") == "full" else
+                                                             rep.get("state")),
+             ("input size", rep.get("input_size")),
+             ("preprocessing", preprocessing_text(rep.get("preprocessing"))),
+             ("optimiser", f"{cfg.get('optimizer')} lr {_base_lr(rep)} (head x"
+                           f"{cfg.get('head_lr_mult')}), batch {cfg.get('batch_size')}, "
+                           f"freeze {cfg.get('freeze')}, {cfg.get('epochs')} epochs"),
+             ("device", f"{rep.get('device')}, {rep.get('precision')}, world size "
+                        f"{rep.get('world_size')}"),
+             ("trainable parameters", fmt(rep.get("trainable_params"), ",")),
+             ("classes", ", ".join(str(c) for c in classes))],
+            versions=rep.get("versions"), command=rep.get("command"), created=rep.get("created")),
+    }
+
+
+def escalation_context(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The page of an ``escalation.json``: probe vs head-only vs full on one split."""
+    split = data.get("split") or {}
+    rows = list(data.get("rows") or [])
+    accs = [r.get("test_accuracy") for r in rows]
+    scored = [i for i, a in enumerate(accs) if isinstance(a, (int, float))]
+    best = max(scored, key=lambda i: accs[i]) if scored else None
+    table = [{"method": str(r.get("method")), "params": fmt(r.get("trainable_params"), ","),
+              "epochs": str(r.get("epochs", "-")), "val": fmt(r.get("val_accuracy")),
+              "test": fmt(r.get("test_accuracy")), "time": seconds(r.get("seconds")),
+              "status": str(r.get("status"))} for r in rows]
+    cfg = data.get("config") or {}
+    probe = rows[0] if rows else {}
+    summary = [{"label": "task", "value": "escalation (linear probe vs fine-tuning)"},
+               {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
+                                          f"validation / {split.get('test')} test images"},
+               {"label": "accuracy", "value": "; ".join(f"{t['method']} {t['test']}"
+                                                         for t in table)},
+               {"label": "probe C", "value": fmt(probe.get("C"), ".3g")},
+               {"label": "time", "value": seconds(sum(float(r.get("seconds") or 0)
+                                                      for r in rows))}]
+    return {
+        "title": f"cnncodes escalation: {data.get('backbone')}, {data.get('input_size')} px",
+        "subtitle": f"{len(data.get('classes') or [])} classes, seed {split.get('seed')}",
+        "summary": summary, "verdict": data.get("verdict"), "best_index": best,
+        "split_note": f"The same split for every method: {split.get('train')} train, "
+                      f"{split.get('val')} validation, {split.get('test')} test images.",
+        "rows": table,
+        "columns": [col("method", "method"), col("params", "trainable params", True),
+                    col("epochs", "epochs", True), col("val", "val acc.", True),
+                    col("test", "test acc.", True), col("time", "wall time", True),
+                    col("status", "status")],
+        "arms": [{"name": str(r.get("run")), "title": str(r.get("method"))}
+                 for r in rows if r.get("run") in ("head-only", "full")],
+        "provenance": provenance(
+            [("backbone", data.get("backbone")), ("weights", data.get("weights")),
+             ("probe layer", probe.get("layer")), ("input size", data.get("input_size")),
+             ("fine-tuning", f"{cfg.get('optimizer')} lr {cfg.get('lr')}, {cfg.get('epochs')} "
+                             f"epochs, batch {cfg.get('batch_size')}"),
+             ("classes", ", ".join(str(c) for c in data.get("classes") or []))],
+            versions=data.get("versions"), command=data.get("command"),
+            created=data.get("created")),
+    }
