@@ -1,8 +1,8 @@
 """The export cache: ONNX graphs of cut backbones, exported once per export key and kept in
 ``$CNNCODES_CACHE`` (default ``$XDG_CACHE_HOME/cnncodes``, i.e. ``~/.cache/cnncodes``).
 
-One file per key, ``onnx/<backbone>-<key>.onnx``. Each file is sealed: it ends with an extra
-protobuf field (number 1000, which ONNX readers ignore, so it is still a valid ONNX file) holding the
+One file per key, ``onnx/<backbone>-<key>.onnx`` (``timm/x`` is written ``timm+x``). Each file is
+sealed: it ends with an extra protobuf field (number 1000, which ONNX readers ignore, so it is still a valid ONNX file) holding the
 hex sha256 of every byte before it; a file whose seal does not match is corrupt and is rebuilt.
 Files are written under a unique temporary name and renamed over the destination
 (:func:`cnncodes.atomic.atomic_path`), so two processes exporting the same key at once both
@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,7 +62,10 @@ def export_key(fields: Mapping[str, Any]) -> str:
 
 
 def cache_path(backbone: str, key: str) -> Path:
-    return cache_dir() / "onnx" / f"{backbone}-{key}.onnx"
+    """``onnx/<backbone>-<key>.onnx``; characters unsafe in a file name (the ``/`` of
+    ``timm/<model>``) become ``+`` (the key hashes the real name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "+", backbone).lstrip(".") or "backbone"
+    return cache_dir() / "onnx" / f"{safe}-{key}.onnx"
 
 
 def seal(payload: bytes) -> bytes:

@@ -125,7 +125,9 @@ class CodeExtractor:
 
         from ..backbones.factory import RANDOM_INIT_SEED
 
+        lib = self.spec.extra.get("library")  # timm/torchvision version of an adapted model
         return {"backbone": self.spec.name, "weights": self.resolved.id,
+                **({"library": lib} if lib else {}),
                 "weights_sha256": weights_sha256(self.resolved) or "",
                 "random_seed": RANDOM_INIT_SEED if self.resolved.is_random else None,
                 "layers": self.layers, "pooling": self.pooling,
