@@ -2,7 +2,7 @@
 
 from . import entries as _entries  # noqa: F401  (registers every entry)
 from .cutting import FeatureExtractor
-from .factory import build_model, create_backbone, describe_backbones, layer_dims
+from .factory import build_model, create_backbone, describe_backbones, describe_spec, layer_dims
 from .registry import (
            BackboneSpec,
            Cut,
@@ -15,5 +15,5 @@ from .registry import (
 from .weights import ResolvedWeights, resolve_weights
 
 __all__ = ["BackboneSpec", "Cut", "FeatureExtractor", "ResolvedWeights", "build_model",
-           "check_pooling", "create_backbone", "describe_backbones", "get_spec", "layer_dims", "list_backbones",
-           "register", "resolve_layers", "resolve_weights"]
+           "check_pooling", "create_backbone", "describe_backbones", "describe_spec", "get_spec",
+           "layer_dims", "list_backbones", "register", "resolve_layers", "resolve_weights"]

@@ -169,6 +169,7 @@ def torchvision_spec(name: str) -> BackboneSpec:
         raise OptionError(f"backbone {PREFIX}{name} is not a torchvision classification model "
                           f"(torchvision {torchvision.__version__}).{hint} Known: "
                           f"{', '.join(known)}.")
+    builder = torchvision.models.get_model_builder(name)
     g = trace_nodes(name)
     nodes = {n: c for n, s in g["nodes"].items() if (c := _node_cut(n, s)) is not None}
     layers: dict[str, Cut] = {}
@@ -186,8 +187,8 @@ def torchvision_spec(name: str) -> BackboneSpec:
     layers["pool"] = Cut(pool, pc.dim, pc.kind, depth="last")
     modules = {layer: g["modules"].get(c.node, "") for layer, c in layers.items()}
     return BackboneSpec(
-        name=PREFIX + name, family=f"torchvision:{name.rstrip('0123456789_')}",
-        builder=torchvision.models.get_model_builder(name),
+        name=PREFIX + name, family=f"torchvision:{builder.__module__.rsplit('.', 1)[-1]}",
+        builder=builder,
         weights=torchvision.models.get_model_weights(name), layers=layers, default_layer="pool",
         notes="pool = the input of the last Linear; stages = last map at each spatial size",
         extra={"head": g["head"], "modules": modules, "trace_size": g["size"],
