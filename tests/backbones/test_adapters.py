@@ -6,7 +6,6 @@ store and the CLI. Random weights, small inputs, no network (HF_HUB_OFFLINE=1, s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from ..conftest import write_tree
 timm = pytest.importorskip("timm")
 
 #: (model, input size): a CNN with BatchNorm, a LayerNorm CNN, a ViT (fixed 160 px), a hybrid
-TIMM_MODELS = [("resnet10t", 64), ("test_convnext", 64), ("test_vit", 160), ("fastvit_t8", 64)]
+TIMM_MODELS = [("resnet10t", 64), ("test_convnext", 64), ("test_vit", 160), ("test_coatnet", 160)]
 
 
 @pytest.fixture
@@ -183,7 +182,8 @@ def test_finetune_head_replaces_the_classifier(name):
 
 def test_cli_extract_timm_and_torchvision_and_rerun(tmp_path, capsys):
     tree = write_tree(tmp_path / "photos", classes=("a", "b"), per_class=3)
-    fast = ["--weights", "random", "--input-size", "64", "--workers", "0", "--no-progress"]
+    fast = ["--weights", "random", "--input-size", "64", "--workers", "0", "--no-progress",
+            "--engine", "torch"]  # the onnxruntime engine: test_onnxruntime_engine_...
     for backbone, layers, dims in (("timm/test_convnext", "stage2,pool", (32, 64)),
                                    ("torchvision/regnet_y_400mf", "stage3,pool", (104, 440))):
         out = tmp_path / f"{backbone.replace('/', '_')}.h5"
@@ -197,9 +197,6 @@ def test_cli_extract_timm_and_torchvision_and_rerun(tmp_path, capsys):
         info = json.loads(capsys.readouterr().out)
         assert backbone in json.dumps(info) and info["images"] == 6
         assert [v["dim"] for v in info["layers"].values()] == list(dims)
-    onnx = list(Path(__import__("os").environ["CNNCODES_CACHE"]).rglob("*.onnx"))
-    assert all(p.parent.name == "onnx" for p in onnx)  # `timm/x` never makes a sub-folder
-    assert any(p.name.startswith("timm+test_convnext-") for p in onnx)
 
 
 def test_cli_models_timm_and_torchvision_nodes(capsys):
@@ -226,5 +223,9 @@ def test_onnxruntime_engine_matches_torch_for_timm():
     a, b = ort(imgs), ref(imgs)
     for k in kw["layers"]:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-4 * float(np.abs(b[k]).max()))
+    assert ort.engine_name == "onnxruntime" and ort.bn_folded > 0  # ResNet blocks: conv + bn
+    assert CodeExtractor("timm/test_convnext", engine="torch", **kw).bn_folded == 0  # LayerNorm
+    assert ort.engine.path.parent.name == "onnx"  # `timm/x` never makes a sub-folder
+    assert ort.engine.path.name.startswith("timm+resnet10t-")
     assert ort.provenance()["backbone"] == "timm/resnet10t"
     assert ort.provenance()["family"].startswith("timm:")
