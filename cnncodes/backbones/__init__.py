@@ -1,6 +1,8 @@
 """Backbones: the registry (metadata as data), its entries, weights resolution, cutting, building."""
 
 from . import entries as _entries  # noqa: F401  (registers every entry)
+from . import timm_models as _timm_models  # noqa: F401  (resolves timm/<name>; timm loads lazily)
+from . import tv_models as _tv_models  # noqa: F401  (resolves torchvision/<name>)
 from .cutting import FeatureExtractor
 from .factory import build_model, create_backbone, describe_backbones, describe_spec, layer_dims
 from .registry import (

@@ -137,7 +137,8 @@ class BackboneSpec:
             hint = f" Close matches: {', '.join('node:' + c for c in close)}." if close else ""
             raise OptionError(f"layer {layer!r} is not a graph node of {self.name}.{hint} "
                               f"`cnncodes models {self.name} --nodes` lists them.")
-        extra = " or node:<name> (`cnncodes models " + self.name + " --nodes`)" if self.nodes else ""
+        extra = (f" or node:<name> (`cnncodes models {self.name} --nodes`)" if self.nodes
+                 else "")
         raise OptionError(
             f"layer must be one of {self.name}'s layers: {', '.join(self.layers)}{extra} (or "
             f"'auto'). Got {layer!r} instead."
@@ -161,12 +162,20 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+#: name prefix (``timm/``) -> function building the spec of the rest of the name (cached there)
+_RESOLVERS: dict[str, Callable[[str], BackboneSpec]] = {}
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
     """Add ``spec`` to the registry (replacing an entry of the same name)."""
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec]) -> None:
+    """Let :func:`get_spec` resolve ``<prefix><model>`` with ``resolve(model)`` (a library
+    adapter: :mod:`.timm_models`, :mod:`.tv_models`)."""
+    _RESOLVERS[prefix] = resolve
 
 
 def list_backbones() -> list[str]:
@@ -179,14 +188,9 @@ def get_spec(name: str) -> BackboneSpec:
     built from the library's metadata; an error naming close matches if unknown."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("timm/"):
-        from .timm_models import timm_spec
-
-        return timm_spec(name[len("timm/"):])
-    if name.startswith("torchvision/"):
-        from .tv_models import torchvision_spec
-
-        return torchvision_spec(name[len("torchvision/"):])
+    for prefix, resolve in _RESOLVERS.items():
+        if name.startswith(prefix):
+            return resolve(name[len(prefix):])
     key = name.lower().replace("-", "_")
     close = [n for n in _REGISTRY if key in n] or difflib.get_close_matches(key, list(_REGISTRY),
                                                                             n=5, cutoff=0.6)

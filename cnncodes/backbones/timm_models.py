@@ -1,5 +1,5 @@
-"""Any timm model as a backbone: ``timm/<name>`` (``timm/convnext_atto``, ``timm/vit_small_patch14_dinov2``,
-``timm/convnext_atto.d2_in1k`` for one pretrained tag).
+"""Any timm model as a backbone: ``timm/<name>`` (``timm/convnext_atto``,
+``timm/vit_small_patch14_dinov2``, ``timm/convnext_atto.d2_in1k`` for one pretrained tag).
 
 Everything comes from timm's own metadata, read from a model built on the meta device (no memory,
 no init, no download): cut points ``stage1..N`` from ``feature_info`` (channels, reduction, module)
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import OptionError, WeightsUnavailableError
 from ..sources.preprocessing import INTERPOLATIONS, Preprocessing
-from .registry import BackboneSpec, Cut
+from .registry import BackboneSpec, Cut, register_resolver
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +261,6 @@ def list_timm(pattern: str | None = None, *, limit: int = 40) -> tuple[list[dict
         except Exception as e:  # noqa: BLE001 - a model that cannot build on meta: say so
             rows.append({"backbone": PREFIX + n, "error": f"{type(e).__name__}: {e}"})
     return rows, len(names)
+
+
+register_resolver(PREFIX, timm_spec)

@@ -1,4 +1,5 @@
-"""Any torchvision classification model as a backbone: ``torchvision/<name>`` (``torchvision/regnet_y_400mf``).
+"""Any torchvision classification model as a backbone: ``torchvision/<name>``
+(``torchvision/regnet_y_400mf``).
 
 The model's FX graph (``torchvision.models.feature_extraction``, eval mode) is traced once and its
 node shapes propagated on the meta device at the weights' crop size. Cut points: ``pool`` (the
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from .registry import BackboneSpec, Cut
+from .registry import BackboneSpec, Cut, get_spec, register_resolver
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ def _stages(g: dict[str, Any]) -> tuple[list[str], bool]:
 def _tap(model: nn.Module, layers: Sequence[str], *, spec_name: str) -> nn.Module:
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from .registry import get_spec
-
     spec = get_spec(spec_name)
     return create_feature_extractor(model, return_nodes={spec.cut(n).node: n for n in layers})
 
@@ -203,3 +202,6 @@ def describe_nodes(name: str) -> list[dict[str, Any]]:
     g = trace_nodes(name)
     return [{"node": n, "shape": list(s), "layer": f"node:{n}" if n in spec.nodes else None}
             for n, s in g["nodes"].items()]
+
+
+register_resolver(PREFIX, torchvision_spec)

@@ -34,7 +34,7 @@ def add_models(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None,
                    help="with `timm`: a name pattern (convnext*, or a word matched anywhere)")
     p.add_argument("--nodes", action="store_true",
-                   help="with torchvision/<name>: the graph nodes usable as --layers node:<name>")
+                   help="with torchvision/<name>: graph nodes usable as --layers node:<name>")
     p.add_argument("--limit", type=int, default=40,
                    help="with `timm`: read the stages of at most this many matches (default 40)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,8 +1,8 @@
 """The export cache: ONNX graphs of cut backbones, exported once per export key and kept in
 ``$CNNCODES_CACHE`` (default ``$XDG_CACHE_HOME/cnncodes``, i.e. ``~/.cache/cnncodes``).
 
-One file per key, ``onnx/<backbone>-<key>.onnx`` (``timm/x`` is written ``timm+x``). Each file is
-sealed: it ends with an extra protobuf field (number 1000, which ONNX readers ignore, so it is still a valid ONNX file) holding the
+One file per key, ``onnx/<backbone>-<key>.onnx``. Each file is sealed: it ends with an extra
+protobuf field (number 1000, which ONNX readers ignore, so it is still a valid ONNX file) holding the
 hex sha256 of every byte before it; a file whose seal does not match is corrupt and is rebuilt.
 Files are written under a unique temporary name and renamed over the destination
 (:func:`cnncodes.atomic.atomic_path`), so two processes exporting the same key at once both
