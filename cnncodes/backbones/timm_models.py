@@ -139,10 +139,22 @@ class TimmTap(nn.Module):
         return out
 
 
-def _build(name: str, weights: Any = None) -> nn.Module:
+def _build(name: str, kwargs: dict[str, Any], weights: Any = None) -> nn.Module:
     """The timm model with random weights (``weights`` must be None: loading is separate)."""
     assert weights is None
-    return _timm().create_model(name, pretrained=False)
+    return _timm().create_model(name, pretrained=False, **kwargs)
+
+
+def build_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``dynamic_img_size=True`` for the models that take it (ViT, EVA, DeiT, Swin...): their
+    position embeddings are resampled at other input sizes (same codes at the pretrained size)."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(model).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"dynamic_img_size": True} if "dynamic_img_size" in params else {}
 
 
 class TimmWeights:
@@ -227,15 +239,17 @@ def timm_spec(name: str) -> BackboneSpec:
                               depth="last" if i == len(stages) - 1 else "earlier")
               for i, s in enumerate(stages)}
     head = _classifier_path(model)
+    kwargs = build_kwargs(model)
     layers["pool"] = Cut(head, pool_dim(model), "vector", depth="last")
     default_tag = tag or (model.pretrained_cfg.get("tag") or "")
     pp = preprocessing_from_config(timm.data.resolve_model_data_config(model))
     return BackboneSpec(
         name=PREFIX + name, family=f"timm:{type(model).__module__.rsplit('.', 1)[-1]}",
-        builder=functools.partial(_build, name), weights=None, layers=layers,
+        builder=functools.partial(_build, name, kwargs), weights=None, layers=layers,
         default_layer="pool", default_weights=default_tag or "DEFAULT",
         notes="stages from timm's feature_info via forward_intermediates; pool = pre-logits",
         extra={"arch": arch, "head": head, "reset_classifier": True, "preprocessing": pp,
+               "create_kwargs": kwargs,
                "strides": {s["layer"]: s["stride"] for s in stages},
                "library": f"timm {timm.__version__}"},
         tap=TimmTap, weights_source=TimmWeights)

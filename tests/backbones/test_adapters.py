@@ -19,8 +19,9 @@ from ..conftest import write_tree
 
 timm = pytest.importorskip("timm")
 
-#: (model, input size): a CNN with BatchNorm, a LayerNorm CNN, a ViT (fixed 160 px), a hybrid
-TIMM_MODELS = [("resnet10t", 64), ("test_convnext", 64), ("test_vit", 160), ("test_coatnet", 160)]
+#: (model, input size): a CNN with BatchNorm, a LayerNorm CNN, a ViT (built with
+#: dynamic_img_size, so 64 px works), a conv + attention hybrid (fixed at its 160 px)
+TIMM_MODELS = [("resnet10t", 64), ("test_convnext", 64), ("test_vit", 64), ("test_coatnet", 160)]
 
 
 @pytest.fixture
@@ -210,6 +211,16 @@ def test_cli_models_timm_and_torchvision_nodes(capsys):
     assert cli.main(["models", "torchvision/regnet_y_400mf", "--nodes"]) == 0
     text = capsys.readouterr().out
     assert "node:trunk_output.block1.block1-0.add" in text and "1x48x56x56" in text
+
+
+def test_input_sizes_a_vit_at_64_px_and_a_fixed_size_model_names_its_size():
+    from cnncodes.codes.extractor import CodeExtractor
+
+    vit = CodeExtractor("timm/test_vit", weights="random", input_size=64, engine="torch")
+    imgs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert vit(imgs)["pool"].shape == (2, 64)
+    with pytest.raises(OptionError, match="input size 64 px does not fit timm/test_coatnet.*160 px"):
+        CodeExtractor("timm/test_coatnet", weights="random", input_size=64, engine="torch")
 
 
 def test_onnxruntime_engine_matches_torch_for_timm():
