@@ -240,3 +240,14 @@ def test_onnxruntime_engine_matches_torch_for_timm():
     assert ort.engine.path.name.startswith("timm+resnet10t-")
     assert ort.provenance()["backbone"] == "timm/resnet10t"
     assert ort.provenance()["family"].startswith("timm:")
+
+
+def test_advise_probes_every_stage_of_a_library_model(tmp_path, capsys):
+    tree = write_tree(tmp_path / "photos", per_class=8)
+    assert cli.main(["advise", str(tree), "--backbone", "timm/test_convnext", "--weights",
+                     "random", "--input-size", "64", "--budget", "none", "--sample", "24",
+                     "--folds", "3", "--workers", "0", "--no-progress", "--json"]) == 0
+    probe = json.loads(capsys.readouterr().out)["similarity"]["probe"]["layers"]
+    assert list(probe) == ["stage1", "stage2", "stage3", "stage4", "pool"]
+    assert [probe[k]["dim"] for k in probe] == [24, 32, 48, 64, 64]
+    assert [probe[k]["depth"] for k in probe] == ["earlier"] * 3 + ["last"] * 2
