@@ -163,7 +163,7 @@ def test_unknown_names_list_close_matches(name, expect):
 
 
 @pytest.mark.parametrize("name", ["timm/test_convnext", "torchvision/regnet_y_400mf"])
-def test_finetune_head_replaces_the_classifier(name):
+def test_finetune_head_replaces_the_classifier(name, tmp_path):
     from cnncodes.backbones.factory import RANDOM_INIT_SEED, build_model
     from cnncodes.finetuning.net import wrap_stock
 
@@ -179,6 +179,18 @@ def test_finetune_head_replaces_the_classifier(name):
     assert len(net.stages) >= 3
     sd = net.stock_state_dict()
     assert f"{net.head_path}.weight" in sd and sd[f"{net.head_path}.weight"].shape[0] == 3
+    # model.pt round trip: rebuilt from the name recorded in the file
+    from cnncodes.finetuning.model_file import save_model_file
+    from cnncodes.finetuning.net import load_finetuned
+
+    pp = resolve_weights(spec, "random").preprocessing.with_input_size(64).to_dict()
+    save_model_file(net, tmp_path / "model.pt", config={"backbone": name, "state": "full"},
+                    family=spec.family, base_weights="random", base_weights_sha256="",
+                    preprocessing=pp, epoch=1, val_accuracy=None, command="test")
+    again, meta = load_finetuned(tmp_path / "model.pt")
+    assert meta["backbone"] == name
+    with torch.inference_mode():
+        torch.testing.assert_close(again(x), net(x))
 
 
 def test_cli_extract_timm_and_torchvision_and_rerun(tmp_path, capsys):
