@@ -132,6 +132,11 @@ class BackboneSpec:
             return self.layers[layer]
         if self.nodes and layer.startswith("node:") and layer[5:] in self.nodes:
             return self.nodes[layer[5:]]
+        if layer.startswith("node:") and layer[5:] in self.extra.get("uncut_nodes", {}):
+            shape = "x".join(map(str, self.extra["uncut_nodes"][layer[5:]]))
+            raise OptionError(f"node {layer[5:]} of {self.name} gives {shape} outputs, which "
+                              "cannot be pooled (cuts take N x C x H x W maps, N x L x C tokens "
+                              "and vectors); choose another node.")
         if self.nodes and layer.startswith("node:"):
             close = difflib.get_close_matches(layer[5:], list(self.nodes), n=5, cutoff=0.6)
             hint = f" Close matches: {', '.join('node:' + c for c in close)}." if close else ""

@@ -191,6 +191,7 @@ def torchvision_spec(name: str) -> BackboneSpec:
         weights=torchvision.models.get_model_weights(name), layers=layers, default_layer="pool",
         notes="pool = the input of the last Linear; stages = last map at each spatial size",
         extra={"head": g["head"], "modules": modules, "trace_size": g["size"],
+               "uncut_nodes": {n: s for n, s in g["nodes"].items() if n not in nodes},
                "library": f"torchvision {torchvision.__version__}"},
         nodes=nodes, tap=functools.partial(_tap, spec_name=PREFIX + name))
 

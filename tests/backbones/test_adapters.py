@@ -149,6 +149,9 @@ def test_torchvision_model_outside_the_registry_by_node_name():
     with pytest.raises(OptionError, match=r"node:trunk_output\.block2\.block2-0\.add"):
         create_backbone("torchvision/regnet_y_400mf", weights="random",
                         layers="node:trunk_output.block2.block2-0.ad")
+    # channels-last nodes (inside torchvision's Swin stages) are named, not silently mis-pooled
+    with pytest.raises(OptionError, match="1x56x56x96 outputs, which cannot be pooled"):
+        get_spec("torchvision/swin_t").cut("node:features.1.0.add")
 
 
 @pytest.mark.parametrize("name,expect", [
