@@ -12,6 +12,8 @@ from PIL import Image
 
 # tests never touch the network: point the hub cache at an empty folder unless told otherwise
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-empty"))
+# timm weights come from the Hugging Face hub: never reach it from a test
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # as `import cnncodes` would: SciPy reads it once at import, and a test module may import
 # scikit-learn (hence SciPy) before cnncodes; the array-API training tests need it
 os.environ.setdefault("SCIPY_ARRAY_API", "1")

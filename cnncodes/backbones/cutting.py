@@ -1,6 +1,8 @@
 """Cutting a network: :class:`FeatureExtractor` collects the requested layers' codes in forward hooks.
 
 Pooling happens inside the hooks, and the forward pass stops after the deepest requested layer.
+A spec with a ``tap`` (timm, any torchvision model) is cut by the library's own API instead: the
+tap module returns the raw outputs of the requested layers, pooled here the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def _pool(x: torch.Tensor, cut: Cut, pooling: str) -> torch.Tensor:
         return x.flatten(1).clone()
     if x.ndim == 2:  # already a vector (e.g. a 1x1 map flattened by the net)
         return x.clone()
+    if x.ndim == 3:  # tokens (N, L, C): pooled over L like a map over its positions
+        x = x.transpose(1, 2).unsqueeze(-1)
     if cut.kind == "gap" or pooling == "avg":
         return x.float().mean(dim=(2, 3))
     if pooling == "max":
@@ -53,6 +57,12 @@ class FeatureExtractor(nn.Module):
         self.layers = list(layers)
         self.pooling = check_pooling(pooling)
         self._outs: dict[str, torch.Tensor] = {}
+        self._cuts = {layer: spec.cut(layer) for layer in self.layers}
+        self._tapped = spec.tap is not None
+        if self._tapped:
+            assert spec.tap is not None
+            self.model = spec.tap(model, self.layers)
+            return
         modules = dict(model.named_modules())
         for layer in self.layers:
             cut = spec.cut(layer)
@@ -70,6 +80,9 @@ class FeatureExtractor(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._tapped:
+            raw = self.model(x)
+            return {n: _pool(raw[n], self._cuts[n], self.pooling) for n in self.layers}
         self._outs = {}
         try:
             self.model(x)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from ..options import BackboneOptions
 from .cutting import FeatureExtractor
 from .registry import BackboneSpec, check_pooling, get_spec, list_backbones, resolve_layers
@@ -37,7 +38,8 @@ def create_backbone(
     """Build a backbone with its weights, cut at ``layers``.
 
     Args:
-        name: a registry name (see :func:`list_backbones`).
+        name: a registry name (see :func:`list_backbones`), ``timm/<model>`` or
+            ``torchvision/<model>``.
         weights: ``"auto"`` (the entry's recommended weights; the packaged, offline ImageNet
             weights for mobilenet_v2), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``,
             ...), a path to a local checkpoint, or ``None``/``"random"`` for a random init
@@ -86,11 +88,35 @@ def layer_dims(
         extractor.train(was_training)
 
 
-def describe_backbones() -> list[dict[str, Any]]:
+def describe_spec(name: str) -> dict[str, Any]:
+    """One backbone as data (a registry entry, ``timm/<model>`` or ``torchvision/<model>``): its
+    family, layers (dim, kind, depth, stride where the library says), default layer, the weights
+    ``auto`` picks and whether they are on this machine (``offline``)."""
+    spec = get_spec(name)
+    if spec.tap is None:
+        return describe_backbones([name])[0]
+    strides = spec.extra.get("strides", {})
+    try:
+        auto = resolve_weights(spec, "auto")
+        default_w, offline = auto.id, auto.path is not None
+    except OptionError:  # no published weights
+        default_w, offline = "random", True
+    return {
+        "backbone": spec.name, "family": spec.family,
+        "layers": {k: {"dim": c.dim, "kind": c.kind, "depth": c.depth, "node": c.node,
+                       **({"stride": strides[k]} if k in strides else {})}
+                   for k, c in spec.layers.items()},
+        "default_layer": spec.default_layer, "default_weights": default_w, "offline": offline,
+        "weights": spec.weight_names(), "preprocessing": resolve_weights(
+            spec, "random").preprocessing.to_dict(), "library": spec.extra.get("library", ""),
+    }
+
+
+def describe_backbones(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The registry as data (what ``cnncodes models`` shows): per backbone its family, layers
     (dim, kind, depth), default layer, the weights ``auto`` picks and whether they ship offline."""
     rows = []
-    for name in list_backbones():
+    for name in list_backbones() if names is None else names:
         spec = get_spec(name)
         member = (spec.weights.DEFAULT if spec.default_weights == "DEFAULT"
                   else spec.weights[spec.default_weights])

@@ -9,10 +9,15 @@ A cut point has one of three kinds:
 ``map``     a spatial feature map (C x H x W), pooled to a vector by the chosen pooling
             (``avg`` default, ``max``, ``avgmax`` = both concatenated, ``none`` = flattened).
 ``gap``     the network's own global-average-pooled code; always averaged whatever the pooling.
-``vector``  a vector layer (fc6/fc7 of VGG/AlexNet, the flattened pre-logits of ConvNeXt)."""
+``vector``  a vector layer (fc6/fc7 of VGG/AlexNet, the flattened pre-logits of ConvNeXt).
+
+Besides the hand-written entries, :func:`get_spec` resolves ``timm/<name>`` (any timm model, see
+:mod:`.timm_models`) and ``torchvision/<name>`` (any torchvision classification model, see
+:mod:`.tv_models`) into specs built from the library's own metadata (cached per process)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +91,13 @@ class BackboneSpec:
         default_layer: the layer taken when none is asked for (the "last" code).
         default_weights: the weights name used for ``weights="auto"``.
         state_dict_fix: optional function fixing legacy keys of published checkpoints.
+        nodes: extra cut points asked for as ``node:<name>`` (torchvision graph nodes), by name.
+        tap: ``tap(model, layers) -> nn.Module`` whose forward returns ``{layer: raw output}``;
+            used instead of forward hooks (timm's ``forward_intermediates``, torchvision's FX
+            feature extraction). None for the hand-written entries.
+        weights_source: resolves and fetches weights names for a library without a torchvision
+            ``WeightsEnum`` (timm): ``.names(spec)``, ``.resolve(spec, name)``, ``.fetch(spec,
+            resolved)``. None where ``weights`` is the enum.
     """
 
     name: str
@@ -98,6 +110,9 @@ class BackboneSpec:
     state_dict_fix: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    nodes: Mapping[str, Cut] = field(default_factory=dict)
+    tap: Callable[[nn.Module, Sequence[str]], nn.Module] | None = None
+    weights_source: Any = None
 
     def __post_init__(self) -> None:
         if self.default_layer not in self.layers:
@@ -113,21 +128,47 @@ class BackboneSpec:
         return [n for n, c in self.layers.items() if c.depth == "earlier"]
 
     def cut(self, layer: str) -> Cut:
-        try:
+        if layer in self.layers:
             return self.layers[layer]
-        except KeyError:
-            raise OptionError(
-                f"layer must be one of {self.name}'s layers: {', '.join(self.layers)} (or 'auto'). "
-                f"Got {layer!r} instead."
-            ) from None
+        if self.nodes and layer.startswith("node:") and layer[5:] in self.nodes:
+            return self.nodes[layer[5:]]
+        if layer.startswith("node:") and layer[5:] in self.extra.get("uncut_nodes", {}):
+            shape = "x".join(map(str, self.extra["uncut_nodes"][layer[5:]]))
+            raise OptionError(f"node {layer[5:]} of {self.name} gives {shape} outputs, which "
+                              "cannot be pooled (cuts take N x C x H x W maps, N x L x C tokens "
+                              "and vectors); choose another node.")
+        if self.nodes and layer.startswith("node:"):
+            close = difflib.get_close_matches(layer[5:], list(self.nodes), n=5, cutoff=0.6)
+            hint = f" Close matches: {', '.join('node:' + c for c in close)}." if close else ""
+            raise OptionError(f"layer {layer!r} is not a graph node of {self.name}.{hint} "
+                              f"`cnncodes models {self.name} --nodes` lists them.")
+        extra = (f" or node:<name> (`cnncodes models {self.name} --nodes`)" if self.nodes
+                 else "")
+        raise OptionError(
+            f"layer must be one of {self.name}'s layers: {', '.join(self.layers)}{extra} (or "
+            f"'auto'). Got {layer!r} instead."
+        )
+
+    def position(self, layer: str) -> int:
+        """Where ``layer`` is in the network (for sorting requested layers)."""
+        if self.nodes:
+            order = {n: i for i, n in enumerate(self.nodes)}
+            node = self.cut(layer).node
+            if node in order:
+                return order[node]
+        return list(self.layers).index(layer) if layer in self.layers else len(self.layers)
 
     def weight_names(self) -> list[str]:
+        if self.weights_source is not None:
+            return list(self.weights_source.names(self))
         if self.weights is None:
             return []
         return ["DEFAULT"] + [w.name for w in self.weights]
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+#: name prefix (``timm/``) -> function building the spec of the rest of the name (cached there)
+_RESOLVERS: dict[str, Callable[[str], BackboneSpec]] = {}
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -136,22 +177,34 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec]) -> None:
+    """Let :func:`get_spec` resolve ``<prefix><model>`` with ``resolve(model)`` (a library
+    adapter: :mod:`.timm_models`, :mod:`.tv_models`)."""
+    _RESOLVERS[prefix] = resolve
+
+
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The registry entry for ``name``; an error naming the valid choices if unknown."""
-    try:
+    """The registry entry for ``name``, or the spec of ``timm/<model>`` / ``torchvision/<model>``
+    built from the library's metadata; an error naming close matches if unknown."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        close = [n for n in _REGISTRY if name.lower().replace("-", "_") in n]
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise OptionError(
-            f"backbone must be a registered name ({', '.join(_REGISTRY)}). Got {name!r} "
-            f"instead.{hint} `cnncodes models` lists their layers."
-        ) from None
+    for prefix, resolve in _RESOLVERS.items():
+        if name.startswith(prefix):
+            return resolve(name[len(prefix):])
+    key = name.lower().replace("-", "_")
+    close = [n for n in _REGISTRY if key in n] or difflib.get_close_matches(key, list(_REGISTRY),
+                                                                            n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise OptionError(
+        f"backbone must be a registered name ({', '.join(_REGISTRY)}), timm/<model> or "
+        f"torchvision/<model>. Got {name!r} instead.{hint} `cnncodes models` lists the registry, "
+        "`cnncodes models timm PATTERN` timm's models."
+    )
 
 
 def resolve_layers(spec: BackboneSpec, layers: str | Sequence[str] | None) -> list[str]:
@@ -163,8 +216,7 @@ def resolve_layers(spec: BackboneSpec, layers: str | Sequence[str] | None) -> li
     names = list(dict.fromkeys(layers))
     for n in names:
         spec.cut(n)
-    order = list(spec.layers)
-    return sorted(names, key=order.index)
+    return sorted(names, key=spec.position)
 
 
 def check_pooling(pooling: str) -> str:

@@ -128,7 +128,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
         OptionError: unknown weights name (the message lists the valid names).
         FileNotFoundError: a checkpoint path that does not exist.
     """
-    default_pp = _preprocessing_of(_default_enum_member(spec)) if spec.weights else IMAGENET
+    default_pp = (spec.extra.get("preprocessing")
+                  or (_preprocessing_of(_default_enum_member(spec)) if spec.weights else IMAGENET))
     if weights is None or (isinstance(weights, str) and weights.lower() in ("random", "none")):
         return ResolvedWeights("random", None, None, default_pp)
     if isinstance(weights, str) and weights == "auto":
@@ -144,6 +145,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
                 f"weights name for {spec.name}: {', '.join(spec.weight_names()) or 'random'}.")
         recorded = recorded_preprocessing(p, spec)
         return ResolvedWeights(f"file:{p.resolve()}", p.resolve(), None, recorded or default_pp)
+    if spec.weights_source is not None:
+        return spec.weights_source.resolve(spec, wstr)
     if spec.weights is None:
         raise OptionError(f"weights must be a checkpoint path or 'random' for {spec.name} (it has "
                           f"no published weights). Got {wstr!r} instead.")
@@ -198,7 +201,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ``module.`` prefix (DataParallel/DDP).
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise OptionError(
             f"Cannot load checkpoint {path}: {type(e).__name__}: {e}. Checkpoints must be loadable "
@@ -219,6 +227,8 @@ def ensure_file(spec: BackboneSpec, resolved: ResolvedWeights) -> ResolvedWeight
     """Make sure enum weights are on disk (download if needed); returns a copy with ``path`` set."""
     if resolved.is_random or resolved.path is not None:
         return resolved
+    if spec.weights_source is not None:
+        return spec.weights_source.fetch(spec, resolved)
     assert resolved.url is not None
     path = _download(resolved.url, spec, resolved.id)
     return ResolvedWeights(resolved.id, path, resolved.url, resolved.preprocessing,

@@ -23,15 +23,89 @@ log = logging.getLogger("cnncodes")
 
 
 def add_models(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("models", help="list backbones, their layers and dims")
+    p = sub.add_parser("models", help="list backbones, their layers and dims",
+                       description="Without arguments: the registry. `models timm [PATTERN]`: "
+                       "timm's models with stages and dims; `models torchvision`: torchvision's "
+                       "classification models; `models timm/<name>` or `models "
+                       "torchvision/<name> [--nodes]`: one model's layers (or graph nodes).")
+    p.add_argument("target", nargs="?", default=None,
+                   help="timm, torchvision, or one backbone (timm/<name>, torchvision/<name>, a "
+                        "registry name)")
+    p.add_argument("pattern", nargs="?", default=None,
+                   help="with `timm`: a name pattern (convnext*, or a word matched anywhere)")
+    p.add_argument("--nodes", action="store_true",
+                   help="with torchvision/<name>: graph nodes usable as --layers node:<name>")
+    p.add_argument("--limit", type=int, default=40,
+                   help="with `timm`: read the stages of at most this many matches (default 40)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
+def _format_timm(rows: list[dict[str, Any]], total: int) -> str:
+    lines = [f"{'backbone':<42} {'size':>4} {'pool':>5}  stages (name:dim/stride)"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['backbone']:<42} (cannot read its stages: {r['error']})")
+            continue
+        st = " ".join(f"{s['layer']}:{s['dim']}/{s['stride']}" for s in r["stages"])
+        lines.append(f"{r['backbone']:<42} {r['input_size']:>4} {r['pool']:>5}  {st}")
+    if total > len(rows):
+        lines.append(f"... {total - len(rows)} more of {total} matches (narrow the pattern or "
+                     "raise --limit)")
+    lines.append("random init works offline; pretrained tags need the Hugging Face hub cache or "
+                 "a download (`cnncodes models timm/<name>` shows the tags)")
+    return "\n".join(lines)
+
+
+def _format_spec(row: dict[str, Any]) -> str:
+    where = ("on this machine" if row["offline"]
+             else "not on this machine: downloaded when online, else --weights random or a file")
+    lines = [f"{row['backbone']} ({row['family']}, {row.get('library', '')}); default layer "
+             f"{row['default_layer']}; weights auto = {row['default_weights']} ({where})"]
+    for k, v in row["layers"].items():
+        stride = f" stride {v['stride']}" if "stride" in v else ""
+        lines.append(f"  {k:<10} {v['dim']:>6}-d {v['kind']:<6} {v['depth']:<7}{stride:<10} "
+                     f"{v.get('node', '')}")
+    if row.get("weights"):
+        lines.append(f"weights: {', '.join(row['weights'][:20])}"
+                     f"{' ...' if len(row['weights']) > 20 else ''}")
+    return "\n".join(lines)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..backbones.factory import describe_backbones
+    from ..backbones.factory import describe_backbones, describe_spec
     from ..report.store_info import format_models
 
+    target = args.target
+    if target == "timm":
+        from ..backbones.timm_models import list_timm
+
+        rows, total = list_timm(args.pattern, limit=args.limit)
+        print(json.dumps({"models": rows, "matches": total}, indent=2) if args.json
+              else _format_timm(rows, total))
+        return 0
+    if target == "torchvision":
+        from ..backbones.tv_models import classification_models
+
+        names = [f"torchvision/{n}" for n in classification_models()]
+        print(json.dumps(names) if args.json else "\n".join(names))
+        return 0
+    if target is not None and args.nodes:
+        from ..backbones.tv_models import describe_nodes
+        from ..errors import OptionError
+
+        if not target.startswith("torchvision/"):
+            raise OptionError(f"--nodes lists the graph nodes of torchvision/<name>. Got "
+                              f"{target!r} instead.")
+        nodes = describe_nodes(target[len("torchvision/"):])
+        print(json.dumps(nodes, indent=2) if args.json else "\n".join(
+            f"{n['layer'] or '(' + n['node'] + ')':<60} {'x'.join(map(str, n['shape']))}"
+            for n in nodes))
+        return 0
+    if target is not None:
+        row = describe_spec(target)
+        print(json.dumps(row, indent=2) if args.json else _format_spec(row))
+        return 0
     rows = describe_backbones()
     print(json.dumps(rows, indent=2) if args.json else format_models(rows))
     return 0

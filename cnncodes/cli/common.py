@@ -38,10 +38,11 @@ def add_backbone_options(p: argparse.ArgumentParser, *, layers_help: str | None 
     d = BackboneOptions()
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=d.backbone,
-                   help=f"registry name (see `cnncodes models`); default {d.backbone}")
+                   help=f"registry name (see `cnncodes models`), timm/<model> or "
+                        f"torchvision/<model>; default {d.backbone}")
     g.add_argument("--weights", default=d.weights,
-                   help="auto (packaged/recommended), DEFAULT, IMAGENET1K_V1..., a checkpoint "
-                        "path, or random")
+                   help="auto (packaged/recommended), DEFAULT, IMAGENET1K_V1... (a timm tag for "
+                        "timm/), a checkpoint path, or random")
     g.add_argument("--layers", "--layer", dest="layers", default=d.layers,
                    help=layers_help or "comma-separated layer names; default the backbone's "
                                        "last layer")

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,7 +62,10 @@ def export_key(fields: Mapping[str, Any]) -> str:
 
 
 def cache_path(backbone: str, key: str) -> Path:
-    return cache_dir() / "onnx" / f"{backbone}-{key}.onnx"
+    """``onnx/<backbone>-<key>.onnx``; characters unsafe in a file name (the ``/`` of
+    ``timm/<model>``) become ``+`` (the key hashes the real name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "+", backbone).lstrip(".") or "backbone"
+    return cache_dir() / "onnx" / f"{safe}-{key}.onnx"
 
 
 def seal(payload: bytes) -> bytes:

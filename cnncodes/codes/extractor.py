@@ -100,17 +100,19 @@ class CodeExtractor:
         self.preprocessing: Preprocessing = resolved.preprocessing.with_input_size(input_size)
         self.layers = list(module.layers)
         self.pooling = pooling
+        # a library model (timm/, torchvision/) may only run at its own sizes: check it there
+        fold_size = self.preprocessing.crop if self.spec.tap else min(self.preprocessing.crop, 64)
         try:
-            self.bn_folded = fold_batchnorm(self.module,
-                                            input_size=min(self.preprocessing.crop, 64)) \
-                if fuse_bn else 0
-        except RuntimeError as e:
-            if "too small" not in str(e) and "greater than actual input" not in str(e):
+            self.bn_folded = fold_batchnorm(self.module, input_size=fold_size) if fuse_bn else 0
+        except (RuntimeError, AssertionError) as e:
+            if not (self.spec.tap or "too small" in str(e)
+                    or "greater than actual input" in str(e)):
                 raise
+            fits = "does not fit" if self.spec.tap else "is too small for"
             raise OptionError(
-                f"input size {self.preprocessing.crop} px is too small for {self.spec.name} "
-                f"({e}). Use a larger --input-size (its pretrained weights use "
-                f"{self.resolved.preprocessing.crop} px).") from e
+                f"input size {self.preprocessing.crop} px {fits} {self.spec.name} "
+                f"({e}). Use a {'different' if self.spec.tap else 'larger'} --input-size (its "
+                f"pretrained weights use {self.resolved.preprocessing.crop} px).") from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
@@ -125,7 +127,9 @@ class CodeExtractor:
 
         from ..backbones.factory import RANDOM_INIT_SEED
 
+        lib = self.spec.extra.get("library")  # timm/torchvision version of an adapted model
         return {"backbone": self.spec.name, "weights": self.resolved.id,
+                **({"library": lib} if lib else {}),
                 "weights_sha256": weights_sha256(self.resolved) or "",
                 "random_seed": RANDOM_INIT_SEED if self.resolved.is_random else None,
                 "layers": self.layers, "pooling": self.pooling,

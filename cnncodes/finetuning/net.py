@@ -5,7 +5,9 @@ points (:func:`backbone_stages`; ``freeze=k`` freezes stages ``1..k``), :class:`
 building it from a configuration (:func:`build_finetune_model`) or a model file
 (:func:`load_finetuned`).
 
-Head containers per family: ``fc`` of ResNet, ``classifier.6`` of VGG/AlexNet, the last Linear of
+timm models drop their classifier with timm's ``reset_classifier``; ``torchvision/<name>`` models
+name their last Linear (and the module of each cut) in the spec. Head containers per family:
+``fc`` of ResNet, ``classifier.6`` of VGG/AlexNet, the last Linear of
 ``classifier`` for MobileNet/EfficientNet/DenseNet/ConvNeXt. Stages: ``layer1..layer4`` of ResNet,
 ``stage2..stage5`` + the layers before the pool elsewhere, ``pool5 / fc6 / fc7`` of VGG.
 """
@@ -99,8 +101,11 @@ def backbone_stages(backbone: nn.Module, spec: BackboneSpec) -> list[Stage]:
     """
     names = [n for n, _ in backbone.named_modules()]
     pos = {n: i for i, n in enumerate(names)}
-    ends = sorted({max(pos[m] for m in names if m == cut.node or m.startswith(cut.node + "."))
-                   for cut in spec.layers.values() if cut.node in pos})
+    # a spec may name the module of each cut (torchvision graph nodes are not all modules)
+    owners = spec.extra.get("modules", {})
+    cut_modules = [owners.get(layer, cut.node) for layer, cut in spec.layers.items()]
+    ends = sorted({max(pos[m] for m in names if m == node or m.startswith(node + "."))
+                   for node in cut_modules if node and node in pos})
     modules = dict(backbone.named_modules())
     raw: dict[int, tuple[list[str], list[str]]] = {}
     for n in names:
@@ -208,7 +213,14 @@ class FinetuneNet(nn.Module):
 
 
 def wrap_stock(stock: nn.Module, spec: BackboneSpec, classes: Sequence[str]) -> FinetuneNet:
-    """``stock`` (a torchvision model of ``spec``) with its classifier replaced by a new head."""
+    """``stock`` (a torchvision model of ``spec``) with its classifier replaced by a new head.
+
+    A timm model drops its classifier with its own ``reset_classifier(0)`` (its forward then
+    returns the pre-logits code, of the spec's ``pool`` width)."""
+    if spec.extra.get("reset_classifier") and hasattr(stock, "reset_classifier"):
+        stock.reset_classifier(0)
+        return FinetuneNet(stock, new_head(spec.layers["pool"].dim, len(classes)), spec=spec,
+                           head_path=spec.extra["head"], classes=classes)
     path = find_head(stock, spec)
     old = stock.get_submodule(path)
     assert isinstance(old, nn.Linear)
