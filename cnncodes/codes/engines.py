@@ -148,7 +148,8 @@ def try_onnxruntime(module: nn.Module, layers: Sequence[str], input_size: int, *
             eng = OrtEngine(data, layers, threads=threads, path=path)
             cos = min_cosine(ref, eng(x))
         except Exception as e:  # noqa: BLE001 - any export/load failure means "use torch"
-            reason = f"the ONNX export or load failed ({type(e).__name__}: {e})"
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            reason = f"the ONNX export or load failed ({type(e).__name__}: {first})"
         else:
             if cos >= CHECK_COSINE:
                 log.info("engine onnxruntime %s: %s (%s, probe min cosine %.7f)", eng.version,

@@ -16,15 +16,18 @@ there) and every requested layer, pooled, is a graph output; the batch axis is d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import re
+import sys
+import tempfile
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +121,32 @@ class _Outputs(nn.Module):
         return tuple(out[k].float() for k in self.layers)
 
 
+@contextlib.contextmanager
+def _captured_output() -> Iterator[None]:
+    """Route file descriptors 1 and 2 into a temporary file while exporting: on a failure the
+    TorchScript exporter prints its whole IR graph (thousands of lines) to stdout, which would
+    corrupt a command's output (e.g. ``--json``). What it printed is logged at debug level."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            text = sink.read(4096).decode(errors="replace").strip()
+            if text:
+                log.debug("the ONNX exporter printed: %s", text)
+
+
 def export_onnx(extractor: nn.Module, layers: Sequence[str], input_size: int) -> bytes:
     """ONNX bytes of ``extractor`` (an eval-mode FeatureExtractor on the CPU, fp32) with one
     output per layer (named as the layer) and a dynamic batch axis."""
@@ -125,7 +154,7 @@ def export_onnx(extractor: nn.Module, layers: Sequence[str], input_size: int) ->
     x = torch.zeros(2, 3, input_size, input_size)
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in layers}}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _captured_output():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (x,), buf, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=list(layers),

@@ -276,3 +276,12 @@ def test_input_size_too_small_is_a_clear_error():
     with pytest.raises(OptionError, match=r"input size 32 px is too small for alexnet.*"
                                           r"--input-size"):
         CodeExtractor("alexnet", weights="random", input_size=32, runtime=CPU)
+
+
+def test_failed_export_prints_nothing(cache, capfd, caplog):
+    # the TorchScript exporter dumps its IR graph to stdout on failure: it must not reach ours
+    with caplog.at_level(logging.WARNING, logger="cnncodes"):
+        ext = CodeExtractor("alexnet", weights="random", input_size=64, runtime=CPU)
+    out, err = capfd.readouterr()
+    assert ext.engine_name == "torch" and "adaptive_avg_pool2d" in caplog.text
+    assert out == "" and "graph(" not in err
