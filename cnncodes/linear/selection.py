@@ -66,7 +66,7 @@ def _beyond(grid: Sequence[float], side: str) -> str:
 
 
 def describe_choice(c_grid: Sequence[float], cv_mean: Sequence[float], best_C: float, *,
-                    scoring: str = "accuracy", model: str = "logreg") -> dict[str, Any]:
+                    scoring: Any = "accuracy", model: str = "logreg") -> dict[str, Any]:
     """What the chosen C means: ties and grid edges, in words (see "Ties" above).
 
     Returns ``{}`` for a unique best inside the grid; else ``c_tie`` (``"all"`` or the tied C
@@ -74,6 +74,8 @@ def describe_choice(c_grid: Sequence[float], cv_mean: Sequence[float], best_C: f
     ``c_note``: one sentence for the user. Never suggests a grid the search already covers.
     """
     Cs, means = [float(c) for c in c_grid], [float(m) for m in cv_mean]
+    if not isinstance(scoring, str):  # a scorer callable
+        scoring = getattr(scoring, "__name__", "score")
     if len(Cs) < 2:
         return {}
     best = max(means)
