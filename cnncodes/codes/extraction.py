@@ -58,6 +58,7 @@ from .store import (
     disk_full_message,
     fold,
     is_disk_full,
+    remove_store,
 )
 from .sync import Sync, plan_sync, resolve_sources, stored_paths
 
@@ -225,8 +226,7 @@ def extract(
         journal = Journal(out)
         if overwrite and di.is_main:
             journal.clear()
-            if out.exists():
-                out.unlink()
+            remove_store(out)  # the file and its segments
         barrier()
         journal.lock(di.rank)
         try:
