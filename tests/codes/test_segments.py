@@ -319,3 +319,67 @@ def test_kill_9_at_any_moment_of_a_run_of_folds_loses_no_committed_batch(tmp_pat
     named = {p.name for p in st._view().files}
     assert {p.name for p in segments_dir(out).iterdir()} == named  # no orphan segment left
     assert json.dumps(st.info(), default=str)
+
+
+# ------------------------------------------------------------------ through extract and the CLI
+
+
+def test_extract_appends_refreshes_and_compacts_a_segmented_store(tmp_path, segmented, capsys):
+    import shutil
+
+    import torch
+
+    from cnncodes import extract
+    from cnncodes.cli import main
+
+    from ..conftest import write_tree
+
+    opts = dict(backbone="mobilenet_v2", weights="random", input_size=32, progress=False,
+                num_workers=0, batch_size=4)
+
+    def run(out):
+        torch.manual_seed(0)
+        return extract(src, out, **opts)
+
+    def codes(path):
+        st = FeatureStore(path)
+        X, y = st.load()
+        return {p: (X[i], st.classes[y[i]]) for i, p in enumerate(st.paths)}
+
+    def same_as_fresh(out):
+        fresh = tmp_path / f"fresh{time.monotonic_ns()}.h5"
+        run(fresh)
+        a, b = codes(fresh), codes(out)
+        assert sorted(a) == sorted(b)
+        for p, (x, y) in a.items():
+            assert b[p][1] == y
+            np.testing.assert_allclose(b[p][0], x, rtol=1e-4, atol=1e-5 * np.abs(x).max())
+
+    src = write_tree(tmp_path / "photos", per_class=3)
+    out = tmp_path / "c.h5"
+    run(out)
+    write_tree(src, classes=("dog",), per_class=2, seed=5)            # added files
+    res = run(out)
+    assert res.new == 2 and FeatureStore(out).segmented
+    shutil.copy(src / "dog" / "img000.png", src / "ant" / "img001.png")  # a changed file
+    (src / "bee" / "img002.png").unlink()                               # a deleted file
+    res = run(out)
+    assert res.changed == 1 and res.removed == 1 and res.new == 1
+    order = list(FeatureStore(out).paths)
+    assert order.index("ant/img001.png") == 1  # replaced in place
+    same_as_fresh(out)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "layout     index + 3 segment files" in text and "cnncodes compact" in text
+    assert main(["compact", str(out)]) == 0
+    assert "-> one file" in capsys.readouterr().out
+    assert not FeatureStore(out).segmented and not segments_dir(out).exists()
+    assert list(FeatureStore(out).paths) == order
+    same_as_fresh(out)
+    run(out)
+    write_tree(src, classes=("eel",), per_class=1, seed=6)
+    run(out)
+    assert segments_dir(out).is_dir()
+    torch.manual_seed(0)
+    extract(src, out, overwrite=True, **opts)  # --overwrite removes the segments too
+    assert not segments_dir(out).exists() and not FeatureStore(out).segmented
