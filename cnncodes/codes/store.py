@@ -110,6 +110,8 @@ log = logging.getLogger(__name__)
 #: A fold rewrites a store of at most this many bytes (files and segments) as one file (cheap, and
 #: one file to copy); a larger store takes the new rows as a segment, whatever its size.
 REWRITE_BELOW = 8 * 2**20
+#: A fold that leaves more segments than this suggests ``cnncodes compact`` in the log.
+MANY_SEGMENTS = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +338,10 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
     fp = sorted(p for p in plan.fail if p not in kept_paths)
     seg_files, offsets_a, phys, new_flags = _drop_dead(seg_files, np.asarray(offsets, np.int64),
                                                        phys, new_flags)
+    if len(seg_files) > MANY_SEGMENTS:
+        log.warning("%s now has %d segment files; every read opens each of them: run `cnncodes "
+                    "compact %s` (one copy of the store) when no extraction is running",
+                    store_path, len(seg_files), store_path)
     prov = {**_new_provenance(provenance, old.provenance, run_record),
             "format_version": SEGMENTED_FORMAT}
     with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
