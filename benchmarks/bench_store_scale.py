@@ -9,8 +9,9 @@ the way extraction does them (a journal part, then :func:`cnncodes.codes.store.f
 the default policy (a store over 8 MiB takes the new rows as a segment), then one append with the
 old behaviour (``compact=True``: the store rewritten as one file). Printed per append: seconds,
 bytes the process wrote (``wchar`` of /proc/self/io: every write() of HDF5 and the journal part),
-the fold's own count of bytes written, the segment count; per size: seconds to load all codes
-from the segmented store and from the rewritten one, and the peak RSS of the append process.
+the fold's own count of bytes written, the segment count; per size: the peak RSS of the append
+process after the segment appends (and after the loads and the rewrite), seconds to load all codes
+from the segmented store and from the rewritten one.
 Each size runs in a subprocess of its own (build, then appends), so peaks do not add up.
 """
 
@@ -90,13 +91,14 @@ def appends(out: Path, rows: int, dim: int, n: int, batch: int) -> dict:
             "segments": FeatureStore(out).layout()["segments"]})
         start += batch
         if k == n - 1:
+            res["appends_peak_rss_mb"] = round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             t0 = time.perf_counter()
             FeatureStore(out).load()
             res["load_segmented_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     FeatureStore(out).load()
     res["load_one_file_s"] = round(time.perf_counter() - t0, 2)
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return res
 
 
@@ -152,9 +154,10 @@ def report(r: dict) -> None:
     for a in r["appends"]:
         print(f"  {a['mode']:8} {a['seconds']:8.3f} {a['process_wrote_mb']:10.3f} "
               f"{a['fold_wrote_mb']:9.3f} {a['segments']:8d}")
+    print(f"  peak RSS during the segment appends {r['appends_peak_rss_mb']} MiB (with the loads "
+          f"and the rewrite {r['append_peak_rss_mb']} MiB; build {r['build_peak_rss_mb']} MiB)")
     print(f"  load all codes: {r['load_segmented_s']} s segmented, {r['load_one_file_s']} s one "
-          f"file; peak RSS of the append process {r['append_peak_rss_mb']} MiB "
-          f"(build {r['build_peak_rss_mb']} MiB)")
+          "file")
 
 
 if __name__ == "__main__":

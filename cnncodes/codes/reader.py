@@ -320,6 +320,8 @@ class _View:
     runs: int = 1
     remaps: list[np.ndarray] | None = None   # per segment: its class index -> the store's
     flags: dict[int, bool] | None = None     # physical row -> missing, set after the segment
+    #: the runs split at segment ends: (logical start, physical start, length, segment) each
+    pieces: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -363,7 +365,15 @@ class _View:
                 local = list(f["classes"].asstr()[()])
             remaps.append(np.array([index.get(c, -1) for c in local] + [-1], np.int64))
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(files, offsets, phys, len(starts), remaps, flags)
+        pieces = []
+        for ls, ps, n_run in zip(first.tolist(), starts.tolist(), lengths.tolist(), strict=True):
+            while n_run > 0:  # a run that crosses the end of a segment goes on in the next one
+                k = int(np.searchsorted(offsets, ps, side="right") - 1)
+                take = min(n_run, int(offsets[k + 1]) - ps)
+                pieces.append((ls, ps, take, k))
+                ls, ps, n_run = ls + take, ps + take, n_run - take
+        return cls(files, offsets, phys, len(starts), remaps, flags,
+                   np.array(pieces, np.int64).reshape(-1, 4))
 
     def remap_labels(self, k: int, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, np.int64)
@@ -378,12 +388,24 @@ class _View:
         for i in pos.tolist():
             missing[i] = self.flags[int(self.phys[i])]
 
+    def check_rows(self, f: h5py.File, k: int) -> None:
+        n_rows = int(f["paths"].shape[0])
+        if n_rows != self.offsets[k + 1] - self.offsets[k]:
+            raise StoreDamagedError(
+                f"Segment {self.files[k]} has {n_rows} rows, not the "
+                f"{self.offsets[k + 1] - self.offsets[k]} its index records: the store is "
+                "damaged; extract again with --overwrite.")
+
     def gather(self, read: Reader, rows: Any = None) -> np.ndarray:
         """The values of logical ``rows`` (all by default; a slice or a sorted index array),
         read from each file with ``read``."""
         if self.phys is None:
             with h5py.File(self.files[0], "r") as f:
                 return read(f, 0, slice(None) if rows is None else rows)
+        if self.pieces is not None and (rows is None or (isinstance(rows, slice)
+                                                         and rows.step in (None, 1))):
+            return self._gather_range(read, *(slice(None) if rows is None else rows)
+                                      .indices(self.n)[:2])
         phys = self.phys if rows is None else self.phys[rows]
         if not len(phys):
             with h5py.File(self.files[0], "r") as f:
@@ -395,18 +417,36 @@ class _View:
             local = phys[pos] - self.offsets[k]
             sel, back = _selection(local)
             with h5py.File(self.files[k], "r") as f:
-                n_rows = int(f["paths"].shape[0])
-                if n_rows != self.offsets[k + 1] - self.offsets[k]:
-                    raise StoreDamagedError(
-                        f"Segment {self.files[k]} has {n_rows} rows, not the "
-                        f"{self.offsets[k + 1] - self.offsets[k]} its index records: the store "
-                        "is damaged; extract again with --overwrite.")
+                self.check_rows(f, k)
                 vals = read(f, k, sel)
             if back is not None:
                 vals = vals[back]
             if out is None:
                 out = np.empty((len(phys), *vals.shape[1:]), dtype=vals.dtype)
             out[pos] = vals
+        assert out is not None
+        return out
+
+    def _gather_range(self, read: Reader, lo: int, hi: int) -> np.ndarray:
+        """Logical rows ``lo:hi`` read run by run (one slice per run, each segment opened once)."""
+        assert self.pieces is not None
+        hi = max(lo, hi)
+        ls, ps, ln, seg = self.pieces.T
+        hit = np.flatnonzero((ls < hi) & (ls + ln > lo))
+        if not len(hit):
+            with h5py.File(self.files[0], "r") as f:
+                return read(f, 0, slice(0, 0))
+        out: np.ndarray | None = None
+        for k in np.unique(seg[hit]).tolist():
+            with h5py.File(self.files[k], "r") as f:
+                self.check_rows(f, k)
+                for r in hit[seg[hit] == k].tolist():
+                    a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
+                    local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
+                    vals = read(f, k, slice(local, local + b - a))
+                    if out is None:
+                        out = np.empty((hi - lo, *vals.shape[1:]), dtype=vals.dtype)
+                    out[a - lo:b - lo] = vals
         assert out is not None
         return out
 
