@@ -257,7 +257,11 @@ class FeatureStore:
         """
         name = self._layer(layer)
         view = self._view()
-        X = view.gather(lambda f, k, sel: f["codes"][name][sel], rows)
+        if view.pieces is not None and (rows is None or (isinstance(rows, slice)
+                                                         and rows.step in (None, 1))):
+            X = view.read_codes(name, rows or slice(None))
+        else:
+            X = view.gather(lambda f, k, sel: f["codes"][name][sel], rows)
         y = self._labels(view, rows)
         X = np.asarray(X, dtype=dtype)
         y = np.asarray(y, dtype=np.int64)
@@ -425,6 +429,26 @@ class _View:
                 out = np.empty((len(phys), *vals.shape[1:]), dtype=vals.dtype)
             out[pos] = vals
         assert out is not None
+        return out
+
+    def read_codes(self, name: str, rows: slice) -> np.ndarray:
+        """The codes of logical rows ``rows`` (a slice) read straight into one array."""
+        assert self.pieces is not None
+        lo, hi = rows.indices(self.n)[:2]
+        hi = max(lo, hi)
+        ls, ps, ln, seg = self.pieces.T
+        hit = np.flatnonzero((ls < hi) & (ls + ln > lo))
+        with h5py.File(self.files[0], "r") as f:
+            ds = f["codes"][name]
+            out = np.empty((hi - lo, ds.shape[1]), dtype=ds.dtype)
+        for k in np.unique(seg[hit]).tolist():
+            with h5py.File(self.files[k], "r") as f:
+                self.check_rows(f, k)
+                ds = f["codes"][name]
+                for r in hit[seg[hit] == k].tolist():
+                    a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
+                    local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
+                    ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
         return out
 
     def _gather_range(self, read: Reader, lo: int, hi: int) -> np.ndarray:
