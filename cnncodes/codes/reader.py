@@ -392,13 +392,24 @@ class _View:
         for i in pos.tolist():
             missing[i] = self.flags[int(self.phys[i])]
 
-    def check_rows(self, f: h5py.File, k: int) -> None:
+    def segment(self, k: int) -> h5py.File:
+        """Segment ``k`` opened for reading, checked against the row count its index records."""
+        try:
+            f = h5py.File(self.files[k], "r")
+        except (FileNotFoundError, OSError) as e:
+            raise StoreDamagedError(
+                f"Segment {self.files[k]} could not be opened ({e}). If an extraction into the "
+                "store is running, a fold replaced the index while this read was going on: read "
+                "the store again. Otherwise the store is damaged: restore its .segments/ folder "
+                "or extract again with --overwrite.") from None
         n_rows = int(f["paths"].shape[0])
         if n_rows != self.offsets[k + 1] - self.offsets[k]:
+            f.close()
             raise StoreDamagedError(
                 f"Segment {self.files[k]} has {n_rows} rows, not the "
                 f"{self.offsets[k + 1] - self.offsets[k]} its index records: the store is "
                 "damaged; extract again with --overwrite.")
+        return f
 
     def gather(self, read: Reader, rows: Any = None) -> np.ndarray:
         """The values of logical ``rows`` (all by default; a slice or a sorted index array),
@@ -420,8 +431,7 @@ class _View:
             pos = np.flatnonzero(seg == k)
             local = phys[pos] - self.offsets[k]
             sel, back = _selection(local)
-            with h5py.File(self.files[k], "r") as f:
-                self.check_rows(f, k)
+            with self.segment(k) as f:
                 vals = read(f, k, sel)
             if back is not None:
                 vals = vals[back]
@@ -442,8 +452,7 @@ class _View:
             ds = f["codes"][name]
             out = np.empty((hi - lo, ds.shape[1]), dtype=ds.dtype)
         for k in np.unique(seg[hit]).tolist():
-            with h5py.File(self.files[k], "r") as f:
-                self.check_rows(f, k)
+            with self.segment(k) as f:
                 ds = f["codes"][name]
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
@@ -462,8 +471,7 @@ class _View:
                 return read(f, 0, slice(0, 0))
         out: np.ndarray | None = None
         for k in np.unique(seg[hit]).tolist():
-            with h5py.File(self.files[k], "r") as f:
-                self.check_rows(f, k)
+            with self.segment(k) as f:
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
                     local = int(ps[r] - self.offsets[k]) + a - int(ls[r])

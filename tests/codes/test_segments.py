@@ -225,6 +225,18 @@ def test_a_missing_or_changed_segment_is_an_error_naming_it(tmp_path, segmented,
     assert isinstance(e.value, OSError)
 
 
+def test_a_segment_deleted_while_a_read_is_going_on_is_an_error_not_other_rows(tmp_path,
+                                                                              segmented):
+    seg, ref = _base(tmp_path)
+    _fold_both([_part(1, [("n/0.png", "cow")])], seg, ref)
+    view = FeatureStore(seg)._view()  # the index is read ...
+    view.files[-1].unlink()            # ... then a fold deletes a segment
+    with pytest.raises(StoreDamagedError, match="read the store again"):
+        view.gather(lambda f, k, sel: f["paths"][sel])
+    with pytest.raises(StoreDamagedError, match="read the store again"):
+        view.read_codes("pool", slice(None))
+
+
 def test_a_fold_that_fails_before_its_index_is_renamed_leaves_the_store_as_it_was(
         tmp_path, segmented, monkeypatch):
     seg, ref = _base(tmp_path)
