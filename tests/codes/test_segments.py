@@ -286,6 +286,7 @@ _KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_of_a_run_of_folds_loses_no_committed_batch(tmp_path, segmented):
     """A process folding batch after batch into a segmented store is killed at random moments;
     after each kill the store opens, holds every batch whose fold returned (and no partial
