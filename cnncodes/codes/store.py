@@ -304,10 +304,12 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
     """The journal's rows as one new segment, then a new index over the old segments and it.
     None when a single-file store cannot become segment 0 (no hard links here): rewrite it."""
     assert plan.old is not None
-    old, layers = plan.old, list(provenance["layers"])
+    old = plan.old
     view = old._view()
     seg_dir = segments_dir(store_path)
-    seg_dir.mkdir(exist_ok=True)
+    if not seg_dir.is_dir():
+        seg_dir.mkdir()
+        fsync_dir(store_path.parent)
     seg_files = list(view.files)
     if not old.segmented:  # the single file becomes segment 0: a second name, no copy
         base = seg_dir / _segment_name()
@@ -317,6 +319,7 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
             log.info("cannot hard-link %s into %s (%s); rewriting it as one file", store_path,
                      seg_dir, e)
             return None
+        fsync_dir(seg_dir)  # the second name is on disk before an index names it
         seg_files = [base]
     old_phys = view.phys if view.phys is not None else np.arange(view.n, dtype=np.int64)
     offsets = list(view.offsets.tolist())
@@ -324,7 +327,7 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
     phys[:len(plan.keep)] = old_phys[plan.keep]
     written = 0
     if plan.written:
-        seg, seen = _write_segment(seg_dir, journal, files, provenance, plan, compression)
+        seg = _write_segment(seg_dir, journal, files, provenance, plan, compression)
         written = seg.stat().st_size
         rows = np.array([plan.row_of[p] for p in plan.written], np.int64)
         phys[rows] = offsets[-1] + np.arange(len(rows), dtype=np.int64)
@@ -358,7 +361,7 @@ def _segment_name() -> str:
 
 def _write_segment(seg_dir: Path, journal: Journal, files: Sequence[Path],
                    provenance: Mapping[str, Any], plan: _Plan,
-                   compression: str | None) -> tuple[Path, set[str]]:
+                   compression: str | None) -> Path:
     """The journal rows that get a row, as an immutable single-file store of their own (labels
     indexing its own classes), fsynced with its folder before any index names it."""
     layers = list(provenance["layers"])
@@ -373,14 +376,14 @@ def _write_segment(seg_dir: Path, journal: Journal, files: Sequence[Path],
             h5py.File(tmp, "w") as f:
         _create_datasets(f, layers, seg_plan, dtype, compression,
                          provenance.get("layer_info") or {})
-        seen = _write_parts(f, journal, files, seg_plan, {c: i for i, c in enumerate(classes)},
-                            layers, dtype)
+        _write_parts(f, journal, files, seg_plan, {c: i for i, c in enumerate(classes)}, layers,
+                     dtype)
         if len(journal.bad_parts) != n_bad:
             raise _DamagedPart
         _write_failures(f, [], {})
         _write_attrs(f.attrs, {**_new_provenance(provenance, {}, None), "segment": True})
     fsync_dir(seg_dir)
-    return path, seen
+    return path
 
 
 def _drop_dead(files: list[Path], offsets: np.ndarray, phys: np.ndarray,
