@@ -278,8 +278,8 @@ _KILLER = textwrap.dedent("""
     store_mod.REWRITE_BELOW = 0
     out = {out!r}
     j = Journal(out)
-    j.dir.mkdir(exist_ok=True)
     for b in range({start}, 400):
+        j.dir.mkdir(exist_ok=True)  # a fold removes the empty journal
         j.write_part(_part(b, [(f"k/{{b:04d}}-{{i}}.png", "ant") for i in range(20)]))
         fold(out, j, PROV, compression="gzip")
         print(b, flush=True)
@@ -301,8 +301,9 @@ def test_kill_9_at_any_moment_of_a_run_of_folds_loses_no_committed_batch(tmp_pat
     start, kills = 1, 0
     while kills < 5 and start < 400:
         script = _KILLER.format(root=root, out=str(out), start=start)
+        err = open(tmp_path / f"stderr{kills}.txt", "w+")  # noqa: SIM115 - closed below
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                text=True, cwd=root)
+                                stderr=err, text=True, cwd=root)
         done = []
         deadline = time.monotonic() + rnd.uniform(1.5, 4.0)
         os.set_blocking(proc.stdout.fileno(), False)
@@ -312,8 +313,12 @@ def test_kill_9_at_any_moment_of_a_run_of_folds_loses_no_committed_batch(tmp_pat
             while line:
                 done.append(int(line))
                 line = proc.stdout.readline()
+        alive = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        err.seek(0)
+        assert alive, err.read()  # killed while running, not crashed
+        err.close()
         rest = proc.stdout.read() or ""
         done += [int(x) for x in rest.split()]
         kills += 1
@@ -329,6 +334,7 @@ def test_kill_9_at_any_moment_of_a_run_of_folds_loses_no_committed_batch(tmp_pat
     st = FeatureStore(out)
     batches = sorted({int(p[2:6]) for p in st.paths})
     assert batches == list(range(batches[-1] + 1)) and kills == 5
+    assert len(batches) > 10 and st.layout()["segments"] > 10  # many folds were interrupted
     named = {p.name for p in st._view().files}
     assert {p.name for p in segments_dir(out).iterdir()} == named  # no orphan segment left
     assert json.dumps(st.info(), default=str)
