@@ -48,3 +48,8 @@ class OutputError(CnnCodesError, ValueError):
     """An output path cannot be written without losing something: it is one of the command's
     inputs, not a regular file (a device, FIFO, socket, or a folder where a file goes), or a file
     of another kind (pass ``--overwrite`` to replace that one)."""
+
+
+class StoreDamagedError(CnnCodesError, OSError):
+    """A store's files are not what its index records (a segment missing, truncated or changed):
+    nothing is read from it (the message names the file and the fix)."""

@@ -214,3 +214,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = FeatureStore(args.store).info()
     print(json.dumps(info, indent=2, default=str) if args.json else format_store_info(info))
     return 0
+
+
+def add_compact(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("compact", help="rewrite a segmented code store as one file")
+    p.add_argument("store", help="an .h5 file written by `cnncodes extract`")
+    return p
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from ..codes.store import FeatureStore, compact
+
+    before = FeatureStore(args.store).layout()
+    counts = compact(args.store)
+    print(f"{args.store}: {counts['rows']} rows, {counts['failures']} failures; "
+          f"{before['segments'] or 1} file(s) of {before['bytes'] / 2**20:.1f} MiB -> one file of "
+          f"{counts['written'] / 2**20:.1f} MiB")
+    return 0

@@ -16,7 +16,16 @@ from typing import Any
 from .._version import __version__
 from ..errors import CnnCodesError
 from .advise import add_advise, cmd_advise
-from .codes import add_extract, add_info, add_models, cmd_extract, cmd_info, cmd_models
+from .codes import (
+    add_compact,
+    add_extract,
+    add_info,
+    add_models,
+    cmd_compact,
+    cmd_extract,
+    cmd_info,
+    cmd_models,
+)
 from .finetune import add_finetune, cmd_finetune
 from .linear import (
     add_baseline,
@@ -37,6 +46,7 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
     "models": (add_models, cmd_models),
     "extract": (add_extract, cmd_extract),
     "info": (add_info, cmd_info),
+    "compact": (add_compact, cmd_compact),
     "train": (add_train, cmd_train),
     "evaluate": (add_evaluate, cmd_evaluate),
     "predict": (add_predict, cmd_predict),

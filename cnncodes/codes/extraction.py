@@ -47,8 +47,9 @@ from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOption
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
 from ..sources.loader import Batch, ImageDataset, make_loader
+from ..sources.tarshards import TarShardSource
 from .extractor import CodeExtractor
-from .identity import check_verify, describe_source, store_sources
+from .identity import FileId, check_verify, describe_source, store_sources
 from .journal import Journal, Part
 from .reader import check_is_store
 from .store import (
@@ -58,6 +59,7 @@ from .store import (
     disk_full_message,
     fold,
     is_disk_full,
+    remove_store,
 )
 from .sync import Sync, plan_sync, resolve_sources, stored_paths
 
@@ -225,8 +227,7 @@ def extract(
         journal = Journal(out)
         if overwrite and di.is_main:
             journal.clear()
-            if out.exists():
-                out.unlink()
+            remove_store(out)  # the file and its segments
         barrier()
         journal.lock(di.rank)
         try:
@@ -336,7 +337,9 @@ def _extract_locked(job: _Job) -> ExtractResult:
     pending = sync.pending
     skipped = len(src) - len(pending)
     bs = job.runtime.batch_size
-    mine = shard_batches(pending, bs, di.rank, di.world) if di.enabled else pending
+    mine = pending if not di.enabled else (
+        src.rank_share(pending, di.rank, di.world) if isinstance(src, TarShardSource)
+        else shard_batches(pending, bs, di.rank, di.world))  # tar shards: whole shards per rank
     if di.is_main:
         log.info("%s: %d images, %d already done, %d to extract (%s %s, layers %s, %d px, %s on "
                  "%s%s)", src.root, len(src), skipped, len(pending), ext.spec.name,
@@ -389,8 +392,12 @@ def _extract_locked(job: _Job) -> ExtractResult:
 def _plan(job: _Job) -> Sync:
     """The store and journal compared with the source's files now (:func:`plan_sync`)."""
     src = job.src
+    ids = None
+    if isinstance(src, TarShardSource):  # a member's identity: its size and its shard's
+        ids = [FileId(*t) if t else None for t in src.member_ids(hashed=job.verify == "hash")]
     sync = plan_sync(
-        job.out, job.journal, stored=job.stored, abspaths=[src.abspath(i) for i in range(len(src))],
+        job.out, job.journal, stored=job.stored, ids=ids,
+        abspaths=[src.abspath(i) for i in range(len(src))],
         labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
         source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
         verify=job.verify or "stat", retry_failed=job.retry_failed,
@@ -508,6 +515,10 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     if decoder not in DECODERS:
         raise OptionError(f"decoder must be one of {', '.join(DECODERS)}. Got {decoder!r} "
                           "instead.")
+    if isinstance(src, TarShardSource):  # members are read by offset, decoded with PIL
+        if decoder == "tensor":
+            log.warning("decoder=tensor does not read tar shards; using PIL")
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
     if decoder == "pil" or ext.preprocessing.interpolation not in TENSOR_INTERPOLATIONS:
         if decoder == "tensor":
             log.warning("decoder=tensor does not support %s interpolation; using PIL",

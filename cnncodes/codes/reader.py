@@ -1,5 +1,9 @@
 """Read access to a ``codes.h5`` store (:class:`FeatureStore`) and what identifies one.
 
+A store is one of two layouts (:mod:`cnncodes.codes.store` describes both): a *single file*
+(formats 1 and 2: every row in ``codes.h5``), or *segments* (format 3: ``codes.h5`` is a small
+index naming immutable segment files in ``codes.h5.segments/`` and the order of the rows in them).
+:class:`FeatureStore` shows either as one logical store; every read goes through :class:`_View`.
 Writing goes through :mod:`cnncodes.codes.store` (journal + fold); this module only reads.
 """
 
@@ -7,21 +11,39 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ..errors import OptionError, StoreMismatchError
+from ..errors import OptionError, StoreDamagedError, StoreMismatchError
 from .identity import UNKNOWN, FileId, store_sources
 from .journal import Journal, describe_holder
 
 #: Format 2 added per-row file identity (``/files``) and the list of sources; format 1 stores
-#: are read and appended to (their old rows count as unverified).
+#: are read and appended to (their old rows count as unverified). Format 3 is the segment index.
 FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+SEGMENTED_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+
+
+def segments_dir(path: str | os.PathLike) -> Path:
+    """The folder of a store's segment files: ``codes.h5.segments/`` beside ``codes.h5``."""
+    path = Path(path)
+    return path.with_name(path.name + ".segments")
+
+
+def store_bytes(path: str | os.PathLike) -> int:
+    """Bytes of a store on disk: the file plus its segment folder (0 when there is none)."""
+    path = Path(path)
+    total = path.stat().st_size if path.is_file() else 0
+    seg = segments_dir(path)
+    if seg.is_dir():
+        total += sum(p.stat().st_size for p in seg.glob("*.h5"))
+    return total
 
 
 STR = h5py.string_dtype("utf-8")
@@ -49,7 +71,8 @@ def check_is_store(path: Path) -> int:
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("format_version", -1))
-            layout = "codes" in f and "paths" in f and "labels" in f
+            layout = ("codes" in f and "paths" in f and "labels" in f) if version < 3 else (
+                "segments" in f and "runs" in f and "classes" in f)
     except OSError as e:
         raise StoreMismatchError(f"{path} is not a cnncodes store: it must be an HDF5 file written "
                                  f"by `cnncodes extract`. Got a file HDF5 cannot open instead "
@@ -65,13 +88,14 @@ def check_is_store(path: Path) -> int:
 
 
 class FeatureStore:
-    """Read access to a ``codes.h5`` file.
+    """Read access to a ``codes.h5`` store (either layout).
 
     >>> store = FeatureStore("codes.h5")
     >>> X, y = store.load(layer="pool")        # numpy float32 (N, D), int64 (N,)
     >>> store.paths[:3], store.classes, store.failures
 
-    The file is opened per call, so a store object holds no file handle.
+    Files are opened per call, so a store object holds no file handle, and every call sees the
+    store's latest commit.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -94,12 +118,19 @@ class FeatureStore:
         """Whether rows carry their file's identity (stores of format 2 and later)."""
         return self.format_version >= 2
 
+    @property
+    def segmented(self) -> bool:
+        """Whether the store is an index of segment files (format 3) rather than one file."""
+        return self.format_version >= SEGMENTED_FORMAT
+
     def _open(self) -> h5py.File:
         return h5py.File(self.path, "r")
 
+    def _view(self) -> _View:
+        return _View.open(self.path) if self.segmented else _View.single(self.path)
+
     def __len__(self) -> int:
-        with self._open() as f:
-            return int(f["paths"].shape[0])
+        return self._view().n
 
     def __repr__(self) -> str:
         return f"FeatureStore({os.fspath(self.path)!r})"
@@ -115,8 +146,26 @@ class FeatureStore:
 
     @property
     def dims(self) -> dict[str, int]:
-        with self._open() as f:
+        view = self._view()
+        with h5py.File(view.files[0], "r") as f:
             return {k: int(f["codes"][k].shape[1]) for k in self.layers}
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        """The attributes of one layer's codes (``node``, ``kind``, ``pooling``)."""
+        return self._layer_meta(layer)[1]
+
+    def _layer_meta(self, layer: str) -> tuple[str, dict[str, Any]]:
+        view = self._view()
+        with h5py.File(view.files[0], "r") as f:
+            ds = f["codes"][layer]
+            return str(ds.dtype), _attrs_to_dict(ds.attrs)
+
+    def layout(self) -> dict[str, Any]:
+        """``kind`` (``single`` or ``segments``), the number of segment files and bytes on disk."""
+        view = self._view()
+        return {"kind": "segments" if self.segmented else "single",
+                "segments": len(view.files) if self.segmented else 0,
+                "runs": int(view.runs), "bytes": store_bytes(self.path)}
 
     @property
     def classes(self) -> list[str]:
@@ -125,8 +174,8 @@ class FeatureStore:
 
     @property
     def paths(self) -> np.ndarray:
-        with self._open() as f:
-            return np.asarray(f["paths"].asstr()[()], dtype=object)
+        return self._view().gather(lambda f, k, sel: np.asarray(f["paths"].asstr()[sel],
+                                                                 dtype=object))
 
     @property
     def root(self) -> Path:
@@ -138,8 +187,10 @@ class FeatureStore:
 
     @property
     def labels(self) -> np.ndarray:
-        with self._open() as f:
-            return f["labels"][()].astype(np.int64)
+        return self._labels(self._view())
+
+    def _labels(self, view: _View, rows: Any = None) -> np.ndarray:
+        return view.gather(lambda f, k, sel: view.remap_labels(k, f["labels"][sel]), rows)
 
     @property
     def failures(self) -> list[tuple[str, str]]:
@@ -156,8 +207,11 @@ class FeatureStore:
         """Per row: ``size``, ``mtime_ns``, ``hash`` of its file when it was read, ``source``
         (index into :attr:`sources`), ``missing`` (file gone, row kept by ``keep_missing``).
         Rows of a format-1 store have size -1 (unverified)."""
-        with self._open() as f:
-            return _file_table(f, "files", int(f["paths"].shape[0]))
+        view = self._view()
+        out = {key: view.gather(lambda f, k, sel, key=key: _column(f, "files", key, sel))
+               for key, _, _ in _ID_FILL}
+        view.apply_flags(out["missing"])
+        return out
 
     def failure_table(self) -> dict[str, np.ndarray]:
         """The same per recorded failure (``paths``, ``reasons`` and identity)."""
@@ -171,13 +225,12 @@ class FeatureStore:
     def nonfinite_rows(self, block: int = 8192) -> list[int]:
         """Rows whose codes hold NaN or inf in any layer (read block by block)."""
         bad: set[int] = set()
-        with self._open() as f:
-            n = int(f["paths"].shape[0])
-            for name in self.layers:
-                ds = f["codes"][name]
-                for s in range(0, n, block):
-                    x = ds[s:min(n, s + block)]
-                    bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
+        view = self._view()
+        for name in self.layers:
+            for s in range(0, view.n, block):
+                x = view.gather(lambda f, k, sel, name=name: f["codes"][name][sel],
+                                slice(s, min(view.n, s + block)))
+                bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
         return sorted(bad)
 
     def _layer(self, layer: str | None) -> str:
@@ -203,14 +256,13 @@ class FeatureStore:
             as_torch: return torch tensors (on ``device``) instead of numpy arrays.
         """
         name = self._layer(layer)
-        with self._open() as f:
-            ds = f["codes"][name]
-            if rows is None:
-                X = ds[()]
-                y = f["labels"][()]
-            else:
-                X = ds[rows]
-                y = f["labels"][rows]
+        view = self._view()
+        if view.pieces is not None and (rows is None or (isinstance(rows, slice)
+                                                         and rows.step in (None, 1))):
+            X = view.read_codes(name, rows or slice(None))
+        else:
+            X = view.gather(lambda f, k, sel: f["codes"][name][sel], rows)
+        y = self._labels(view, rows)
         X = np.asarray(X, dtype=dtype)
         y = np.asarray(y, dtype=np.int64)
         if as_torch:
@@ -224,12 +276,11 @@ class FeatureStore:
         labels = self.labels
         classes = self.classes
         counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
-        with self._open() as f:
-            layers = {}
-            for name in prov["layers"]:
-                ds = f["codes"][name]
-                layers[name] = {"dim": int(ds.shape[1]), "dtype": str(ds.dtype),
-                                **_attrs_to_dict(ds.attrs)}
+        layers = {}
+        dims = self.dims
+        for name in prov["layers"]:
+            dtype, attrs = self._layer_meta(name)
+            layers[name] = {"dim": dims[name], "dtype": dtype, **attrs}
         journal = Journal(self.path)
         table = self.file_table()
         paths = self.paths
@@ -242,6 +293,7 @@ class FeatureStore:
             "pending_parts": journal.n_parts() if journal.exists() else 0,
             "in_progress": journal.lock_holder() if journal.exists() else None,
             "format_version": self.format_version,
+            "layout": self.layout(),
             "verify": prov.get("verify", "stat") if self.verified else None,
             "unverified_rows": int((table["size"] == UNKNOWN).sum()),
             "missing_rows": {"count": int(missing.size),
@@ -252,13 +304,214 @@ class FeatureStore:
         }
 
 
+#: Per-row identity columns of ``/files``, their dtype and the value a format-1 file lacks.
+_ID_FILL = (("size", np.int64, UNKNOWN), ("mtime_ns", np.int64, UNKNOWN), ("hash", object, ""),
+            ("source", np.int64, 0), ("missing", bool, False))
+
+#: A reader of one segment: ``(open file, segment number, selection) -> array``.
+Reader = Callable[[h5py.File, int, Any], np.ndarray]
+
+
+@dataclass
+class _View:
+    """Where the rows of a store are: its files, and for each logical row its *physical* row
+    (the rows of the segment files one after another). A single-file store is one file read as
+    it is (``phys`` None)."""
+
+    files: list[Path]
+    offsets: np.ndarray            # (S + 1,): physical row where each file starts; the total
+    phys: np.ndarray | None        # (N,) logical -> physical row; None: the identity
+    runs: int = 1
+    remaps: list[np.ndarray] | None = None   # per segment: its class index -> the store's
+    flags: dict[int, bool] | None = None     # physical row -> missing, set after the segment
+    #: the runs split at segment ends: (logical start, physical start, length, segment) each
+    pieces: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1]) if self.phys is None else len(self.phys)
+
+    @classmethod
+    def single(cls, path: Path) -> _View:
+        with h5py.File(path, "r") as f:
+            n = int(f["paths"].shape[0])
+        return cls([path], np.array([0, n], np.int64), None)
+
+    @classmethod
+    def open(cls, path: Path) -> _View:
+        """Read a segment index and check that every segment it names is there, whole."""
+        with h5py.File(path, "r") as f:
+            names = list(f["segments/files"].asstr()[()])
+            counts = f["segments/rows"][()].astype(np.int64)
+            sizes = f["segments/bytes"][()].astype(np.int64)
+            starts = f["runs/start"][()].astype(np.int64)
+            lengths = f["runs/length"][()].astype(np.int64)
+            classes = list(f["classes"].asstr()[()])
+            flags = dict(zip(f["flags/rows"][()].tolist(), f["flags/missing"][()].tolist(),
+                             strict=True))
+        files = [path.parent / n for n in names]
+        for p, size in zip(files, sizes.tolist(), strict=True):
+            have = p.stat().st_size if p.is_file() else None
+            if have != size:
+                what = "is missing" if have is None else f"has {have} bytes, not {size}"
+                raise StoreDamagedError(
+                    f"{path} is damaged: its segment {p} {what}. A store of this layout is the "
+                    f"file {path.name} together with the folder {segments_dir(path).name}/ "
+                    "(copy or move both); restore the folder from where it was copied, or "
+                    "extract again with --overwrite.")
+        n = int(lengths.sum())
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        phys = np.arange(n, dtype=np.int64) + np.repeat(starts - first, lengths)
+        index = {c: i for i, c in enumerate(classes)}
+        remaps = []
+        for p in files:
+            with h5py.File(p, "r") as f:
+                local = list(f["classes"].asstr()[()])
+            remaps.append(np.array([index.get(c, -1) for c in local] + [-1], np.int64))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        pieces = []
+        for ls, ps, n_run in zip(first.tolist(), starts.tolist(), lengths.tolist(), strict=True):
+            while n_run > 0:  # a run that crosses the end of a segment goes on in the next one
+                k = int(np.searchsorted(offsets, ps, side="right") - 1)
+                take = min(n_run, int(offsets[k + 1]) - ps)
+                pieces.append((ls, ps, take, k))
+                ls, ps, n_run = ls + take, ps + take, n_run - take
+        return cls(files, offsets, phys, len(starts), remaps, flags,
+                   np.array(pieces, np.int64).reshape(-1, 4))
+
+    def remap_labels(self, k: int, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels, np.int64)
+        return labels if self.remaps is None else self.remaps[k][labels]
+
+    def apply_flags(self, missing: np.ndarray) -> None:
+        """Set the ``missing`` flags changed after their segment was written."""
+        if not self.flags or self.phys is None:
+            return
+        keys = np.fromiter(self.flags, np.int64, len(self.flags))
+        pos = np.flatnonzero(np.isin(self.phys, keys))
+        for i in pos.tolist():
+            missing[i] = self.flags[int(self.phys[i])]
+
+    def segment(self, k: int) -> h5py.File:
+        """Segment ``k`` opened for reading, checked against the row count its index records."""
+        try:
+            f = h5py.File(self.files[k], "r")
+        except (FileNotFoundError, OSError) as e:
+            raise StoreDamagedError(
+                f"Segment {self.files[k]} could not be opened ({e}). If an extraction into the "
+                "store is running, a fold replaced the index while this read was going on: read "
+                "the store again. Otherwise the store is damaged: restore its .segments/ folder "
+                "or extract again with --overwrite.") from None
+        n_rows = int(f["paths"].shape[0])
+        if n_rows != self.offsets[k + 1] - self.offsets[k]:
+            f.close()
+            raise StoreDamagedError(
+                f"Segment {self.files[k]} has {n_rows} rows, not the "
+                f"{self.offsets[k + 1] - self.offsets[k]} its index records: the store is "
+                "damaged; extract again with --overwrite.")
+        return f
+
+    def gather(self, read: Reader, rows: Any = None) -> np.ndarray:
+        """The values of logical ``rows`` (all by default; a slice or a sorted index array),
+        read from each file with ``read``."""
+        if self.phys is None:
+            with h5py.File(self.files[0], "r") as f:
+                return read(f, 0, slice(None) if rows is None else rows)
+        if self.pieces is not None and (rows is None or (isinstance(rows, slice)
+                                                         and rows.step in (None, 1))):
+            return self._gather_range(read, *(slice(None) if rows is None else rows)
+                                      .indices(self.n)[:2])
+        phys = self.phys if rows is None else self.phys[rows]
+        if not len(phys):
+            with h5py.File(self.files[0], "r") as f:
+                return read(f, 0, slice(0, 0))
+        seg = np.searchsorted(self.offsets, phys, side="right") - 1
+        out: np.ndarray | None = None
+        for k in np.unique(seg).tolist():
+            pos = np.flatnonzero(seg == k)
+            local = phys[pos] - self.offsets[k]
+            sel, back = _selection(local)
+            with self.segment(k) as f:
+                vals = read(f, k, sel)
+            if back is not None:
+                vals = vals[back]
+            if out is None:
+                out = np.empty((len(phys), *vals.shape[1:]), dtype=vals.dtype)
+            out[pos] = vals
+        assert out is not None
+        return out
+
+    def read_codes(self, name: str, rows: slice) -> np.ndarray:
+        """The codes of logical rows ``rows`` (a slice) read straight into one array."""
+        assert self.pieces is not None
+        lo, hi = rows.indices(self.n)[:2]
+        hi = max(lo, hi)
+        ls, ps, ln, seg = self.pieces.T
+        hit = np.flatnonzero((ls < hi) & (ls + ln > lo))
+        with h5py.File(self.files[0], "r") as f:
+            ds = f["codes"][name]
+            out = np.empty((hi - lo, ds.shape[1]), dtype=ds.dtype)
+        for k in np.unique(seg[hit]).tolist():
+            with self.segment(k) as f:
+                ds = f["codes"][name]
+                for r in hit[seg[hit] == k].tolist():
+                    a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
+                    local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
+                    ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
+        return out
+
+    def _gather_range(self, read: Reader, lo: int, hi: int) -> np.ndarray:
+        """Logical rows ``lo:hi`` read run by run (one slice per run, each segment opened once)."""
+        assert self.pieces is not None
+        hi = max(lo, hi)
+        ls, ps, ln, seg = self.pieces.T
+        hit = np.flatnonzero((ls < hi) & (ls + ln > lo))
+        if not len(hit):
+            with h5py.File(self.files[0], "r") as f:
+                return read(f, 0, slice(0, 0))
+        out: np.ndarray | None = None
+        for k in np.unique(seg[hit]).tolist():
+            with self.segment(k) as f:
+                for r in hit[seg[hit] == k].tolist():
+                    a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
+                    local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
+                    vals = read(f, k, slice(local, local + b - a))
+                    if out is None:
+                        out = np.empty((hi - lo, *vals.shape[1:]), dtype=vals.dtype)
+                    out[a - lo:b - lo] = vals
+        assert out is not None
+        return out
+
+
+def _selection(local: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray | None]:
+    """How to read ``local`` rows of one file: a slice (and the positions to take from it when
+    they are not one ascending range), or a sorted index array when they are sparse."""
+    lo, hi = int(local.min()), int(local.max()) + 1
+    if hi - lo == len(local) and (len(local) < 2 or bool((np.diff(local) == 1).all())):
+        return slice(lo, hi), None
+    if hi - lo <= 4 * len(local):
+        return slice(lo, hi), local - lo
+    uniq, inverse = np.unique(local, return_inverse=True)
+    return uniq, inverse
+
+
+def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:
+    """One identity column of a file for the selection (its default where a format-1 file has
+    none)."""
+    dt, fill = next((d, v) for k, d, v in _ID_FILL if k == key)
+    g = f.get(group)
+    if g is not None and key in g:
+        ds = g[key]
+        return np.asarray(ds.asstr()[sel] if dt is object else ds[sel], dtype=dt)
+    n = len(np.arange(int(f["paths"].shape[0]))[sel])
+    return np.full(n, fill, dtype=dt)
+
 
 def _file_table(f: h5py.File, group: str, n: int) -> dict[str, np.ndarray]:
     """Identity columns of ``/files`` or ``/failures`` (defaults where a format-1 file lacks them)."""
     g = f.get(group)
     out: dict[str, np.ndarray] = {}
-    for key, dt, fill in (("size", np.int64, UNKNOWN), ("mtime_ns", np.int64, UNKNOWN),
-                          ("hash", object, ""), ("source", np.int64, 0), ("missing", bool, False)):
+    for key, dt, fill in _ID_FILL:
         if g is not None and key in g:
             ds = g[key]
             out[key] = np.asarray(ds.asstr()[()] if dt is object else ds[()], dtype=dt)

@@ -1,7 +1,7 @@
-"""The HDF5 code cache: one file holding codes per layer, paths, labels, classes, failures and
-the provenance needed to trust them.
+"""The HDF5 code cache: codes per layer, paths, labels, classes, failures and the provenance
+needed to trust them, in one of two layouts.
 
-Layout of ``codes.h5``::
+*Single file* (formats 1 and 2; what a first extraction and :func:`compact` write): ``codes.h5``::
 
     /codes/<layer>      float32|float16 (N, D), chunked, resizable; attrs: node, kind, pooling
     /paths              utf-8 strings (N,), relative to attrs["root"] where possible
@@ -19,6 +19,25 @@ Layout of ``codes.h5``::
                         dtype, root, sources, verify, versions, created/updated, command line,
                         run history)
 
+*Segments* (format 3; what a fold into a store over :data:`REWRITE_BELOW` bytes writes): the
+rows live in immutable *segment* files ``codes.h5.segments/seg-<id>.h5`` (each laid out like a
+single-file store of its rows, labels indexing its own ``/classes``), and ``codes.h5`` is a small
+index, replaced atomically at every commit::
+
+    /segments/files     utf-8 (S,) segment files, relative to the index's folder
+    /segments/rows, /segments/bytes   int64 (S,) rows and bytes of each (checked on every read)
+    /runs/start, /runs/length   int64 (R,) the store's rows in order: physical rows (segments one
+                        after another) [start, start + length)
+    /flags/rows, /flags/missing   missing flags set after their segment was written
+    /classes, /failures/..., attrs   as in a single file (format_version 3)
+
+A fold then writes only the journal's rows (new files, and the new version of changed files) as one
+new segment and a new index: a changed file's row points at the new segment, a deleted file's row
+leaves the runs, and a segment no row points at any more is deleted. Its cost is that of the new
+rows plus the index (16 bytes per run, a few per failure), never a copy of the old rows. A store
+that shrinks to :data:`REWRITE_BELOW` bytes is rewritten as a single file again. The first fold
+into a large single-file store turns it into segment 0 by a hard link (no copy).
+
 Row order: old rows keep their order; a row whose file changed is replaced in place; rows of
 deleted files are removed; new files are appended in source order (see :func:`fold`).
 
@@ -34,20 +53,26 @@ the same data). A full disk leaves the previous file and the parts (:func:`disk_
 The journal itself (parts, lock, manifest, damaged parts) is :mod:`cnncodes.codes.journal`; reading
 a store is :mod:`cnncodes.codes.reader` (:class:`FeatureStore`, re-exported here).
 
-This module is the only door to an existing store: :func:`fold` (new rows) and
-:func:`update_provenance` (metadata such as the advisor's evidence) both rebuild it under a
-temporary name; :func:`check_store_compatible` is the one compatibility check of a store (and of an
-unfinished journal) against the settings a caller wants.
+In the segment layout the same holds: a segment is written under a temporary name, fsynced and
+renamed, its folder fsynced, and only then is the index that names it renamed over ``codes.h5``.
+A kill before that rename leaves the previous index (the new segment, named by no index, is
+deleted by the next fold); no file an index names is ever written again.
+
+This module is the only door to an existing store: :func:`fold` (new rows),
+:func:`update_provenance` (metadata such as the advisor's evidence) and :func:`compact` (one file
+again) all write under temporary names; :func:`check_store_compatible`
+(:mod:`cnncodes.codes.compat`) is the one compatibility check of a store (and of an unfinished
+journal) against the settings a caller wants.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,109 +83,35 @@ import numpy as np
 
 from ..atomic import atomic_path, fsync_dir
 from ..errors import StoreMismatchError
+from .compat import (
+    CONFIG_FIELDS,
+    canonical,
+    check_store_compatible,
+    config_diff,
+    disk_full_message,
+    is_disk_full,
+)
 from .journal import Journal
 from .reader import (
     FORMAT_VERSION,
+    SEGMENTED_FORMAT,
     STR,
     FeatureStore,
-    _attrs_to_dict,
+    segments_dir,
+    store_bytes,
 )
+
+__all__ = ["CONFIG_FIELDS", "FeatureStore", "canonical", "check_store_compatible", "compact",
+           "config_diff", "disk_full_message", "fold", "is_disk_full", "remove_store",
+           "update_provenance"]
 
 log = logging.getLogger(__name__)
 
-
-#: Provenance fields that must agree for codes to be appended to or resumed in the same file.
-CONFIG_FIELDS = ("backbone", "weights", "weights_sha256", "layers", "pooling", "preprocessing",
-                 "dtype")
-
-
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
-                fields: Sequence[str] = CONFIG_FIELDS) -> list[str]:
-    """Human-readable list of fields where ``old`` and ``new`` disagree."""
-    out = []
-    for f in fields:
-        a, b = old.get(f), new.get(f)
-        if canonical(a) != canonical(b):
-            out.append(f"{f}: file has {_short(a)}, requested {_short(b)}")
-    return out
-
-
-def canonical(v: Any) -> Any:
-    """Comparable form of a provenance value (lists for tuples, floats rounded to 6 places)."""
-    if isinstance(v, (list, tuple)):
-        return [canonical(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: canonical(x) for k, x in v.items()}
-    if isinstance(v, float):
-        return round(v, 6)
-    return v
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) < 120 else s[:117] + "..."
-
-
-# --------------------------------------------------------------------------------------------
-# Compatibility: the one check of a store (and its journal) against requested settings
-
-
-def check_store_compatible(path: str | os.PathLike, config: Mapping[str, Any], *,
-                           fields: Sequence[str] = CONFIG_FIELDS, layer: str | None = None,
-                           journal: bool = True, what: str | None = None,
-                           fix: str | None = None) -> None:
-    """Raise :class:`StoreMismatchError` if the store at ``path`` (or, with ``journal``, the
-    manifest of its unfinished extraction) was made with other settings than ``config``.
-
-    Args:
-        path: the ``.h5`` store; a missing file (and an empty journal) passes.
-        config: requested provenance values (at least ``fields``; with ``layer`` also
-            ``layer_info[layer]["pooling"]`` when known).
-        fields: provenance fields that must agree (:data:`CONFIG_FIELDS` for appending codes).
-        layer: one layer that must be in the store with the same effective pooling (the check a
-            reader of a single layer needs) instead of comparing the whole layer list.
-        journal: also check an unfinished extraction's manifest.
-        what: who asks, prefixed to the message (e.g. ``CNNCodes(cache='x.h5')``).
-        fix: the advice that ends the message (default: another file or ``--overwrite``).
-
-    Raises:
-        StoreMismatchError: naming every differing field, the file's value and the requested one.
-    """
-    path = Path(path)
-    fix = fix or (f"Use another output file, or --overwrite (overwrite=True) to discard {path} "
-                  "and extract again.")
-    lead = f"{what}: " if what else ""
-    if path.is_file():
-        store = FeatureStore(path)
-        prov = store.provenance
-        diff = config_diff(prov, config, fields)
-        if layer is not None:
-            diff += _layer_diff(store, layer, config)
-        if diff:
-            raise StoreMismatchError(f"{lead}{path} was extracted with a different configuration "
-                                     "(" + "; ".join(diff) + "). " + fix)
-    if journal:
-        j = Journal(path)
-        manifest = j.manifest()
-        if manifest is not None and j.part_files():
-            diff = config_diff(manifest, config, fields)
-            if diff:
-                raise StoreMismatchError(f"{lead}An unfinished extraction into {path} used a "
-                                         "different configuration (" + "; ".join(diff) + "). "
-                                         "Rerun it with its own options to finish it, or: " + fix)
-
-
-def _layer_diff(store: FeatureStore, layer: str, config: Mapping[str, Any]) -> list[str]:
-    """The layer is in the store and pooled the same way (its per-layer attrs)."""
-    layers = store.layers
-    if layer not in layers:
-        return [f"layers: file has {layers}, requested {layer}"]
-    want = ((config.get("layer_info") or {}).get(layer) or {}).get("pooling")
-    with store._open() as f:
-        have = _attrs_to_dict(f["codes"][layer].attrs).get("pooling")
-    if want is not None and have is not None and have != want:
-        return [f"pooling of {layer}: file has {have}, requested {want}"]
-    return []
+#: A fold rewrites a store of at most this many bytes (files and segments) as one file (cheap, and
+#: one file to copy); a larger store takes the new rows as a segment, whatever its size.
+REWRITE_BELOW = 8 * 2**20
+#: A fold that leaves more segments than this suggests ``cnncodes compact`` in the log.
+MANY_SEGMENTS = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +140,9 @@ class _Plan:
     fail: dict[str, tuple[str, int, int, str, int]]  # path -> reason, size, mtime, hash, source
     replaced: int
     drop: set[str]
+    #: journal rows that get a row (new and changed files): path -> label, in new-row order
+    written: dict[str, str]
+    old_paths: list[str]
 
     @property
     def total(self) -> int:
@@ -199,7 +153,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
          *, compression: str | None = None, run_record: Mapping[str, Any] | None = None,
          copy_block: int = 4096, keep_journal: bool = False, drop: Collection[str] = (),
          flags: Mapping[str, bool] | None = None,
-         dims: Mapping[str, int] | None = None) -> dict[str, int]:
+         dims: Mapping[str, int] | None = None, compact: bool = False) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
 
     Row order: the old rows keep their order (a row whose file changed is replaced *in place*
@@ -219,17 +173,20 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         flags: path -> missing flag to set on its row (``keep_missing``: file gone, row kept).
         dims: each layer's code dimension (from the backbone), used when neither the old file nor
             the journal has a row (a first run in which every file failed): never a 0-d layer.
+        compact: write one file whatever the size (:func:`compact`); else a store over
+            :data:`REWRITE_BELOW` bytes takes the new rows as a segment (see the module docstring).
 
     Returns counts: ``rows`` (total), ``new`` (rows added), ``replaced`` (rows rewritten in place),
-    ``dropped`` (rows removed), ``failures`` (total).
+    ``dropped`` (rows removed), ``failures`` (total), ``written`` (bytes of the files written).
     """
     store_path = Path(store_path)
     files = journal.part_files()
+    _collect_garbage(store_path)  # segments of a fold killed before its index was renamed
     for _attempt in range(3):
         try:
             counts = _build(store_path, journal, files, provenance, compression=compression,
                             run_record=run_record, copy_block=copy_block, drop=set(drop),
-                            flags=dict(flags or {}), dims=dict(dims or {}))
+                            flags=dict(flags or {}), dims=dict(dims or {}), compact=compact)
             break
         except _DamagedPart:  # the temporary file is gone; fold the intact parts again
             files = [p for p in files if p.exists()]
@@ -237,6 +194,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         raise RuntimeError(f"Journal parts of {store_path} keep getting damaged while folding; "
                            "check the disk, then rerun the extract command.")
     fsync_dir(store_path.parent)
+    _collect_garbage(store_path)  # segments no row points at any more
     if keep_journal:
         for p in files:
             with contextlib.suppress(OSError):
@@ -291,18 +249,28 @@ def _scan(store_path: Path, journal: Journal, files: Sequence[Path], layers: Seq
     for p in drop:
         fail.pop(p, None)
     replaced = sum(1 for p in part_rows if p in row_of and row_of[p] < len(keep))
-    return _Plan(old, keep, new_paths, row_of, sorted(names), dims, fail, replaced, drop)
+    written = {p: part_rows[p] for p in sorted((p for p in part_rows if p in row_of),
+                                               key=row_of.__getitem__)}
+    return _Plan(old, keep, new_paths, row_of, sorted(names), dims, fail, replaced, drop,
+                 written, old_paths)
 
 
 def _build(store_path: Path, journal: Journal, files: Sequence[Path],
            provenance: Mapping[str, Any], *, compression: str | None,
            run_record: Mapping[str, Any] | None, copy_block: int, drop: set[str],
-           flags: dict[str, bool], dims: dict[str, int]) -> dict[str, int]:
-    """One fold attempt: pass 1 (:func:`_scan`), then the new file under a temporary name."""
+           flags: dict[str, bool], dims: dict[str, int], compact: bool) -> dict[str, int]:
+    """One fold attempt: pass 1 (:func:`_scan`), then a new segment and index, or a new file,
+    under temporary names."""
     layers = list(provenance["layers"])
     dtype = np.dtype(provenance.get("dtype", "float32"))
     plan = _scan(store_path, journal, files, layers, drop, dims)
     files = [p for p in files if p.exists()]  # without the parts pass 1 set aside
+    if (plan.old is not None and not compact and plan.total
+            and store_bytes(store_path) > REWRITE_BELOW):
+        counts = _build_segmented(store_path, journal, files, provenance, plan,
+                                  compression=compression, run_record=run_record, flags=flags)
+        if counts is not None:
+            return counts
     n_bad = len(journal.bad_parts)
     cls_index = {c: i for i, c in enumerate(plan.classes)}
     with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
@@ -320,9 +288,175 @@ def _build(store_path: Path, journal: Journal, files: Sequence[Path],
         old_prov = plan.old.provenance if plan.old is not None else {}
         _write_attrs(f.attrs, _new_provenance(provenance, old_prov, run_record))
         f.flush()
-    n_old = len(plan.old.paths) if plan.old is not None else 0
+    return _counts(plan, len(fp), store_path.stat().st_size)
+
+
+def _counts(plan: _Plan, failures: int, written: int) -> dict[str, int]:
     return {"rows": plan.total, "new": len(plan.new_paths), "replaced": plan.replaced,
-            "dropped": n_old - len(plan.keep), "failures": len(fp)}
+            "dropped": len(plan.old_paths) - len(plan.keep), "failures": failures,
+            "written": written}
+
+
+def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
+                     provenance: Mapping[str, Any], plan: _Plan, *, compression: str | None,
+                     run_record: Mapping[str, Any] | None,
+                     flags: Mapping[str, bool]) -> dict[str, int] | None:
+    """The journal's rows as one new segment, then a new index over the old segments and it.
+    None when a single-file store cannot become segment 0 (no hard links here): rewrite it."""
+    assert plan.old is not None
+    old = plan.old
+    view = old._view()
+    seg_dir = segments_dir(store_path)
+    if not seg_dir.is_dir():
+        seg_dir.mkdir()
+        fsync_dir(store_path.parent)
+    seg_files = list(view.files)
+    if not old.segmented:  # the single file becomes segment 0: a second name, no copy
+        base = seg_dir / _segment_name()
+        try:
+            os.link(store_path, base)
+        except OSError as e:
+            log.info("cannot hard-link %s into %s (%s); rewriting it as one file", store_path,
+                     seg_dir, e)
+            return None
+        fsync_dir(seg_dir)  # the second name is on disk before an index names it
+        seg_files = [base]
+    old_phys = view.phys if view.phys is not None else np.arange(view.n, dtype=np.int64)
+    offsets = list(view.offsets.tolist())
+    phys = np.empty(plan.total, np.int64)
+    phys[:len(plan.keep)] = old_phys[plan.keep]
+    written = 0
+    if plan.written:
+        seg = _write_segment(seg_dir, journal, files, provenance, plan, compression)
+        written = seg.stat().st_size
+        rows = np.array([plan.row_of[p] for p in plan.written], np.int64)
+        phys[rows] = offsets[-1] + np.arange(len(rows), dtype=np.int64)
+        seg_files.append(seg)
+        offsets.append(offsets[-1] + len(plan.written))
+    new_flags = dict(view.flags or {})
+    for p, v in flags.items():
+        if p in plan.row_of:
+            new_flags[int(phys[plan.row_of[p]])] = bool(v)
+    kept_paths = {plan.old_paths[i] for i in plan.keep.tolist()} | set(plan.written)
+    fp = sorted(p for p in plan.fail if p not in kept_paths)
+    seg_files, offsets_a, phys, new_flags = _drop_dead(seg_files, np.asarray(offsets, np.int64),
+                                                       phys, new_flags)
+    if len(seg_files) > MANY_SEGMENTS:
+        log.warning("%s now has %d segment files; every read opens each of them: run `cnncodes "
+                    "compact %s` (one copy of the store) when no extraction is running",
+                    store_path, len(seg_files), store_path)
+    prov = {**_new_provenance(provenance, old.provenance, run_record),
+            "format_version": SEGMENTED_FORMAT}
+    with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
+            h5py.File(tmp, "w") as f:
+        _write_index(f, store_path, seg_files, offsets_a, phys, new_flags, plan.classes)
+        _write_failures(f, fp, plan.fail)
+        _write_attrs(f.attrs, prov)
+    return _counts(plan, len(fp), written + store_path.stat().st_size)
+
+
+def _segment_name() -> str:
+    return f"seg-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.h5"
+
+
+def _write_segment(seg_dir: Path, journal: Journal, files: Sequence[Path],
+                   provenance: Mapping[str, Any], plan: _Plan,
+                   compression: str | None) -> Path:
+    """The journal rows that get a row, as an immutable single-file store of their own (labels
+    indexing its own classes), fsynced with its folder before any index names it."""
+    layers = list(provenance["layers"])
+    dtype = np.dtype(provenance.get("dtype", "float32"))
+    classes = sorted({lab for lab in plan.written.values() if lab})
+    seg_plan = _Plan(None, np.zeros(0, np.int64), list(plan.written),
+                     {p: j for j, p in enumerate(plan.written)}, classes, plan.dims, {}, 0,
+                     plan.drop, plan.written, [])
+    n_bad = len(journal.bad_parts)
+    path = seg_dir / _segment_name()
+    with atomic_path(path, tmp=path.with_name(path.name + ".tmp")) as tmp, \
+            h5py.File(tmp, "w") as f:
+        _create_datasets(f, layers, seg_plan, dtype, compression,
+                         provenance.get("layer_info") or {})
+        _write_parts(f, journal, files, seg_plan, {c: i for i, c in enumerate(classes)}, layers,
+                     dtype)
+        if len(journal.bad_parts) != n_bad:
+            raise _DamagedPart
+        _write_failures(f, [], {})
+        _write_attrs(f.attrs, {**_new_provenance(provenance, {}, None), "segment": True})
+    fsync_dir(seg_dir)
+    return path
+
+
+def _drop_dead(files: list[Path], offsets: np.ndarray, phys: np.ndarray,
+               flags: dict[int, bool]) -> tuple[list[Path], np.ndarray, np.ndarray,
+                                                dict[int, bool]]:
+    """Leave out the segments no row points at (deleted after the new index is in place) and
+    number the physical rows of the others again."""
+    seg = np.searchsorted(offsets, phys, side="right") - 1
+    live = np.zeros(len(files), bool)
+    live[np.unique(seg)] = True
+    counts = np.diff(offsets)
+    shift = np.cumsum(np.where(live, 0, counts)) - np.where(live, 0, counts)  # dead rows before
+    new_phys = phys - shift[seg]
+    referenced = set(phys.tolist()) if flags else set()
+    new_flags = {}
+    for r, v in flags.items():
+        if r in referenced:
+            k = int(np.searchsorted(offsets, r, side="right") - 1)
+            new_flags[int(r - shift[k])] = v
+    kept = [p for p, a in zip(files, live.tolist(), strict=True) if a]
+    new_offsets = np.concatenate([[0], np.cumsum(counts[live])]).astype(np.int64)
+    return kept, new_offsets, new_phys, new_flags
+
+
+def _write_index(f: h5py.File, store_path: Path, files: Sequence[Path], offsets: np.ndarray,
+                 phys: np.ndarray, flags: Mapping[int, bool], classes: Sequence[str]) -> None:
+    """The segment index: segment files, runs of physical rows in store order, flags, classes."""
+    g = f.create_group("segments")
+    rel = [p.relative_to(store_path.parent).as_posix() for p in files]
+    g.create_dataset("files", data=np.array(rel, dtype=object), dtype=STR)
+    g.create_dataset("rows", data=np.diff(offsets).astype(np.int64))
+    g.create_dataset("bytes", data=np.array([p.stat().st_size for p in files], np.int64))
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(phys) != 1) + 1]).astype(np.int64)
+    lengths = np.diff(np.concatenate([starts, [len(phys)]])).astype(np.int64)
+    r = f.create_group("runs")
+    r.create_dataset("start", data=phys[starts].astype(np.int64))
+    r.create_dataset("length", data=lengths)
+    fl = f.create_group("flags")
+    keys = sorted(flags)
+    fl.create_dataset("rows", data=np.array(keys, np.int64))
+    fl.create_dataset("missing", data=np.array([flags[k] for k in keys], bool))
+    f.create_dataset("classes", data=np.array(list(classes), dtype=object), dtype=STR)
+
+
+def _collect_garbage(store_path: Path) -> None:
+    """Delete the segment files the store's index does not name (all of them when the store is
+    one file or absent): left by a killed fold, or no longer pointed at. Under the writer lock."""
+    seg_dir = segments_dir(store_path)
+    if not seg_dir.is_dir():
+        return
+    named: set[str] = set()
+    if store_path.is_file():
+        try:
+            st = FeatureStore(store_path)
+            if st.segmented:
+                named = {p.name for p in st._view().files}
+        except Exception:  # noqa: BLE001 - a store that cannot be read: delete nothing
+            return
+    for p in list(seg_dir.glob("seg-*.h5")) + list(seg_dir.glob("seg-*.h5.tmp")):
+        if p.name not in named:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if not named:
+        with contextlib.suppress(OSError):
+            seg_dir.rmdir()  # only when empty: a file someone else put there stays
+
+
+def remove_store(store_path: str | os.PathLike) -> None:
+    """Delete a store: its file and its segments (``--overwrite``); the journal is not touched."""
+    store_path = Path(store_path)
+    if store_path.is_file() or store_path.is_symlink():
+        store_path.unlink()
+    _collect_garbage(store_path)
 
 
 def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np.dtype,
@@ -355,23 +489,26 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
     keep[plan.keep] = True
     remap = np.array([cls_index.get(c, -1) for c in plan.old.classes] + [-1], np.int64)
     table = plan.old.file_table()
-    with plan.old._open() as src:
-        dst = 0
-        for s in range(0, n_old, copy_block):
-            e = min(n_old, s + copy_block)
-            m = keep[s:e]
-            n = int(m.sum())
-            if not n:
-                continue
-            for layer in layers:
-                f["codes"][layer][dst:dst + n] = src["codes"][layer][s:e][m]
-            f["paths"][dst:dst + n] = src["paths"][s:e][m]
-            f["labels"][dst:dst + n] = remap[src["labels"][s:e][m]]  # -1: the trailing -1
-            for key, _ in _ID_COLUMNS:
-                vals = table[key][s:e][m]
-                f["files"][key][dst:dst + n] = vals.astype(object) if key == "hash" else vals
-            f["files"]["missing"][dst:dst + n] = table["missing"][s:e][m]
-            dst += n
+    labels = plan.old.labels
+    paths = np.asarray(plan.old_paths, dtype=object)
+    view = plan.old._view()
+    dst = 0
+    for s in range(0, n_old, copy_block):
+        e = min(n_old, s + copy_block)
+        m = keep[s:e]
+        n = int(m.sum())
+        if not n:
+            continue
+        for layer in layers:
+            block = view.gather(lambda g, k, sel, layer=layer: g["codes"][layer][sel], slice(s, e))
+            f["codes"][layer][dst:dst + n] = block[m]
+        f["paths"][dst:dst + n] = paths[s:e][m]
+        f["labels"][dst:dst + n] = remap[labels[s:e][m]]  # -1: the trailing -1
+        for key, _ in _ID_COLUMNS:
+            vals = table[key][s:e][m]
+            f["files"][key][dst:dst + n] = vals.astype(object) if key == "hash" else vals
+        f["files"]["missing"][dst:dst + n] = table["missing"][s:e][m]
+        dst += n
 
 
 def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _Plan,
@@ -433,28 +570,6 @@ def _write_failures(f: h5py.File, paths: Sequence[str],
         fg.create_dataset(key, data=np.array(vals, dtype=object if dt is STR else dt), dtype=dt)
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """Whether an error means the disk (or the user's quota) is full; HDF5 reports it in its
-    message rather than in ``errno``."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e)
-    return "No space left on device" in text or "errno = 28" in text or "Disk quota" in text
-
-
-def disk_full_message(store_path: Path, journal: Journal, e: BaseException) -> str:
-    """What a full disk did and did not do, and how to go on."""
-    where = getattr(e, "filename", None) or store_path
-    kept = (f"the {journal.n_parts()} batches already extracted are kept in {journal.dir}"
-            if journal.n_parts() else "no finished batch was lost")
-    size = store_path.stat().st_size if store_path.is_file() else 0
-    need = (f" (finishing needs room for a new copy of the store: about {size / 2**20:.0f} MiB "
-            "plus the new rows)" if size else "")
-    return (f"The disk holding {store_path.parent} is full (no space left while writing "
-            f"{where}). Nothing is lost: {store_path} is as it was before this run and {kept}. "
-            f"Free some space{need}, then run the same command again to continue.")
-
-
 def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
                     run_record: Mapping[str, Any] | None) -> dict[str, Any]:
     prov = dict(provenance)
@@ -473,29 +588,50 @@ def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
 def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any]) -> bool:
     """Set provenance fields of a complete store (e.g. the advisor's evidence under ``advice``).
 
-    The one door for changing an existing store: under the writer lock, the store is rebuilt by
-    :func:`fold` (with no journal parts) under a temporary name and atomically renamed over the
-    old file, so a kill at any moment leaves the old store or the new one. Costs one copy of the
-    store; meant for small metadata written once (never per row).
+    Under the writer lock, by :func:`fold` with no journal parts: a segmented store (or a single
+    file over :data:`REWRITE_BELOW` bytes, which becomes one) gets a new index only, a smaller one
+    is rewritten; either is written under a temporary name and renamed, so a kill at any moment
+    leaves the old store or the new one. Meant for small metadata written once (never per row).
 
     Returns:
-        Whether the file changed (False when every field already holds that value).
+        Whether the store changed (False when every field already holds that value).
 
     Raises:
         StoreMismatchError: ``store_path`` is not a store, or an unfinished extraction left journal
             parts (finish it first by running its command again).
     """
+    updates = json.loads(json.dumps(dict(updates), default=str))
+
+    def same(prov: Mapping[str, Any]) -> bool:
+        return all(canonical(prov.get(k)) == canonical(v) for k, v in updates.items())
+
+    return _refold(store_path, updates, compact=False, skip=same) is not None
+
+
+def compact(store_path: str | os.PathLike) -> dict[str, int]:
+    """Rewrite a store as one file (``cnncodes compact``): every segment's live rows copied in
+    order into a new single-file store, renamed over the index, then the segments deleted. Costs
+    one copy of the store (and that much free disk); the rows, labels, failures and provenance
+    stay the same. Returns :func:`fold`'s counts (``written``: bytes of the new file).
+
+    Raises:
+        StoreMismatchError: not a store, or an unfinished extraction left journal parts.
+    """
+    counts = _refold(store_path, {}, compact=True, skip=None)
+    assert counts is not None
+    return counts
+
+
+def _refold(store_path: str | os.PathLike, updates: Mapping[str, Any], *, compact: bool,
+            skip: Any) -> dict[str, int] | None:
+    """Fold a complete store with no journal parts under the writer lock (provenance updated);
+    None when ``skip(provenance)`` says there is nothing to do."""
     store_path = Path(store_path)
     if not store_path.is_file():
         raise StoreMismatchError(f"{store_path} is not a codes store (no such file); extract it "
                                  "first with `cnncodes extract`.")
-
-    def same(prov: Mapping[str, Any]) -> bool:
-        return all(canonical(prov.get(k)) == canonical(json.loads(json.dumps(v, default=str)))
-                   for k, v in updates.items())
-
-    if same(FeatureStore(store_path).provenance):
-        return False
+    if skip is not None and skip(FeatureStore(store_path).provenance):
+        return None
     journal = Journal(store_path)
     journal.lock()
     try:
@@ -505,15 +641,11 @@ def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any])
                 f"{journal.dir}); run its extract command again to finish it, then retry.")
         st = FeatureStore(store_path)  # read again under the lock
         prov = st.provenance
-        if same(prov):
-            return False
-        prov.update(json.loads(json.dumps(dict(updates), default=str)))
-        with st._open() as f:
-            prov["layer_info"] = {layer: {k: (v.item() if hasattr(v, "item") else v)
-                                          for k, v in f["codes"][layer].attrs.items()}
-                                  for layer in f["codes"]}
-        fold(store_path, journal, prov, copy_block=4096)
-        return True
+        if skip is not None and skip(prov):
+            return None
+        prov.update(updates)
+        prov["layer_info"] = {layer: st.layer_attrs(layer) for layer in st.layers}
+        return fold(store_path, journal, prov, copy_block=4096, compact=compact)
     finally:
         journal.unlock()
         if journal.exists() and not journal.part_files():

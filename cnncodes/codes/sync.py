@@ -85,16 +85,18 @@ def stored_paths(src_root: Path, paths: Sequence[str], store_root: Path) -> list
 
 def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths: Sequence[Path],
               labels: Sequence[str], source: int, append_only: bool, verify: str,
-              retry_failed: bool, keep_missing: bool) -> Sync:
+              retry_failed: bool, keep_missing: bool,
+              ids: Sequence[FileId | None] | None = None) -> Sync:
     """Compare the store and journal with the files now (see the module docstring).
 
     Args:
         stored: each source file's path as the store records it; ``abspaths``: where it is now;
             ``labels``: its class name ('' unlabelled).
         source: this run's index in the store's sources; ``append_only``: a path list (never
-            drops rows).
+            drops rows); ``ids``: each file's identity now when the source knows it (tar
+            members), else every file is stat'ed (and hashed in the hash mode).
     """
-    now = file_ids(list(abspaths), hashed=verify == "hash")
+    now = list(ids) if ids is not None else file_ids(list(abspaths), hashed=verify == "hash")
     index = {p: i for i, p in enumerate(stored)}
     rows: dict[str, tuple[FileId, int, str, bool]] = {}
     fails: dict[str, tuple[FileId, int]] = {}

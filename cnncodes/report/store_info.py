@@ -142,6 +142,14 @@ def _verified(info: Mapping[str, Any]) -> str:
     return f"each rerun compares every row's file ({mode}){extra}"
 
 
+def _layout(lay: Mapping[str, Any]) -> str:
+    size = f"{lay.get('bytes', 0) / 2**20:.1f} MiB"
+    if lay.get("kind") != "segments":
+        return f"one file, {size}"
+    return (f"index + {lay['segments']} segment files in .segments/ ({lay['runs']} runs), {size}; "
+            "copy both; `cnncodes compact` makes it one file")
+
+
 def format_store_info(info: Mapping[str, Any]) -> str:
     """The ``cnncodes info`` summary of :meth:`FeatureStore.info`."""
     prov = info["provenance"]
@@ -163,6 +171,9 @@ def format_store_info(info: Mapping[str, Any]) -> str:
         out.append(f"  source     {s.get('path') or 'paths under ' + str(s.get('root'))} "
                    f"({s.get('kind')})")
     out.append(f"  verified   {_verified(info)}")
+    lay = info.get("layout") or {}
+    if lay:
+        out.append(f"  layout     {_layout(lay)}")
     v = prov.get("versions", {})
     out.append("  versions   " + " ".join(f"{k} {x}" for k, x in v.items()))
     out.append(f"  created    {prov.get('created')}  updated {prov.get('updated')}")

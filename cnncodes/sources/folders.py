@@ -19,53 +19,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SourceError
+from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource
 from .listfile import read_list, resolve_path, warn_if_relative_to_cwd
 
 log = logging.getLogger(__name__)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm", ".jfif")
-
-
 LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")
-
-
-#: Label of an unlabelled image (flat folders, unlabelled list files).
-UNLABELLED = -1
-
-
-@dataclass
-class ImageSource:
-    """An ordered list of image files with optional labels.
-
-    Attributes:
-        root: folder the relative ``paths`` are relative to.
-        paths: file paths as stored (posix, relative to ``root`` where possible).
-        labels: int64 array, class index per path, ``-1`` where unlabelled.
-        classes: class names, index = label.
-        kind: ``tree``, ``flat`` or ``list``.
-    """
-
-    root: Path
-    paths: list[str]
-    labels: np.ndarray
-    classes: list[str]
-    kind: str
-    ignored: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def abspath(self, i: int) -> Path:
-        p = Path(self.paths[i])
-        return p if p.is_absolute() else self.root / p
 
 
 def _is_image(name: str) -> bool:
@@ -123,8 +88,9 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
     """Find the images of ``source`` in a deterministic order.
 
     Args:
-        source: a folder (class tree or flat), a list file, a sequence of paths, or an
-            :class:`ImageSource` (returned as is).
+        source: a folder (class tree or flat), a list file, tar shards
+            (``shards/train-{000000..000099}.tar``, :mod:`cnncodes.sources.tarshards`), a sequence
+            of paths, or an :class:`ImageSource` (returned as is).
         classes: fix the class list (e.g. a model's classes, so label indices match); labels not in
             it raise.
 
@@ -140,6 +106,10 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
         root = Path(os.sep)
         return ImageSource(root, [p.as_posix() for p in paths],
                            np.full(len(paths), UNLABELLED, np.int64), list(classes or []), "list")
+    from .tarshards import is_tar_source, open_tar_shards
+
+    if is_tar_source(source):
+        return open_tar_shards(source, classes=classes)
     src = Path(source).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"Image source {os.fspath(source)!r} does not exist; pass a folder "

@@ -157,7 +157,14 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PI
             many pixels...).
     """
     p = Path(path)
-    f = open_regular(p)
+    return decode_rgb(open_regular(p), name=p, max_pixels=max_pixels)
+
+
+def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_rgb` of an open binary file (closed here), e.g. a member of a tar shard;
+    ``name`` names it in log messages."""
+    p = name
     try:
         with f, warnings.catch_warnings(), pil_pixel_limit(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -18,8 +18,9 @@ from torchvision.transforms import functional as TF
 from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
-from .images import load_rgb
+from .images import decode_rgb, load_rgb
 from .preprocessing import Preprocessing, interpolation_mode
+from .tarshards import TarShardSource
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels)
+            if isinstance(self.source, TarShardSource):  # a member, read by offset
+                img = decode_rgb(self.source.open_member(i), name=self.source.paths[i],
+                                 max_pixels=self.max_pixels)
+            else:
+                img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels)
             return i, preprocess_pil(img, self.preprocessing), None
         except DecodeError as e:
             return i, None, str(e)
