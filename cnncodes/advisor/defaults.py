@@ -27,3 +27,10 @@ MIN_COMPARE_PER_CLASS = 10
 MIN_COMPARE_IMAGES = 100
 #: Below this median per class advise refuses: nothing can be probed.
 MIN_PROBE_PER_CLASS = 2
+
+#: The similarity votes' thresholds (see :mod:`cnncodes.advisor.similarity`; calibrated in
+#: benchmarks/bench_similarity.py): LEEP share at least, domain EMD at most, code gain (points)
+#: at least.
+SIM_LEEP_SHARE = 0.5
+SIM_DOMAIN_EMD = 0.80
+SIM_CODE_GAIN = 10.0
