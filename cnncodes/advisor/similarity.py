@@ -72,11 +72,14 @@ class Vote:
     similar_when: str  # ">=" or "<="
     says: str  # similar | dissimilar
 
-    def sentence(self) -> str:
+    def comparison(self) -> str:
+        """``"0.12 < 0.5 -> dissimilar"``."""
         cmp = {">=": ("<", ">="), "<=": (">", "<=")}[self.similar_when]
         rel = cmp[1] if self.says == "similar" else cmp[0]
-        return f"{LABELS[self.measure]} {self.value:.{DIGITS[self.measure]}f} {rel} " \
-               f"{self.threshold:g} -> {self.says}"
+        return f"{self.value:.{DIGITS[self.measure]}f} {rel} {self.threshold:g} -> {self.says}"
+
+    def sentence(self) -> str:
+        return f"{LABELS[self.measure]} {self.comparison()}"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ import numpy as np
 #: LogME's fixed-point iteration stops when alpha and beta change by less than this (relative).
 LOGME_TOL = 1e-5
 LOGME_MAX_ITER = 100
+#: Added to the denominators of the updates, as in the authors' code (1e-5): keeps ``beta`` finite
+#: when the codes can fit a target exactly (more dimensions than images).
+LOGME_EPS = 1e-5
+#: alpha and beta are kept inside [1/LOGME_CLIP, LOGME_CLIP] (a guard against under/overflow).
+LOGME_CLIP = 1e12
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,8 @@ def _logme_one(s2: np.ndarray, z: np.ndarray, y_sq: float, n: int, d: int) -> Lo
         gamma = float(np.sum(beta * s2 / den))
         m_sq = float(np.sum((beta * np.sqrt(s2) * z / den) ** 2))  # ||m||^2, m = beta A^-1 F^T y
         res = float(np.sum((alpha * z / den) ** 2)) + rest  # ||F m - y||^2
-        new_alpha = gamma / max(m_sq, 1e-300)
-        new_beta = (n - gamma) / max(res, 1e-300)
+        new_alpha = min(max(gamma / (m_sq + LOGME_EPS), 1 / LOGME_CLIP), LOGME_CLIP)
+        new_beta = min(max((n - gamma) / (res + LOGME_EPS), 1 / LOGME_CLIP), LOGME_CLIP)
         done = (abs(new_alpha - alpha) <= LOGME_TOL * alpha
                 and abs(new_beta - beta) <= LOGME_TOL * beta)
         alpha, beta = new_alpha, new_beta
