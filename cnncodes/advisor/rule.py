@@ -416,7 +416,8 @@ def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap, random_weights: bool,
                     "from scratch may do better even at this size")
     if random_weights:
         warn.append("the backbone has random weights: the probe measures random features, not "
-                    "transfer from ImageNet; the quadrant is not meaningful")
+                    "transfer from ImageNet; the similarity verdict and the quadrant are not "
+                    "meaningful")
     counts = list(size.per_class.values())
     if counts and min(counts) > 0 and max(counts) / min(counts) >= 10:
         warn.append(f"classes are imbalanced ({min(counts)} to {max(counts)} images); consider "
@@ -481,9 +482,6 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
     if clash:
         why += f"; {clash}"
     warn, codes_help = _caveats(size, probe, g, random_weights, sample)
-    if not sim.meaningful:
-        warn.append("the similarity verdict is not meaningful with random weights (it measures "
-                    "random features, not ImageNet)")
     codes_cmds, finetune = _commands(setup, chosen.layer, similarity_verdict)
     ft_cmd = finetune["command"]
     per_class = f"{size.median_per_class:,.0f} per class"

@@ -98,7 +98,7 @@ class SimilarityVerdict:
     def reasons(self) -> str:
         """``"LEEP share 0.12 < 0.5 -> dissimilar; ... (1 of 3 say similar)"``."""
         if not self.votes:
-            return "no similarity evidence could be measured -> dissimilar (the conservative call)"
+            return "no similarity evidence could be measured (the conservative call)"
         return (f"{'; '.join(v.sentence() for v in self.votes)} ({self.n_similar} of "
                 f"{len(self.votes)} say similar)")
 

@@ -196,6 +196,13 @@ def add_threshold_options(p: argparse.ArgumentParser,
     g.add_argument("--se-mult", type=float, default=None,
                    help="...and by this many paired standard errors over the folds (default "
                         f"{D.SE_MULT:g})")
+    g.add_argument("--leep-share", type=float, default=None,
+                   help=f"similarity vote: LEEP share at least (default {D.SIM_LEEP_SHARE:g})")
+    g.add_argument("--domain-emd", type=float, default=None,
+                   help=f"similarity vote: domain EMD at most (default {D.SIM_DOMAIN_EMD:g})")
+    g.add_argument("--code-gain", type=float, default=None,
+                   help="similarity vote: codes beat raw pixels by at least this many points "
+                        f"(default {D.SIM_CODE_GAIN:g})")
 
 
 def thresholds(args: argparse.Namespace) -> Any:
@@ -205,7 +212,8 @@ def thresholds(args: argparse.Namespace) -> Any:
     from ..advisor.rule import Thresholds
 
     over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
-                                          "margin", "se_mult") if getattr(args, k) is not None}
+                                          "margin", "se_mult", "leep_share", "domain_emd",
+                                          "code_gain") if getattr(args, k, None) is not None}
     return dataclasses.replace(Thresholds(), **over)
 
 

@@ -191,7 +191,7 @@ def test_random_weights_and_imbalance_warn():
     size = SizeInfo(220, {"a": 200, "b": 20})
     d = decide(size, make_probe({"stage4": .8, "pool": .9}, depths=TWO), random_weights=True)
     assert any("random weights" in w for w in d.warnings)
-    assert any("similarity verdict is not meaningful" in w for w in d.warnings)
+    assert any("similarity verdict and the quadrant are not meaningful" in w for w in d.warnings)
     assert d.similarity_evidence["meaningful"] is False
     assert any("imbalanced" in w for w in d.warnings)
     balanced = decide(make_size(100), make_probe({"stage4": .8, "pool": .9}, depths=TWO),
