@@ -29,8 +29,8 @@ MIN_COMPARE_IMAGES = 100
 MIN_PROBE_PER_CLASS = 2
 
 #: The similarity votes' thresholds (see :mod:`cnncodes.advisor.similarity`; calibrated in
-#: benchmarks/bench_similarity.py): LEEP share at least, domain EMD at most, code gain (points)
-#: at least.
+#: benchmarks/bench_similarity.py): LEEP share at least, code gain (points) at least; codes losing
+#: to raw pixels by more than SIM_CODE_LOSS points make the data dissimilar.
 SIM_LEEP_SHARE = 0.5
-SIM_DOMAIN_EMD = 0.80
 SIM_CODE_GAIN = 10.0
+SIM_CODE_LOSS = 1.0

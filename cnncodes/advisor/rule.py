@@ -28,9 +28,10 @@ it is unit-tested on constructed evidence.
        images; ``small`` when the median per class is below ``small_per_class`` (200); ``medium``
        in between (treated as small, with fine-tuning named as the next step to try).
     2. *Similarity (answer a).* :func:`cnncodes.advisor.similarity.judge_similarity` on evidence
-       that does not depend on which layer wins: the LEEP share of the ImageNet head, Cui et
-       al.'s domain EMD and the gain of the last layer's codes over raw pixels (the last only when
-       step 0 passes). Its thresholds and calibration are documented in that module.
+       that does not depend on which layer wins: the LEEP share of the ImageNet head and the gain
+       of the last layer's codes over raw pixels (the latter only when step 0 passes); Cui et
+       al.'s domain EMD is shown beside them. Its rule, thresholds and calibration are documented
+       in that module.
     2b. *Layer (answer b).* ``gap`` = CV accuracy of the best earlier layer minus that of the best
        last layer, in points; ``threshold`` = max(``margin`` (default 1.0 point), ``se_mult``
        (default 0) x the paired standard error of that difference over the folds). ``gap >
@@ -76,7 +77,7 @@ from .defaults import (
     MIN_PROBE_PER_CLASS,
     SE_MULT,
     SIM_CODE_GAIN,
-    SIM_DOMAIN_EMD,
+    SIM_CODE_LOSS,
     SIM_LEEP_SHARE,
     SMALL_PER_CLASS,
 )
@@ -114,7 +115,7 @@ class Thresholds:
         se_mult: the gap must also exceed this many paired standard errors over the folds.
         min_per_class: images of the smallest probed class needed to compare layers (step 0).
         min_images: images in the probe sample needed to compare layers (step 0).
-        leep_share, domain_emd, code_gain: the similarity votes' thresholds (step 2, see
+        leep_share, code_gain, code_loss: the similarity verdict's thresholds (step 2, see
             :mod:`cnncodes.advisor.similarity`).
     """
 
@@ -126,12 +127,12 @@ class Thresholds:
     min_per_class: int = MIN_COMPARE_PER_CLASS
     min_images: int = MIN_COMPARE_IMAGES
     leep_share: float = SIM_LEEP_SHARE
-    domain_emd: float = SIM_DOMAIN_EMD
     code_gain: float = SIM_CODE_GAIN
+    code_loss: float = SIM_CODE_LOSS
 
     def similarity(self) -> SimilarityThresholds:
         """The thresholds of step 2."""
-        return SimilarityThresholds(self.leep_share, self.domain_emd, self.code_gain)
+        return SimilarityThresholds(self.leep_share, self.code_gain, self.code_loss)
 
     def __post_init__(self) -> None:
         for name in ("small_per_class", "large_per_class", "large_total", "min_per_class",
@@ -370,9 +371,7 @@ def _similarity_evidence(probe: ProbeResult, g: _Gap, sample: SampleCheck,
                          similarity: SimilarityEvidence | None,
                          random_weights: bool) -> SimilarityEvidence:
     """The head's measures as given, plus the probe's code gain (last layer vs raw pixels)."""
-    base = similarity or SimilarityEvidence(
-        notes={"leep_share": "no ImageNet-head evidence given",
-               "domain_emd": "no ImageNet-head evidence given"})
+    base = similarity or SimilarityEvidence(notes={"leep_share": "no ImageNet-head evidence given"})
     notes = dict(base.notes)
     gain = None
     if probe.raw is None:

@@ -198,11 +198,12 @@ def add_threshold_options(p: argparse.ArgumentParser,
                         f"{D.SE_MULT:g})")
     g.add_argument("--leep-share", type=float, default=None,
                    help=f"similarity vote: LEEP share at least (default {D.SIM_LEEP_SHARE:g})")
-    g.add_argument("--domain-emd", type=float, default=None,
-                   help=f"similarity vote: domain EMD at most (default {D.SIM_DOMAIN_EMD:g})")
     g.add_argument("--code-gain", type=float, default=None,
                    help="similarity vote: codes beat raw pixels by at least this many points "
                         f"(default {D.SIM_CODE_GAIN:g})")
+    g.add_argument("--code-loss", type=float, default=None,
+                   help="codes losing to raw pixels by more than this many points make the data "
+                        f"dissimilar (default {D.SIM_CODE_LOSS:g})")
 
 
 def thresholds(args: argparse.Namespace) -> Any:
@@ -212,8 +213,8 @@ def thresholds(args: argparse.Namespace) -> Any:
     from ..advisor.rule import Thresholds
 
     over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
-                                          "margin", "se_mult", "leep_share", "domain_emd",
-                                          "code_gain") if getattr(args, k, None) is not None}
+                                          "margin", "se_mult", "leep_share", "code_gain",
+                                          "code_loss") if getattr(args, k, None) is not None}
     return dataclasses.replace(Thresholds(), **over)
 
 

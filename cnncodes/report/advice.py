@@ -58,13 +58,16 @@ def _similarity_lines(advice: Advice) -> list[str]:
     d, h, b = advice.decision, advice.head, advice.batchnorm
     ev = d.similarity_evidence
     head = "" if ev.get("meaningful", True) else " (not meaningful: random weights)"
-    lines = [f"(a) similarity to the pretraining data: {d.similarity}{head}, "
-             f"{ev.get('n_similar', 0)} of {ev.get('n_votes', 0)} votes say similar"]
+    lines = [f"(a) similarity to the pretraining data: {d.similarity}{head}: "
+             f"{ev.get('rule', 'no evidence')}"]
     for v in ev.get("votes", []):
         vote = Vote(**v)
         lines.append(f"      {LABELS[vote.measure]:<28} {vote.comparison()}")
     for name, why in ev.get("missing", {}).items():
         lines.append(f"      {LABELS.get(name, name):<28} n/a: {why}")
+    if "domain_emd" in ev.get("side", {}):
+        lines.append(f"      {'domain EMD (Cui et al.)':<28} {ev['side']['domain_emd']:.3f} "
+                     "(shown, not a vote: cnncodes/advisor/similarity.py)")
     if h.get("available"):
         cats = ", ".join(f"{c['category']} {100 * c['share']:.0f}%" for c in h["top_categories"])
         lines.append(f"      side evidence: ImageNet head mean top-1 prob "

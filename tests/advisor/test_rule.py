@@ -25,8 +25,8 @@ def test_small_similar_last_layer_and_logreg():
                similarity=SIMILAR)
     assert (d.quadrant, d.similarity, d.size_class) == ("small-similar", "similar", "small")
     assert d.layer == "pool" and d.classifier == "logreg" and d.agree
-    assert d.explanation.startswith("similarity: LEEP share 0.90 >= 0.5 -> similar; domain EMD "
-                                    "0.500 <= 0.8 -> similar (2 of 2 say similar) -> similar data")
+    assert d.explanation.startswith("similarity: LEEP share 0.90 >= 0.5 -> similar (1 of 1 votes "
+                                    "say similar; one is enough) -> similar data")
     assert "layer: pool beats the best earlier layer stage5 by 6.0 points" in d.explanation
     assert "disagree" not in d.explanation
     assert "5-fold CV on 2,000 images" in d.explanation
@@ -45,8 +45,8 @@ def test_small_dissimilar_earlier_layer_and_svm():
                similarity=DISSIMILAR)
     assert d.quadrant == "small-dissimilar" and d.agree
     assert d.layer == "stage4" and d.classifier == "linearsvc"
-    assert "(0 of 2 say similar) -> dissimilar data; layer: stage4 beats pool by 6.1 points" \
-        in d.explanation
+    assert "(none of the 1 votes says similar) -> dissimilar data; layer: stage4 beats pool by " \
+        "6.1 points" in d.explanation
     assert "; use stage4 codes + LinearSVC" in d.explanation
     assert "--layers stage4" in d.commands[0] and "--model linearsvc" in d.commands[1]
     assert d.comparison["best_earlier"] == "stage4" and d.comparison["gap_points"] == 6.1
@@ -145,8 +145,7 @@ def test_overridden_thresholds_change_the_decision():
     assert decide(small, p, thresholds=th, similarity=SIMILAR).quadrant == "large-similar"
     # the similarity thresholds are thresholds like the others
     assert decide(small, p, similarity=SIMILAR,
-                  thresholds=Thresholds(leep_share=0.95, domain_emd=0.4)).similarity == \
-        "dissimilar"
+                  thresholds=Thresholds(leep_share=0.95)).similarity == "dissimilar"
     # total too small for "large" even with enough per class
     th2 = Thresholds(small_per_class=10, large_per_class=50, large_total=5000)
     assert decide(small, p, thresholds=th2).size_class == "medium"
@@ -176,12 +175,14 @@ def test_raw_pixels_beating_the_codes_warns():
     assert any("raw pixels" in w for w in d.warnings)
     assert "raw pixels beat the codes" in d.explanation
     assert d.layer == "pool"  # the warning does not change the layer
-    # the code gain (pool - raw, -10 points) votes dissimilar beside the head's two votes
+    # codes losing to raw pixels (pool - raw = -10 points) make the data dissimilar, even when the
+    # head's LEEP says similar
     votes = {v["measure"]: v["says"] for v in d.similarity_evidence["votes"]}
     assert votes == {"code_gain": "dissimilar"} and d.similarity == "dissimilar"
     assert "codes - raw pixels (points) -10.0 < 10 -> dissimilar" in d.explanation
     d = decide(make_size(100), p, similarity=SIMILAR)
-    assert d.similarity == "similar" and d.similarity_evidence["n_similar"] == 2
+    assert d.similarity == "dissimilar" and d.similarity_evidence["n_similar"] == 1
+    assert "the codes lose to raw pixels by more than 1 point" in d.explanation
     d = decide(make_size(100), make_probe({"stage4": .80, "pool": .85}, depths=TWO, raw=.7),
                similarity=SIMILAR)
     assert d.comparison["codes_beat_raw_pixels"] is True and not d.warnings
@@ -305,10 +306,29 @@ def test_the_issue_digits_case_is_dissimilar_with_reasons_from_the_evidence():
     p = make_probe({"stage4": .947, "pool": .937}, depths=TWO, raw=.98)
     d = decide(make_size(30), p, similarity=SimilarityEvidence(leep_share=0.2, domain_emd=0.9))
     assert d.quadrant == "small-dissimilar" and d.layer == "pool"
-    assert d.similarity_evidence["n_similar"] == 0 and d.similarity_evidence["n_votes"] == 3
-    for reason in ("LEEP share 0.20 < 0.5", "domain EMD 0.900 > 0.8",
-                   "codes - raw pixels (points) -4.3 < 10"):
+    assert d.similarity_evidence["n_similar"] == 0 and d.similarity_evidence["n_votes"] == 2
+    assert d.similarity_evidence["side"] == {"domain_emd": 0.9}  # shown, no vote
+    for reason in ("LEEP share 0.20 < 0.5", "codes - raw pixels (points) -4.3 < 10",
+                   "the codes lose to raw pixels by more than 1 point"):
         assert reason in d.explanation
+
+
+@pytest.mark.parametrize("leep,gain,verdict", [
+    (0.85, 9.7, "similar"),  # photo crops (calibration): the head knows them, probe at ceiling
+    (0.22, 26.3, "similar"),  # Animal-MNIST: the head does not, the codes beat pixels by far
+    (0.35, 5.7, "dissimilar"),  # Fashion-MNIST: neither
+    (0.12, 0.0, "dissimilar"),  # digits
+    (0.90, -2.0, "dissimilar"),  # codes lose to pixels: vetoes a confident head
+    (None, 12.0, "similar"), (None, None, "dissimilar"), (0.6, None, "similar"),
+])
+def test_judge_similarity_rule(leep, gain, verdict):
+    from cnncodes.advisor.similarity import judge_similarity
+
+    v = judge_similarity(SimilarityEvidence(leep_share=leep, code_gain=gain))
+    assert v.verdict == verdict
+    assert len(v.votes) == (leep is not None) + (gain is not None)
+    assert set(v.missing) == {k for k, x in (("leep_share", leep), ("code_gain", gain))
+                              if x is None}
 
 
 def test_paired_interval_matches_a_hand_computation():

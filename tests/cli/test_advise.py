@@ -27,7 +27,7 @@ def test_cli_advise_prints_and_saves(tree, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     for key in ("data ", "(a) similarity to the pretraining data: dissimilar (not meaningful: "
-                "random weights)", "LEEP share", "domain EMD", "codes - raw pixels", "(b) layer: "
+                "random weights)", "LEEP share", "codes - raw pixels", "(b) layer: "
                 "logreg probe", "LogME", "quadrant", "why", "next      cnncodes extract",
                 "on 40 images"):
         assert key in text
@@ -51,12 +51,12 @@ def test_cli_advise_threshold_overrides_and_json(tree, capsys):
 
 def test_cli_similarity_threshold_flags_reach_the_rule(tree, capsys):
     rc = cli.main(["advise", str(tree), "--budget", "none", "--sample", "42", "--folds", "3",
-                   "--leep-share", "0.7", "--domain-emd", "0.6", "--code-gain", "-100",
+                   "--leep-share", "0.7", "--code-loss", "3", "--code-gain", "-100",
                    "--json", *CLI_FAST])
     js = json.loads(capsys.readouterr().out)
     assert rc == 0
-    assert (js["thresholds"]["leep_share"], js["thresholds"]["domain_emd"],
-            js["thresholds"]["code_gain"]) == (0.7, 0.6, -100.0)
+    assert (js["thresholds"]["leep_share"], js["thresholds"]["code_loss"],
+            js["thresholds"]["code_gain"]) == (0.7, 3.0, -100.0)
 
 
 def test_cli_advise_bad_budget_is_a_clean_error(tree, capsys):

@@ -30,11 +30,12 @@ def test_format_advice_lines():
                         "100) -> small")
     assert lines[1].startswith("images    48x40 px median (w 40-50, h 30-41; 3 sampled; modes "
                                "RGB 3); network input 112 px")
-    assert lines[3] == ("(a) similarity to the pretraining data: similar, 2 of 3 votes say "
-                        "similar")
+    assert lines[3] == ("(a) similarity to the pretraining data: similar: 1 of 2 votes say "
+                        "similar; one is enough")
     assert lines[4].split() == ["LEEP", "share", "0.30", "<", "0.5", "->", "dissimilar"]
-    assert lines[5].split() == ["domain", "EMD", "0.700", "<=", "0.8", "->", "similar"]
-    assert lines[6].split()[-5:] == ["35.0", ">=", "10", "->", "similar"]  # pool .85 - raw .5
+    assert lines[5].split()[-5:] == ["35.0", ">=", "10", "->", "similar"]  # pool .85 - raw .5
+    assert lines[6].split()[:5] == ["domain", "EMD", "(Cui", "et", "al.)"]
+    assert "0.700 (shown, not a vote" in lines[6]
     assert lines[7].startswith("(b) layer: logreg probe, 5-fold stratified CV on 2,000 images")
     assert any(ln.strip().startswith("stage4") and ln.endswith("<- recommended") for ln in lines)
     assert any(ln.strip().startswith("raw") for ln in lines)
