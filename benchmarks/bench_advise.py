@@ -333,23 +333,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="mnv2-64,mnv2-112,r18rand-64",
                     help="comma-separated: mnv2-64, mnv2-112, mnv2-224, lite0-112, r18rand-64")
     ap.add_argument("--no-write", action="store_true", help="do not update ADVISE_RESULTS.md")
+    ap.add_argument("--from-json", default=None,
+                    help="only rebuild the tables from a results(.partial).json of an earlier run")
     a = ap.parse_args(argv)
+    if a.from_json:
+        got = json.loads(Path(a.from_json).read_text())
+        env = got.get("env") or (f"{torch.get_num_threads()} torch threads, "
+                                 f"{platform.processor() or platform.machine()}, torch "
+                                 f"{torch.__version__}; rebuilt from {Path(a.from_json).name}")
+        block = tables(got["rows"], env)
+        print(block)
+        if not a.no_write:
+            write_md(block)
+        return 0
     out = Path(a.out)
     names = a.datasets.split(",")
     if a.quick:
         names = [n for n in names if n != "fashion-mnist"][:2]
     rows = []
     t0 = time.perf_counter()
+    trees = {}
     for ds in names:
         n_tr, n_te = (40, 40) if a.quick else DATASETS[ds]
         try:
-            train, test = make_split_tree(ds, out / "data" / ds, train_per_class=n_tr,
-                                          test_per_class=n_te, seed=0)
+            trees[ds] = make_split_tree(ds, out / "data" / ds, train_per_class=n_tr,
+                                        test_per_class=n_te, seed=0)
         except FileNotFoundError as e:
             print(f"skipping {ds}: {e}", file=sys.stderr)
-            continue
-        for cfg in configs(a.quick, a.configs):
+    for cfg in configs(a.quick, a.configs):  # configs outer: each finished row is kept
+        for ds, (train, test) in trees.items():
             rows.append(run_one(ds, cfg, train, test, out))
+            (out / "results.partial.json").write_text(json.dumps({"rows": rows}, indent=2))
     total = time.perf_counter() - t0
     cpu = platform.processor() or platform.machine()
     env = (f"{torch.get_num_threads()} torch threads, {cpu}, torch {torch.__version__}; "

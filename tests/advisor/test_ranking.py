@@ -4,7 +4,6 @@ networks on tiny generated images), and the pure recommendation rule."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
