@@ -355,9 +355,12 @@ def check_probe_size(size: SizeInfo, *, source: str = "the source",
 
 def _why(g: _Gap, probe: ProbeResult) -> str:
     """The layer half of the explanation (answer b), with the numbers."""
-    bl, be, gap, threshold = g.last.layer, g.earlier.layer, g.gap, g.threshold
+    bl, be, threshold = g.last.layer, g.earlier.layer, g.threshold
+    gap = round(g.gap, 2)  # the value comparison["gap_points"] holds: one rounding everywhere
     how = (f"{probe.method} probe, {probe.folds}-fold CV on {probe.n_images:,} images; gap "
            f"{gap:+.1f} +- {g.ci:.1f} points, 95% interval")
+    if abs(gap) > threshold and abs(gap) <= g.ci:
+        how += ", which includes 0: the lead is not established at this sample size"
     if g.earlier_wins:
         return f"layer: {be} beats {bl} by {gap:.1f} points ({how}; margin {threshold:.1f})"
     if gap < -threshold:
@@ -388,7 +391,7 @@ def _disagreement(sim: SimilarityVerdict, g: _Gap) -> str | None:
     """The plain sentence when (a) and (b) point different ways, else None."""
     if sim.verdict == "similar" and g.earlier_wins:
         return (f"the two answers disagree: the evidence calls the data similar, yet the probe "
-                f"finds the earlier layer {g.earlier.layer} {g.gap:.1f} points better than "
+                f"finds the earlier layer {g.earlier.layer} {round(g.gap, 2):.1f} points better than "
                 f"{g.last.layer}; the layer follows the probe, the quadrant the similarity "
                 "evidence")
     if sim.verdict == "dissimilar" and not g.earlier_wins:

@@ -344,4 +344,9 @@ def test_paired_interval_matches_a_hand_computation():
     c = decide(make_size(100), p).comparison
     assert c["gap_ci95_points"] == pytest.approx(
         paired_interval([18.0, -12.0, 18.0, -12.0, 8.0])[1], abs=0.01)
-    assert "gap +4.0 +- " in decide(make_size(100), p).explanation
+    text = decide(make_size(100), p).explanation
+    assert "gap +4.0 +- " in text
+    # a 4-point lead inside a +-18-point interval is called what it is
+    assert "which includes 0: the lead is not established at this sample size" in text
+    tight = make_probe({"stage4": .95, "pool": .85}, depths=TWO)  # zig-zag folds: tiny interval
+    assert "not established" not in decide(make_size(100), tight).explanation
