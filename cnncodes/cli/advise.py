@@ -1,7 +1,8 @@
 """``cnncodes advise``: the quadrant, layer and next command for a labelled folder.
 
-Parses, makes one :func:`cnncodes.advisor.run.advise` call and prints; the text comes from
-:func:`cnncodes.report.advice.format_advice`.
+Parses, makes one :func:`cnncodes.advisor.run.advise` call (or, with ``--backbones``, one
+:func:`cnncodes.advisor.ranking.rank_backbones` call) and prints; the text comes from
+:func:`cnncodes.report.advice.format_advice` / :func:`~cnncodes.report.advice.format_ranking`.
 """
 
 from __future__ import annotations
