@@ -97,8 +97,8 @@ def format_ranking(ranking: Ranking) -> str:
                      + ("" if d.agree else " (its similarity verdict and layer disagree)"))
         for w in d.warnings:
             lines.append(f"  warning {w}")
-    for name, why in ranking.skipped.items():
-        lines.append(f"skipped   {name}: {why}")
+    for name, why in ranking.skipped.items():  # the full message is in ranking.json
+        lines.append(f"skipped   {name}: {why.split('; ')[0]}")
     lines.append(f"recommend {ranking.recommendation['explanation']}")
     m = ranking.meta
     lines.append(f"took      {m['elapsed_s']:.1f} s (budget {m['budget_s'] or 'none'}, "
