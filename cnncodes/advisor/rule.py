@@ -391,8 +391,8 @@ def _disagreement(sim: SimilarityVerdict, g: _Gap) -> str | None:
     """The plain sentence when (a) and (b) point different ways, else None."""
     if sim.verdict == "similar" and g.earlier_wins:
         return (f"the two answers disagree: the evidence calls the data similar, yet the probe "
-                f"finds the earlier layer {g.earlier.layer} {round(g.gap, 2):.1f} points better than "
-                f"{g.last.layer}; the layer follows the probe, the quadrant the similarity "
+                f"finds the earlier layer {g.earlier.layer} {round(g.gap, 2):.1f} points better "
+                f"than {g.last.layer}; the layer follows the probe, the quadrant the similarity "
                 "evidence")
     if sim.verdict == "dissimilar" and not g.earlier_wins:
         return (f"the two answers disagree: the evidence calls the data dissimilar, yet no "
