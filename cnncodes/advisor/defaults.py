@@ -27,3 +27,10 @@ MIN_COMPARE_PER_CLASS = 10
 MIN_COMPARE_IMAGES = 100
 #: Below this median per class advise refuses: nothing can be probed.
 MIN_PROBE_PER_CLASS = 2
+
+#: The similarity votes' thresholds (see :mod:`cnncodes.advisor.similarity`; calibrated in
+#: benchmarks/bench_similarity.py): LEEP share at least, code gain (points) at least; codes losing
+#: to raw pixels by more than SIM_CODE_LOSS points make the data dissimilar.
+SIM_LEEP_SHARE = 0.5
+SIM_CODE_GAIN = 10.0
+SIM_CODE_LOSS = 1.0

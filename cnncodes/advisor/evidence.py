@@ -127,6 +127,15 @@ def _check_labelled(source: ImageSource) -> None:
                           "instead; add a folder per class.")
 
 
+def _final_linear(model: nn.Module) -> nn.Linear | None:
+    """The network's classification layer: its last ``nn.Linear`` (None if it has none)."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
 class PretrainedMeter:
     """Runs the complete network (with its head) on a sample of images and accumulates:
 
@@ -154,6 +163,11 @@ class PretrainedMeter:
         self._cnt = [0] * len(self.bns)
         self._handles = [m.register_forward_pre_hook(self._hook(i))
                          for i, (_, m) in enumerate(self.bns)]
+        self.head = _final_linear(self.model)
+        self.features: list[np.ndarray] = []  # the head's input (penultimate features)
+        if self.head is not None:
+            self._handles.append(self.head.register_forward_pre_hook(self._feature_hook))
+        self.probs: list[np.ndarray] = []
         self.top1: list[np.ndarray] = []
         self.entropy: list[np.ndarray] = []
         self.pred: list[np.ndarray] = []
@@ -170,6 +184,9 @@ class PretrainedMeter:
 
         return hook
 
+    def _feature_hook(self, _m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        self.features.append(inp[0].detach().flatten(1).float().cpu().numpy())
+
     @property
     def n_seen(self) -> int:
         return int(sum(len(p) for p in self.pred))
@@ -184,6 +201,7 @@ class PretrainedMeter:
         self.n_outputs = int(logits.shape[1])
         p = torch.softmax(logits, dim=1)
         ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1) / math.log(max(2, logits.shape[1]))
+        self.probs.append(p.cpu().numpy())
         self.top1.append(p.max(1).values.cpu().numpy())
         self.entropy.append(ent.cpu().numpy())
         self.pred.append(p.argmax(1).cpu().numpy())
@@ -220,9 +238,30 @@ class PretrainedMeter:
             "top_categories": [{"category": cats[v] if cats and v < len(cats) else int(v),
                                 "share": round(c / top1.size, 4)} for c, v in top],
             "top1_hist": np.histogram(top1, bins=10, range=(0, 1))[0].tolist(),
-            "note": "ImageNet-like photos make the head confident (high top-1, low entropy); "
-                    "side evidence only, the probe decides",
+            **self._transfer_evidence(lab),
+            "note": "LEEP share: how much of the label entropy the ImageNet head's predictions "
+                    "explain; domain EMD: cosine earth mover's distance from the class means to "
+                    "the head's class rows (0 = on ImageNet classes); confidence and entropy "
+                    "alone are side evidence (a confident head can be confidently wrong)",
         }
+
+    def _transfer_evidence(self, lab: np.ndarray) -> dict[str, Any]:
+        """LEEP of the head's softmax and Cui et al.'s domain distance (the head's weight rows
+        as the source class means), see :mod:`cnncodes.advisor.transfer`."""
+        from .transfer import domain_distance, leep, leep_share
+
+        probs = np.concatenate(self.probs)
+        value = leep(probs, lab)
+        out: dict[str, Any] = {"leep": round(value, 4),
+                               "leep_share": round(leep_share(value, lab), 4)}
+        if self.head is not None and self.features:
+            feats = np.concatenate(self.features)[:lab.size]
+            rows = self.head.weight.detach().double().cpu().numpy()
+            if feats.shape[1] == rows.shape[1]:
+                dist = domain_distance(feats, lab, rows)
+                out.update(domain_emd=round(dist["emd"], 4),
+                           domain_nearest=round(dist["nearest"], 4))
+        return out
 
     def bn_evidence(self) -> dict[str, Any]:
         """Distance between the data's BN-input statistics and the running (pretraining) ones."""

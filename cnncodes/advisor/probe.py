@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import OptionError
 from .defaults import FOLDS, PROBE, PROBES
+from .transfer import logme
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class LayerScore:
         grid_scores: mean CV accuracy for every grid value.
         seconds: fit time.
         same_as: another layer whose codes are identical (scores copied, not refitted).
+        logme: LogME of the layer's codes on the whole probe sample
+            (:func:`cnncodes.advisor.transfer.logme`), None when not computed.
     """
 
     layer: str
@@ -63,10 +66,22 @@ class LayerScore:
     grid_scores: list[float] = field(default_factory=list)
     seconds: float = 0.0
     same_as: str | None = None
+    logme: float | None = None
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.fold_scores))
+
+    @property
+    def ci95(self) -> float:
+        """Half width (accuracy units) of a 95% interval of the CV accuracy (t over the folds,
+        Nadeau-Bengio corrected: :func:`cnncodes.advisor.rule.paired_interval`'s formula)."""
+        k = len(self.fold_scores)
+        if k < 2:
+            return 0.0
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, k - 1)) * self.std * float(np.sqrt(1 / k + 1 / (k - 1)))
 
     @property
     def std(self) -> float:
@@ -105,7 +120,8 @@ class ProbeResult:
     def to_dict(self, *, compact: bool = False) -> dict[str, Any]:
         def row(s: LayerScore) -> dict[str, Any]:
             d = {"depth": s.depth, "dim": s.dim, "cv_accuracy": round(s.mean, 4),
-                 "cv_std": round(s.std, 4), "param": s.param}
+                 "cv_std": round(s.std, 4), "cv_ci95": round(s.ci95, 4), "param": s.param,
+                 "logme": None if s.logme is None else round(s.logme, 4)}
             if s.same_as:
                 d["same_as"] = s.same_as
             if not compact:
@@ -240,7 +256,7 @@ def probe_layers(codes: Mapping[str, np.ndarray], labels: np.ndarray, *,
         pref = sorted(range(len(grid)), key=lambda i: -grid[i] if method == "ridge" else grid[i])
         j = next(i for i in pref if means[i] >= means.max() - 1e-12)
         return LayerScore(name, depth, int(X.shape[1]), acc[:, j].tolist(), float(grid[j]),
-                          means.tolist(), time.perf_counter() - t0)
+                          means.tolist(), time.perf_counter() - t0, logme=logme(X, y))
 
     from threadpoolctl import threadpool_limits
 
@@ -263,12 +279,12 @@ def _probe_all(codes: Mapping[str, np.ndarray], depths: Mapping[str, str],
         if twin is not None:
             s = out[twin]
             out[name] = LayerScore(name, depths[name], s.dim, list(s.fold_scores), s.param,
-                                   list(s.grid_scores), 0.0, same_as=twin)
+                                   list(s.grid_scores), 0.0, same_as=twin, logme=s.logme)
         else:
             out[name] = score(name, depths[name], X)
             seen.append((name, X))
-        log.debug("probe %-8s %5d-d  CV accuracy %.4f +- %.4f%s", name, out[name].dim,
-                  out[name].mean, out[name].std,
+        log.debug("probe %-8s %5d-d  CV accuracy %.4f +- %.4f, LogME %.3f%s", name,
+                  out[name].dim, out[name].mean, out[name].std, out[name].logme,
                   f" (same codes as {out[name].same_as})" if out[name].same_as else "")
     raw_score = score("raw", "raw", raw) if raw is not None else None
     return ProbeResult(method, int(rows.size), k, grid, out, raw_score, excluded)

@@ -27,21 +27,29 @@ it is unit-tested on constructed evidence.
        ``large_per_class`` (default 1,000) **and** there are at least ``large_total`` (10,000)
        images; ``small`` when the median per class is below ``small_per_class`` (200); ``medium``
        in between (treated as small, with fine-tuning named as the next step to try).
-    2. *Similarity.* ``gap`` = CV accuracy of the best earlier layer minus that of the best last
-       layer, in points; ``threshold`` = max(``margin`` (default 1.0 point), ``se_mult`` (default
-       0) x the paired standard error of that difference over the folds). ``gap > threshold`` ->
-       **dissimilar** (the generic, earlier features transfer better than the ImageNet-specific
-       last ones); otherwise **similar** (a near-tie goes to the last layer, the conventional
-       choice, at a cost of at most ``margin`` points of CV accuracy). Exact ties between layers
-       go to the deeper layer. Raw pixels beating every layer by more than the threshold does not
-       change the quadrant but adds a warning.
+    2. *Similarity (answer a).* :func:`cnncodes.advisor.similarity.judge_similarity` on evidence
+       that does not depend on which layer wins: the LEEP share of the ImageNet head and the gain
+       of the last layer's codes over raw pixels (the latter only when step 0 passes); Cui et
+       al.'s domain EMD is shown beside them. Its rule, thresholds and calibration are documented
+       in that module.
+    2b. *Layer (answer b).* ``gap`` = CV accuracy of the best earlier layer minus that of the best
+       last layer, in points; ``threshold`` = max(``margin`` (default 1.0 point), ``se_mult``
+       (default 0) x the paired standard error of that difference over the folds). ``gap >
+       threshold`` -> the best earlier layer, otherwise the best last layer (a near-tie goes to
+       the last layer, the conventional choice, at a cost of at most ``margin`` points of CV
+       accuracy). Exact ties between layers go to the deeper layer. The gap is reported with a
+       95% confidence interval: a t interval over the paired per-fold differences with Nadeau
+       and Bengio's correction for overlapping training folds (variance x (1/k + 1/(k-1)), k-1
+       degrees of freedom), :func:`paired_interval`. When (a) says similar but (b) picks an
+       earlier layer, or (a) says dissimilar and (b) keeps the last layer, the explanation says
+       so plainly: the layer follows (b), the quadrant (a).
 
        Why no significance test by default: the CV gap is an unbiased estimate, so taking the
        best layer maximises expected accuracy; demanding 2 standard errors before leaving the
        last layer was measured to cost 5-6 held-out points on 400-image samples
        (benchmarks/ADVISE_RESULTS.md). ``se_mult`` > 0 is there for users who want it.
-    3. *Quadrant -> action.* small+similar: best last layer + logistic regression;
-       small+dissimilar: best earlier layer + linear SVM; large+similar: fine-tune with the
+    3. *Quadrant -> action.* small+similar: the layer of (b) + logistic regression;
+       small+dissimilar: the layer of (b) + linear SVM; large+similar: fine-tune with the
        pretrained layers at a lower learning rate (``--head-lr-mult 10 --freeze 1``);
        large+dissimilar: fine-tune the whole network from the pretrained init
        (``--head-lr-mult 1 --freeze 0``). See :data:`FINETUNE_POLICY`.
@@ -68,10 +76,19 @@ from .defaults import (
     MIN_COMPARE_PER_CLASS,
     MIN_PROBE_PER_CLASS,
     SE_MULT,
+    SIM_CODE_GAIN,
+    SIM_CODE_LOSS,
+    SIM_LEEP_SHARE,
     SMALL_PER_CLASS,
 )
 from .evidence import SizeInfo
 from .probe import LayerScore, ProbeResult
+from .similarity import (
+    SimilarityEvidence,
+    SimilarityThresholds,
+    SimilarityVerdict,
+    judge_similarity,
+)
 
 #: Fine-tuning suggestions per similarity, for large data sets (``cnncodes finetune`` options):
 #: similar data keeps the pretrained layers close to ImageNet (head learns 10x faster, the stem and
@@ -98,6 +115,8 @@ class Thresholds:
         se_mult: the gap must also exceed this many paired standard errors over the folds.
         min_per_class: images of the smallest probed class needed to compare layers (step 0).
         min_images: images in the probe sample needed to compare layers (step 0).
+        leep_share, code_gain, code_loss: the similarity verdict's thresholds (step 2, see
+            :mod:`cnncodes.advisor.similarity`).
     """
 
     small_per_class: int = SMALL_PER_CLASS
@@ -107,6 +126,13 @@ class Thresholds:
     se_mult: float = SE_MULT
     min_per_class: int = MIN_COMPARE_PER_CLASS
     min_images: int = MIN_COMPARE_IMAGES
+    leep_share: float = SIM_LEEP_SHARE
+    code_gain: float = SIM_CODE_GAIN
+    code_loss: float = SIM_CODE_LOSS
+
+    def similarity(self) -> SimilarityThresholds:
+        """The thresholds of step 2."""
+        return SimilarityThresholds(self.leep_share, self.code_gain, self.code_loss)
 
     def __post_init__(self) -> None:
         for name in ("small_per_class", "large_per_class", "large_total", "min_per_class",
@@ -153,8 +179,8 @@ class Decision:
         quadrant: ``small-similar``, ``small-dissimilar``, ``large-similar`` or
             ``large-dissimilar``.
         size_class: ``small``, ``medium`` or ``large``.
-        similarity: ``similar`` or ``dissimilar``.
-        layer: the recommended layer.
+        similarity: ``similar`` or ``dissimilar``: answer (a), from the similarity evidence.
+        layer: the recommended layer: answer (b), from the probe.
         classifier: ``logreg`` or ``linearsvc`` (the ``cnncodes train --model`` value).
         action: the practice in words.
         explanation: one sentence with the numbers that decided it.
@@ -164,6 +190,9 @@ class Decision:
         finetune: suggested fine-tuning options for large/medium data, else None.
         comparison: the numbers of the rule (best layers, gap, threshold, standard error).
         warnings: caveats (random weights, raw pixels beating the codes, imbalance...).
+        similarity_evidence: answer (a) with its votes
+            (:meth:`~cnncodes.advisor.similarity.SimilarityVerdict.to_dict`).
+        agree: whether (a) and (b) point the same way (similar <-> last layer).
     """
 
     quadrant: str
@@ -178,6 +207,8 @@ class Decision:
     finetune: dict[str, Any] | None
     comparison: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    similarity_evidence: dict[str, Any] = field(default_factory=dict)
+    agree: bool = True
 
     @property
     def next_command(self) -> str:
@@ -211,6 +242,24 @@ def _paired_se(a: LayerScore, b: LayerScore) -> float:
     return float(np.std(d, ddof=1) / math.sqrt(d.size))
 
 
+def paired_interval(diffs: Sequence[float], *, level: float = 0.95) -> tuple[float, float]:
+    """``(mean, half_width)`` of a confidence interval for the mean of per-fold differences.
+
+    A t interval with k-1 degrees of freedom whose variance carries Nadeau and Bengio's correction
+    for k-fold CV (training sets overlap, so the folds are not independent): ``s^2 (1/k +
+    1/(k-1))`` instead of ``s^2 / k``. Half width 0 with fewer than 2 folds.
+    """
+    from scipy.stats import t
+
+    d = np.asarray(diffs, np.float64)
+    k = d.size
+    if k < 2:
+        return float(d.mean()) if k else 0.0, 0.0
+    sd = float(np.std(d, ddof=1))
+    half = float(t.ppf(0.5 + level / 2, k - 1)) * sd * math.sqrt(1 / k + 1 / (k - 1))
+    return float(d.mean()), half
+
+
 @dataclass(frozen=True)
 class _Gap:
     """Step 2 of the rule: the best last and earlier layers and whether the gap is real."""
@@ -220,18 +269,15 @@ class _Gap:
     gap: float  # points, earlier minus last
     se: float  # paired standard error of the gap, points
     threshold: float  # points the gap must exceed
+    ci: float  # half width of the 95% interval of the gap, points
 
     @property
-    def dissimilar(self) -> bool:
+    def earlier_wins(self) -> bool:
         return self.gap > self.threshold
 
     @property
-    def similarity(self) -> str:
-        return "dissimilar" if self.dissimilar else "similar"
-
-    @property
     def chosen(self) -> LayerScore:
-        return self.earlier if self.dissimilar else self.last
+        return self.earlier if self.earlier_wins else self.last
 
 
 def _compare_layers(probe: ProbeResult, th: Thresholds) -> _Gap:
@@ -245,7 +291,8 @@ def _compare_layers(probe: ProbeResult, th: Thresholds) -> _Gap:
                           "depth.")
     bl, be = _best(last), _best(earlier)
     se = _paired_se(be, bl)
-    return _Gap(bl, be, 100.0 * (be.mean - bl.mean), se, max(th.margin, th.se_mult * se))
+    _, ci = paired_interval(100.0 * (np.asarray(be.fold_scores) - np.asarray(bl.fold_scores)))
+    return _Gap(bl, be, 100.0 * (be.mean - bl.mean), se, max(th.margin, th.se_mult * se), ci)
 
 
 @dataclass(frozen=True)
@@ -307,17 +354,51 @@ def check_probe_size(size: SizeInfo, *, source: str = "the source",
 
 
 def _why(g: _Gap, probe: ProbeResult) -> str:
-    """The similarity half of the explanation, with the numbers."""
-    bl, be, gap, threshold = g.last.layer, g.earlier.layer, g.gap, g.threshold
-    how = f"{probe.method} probe, {probe.folds}-fold CV on {probe.n_images:,} images"
-    if g.dissimilar:
-        return (f"{be} beats {bl} by {gap:.1f} points ({how}; threshold {threshold:.1f}) -> "
-                "dissimilar data")
+    """The layer half of the explanation (answer b), with the numbers."""
+    bl, be, threshold = g.last.layer, g.earlier.layer, g.threshold
+    gap = round(g.gap, 2)  # the value comparison["gap_points"] holds: one rounding everywhere
+    how = (f"{probe.method} probe, {probe.folds}-fold CV on {probe.n_images:,} images; gap "
+           f"{gap:+.1f} +- {g.ci:.1f} points, 95% interval")
+    if abs(gap) > threshold and abs(gap) <= g.ci:
+        how += ", which includes 0: the lead is not established at this sample size"
+    if g.earlier_wins:
+        return f"layer: {be} beats {bl} by {gap:.1f} points ({how}; margin {threshold:.1f})"
     if gap < -threshold:
-        return f"{bl} beats the best earlier layer {be} by {-gap:.1f} points ({how}) -> similar data"
+        return f"layer: {bl} beats the best earlier layer {be} by {-gap:.1f} points ({how})"
     rel = "ahead of" if gap > 0 else "behind"
-    return (f"{be} is only {abs(gap):.1f} points {rel} {bl} ({how}; threshold "
-            f"{threshold:.1f}): a tie goes to the last layer -> similar data")
+    return (f"layer: {be} is only {abs(gap):.1f} points {rel} {bl} ({how}; margin "
+            f"{threshold:.1f}): a tie goes to the last layer {bl}")
+
+
+def _similarity_evidence(probe: ProbeResult, g: _Gap, sample: SampleCheck,
+                         similarity: SimilarityEvidence | None,
+                         random_weights: bool) -> SimilarityEvidence:
+    """The head's measures as given, plus the probe's code gain (last layer vs raw pixels)."""
+    base = similarity or SimilarityEvidence(notes={"leep_share": "no ImageNet-head evidence given"})
+    notes = dict(base.notes)
+    gain = None
+    if probe.raw is None:
+        notes["code_gain"] = "no raw-pixel row in the probe"
+    elif not sample.enough:
+        notes["code_gain"] = "the probe sample is too small to compare (step 0)"
+    else:
+        gain = 100.0 * (g.last.mean - probe.raw.mean)
+    return dataclasses.replace(base, code_gain=gain, notes=notes,
+                               pretrained=base.pretrained and not random_weights)
+
+
+def _disagreement(sim: SimilarityVerdict, g: _Gap) -> str | None:
+    """The plain sentence when (a) and (b) point different ways, else None."""
+    if sim.verdict == "similar" and g.earlier_wins:
+        return (f"the two answers disagree: the evidence calls the data similar, yet the probe "
+                f"finds the earlier layer {g.earlier.layer} {round(g.gap, 2):.1f} points better "
+                f"than {g.last.layer}; the layer follows the probe, the quadrant the similarity "
+                "evidence")
+    if sim.verdict == "dissimilar" and not g.earlier_wins:
+        return (f"the two answers disagree: the evidence calls the data dissimilar, yet no "
+                f"earlier layer beats the last layer {g.last.layer} in the probe; the layer "
+                "follows the probe, the quadrant the similarity evidence")
+    return None
 
 
 def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap, random_weights: bool,
@@ -337,7 +418,8 @@ def _caveats(size: SizeInfo, probe: ProbeResult, g: _Gap, random_weights: bool,
                     "from scratch may do better even at this size")
     if random_weights:
         warn.append("the backbone has random weights: the probe measures random features, not "
-                    "transfer from ImageNet; the quadrant is not meaningful")
+                    "transfer from ImageNet; the similarity verdict and the quadrant are not "
+                    "meaningful")
     counts = list(size.per_class.values())
     if counts and min(counts) > 0 and max(counts) / min(counts) >= 10:
         warn.append(f"classes are imbalanced ({min(counts)} to {max(counts)} images); consider "
@@ -366,7 +448,8 @@ def _commands(setup: RunSetup, layer: str, similarity: str) -> tuple[list[str], 
 
 
 def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None = None,
-           setup: RunSetup | None = None, random_weights: bool = False) -> Decision:
+           setup: RunSetup | None = None, random_weights: bool = False,
+           similarity: SimilarityEvidence | None = None) -> Decision:
     """Quadrant, layer and action from the evidence, by the rule in the module docstring.
 
     Args:
@@ -376,6 +459,8 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
         thresholds: the rule's thresholds (defaults documented in :class:`Thresholds`).
         setup: source and extraction options repeated in the next commands.
         random_weights: the codes came from random weights (adds a warning).
+        similarity: the ImageNet head's similarity measures (LEEP share, domain EMD); the code
+            gain is taken from ``probe``. None: only the code gain votes.
 
     Raises:
         OptionError: the probe lacks a last or an earlier layer.
@@ -383,31 +468,39 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
     th = thresholds or Thresholds()
     setup = setup or RunSetup()
     sample = check_sample(size, probe, th)  # step 0: can the sample compare layers?
-    g = _compare_layers(probe, th)  # step 2: similarity
+    g = _compare_layers(probe, th)  # step 2b: the layer
     if not sample.enough:  # no lead is claimed: as a tie, the last layer
         g = dataclasses.replace(g, threshold=math.inf)
     size_class = size.size_class(th)  # step 1: size
-    similarity, chosen = g.similarity, g.chosen
-    classifier = CLASSIFIER[similarity]
-    why = _why(g, probe) if sample.enough else (
-        f"{sample.message(short=True)}; keeping the last layer {g.last.layer}, the "
+    sim = judge_similarity(_similarity_evidence(probe, g, sample, similarity, random_weights),
+                           th.similarity())  # step 2: answer (a)
+    similarity_verdict, chosen = sim.verdict, g.chosen
+    classifier = CLASSIFIER[similarity_verdict]
+    layer_why = _why(g, probe) if sample.enough else (
+        f"layer: {sample.message(short=True)}; keeping the last layer {g.last.layer}, the "
         "conventional choice, without a measured lead")
+    why = f"similarity: {sim.reasons()} -> {similarity_verdict} data; {layer_why}"
+    clash = _disagreement(sim, g) if sample.enough else None
+    if clash:
+        why += f"; {clash}"
     warn, codes_help = _caveats(size, probe, g, random_weights, sample)
-    codes_cmds, finetune = _commands(setup, chosen.layer, similarity)
+    codes_cmds, finetune = _commands(setup, chosen.layer, similarity_verdict)
     ft_cmd = finetune["command"]
     per_class = f"{size.median_per_class:,.0f} per class"
+    dissimilar = similarity_verdict == "dissimilar"
     # step 3: quadrant -> action
     if size_class == "large":
-        action = ("fine-tune with the pretrained layers at a lower learning rate (head x10, stem "
-                  "and first stage frozen)" if not g.dissimilar else
-                  "fine-tune the whole network from the pretrained weights (one learning rate, "
-                  "nothing frozen)")
+        action = ("fine-tune the whole network from the pretrained weights (one learning rate, "
+                  "nothing frozen)" if dissimilar else
+                  "fine-tune with the pretrained layers at a lower learning rate (head x10, stem "
+                  "and first stage frozen)")
         commands, also = [ft_cmd], " && ".join(codes_cmds)
         sentence = (f"{why}; {size.n_images:,} images ({per_class}) is large -> {action}: "
                     f"{ft_cmd}")
     else:
-        action = (f"{'earlier' if g.dissimilar else 'last'}-layer codes + "
-                  f"{'linear SVM' if g.dissimilar else 'linear classifier (logistic regression)'}")
+        where = "earlier" if chosen.depth == "earlier" else "last"
+        action = (f"{where}-layer codes ({chosen.layer}) + "
+                  f"{'linear SVM' if dissimilar else 'linear classifier (logistic regression)'}")
         commands = codes_cmds
         sentence = (f"{why}; use {chosen.layer} codes + {CLASSIFIER_NAME[classifier]}"
                     f" ({size.n_images:,} images, {per_class}: {size_class})")
@@ -422,6 +515,7 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
         "best_last": g.last.layer, "best_last_accuracy": round(g.last.mean, 4),
         "best_earlier": g.earlier.layer, "best_earlier_accuracy": round(g.earlier.mean, 4),
         "gap_points": round(g.gap, 2), "paired_se_points": round(g.se, 2),
+        "gap_ci95_points": round(g.ci, 2),
         "threshold_points": round(g.threshold, 2) if sample.enough else None,
         "layers_compared": sample.enough, "needed_per_class": sample.need_per_class,
         "needed_images": sample.need_images, "sample_smallest_class": sample.smallest_class,
@@ -431,8 +525,9 @@ def decide(size: SizeInfo, probe: ProbeResult, *, thresholds: Thresholds | None 
     if not sample.enough:
         why_not = "not computed: the sample is too small to compare layers (step 0)"
         comparison["threshold_points_note"] = comparison["codes_beat_raw_pixels_note"] = why_not
-    return Decision(quadrant=f"{'large' if size_class == 'large' else 'small'}-{similarity}",
-                    size_class=size_class, similarity=similarity, layer=chosen.layer,
+    return Decision(quadrant=f"{'large' if size_class == 'large' else 'small'}-"
+                             f"{similarity_verdict}",
+                    size_class=size_class, similarity=similarity_verdict, layer=chosen.layer,
                     classifier=classifier, action=action, explanation=sentence,
                     commands=commands, also=also, finetune=finetune, comparison=comparison,
-                    warnings=warn)
+                    warnings=warn, similarity_evidence=sim.to_dict(), agree=clash is None)

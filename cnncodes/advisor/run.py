@@ -51,6 +51,7 @@ from .evidence import PretrainedMeter, measure_size
 from .plots import check_report_folder, save_report
 from .probe import check_probe, probe_layers
 from .rule import RunSetup, Thresholds, check_probe_size, decide
+from .similarity import SimilarityEvidence
 from .sample import budgeted_size, parse_budget, select_sample
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,14 @@ def _network_view(ext: CodeExtractor,
     return meter.head_evidence(), meter.bn_evidence()
 
 
+def head_similarity(head: dict[str, Any]) -> SimilarityEvidence:
+    """The ImageNet head's similarity measures (LEEP share, domain EMD) from its evidence."""
+    why = str(head.get("reason") or "not measured")
+    notes = {k: why for k in ("leep_share", "domain_emd") if head.get(k) is None}
+    return SimilarityEvidence(leep_share=head.get("leep_share"),
+                              domain_emd=head.get("domain_emd"), notes=notes)
+
+
 def advise(
     source: str | os.PathLike | ImageSource,
     *,
@@ -255,7 +264,7 @@ def advise(
                      backbone=bopts.backbone, input_size=bopts.input_size, pooling=bopts.pooling,
                      weights=str(bopts.weights) if bopts.weights is not None else "random")
     decision = decide(size, result, thresholds=th, setup=setup,
-                      random_weights=ext.resolved.is_random)
+                      random_weights=ext.resolved.is_random, similarity=head_similarity(head))
     elapsed = time.perf_counter() - t0
     if budget_s is not None and elapsed > 1.25 * budget_s:
         log.warning("advise took %.0f s, over its %.0f s budget (probe fits are slower than "

@@ -1,7 +1,8 @@
 """``cnncodes advise``: the quadrant, layer and next command for a labelled folder.
 
-Parses, makes one :func:`cnncodes.advisor.run.advise` call and prints; the text comes from
-:func:`cnncodes.report.advice.format_advice`.
+Parses, makes one :func:`cnncodes.advisor.run.advise` call (or, with ``--backbones``, one
+:func:`cnncodes.advisor.ranking.rank_backbones` call) and prints; the text comes from
+:func:`cnncodes.report.advice.format_advice` / :func:`~cnncodes.report.advice.format_ranking`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
                    help="images shown to the ImageNet head and BatchNorm check (default "
                         f"{D.HEAD_SAMPLE})")
     add_threshold_options(p)
+    p.add_argument("--backbones", default=None,
+                   help="rank several backbones and their layers on this data within the budget "
+                        "(comma-separated, e.g. mobilenet_v2,efficientnet_b0,resnet50; replaces "
+                        "--backbone; the other backbone options apply to each)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_backbone_options(p, layers_help="candidate layers (default: all of the backbone's)")
     add_runtime_options(p)
@@ -51,6 +56,8 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
+    if args.backbones:
+        return _cmd_rank(args)
     from ..advisor.run import advise
     from ..report.advice import format_advice
 
@@ -69,4 +76,22 @@ def cmd_advise(args: argparse.Namespace) -> int:
     print(format_advice(adv))
     if args.report:
         print(f"report    {html}, {args.report}/advice.json, {args.report}/advice.png")
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from ..advisor.ranking import rank_backbones
+    from ..report.advice import format_ranking
+
+    ranking = rank_backbones(args.source, backbones=args.backbones,
+                             backbone=backbone_options(args), runtime=runtime_options(args),
+                             budget=args.budget, max_images=args.sample, folds=args.folds,
+                             probe=args.probe, seed=args.seed, head_sample=args.head_sample,
+                             thresholds=thresholds(args), report=args.report)
+    if args.json:
+        print(json.dumps(ranking.to_dict(), indent=2))
+        return 0
+    print(format_ranking(ranking))
+    if args.report:
+        print(f"report    {args.report}/ranking.json, {args.report}/<backbone>/advice.json")
     return 0

@@ -201,6 +201,14 @@ def add_threshold_options(p: argparse.ArgumentParser,
     g.add_argument("--se-mult", type=float, default=None,
                    help="...and by this many paired standard errors over the folds (default "
                         f"{D.SE_MULT:g})")
+    g.add_argument("--leep-share", type=float, default=None,
+                   help=f"similarity vote: LEEP share at least (default {D.SIM_LEEP_SHARE:g})")
+    g.add_argument("--code-gain", type=float, default=None,
+                   help="similarity vote: codes beat raw pixels by at least this many points "
+                        f"(default {D.SIM_CODE_GAIN:g})")
+    g.add_argument("--code-loss", type=float, default=None,
+                   help="codes losing to raw pixels by more than this many points make the data "
+                        f"dissimilar (default {D.SIM_CODE_LOSS:g})")
 
 
 def thresholds(args: argparse.Namespace) -> Any:
@@ -210,7 +218,8 @@ def thresholds(args: argparse.Namespace) -> Any:
     from ..advisor.rule import Thresholds
 
     over = {k: getattr(args, k) for k in ("small_per_class", "large_per_class", "large_total",
-                                          "margin", "se_mult") if getattr(args, k) is not None}
+                                          "margin", "se_mult", "leep_share", "code_gain",
+                                          "code_loss") if getattr(args, k, None) is not None}
     return dataclasses.replace(Thresholds(), **over)
 
 

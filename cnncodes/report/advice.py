@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..advisor.advice import Advice
+from ..advisor.ranking import Ranking
+from ..advisor.similarity import LABELS, Vote
 
 
 def format_advice(advice: Advice) -> str:
@@ -20,31 +22,22 @@ def format_advice(advice: Advice) -> str:
                      f"{im['height']['max']}; {im['sampled']} sampled; modes {modes}); "
                      f"network input {advice.meta.get('input_size')} px")
     lines.append(f"backbone  {advice.setup.backbone} ({advice.meta.get('weights_id')})")
-    lines.append("similarity evidence")
-    h = advice.head
-    if h.get("available"):
-        cats = ", ".join(f"{c['category']} {100 * c['share']:.0f}%" for c in h["top_categories"])
-        lines.append(f"  (a) ImageNet head   mean top-1 prob {h['mean_top1_prob']:.3f}, "
-                     f"normalised entropy {h['mean_normalized_entropy']:.3f}, NMI(classes, "
-                     f"ImageNet top-1) {h['nmi_classes_vs_imagenet']:.3f}; top: {cats}")
-    else:
-        lines.append(f"  (a) ImageNet head   n/a: {h.get('reason')}")
-    b = advice.batchnorm
-    if b.get("available"):
-        thirds = ", ".join(f"{x:.3g}" for x in b["kl_by_depth_thirds"])
-        lines.append(f"  (b) BatchNorm stats mean KL {b['mean_kl']:.3g} over {b['n_bn_layers']} "
-                     f"layers (early/mid/late {thirds}), mean |shift| {b['mean_shift_z']:.3g} sd")
-    else:
-        lines.append(f"  (b) BatchNorm stats n/a: {b.get('reason')}")
-    lines.append(f"  (c) linear probe    {pr.method}, {pr.folds}-fold stratified CV on "
-                 f"{pr.n_images:,} images (seed {advice.meta.get('seed')})")
+    lines += _similarity_lines(advice)
+    lines.append(f"(b) layer: {pr.method} probe, {pr.folds}-fold stratified CV on "
+                 f"{pr.n_images:,} images (seed {advice.meta.get('seed')}); +- = 95% interval; "
+                 "LogME on the same images")
     rows = list(pr.layers.values()) + ([pr.raw] if pr.raw is not None else [])
     for r in rows:
         mark = " <- recommended" if r.layer == advice.layer else ""
         same = f" (= {r.same_as})" if r.same_as else ""
+        lm = "   n/a" if r.logme is None else f"{r.logme:6.3f}"
         lines.append(f"      {r.layer:<10} {r.depth:<8} {r.dim:>6}-d  {100 * r.mean:6.2f} "
-                     f"+- {100 * r.std:4.2f}{same}{mark}")
-    if not d.layers_compared:
+                     f"+- {100 * r.ci95:5.2f}  LogME {lm}{same}{mark}")
+    c = d.comparison
+    if d.layers_compared:
+        lines.append(f"      gap {c['best_earlier']} - {c['best_last']}: {c['gap_points']:+.1f} "
+                     f"+- {c['gap_ci95_points']:.1f} points (95% interval, paired over folds)")
+    else:
         lines.append("      (too few images for these scores to rank the layers: see the warning)")
     if pr.excluded_classes:
         lines.append(f"      classes left out (under 2 images): {', '.join(pr.excluded_classes)}")
@@ -57,4 +50,57 @@ def format_advice(advice: Advice) -> str:
         lines.append(f"also      {d.also}")
     lines.append(f"took      {advice.meta['elapsed_s']:.1f} s (budget "
                  f"{advice.meta['budget_s'] or 'none'}; {advice.meta['images_per_s']} img/s)")
+    return "\n".join(lines)
+
+
+def _similarity_lines(advice: Advice) -> list[str]:
+    """Answer (a): the verdict with each vote, then the side evidence it does not use."""
+    d, h, b = advice.decision, advice.head, advice.batchnorm
+    ev = d.similarity_evidence
+    head = "" if ev.get("meaningful", True) else " (not meaningful: random weights)"
+    lines = [f"(a) similarity to the pretraining data: {d.similarity}{head}: "
+             f"{ev.get('rule', 'no evidence')}"]
+    for v in ev.get("votes", []):
+        vote = Vote(**v)
+        lines.append(f"      {LABELS[vote.measure]:<28} {vote.comparison()}")
+    for name, why in ev.get("missing", {}).items():
+        lines.append(f"      {LABELS.get(name, name):<28} n/a: {why}")
+    if "domain_emd" in ev.get("side", {}):
+        lines.append(f"      {'domain EMD (Cui et al.)':<28} {ev['side']['domain_emd']:.3f} "
+                     "(shown, not a vote: cnncodes/advisor/similarity.py)")
+    if h.get("available"):
+        cats = ", ".join(f"{c['category']} {100 * c['share']:.0f}%" for c in h["top_categories"])
+        lines.append(f"      side evidence: ImageNet head mean top-1 prob "
+                     f"{h['mean_top1_prob']:.3f}, NMI(classes, ImageNet top-1) "
+                     f"{h['nmi_classes_vs_imagenet']:.3f}; top: {cats}")
+    if b.get("available"):
+        thirds = ", ".join(f"{x:.3g}" for x in b["kl_by_depth_thirds"])
+        lines.append(f"      side evidence: BatchNorm mean KL {b['mean_kl']:.3g} over "
+                     f"{b['n_bn_layers']} layers (early/mid/late {thirds})")
+    return lines
+
+
+def format_ranking(ranking: Ranking) -> str:
+    """The table ``cnncodes advise --backbones`` prints: every backbone's layers, best first."""
+    lines = ["rank  backbone         layer      depth      dim   probe acc (95%)    LogME   "
+             "img/s  images"]
+    for i, r in enumerate(ranking.rows, 1):
+        lm = "    n/a" if r.logme is None else f"{r.logme:7.3f}"
+        mark = " *" if r.recommended_layer else ""
+        lines.append(f"{i:>4}  {r.backbone:<16} {r.layer:<10} {r.depth:<8} {r.dim:>6}  "
+                     f"{100 * r.cv_accuracy:6.2f} +- {100 * r.ci95:5.2f}  {lm}  "
+                     f"{r.images_per_s:6.0f}  {r.n_images:>6}{mark}")
+    lines.append("      (* = the layer that backbone's own advice recommends)")
+    for name, adv in ranking.advices.items():
+        d = adv.decision
+        lines.append(f"{name:<16} {d.quadrant}, layer {adv.layer}"
+                     + ("" if d.agree else " (its similarity verdict and layer disagree)"))
+        for w in d.warnings:
+            lines.append(f"  warning {w}")
+    for name, why in ranking.skipped.items():  # the full message is in ranking.json
+        lines.append(f"skipped   {name}: {why.split('; ')[0]}")
+    lines.append(f"recommend {ranking.recommendation['explanation']}")
+    m = ranking.meta
+    lines.append(f"took      {m['elapsed_s']:.1f} s (budget {m['budget_s'] or 'none'}, "
+                 f"{m['budget_per_backbone_s'] or 'none'} s per backbone)")
     return "\n".join(lines)

@@ -8,18 +8,27 @@ import numpy as np
 import pytest
 
 from cnncodes.advisor.evidence import SizeInfo
-from cnncodes.advisor.rule import RunSetup, Thresholds, decide
+from cnncodes.advisor.rule import RunSetup, Thresholds, decide, paired_interval
+from cnncodes.advisor.similarity import SimilarityEvidence
 from cnncodes.errors import OptionError
 
 from .helpers import MNV2_DEPTHS, SETUP, TWO, expected_layer, make_probe, make_size
 
+#: head evidence far on either side of the default thresholds
+SIMILAR = SimilarityEvidence(leep_share=0.9, domain_emd=0.5)
+DISSIMILAR = SimilarityEvidence(leep_share=0.1, domain_emd=0.95)
+
 
 def test_small_similar_last_layer_and_logreg():
     d = decide(make_size(100), make_probe({"stage2": .60, "stage3": .70, "stage4": .80,
-                                           "stage5": .84, "pool": .90}), setup=SETUP)
+                                           "stage5": .84, "pool": .90}), setup=SETUP,
+               similarity=SIMILAR)
     assert (d.quadrant, d.similarity, d.size_class) == ("small-similar", "similar", "small")
-    assert d.layer == "pool" and d.classifier == "logreg"
-    assert "pool beats the best earlier layer stage5 by 6.0 points" in d.explanation
+    assert d.layer == "pool" and d.classifier == "logreg" and d.agree
+    assert d.explanation.startswith("similarity: LEEP share 0.90 >= 0.5 -> similar (1 of 1 votes "
+                                    "say similar; one is enough) -> similar data")
+    assert "layer: pool beats the best earlier layer stage5 by 6.0 points" in d.explanation
+    assert "disagree" not in d.explanation
     assert "5-fold CV on 2,000 images" in d.explanation
     assert d.finetune is None and d.also is None
     extract_cmd, train_cmd = d.commands
@@ -32,17 +41,20 @@ def test_small_similar_last_layer_and_logreg():
 
 def test_small_dissimilar_earlier_layer_and_svm():
     d = decide(make_size(50), make_probe({"stage2": .70, "stage3": .80, "stage4": .911,
-                                          "stage5": .88, "pool": .85}), setup=SETUP)
-    assert d.quadrant == "small-dissimilar"
+                                          "stage5": .88, "pool": .85}), setup=SETUP,
+               similarity=DISSIMILAR)
+    assert d.quadrant == "small-dissimilar" and d.agree
     assert d.layer == "stage4" and d.classifier == "linearsvc"
-    assert d.explanation.startswith("stage4 beats pool by 6.1 points")
-    assert "-> dissimilar data; use stage4 codes + LinearSVC" in d.explanation
+    assert "(none of the 1 votes says similar) -> dissimilar data; layer: stage4 beats pool by " \
+        "6.1 points" in d.explanation
+    assert "; use stage4 codes + LinearSVC" in d.explanation
     assert "--layers stage4" in d.commands[0] and "--model linearsvc" in d.commands[1]
     assert d.comparison["best_earlier"] == "stage4" and d.comparison["gap_points"] == 6.1
 
 
 def test_large_similar_names_finetune_with_lower_backbone_lr():
-    d = decide(make_size(1500), make_probe({"stage4": .80, "pool": .90}, depths=TWO), setup=SETUP)
+    d = decide(make_size(1500), make_probe({"stage4": .80, "pool": .90}, depths=TWO), setup=SETUP,
+               similarity=SIMILAR)
     assert d.quadrant == "large-similar" and d.size_class == "large"
     assert d.finetune == {"head_lr_mult": 10, "freeze": 1, "command": d.commands[0]}
     assert shlex.split(d.commands[0]) == [
@@ -53,14 +65,16 @@ def test_large_similar_names_finetune_with_lower_backbone_lr():
 
 
 def test_large_dissimilar_finetunes_everything():
-    d = decide(make_size(2000), make_probe({"stage4": .95, "pool": .85}, depths=TWO))
+    d = decide(make_size(2000), make_probe({"stage4": .95, "pool": .85}, depths=TWO),
+               similarity=DISSIMILAR)
     assert d.quadrant == "large-dissimilar" and d.layer == "stage4"
     assert "--head-lr-mult 1 --freeze 0" in d.commands[0]
     assert d.finetune["freeze"] == 0
 
 
 def test_medium_keeps_codes_but_suggests_finetuning_next():
-    d = decide(make_size(500), make_probe({"stage4": .80, "pool": .90}, depths=TWO))
+    d = decide(make_size(500), make_probe({"stage4": .80, "pool": .90}, depths=TWO),
+               similarity=SIMILAR)
     assert d.size_class == "medium" and d.quadrant == "small-similar"
     assert d.commands[0].startswith("cnncodes extract")
     assert d.also is not None and d.also.startswith("cnncodes finetune")
@@ -73,14 +87,15 @@ def test_medium_keeps_codes_but_suggests_finetuning_next():
 ])
 def test_size_boundaries(per_class, n_classes, quadrant_size):
     d = decide(make_size(per_class, n_classes), make_probe({"stage4": .8, "pool": .9},
-                                                           depths=TWO))
+                                                           depths=TWO), similarity=SIMILAR)
     assert d.size_class == quadrant_size
     assert d.quadrant == ("large" if quadrant_size == "large" else "small") + "-similar"
 
 
 @pytest.mark.parametrize("earlier_mean", [0.905, 0.900, 0.895])
 def test_ties_within_margin_go_to_the_last_layer(earlier_mean):
-    d = decide(make_size(100), make_probe({"stage4": earlier_mean, "pool": .90}, depths=TWO))
+    d = decide(make_size(100), make_probe({"stage4": earlier_mean, "pool": .90}, depths=TWO),
+               similarity=SIMILAR)
     assert d.layer == "pool" and d.similarity == "similar"
     if earlier_mean > 0.90:
         assert "a tie goes to the last layer" in d.explanation
@@ -102,8 +117,8 @@ def test_the_chosen_layer_is_the_best_scored_one_unless_within_the_margin():
         best = max(means, key=lambda k: means[k])
         if depths[best] == "last":
             assert means[d.layer] == means[best]  # a best last layer always wins
-        seen.add(d.similarity)
-    assert seen == {"similar", "dissimilar"}  # both branches were exercised
+        seen.add(d.layer == best)
+    assert seen == {True, False}  # both branches (best layer / kept last layer) were exercised
 
 
 def test_noisy_folds_raise_the_threshold():
@@ -127,7 +142,10 @@ def test_overridden_thresholds_change_the_decision():
     small = make_size(100)
     assert decide(small, p).size_class == "small"
     th = Thresholds(small_per_class=10, large_per_class=50, large_total=500)
-    assert decide(small, p, thresholds=th).quadrant == "large-similar"
+    assert decide(small, p, thresholds=th, similarity=SIMILAR).quadrant == "large-similar"
+    # the similarity thresholds are thresholds like the others
+    assert decide(small, p, similarity=SIMILAR,
+                  thresholds=Thresholds(leep_share=0.95)).similarity == "dissimilar"
     # total too small for "large" even with enough per class
     th2 = Thresholds(small_per_class=10, large_per_class=50, large_total=5000)
     assert decide(small, p, thresholds=th2).size_class == "medium"
@@ -156,8 +174,17 @@ def test_raw_pixels_beating_the_codes_warns():
     assert d.comparison["codes_beat_raw_pixels"] is False
     assert any("raw pixels" in w for w in d.warnings)
     assert "raw pixels beat the codes" in d.explanation
-    assert d.layer == "pool"  # the warning does not change the quadrant
-    d = decide(make_size(100), make_probe({"stage4": .80, "pool": .85}, depths=TWO, raw=.7))
+    assert d.layer == "pool"  # the warning does not change the layer
+    # codes losing to raw pixels (pool - raw = -10 points) make the data dissimilar, even when the
+    # head's LEEP says similar
+    votes = {v["measure"]: v["says"] for v in d.similarity_evidence["votes"]}
+    assert votes == {"code_gain": "dissimilar"} and d.similarity == "dissimilar"
+    assert "codes - raw pixels (points) -10.0 < 10 -> dissimilar" in d.explanation
+    d = decide(make_size(100), p, similarity=SIMILAR)
+    assert d.similarity == "dissimilar" and d.similarity_evidence["n_similar"] == 1
+    assert "the codes lose to raw pixels by more than 1 point" in d.explanation
+    d = decide(make_size(100), make_probe({"stage4": .80, "pool": .85}, depths=TWO, raw=.7),
+               similarity=SIMILAR)
     assert d.comparison["codes_beat_raw_pixels"] is True and not d.warnings
 
 
@@ -165,8 +192,11 @@ def test_random_weights_and_imbalance_warn():
     size = SizeInfo(220, {"a": 200, "b": 20})
     d = decide(size, make_probe({"stage4": .8, "pool": .9}, depths=TWO), random_weights=True)
     assert any("random weights" in w for w in d.warnings)
+    assert any("similarity verdict and the quadrant are not meaningful" in w for w in d.warnings)
+    assert d.similarity_evidence["meaningful"] is False
     assert any("imbalanced" in w for w in d.warnings)
-    balanced = decide(make_size(100), make_probe({"stage4": .8, "pool": .9}, depths=TWO))
+    balanced = decide(make_size(100), make_probe({"stage4": .8, "pool": .9}, depths=TWO),
+                      similarity=SIMILAR)
     assert balanced.warnings == []
 
 
@@ -196,12 +226,12 @@ def _small_probe(n: int, per_class: dict[str, int], means: dict[str, float]):
 def test_a_handful_of_images_claims_no_lead_and_says_what_would_be_enough():
     # the issue's case: 4 images, stage4 "beats pool by 75 points" (3 images)
     p = _small_probe(4, {"a": 2, "b": 2}, {"stage4": 1.0, "pool": 0.25})
-    d = decide(SizeInfo(4, {"a": 2, "b": 2}), p)
+    d = decide(SizeInfo(4, {"a": 2, "b": 2}), p, similarity=SIMILAR)
     assert not d.layers_compared and d.layer == "pool" and d.similarity == "similar"
     assert "beats" not in d.explanation and "75" not in d.explanation
-    assert d.explanation.startswith("not enough images to compare layers: 10 per class / 100 in "
-                                    "all would be needed (the probe had 2 in its smallest class, "
-                                    "4 in all); keeping the last layer pool")
+    assert ("layer: not enough images to compare layers: 10 per class / 100 in all would be "
+            "needed (the probe had 2 in its smallest class, 4 in all); keeping the last layer "
+            "pool") in d.explanation
     assert d.warnings[0].endswith("no layer is claimed to lead: add images to compare them")
     c = d.comparison
     assert c["layers_compared"] is False and c["gap_points"] == 75.0  # the evidence is kept
@@ -211,6 +241,7 @@ def test_a_handful_of_images_claims_no_lead_and_says_what_would_be_enough():
     p.raw = make_probe({"stage4": 1.0}, depths={"stage4": "earlier"}).layers["stage4"]
     d = decide(SizeInfo(4, {"a": 2, "b": 2}), p)
     assert d.comparison["codes_beat_raw_pixels"] is None and not any("raw pixels" in w for w in d.warnings)
+    assert "code_gain" in d.similarity_evidence["missing"]  # no vote from a 4-image probe
 
 
 @pytest.mark.parametrize("per_class,n_classes,compared", [
@@ -250,3 +281,72 @@ def test_too_few_images_to_probe_are_refused_with_what_would_be_enough():
                                           r"all would be needed.*--layers pool"):
         check_probe_size(SizeInfo(3, {"a": 1, "b": 1, "c": 1}), source="photos/")
     check_probe_size(SizeInfo(4, {"a": 2, "b": 2}))  # 2 per class: probed, with the warning
+
+
+# ------------------------------------------------------- (a) and (b) apart, and their interval
+
+
+def test_similar_verdict_with_an_earlier_layer_says_the_answers_disagree():
+    p = make_probe({"stage4": .95, "pool": .85}, depths=TWO)
+    d = decide(make_size(100), p, similarity=SIMILAR)
+    assert d.similarity == "similar" and d.layer == "stage4" and not d.agree
+    assert d.quadrant == "small-similar" and d.classifier == "logreg"
+    assert ("the two answers disagree: the evidence calls the data similar, yet the probe finds "
+            "the earlier layer stage4 10.0 points better than pool") in d.explanation
+    d = decide(make_size(100), make_probe({"stage4": .80, "pool": .85}, depths=TWO),
+               similarity=DISSIMILAR)
+    assert d.similarity == "dissimilar" and d.layer == "pool" and not d.agree
+    assert "calls the data dissimilar, yet no earlier layer beats the last layer pool" in \
+        d.explanation
+
+
+def test_the_issue_digits_case_is_dissimilar_with_reasons_from_the_evidence():
+    """stage4 94.7, pool 93.7, raw pixels 98.0: the old rule said small-similar because stage4 led
+    by exactly the margin; now the layer is a tie (pool) and the data dissimilar, by the votes."""
+    p = make_probe({"stage4": .947, "pool": .937}, depths=TWO, raw=.98)
+    d = decide(make_size(30), p, similarity=SimilarityEvidence(leep_share=0.2, domain_emd=0.9))
+    assert d.quadrant == "small-dissimilar" and d.layer == "pool"
+    assert d.similarity_evidence["n_similar"] == 0 and d.similarity_evidence["n_votes"] == 2
+    assert d.similarity_evidence["side"] == {"domain_emd": 0.9}  # shown, no vote
+    for reason in ("LEEP share 0.20 < 0.5", "codes - raw pixels (points) -4.3 < 10",
+                   "the codes lose to raw pixels by more than 1 point"):
+        assert reason in d.explanation
+
+
+@pytest.mark.parametrize("leep,gain,verdict", [
+    (0.85, 9.7, "similar"),  # photo crops (calibration): the head knows them, probe at ceiling
+    (0.22, 26.3, "similar"),  # Animal-MNIST: the head does not, the codes beat pixels by far
+    (0.35, 5.7, "dissimilar"),  # Fashion-MNIST: neither
+    (0.12, 0.0, "dissimilar"),  # digits
+    (0.90, -2.0, "dissimilar"),  # codes lose to pixels: vetoes a confident head
+    (None, 12.0, "similar"), (None, None, "dissimilar"), (0.6, None, "similar"),
+])
+def test_judge_similarity_rule(leep, gain, verdict):
+    from cnncodes.advisor.similarity import judge_similarity
+
+    v = judge_similarity(SimilarityEvidence(leep_share=leep, code_gain=gain))
+    assert v.verdict == verdict
+    assert len(v.votes) == (leep is not None) + (gain is not None)
+    assert set(v.missing) == {k for k, x in (("leep_share", leep), ("code_gain", gain))
+                              if x is None}
+
+
+def test_paired_interval_matches_a_hand_computation():
+    d = [4.0, 2.0, 6.0, 0.0, 3.0]
+    mean, half = paired_interval(d)
+    sd = np.std(d, ddof=1)  # 2.236
+    assert mean == pytest.approx(3.0)
+    assert half == pytest.approx(2.7764451 * sd * np.sqrt(1 / 5 + 1 / 4))  # t(0.975, 4)
+    assert paired_interval([1.0]) == (1.0, 0.0)
+    p = make_probe({"stage4": .89, "pool": .85}, depths=TWO,
+                   fold_scores={"stage4": [.98, .78, .98, .78, .93],
+                                "pool": [.80, .90, .80, .90, .85]})
+    c = decide(make_size(100), p).comparison
+    assert c["gap_ci95_points"] == pytest.approx(
+        paired_interval([18.0, -12.0, 18.0, -12.0, 8.0])[1], abs=0.01)
+    text = decide(make_size(100), p).explanation
+    assert "gap +4.0 +- " in text
+    # a 4-point lead inside a +-18-point interval is called what it is
+    assert "which includes 0: the lead is not established at this sample size" in text
+    tight = make_probe({"stage4": .95, "pool": .85}, depths=TWO)  # zig-zag folds: tiny interval
+    assert "not established" not in decide(make_size(100), tight).explanation

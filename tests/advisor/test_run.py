@@ -161,6 +161,13 @@ def test_advise_pretrained_measures_head_and_batchnorm(tree, tmp_path):
     assert sum(h["top1_hist"]) == 20 and isinstance(h["top_categories"][0]["category"], str)
     assert b["available"] and b["n_bn_layers"] == 52 and b["mean_kl"] > 0
     assert all("random" not in w for w in adv.decision.warnings)
+    # answer (a): LEEP of the head and the domain EMD on the same 20 images
+    assert h["leep"] <= 0 and h["leep_share"] <= 1
+    assert 0 <= h["domain_nearest"] <= h["domain_emd"] <= 2
+    ev = adv.decision.similarity_evidence
+    assert ev["meaningful"] and {v["measure"] for v in ev["votes"]} == {"leep_share"}
+    assert ev["side"]["domain_emd"] == h["domain_emd"]
+    assert "code_gain" in ev["missing"]  # 42 images cannot carry the comparison
     s = adv.summary()
     assert "per_layer" not in s["batchnorm"] and len(json.dumps(s)) < 16_000
 

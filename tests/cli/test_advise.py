@@ -26,8 +26,10 @@ def test_cli_advise_prints_and_saves(tree, tmp_path, capsys):
                    "--report", str(out), "--decoder", "pil", *CLI_FAST])
     text = capsys.readouterr().out
     assert rc == 0
-    for key in ("data ", "(a) ImageNet head", "(b) BatchNorm", "(c) linear probe", "quadrant",
-                "why", "next      cnncodes extract", "on 40 images"):
+    for key in ("data ", "(a) similarity to the pretraining data: dissimilar (not meaningful: "
+                "random weights)", "LEEP share", "codes - raw pixels", "(b) layer: "
+                "logreg probe", "LogME", "quadrant", "why", "next      cnncodes extract",
+                "on 40 images"):
         assert key in text
     js = json.loads((out / "advice.json").read_text())
     assert js["next_command"].startswith("cnncodes extract") and (out / "advice.png").is_file()
@@ -43,6 +45,18 @@ def test_cli_advise_threshold_overrides_and_json(tree, capsys):
     assert js["decision"]["size_class"] == "large"
     assert js["decision"]["commands"][0].startswith("cnncodes finetune")
     assert js["thresholds"]["large_total"] == 30
+    assert js["similarity_verdict"]["verdict"] in ("similar", "dissimilar")
+    assert all(r["logme"] is not None for r in js["similarity"]["probe"]["layers"].values())
+
+
+def test_cli_similarity_threshold_flags_reach_the_rule(tree, capsys):
+    rc = cli.main(["advise", str(tree), "--budget", "none", "--sample", "42", "--folds", "3",
+                   "--leep-share", "0.7", "--code-loss", "3", "--code-gain", "-100",
+                   "--json", *CLI_FAST])
+    js = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert (js["thresholds"]["leep_share"], js["thresholds"]["code_loss"],
+            js["thresholds"]["code_gain"]) == (0.7, 3.0, -100.0)
 
 
 def test_cli_advise_bad_budget_is_a_clean_error(tree, capsys):

@@ -1,0 +1,184 @@
+"""``advise --backbones a,b,c``: the same advise run per backbone, then one table ranking every
+backbone's layers on the user's data, and a recommendation.
+
+:func:`rank_backbones` splits the time budget evenly between the backbones and runs
+:func:`cnncodes.advisor.run.advise` for each (same seed, so every sample is a prefix of the same
+stratified order); a backbone whose weights cannot be had (offline) is reported as skipped, not
+fatal. :func:`rank_rows` is the pure part: every (backbone, layer) row with its LogME, probe
+accuracy and 95% interval, extraction speed and code size, sorted by probe accuracy.
+
+**Recommendation** (pure, :func:`recommend`): the backbone whose *recommended* layer (answer (b)
+of its own advice) has the highest CV probe accuracy; exact ties go to the faster extraction.
+Other backbones whose recommended layer lies within the winner's 95% interval are named as
+statistically indistinguishable on this sample, with their speed, so a user can trade a
+non-significant accuracy difference for throughput. LogME is shown beside the probe, not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..atomic import finite_json
+from ..errors import OptionError, WeightsUnavailableError
+from ..options import ADVISE_BUDGET, BackboneOptions, RuntimeOptions, split_options
+from .advice import Advice
+from .sample import parse_budget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankRow:
+    """One (backbone, layer) of the ranking table."""
+
+    backbone: str
+    weights_id: str
+    layer: str
+    depth: str
+    dim: int
+    cv_accuracy: float
+    ci95: float  # half width, accuracy units
+    logme: float | None
+    images_per_s: float
+    n_images: int
+    recommended_layer: bool  # this backbone's advice chose this layer
+
+
+@dataclass
+class Ranking:
+    """Backbones and their layers ranked on one data set.
+
+    Attributes:
+        rows: every (backbone, layer), best probe accuracy first.
+        advices: each backbone's full :class:`~cnncodes.advisor.advice.Advice`.
+        skipped: backbone -> why it was not measured (e.g. weights unavailable offline).
+        recommendation: ``backbone``, ``layer``, ``cv_accuracy``, ``ci95``, ``explanation``,
+            ``indistinguishable`` (other backbones within the interval).
+        meta: budget, per-backbone budget, elapsed seconds.
+    """
+
+    rows: list[RankRow]
+    advices: dict[str, Advice]
+    skipped: dict[str, str]
+    recommendation: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON: the table, the recommendation and each backbone's advice summary."""
+        return finite_json({
+            "version": 1, "recommendation": self.recommendation,
+            "rows": [asdict(r) for r in self.rows], "skipped": dict(self.skipped),
+            "advice": {k: a.summary() for k, a in self.advices.items()}, "meta": self.meta,
+        })
+
+
+def rank_rows(advices: dict[str, Advice]) -> list[RankRow]:
+    """Every (backbone, layer) row from the advices, best CV accuracy first (pure)."""
+    rows = []
+    for name, adv in advices.items():
+        speed = float(adv.meta.get("images_per_s") or 0.0)
+        for layer, s in adv.probe.layers.items():
+            rows.append(RankRow(name, str(adv.meta.get("weights_id")), layer, s.depth, s.dim,
+                                round(s.mean, 4), round(s.ci95, 4),
+                                None if s.logme is None else round(s.logme, 4), speed,
+                                adv.probe.n_images, layer == adv.layer))
+    return sorted(rows, key=lambda r: (-r.cv_accuracy, -r.images_per_s))
+
+
+def recommend(rows: Sequence[RankRow]) -> dict[str, Any]:
+    """The recommendation rule of the module docstring (pure)."""
+    chosen = [r for r in rows if r.recommended_layer]
+    if not chosen:
+        raise OptionError("No backbone could be measured: nothing to rank.")
+    best = sorted(chosen, key=lambda r: (-r.cv_accuracy, -r.images_per_s))[0]
+    close = [r for r in chosen if r is not best and r.cv_accuracy >= best.cv_accuracy - best.ci95]
+    text = (f"{best.backbone} {best.layer}: CV accuracy {100 * best.cv_accuracy:.1f} +- "
+            f"{100 * best.ci95:.1f} (95% interval) at {best.images_per_s:.0f} img/s, "
+            f"{best.dim}-d codes")
+    if close:
+        others = ", ".join(f"{r.backbone} {r.layer} {100 * r.cv_accuracy:.1f} "
+                           f"({r.images_per_s:.0f} img/s)" for r in close)
+        text += (f"; within its interval, so not distinguishable on this sample: {others}")
+    if any(r.weights_id == "random" for r in chosen):
+        text += "; random-weight backbones are ranked on random features"
+    return {"backbone": best.backbone, "layer": best.layer, "cv_accuracy": best.cv_accuracy,
+            "ci95": best.ci95, "images_per_s": best.images_per_s,
+            "indistinguishable": [r.backbone for r in close], "explanation": text}
+
+
+def parse_backbones(value: str | Sequence[str]) -> list[str]:
+    """``"a,b,c"`` or a list -> names, no duplicates, at least one.
+
+    Raises:
+        OptionError: empty or repeated names.
+    """
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    names = [n for n in names if n]
+    if not names or len(set(names)) != len(names):
+        raise OptionError(f"backbones must be distinct registry names separated by commas. Got "
+                          f"{value!r} instead (e.g. mobilenet_v2,efficientnet_b0,resnet50).")
+    return names
+
+
+def rank_backbones(source: str | os.PathLike, *, backbones: str | Sequence[str],
+                   backbone: BackboneOptions | None = None,
+                   runtime: RuntimeOptions | None = None,
+                   budget: str | float | None = ADVISE_BUDGET,
+                   report: str | os.PathLike | None = None, **options: Any) -> Ranking:
+    """Run :func:`~cnncodes.advisor.run.advise` per backbone within ``budget`` and rank them.
+
+    Args:
+        source: labelled images.
+        backbones: registry names (``"mobilenet_v2,efficientnet_b0,resnet50"``).
+        backbone: options shared by all backbones (weights, input size, pooling); its
+            ``backbone`` field is replaced by each name in turn.
+        runtime: runtime options, as for ``advise``.
+        budget: the whole run's time budget, split evenly between the backbones.
+        report: folder for ``ranking.json`` and one ``<backbone>/`` advice report each.
+        options: ``advise``'s keywords (``max_images``, ``seed``, ``folds``...) and backbone
+            options shared by all (``weights="random"``, ``input_size``, ``pooling``).
+
+    Raises:
+        OptionError: bad names, ``layers`` given (each backbone probes all its layers), or no
+            backbone could be measured.
+    """
+    from ..atomic import atomic_write_json
+    from .run import ADVISE_OPTIONS, advise
+
+    names = parse_backbones(backbones)
+    bopts, ropts, own = split_options(backbone, runtime, options, where="rank_backbones",
+                                      allow=ADVISE_OPTIONS)
+    if bopts.layers not in (None, "", ()):
+        raise OptionError(f"--layers cannot be combined with --backbones (each backbone probes "
+                          f"all of its layers). Got layers={bopts.layers!r} instead.")
+    own.pop("report", None)
+    total = parse_budget(budget)
+    share = None if total is None else total / len(names)
+    t0 = time.perf_counter()
+    advices: dict[str, Advice] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        sub = None if report is None else os.path.join(os.fspath(report), name)
+        try:
+            advices[name] = advise(source, backbone=bopts.replace(backbone=name), runtime=ropts,
+                                   budget=share, report=sub, **own)
+        except WeightsUnavailableError as e:
+            log.warning("skipping %s: %s", name, e)
+            skipped[name] = str(e)
+    if not advices:
+        raise OptionError(f"No backbone of {', '.join(names)} could be measured: "
+                          + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+                          + ". Pass --weights random to compare the architectures, or weights "
+                            "files.")
+    rows = rank_rows(advices)
+    ranking = Ranking(rows, advices, skipped, recommend(rows),
+                      {"budget_s": total, "budget_per_backbone_s": share,
+                       "elapsed_s": round(time.perf_counter() - t0, 2), "backbones": names})
+    if report is not None:
+        atomic_write_json(os.path.join(os.fspath(report), "ranking.json"), ranking.to_dict())
+    return ranking
