@@ -257,7 +257,7 @@ def fall_through_ctx(ft: Mapping[str, Any] | None) -> dict[str, Any] | None:
             f"(advise's size rule){'; fine-tuning forced' if ft.get('forced') else ''}.")
     out: dict[str, Any] = {"size": text, "verdict": ft.get("verdict"), "rows": [],
                            "columns": ROW_COLUMNS, "message": ft.get("message"),
-                           "command": ft.get("command"), "run": None}
+                           "command": ft.get("command"), "run": None, "curves_png": None}
     if ft.get("status") in ("ran", "running"):
         probe, row = ft.get("linear_probe") or {}, ft.get("finetune") or {}
         out["rows"] = [_row(probe)] + ([_row(row)] if row else [])
