@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--vs", default="plain", help="comma-separated: plain, img2vec")
     ap.add_argument("--engine", default="auto", help="ours: comma-separated engines")
+    ap.add_argument("--variants", default="",
+                    help="ours, extra runs: 'NAME=ARGS;NAME=ARGS' (e.g. 'w0=--workers 0')")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cnncodes-bench"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -159,6 +161,13 @@ def main() -> None:
             sys.executable, "-m", "cnncodes", "extract", os.fspath(folder), "-o", os.fspath(work / f"ours-{eng}.h5"),
             "--backbone", args.backbone, "--weights", args.weights, "--overwrite",
             "--batch-size", str(args.batch_size), "--engine", eng, "--no-progress"]
+    for spec in filter(None, args.variants.split(";")):
+        name, _, extra = spec.partition("=")
+        cmds[f"cnncodes[{name}]"] = [
+            sys.executable, "-m", "cnncodes", "extract", os.fspath(folder), "-o",
+            os.fspath(work / f"ours-{name}.h5"), "--backbone", args.backbone, "--weights",
+            args.weights, "--overwrite", "--batch-size", str(args.batch_size), "--no-progress",
+            *extra.split()]
     for other in args.vs.split(","):
         cmds[other] = [*me, "--child", other, "--folder", os.fspath(folder), "--out",
                        os.fspath(work / f"{other}.npz"), "--backbone", args.backbone,
