@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import SourceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif")
@@ -13,6 +16,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 #: Label of an unlabelled image (flat folders, unlabelled list files).
 UNLABELLED = -1
+
+
+def label_index(names: list[str | None], classes: Sequence[str] | None,
+                where: str) -> tuple[np.ndarray, list[str]]:
+    """Labels (int64, :data:`UNLABELLED` for None) of ``names`` against ``classes`` (default: the
+    sorted names).
+
+    Raises:
+        SourceError: a name that is not among ``classes``, naming ``where``.
+    """
+    if classes is None:
+        classes = sorted({n for n in names if n is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({n for n in names if n is not None and n not in index})
+    if unknown:
+        raise SourceError(f"{where}: labels {unknown[:5]} are not among the classes "
+                          f"{list(classes)[:10]}.")
+    labels = np.array([index[n] if n is not None else UNLABELLED for n in names], np.int64)
+    return labels, list(classes)
 
 
 @dataclass

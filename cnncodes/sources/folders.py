@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError
-from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource
+from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
 from .listfile import read_list, resolve_path, warn_if_relative_to_cwd
 
 log = logging.getLogger(__name__)
@@ -141,18 +141,6 @@ def special_file_kind(path: str | os.PathLike) -> str:
     return "a special file"
 
 
-def _label_index(names: list[str | None], classes: Sequence[str] | None,
-                 where: str) -> tuple[np.ndarray, list[str]]:
-    if classes is None:
-        classes = sorted({n for n in names if n is not None})
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({n for n in names if n is not None and n not in index})
-    if unknown:
-        raise ValueError(f"{where}: labels {unknown[:5]} are not among the classes "
-                         f"{list(classes)[:10]}.")
-    labels = np.array([index[n] if n is not None else UNLABELLED for n in names], np.int64)
-    return labels, list(classes)
-
 
 def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
     entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -177,7 +165,7 @@ def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
             for p in per_class[cls]:
                 paths.append(_rel(p, root))
                 names.append(cls)
-        labels, cls_list = _label_index(names, classes, os.fspath(root))
+        labels, cls_list = label_index(names, classes, os.fspath(root))
         return ImageSource(root, paths, labels, cls_list, "tree",
                            [_rel(p, root) for p in top_images])
     if not top_images:
@@ -197,7 +185,7 @@ def _from_list(path: Path, classes: Sequence[str] | None) -> ImageSource:
         raise SourceError(f"{path}: row {rows.index(first) + 1} (line {first.line}, "
                           f"{first.path!r}) has no label while other rows do; label every row "
                           "or none.")
-    labels, cls_list = _label_index(names, classes, os.fspath(path))
+    labels, cls_list = label_index(names, classes, os.fspath(path))
     warn_if_relative_to_cwd(rows, root, path)
     paths = [_rel(resolve_path(r.path, root), root) for r in rows]
     return ImageSource(root, paths, labels, cls_list, "list")

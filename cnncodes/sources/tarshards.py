@@ -37,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import DecodeError, SourceError
-from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource
+from .base import IMAGE_EXTENSIONS, ImageSource, label_index
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,7 @@ def open_tar_shards(source: str | os.PathLike, *,
                           "other keys do; label every key or none.")
     known = sorted({n for n in names_ if n is not None},
                    key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
-    cls_list = list(classes) if classes is not None else known
-    index = {c: i for i, c in enumerate(cls_list)}
-    unknown = sorted({n for n in names_ if n is not None and n not in index})
-    if unknown:
-        raise SourceError(f"{spec}: labels {unknown[:5]} are not among the classes "
-                          f"{cls_list[:10]}.")
-    labels = np.array([index[n] if n is not None else UNLABELLED for n in names_], np.int64)
+    labels, cls_list = label_index(names_, list(classes) if classes is not None else known, spec)
     return TarShardSource(
         root=shards[0].parent, paths=[f"{shards[r[0]].name}/{r[1]}" for r in rows],
         labels=labels, classes=cls_list, kind="tar", ignored=ignored, shards=shards,
