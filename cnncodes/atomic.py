@@ -54,6 +54,16 @@ def atomic_path(path: str | os.PathLike, *, tmp: str | os.PathLike | None = None
         raise
 
 
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words (``"a FIFO (named pipe)"``...)."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def refuse_special(path: Path, *, what: str = "output") -> None:
     """Raise :class:`OutputError` when ``path`` exists and is neither a regular file nor a
     symlink (``lstat``: a symlink is replaced itself, its target is left as it is)."""
@@ -63,11 +73,8 @@ def refuse_special(path: Path, *, what: str = "output") -> None:
         return
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a device node" if stat.S_ISCHR(mode)
-            or stat.S_ISBLK(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a special file")
-    raise OutputError(f"The {what} {os.fspath(path)} is {kind}, not a regular file: it is never "
-                      "replaced. Pass another path.")
+    raise OutputError(f"The {what} {os.fspath(path)} is {file_kind(mode)}, not a regular file: "
+                      "it is never replaced. Pass another path.")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .atomic import file_kind
 from .errors import OutputError
 
 #: expect= value -> the sniffed kinds a file of that output may be replaced from
@@ -81,21 +82,6 @@ def sniff(path: str | os.PathLike) -> tuple[str, str]:
     return "text", "a text file"
 
 
-def _mode_name(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "a special file"
-
 
 def describe_special(path: str | os.PathLike) -> str | None:
     """What ``path`` is when it exists and is not a regular file (None otherwise; links are
@@ -104,7 +90,7 @@ def describe_special(path: str | os.PathLike) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    return None if stat.S_ISREG(st.st_mode) else _mode_name(st.st_mode)
+    return None if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)
 
 
 def _input_paths(inputs: Iterable[Any]) -> Iterator[Path]:
@@ -219,7 +205,7 @@ def _check_parent(out: Path, label: str) -> None:
 def _check_file(out: Path, st: os.stat_result, label: str, option: str, expect: str,
                 overwrite: bool) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"{label} is {_mode_name(st.st_mode)}, not a regular file: it is never "
+        raise OutputError(f"{label} is {file_kind(st.st_mode)}, not a regular file: it is never "
                           f"replaced; {_fix(option)}"
                           + (", e.g. a file name inside that folder." if stat.S_ISDIR(st.st_mode)
                              else "."))
@@ -240,7 +226,7 @@ def _check_file(out: Path, st: os.stat_result, label: str, option: str, expect: 
 def _check_folder(out: Path, st: os.stat_result | None, label: str, option: str,
                   in_stats: list[tuple[Path, os.stat_result]], files: Iterable[str]) -> None:
     if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{label} must be a folder. Got {_mode_name(st.st_mode)} instead; "
+        raise OutputError(f"{label} must be a folder. Got {file_kind(st.st_mode)} instead; "
                           f"{_fix(option)} (a folder; it is created if needed).")
     r_out = _resolved(out)
     for p, ist in in_stats:
@@ -259,7 +245,7 @@ def _check_folder(out: Path, st: os.stat_result | None, label: str, option: str,
             continue
         if not stat.S_ISREG(cst.st_mode):
             raise OutputError(f"{child} (written by this command in {label.split(' ', 1)[1]}) is "
-                              f"{_mode_name(cst.st_mode)}, not a regular file: it is never "
+                              f"{file_kind(cst.st_mode)}, not a regular file: it is never "
                               f"replaced; remove it or {_fix(option)}.")
         for p, ist in in_stats:
             if _same(cst, ist):

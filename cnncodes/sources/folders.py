@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import file_kind
 from ..errors import SourceError
 from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
 from .listfile import read_list, resolve_path, warn_if_relative_to_cwd
@@ -128,17 +129,11 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
 
 def special_file_kind(path: str | os.PathLike) -> str:
     """What ``path`` is, in words, when it is neither a regular file nor a folder."""
-    import stat
-
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
         return f"an unreadable path ({e.strerror or e})"
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
+    return file_kind(mode)
 
 
 

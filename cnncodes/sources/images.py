@@ -28,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..atomic import file_kind
 from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 
@@ -66,12 +67,7 @@ def _missing_reason(p: Path) -> str:
 
 
 def _not_regular_reason(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return f"not a regular file: {name}, not an image file; remove it from the source"
-    return "not a regular file; remove it from the source"
+    return f"not a regular file: {file_kind(mode)}, not an image file; remove it from the source"
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
