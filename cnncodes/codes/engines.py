@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from ..options import ENGINES
+from ..options import ENGINES, _one_of
 from .export_cache import INPUT_NAME, cached_export
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,6 @@ def try_onnxruntime(module: nn.Module, layers: Sequence[str], input_size: int, *
     return None, reason
 
 
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise OptionError(f"engine must be one of {', '.join(ENGINES)}. Got {engine!r} instead.")
-    return engine
-
-
 def select_engine(choice: str, *, module: nn.Module, layers: Sequence[str], input_size: int,
                   device: torch.device, precision: str, channels_last: bool, backbone: str,
                   fields: Callable[[], Mapping[str, Any]], threads: int | None
@@ -178,7 +172,7 @@ def select_engine(choice: str, *, module: nn.Module, layers: Sequence[str], inpu
     Raises:
         OptionError: ``onnxruntime`` asked for a CUDA device or a reduced precision.
     """
-    check_engine(choice)
+    _one_of("engine", choice, ENGINES)  # the same check as RuntimeOptions
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     torch_engine = TorchEngine(module, device, autocast, channels_last)
     if choice == "torch":
