@@ -59,9 +59,15 @@ class FeatureExtractor(nn.Module):
         self._outs: dict[str, torch.Tensor] = {}
         self._cuts = {layer: spec.cut(layer) for layer in self.layers}
         self._tapped = spec.tap is not None
+        #: each layer -> the first requested layer cut at the same graph node (a node is
+        #: computed and returned once; ``stage4`` and ``pool`` may be one node of a model)
+        self._same: dict[str, str] = {}
+        first: dict[str, str] = {}
+        for layer in self.layers:
+            self._same[layer] = first.setdefault(self._cuts[layer].node, layer)
         if self._tapped:
             assert spec.tap is not None
-            self.model = spec.tap(model, self.layers)
+            self.model = spec.tap(model, list(dict.fromkeys(self._same.values())))
             return
         modules = dict(model.named_modules())
         for layer in self.layers:
@@ -82,7 +88,8 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._tapped:
             raw = self.model(x)
-            return {n: _pool(raw[n], self._cuts[n], self.pooling) for n in self.layers}
+            return {n: _pool(raw[self._same[n]], self._cuts[n], self.pooling)
+                    for n in self.layers}
         self._outs = {}
         try:
             self.model(x)

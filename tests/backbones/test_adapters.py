@@ -154,6 +154,24 @@ def test_torchvision_model_outside_the_registry_by_node_name():
         get_spec("torchvision/swin_t").cut("node:features.1.0.add")
 
 
+@pytest.mark.parametrize("name,layers", [
+    ("torchvision/squeezenet1_0", "stage4,pool"),           # two names of one graph node
+    ("torchvision/resnet18", "stage5,node:layer4.1.relu_1,pool"),
+    ("timm/resnet10t", "stage4,pool"),
+])
+def test_layers_that_share_a_graph_node_are_computed_once_and_each_written(name, layers):
+    torch.manual_seed(0)
+    ext, _ = create_backbone(name, weights="random", layers=layers)
+    with torch.inference_mode():
+        out = ext(_batch(2, 64))
+    assert list(out) == ext.layers and len(out) == len(layers.split(","))
+    single = {n: create_backbone(name, weights="random", layers=n)[0] for n in ext.layers}
+    for n, e in single.items():  # each equals the layer taken alone (same random weights)
+        e.model.load_state_dict(ext.model.state_dict(), strict=False)
+        with torch.inference_mode():
+            torch.testing.assert_close(out[n], e(_batch(2, 64))[n])
+
+
 @pytest.mark.parametrize("name,expect", [
     ("timm/convnxt_atto", "timm/convnext_atto"),
     ("torchvision/regnet_y_400", "torchvision/regnet_y_400mf"),
