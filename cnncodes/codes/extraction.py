@@ -397,7 +397,7 @@ def _plan(job: _Job) -> Sync:
         ids = [FileId(*t) if t else None for t in src.member_ids(hashed=job.verify == "hash")]
     sync = plan_sync(
         job.out, job.journal, stored=job.stored, ids=ids,
-        abspaths=[src.abspath(i) for i in range(len(src))],
+        abspaths=[] if ids is not None else [src.abspath(i) for i in range(len(src))],
         labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
         source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
         verify=job.verify or "stat", retry_failed=job.retry_failed,

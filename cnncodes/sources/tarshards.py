@@ -8,6 +8,14 @@ in shard order then member order (deterministic); its label is the text of its `
 else of its ``.txt`` member, else none (a shard set labels every key or none). Keys without an
 image are left out (listed in ``ignored``).
 
+Nothing is ever read from outside a shard, by the rules of tar's ``data`` extraction filter (PEP
+706): a member whose name is absolute or holds ``..``, a link that leaves the archive or whose
+target is not a regular member of the same shard, a device, a FIFO and a GNU sparse member (whose
+bytes cannot be read by offset) are rows that fail with the reason (:attr:`TarShardSource.refused`);
+a hard or symbolic link to a regular member is read as that member's bytes. A refused name is
+stored with ``..`` and a leading ``/`` percent-encoded, so no path ever leads out of the archive;
+:meth:`TarShardSource.abspath` refuses (a member is not a file on disk).
+
 A row's path is ``<shard file name>/<member name>``, relative to the shards' folder, so rows keep
 their identity across runs; its file identity is the member's size and the shard's
 ``st_mtime_ns`` (a rewritten shard is extracted again as a whole), or in the hash mode a SHA-256 of
@@ -46,6 +54,9 @@ LABEL_EXTENSIONS = (".cls", ".txt")
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
+#: (shard index, member name, data offset, size, label, refusal reason or None)
+_Row = tuple[int, str, int, int, "str | None", "str | None"]
+
 
 def is_tar_source(source: str | os.PathLike) -> bool:
     """Whether ``source`` names tar shards (a ``.tar`` file, or a pattern or glob of them)."""
@@ -83,9 +94,13 @@ class TarShardSource(ImageSource):
     shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: row -> why its member is refused (an unsafe name, a link leaving the archive, a device...)
+    refused: dict[int, str] = field(default_factory=dict)
 
     def read_member(self, i: int) -> bytes:
         """The bytes of row ``i``'s image member (DecodeError when the shard is cut short)."""
+        if i in self.refused:
+            raise DecodeError(f"tar member refused: {self.refused[i]}")
         shard = self.shards[int(self.shard_of[i])]
         size = int(self.sizes[i])
         try:
@@ -99,6 +114,13 @@ class TarShardSource(ImageSource):
         if not data:
             raise DecodeError("empty file (0 bytes)")
         return data
+
+    def abspath(self, i: int) -> Path:
+        """Refused: a member has no path on disk, and joining its name to the shards' folder
+        could name a real file outside the archive. Read it with :meth:`open_member`."""
+        raise SourceError(f"{self.paths[i]} is a member of a tar shard, not a file on disk; "
+                          "this step reads only image files on disk (extract the shard first, "
+                          "or use `cnncodes extract`, which reads shards directly).")
 
     def open_member(self, i: int) -> BinaryIO:
         return io.BytesIO(self.read_member(i))
@@ -118,7 +140,9 @@ class TarShardSource(ImageSource):
                 out.append(None)
                 continue
             digest = ""
-            if hashed:
+            if hashed and i in self.refused:
+                digest = "refused"
+            elif hashed:
                 try:
                     digest = "sha256:" + hashlib.sha256(self.read_member(i)).hexdigest()
                 except DecodeError:
@@ -162,7 +186,7 @@ def open_tar_shards(source: str | os.PathLike, *,
                           f"{len(roots)} folders.")
     if len({s.name for s in shards}) != len(shards):
         raise SourceError(f"Tar shard pattern {spec!r} names a shard twice.")
-    rows: list[tuple[int, str, int, int, str | None]] = []  # shard, member, offset, size, label
+    rows: list[_Row] = []
     ignored: list[str] = []
     for k, shard in enumerate(shards):
         rows.extend(_shard_rows(k, shard, ignored))
@@ -182,12 +206,132 @@ def open_tar_shards(source: str | os.PathLike, *,
         labels=labels, classes=cls_list, kind="tar", ignored=ignored, shards=shards,
         shard_of=np.array([r[0] for r in rows], np.int64),
         offsets=np.array([r[2] for r in rows], np.int64),
-        sizes=np.array([r[3] for r in rows], np.int64))
+        sizes=np.array([r[3] for r in rows], np.int64),
+        refused={i: r[5] for i, r in enumerate(rows) if r[5] is not None})
 
 
-def _shard_rows(k: int, shard: Path, ignored: list[str]
-                ) -> list[tuple[int, str, int, int, str | None]]:
-    """One shard's rows: (shard index, image member, data offset, size, label)."""
+@dataclass(frozen=True)
+class _Member:
+    """One image or label member: its name in the archive, the regular member whose bytes it has
+    (itself, or a link's target inside the same shard), or why it is refused."""
+
+    name: str
+    data: tarfile.TarInfo | None
+    refusal: str | None = None
+
+
+def member_kind(m: tarfile.TarInfo) -> str:
+    """What a member is, in words (for reasons and warnings)."""
+    if m.issparse():
+        return "a GNU sparse file"
+    if m.isreg():
+        return "a regular file"
+    if m.islnk():
+        return f"a hard link to {m.linkname!r}"
+    if m.issym():
+        return f"a symbolic link to {m.linkname!r}"
+    if m.ischr() or m.isblk():
+        return "a device"
+    if m.isfifo():
+        return "a FIFO"
+    return f"a member of tar type {m.type!r}"
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name is not acceptable as a path inside the archive (None: it is): the rules
+    of tar's ``data`` extraction filter (PEP 706) for names, stricter on ``..`` (refused anywhere,
+    not only where it leaves the archive: ``a/../b.png`` would be a second spelling of ``b.png``)."""
+    if name.startswith("/") or posixpath.isabs(name) or re.match(r"[A-Za-z]:", name):
+        return "an absolute member name (tar's 'data' rule: names stay inside the archive)"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a member name with '..' (tar's 'data' rule: names stay inside the archive)"
+    if "\0" in name:
+        return "a member name with a NUL byte"
+    return None
+
+
+def resolve_member(m: tarfile.TarInfo, regular: dict[str, tarfile.TarInfo]
+                   ) -> tuple[tarfile.TarInfo | None, str | None]:
+    """``(member whose bytes to read, None)`` or ``(None, reason)`` for one member named like an
+    image or label. Nothing outside the archive is ever read: a link is followed only to a
+    regular member of the same shard, as tar's ``data`` filter allows; devices, FIFOs, links that
+    leave the archive and GNU sparse members (whose bytes cannot be read by offset) are refused."""
+    why = unsafe_name(m.name)
+    if why is not None:
+        return None, why
+    if m.issparse():
+        return None, ("a GNU sparse member: its bytes cannot be read by offset; repack the shard "
+                      "without sparse files (GNU tar without -S/--sparse)")
+    if m.isreg():
+        return m, None
+    if m.islnk() or m.issym():
+        try:
+            tarfile.data_filter(m, "/nonexistent-cnncodes-archive-root")
+        except tarfile.FilterError as e:
+            return None, f"{member_kind(m)} refused by tar's 'data' rule ({e})"
+        target = (m.linkname if m.islnk()
+                  else posixpath.join(posixpath.dirname(m.name), m.linkname))
+        target = posixpath.normpath(target)
+        data = regular.get(target)
+        if data is None:
+            return None, f"{member_kind(m)}: the target is not a regular file in this shard"
+        return data, None
+    return None, f"{member_kind(m)}, not a regular file"
+
+
+def _row_name(name: str, refusal: str | None) -> str:
+    """The row's member name: the name itself, or for a refused unsafe name one that cannot be
+    read as a path leading out of the archive (``..`` and a leading ``/`` percent-encoded)."""
+    if refusal is None or unsafe_name(name) is None:
+        return name
+    safe = name.replace("%", "%25").replace("\0", "%00")
+    safe = "/".join("%2E%2E" if part == ".." else part for part in safe.split("/"))
+    return ("%2F" + safe[1:]) if safe.startswith("/") else safe
+
+
+def _scan(shard: Path, ignored: list[str]) -> list[tarfile.TarInfo]:
+    """Every member header of one shard (those before a break in a damaged shard)."""
+    members: list[tarfile.TarInfo] = []
+    try:
+        with tarfile.open(shard, "r:") as tf:
+            try:
+                members.extend(tf)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                log.warning("tar shard %s breaks off after %d members (%s); the members before "
+                            "the break are used", shard, len(members), e)
+                ignored.append(f"{shard.name}: unreadable after {len(members)} members ({e})")
+    except tarfile.ReadError as e:
+        raise SourceError(f"{shard} is not a tar file ({e}); pass uncompressed .tar shards.") from e
+    return members
+
+
+def _groups(shard: Path, members: list[tarfile.TarInfo], ignored: list[str]
+            ) -> dict[str, dict[str, _Member]]:
+    """Image and label members by key, each resolved to the bytes it has or refused."""
+    regular = {posixpath.normpath(m.name): m for m in members if m.isreg() and not m.issparse()}
+    groups: dict[str, dict[str, _Member]] = {}
+    for m in members:
+        if m.isdir():
+            continue
+        d, base = posixpath.split(m.name)
+        ext = "." + base.split(".", 1)[1].lower() if "." in base[1:] else ""
+        if base.startswith(".") or ext not in IMAGE_EXTENSIONS + LABEL_EXTENSIONS:
+            if not m.isreg():
+                ignored.append(f"{shard.name}/{m.name}: {member_kind(m)}, not an image")
+            continue
+        data, refusal = resolve_member(m, regular)
+        if refusal is not None and ext in LABEL_EXTENSIONS:
+            ignored.append(f"{shard.name}/{m.name}: {refusal}")
+            log.warning("tar shard %s: label member %r ignored: %s", shard, m.name, refusal)
+            continue
+        key = posixpath.join(d, base.split(".", 1)[0])
+        groups.setdefault(key, {}).setdefault(ext, _Member(m.name, data, refusal))
+    return groups
+
+
+def _shard_rows(k: int, shard: Path, ignored: list[str]) -> list[_Row]:
+    """One shard's rows: (shard index, member name, data offset, size, label, refusal)."""
     if not shard.is_file():
         raise SourceError(f"Tar shard {shard} must be a regular file.")
     with open(shard, "rb") as f:
@@ -196,36 +340,23 @@ def _shard_rows(k: int, shard: Path, ignored: list[str]
         raise SourceError(f"Tar shard {shard} is compressed; members of a compressed tar cannot be "
                           "read by offset. Decompress the shards (gunzip) first: JPEG and PNG "
                           "images gain almost nothing from compression.")
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tf:
-            try:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    d, base = posixpath.split(m.name)
-                    if base.startswith(".") or "." not in base:
-                        continue
-                    stem, ext = base.split(".", 1)
-                    groups.setdefault(posixpath.join(d, stem), {}).setdefault(
-                        "." + ext.lower(), m)
-            except (tarfile.TarError, OSError, EOFError) as e:
-                log.warning("tar shard %s breaks off after %d keys (%s); the members before the "
-                            "break are used", shard, len(groups), e)
-                ignored.append(f"{shard.name}: unreadable after {len(groups)} keys ({e})")
-    except tarfile.ReadError as e:
-        raise SourceError(f"{shard} is not a tar file ({e}); pass uncompressed .tar shards.") from e
-    out = []
+    groups = _groups(shard, _scan(shard, ignored), ignored)
+    out: list[_Row] = []
     with open(shard, "rb") as f:
-        for key, members in groups.items():
-            image = next((m for ext, m in members.items() if ext in IMAGE_EXTENSIONS), None)
+        for key, found in groups.items():
+            image = next((v for ext, v in found.items() if ext in IMAGE_EXTENSIONS), None)
             if image is None:
                 ignored.append(f"{shard.name}/{key}: no image member")
                 continue
             label = None
-            lab = next((members[e] for e in LABEL_EXTENSIONS if e in members), None)
+            lab = next((found[e].data for e in LABEL_EXTENSIONS if e in found), None)
             if lab is not None:
                 f.seek(lab.offset_data)
                 label = f.read(lab.size).decode("utf-8", "replace").strip() or None
-            out.append((k, image.name, int(image.offset_data), int(image.size), label))
+            name = _row_name(image.name, image.refusal)
+            if image.data is None:
+                out.append((k, name, -1, 0, label, image.refusal))
+            else:
+                out.append((k, name, int(image.data.offset_data), int(image.data.size), label,
+                            None))
     return out
