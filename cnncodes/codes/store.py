@@ -531,8 +531,12 @@ def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _P
         rows = np.array([plan.row_of[paths[j]] for j in sel], np.int64)
         order = np.argsort(rows, kind="stable")
         rows, sel_a = rows[order], np.asarray(sel, np.int64)[order]
-        if len(np.unique(rows)) != len(rows):
-            raise _DamagedPart
+        if len(np.unique(rows)) != len(rows):  # not damage: one path twice in what was written
+            twice = sorted({paths[j] for j in sel if paths.count(paths[j]) > 1})
+            raise RuntimeError(f"A journal batch names {twice[:3]} twice "
+                               "(the source listed one file twice). This is a defect of cnncodes, "
+                               "not of the disk: report it with the command line; the journal is "
+                               "kept, nothing was lost.")
         idx: Any = slice(int(rows[0]), int(rows[-1]) + 1) \
             if rows[-1] - rows[0] + 1 == len(rows) else rows
         for layer in layers:

@@ -83,6 +83,27 @@ def stored_paths(src_root: Path, paths: Sequence[str], store_root: Path) -> list
     return out
 
 
+def _refuse_relabel(store: Path, rows: dict[str, tuple[FileId, int, str, bool]],
+                    index: dict[str, int], labels: Sequence[str], source: int) -> None:
+    """Refuse a source (added with ``add_source``) that holds files the store already has from
+    another source under another label: extracting would silently flip their labels.
+
+    Raises:
+        StoreMismatchError: naming the files (first five), both labels and the ways forward.
+    """
+    clash = [(p, lab, labels[index[p]]) for p, (_fid, s, lab, _m) in rows.items()
+             if s != source and p in index and labels[index[p]] != lab]
+    if not clash:
+        return
+    shown = "; ".join(f"{p} ({was!r} in the store, {now!r} in this source)"
+                      for p, was, now in clash[:5])
+    raise StoreMismatchError(
+        f"{store}: {len(clash)} file(s) of this source are already in the store from another "
+        f"source with another label: {shown}{'; ...' if len(clash) > 5 else ''}. Adding them "
+        "would change their labels. Give them the same label in both sources, leave them out of "
+        "this one, or write this source to its own store (another -o file).")
+
+
 def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths: Sequence[Path],
               labels: Sequence[str], source: int, append_only: bool, verify: str,
               retry_failed: bool, keep_missing: bool,
@@ -110,6 +131,7 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
         for p, fid, s in zip(ft["paths"].tolist(), row_ids(ft), ft["source"].tolist(),
                              strict=True):
             fails[p] = (fid, int(s))
+    _refuse_relabel(store, rows, index, labels, source)
     sync = Sync()
 
     def stale(p: str, fid: FileId, label: str | None) -> bool:

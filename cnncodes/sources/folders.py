@@ -26,7 +26,7 @@ import numpy as np
 from ..atomic import file_kind
 from ..errors import SourceError
 from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
-from .listfile import read_list, resolve_path, warn_if_relative_to_cwd
+from .listfile import ListRow, read_list, resolve_path, warn_if_relative_to_cwd
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
     if not isinstance(source, (str, os.PathLike)):
         # absolute paths, root "/": stable whatever other paths a later call passes
         paths = [Path(p).resolve() for p in source]
+        if len(set(paths)) != len(paths):  # one row per file (identity: the resolved path)
+            log.warning("%d of %d paths name a file already given (one row per file, identity = "
+                        "the resolved path); each is kept once", len(paths) - len(set(paths)),
+                        len(paths))
+            paths = list(dict.fromkeys(paths))
         root = Path(os.sep)
         return ImageSource(root, [p.as_posix() for p in paths],
                            np.full(len(paths), UNLABELLED, np.int64), list(classes or []), "list")
@@ -173,7 +178,7 @@ def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
 
 def _from_list(path: Path, classes: Sequence[str] | None) -> ImageSource:
     root = path.resolve().parent
-    rows = read_list(path, IMAGE_EXTENSIONS)
+    rows, full = one_row_per_file(path, read_list(path, IMAGE_EXTENSIONS), root)
     names = [r.label for r in rows]
     if any(n is None for n in names) and any(n is not None for n in names):
         first = next(r for r in rows if r.label is None)
@@ -182,5 +187,43 @@ def _from_list(path: Path, classes: Sequence[str] | None) -> ImageSource:
                           "or none.")
     labels, cls_list = label_index(names, classes, os.fspath(path))
     warn_if_relative_to_cwd(rows, root, path)
-    paths = [_rel(resolve_path(r.path, root), root) for r in rows]
+    paths = [_rel(p, root) for p in full]
     return ImageSource(root, paths, labels, cls_list, "list")
+
+
+def one_row_per_file(list_file: Path, rows: list[ListRow], root: Path
+                     ) -> tuple[list[ListRow], list[Path]]:
+    """The rows of a list file, one per file, with the path each names (:func:`resolve_path`).
+
+    A file's identity is its fully resolved path (``os.path.realpath``: ``./a.png``, ``a.png``,
+    ``sub/../a.png`` and a symbolic link to ``a.png`` are one file). A file named again keeps its
+    first row (a warning names the lines); named again with another label, it is refused.
+
+    Raises:
+        SourceError: one file under two labels (both lines and labels are named).
+    """
+    first: dict[str, int] = {}
+    kept: list[ListRow] = []
+    full: list[Path] = []
+    repeats: list[str] = []
+    for r in rows:
+        p = resolve_path(r.path, root)
+        key = os.path.realpath(p)
+        k = first.get(key)
+        if k is None:
+            first[key] = len(kept)
+            kept.append(r)
+            full.append(p)
+            continue
+        was = kept[k]
+        if was.label != r.label:
+            raise SourceError(
+                f"{list_file}: line {was.line} ({was.path!r}, label {was.label!r}) and line "
+                f"{r.line} ({r.path!r}, label {r.label!r}) name one file ({key}) with two labels; "
+                "keep one of the two lines.")
+        repeats.append(f"line {r.line} ({r.path!r}) repeats line {was.line} ({was.path!r})")
+    if repeats:
+        log.warning("%s: %d line(s) name a file already listed (one row per file, identity = the "
+                    "resolved path); %s%s", list_file, len(repeats), "; ".join(repeats[:5]),
+                    "; ..." if len(repeats) > 5 else "")
+    return kept, full
