@@ -15,7 +15,9 @@ cached, so the many fits of a grid search do not re-run the backbone:
   made by ``GridSearchCV`` share it. :func:`clear_memory_cache` empties it.
 * ``cache="codes.h5"``: an HDF5 code store. A store created here (absolute paths) is extended with
   missing images through :func:`cnncodes.extract` (crash-safe, resumable); a store made by
-  ``cnncodes extract`` from a folder is only read, missing images are computed in memory.
+  ``cnncodes extract`` from a folder is only read, missing images are computed in memory (so a
+  store whose extraction was stopped is read as it is: its missing rows are computed, never left
+  out).
 * ``cache=None``: no caching.
 """
 
@@ -304,7 +306,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         want = [(i, row_of[p]) for i, p in enumerate(paths) if not done[i] and p in row_of]
         if want:
             order = sorted(set(r for _, r in want))
-            X, _ = st.load(self.layer_, rows=np.asarray(order))
+            # an incomplete store is fine here: the rows it lacks are computed, not left out
+            X, _ = st.load(self.layer_, rows=np.asarray(order), allow_incomplete=True)
             at = {r: k for k, r in enumerate(order)}
             for i, r in want:
                 codes[i] = X[at[r]]

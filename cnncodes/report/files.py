@@ -54,6 +54,10 @@ def build_report(*, model: Any, evaluation: Any = None,
         rep["rows"] = [dict(r) for r in rows]
     if extra:
         rep.update({k: v for k, v in extra.items() if v is not None})
+    notes = [n for n in (model.split.get("incomplete_store"),
+                         getattr(evaluation, "incomplete_store", None)) if n]
+    if notes:  # read with allow_incomplete: the report says so
+        rep["incomplete_stores"] = list({n["store"]: n for n in notes}.values())
     # JSON types only; a NaN/inf metric becomes null with "<key>_note" beside it
     return finite_json(rep)
 
