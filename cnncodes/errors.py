@@ -73,6 +73,6 @@ class AccessDeniedError(CnnCodesError, PermissionError):
     """The operating system refused to read or write a path (permissions, a read-only disk)."""
 
 
-class StaleRunError(CnnCodesError, ValueError):
+class StaleRunError(OptionError):
     """A run folder holds a run of other settings (a stale checkpoint): only this error lets a
     workflow that was asked to (``restart_stale``) start the run afresh."""

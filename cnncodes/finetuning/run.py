@@ -33,7 +33,7 @@ import torch
 from .._distributed import barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
 from ..atomic import atomic_write_json, jsonable
-from ..errors import FinetuneDivergedError, OptionError
+from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..outputs import check_output
 from ..sources.folders import ImageSource
 from .config import FinetuneConfig, make_config
@@ -148,8 +148,8 @@ def finetune(
             saved_split = Split.from_dict(saved["split"])
             check_same_sources(out, saved_split, source, test)
             if split is not None and split.to_dict() != saved_split.to_dict():
-                raise OptionError(f"The split given differs from the one {out} was trained on; "
-                                 "resume without a split, or use another -o folder.")
+                raise StaleRunError(f"The split given differs from the one {out} was trained "
+                                    "on; resume without a split, or use another -o folder.")
             split = saved_split
         else:
             cfg = make_config(config, **options)
@@ -223,9 +223,9 @@ def _resume_config(saved: FinetuneConfig, config: FinetuneConfig | None,
             if k not in FinetuneConfig.RUNTIME_FIELDS
             and (list(v) if isinstance(v, tuple) else v) != cur[k]]
     if diff:
-        raise OptionError("Cannot resume with different training options (" + "; ".join(diff)
-                         + "). Resume with the run's own options (or none), or start a new run "
-                         "in another -o folder.")
+        raise StaleRunError("Cannot resume with different training options ("
+                            + "; ".join(diff) + "). Resume with the run's own options (or "
+                            "none), or start a new run in another -o folder.")
     runtime = {k: v for k, v in wanted.items() if k in FinetuneConfig.RUNTIME_FIELDS}
     if "epochs" in runtime and runtime["epochs"] != saved.epochs:
         log.warning("resuming with epochs=%d instead of %d: the learning-rate schedule is "

@@ -27,7 +27,7 @@ from .._runtime import command_line, versions
 from ..atomic import atomic_write_json, atomic_write_text, save_figure
 from ..codes.extraction import extract_arrays
 from ..codes.extractor import CodeExtractor
-from ..errors import FinetuneDivergedError, OptionError
+from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..finetuning.config import FinetuneConfig, make_config
 from ..finetuning.evaluation import fmt
 from ..finetuning.run import FinetuneResult, finetune
@@ -84,8 +84,9 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
     Args:
         resume: continue an earlier run there (exactly, when it was interrupted).
         overwrite: start over.
-        restart_stale: an earlier run that cannot be continued (other options or split) is
-            started over instead of raising.
+        restart_stale: an earlier run that cannot be continued (other options, source or
+            split: :class:`~cnncodes.errors.StaleRunError`) is started over instead of raising;
+            any other error is raised with the run folder left exactly as it was.
 
     A run that diverges is returned with status ``diverged`` (its report read back).
     """
@@ -101,7 +102,7 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
     try:
         try:
             res = run(overwrite)
-        except ValueError as e:
+        except StaleRunError as e:  # only this: any other error leaves the run folder as it is
             if not (restart_stale and had_run):
                 raise
             log.warning("%s held a fine-tuning run that cannot be continued here (%s); starting "
