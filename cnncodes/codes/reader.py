@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import (
+    AccessDeniedError,
     IncompleteStoreError,
     NotFoundError,
     OptionError,
@@ -77,6 +78,12 @@ def check_is_store(path: Path) -> int:
     "not a cnncodes store" for any other file (not HDF5, HDF5 of another program, newer format)."""
     fix = ("Pass a .h5 file written by `cnncodes extract` (for `extract -o`: choose another output "
            "file; cnncodes never replaces a file it did not write).")
+    try:
+        with open(path, "rb"):  # permission denied said as such, not as "not a store"
+            pass
+    except PermissionError as e:
+        raise AccessDeniedError(f"{path} cannot be read: permission denied. Check its owner and "
+                                "mode (ls -l), or run as a user who may read it.") from e
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("format_version", -1))
