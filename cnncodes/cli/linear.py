@@ -48,8 +48,9 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing -o file that is not a cnncodes model (an input, a "
-                        "folder or a special file is never replaced)")
+                   help="replace an existing -o file that is not a cnncodes model, and write the "
+                        "report into a --report folder another command wrote (only train's own "
+                        "files are replaced; an input, a folder or a special file never is)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--device", default="auto",
                    help="where the CV grid search runs: auto (a CUDA GPU through scikit-learn's "
@@ -89,6 +90,9 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
                    help=f"raw-pixel side (default {DEFAULT_RAW_SIZE})")
     p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the report into a --report folder another command wrote (only "
+                        "the report's own files are replaced)")
     add_allow_incomplete(p)
     return p
 
