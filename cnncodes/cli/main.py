@@ -193,5 +193,6 @@ def user_message(e: BaseException) -> str:
         return f"{what}: {where}. Free some space on that disk, or write elsewhere, and rerun."
     return f"{what}{': ' + str(where) if where else ''}"
 
+
 if __name__ == "__main__":
     sys.exit(main())

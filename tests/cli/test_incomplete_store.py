@@ -57,6 +57,8 @@ def test_train_refuses_an_interrupted_store_and_allow_incomplete_reports_it(
     st = FeatureStore(store)
     assert len(st) == 48 and st.provenance["complete"] is False
     assert st.incomplete()["missing"] == 140 - 48
+    rc, out, _ = run(capsys, "info", store)
+    assert rc == 0 and "interrupted with 92 images not extracted yet" in out
     model = tmp_path / "m.joblib"
     rc, out, err = run(capsys, "train", store, "--layer", "pool", "-o", model, "--cv", "3",
                        "--c-grid", "0.1")
