@@ -53,3 +53,26 @@ class OutputError(CnnCodesError, ValueError):
 class StoreDamagedError(CnnCodesError, OSError):
     """A store's files are not what its index records (a segment missing, truncated or changed):
     nothing is read from it (the message names the file and the fix)."""
+
+
+class IncompleteStoreError(StoreMismatchError):
+    """A store's extraction was stopped before it finished (the message names how many images
+    are missing and the command that finishes it); ``allow_incomplete=True``
+    (``--allow-incomplete``) reads it anyway."""
+
+
+class NotFoundError(CnnCodesError, FileNotFoundError):
+    """A file or folder the command reads does not exist (a code store, a model, a source)."""
+
+
+class StoreLockedError(CnnCodesError, RuntimeError):
+    """Another process holds a store's writer lock (the message names the process)."""
+
+
+class AccessDeniedError(CnnCodesError, PermissionError):
+    """The operating system refused to read or write a path (permissions, a read-only disk)."""
+
+
+class StaleRunError(OptionError):
+    """A run folder holds a run of other settings (a stale checkpoint): only this error lets a
+    workflow that was asked to (``restart_stale``) start the run afresh."""

@@ -14,18 +14,27 @@ Refused (:class:`~cnncodes.errors.OutputError`, naming the path, what it is and 
   of the expected kind (a previous model, store or predictions CSV) and an empty file are replaced
   as before.
 
+Output folders are *owned* (:func:`claim_folder`): a report or run folder records the command
+that wrote it in :data:`OWNER_FILE` (written atomically). Another command writing into it
+(``finetune -o`` over a ``train`` report, ``baseline --report`` over a fine-tune run) is refused,
+and so is a folder of images (source images, not an output folder), unless ``overwrite=True``
+(``--overwrite``); with it only that command's own files are replaced, and it owns the folder
+from then on. Folders written before the marker existed are recognised by their files.
+
 Only the standard library is imported here (this module sits at the bottom of the data flow).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .atomic import file_kind
+from .atomic import atomic_write_json, file_kind
 from .errors import OutputError
 
 #: expect= value -> the sniffed kinds a file of that output may be replaced from
@@ -134,7 +143,7 @@ def _fix(option: str) -> str:
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: str = "file",
                  expect: str = "any", overwrite: bool = False,
-                 files: Iterable[str] = (), option: str = "") -> Path:
+                 files: Iterable[str] = (), option: str = "", owner: str | None = None) -> Path:
     """Refuse an output that would replace an input, a non-regular file or another kind of file.
 
     Args:
@@ -147,6 +156,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: s
         files: for a folder, the names of the files the command writes or deletes in it; each one
             that exists must be a regular file and none of the inputs.
         option: the option that names this output, for the messages (``-o``, ``--report``).
+        owner: for a folder, the command writing it (``train``, ``finetune``...): a folder
+            another command wrote, or a folder of images, needs ``overwrite``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -185,7 +196,10 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: s
                 raise OutputError(f"{label} is one of the command's inputs{how}: {p}. Writing "
                                   f"it would destroy the input; {_fix(option)}.")
     if kind == "folder":
+        files = tuple(files)
         _check_folder(out, st, label, option, in_stats, files)
+        if owner is not None and st is not None:
+            check_owner(out, owner, overwrite=overwrite, option=option, files=files)
     elif st is not None:
         _check_file(out, st, label, option, expect, overwrite)
     return out
@@ -251,3 +265,108 @@ def _check_folder(out: Path, st: os.stat_result | None, label: str, option: str,
             if _same(cst, ist):
                 raise OutputError(f"{child} is one of the command's inputs ({p}) and would be "
                                   f"replaced or deleted in the output folder; {_fix(option)}.")
+
+
+# ----------------------------------------------------------------------------- owned folders
+
+#: the marker of an output folder: the command that wrote it (JSON)
+OWNER_FILE = ".cnncodes-owner.json"
+#: commands that write the same report files into a folder: either may rewrite the other's
+_SAME_OWNER = {"evaluate": "train"}
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def _family(owner: str) -> str:
+    return _SAME_OWNER.get(owner, owner)
+
+
+def folder_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"command": ..., "command_line": ...}`` of the command that wrote ``folder``: its
+    :data:`OWNER_FILE`, else guessed from the files of a folder written before markers existed;
+    None for a folder no cnncodes command wrote."""
+    folder = Path(folder)
+    try:
+        rec = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        if isinstance(rec, dict) and isinstance(rec.get("command"), str):
+            return rec
+    except (OSError, ValueError):
+        pass
+    guess = None
+    if (folder / "escalation.json").is_file():
+        guess = "finetune --escalation"
+    elif (folder / "checkpoint.pt").is_file() or (folder / "config.json").is_file():
+        guess = "finetune"
+    elif (folder / "advice.json").is_file():
+        guess = "advise"
+    elif (folder / "report.json").is_file():
+        guess = "baseline" if (folder / "model.joblib").is_file() else "train"
+    return {"command": guess, "guessed": True} if guess else None
+
+
+def _images(folder: Path, files: Iterable[str]) -> list[Path]:
+    """Image files in ``folder`` or its sub-folders (a class tree) that are not this command's
+    own files nor in a folder some command wrote."""
+    own = set(files)
+    found = []
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_SUFFIXES and e.name not in own:
+            found.append(Path(e.path))
+        elif e.is_dir() and not e.name.startswith(".") and folder_owner(e.path) is None:
+            with os.scandir(e.path) as sub:
+                found += [Path(x.path) for x in sub if x.is_file()
+                          and Path(x.name).suffix.lower() in _IMAGE_SUFFIXES]
+        if len(found) >= 3:
+            break
+    return found
+
+
+def check_owner(folder: Path, owner: str, *, overwrite: bool, option: str = "",
+                files: Iterable[str] = ()) -> None:
+    """Refuse to write ``owner``'s files into a folder another command wrote, or into a folder
+    of images, unless ``overwrite``.
+
+    Raises:
+        OutputError: naming the folder, who wrote it and the fix.
+    """
+    if overwrite or not folder.is_dir():
+        return
+    files = tuple(files)
+    where = f"{option} " if option else ""
+    rec = folder_owner(folder)
+    theirs = (rec or {}).get("command")
+    if theirs is None:
+        images = _images(folder, files)
+        if images:
+            raise OutputError(
+                f"Output {where}{folder} holds images ({', '.join(map(str, images[:2]))}...): "
+                "it looks like a folder of source images, not an output folder. Pass another "
+                f"folder{' (' + option + ')' if option else ''}, or --overwrite (overwrite=True) "
+                f"to write `cnncodes {owner}`'s files ({', '.join(files)}) there anyway.")
+        return
+    if _family(theirs) == _family(owner):
+        return
+    line = rec.get("command_line") if rec else None
+    raise OutputError(
+        f"Output {where}{folder} holds the output of `cnncodes {theirs}`"
+        f"{' (' + line + ')' if line else ''}; `cnncodes {owner}` would mix its files with "
+        f"that run's. Pass another folder{' (' + option + ')' if option else ''}, or "
+        f"--overwrite (overwrite=True) to write {owner}'s own files there "
+        f"({', '.join(files)}); the other files are left as they are.")
+
+
+def claim_folder(folder: str | os.PathLike, owner: str, *, files: Iterable[str] = (),
+                 command: str | None = None) -> Path:
+    """Record in ``folder`` (created if needed) that ``owner`` writes it: :data:`OWNER_FILE`,
+    written atomically. Call it after :func:`check_output` (``owner=``) allowed the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rec = {"command": owner, "command_line": command, "files": sorted(set(files)),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    old = folder_owner(folder)
+    if old and not old.get("guessed") and {k: old.get(k) for k in ("command", "command_line",
+                                                                    "files")} == \
+            {k: rec[k] for k in ("command", "command_line", "files")}:
+        return folder / OWNER_FILE  # unchanged: no write (a rerun of the same command)
+    return atomic_write_json(folder / OWNER_FILE, rec)

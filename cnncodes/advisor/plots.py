@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_json, save_figure
-from ..outputs import check_output
+from ..outputs import check_output, claim_folder
 from .advice import Advice
 
 
@@ -80,17 +80,21 @@ def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
 REPORT_FILES = ("advice.json", "advice.png", "report.html")
 
 
-def check_report_folder(folder: str | os.PathLike, *, inputs: Any = ()) -> Path:
+def check_report_folder(folder: str | os.PathLike, *, inputs: Any = (),
+                        overwrite: bool = False) -> Path:
     """``folder`` as a Path; raises :class:`~cnncodes.errors.OutputError` when it is not a folder,
-    is an input (or inside an input folder), or holds a non-regular ``advice.json``/``.png``."""
+    is an input (or inside an input folder), holds a non-regular ``advice.json``/``.png``, or
+    another command wrote it (or it holds images) and not ``overwrite``."""
     return check_output(folder, kind="folder", files=REPORT_FILES, inputs=inputs,
-                        option="--report")
+                        option="--report", owner="advise", overwrite=overwrite)
 
 
-def save_report(advice: Advice, folder: str | os.PathLike) -> dict[str, Path]:
-    """Write ``advice.json`` and ``advice.png`` into ``folder``; returns their paths."""
-    d = check_report_folder(folder)
-    d.mkdir(parents=True, exist_ok=True)
+def save_report(advice: Advice, folder: str | os.PathLike, *,
+                overwrite: bool = False) -> dict[str, Path]:
+    """Write ``advice.json`` and ``advice.png`` into ``folder`` (owned by ``advise``); returns
+    their paths."""
+    d = check_report_folder(folder, overwrite=overwrite)
+    claim_folder(d, "advise", files=REPORT_FILES)
     js = atomic_write_json(d / "advice.json", advice.to_dict())
     png = plot_advice(advice, d / "advice.png")
     return {"json": js, "png": png}

@@ -181,6 +181,7 @@ def advise(
     head_sample: int = HEAD_SAMPLE,
     thresholds: Thresholds | None = None,
     report: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Advice:
     """Measure the data and the backbone's layers, then decide the quadrant, layer and action.
@@ -201,7 +202,8 @@ def advise(
         seed: seeds the sample, the folds and the solvers.
         head_sample: images shown to the complete network for the head/BatchNorm evidence.
         thresholds: decision thresholds (see :class:`~cnncodes.advisor.rule.Thresholds`).
-        report: folder to write ``advice.json`` and ``advice.png`` into.
+        report: folder to write ``advice.json`` and ``advice.png`` into; ``overwrite``: also
+            into a folder another command wrote (only advise's files are replaced).
         options: single fields of either options object (``weights="random"``, ``layers=``,
             ``batch_size=16``, ``decoder="pil"``...).
 
@@ -220,7 +222,7 @@ def advise(
     budget_s = parse_budget(budget)
     _check_advise_args(probe, max_images, folds)
     if report is not None:
-        check_report_folder(report, inputs=(source,))  # before the work, not after
+        check_report_folder(report, inputs=(source,), overwrite=overwrite)  # before the work
     src = open_source(source)
     size = measure_size(src, seed=seed)
     check_probe_size(size, source=os.fspath(src.root if isinstance(source, ImageSource)
@@ -282,7 +284,7 @@ def advise(
     adv = Advice(setup, size, head, bn, result, decision, th, meta)
     log.debug("%s", adv.explanation)
     if report is not None:
-        save_report(adv, report)
+        save_report(adv, report, overwrite=overwrite)
     return adv
 
 

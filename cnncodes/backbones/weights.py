@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import OptionError, WeightsUnavailableError
+from ..errors import NotFoundError, OptionError, WeightsUnavailableError
 from ..sources.preprocessing import IMAGENET, Preprocessing
 from .registry import BackboneSpec
 
@@ -140,7 +140,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
         (".pth", ".pt", ".bin", ".ckpt", ".safetensors"))
     if looks_like_path:
         if not p.is_file():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"Weights file {wstr!r} does not exist. Pass an existing checkpoint path, or a "
                 f"weights name for {spec.name}: {', '.join(spec.weight_names()) or 'random'}.")
         recorded = recorded_preprocessing(p, spec)

@@ -29,6 +29,9 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
                               "of cnncodes/advisor/rule.py (module docstring).")
     p.add_argument("source", help="labelled images: a folder of class folders or a labelled list")
     p.add_argument("--report", default=None, help="folder for advice.json and advice.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the --report into a folder another command wrote (only advise's "
+                        "own files are replaced)")
     p.add_argument("--budget", default=ADVISE_BUDGET,
                    help=f"time budget; it sets the sample size (default {ADVISE_BUDGET}; 90s, 1h, "
                         "none)")
@@ -64,7 +67,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     adv = advise(args.source, backbone=backbone_options(args), runtime=runtime_options(args),
                  budget=args.budget, max_images=args.sample, folds=args.folds, probe=args.probe,
                  seed=args.seed, head_sample=args.head_sample, thresholds=thresholds(args),
-                 report=args.report)
+                 report=args.report, overwrite=args.overwrite)
     if args.report:
         from .._runtime import command_line
         from ..report.html import write_advice_html

@@ -161,7 +161,8 @@ def check_report(args: argparse.Namespace, inputs: Sequence[Any]) -> None:
     from ..report.files import check_report_folder
 
     if args.report:
-        check_report_folder(args.report, inputs=inputs)
+        check_report_folder(args.report, inputs=inputs, owner=args.command,
+                            overwrite=getattr(args, "overwrite", False))
 
 
 def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any,
@@ -175,7 +176,8 @@ def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any,
 
         rep.setdefault("command", command_line())
         rep.setdefault("task", getattr(args, "command", None))  # train / evaluate
-        write_report(rep, args.report, evaluation=evaluation, inputs=inputs)
+        write_report(rep, args.report, evaluation=evaluation, inputs=inputs, owner=args.command,
+                     overwrite=getattr(args, "overwrite", False))
     if args.json:
         print(json.dumps(rep, indent=2))
         return False

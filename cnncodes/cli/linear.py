@@ -32,6 +32,12 @@ from .common import (
 log = logging.getLogger("cnncodes")
 
 
+def add_allow_incomplete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="use a store whose extraction was stopped before it finished (refused "
+                        "by default; the report then says how many images were missing)")
+
+
 def add_train(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a linear classifier on cached codes (C chosen by CV)",
                        epilog=TRUST_NOTE)
@@ -42,14 +48,16 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing -o file that is not a cnncodes model (an input, a "
-                        "folder or a special file is never replaced)")
+                   help="replace an existing -o file that is not a cnncodes model, and write the "
+                        "report into a --report folder another command wrote (only train's own "
+                        "files are replaced; an input, a folder or a special file never is)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--device", default="auto",
                    help="where the CV grid search runs: auto (a CUDA GPU through scikit-learn's "
                         "array API when present, else NumPy), cpu (NumPy), cuda, cuda:N, or "
                         "cpu-torch (the array-API path on CPU, for checks); --model linearsvc "
                         "always runs on the CPU")
+    add_allow_incomplete(p)
     add_classifier_options(p)
     return p
 
@@ -63,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_report(args, inputs)
     run = train_report(args.store, args.output, test=args.test, layer=args.layer,
                        holdout=args.holdout, device=args.device, overwrite=args.overwrite,
-                       **classifier_kwargs(args))
+                       allow_incomplete=args.allow_incomplete, **classifier_kwargs(args))
     if emit_report(run.report, args, run.evaluation, inputs):
         print(f"\nmodel written to {run.model_file}"
               + (f"; report in {args.report}" if args.report else ""))
@@ -82,6 +90,10 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
                    help=f"raw-pixel side (default {DEFAULT_RAW_SIZE})")
     p.add_argument("--raw-grey", action="store_true", help="grey instead of RGB raw pixels")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the report into a --report folder another command wrote (only "
+                        "the report's own files are replaced)")
+    add_allow_incomplete(p)
     return p
 
 
@@ -91,7 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inputs = (args.model, args.store)
     check_report(args, inputs)
     run = evaluate_report(args.model, args.store, raw_baseline=args.raw_baseline,
-                          raw_size=args.raw_size, raw_grey=args.raw_grey)
+                          raw_size=args.raw_size, raw_grey=args.raw_grey,
+                          allow_incomplete=args.allow_incomplete)
     if emit_report(run.report, args, run.evaluation, inputs) and args.report:
         print(f"\nreport in {args.report}")
     return 0

@@ -7,9 +7,11 @@ its command group) registered in ``COMMANDS``; option names match the library's 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,6 +96,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         root.propagate = False
 
 
+#: exit status of an unexpected exception (a bug); 1 is for errors the user can fix
+INTERNAL_ERROR = 70  # EX_SOFTWARE
+#: where bugs are reported
+ISSUES = "the cnncodes project's issue tracker"
+
 #: exit status when the reader of stdout closed the pipe (128 + SIGPIPE)
 BROKEN_PIPE = 141
 
@@ -111,9 +118,11 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnncodes`` console script; returns the exit status.
 
-    Errors the user can fix (every :class:`~cnncodes.errors.CnnCodesError`, bad values, missing
-    files, failed runs) print one ``error: ...`` line and return 1 (``-v`` re-raises runtime
-    errors with their traceback); Ctrl-C returns 130. A reader that stops early
+    Errors the user can fix (every :class:`~cnncodes.errors.CnnCodesError`, a ``ValueError``
+    of a bad value, an ``OSError`` such as permission denied or a missing file) print one
+    ``error: ...`` line with the fix and return 1 (``-v`` adds the traceback). Any other
+    exception is a bug: "internal error", the traceback and where to report it, status 70.
+    Ctrl-C returns 130. A reader that stops early
     (``cnncodes models | head -1``) ends the command quietly with status 141 (128 + SIGPIPE, what
     the shell reports for any tool stopped by a closed pipe, so ``set -o pipefail`` still sees
     that the output was cut); nothing is printed.
@@ -141,17 +150,48 @@ def _main(argv: Sequence[str] | None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         return int(args._cmd(args) or 0)
-    except (CnnCodesError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except (CnnCodesError, ValueError, OSError) as e:  # what a user can cause and fix
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug: say so, with what is needed to fix it
+        if type(e).__name__ == "OutOfMemoryError":  # torch's: the batch does not fit the device
+            print(f"error: out of memory on the device ({str(e).splitlines()[0]}); pass a "
+                  "smaller --batch-size, or --device cpu.", file=sys.stderr)
+            if args.verbose:
+                traceback.print_exc(file=sys.stderr)
+            return 1
+        print("internal error: cnncodes failed unexpectedly (a bug, not something you did).",
+              file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        print(f"Please report it with the command line and this traceback on {ISSUES} "
+              f"(cnncodes {__version__}).", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def user_message(e: BaseException) -> str:
+    """The one line for an error the user can fix: a :class:`CnnCodesError`'s own message; an
+    operating-system error (permission denied, a read-only disk, a missing file) said with its
+    path and the fix."""
+    if isinstance(e, CnnCodesError) or not isinstance(e, OSError):
+        return str(e)
+    where = e.filename if e.filename is not None else ""
+    what = e.strerror or str(e)
+    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+        return (f"{what}: {where}. cnncodes may not read or write there: check the owner and "
+                "mode of that path (ls -l) or whether its disk is mounted read-only, or choose "
+                "another path.")
+    if isinstance(e, FileNotFoundError):
+        return f"{what}: {where}. Check the path (it must exist and be spelt as on disk)."
+    if e.errno == errno.ENOSPC:
+        return f"{what}: {where}. Free some space on that disk, or write elsewhere, and rerun."
+    return f"{what}{': ' + str(where) if where else ''}"
 
 
 if __name__ == "__main__":

@@ -289,9 +289,11 @@ class _Job:
     def config(self) -> dict[str, Any]:
         return {k: self.prov[k] for k in CONFIG_FIELDS}
 
-    def fold(self, *, complete: bool, **kw: Any) -> dict[str, int]:
-        """Fold the journal into the store with this run's drops, flags and the backbone's dims."""
-        return fold(self.out, self.journal, {**self.prov, "complete": complete},
+    def fold(self, *, complete: bool, remaining: int = 0, **kw: Any) -> dict[str, int]:
+        """Fold the journal into the store with this run's drops, flags and the backbone's dims;
+        ``remaining``: images of this run not extracted yet (recorded when not ``complete``)."""
+        prov = {**self.prov, "complete": complete, "remaining": 0 if complete else int(remaining)}
+        return fold(self.out, self.journal, prov,
                     compression=self.compression, drop=self.sync.drop, flags=self.sync.flags,
                     dims=self.ext.dims, **kw)
 
@@ -323,6 +325,8 @@ class _Progress:
     layer_dims: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
     seconds: float = 0.0
+    #: images of the plan gone through (extracted or failed)
+    done: int = 0
 
 
 def _extract_locked(job: _Job) -> ExtractResult:
@@ -361,10 +365,11 @@ def _extract_locked(job: _Job) -> ExtractResult:
     failures = [f for part in all_gather_objects(run.failures) for f in part]
     barrier()  # every rank's parts are committed
     if di.is_main and (journal.part_files() or not out.is_file() or sync.drop or sync.flags
-                       or job.new_source):
+                       or job.new_source or _marked_incomplete(out)):
         record = _run_record(job, stats, workers, decoder_name(dataset, ext.device),
                              run.interrupted)
-        job.fold(complete=not run.interrupted, run_record=record)
+        job.fold(complete=not run.interrupted, run_record=record,
+                 remaining=len(mine) - run.done)
     barrier()  # the store is assembled
     rows, layer_dims = sync.done, run.layer_dims
     if out.is_file():
@@ -387,6 +392,12 @@ def _extract_locked(job: _Job) -> ExtractResult:
     if run.interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def _marked_incomplete(out: Path) -> bool:
+    """Whether the store records an unfinished extraction (a rerun with nothing left to do
+    then folds once more, to mark it complete)."""
+    return out.is_file() and FeatureStore(out).provenance.get("complete") is False
 
 
 def _plan(job: _Job) -> Sync:
@@ -455,12 +466,13 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
             run.failures.extend(fails)
             writer.put(_part(job, key, batch, codes, fails))
             run.new += len(batch.indices)
+            run.done = pos
             if bar is not None:
                 bar.update(n_items)
             if (job.commit_every is not None and not di.enabled and pos < len(mine)
                     and time.monotonic() - last_commit >= job.commit_every):
                 writer.flush()  # commit point: fold what is on disk, keep extracting
-                job.fold(complete=False, keep_journal=True)
+                job.fold(complete=False, keep_journal=True, remaining=len(mine) - pos)
                 last_commit = time.monotonic()
                 log.info("commit point: %d images folded into %s", run.new, job.out)
     except KeyboardInterrupt:

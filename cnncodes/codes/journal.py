@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
+from ..errors import StoreLockedError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Journal:
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 holder = self.lock_holder()
                 who = f" by {describe_holder(holder)}" if holder else ""
-                raise RuntimeError(
+                raise StoreLockedError(
                     f"Another process is writing {self.store_path}{who} (lock {self.dir / name} "
                     "is held); wait for it to finish or stop it first.") from None
             raise

@@ -10,6 +10,7 @@ Writing goes through :mod:`cnncodes.codes.store` (journal + fold); this module o
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,18 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import OptionError, StoreDamagedError, StoreMismatchError
+from ..errors import (
+    AccessDeniedError,
+    IncompleteStoreError,
+    NotFoundError,
+    OptionError,
+    StoreDamagedError,
+    StoreMismatchError,
+)
 from .identity import UNKNOWN, FileId, store_sources
 from .journal import Journal, describe_holder
+
+log = logging.getLogger(__name__)
 
 #: Format 2 added per-row file identity (``/files``) and the list of sources; format 1 stores
 #: are read and appended to (their old rows count as unverified). Format 3 is the segment index.
@@ -69,6 +79,12 @@ def check_is_store(path: Path) -> int:
     fix = ("Pass a .h5 file written by `cnncodes extract` (for `extract -o`: choose another output "
            "file; cnncodes never replaces a file it did not write).")
     try:
+        with open(path, "rb"):  # permission denied said as such, not as "not a store"
+            pass
+    except PermissionError as e:
+        raise AccessDeniedError(f"{path} cannot be read: permission denied. Check its owner and "
+                                "mode (ls -l), or run as a user who may read it.") from e
+    try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("format_version", -1))
             layout = ("codes" in f and "paths" in f and "labels" in f) if version < 3 else (
@@ -110,7 +126,7 @@ class FeatureStore:
                         "appears at its next commit point or when it ends." if holder else
                         f" An unfinished extraction left {journal.n_parts()} part files in "
                         f"{journal.dir}; rerun the same `cnncodes extract` command to finish it.")
-            raise FileNotFoundError(f"No code store at {self.path}.{hint}")
+            raise NotFoundError(f"No code store at {self.path}.{hint}")
         self.format_version = check_is_store(self.path)
 
     @property
@@ -233,6 +249,38 @@ class FeatureStore:
                 bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
         return sorted(bad)
 
+    def incomplete(self) -> dict[str, Any] | None:
+        """None when the store's last extraction finished; else what is known of the unfinished
+        one: ``store``, ``rows`` (in the store), ``missing`` (images still to extract; None when
+        the store does not record it), ``command`` (the extract command that finishes it) and
+        ``running`` (the writing process when an extraction is writing the store now)."""
+        prov = self.provenance
+        if prov.get("complete", True) is not False:
+            return None
+        journal = Journal(self.path)
+        missing = prov.get("remaining")
+        return {"store": os.fspath(self.path), "rows": len(self),
+                "missing": int(missing) if missing is not None else None,
+                "command": prov.get("command"),
+                "running": journal.lock_holder() if journal.exists() else None}
+
+    def check_complete(self, allow_incomplete: bool = False) -> dict[str, Any] | None:
+        """:meth:`incomplete`'s record, after refusing an unfinished store unless
+        ``allow_incomplete`` (then a warning says what is missing).
+
+        Raises:
+            IncompleteStoreError: naming how many images are missing and the command that
+                finishes the store.
+        """
+        note = self.incomplete()
+        if note is None:
+            return None
+        if not allow_incomplete:
+            raise IncompleteStoreError(incomplete_message(note))
+        log.warning("%s is incomplete (%s); reading its %d rows as asked (--allow-incomplete)",
+                    self.path, _missing_text(note), note["rows"])
+        return note
+
     def _layer(self, layer: str | None) -> str:
         layers = self.layers
         if layer is None:
@@ -246,7 +294,7 @@ class FeatureStore:
 
     def load(self, layer: str | None = None, *, rows: np.ndarray | slice | None = None,
              dtype: Any = np.float32, as_torch: bool = False,
-             device: str | None = None) -> tuple[Any, Any]:
+             device: str | None = None, allow_incomplete: bool = False) -> tuple[Any, Any]:
         """Codes ``X`` (N, D) and labels ``y`` (N,) of one layer.
 
         Args:
@@ -254,7 +302,11 @@ class FeatureStore:
             rows: optional row selection (sorted index array or slice).
             dtype: numpy dtype of ``X`` (float32 default, whatever the storage dtype).
             as_torch: return torch tensors (on ``device``) instead of numpy arrays.
+            allow_incomplete: read a store whose extraction was stopped before it finished
+                (refused by default: :class:`~cnncodes.errors.IncompleteStoreError`).
         """
+        if not allow_incomplete:
+            self.check_complete()
         name = self._layer(layer)
         view = self._view()
         if view.pieces is not None and (rows is None or (isinstance(rows, slice)
@@ -302,6 +354,29 @@ class FeatureStore:
             "sources": self.sources,
             "provenance": prov,
         }
+
+
+def _missing_text(note: Mapping[str, Any]) -> str:
+    n = note.get("missing")
+    return (f"{n} images not extracted yet" if n is not None
+            else "an unrecorded number of images not extracted yet")
+
+
+def incomplete_message(note: Mapping[str, Any]) -> str:
+    """The one line refusing an unfinished store (:meth:`FeatureStore.incomplete`'s record)."""
+    path, running, command = note["store"], note.get("running"), note.get("command")
+    head = f"{path} is incomplete: it holds {note['rows']} rows, {_missing_text(note)}"
+    allow = ("or pass --allow-incomplete (allow_incomplete=True) to use the rows it has "
+             "(the report then says so).")
+    if running:
+        return (f"{head}: an extraction is writing it now ({describe_holder(running)}). Wait "
+                f"for it to finish, {allow}")
+    if command and not str(command).startswith("python:"):
+        how = f"finish it by running the command that made it again: {command}"
+    else:
+        how = ("finish it by calling cnncodes.extract again with the same source, store and "
+               "options")
+    return f"{head} (its extraction was stopped). {how[0].upper()}{how[1:]}; {allow}"
 
 
 #: Per-row identity columns of ``/files``, their dtype and the value a format-1 file lacks.

@@ -82,7 +82,7 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path, fsync_dir
-from ..errors import StoreMismatchError
+from ..errors import StoreDamagedError, StoreMismatchError
 from .compat import (
     CONFIG_FIELDS,
     canonical,
@@ -191,8 +191,8 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
         except _DamagedPart:  # the temporary file is gone; fold the intact parts again
             files = [p for p in files if p.exists()]
     else:
-        raise RuntimeError(f"Journal parts of {store_path} keep getting damaged while folding; "
-                           "check the disk, then rerun the extract command.")
+        raise StoreDamagedError(f"Journal parts of {store_path} keep getting damaged while "
+                                "folding; check the disk, then rerun the extract command.")
     fsync_dir(store_path.parent)
     _collect_garbage(store_path)  # segments no row points at any more
     if keep_journal:

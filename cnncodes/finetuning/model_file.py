@@ -17,7 +17,7 @@ import torch
 
 from .._runtime import versions
 from ..atomic import atomic_path
-from ..errors import ModelMismatchError
+from ..errors import ModelMismatchError, NotFoundError
 
 #: ``kind`` recorded in model files written by :func:`cnncodes.finetune`.
 MODEL_KIND = "cnncodes-finetuned-model"
@@ -32,8 +32,8 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"Model file {os.fspath(path)!r} does not exist; pass the "
-                                "model.pt written by `cnncodes finetune -o RUN` (RUN/model.pt).")
+        raise NotFoundError(f"Model file {os.fspath(path)!r} does not exist; pass the "
+                            "model.pt written by `cnncodes finetune -o RUN` (RUN/model.pt).")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named

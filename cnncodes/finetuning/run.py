@@ -33,8 +33,8 @@ import torch
 from .._distributed import barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
 from ..atomic import atomic_write_json, jsonable
-from ..errors import FinetuneDivergedError, OptionError
-from ..outputs import check_output
+from ..errors import FinetuneDivergedError, OptionError, StaleRunError
+from ..outputs import check_output, claim_folder
 from ..sources.folders import ImageSource
 from .config import FinetuneConfig, make_config
 from .data import local_world
@@ -122,7 +122,8 @@ def finetune(
             whose ``source``/``test`` is not the one the run was made from (both are named).
     """
     weights = options.get("weights", config.weights if config is not None else None)
-    out = check_output(output, kind="folder", files=RUN_FILES, option="-o",
+    out = check_output(output, kind="folder", files=RUN_FILES, option="-o", owner="finetune",
+                       overwrite=overwrite,
                        inputs=(source, test, weights if isinstance(weights, (str, os.PathLike))
                                else None))
     ckpt_path = out / "checkpoint.pt"
@@ -148,8 +149,8 @@ def finetune(
             saved_split = Split.from_dict(saved["split"])
             check_same_sources(out, saved_split, source, test)
             if split is not None and split.to_dict() != saved_split.to_dict():
-                raise OptionError(f"The split given differs from the one {out} was trained on; "
-                                 "resume without a split, or use another -o folder.")
+                raise StaleRunError(f"The split given differs from the one {out} was trained "
+                                    "on; resume without a split, or use another -o folder.")
             split = saved_split
         else:
             cfg = make_config(config, **options)
@@ -171,6 +172,8 @@ def finetune(
             raise OptionError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on "
                              "CPU / gloo); drop --sync-bn for CPU runs.")
         out.mkdir(parents=True, exist_ok=True)
+        if di.is_main:  # the folder is this run's: another command needs --overwrite
+            claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
         threads = cfg.threads
         if di.enabled and device.type == "cpu" and threads is None:
             threads = max(1, (os.cpu_count() or 1) // local_world())
@@ -223,9 +226,9 @@ def _resume_config(saved: FinetuneConfig, config: FinetuneConfig | None,
             if k not in FinetuneConfig.RUNTIME_FIELDS
             and (list(v) if isinstance(v, tuple) else v) != cur[k]]
     if diff:
-        raise OptionError("Cannot resume with different training options (" + "; ".join(diff)
-                         + "). Resume with the run's own options (or none), or start a new run "
-                         "in another -o folder.")
+        raise StaleRunError("Cannot resume with different training options ("
+                            + "; ".join(diff) + "). Resume with the run's own options (or "
+                            "none), or start a new run in another -o folder.")
     runtime = {k: v for k, v in wanted.items() if k in FinetuneConfig.RUNTIME_FIELDS}
     if "epochs" in runtime and runtime["epochs"] != saved.epochs:
         log.warning("resuming with epochs=%d instead of %d: the learning-rate schedule is "
@@ -270,7 +273,7 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
                           num_workers=cfg.num_workers, threads=cfg.threads,
                           max_pixels=cfg.max_pixels, progress=progress,
                           input_size=cfg.input_size)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
     acc = pred.accuracy
     report = {
         "kind": REPORT_KIND, "status": "evaluated", "state": "predict",

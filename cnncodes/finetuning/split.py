@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import OptionError, StaleRunError
 from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_parts
 
@@ -85,7 +85,7 @@ def check_same_sources(run: str | os.PathLike, split: Split,
     or the folder of a list file).
 
     Raises:
-        OptionError: naming both sources and the fixes.
+        StaleRunError: (an :class:`OptionError`) naming both sources and the fixes.
     """
     checks = ((source, split.source_path, split.root, "SOURCE"),
               (test, split.test_path, split.test_source, "--test source"))
@@ -102,7 +102,7 @@ def check_same_sources(run: str | os.PathLike, split: Split,
             folder = here.parent if here.is_file() else here
             same, was = os.fspath(folder) == os.fspath(Path(root).resolve()), root
         if not same:
-            raise OptionError(
+            raise StaleRunError(
                 f"Cannot resume {run} with {what} {now}: the run was made from {was}. Resume "
                 f"with the run's own {what} (or none: the saved split is used), start a new run "
                 "in another -o folder, or pass --overwrite to replace this run.")

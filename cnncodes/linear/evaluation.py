@@ -22,7 +22,7 @@ from sklearn.metrics import (
 
 from ..codes.store import FeatureStore
 from .model_file import TrainedModel, load_model, store_provenance
-from .training import _abs_paths, _as_store
+from .training import _abs_paths, _as_store, report_note
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class Evaluation:
     #: logreg, ``score`` (decision value) for LinearSVC); None when not recorded
     confidence: np.ndarray | None = None
     confidence_kind: str = "probability"
+    #: the store was read although its extraction was stopped (``allow_incomplete``)
+    incomplete_store: dict[str, Any] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -56,7 +58,8 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "layer": self.layer, "n": int(len(self.y_true)),
                 "excluded_training_rows": self.excluded_training_rows,
-                "unlabelled_rows": self.unlabelled_rows, **self.metrics}
+                "unlabelled_rows": self.unlabelled_rows, **self.metrics,
+                **({"incomplete_store": self.incomplete_store} if self.incomplete_store else {})}
 
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray,
@@ -94,7 +97,7 @@ def _map_labels(y: np.ndarray, source_classes: Sequence[str], model_classes: Seq
 
 
 def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike | FeatureStore,
-             *, layer: str | None = None) -> Evaluation:
+             *, layer: str | None = None, allow_incomplete: bool = False) -> Evaluation:
     """Score ``model`` on the labelled rows of ``store`` that it was not trained on.
 
     Rows whose image path was used for training (e.g. the same store after ``train(...,
@@ -103,16 +106,19 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
     Raises:
         ModelMismatchError: the store's codes come from another backbone/weights/layer/pooling/
             preprocessing (the field is named).
+        IncompleteStoreError: the store's extraction was stopped (without ``allow_incomplete``,
+            which reads it anyway and records so in the evaluation).
         ValueError: no labelled rows left to evaluate, or labels the model does not know.
     """
     m = load_model(model)
     st = _as_store(store)
+    note = st.check_complete(allow_incomplete)
     sp = store_provenance(st)
     m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")
     name = layer or m.layer
     if name != m.layer:
         raise ValueError(f"The model reads layer {m.layer!r}; got layer={layer!r}.")
-    X, y = st.load(name)
+    X, y = st.load(name, allow_incomplete=True)
     paths = np.asarray(_abs_paths(st), dtype=object)
     y = _map_labels(y, st.classes, m.classes, os.fspath(st.path))
     labelled = y >= 0
@@ -137,4 +143,5 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
                       pred, metrics, excluded_training_rows=n_seen,
                       unlabelled_rows=int((~labelled).sum()),
                       confidence=scores.max(axis=1),
-                      confidence_kind=m.score_kind)
+                      confidence_kind=m.score_kind,
+                      incomplete_store=report_note(note) if note is not None else None)

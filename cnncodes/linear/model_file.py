@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from ..atomic import atomic_path
 from ..codes.store import FeatureStore, canonical
-from ..errors import ModelMismatchError
+from ..errors import ModelMismatchError, NotFoundError
 from ..outputs import check_output, sniff
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def load_model(path: str | os.PathLike | TrainedModel) -> TrainedModel:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No model file at {path}; train one with `cnncodes train "
-                                "CODES.h5 -o model.joblib`.")
+        raise NotFoundError(f"No model file at {path}; train one with `cnncodes train "
+                            "CODES.h5 -o model.joblib`.")
     kind, what = sniff(path)
     if kind not in ("model", "pickle"):
         hint = (" For a fine-tuned network pass its RUN/model.pt to `cnncodes predict`."

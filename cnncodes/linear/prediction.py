@@ -136,7 +136,8 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
         st = _as_store(source)  # type: ignore[arg-type]
         sp = store_provenance(st)
         m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")
-        X, y = st.load(m.layer)
+        st.check_complete(allow_incomplete=True)  # labels the rows it has; warns of the rest
+        X, y = st.load(m.layer, allow_incomplete=True)
         paths = _abs_paths(st)
         failures = [(os.path.normpath(os.fspath(st.root / p)), r) for p, r in st.failures]
         if (y >= 0).any():

@@ -70,6 +70,11 @@ def choose_model(provenance: Mapping[str, Any], layer: str, model: str | None
     return DEFAULT_MODEL, "default", f"{DEFAULT_MODEL}, the default (pass --model to choose)"
 
 
+def report_note(note: Mapping[str, Any]) -> dict[str, Any]:
+    """What a report records of an incomplete store it read (:meth:`FeatureStore.incomplete`)."""
+    return {k: note.get(k) for k in ("store", "rows", "missing", "command")}
+
+
 def _abs_paths(store: FeatureStore) -> list[str]:
     return [os.path.normpath(os.fspath(p)) for p in store.abspaths()]
 
@@ -77,7 +82,8 @@ def _abs_paths(store: FeatureStore) -> list[str]:
 def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
           classifier: ClassifierOptions | None = None, holdout: float = 0.0, seed: int = 0,
           device: str = "auto", threads: int | None = None,
-          holdout_paths: Collection[str] | None = None, **options: Any) -> TrainedModel:
+          holdout_paths: Collection[str] | None = None, allow_incomplete: bool = False,
+          **options: Any) -> TrainedModel:
     """Fit a classifier on the labelled codes of one layer of a store.
 
     Args:
@@ -100,16 +106,20 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
             (:func:`choose_model`; ``selection["model_source"]``/``["model_reason"]`` say which
             and why).
         seed, threads: see :func:`fit_codes` (``seed`` also seeds the hold-out split).
+        allow_incomplete: train on a store whose extraction was stopped before it finished
+            (refused by default); ``split["incomplete_store"]`` then records what was missing.
 
     Returns:
         A :class:`TrainedModel` (save it with :func:`save_model`).
 
     Raises:
+        IncompleteStoreError: the store's extraction was stopped (without ``allow_incomplete``).
         ValueError: no labelled rows, a single class, a class too small for cross-validation.
     """
     st = _as_store(store)
+    note = st.check_complete(allow_incomplete)
     name = resolve_layer(st, layer)
-    X, y = st.load(name)
+    X, y = st.load(name, allow_incomplete=True)
     paths = np.asarray(_abs_paths(st), dtype=object)
     store_classes = st.classes
     labelled = np.flatnonzero(y >= 0)
@@ -140,6 +150,8 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
                  "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te))}
         log.info("held out %d of %d rows for testing (stratified, seed %d)", len(te), len(yl),
                  seed)
+    if note is not None:
+        split["incomplete_store"] = report_note(note)
     Xtr, ytr = X[labelled][rows], yl[rows]
     copts, _ = classifier_options(classifier, options, where="train")
     model, source, reason = choose_model(st.provenance, name, copts.model)

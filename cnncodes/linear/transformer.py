@@ -15,7 +15,9 @@ cached, so the many fits of a grid search do not re-run the backbone:
   made by ``GridSearchCV`` share it. :func:`clear_memory_cache` empties it.
 * ``cache="codes.h5"``: an HDF5 code store. A store created here (absolute paths) is extended with
   missing images through :func:`cnncodes.extract` (crash-safe, resumable); a store made by
-  ``cnncodes extract`` from a folder is only read, missing images are computed in memory.
+  ``cnncodes extract`` from a folder is only read, missing images are computed in memory (so a
+  store whose extraction was stopped is read as it is: its missing rows are computed, never left
+  out).
 * ``cache=None``: no caching.
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..errors import SourceError
 from ..options import BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource
 
@@ -90,8 +93,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         batch_size, num_workers, device, precision, threads, decoder, max_pixels, engine: how
             codes are computed (the fields of :class:`~cnncodes.options.RuntimeOptions`).
         cache: ``"memory"``, a path to an ``.h5`` store, or None (see the module docstring).
-        on_error: ``"raise"`` (default: a ValueError naming the unreadable files) or ``"zeros"``
-            (a zero row and a logged warning per unreadable image, so rows stay aligned with y).
+        on_error: ``"raise"`` (default: a :class:`~cnncodes.errors.SourceError`, a ValueError,
+            naming the unreadable files) or ``"zeros"`` (a zero row and a logged warning per
+            unreadable image, so rows stay aligned with y), also when every image fails.
 
     Attributes:
         layer_: the layer used.  n_features_out_: code dimension.
@@ -173,7 +177,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if bad:
             listing = "; ".join(f"{p}: {failures[p]}" for p in dict.fromkeys(bad[:5]))
             if self.on_error == "raise":
-                raise ValueError(f"{len(bad)} of {len(paths)} images could not be read ({listing}"
+                raise SourceError(f"{len(bad)} of {len(paths)} images could not be read ({listing}"
                                  f"{' ...' if len(bad) > 5 else ''}). Remove them, or use "
                                  "CNNCodes(on_error='zeros') to give them zero codes.")
             log.warning("%d images could not be read and get zero codes: %s", len(bad), listing)
@@ -262,10 +266,10 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
         src = ImageSource(Path("/"), list(paths), np.full(len(paths), -1, np.int64), [], "list")
         res = extract_arrays(src, extractor=self._get_extractor(), runtime=self._options()[1])
-        rows = res.codes[self.layer_]
-        pos = np.asarray(positions)[res.index]
-        codes[pos] = rows
-        done[pos] = True
+        if len(res.index):  # none when every image failed (the rows stay zero, not done)
+            pos = np.asarray(positions)[res.index]
+            codes[pos] = res.codes[self.layer_]
+            done[pos] = True
         STATS["extracted"] += len(res.index)
         return {os.path.normpath(p): r for p, r in res.failures}
 
@@ -302,7 +306,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         want = [(i, row_of[p]) for i, p in enumerate(paths) if not done[i] and p in row_of]
         if want:
             order = sorted(set(r for _, r in want))
-            X, _ = st.load(self.layer_, rows=np.asarray(order))
+            # an incomplete store is fine here: the rows it lacks are computed, not left out
+            X, _ = st.load(self.layer_, rows=np.asarray(order), allow_incomplete=True)
             at = {r: k for k, r in enumerate(order)}
             for i, r in want:
                 codes[i] = X[at[r]]

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, finite_json
-from ..outputs import check_output
+from ..outputs import check_output, claim_folder
 from .html import REPORT_HTML, write_linear_html
 from .plots import plot_confusion, plot_cv_scores
 
@@ -54,6 +54,10 @@ def build_report(*, model: Any, evaluation: Any = None,
         rep["rows"] = [dict(r) for r in rows]
     if extra:
         rep.update({k: v for k, v in extra.items() if v is not None})
+    notes = [n for n in (model.split.get("incomplete_store"),
+                         getattr(evaluation, "incomplete_store", None)) if n]
+    if notes:  # read with allow_incomplete: the report says so
+        rep["incomplete_stores"] = list({n["store"]: n for n in notes}.values())
     # JSON types only; a NaN/inf metric becomes null with "<key>_note" beside it
     return finite_json(rep)
 
@@ -63,23 +67,34 @@ REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv"
 
 
 def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
-                        files: Sequence[str] = REPORT_FILES) -> Path:
-    """Refuse a report folder that is not a folder, is (inside) an input folder, or whose report
-    files are special files or inputs (:func:`cnncodes.outputs.check_output`)."""
-    return check_output(out_dir, kind="folder", files=files, inputs=inputs, option="--report")
+                        files: Sequence[str] = REPORT_FILES, owner: str | None = None,
+                        overwrite: bool = False) -> Path:
+    """Refuse a report folder that is not a folder, is (inside) an input folder, whose report
+    files are special files or inputs, or (``owner``: the command writing it) that another
+    command wrote or that holds images, unless ``overwrite``
+    (:func:`cnncodes.outputs.check_output`)."""
+    return check_output(out_dir, kind="folder", files=files, inputs=inputs, option="--report",
+                        owner=owner, overwrite=overwrite)
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
-                 evaluation: Any = None, inputs: Any = ()) -> dict[str, Path]:
+                 evaluation: Any = None, inputs: Any = (), owner: str = "train",
+                 overwrite: bool = False, own_files: Sequence[str] = REPORT_FILES
+                 ) -> dict[str, Path]:
     """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part),
     ``per_class.csv`` and ``report.html`` (:mod:`cnncodes.report.html`: the page with the
     thumbnails of ``evaluation``'s test images) into ``out_dir``; returns ``{name: path}``.
 
+    ``owner`` (the command writing it: ``train``, ``evaluate``, ``baseline``) is recorded in the
+    folder (:func:`cnncodes.outputs.claim_folder`, with ``own_files`` as its files); a folder another
+    command wrote is refused unless ``overwrite``.
+
     Raises:
         OutputError: ``out_dir`` cannot take the report (see :func:`check_report_folder`).
     """
-    out = check_report_folder(out_dir, inputs=inputs)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_report_folder(out_dir, inputs=inputs, owner=owner, overwrite=overwrite,
+                              files=own_files)
+    claim_folder(out, owner, files=own_files, command=report.get("command"))
     files: dict[str, Path] = {}
     rep = dict(report)
     names = dict(rep.get("files") or {})

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
+from .text import incomplete_text
 
 #: libraries whose versions the provenance lists when the report recorded none
 VERSIONED = ("torch", "torchvision", "scikit-learn", "numpy", "h5py", "onnxruntime", "pillow",
@@ -210,6 +211,8 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
                 "value": f"{fmt(sel.get('best_C'), '.3g')} ({sel.get('model', m.get('model'))}, "
                          f"{sel.get('cv')}-fold CV {fmt(sel.get('best_cv_score'))})"},
                {"label": "time", "value": seconds(wall)}]
+    summary += [{"label": "WARNING", "value": incomplete_text(n)}
+                for n in report.get("incomplete_stores") or []]
     note = ""
     if sel.get("c_at_grid_edge"):
         note = (f"The chosen C is at the {sel['c_at_grid_edge']} end of the grid; a wider "

@@ -200,8 +200,11 @@ def format_store_info(info: Mapping[str, Any]) -> str:
         out.append(f"  pending    {info['pending_parts']} journal parts of an interrupted "
                    "extraction not yet folded in: rerun the extract command to finish")
     elif prov.get("complete") is False:
-        out.append("  incomplete the last extraction was interrupted: rerun the extract command "
-                   "to finish")
+        left = prov.get("remaining")
+        out.append("  incomplete the last extraction was interrupted"
+                   f"{f' with {left} images not extracted yet' if left is not None else ''}: "
+                   "rerun the extract command to finish (train and evaluate refuse the store "
+                   "until then, unless --allow-incomplete)")
     bad = info.get("nonfinite_rows") or {}
     if bad.get("count"):
         out.append(f"  CORRUPT?   {bad['count']} rows hold NaN or inf codes: possibly corrupt rows "

@@ -29,6 +29,15 @@ def describe_compute(compute: Mapping[str, Any]) -> str:
     return text
 
 
+def incomplete_text(note: Mapping[str, Any]) -> str:
+    """One line on a store read although its extraction was stopped (``--allow-incomplete``)."""
+    n = note.get("missing")
+    missing = f"{n} images were not extracted" if n is not None else \
+        "an unrecorded number of images were not extracted"
+    return (f"{note.get('store')} is incomplete ({missing}; {note.get('rows')} rows used, read "
+            "with --allow-incomplete): the results cover only part of the data.")
+
+
 def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
     """The report as plain text: model line, comparison rows, per-class table."""
     lines: list[str] = []
@@ -48,6 +57,8 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
     else:
         how = f"all {split.get('n_train')} labelled rows used for training"
     lines.append(f"split      {how}")
+    for note in report.get("incomplete_stores") or []:
+        lines.append(f"WARNING    {incomplete_text(note)}")
     if sel:
         lines.append(f"selection  {sel.get('cv')}-fold stratified CV over {len(sel['c_grid'])} C "
                      f"values [{min(sel['c_grid']):.3g}, {max(sel['c_grid']):.3g}]: best C "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import file_kind
-from ..errors import SourceError
+from ..errors import NotFoundError, SourceError
 from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
 from .listfile import ListRow, read_list, resolve_path, warn_if_relative_to_cwd
 
@@ -118,8 +118,8 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
         return open_tar_shards(source, classes=classes)
     src = Path(source).expanduser()
     if not src.exists():
-        raise FileNotFoundError(f"Image source {os.fspath(source)!r} does not exist; pass a folder "
-                                "of images, a folder of class folders, or a .txt/.csv list.")
+        raise NotFoundError(f"Image source {os.fspath(source)!r} does not exist; pass a folder "
+                            "of images, a folder of class folders, or a .txt/.csv list.")
     if src.is_file():
         if src.suffix.lower() not in LIST_EXTENSIONS:
             raise ValueError(f"{src} is a file but not a list ({', '.join(LIST_EXTENSIONS)}); pass "

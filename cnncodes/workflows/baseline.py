@@ -186,7 +186,9 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
         if out is not None:
             files["model"] = out / "model.joblib"
             rep["files"] = {"model": "model.joblib"}
-            files.update(write_report(rep, out, evaluation=evaluation))
+            files.update(write_report(rep, out, evaluation=evaluation, owner="baseline",
+                                      overwrite=overwrite,
+                                      own_files=(*REPORT_FILES, "model.joblib")))
         return rep
 
     if out is not None:
@@ -225,8 +227,8 @@ def check_outputs(source: str | os.PathLike, report: str | os.PathLike | None, c
     not an input, not inside the source folder, no special file where a file goes
     (:func:`cnncodes.outputs.check_output`)."""
     if report is not None:
-        check_report_folder(report, inputs=(source,),
-                            files=(*REPORT_FILES, "model.joblib"))
+        check_report_folder(report, inputs=(source,), files=(*REPORT_FILES, "model.joblib"),
+                            owner="baseline", overwrite=overwrite)
         check_output(Path(report) / "model.joblib", inputs=(source,), expect="model",
                      overwrite=overwrite, option="--report")
     check_output(cache_dir, kind="folder", files=("codes.h5", "train.h5", "test.h5"),

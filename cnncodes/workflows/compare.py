@@ -27,14 +27,14 @@ from .._runtime import command_line, versions
 from ..atomic import atomic_write_json, atomic_write_text, save_figure
 from ..codes.extraction import extract_arrays
 from ..codes.extractor import CodeExtractor
-from ..errors import FinetuneDivergedError, OptionError
+from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..finetuning.config import FinetuneConfig, make_config
 from ..finetuning.evaluation import fmt
 from ..finetuning.run import FinetuneResult, finetune
 from ..finetuning.split import Split, make_split
 from ..linear.selection import fit_codes
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
-from ..outputs import check_output
+from ..outputs import check_output, claim_folder
 from ..report.html import write_escalation_html, write_finetune_html
 from ..sources.folders import ImageSource
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 ESCALATION_FILES = ("escalation.json", "escalation.md", "escalation.png", "probe.json",
                     "split.json", "report.html")
 PROBE = "linear probe"
+#: the command that owns an escalation folder (:func:`cnncodes.outputs.claim_folder`)
+ESCALATION_OWNER = "finetune --escalation"
 
 
 # ------------------------------------------------------------------------------ the shared core
@@ -84,8 +86,9 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
     Args:
         resume: continue an earlier run there (exactly, when it was interrupted).
         overwrite: start over.
-        restart_stale: an earlier run that cannot be continued (other options or split) is
-            started over instead of raising.
+        restart_stale: an earlier run that cannot be continued (other options, source or
+            split: :class:`~cnncodes.errors.StaleRunError`) is started over instead of raising;
+            any other error is raised with the run folder left exactly as it was.
 
     A run that diverges is returned with status ``diverged`` (its report read back).
     """
@@ -101,7 +104,7 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
     try:
         try:
             res = run(overwrite)
-        except ValueError as e:
+        except StaleRunError as e:  # only this: any other error leaves the run folder as it is
             if not (restart_stale and had_run):
                 raise
             log.warning("%s held a fine-tuning run that cannot be continued here (%s); starting "
@@ -284,15 +287,16 @@ def escalate(
         raise OptionError("The escalation report trains head-only and full models; state "
                           "'predict' does not apply (drop --state or --escalation).")
     out = check_output(output, kind="folder", files=ESCALATION_FILES, option="-o",
-                       inputs=(source, test, cfg.weights if isinstance(cfg.weights, str) else None))
+                       inputs=(source, test, cfg.weights if isinstance(cfg.weights, str) else None),
+                       owner=ESCALATION_OWNER, overwrite=overwrite)
     if overwrite:
         for name in ESCALATION_FILES:
             (out / name).unlink(missing_ok=True)
     elif (out / "split.json").is_file() and not resume:
         raise OptionError(f"{out} already holds an escalation report; pass --resume to continue "
                           "it, --overwrite to start over, or another -o folder.")
-    out.mkdir(parents=True, exist_ok=True)
     command = command or command_line()
+    claim_folder(out, ESCALATION_OWNER, files=ESCALATION_FILES, command=command)
     split = _escalation_split(source, out, cfg, test)
     probe = _escalation_probe(split, out, cfg, resume=resume)
     rows: list[dict[str, Any]] = [{**probe, "epochs": "-"}]

@@ -34,9 +34,10 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
                  test: str | os.PathLike | FeatureStore | None = None, layer: str | None = None,
                  classifier: ClassifierOptions | None = None, holdout: float = 0.0,
                  seed: int = 0, device: str = "auto", overwrite: bool = False,
-                 **options: Any) -> LinearRun:
+                 allow_incomplete: bool = False, **options: Any) -> LinearRun:
     """Train on ``store`` (see :func:`cnncodes.train`), save the model to ``output``, evaluate on
-    ``test`` or on the held-out rows, and build the report.
+    ``test`` or on the held-out rows, and build the report. ``allow_incomplete``: read stores
+    whose extraction was stopped (refused by default); the report says so.
 
     ``output`` is checked before training (:func:`cnncodes.outputs.check_output`): an input, a
     folder or special file is refused, another kind of file unless ``overwrite``.
@@ -49,9 +50,10 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
                           "drop one.")
     check_output(output, inputs=(store, test), expect="model", overwrite=overwrite, option="-o")
     model = train(store, layer=layer, classifier=classifier, holdout=holdout, seed=seed,
-                  device=device, **options)
+                  device=device, allow_incomplete=allow_incomplete, **options)
     path = save_model(model, output, overwrite=overwrite, inputs=(store, test))
-    evaluation = evaluate(model, test if test is not None else store) \
+    evaluation = evaluate(model, test if test is not None else store,
+                          allow_incomplete=allow_incomplete) \
         if test is not None or holdout else None
     rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
     return LinearRun(model, evaluation, rep, path)
@@ -59,13 +61,15 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
 
 def evaluate_report(model: TrainedModel | str | os.PathLike,
                     store: str | os.PathLike | FeatureStore, *, raw_baseline: bool = False,
-                    raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False) -> LinearRun:
+                    raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False,
+                    allow_incomplete: bool = False) -> LinearRun:
     """Evaluate ``model`` on ``store`` (see :func:`cnncodes.evaluate`) and build the report;
     ``raw_baseline``: add the codes row and the raw-pixel row: logistic regression with the
     model's own C grid, folds and seed on raw pixels of the same images
-    (:func:`~cnncodes.linear.pixels.pixel_baseline`)."""
+    (:func:`~cnncodes.linear.pixels.pixel_baseline`); ``allow_incomplete``: evaluate on a store
+    whose extraction was stopped (refused by default; the report says so)."""
     m = load_model(model)
-    evaluation = evaluate(m, store)
+    evaluation = evaluate(m, store, allow_incomplete=allow_incomplete)
     rows = None
     if raw_baseline:
         sel, p = m.selection, m.provenance

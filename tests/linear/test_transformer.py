@@ -135,3 +135,26 @@ def test_defaults_are_the_shared_runtime_options():
     for name in ("batch_size", "num_workers", "device", "precision", "threads", "decoder",
                  "max_pixels"):
         assert params[name] == getattr(runtime, name), name
+
+
+@pytest.mark.parametrize("cache", [None, "memory", "store"])
+def test_cnncodes_every_image_unreadable_gives_zero_rows_or_names_the_files(
+        digits_data, tmp_path, cache):  # noqa: F811
+    """All images still to compute fail: zero rows with on_error="zeros" (no broadcast error),
+    the files named with "raise"; also after some rows came from a cache (mixed) and for none."""
+    bad = [tmp_path / f"bad{i}.png" for i in range(3)]
+    for b in bad:
+        b.write_bytes(b"not an image")
+    X = [str(b) for b in bad]
+    where = tmp_path / "c.h5" if cache == "store" else cache
+    kw = dict(weights=str(digits_data.weights), input_size=SIZE, cache=where)
+    z = CNNCodes(BACKBONE, on_error="zeros", **kw).fit_transform(X)
+    assert z.shape == (3, 512) and z.dtype == np.float32 and not z.any()
+    with pytest.raises(ValueError, match=r"3 of 3 images could not be read \(.*bad0.png.*bad1"):
+        CNNCodes(BACKBONE, **kw).fit_transform(X)
+    good, _ = _paths_labels(digits_data.test_dir)
+    t = CNNCodes(BACKBONE, on_error="zeros", **kw).fit(good[:2])
+    first = t.transform(good[:2])  # computed (and cached when there is a cache)
+    mixed = t.transform(good[:2] + X)  # the good rows cached, every image left to compute bad
+    assert np.array_equal(mixed[:2], first) and not mixed[2:].any() and first.any(axis=1).all()
+    assert t.transform([]).shape == (0, 512)

@@ -139,3 +139,49 @@ def test_escalation_report_compares_probe_head_only_and_full(photos, tmp_path):
     # resuming a finished escalation reuses the probe and the finished runs
     res = escalate(photos, out, resume=True, epochs=1, **TINY)
     assert [r["test_accuracy"] for r in res.rows] == [r["test_accuracy"] for r in rep["rows"]]
+
+
+@pytest.mark.parametrize("error", ["option", "value", "os", "stale-without-restart"])
+def test_run_arm_leaves_the_run_folder_as_it_was_on_any_error_but_a_stale_run(
+        tmp_path, monkeypatch, error):
+    """Only a StaleRunError with restart_stale starts the arm afresh (deleting checkpoint.pt);
+    any other error leaves every file of the run folder byte-identical."""
+    from types import SimpleNamespace
+
+    import cnncodes.workflows.compare as compare
+    from cnncodes.errors import OptionError, StaleRunError
+    from cnncodes.finetuning.config import make_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 a checkpoint of hours of training")
+    (run_dir / "report.json").write_text('{"status": "running"}')
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    raised = {"option": OptionError("lr must be > 0"), "value": ValueError("a bug's ValueError"),
+              "os": OSError(5, "Input/output error"),
+              "stale-without-restart": StaleRunError("Cannot resume with other options")}[error]
+    calls = []
+
+    def fake_finetune(source, output, *, overwrite, **kw):
+        calls.append(overwrite)
+        if overwrite:
+            for p in output.iterdir():
+                p.unlink()
+            return SimpleNamespace(status="completed", report={"status": "completed"})
+        raise raised
+
+    monkeypatch.setattr(compare, "finetune", fake_finetune)
+    monkeypatch.setattr(compare, "write_finetune_html", lambda out: None)
+    split = SimpleNamespace()
+    with pytest.raises(type(raised)):
+        compare.run_arm(split, run_dir, make_config(None, epochs=1),
+                        restart_stale=error != "stale-without-restart")
+    assert calls == [False]
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+    # a stale run with restart_stale: started afresh (the only case that deletes the checkpoint)
+    raised = StaleRunError("Cannot resume with other options")
+    calls.clear()
+    arm = compare.run_arm(split, run_dir, make_config(None, epochs=1), restart_stale=True)
+    assert calls == [False, True] and arm.status == "completed"
+    assert not (run_dir / "checkpoint.pt").exists()
