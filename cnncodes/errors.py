@@ -53,3 +53,8 @@ class OutputError(CnnCodesError, ValueError):
 class StoreDamagedError(CnnCodesError, OSError):
     """A store's files are not what its index records (a segment missing, truncated or changed):
     nothing is read from it (the message names the file and the fix)."""
+
+
+class ModelFileError(CnnCodesError, ValueError):
+    """A model file cannot be loaded safely: damaged, truncated, of another kind, a pickle without
+    ``trust_pickle=True``, or a model the safe format cannot hold (the message names what)."""
