@@ -49,9 +49,10 @@ def is_model_archive(head: bytes) -> bool:
     """Whether a file's first bytes are those of a cnncodes model file: a zip archive whose
     first member is :data:`MODEL_MAGIC_MEMBER` (see :mod:`cnncodes.linear.model_format`)."""
     name = MODEL_MAGIC_MEMBER.encode()
-    return (head.startswith(b"PK\x03\x04") and len(head) >= 30 + len(name)
+    # a file cut inside the name still counts: loading it then says it is truncated
+    return (head.startswith(b"PK\x03\x04") and len(head) > 30
             and int.from_bytes(head[26:28], "little") == len(name)
-            and head[30:30 + len(name)] == name)
+            and name.startswith(head[30:30 + len(name)]))
 
 
 _WHAT_EXPECTED = {"model": "a cnncodes model file", "store": "a cnncodes code store (.h5)",

@@ -94,18 +94,20 @@ def _map_labels(y: np.ndarray, source_classes: Sequence[str], model_classes: Seq
 
 
 def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike | FeatureStore,
-             *, layer: str | None = None) -> Evaluation:
+             *, layer: str | None = None, trust_pickle: bool = False) -> Evaluation:
     """Score ``model`` on the labelled rows of ``store`` that it was not trained on.
 
     Rows whose image path was used for training (e.g. the same store after ``train(...,
     holdout=0.2)``: what remains is the held-out part) are excluded and counted.
+    ``trust_pickle``: also load a model file of the old joblib (pickle) format (see
+    :func:`~cnncodes.load_model`).
 
     Raises:
         ModelMismatchError: the store's codes come from another backbone/weights/layer/pooling/
             preprocessing (the field is named).
         ValueError: no labelled rows left to evaluate, or labels the model does not know.
     """
-    m = load_model(model)
+    m = load_model(model, trust_pickle=trust_pickle)
     st = _as_store(store)
     sp = store_provenance(st)
     m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")

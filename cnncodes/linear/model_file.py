@@ -23,6 +23,7 @@ from .._version import __version__
 from ..codes.store import FeatureStore, canonical
 from ..errors import ModelFileError, ModelMismatchError
 from ..outputs import check_output, sniff
+from .options import MODEL_FILE
 from .model_format import (
     FORMAT_VERSION,
     _Decoder,
@@ -45,10 +46,6 @@ MODEL_FORMAT = "cnncodes-model"
 #: The format :func:`save_model` writes (1: the joblib pickle of cnncodes before; 2: the zip of
 #: arrays and JSON of :mod:`~cnncodes.linear.model_format`).
 MODEL_FORMAT_VERSION = FORMAT_VERSION
-
-
-#: The model file's default name (``cnncodes train -o``, the baseline's report folder).
-MODEL_FILE = "model.npz"
 
 
 #: Provenance fields copied from the store into the model file (the first four are checked).

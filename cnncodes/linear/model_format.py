@@ -358,7 +358,8 @@ def decode_pipeline(doc: Any, dec: _Decoder) -> Any:
     from sklearn.pipeline import Pipeline
 
     if type(doc) is not dict or type(doc.get("steps")) is not list or not doc["steps"]:
-        raise dec.bad("the pipeline", "missing or has no steps")
+        raise ModelFileError(f"{dec.src}: {_JSON_MEMBER} has no pipeline (the fitted "
+                             "classifier's steps); a damaged model file.")
     steps = []
     for i, step in enumerate(doc["steps"]):
         if type(step) is not dict or type(step.get("name")) is not str:
@@ -372,8 +373,8 @@ def decode_pipeline(doc: Any, dec: _Decoder) -> Any:
             raise ModelFileError(f"{dec.src}: {where} names the class {cls!r}; a cnncodes model "
                                  f"file holds only {', '.join(ESTIMATORS)} (nothing else is "
                                  "ever imported or built).")
-        params, state = dec(step.get("params"), f"{where} params"), \
-            dec(step.get("state"), f"{where} state")
+        params, state = dec(step.get("params"), f"{where} parameter"), \
+            dec(step.get("state"), f"{where} attribute")
         if type(params) is not dict or type(state) is not dict:
             raise dec.bad(where, "missing its params or state")
         try:

@@ -59,12 +59,14 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
 
 def evaluate_report(model: TrainedModel | str | os.PathLike,
                     store: str | os.PathLike | FeatureStore, *, raw_baseline: bool = False,
-                    raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False) -> LinearRun:
+                    raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False,
+                    trust_pickle: bool = False) -> LinearRun:
     """Evaluate ``model`` on ``store`` (see :func:`cnncodes.evaluate`) and build the report;
     ``raw_baseline``: add the codes row and the raw-pixel row: logistic regression with the
     model's own C grid, folds and seed on raw pixels of the same images
-    (:func:`~cnncodes.linear.pixels.pixel_baseline`)."""
-    m = load_model(model)
+    (:func:`~cnncodes.linear.pixels.pixel_baseline`); ``trust_pickle``: see
+    :func:`~cnncodes.load_model`."""
+    m = load_model(model, trust_pickle=trust_pickle)
     evaluation = evaluate(m, store)
     rows = None
     if raw_baseline:
