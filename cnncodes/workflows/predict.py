@@ -69,6 +69,10 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
     if is_finetuned_file(model):
         return _predict_finetuned(model, source, runtime=ropts)  # type: ignore[arg-type]
     refuse_checkpoint(model)
+    if _is_torch_file(model):  # a .pt that is not a fine-tuned model: say why it is not
+        from ..finetuning.model_file import read_model_file
+
+        read_model_file(model)  # type: ignore[arg-type]
     return linear_predict(model, source, runtime=ropts, trust_pickle=trust_pickle)
 
 
@@ -92,6 +96,16 @@ def is_linear_model_file(model: Any) -> bool:
         return False
     try:
         return sniff(model)[0] in ("model", "pickle-model")
+    except OSError:
+        return False
+
+
+def _is_torch_file(model: Any) -> bool:
+    from ..outputs import sniff
+
+    try:
+        return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and \
+            sniff(model)[0] == "torch"
     except OSError:
         return False
 
