@@ -71,7 +71,7 @@ ESTIMATORS = {
     "LinearSVC": ("sklearn.svm", "LinearSVC"),
 }
 _DTYPE_KINDS = "biuf"  # bool, int, uint, float: nothing else is stored or read
-_TAGS = ("__array__", "__scalar__", "__tuple__", "__dict__")
+_TAGS = ("__array__", "__scalar__", "__tuple__", "__dict__", "__float__")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: The uncompressed members may total at most this, or this many times the file's size.
 _MIN_BUDGET = 1 << 30
@@ -92,14 +92,17 @@ class _Encoder:
             return value
         if isinstance(value, str):  # numpy.str_ and other str subclasses: their text
             return str.__str__(value)
-        if type(value) is float:
-            return value  # repr round-trips exactly; NaN/inf as Python's json writes them
+        if type(value) is float:  # repr round-trips exactly; JSON has no NaN/inf: tagged
+            return value if np.isfinite(value) else {"__float__": repr(value)}
         if isinstance(value, np.ndarray):
             return self._array(value, where)
         if isinstance(value, np.generic):
             if value.dtype.kind not in _DTYPE_KINDS:
                 raise _unstorable(where, f"a NumPy {value.dtype} scalar")
-            return {"__scalar__": value.dtype.str, "value": value.item()}
+            item = value.item()
+            if isinstance(item, float) and not np.isfinite(item):
+                item = repr(item)  # 'nan', 'inf', '-inf'
+            return {"__scalar__": value.dtype.str, "value": item}
         if type(value) is tuple:
             return {"__tuple__": [self(v, f"{where}[{i}]") for i, v in enumerate(value)]}
         if type(value) is list:
@@ -185,7 +188,7 @@ def write_archive(path: str | os.PathLike, document: Mapping[str, Any],
                   arrays: Mapping[str, np.ndarray]) -> None:
     """Write the zip (magic member first, then ``model.json``, then the arrays), atomically; the
     same model gives the same bytes (fixed member times)."""
-    body = json.dumps(document, indent=1, ensure_ascii=True).encode("ascii")
+    body = json.dumps(document, indent=1, ensure_ascii=True, allow_nan=False).encode("ascii")
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         zf.writestr(_info(MAGIC_MEMBER, zipfile.ZIP_STORED), _MAGIC_TEXT.encode("ascii"))
         zf.writestr(_info(_JSON_MEMBER), body)
@@ -239,7 +242,7 @@ def read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                                  "description): a damaged model file; train it again.")
         raw = _member(zf, _JSON_MEMBER, src)
         try:
-            doc = json.loads(raw.decode("ascii"))
+            doc = json.loads(raw.decode("ascii"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError) as e:
             raise ModelFileError(f"{src}: {_JSON_MEMBER} is not valid JSON ({e}); a damaged "
                                  "model file; train it again.") from e
@@ -249,6 +252,10 @@ def read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays = {i.filename[len(_ARRAY_DIR):-4]: _read_npy(zf, i, src) for i in infos
                   if i.filename.startswith(_ARRAY_DIR) and i.filename.endswith(".npy")}
     return doc, arrays
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _member(zf: zipfile.ZipFile, name: str, src: str) -> bytes:
@@ -300,9 +307,15 @@ class _Decoder:
         if "__scalar__" in obj:
             dtype = self._dtype(obj.get("__scalar__"), where)
             value = obj.get("value")
+            if value in ("nan", "inf", "-inf") and dtype.kind == "f":
+                value = float(value)
             if type(value) not in (bool, int, float):
                 raise self.bad(where, f"a {dtype} scalar with value {value!r}")
             return dtype.type(value)
+        if "__float__" in obj:
+            if obj["__float__"] not in ("nan", "inf", "-inf"):
+                raise self.bad(where, f"the float {obj['__float__']!r}")
+            return float(obj["__float__"])
         if "__tuple__" in obj:
             return tuple(self(list(_list(obj["__tuple__"], self, where)), where))
         if "__dict__" in obj:

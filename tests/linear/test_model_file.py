@@ -42,7 +42,8 @@ def _model(pipe: Pipeline, sel: dict, n_classes: int, n: int) -> TrainedModel:
         pipe, classes, "pool",
         {"backbone": "resnet18", "weights": "random", "input_size": 32, "dims": {"pool": 12},
          "layer_info": {"pool": {"node": "avgpool", "pooling": "avg"}}, "mean": (0.485, 0.456),
-         "nested": {"__array__": "not a tag", 3: "int key"}},
+         "nested": {"__array__": "not a tag", 3: "int key"}, "nan": float("nan"),
+         "inf": [float("inf"), np.float32("-inf")]},
         {"kind": "holdout", "seed": 0, "test_size": 0.2}, sel,
         # a name that is not UTF-8 (surrogate-escaped) and one with a newline: kept exactly
         train_paths=[f"/data/img {i}.png" for i in range(n - 2)] + ["/data/caf\udce9.png",
@@ -145,8 +146,11 @@ def test_every_pipeline_shape_round_trips_exactly(shape, tmp_path):
     _same_outputs(pipe, m2.pipeline, X)
     assert np.array_equal(m2.scores(X)[1], m.scores(X)[1])
     for f in ("classes", "layer", "provenance", "split", "selection", "train_paths", "store",
-              "created", "versions"):
-        assert getattr(m2, f) == getattr(m, f), f
+              "created", "versions"):  # repr: NaN == NaN, and types are compared too
+        assert repr(getattr(m2, f)) == repr(getattr(m, f)), f
+    text = zipfile.ZipFile(path).read("model.json").decode()
+    assert type(m2.provenance["inf"][1]) is np.float32
+    assert "NaN" not in text and "Infinity" not in text  # plain JSON
     assert m2.train_labels.dtype == np.int64 and np.array_equal(m2.train_labels, m.train_labels)
     # the same model gives the same bytes; numpy reads the arrays without pickle
     assert save_model(m2, tmp_path / "again.npz").read_bytes() == path.read_bytes()
