@@ -223,9 +223,9 @@ def thresholds(args: argparse.Namespace) -> Any:
     return dataclasses.replace(Thresholds(), **over)
 
 
-TRUST_NOTE = ("Model files of `cnncodes train` hold only arrays and JSON: loading one runs no code. "
-              "Model files of older cnncodes are joblib pickles, which run code when loaded: "
-              "they are read only with --trust-pickle, for files you made or trust.")
+TRUST_NOTE = ("Model files of `cnncodes train` hold only arrays and JSON: loading one runs no "
+              "code. Model files of older cnncodes are joblib pickles, which run code when "
+              "loaded: they are read only with --trust-pickle, for files you made or trust.")
 
 
 def add_trust_pickle(p: argparse.ArgumentParser) -> None:
