@@ -46,6 +46,8 @@ MODEL_FORMAT = "cnncodes-model"
 #: The format :func:`save_model` writes (1: the joblib pickle of cnncodes before; 2: the zip of
 #: arrays and JSON of :mod:`~cnncodes.linear.model_format`).
 MODEL_FORMAT_VERSION = FORMAT_VERSION
+#: The format of the joblib model files of older cnncodes (read only with ``trust_pickle``).
+PICKLE_FORMAT_VERSION = 1
 
 
 #: Provenance fields copied from the store into the model file (the first four are checked).
@@ -177,8 +179,10 @@ class TrainedModel:
     # --- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The model as the plain dict an old (format 1) joblib model file holds; the pipeline
+        is the live object. :func:`save_model` never pickles it."""
         return {
-            "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+            "format": MODEL_FORMAT, "format_version": PICKLE_FORMAT_VERSION,
             "pipeline": self.pipeline, "classes": list(self.classes), "layer": self.layer,
             "provenance": dict(self.provenance), "split": dict(self.split),
             "selection": dict(self.selection), "train_paths": list(self.train_paths),
@@ -229,6 +233,10 @@ def save_model(model: TrainedModel, path: str | os.PathLike, *, overwrite: bool 
     document, arrays = encode_model(model)  # refuses before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     write_archive(path, document, arrays)
+    if path.suffix.lower() in (".joblib", ".pkl", ".pickle"):
+        log.info("%s: written as a cnncodes model file (a zip of arrays and JSON, no pickle) "
+                 "despite its extension; read it with cnncodes.load_model, not joblib.load",
+                 path)
     return path
 
 
