@@ -286,7 +286,10 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> np.ndarra
         raise ModelFileError(f"{what} declares shape {tuple(shape)} of {dtype} ({need} bytes) "
                              f"but holds {have} bytes; a damaged model file.")
     buf.seek(0)
-    return np.lib.format.read_array(buf, allow_pickle=False)
+    try:
+        return np.lib.format.read_array(buf, allow_pickle=False)
+    except (ValueError, TypeError, EOFError) as e:
+        raise ModelFileError(f"{what} cannot be read ({e}); a damaged model file.") from e
 
 
 class _Decoder:
@@ -311,7 +314,10 @@ class _Decoder:
                 value = float(value)
             if type(value) not in (bool, int, float):
                 raise self.bad(where, f"a {dtype} scalar with value {value!r}")
-            return dtype.type(value)
+            try:
+                return dtype.type(value)
+            except (OverflowError, ValueError, TypeError):
+                raise self.bad(where, f"a {dtype} scalar with value {value!r}") from None
         if "__float__" in obj:
             if obj["__float__"] not in ("nan", "inf", "-inf"):
                 raise self.bad(where, f"the float {obj['__float__']!r}")
@@ -327,7 +333,10 @@ class _Decoder:
                 if not isinstance(key, (str, int, float, bool, tuple, np.generic)) \
                         and key is not None:
                     raise self.bad(where, f"a dict key of type {type(key).__name__}")
-                out[key] = self(pair[1], f"{where}[{key!r}]")
+                try:
+                    out[key] = self(pair[1], f"{where}[{key!r}]")
+                except TypeError:  # an unhashable key (a tuple holding a list)
+                    raise self.bad(where, "a dict key that cannot be a key") from None
             return out
         return {k: self(v, f"{where}.{k}") for k, v in obj.items()}
 
@@ -353,10 +362,10 @@ class _Decoder:
         want_dtype = self._dtype(obj.get("dtype"), where)
         want_shape = obj.get("shape")
         if a.dtype != want_dtype or list(a.shape) != want_shape:
+            said = tuple(want_shape) if isinstance(want_shape, list) else want_shape
             raise ModelFileError(
                 f"{self.src}: {where} ({_ARRAY_DIR}{name}.npy) is {a.dtype} {tuple(a.shape)}, "
-                f"but {_JSON_MEMBER} says {want_dtype} {tuple(want_shape or ())}; a damaged "
-                "model file.")
+                f"but {_JSON_MEMBER} says {want_dtype} {said}; a damaged model file.")
         return a
 
 

@@ -310,6 +310,15 @@ def test_json_missing_a_field_names_it(saved, tmp_path, field):
     (lambda d: d["model"].update(classes="abc"), "'classes' is not a non-empty list"),
     (lambda d: d["model"]["selection"].pop("n_features"), "'selection' is not a dict with"),
     (lambda d: d["model"].update(train_labels=[1, 2]), "'train_labels' is not an integer array"),
+    (lambda d: d["model"]["provenance"].update(x={"__scalar__": "|i1", "value": 1000}),
+     r"model.provenance.x is a int8 scalar with value 1000"),
+    (lambda d: d["model"]["provenance"].update(x={"__scalar__": "|O", "value": 1}),
+     "of dtype object"),
+    (lambda d: d["model"]["provenance"].update(x={"__float__": "1e999"}), "the float '1e999'"),
+    (lambda d: d["model"]["provenance"].update(
+        x={"__dict__": [[{"__tuple__": [[1]]}, 2]]}), "a dict key"),
+    (lambda d: d["pipeline"]["steps"][-1]["state"]["coef_"].update(shape=5),
+     r"but model.json says float\d+ 5"),
 ])
 def test_json_damage_is_one_line(saved, tmp_path, edit, match):
     _, path, _ = saved
