@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "CnnCodesError": ".errors",
     "DecodeError": ".errors",
     "FinetuneDivergedError": ".errors",
+    "ModelFileError": ".errors",
     "ModelMismatchError": ".errors",
     "OptionError": ".errors",
     "StoreMismatchError": ".errors",
@@ -120,8 +121,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     # errors
-    "CnnCodesError", "DecodeError", "FinetuneDivergedError", "ModelMismatchError", "OptionError",
-    "StoreMismatchError", "WeightsUnavailableError",
+    "CnnCodesError", "DecodeError", "FinetuneDivergedError", "ModelFileError", "ModelMismatchError",
+    "OptionError", "StoreMismatchError", "WeightsUnavailableError",
     # sources, backbones, codes
     "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
     "ImageSource", "Preprocessing", "create_backbone", "extract", "extract_arrays", "get_spec",

@@ -76,3 +76,8 @@ class AccessDeniedError(CnnCodesError, PermissionError):
 class StaleRunError(OptionError):
     """A run folder holds a run of other settings (a stale checkpoint): only this error lets a
     workflow that was asked to (``restart_stale``) start the run afresh."""
+
+
+class ModelFileError(CnnCodesError, ValueError):
+    """A model file cannot be loaded safely: damaged, truncated, of another kind, a pickle without
+    ``trust_pickle=True``, or a model the safe format cannot hold (the message names what)."""

@@ -39,7 +39,7 @@ from .errors import OutputError
 
 #: expect= value -> the sniffed kinds a file of that output may be replaced from
 EXPECTED = {
-    "model": {"model", "empty"},
+    "model": {"model", "pickle-model", "empty"},
     "store": {"store", "empty"},
     "csv": {"csv", "empty"},
     "json": {"json", "empty"},
@@ -50,6 +50,20 @@ EXPECTED = {
 _IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
                 (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"),
                 (b"MM\x00*", "a TIFF image"))
+#: First member of a cnncodes model file (a zip): its name at byte 30 identifies the format.
+MODEL_MAGIC_MEMBER = "cnncodes-model"
+
+
+def is_model_archive(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a cnncodes model file: a zip archive whose
+    first member is :data:`MODEL_MAGIC_MEMBER` (see :mod:`cnncodes.linear.model_format`)."""
+    name = MODEL_MAGIC_MEMBER.encode()
+    # a file cut inside the name still counts: loading it then says it is truncated
+    return (head.startswith(b"PK\x03\x04") and len(head) > 30
+            and int.from_bytes(head[26:28], "little") == len(name)
+            and name.startswith(head[30:30 + len(name)]))
+
+
 _WHAT_EXPECTED = {"model": "a cnncodes model file", "store": "a cnncodes code store (.h5)",
                   "csv": "a cnncodes predictions CSV", "json": "a JSON file",
                   "report": "a JSON report"}
@@ -58,9 +72,9 @@ _WHAT_EXPECTED = {"model": "a cnncodes model file", "store": "a cnncodes code st
 def sniff(path: str | os.PathLike) -> tuple[str, str]:
     """``(kind, description)`` of an existing regular file, from its first bytes only.
 
-    Kinds: ``empty``, ``store`` (HDF5), ``model`` (a cnncodes joblib model), ``pickle`` (another
-    pickle/joblib file), ``torch`` (a zip archive such as a torch ``model.pt``), ``zip``,
-    ``image``, ``csv`` (a cnncodes predictions CSV), ``json``, ``text``, ``binary``.
+    Kinds: ``empty``, ``store`` (HDF5), ``model`` (a cnncodes model file), ``pickle-model`` (a
+    cnncodes model in the old joblib format), ``pickle`` (another pickle/joblib file), ``torch``
+    (a zip archive such as a torch ``model.pt``), ``zip``, ``image``, ``csv`` (a cnncodes predictions CSV), ``json``, ``text``, ``binary``.
     """
     with open(path, "rb") as f:
         head = f.read(4096)
@@ -70,8 +84,10 @@ def sniff(path: str | os.PathLike) -> tuple[str, str]:
         return "store", "an HDF5 file (a code store)"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         if b"cnncodes-model" in head:
-            return "model", "a cnncodes model file"
+            return "pickle-model", "a cnncodes model file in the old joblib (pickle) format"
         return "pickle", "a pickle/joblib file (not a cnncodes model)"
+    if is_model_archive(head):
+        return "model", "a cnncodes model file"
     if head.startswith(b"PK\x03\x04"):
         if b"data.pkl" in head:
             return "torch", "a torch archive (a fine-tuned model.pt or checkpoint.pt)"
@@ -299,7 +315,8 @@ def folder_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
     elif (folder / "advice.json").is_file():
         guess = "advise"
     elif (folder / "report.json").is_file():
-        guess = "baseline" if (folder / "model.joblib").is_file() else "train"
+        guess = ("baseline" if any((folder / m).is_file() for m in ("model.npz", "model.joblib"))
+                 else "train")
     return {"command": guess, "guessed": True} if guess else None
 
 

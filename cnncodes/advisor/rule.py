@@ -437,7 +437,7 @@ def _commands(setup: RunSetup, layer: str, similarity: str) -> tuple[list[str], 
         shlex.join(["cnncodes", "extract", setup.source, "-o", "codes.h5",
                     *setup.backbone_args(), "--layers", layer]),
         shlex.join(["cnncodes", "train", "codes.h5", "--layer", layer, "--model",
-                    CLASSIFIER[similarity], "-o", "model.joblib"]),
+                    CLASSIFIER[similarity], "-o", "model.npz"]),
     ]
     pol = FINETUNE_POLICY[similarity]
     ft_cmd = shlex.join(["cnncodes", "finetune", setup.source, *setup.backbone_args(pooling=False),

@@ -225,5 +225,14 @@ def thresholds(args: argparse.Namespace) -> Any:
     return dataclasses.replace(Thresholds(), **over)
 
 
-TRUST_NOTE = ("Model files are joblib pickles: loading one runs code, so use only model files you "
-              "made or that come from a source you trust.")
+TRUST_NOTE = ("Model files of `cnncodes train` hold only arrays and JSON: loading one runs no "
+              "code. Model files of older cnncodes are joblib pickles, which run code when "
+              "loaded: they are read only with --trust-pickle, for files you made or trust.")
+
+
+def add_trust_pickle(p: argparse.ArgumentParser) -> None:
+    """``--trust-pickle``, on every command that loads a linear model file."""
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load a model file of older cnncodes (a joblib pickle): unpickling "
+                        "runs any code the file holds, so only for files you made or trust; a "
+                        "warning is printed")

@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from ..linear.options import DEFAULT_RAW_SIZE
+from ..linear.options import DEFAULT_RAW_SIZE, MODEL_FILE
 from ..options import AUTO_LAYER_BUDGET
 from ..outputs import check_output
 from .common import (
@@ -21,6 +21,7 @@ from .common import (
     add_classifier_options,
     add_runtime_options,
     add_threshold_options,
+    add_trust_pickle,
     backbone_options,
     check_report,
     classifier_kwargs,
@@ -42,8 +43,9 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a linear classifier on cached codes (C chosen by CV)",
                        epilog=TRUST_NOTE)
     p.add_argument("store", help="an .h5 code store of labelled images (`cnncodes extract`)")
-    p.add_argument("-o", "--output", default="model.joblib",
-                   help="model file to write (default model.joblib)")
+    p.add_argument("-o", "--output", default=MODEL_FILE,
+                   help=f"model file to write (default {MODEL_FILE}; arrays + JSON, no code, "
+                        "whatever the extension)")
     p.add_argument("--layer", default=None, help="layer to train on (default the store's default)")
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
@@ -81,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_evaluate(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a model on a labelled code store it was not "
                        "trained on", epilog=TRUST_NOTE)
-    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only)")
+    p.add_argument("model", help="a model file from `cnncodes train`")
     p.add_argument("store", help="an .h5 code store extracted with the model's settings")
     p.add_argument("--report", default=None, help="folder for report.json and PNGs")
     p.add_argument("--raw-baseline", action="store_true",
@@ -94,6 +96,7 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
                    help="write the report into a --report folder another command wrote (only "
                         "the report's own files are replaced)")
     add_allow_incomplete(p)
+    add_trust_pickle(p)
     return p
 
 
@@ -104,7 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_report(args, inputs)
     run = evaluate_report(args.model, args.store, raw_baseline=args.raw_baseline,
                           raw_size=args.raw_size, raw_grey=args.raw_grey,
-                          allow_incomplete=args.allow_incomplete)
+                          allow_incomplete=args.allow_incomplete,
+                          trust_pickle=args.trust_pickle)
     if emit_report(run.report, args, run.evaluation, inputs) and args.report:
         print(f"\nreport in {args.report}")
     return 0
@@ -114,8 +118,8 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label images with a trained model (extracts with the "
                        "model's own backbone/weights/layer/preprocessing) or a fine-tuned "
                        "RUN/model.pt", epilog=TRUST_NOTE)
-    p.add_argument("model", help="a model file from `cnncodes train` (trusted source only), or "
-                                 "a fine-tuned RUN/model.pt from `cnncodes finetune`")
+    p.add_argument("model", help="a model file from `cnncodes train`, or a fine-tuned "
+                                 "RUN/model.pt from `cnncodes finetune`")
     p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
     p.add_argument("-o", "--output", default="predictions.csv",
                    help="CSV with path,label,probability|score,error (default predictions.csv; "
@@ -123,6 +127,7 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a predictions CSV (an input, a "
                         "folder or a special file is never replaced)")
+    add_trust_pickle(p)
     add_runtime_options(p)
     return p
 
@@ -134,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = (args.model, args.source)
     check_output(args.output, inputs=inputs, expect="csv", overwrite=args.overwrite, option="-o")
     pred = predict(args.model, args.source, runtime=runtime_options(
-        args, max_pixels=args.max_pixels))
+        args, max_pixels=args.max_pixels), trust_pickle=args.trust_pickle)
     print(format_predictions(pred, pred.to_csv(args.output, overwrite=args.overwrite,
                                                inputs=inputs)))
     return 0

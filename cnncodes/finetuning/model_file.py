@@ -8,6 +8,8 @@ metadata. :func:`read_model_file` / :func:`is_finetuned_model` read and recognis
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,26 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                             "model.pt written by `cnncodes finetune -o RUN` (RUN/model.pt).")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: nothing was run
+        raise ModelMismatchError(
+            f"Cannot load {p}: it holds objects that only code could rebuild ({_unpickle_reason(e)}"
+            "); cnncodes loads .pt files with torch.load(weights_only=True) and never runs code "
+            "from them: pass the model.pt written by `cnncodes finetune`.") from e
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ModelMismatchError(f"Cannot load {p}: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelMismatchError(f"Cannot load {p}: {type(e).__name__}: {first}") from e
     meta = obj.get("cnncodes") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
         raise ModelMismatchError(f"{p} is not a fine-tuned model written by cnncodes finetune (no "
                          f"'{MODEL_KIND}' metadata); pass RUN/model.pt of a fine-tuning run.")
     return obj["state_dict"], meta
+
+
+def _unpickle_reason(e: Exception) -> str:
+    """The one sentence of torch's weights-only refusal that names the refused global."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error: (.*?\.)(?: Please|\n|$)", text)
+    return m.group(1) if m else (text.strip().splitlines() or ["refused"])[0]
 
 
 def is_finetuned_model(path: str | os.PathLike) -> bool:

@@ -97,11 +97,14 @@ def _map_labels(y: np.ndarray, source_classes: Sequence[str], model_classes: Seq
 
 
 def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike | FeatureStore,
-             *, layer: str | None = None, allow_incomplete: bool = False) -> Evaluation:
+             *, layer: str | None = None, allow_incomplete: bool = False,
+             trust_pickle: bool = False) -> Evaluation:
     """Score ``model`` on the labelled rows of ``store`` that it was not trained on.
 
     Rows whose image path was used for training (e.g. the same store after ``train(...,
     holdout=0.2)``: what remains is the held-out part) are excluded and counted.
+    ``trust_pickle``: also load a model file of the old joblib (pickle) format (see
+    :func:`~cnncodes.load_model`).
 
     Raises:
         ModelMismatchError: the store's codes come from another backbone/weights/layer/pooling/
@@ -110,7 +113,7 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
             which reads it anyway and records so in the evaluation).
         ValueError: no labelled rows left to evaluate, or labels the model does not know.
     """
-    m = load_model(model)
+    m = load_model(model, trust_pickle=trust_pickle)
     st = _as_store(store)
     note = st.check_complete(allow_incomplete)
     sp = store_provenance(st)

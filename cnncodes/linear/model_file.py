@@ -1,10 +1,10 @@
 """The model file: :class:`TrainedModel` (a fitted pipeline bound to the provenance of the codes it
-was trained on), :func:`save_model` / :func:`load_model` (a joblib file holding a plain dict,
-written atomically) and the provenance checks every reader of codes runs first
-(:meth:`TrainedModel.check_compatible` names each differing field).
+was trained on), :func:`save_model` / :func:`load_model` (a zip of arrays and JSON that holds no
+code: :mod:`~cnncodes.linear.model_format`, written atomically) and the provenance checks every
+reader of codes runs first (:meth:`TrainedModel.check_compatible` names each differing field).
 
-.. warning:: joblib (pickle) files execute code when loaded. Only load model files you made
-   yourself or that come from a source you trust.
+Model files of cnncodes before format 2 are joblib pickles: :func:`load_model` reads them only
+with ``trust_pickle=True`` (``--trust-pickle``), since unpickling runs code.
 """
 
 from __future__ import annotations
@@ -19,10 +19,23 @@ from typing import Any
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from ..atomic import atomic_path
+from .._version import __version__
 from ..codes.store import FeatureStore, canonical
-from ..errors import ModelMismatchError, NotFoundError
+from ..errors import ModelFileError, ModelMismatchError, NotFoundError
 from ..outputs import check_output, sniff
+from .options import MODEL_FILE
+from .model_format import (
+    FORMAT_VERSION,
+    _Decoder,
+    _Encoder,
+    check,
+    decode_pipeline,
+    encode_pipeline,
+    pipeline_outputs,
+    probe_rows,
+    read_archive,
+    write_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +43,11 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "cnncodes-model"
 
 
-MODEL_FORMAT_VERSION = 1
+#: The format :func:`save_model` writes (1: the joblib pickle of cnncodes before; 2: the zip of
+#: arrays and JSON of :mod:`~cnncodes.linear.model_format`).
+MODEL_FORMAT_VERSION = FORMAT_VERSION
+#: The format of the joblib model files of older cnncodes (read only with ``trust_pickle``).
+PICKLE_FORMAT_VERSION = 1
 
 
 #: Provenance fields copied from the store into the model file (the first four are checked).
@@ -41,8 +58,8 @@ _COPIED_FIELDS = BINDING_FIELDS + ("family", "weights_sha256", "input_size", "dt
                                    "source_kind", "default_layer", "versions")
 
 
-TRUST_WARNING = ("joblib model files run code when loaded: load only files you made or that come "
-                 "from a source you trust.")
+TRUST_WARNING = ("Unpickling runs any code the file holds: load only files you made or that come "
+                 "from a source you trust, and save the model again to get the safe format.")
 
 
 @dataclass
@@ -162,8 +179,10 @@ class TrainedModel:
     # --- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The model as the plain dict an old (format 1) joblib model file holds; the pipeline
+        is the live object. :func:`save_model` never pickles it."""
         return {
-            "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+            "format": MODEL_FORMAT, "format_version": PICKLE_FORMAT_VERSION,
             "pipeline": self.pipeline, "classes": list(self.classes), "layer": self.layer,
             "provenance": dict(self.provenance), "split": dict(self.split),
             "selection": dict(self.selection), "train_paths": list(self.train_paths),
@@ -173,22 +192,31 @@ class TrainedModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "model") -> TrainedModel:
+        """The model of a :meth:`to_dict` dict (an old joblib model file holds one).
+
+        Raises:
+            ModelFileError: not a cnncodes model dict, a newer format, a field missing or of
+                the wrong type (one line naming it).
+        """
         if not isinstance(d, Mapping) or d.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{source} is not a cnncodes model file (no 'format': "
-                             f"'{MODEL_FORMAT}' entry); make one with `cnncodes train`.")
-        if int(d.get("format_version", -1)) > MODEL_FORMAT_VERSION:
-            raise ValueError(f"{source} has model format {d.get('format_version')}, newer than "
-                             f"this cnncodes ({MODEL_FORMAT_VERSION}); upgrade cnncodes.")
-        keys = ("pipeline", "classes", "layer", "provenance", "split", "selection", "train_paths",
-                "train_labels", "store", "created", "versions")
-        return cls(**{k: d[k] for k in keys if k in d})
+            raise ModelFileError(f"{source} is not a cnncodes model file (no 'format': "
+                                 f"'{MODEL_FORMAT}' entry); make one with `cnncodes train`.")
+        version = d.get("format_version", -1)
+        if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+            raise ModelFileError(f"{source} has model format {version!r}, not one this "
+                                 f"cnncodes reads (up to {MODEL_FORMAT_VERSION}); upgrade "
+                                 "cnncodes.")
+        return cls(**_check_fields(d, source))
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike, *, overwrite: bool = False,
                inputs: Sequence[Any] = ()) -> Path:
-    """Write ``model`` as a joblib file holding a plain dict (see :meth:`TrainedModel.to_dict`).
+    """Write ``model`` as a cnncodes model file (:mod:`~cnncodes.linear.model_format`: a zip of
+    ``.npy`` arrays and JSON that holds no code), whatever the name's extension: ``model.joblib``
+    given by an older script gets the safe format too (loading recognises it by content).
 
-    The file is written to a temporary name and moved into place atomically.
+    The file is written to a temporary name and moved into place atomically; the same model
+    gives the same bytes.
 
     Args:
         overwrite: replace an existing file that is not a cnncodes model (never an input, a
@@ -197,45 +225,187 @@ def save_model(model: TrainedModel, path: str | os.PathLike, *, overwrite: bool 
 
     Raises:
         OutputError: ``path`` is an input, not a regular file, or another kind of file.
+        ModelFileError: the model holds something the format cannot (another estimator class,
+            an object array...): the step and attribute are named; nothing is written.
     """
-    import joblib
-
     path = check_output(path, inputs=(model.store or None, *inputs), expect="model",
                         overwrite=overwrite, option="-o")
+    document, arrays = encode_model(model)  # refuses before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        joblib.dump(model.to_dict(), tmp)
+    write_archive(path, document, arrays)
+    if path.suffix.lower() in (".joblib", ".pkl", ".pickle"):
+        log.info("%s: written as a cnncodes model file (a zip of arrays and JSON, no pickle) "
+                 "despite its extension; read it with cnncodes.load_model, not joblib.load",
+                 path)
     return path
 
 
-def load_model(path: str | os.PathLike | TrainedModel) -> TrainedModel:
-    """Load a model file written by :func:`save_model`.
+def encode_model(model: TrainedModel) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(model.json document, arrays)`` of ``model`` in the format of
+    :mod:`~cnncodes.linear.model_format`, with the probe rows' outputs for the load check."""
+    import sklearn
 
-    .. warning:: joblib/pickle files execute code while loading. Load only model files you made
-       or that come from a trusted source.
+    enc = _Encoder()
+    fields = {
+        "classes": [str(c) for c in model.classes], "layer": str(model.layer),
+        "provenance": model.provenance, "split": model.split, "selection": model.selection,
+        "train_paths": [os.fspath(p) for p in model.train_paths],
+        "train_labels": np.asarray(model.train_labels, np.int64), "store": os.fspath(model.store),
+        "created": model.created, "versions": {k: str(v) for k, v in model.versions.items()},
+    }
+    _check_fields({**fields, "pipeline": model.pipeline}, "the model to save")
+    pipeline = encode_pipeline(model.pipeline, enc)
+    X = probe_rows(model.n_features)
+    try:
+        outputs = pipeline_outputs(model.pipeline, X)
+    except Exception as e:  # noqa: BLE001 - a pipeline that does not run is not saved
+        raise ModelFileError(f"The model's pipeline does not run on {model.n_features} features "
+                             f"({type(e).__name__}: {e}); it is not saved.") from e
+    document = {
+        "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+        "written_by": {"cnncodes": __version__, "scikit-learn": sklearn.__version__,
+                       "numpy": np.__version__},
+        "model": {k: enc(v, k) for k, v in fields.items()},
+        "pipeline": pipeline,
+        "check": enc({"X": X, **outputs}, "check"),
+    }
+    return document, enc.arrays
+
+
+def load_model(path: str | os.PathLike | TrainedModel, *,
+               trust_pickle: bool = False) -> TrainedModel:
+    """Load a model file written by :func:`save_model`, without running any code from it.
+
+    The format is recognised from the file's first bytes, not its name. A model file of an
+    older cnncodes (a joblib pickle) is refused unless ``trust_pickle=True``: unpickling runs
+    whatever code the file holds, so it is only done when asked, after logging a warning; save
+    the loaded model again to convert it. Nothing is unpickled before that decision.
 
     Raises:
-        FileNotFoundError, ValueError: missing file, or not a cnncodes model file.
+        FileNotFoundError: no file at ``path``.
+        ModelFileError: a pickle without ``trust_pickle``, another kind of file, or a damaged,
+            truncated or incomplete model file (one line naming what is wrong).
     """
     if isinstance(path, TrainedModel):
         return path
-    import joblib
-
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"No model file at {path}; train one with `cnncodes train "
-                            "CODES.h5 -o model.joblib`.")
+                            f"CODES.h5 -o {MODEL_FILE}`.")
     kind, what = sniff(path)
-    if kind not in ("model", "pickle"):
-        hint = (" For a fine-tuned network pass its RUN/model.pt to `cnncodes predict`."
-                if kind == "torch" else "")
-        raise ValueError(f"{path} is {what}, not a cnncodes model file; pass the file written by "
-                         f"`cnncodes train CODES.h5 -o model.joblib`.{hint}")
+    if kind == "model":
+        return _load_archive(path)
+    if kind in ("pickle-model", "pickle"):
+        if not trust_pickle:
+            raise ModelFileError(
+                f"{path} is {what}: loading it would run any code it holds, so it is not "
+                "loaded. If you made it or trust its source, pass --trust-pickle "
+                "(trust_pickle=True); save it again to get the safe format.")
+        log.warning("%s: %s (trusted with --trust-pickle / trust_pickle=True). %s", path, what,
+                    TRUST_WARNING)
+        return _load_pickle(path)
+    hint = (" For a fine-tuned network pass its RUN/model.pt to `cnncodes predict`."
+            if kind == "torch" else "")
+    raise ModelFileError(f"{path} is {what}, not a cnncodes model file; pass the file written "
+                         f"by `cnncodes train CODES.h5 -o {MODEL_FILE}`.{hint}")
+
+
+def _load_pickle(path: Path) -> TrainedModel:
+    """An old joblib model file (the caller decided to trust it)."""
+    import joblib
+
     try:
         obj = joblib.load(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"Cannot read model file {path}: {type(e).__name__}: {e}") from e
+        raise ModelFileError(f"Cannot read model file {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return TrainedModel.from_dict(obj, source=os.fspath(path))
+
+
+def _load_archive(path: Path) -> TrainedModel:
+    src = os.fspath(path)
+    doc, arrays = read_archive(path)
+    if doc.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{src}: model.json has no 'format': '{MODEL_FORMAT}' entry; "
+                             "not a cnncodes model file.")
+    version = doc.get("format_version")
+    if type(version) is not int:
+        raise ModelFileError(f"{src}: model.json has no 'format_version' number; a damaged "
+                             "model file.")
+    if version > MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"{src} has model format {version}, newer than this cnncodes "
+                             f"reads ({MODEL_FORMAT_VERSION}); upgrade cnncodes.")
+    dec = _Decoder(arrays, src)
+    fields = dec(doc.get("model"), "model")
+    if not isinstance(fields, dict):
+        raise ModelFileError(f"{src}: model.json has no 'model' object (classes, layer, "
+                             "provenance...); a damaged model file.")
+    pipeline = decode_pipeline(doc.get("pipeline"), dec)
+    model = TrainedModel(**_check_fields({**fields, "pipeline": pipeline}, src))
+    check(pipeline, doc.get("check"), dec, model.n_features)
+    written = (doc.get("written_by") or {}).get("scikit-learn") \
+        if isinstance(doc.get("written_by"), dict) else None
+    import sklearn
+
+    if written and written != sklearn.__version__:
+        log.info("%s was written with scikit-learn %s (this is %s); its recorded scores were "
+                 "reproduced", src, written, sklearn.__version__)
+    return model
+
+
+#: field -> (required, what it is), for the messages about a model file missing a field.
+_FIELDS = {
+    "pipeline": (True, "the fitted classifier"),
+    "classes": (True, "the class names"),
+    "layer": (True, "the layer whose codes it reads"),
+    "provenance": (True, "the provenance of the training codes"),
+    "split": (True, "how the training rows were chosen"),
+    "selection": (True, "the model-selection record"),
+    "train_paths": (False, "the training images"),
+    "train_labels": (False, "their labels"),
+    "store": (False, "the training store"),
+    "created": (False, "the creation time"),
+    "versions": (False, "the library versions"),
+}
+
+
+def _check_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The :class:`TrainedModel` fields of ``d``, checked: one message naming every missing
+    field, or the first one of the wrong type."""
+    from sklearn.pipeline import Pipeline
+
+    missing = [f"'{k}' ({what})" for k, (req, what) in _FIELDS.items() if req and k not in d]
+    if missing:
+        raise ModelFileError(f"{source} is a cnncodes model file without {', '.join(missing)}; "
+                             "it is damaged or incomplete: train the model again.")
+    sel = d["selection"]
+    problems = [
+        ("pipeline", not isinstance(d["pipeline"], Pipeline), "a scikit-learn Pipeline"),
+        ("classes", not (isinstance(d["classes"], list) and d["classes"]
+                         and all(isinstance(c, str) for c in d["classes"])),
+         "a non-empty list of class names"),
+        ("layer", not isinstance(d["layer"], str), "a layer name"),
+        ("provenance", not isinstance(d["provenance"], dict), "a dict"),
+        ("split", not isinstance(d["split"], dict), "a dict"),
+        ("selection", not (isinstance(sel, dict) and isinstance(sel.get("model"), str)
+                           and type(sel.get("n_features")) is int and sel["n_features"] > 0),
+         "a dict with 'model' and 'n_features'"),
+        ("train_paths", not (isinstance(d.get("train_paths", []), list)
+                             and all(isinstance(p, str) for p in d.get("train_paths", []))),
+         "a list of paths"),
+        ("train_labels", not (isinstance(d.get("train_labels", np.zeros(0, np.int64)), np.ndarray)
+                              and np.asarray(d.get("train_labels", [])).dtype.kind in "iu"
+                              and len(d.get("train_labels", [])) == len(d.get("train_paths", []))),
+         "an integer array with one label per training path"),
+        ("store", not isinstance(d.get("store", ""), str), "a path"),
+        ("created", not isinstance(d.get("created", ""), str), "a date"),
+        ("versions", not isinstance(d.get("versions", {}), dict), "a dict"),
+    ]
+    for name, wrong, want in problems:
+        if wrong:
+            raise ModelFileError(f"{source}: the model's '{name}' is not {want}; a damaged model "
+                                 "file: train the model again.")
+    return {k: d[k] for k in _FIELDS if k in d}
 
 
 def store_provenance(store: FeatureStore) -> dict[str, Any]:

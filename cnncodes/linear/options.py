@@ -26,6 +26,9 @@ DEFAULT_MODEL = "logreg"
 DEFAULT_C_GRID = "1e-4:1e2:7"
 #: The published linear-probe protocol's grid: 45 log-spaced values in [1e-6, 1e5].
 FULL_C_GRID = "1e-6:1e5:45"
+#: The model file's default name (``cnncodes train -o``, the baseline's report folder): a zip of
+#: ``.npy`` arrays and JSON (:mod:`cnncodes.linear.model_format`), so ``.npz``.
+MODEL_FILE = "model.npz"
 #: Side in pixels of the raw-pixel baseline's images (``--raw-size``).
 DEFAULT_RAW_SIZE = 32
 

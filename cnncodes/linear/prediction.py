@@ -122,7 +122,8 @@ def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = Non
 
 def linear_predict(model: TrainedModel | str | os.PathLike,
                    source: str | os.PathLike | Sequence[str] | ImageSource | FeatureStore, *,
-                   runtime: RuntimeOptions | None = None) -> Predictions:
+                   runtime: RuntimeOptions | None = None,
+                   trust_pickle: bool = False) -> Predictions:
     """Predict labels with a linear model for images or for the rows of a code store.
 
     Images: their codes are extracted with the model's own backbone, weights, layer, pooling and
@@ -130,7 +131,7 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     (``.h5``) is checked against the model's provenance and read instead. Unreadable images are
     listed in ``Predictions.failures``; they do not stop the run.
     """
-    m = load_model(model)
+    m = load_model(model, trust_pickle=trust_pickle)
     true: list[str] | None = None
     if is_store_source(source):
         st = _as_store(source)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ cnncodes does not depend on dask)::
     client = Client("tcp://scheduler:8786")        # or Client() for a local test cluster
     with joblib.parallel_config(backend="dask"):   # joblib < 1.3: joblib.parallel_backend("dask")
         model = cnncodes.train("codes.h5", layer="pool", c_grid="full", cv=5, device="cpu")
-    cnncodes.save_model(model, "model.joblib")
+    cnncodes.save_model(model, "model.npz")
 
 ``n_jobs=None`` (the default) lets the backend decide how many fits run at once (dask: every
 worker thread of the cluster); ``n_jobs=1`` keeps the fits in this process, outside any

@@ -26,7 +26,7 @@ from ..backbones.registry import get_spec
 from ..codes.store import FeatureStore
 from ..errors import OptionError, StoreMismatchError
 from ..linear.evaluation import Evaluation, evaluate
-from ..linear.model_file import TrainedModel, save_model
+from ..linear.model_file import MODEL_FILE, TrainedModel, save_model
 from ..linear.options import (
     CLASSIFIER_FIELDS,
     DEFAULT_RAW_SIZE,
@@ -184,15 +184,15 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
                            extra={**extra, **extra_now,
                                   "wall_time_s": round(time.perf_counter() - t0, 2)})
         if out is not None:
-            files["model"] = out / "model.joblib"
-            rep["files"] = {"model": "model.joblib"}
+            files["model"] = out / MODEL_FILE
+            rep["files"] = {"model": MODEL_FILE}
             files.update(write_report(rep, out, evaluation=evaluation, owner="baseline",
                                       overwrite=overwrite,
-                                      own_files=(*REPORT_FILES, "model.joblib")))
+                                      own_files=(*REPORT_FILES, MODEL_FILE)))
         return rep
 
     if out is not None:
-        save_model(trained, out / "model.joblib")
+        save_model(trained, out / MODEL_FILE)
     ft_result = None
     if sopts.fall_through:
         assert out is not None
@@ -227,9 +227,9 @@ def check_outputs(source: str | os.PathLike, report: str | os.PathLike | None, c
     not an input, not inside the source folder, no special file where a file goes
     (:func:`cnncodes.outputs.check_output`)."""
     if report is not None:
-        check_report_folder(report, inputs=(source,), files=(*REPORT_FILES, "model.joblib"),
+        check_report_folder(report, inputs=(source,), files=(*REPORT_FILES, MODEL_FILE),
                             owner="baseline", overwrite=overwrite)
-        check_output(Path(report) / "model.joblib", inputs=(source,), expect="model",
+        check_output(Path(report) / MODEL_FILE, inputs=(source,), expect="model",
                      overwrite=overwrite, option="--report")
     check_output(cache_dir, kind="folder", files=("codes.h5", "train.h5", "test.h5"),
                  inputs=(source,), option="--cache")

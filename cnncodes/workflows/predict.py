@@ -31,7 +31,8 @@ Source = str | os.PathLike | Sequence[str] | ImageSource | FeatureStore
 
 
 def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
-            runtime: RuntimeOptions | None = None, **options: Any) -> Predictions:
+            runtime: RuntimeOptions | None = None, trust_pickle: bool = False,
+            **options: Any) -> Predictions:
     """Predict labels for images (or the rows of a code store) with a linear or fine-tuned model.
 
     Args:
@@ -45,6 +46,8 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
         runtime: how codes are computed (:class:`RuntimeOptions`); ``options`` override single
             fields (``batch_size=``, ``num_workers=``, ``device=``...). The backbone options come
             from the model and cannot be given.
+        trust_pickle: also load a linear model file of the old joblib (pickle) format, which
+            runs code when loaded (see :func:`~cnncodes.load_model`).
 
     Returns:
         :class:`Predictions`; unreadable images are listed in ``failures`` (not fatal). Folder
@@ -61,10 +64,16 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
                         "pooling, input_size) from the model. Got some of them instead; drop "
                         "them.")
     source = single_image(source)
+    if is_linear_model_file(model):  # recognised by its first bytes: no torch.load attempt
+        return linear_predict(model, source, runtime=ropts, trust_pickle=trust_pickle)
     if is_finetuned_file(model):
         return _predict_finetuned(model, source, runtime=ropts)  # type: ignore[arg-type]
     refuse_checkpoint(model)
-    return linear_predict(model, source, runtime=ropts)
+    if _is_torch_file(model):  # a .pt that is not a fine-tuned model: say why it is not
+        from ..finetuning.model_file import read_model_file
+
+        read_model_file(model)  # type: ignore[arg-type]
+    return linear_predict(model, source, runtime=ropts, trust_pickle=trust_pickle)
 
 
 def single_image(source: Source) -> Source:
@@ -76,6 +85,29 @@ def single_image(source: Source) -> Source:
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             return [os.fspath(p)]
     return source
+
+
+def is_linear_model_file(model: Any) -> bool:
+    """Whether ``model`` is a file whose first bytes are those of a linear model file (the safe
+    format or an old joblib one)."""
+    from ..outputs import sniff
+
+    if not isinstance(model, (str, os.PathLike)) or not Path(model).is_file():
+        return False
+    try:
+        return sniff(model)[0] in ("model", "pickle-model")
+    except OSError:
+        return False
+
+
+def _is_torch_file(model: Any) -> bool:
+    from ..outputs import sniff
+
+    try:
+        return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and \
+            sniff(model)[0] == "torch"
+    except OSError:
+        return False
 
 
 def refuse_checkpoint(model: Any) -> None:
@@ -106,7 +138,7 @@ def refuse_checkpoint(model: Any) -> None:
 
 def is_finetuned_file(model: Any) -> bool:
     """Whether ``model`` is a ``model.pt`` of :func:`cnncodes.finetune` (a torch zip archive), not
-    a joblib model file."""
+    a linear model file."""
     if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
         return False
     from ..finetuning.model_file import is_finetuned_model

@@ -62,13 +62,14 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
 def evaluate_report(model: TrainedModel | str | os.PathLike,
                     store: str | os.PathLike | FeatureStore, *, raw_baseline: bool = False,
                     raw_size: int = DEFAULT_RAW_SIZE, raw_grey: bool = False,
-                    allow_incomplete: bool = False) -> LinearRun:
+                    allow_incomplete: bool = False, trust_pickle: bool = False) -> LinearRun:
     """Evaluate ``model`` on ``store`` (see :func:`cnncodes.evaluate`) and build the report;
     ``raw_baseline``: add the codes row and the raw-pixel row: logistic regression with the
     model's own C grid, folds and seed on raw pixels of the same images
     (:func:`~cnncodes.linear.pixels.pixel_baseline`); ``allow_incomplete``: evaluate on a store
-    whose extraction was stopped (refused by default; the report says so)."""
-    m = load_model(model)
+    whose extraction was stopped (refused by default; the report says so); ``trust_pickle``: see
+    :func:`~cnncodes.load_model`."""
+    m = load_model(model, trust_pickle=trust_pickle)
     evaluation = evaluate(m, store, allow_incomplete=allow_incomplete)
     rows = None
     if raw_baseline:

@@ -35,7 +35,7 @@ def test_small_similar_last_layer_and_logreg():
     assert shlex.split(extract_cmd) == ["cnncodes", "extract", "my photos/", "-o", "codes.h5",
                                         "--backbone", "mobilenet_v2", "--input-size", "112",
                                         "--layers", "pool"]
-    assert shlex.split(train_cmd)[-5:] == ["pool", "--model", "logreg", "-o", "model.joblib"]
+    assert shlex.split(train_cmd)[-5:] == ["pool", "--model", "logreg", "-o", "model.npz"]
     assert d.next_command == f"{extract_cmd} && {train_cmd}"
 
 

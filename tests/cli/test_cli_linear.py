@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_baseline_command_prints_codes_and_raw_pixel_rows(digits_data, tmp_path,
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["split"]["kind"] == "predefined" and rep["test"]["n"] == 60
     assert FeatureStore(tmp_path / "rep" / "cache" / "test.h5").layers == ["pool"]
-    assert load_model(tmp_path / "rep" / "model.joblib").layer == "pool"
+    assert load_model(tmp_path / "rep" / "model.npz").layer == "pool"
     rc, _, err = run(capsys, "baseline", digits_data.split_dir, "--report", tmp_path / "rep",
                      "--backbone", BACKBONE, "--weights", digits_data.weights, "--input-size",
                      "40", "--workers", "0", "--no-progress")
@@ -143,7 +144,11 @@ def test_help_warns_that_model_files_run_code(capsys):
     for cmd in ("train", "evaluate", "predict", "baseline"):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
-        assert "joblib pickles" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "loading one runs no code" in " ".join(out.split())
+        # the option itself, on the commands that load a model file
+        assert bool(re.search(r"^\s+--trust-pickle\s", out, re.M)) == \
+            (cmd in ("evaluate", "predict"))
 
 
 def test_train_help_says_linearsvc_stays_on_the_cpu(capsys):

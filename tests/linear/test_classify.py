@@ -8,8 +8,10 @@ through a randomly initialised ResNet-18 saved to a checkpoint file: see ``digit
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import joblib
@@ -194,11 +196,14 @@ def test_train_evaluate_on_separate_test_store(digits_data, digits_model, tmp_pa
     assert np.array(ev.metrics["confusion_matrix"]).sum() == 60
     assert np.trace(ev.metrics["confusion_matrix"]) == round(ev.accuracy * 60)
 
-    path = save_model(m, tmp_path / "m.joblib")
-    raw = joblib.load(path)
-    assert isinstance(raw, dict) and raw["format"] == "cnncodes-model"
-    for key in ("pipeline", "classes", "layer", "provenance", "split", "selection"):
-        assert key in raw
+    path = save_model(m, tmp_path / "m.npz")
+    with zipfile.ZipFile(path) as z:  # arrays and JSON, no pickle
+        raw = json.loads(z.read("model.json"))
+    assert raw["format"] == "cnncodes-model" and raw["format_version"] == 2
+    for key in ("classes", "layer", "provenance", "split", "selection"):
+        assert key in raw["model"]
+    assert [s["class"] for s in raw["pipeline"]["steps"]] == ["StandardScaler",
+                                                              "LogisticRegression"]
     m2 = load_model(path)
     X, _ = FeatureStore(digits_data.test_h5).load("pool")
     assert list(m2.predict(X)) == list(m.predict(X))
@@ -251,8 +256,10 @@ def test_same_weights_file_elsewhere_is_compatible(digits_data, digits_model):  
 
 def test_load_model_refuses_other_files(tmp_path):
     joblib.dump({"hello": 1}, tmp_path / "x.joblib")
-    with pytest.raises(ValueError, match="not a cnncodes model file"):
+    with pytest.raises(ValueError, match="not a cnncodes model.*--trust-pickle"):
         load_model(tmp_path / "x.joblib")
+    with pytest.raises(ValueError, match="not a cnncodes model file"):
+        load_model(tmp_path / "x.joblib", trust_pickle=True)
     with pytest.raises(FileNotFoundError, match="cnncodes train"):
         load_model(tmp_path / "missing.joblib")
 

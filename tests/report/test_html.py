@@ -104,7 +104,7 @@ def test_store_alone_lists_the_test_paths(baseline_run, tmp_path):  # noqa: F811
     moved = tree.with_name("photos-moved")
     tree.rename(moved)
     try:
-        rc, out = run_cli("evaluate", baseline_run.report / "model.joblib",
+        rc, out = run_cli("evaluate", baseline_run.report / "model.npz",
                           baseline_run.report / "cache" / "test.h5", "--report", tmp_path / "ev")
     finally:
         moved.rename(tree)

@@ -45,7 +45,7 @@ def test_baseline_predefined_split_reuses_cache_and_reports(digits_data, tmp_pat
     assert codes["accuracy"] == pytest.approx(res.evaluation.accuracy) and codes["accuracy"] > 0.5
     assert raw["name"] == "raw pixels 16x16 rgb" and raw["features"] == 768
     assert 0.5 < raw["accuracy"] <= 1  # digits pixels are a strong baseline
-    for f in ("report.json", "cv_scores.png", "confusion.png", "model.joblib"):
+    for f in ("report.json", "cv_scores.png", "confusion.png", "model.npz"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
     runs = len(FeatureStore(cache / "test.h5").provenance["runs"])
     # the same run given as options objects instead of keywords; cached: no extraction

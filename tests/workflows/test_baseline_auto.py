@@ -97,7 +97,7 @@ def test_layer_auto_records_advice_in_report_and_stores_and_reuses_it(photos, tm
     assert store.layers == [layer]
     assert store.provenance["advice"]["layer"] == layer
     assert store.provenance["advice"]["explanation"] == advice["explanation"]
-    assert load_model(rep / "model.joblib").layer == layer
+    assert load_model(rep / "model.npz").layer == layer
 
     # same rows, same thresholds: the recorded advice is reused, the advisor does not run again
     again = baseline(photos, report=rep, layer="auto", budget=None, **OPTS)
@@ -216,7 +216,7 @@ def test_fall_through_fine_tunes_on_the_same_split_when_large(photos, tmp_path, 
     # the same split: fine-tuning trains (+ validates) on the probe's 30 training images and is
     # tested on its 6 test images
     split = json.loads((rep / "finetune" / "split.json").read_text())
-    model = load_model(rep / "model.joblib")
+    model = load_model(rep / "model.npz")
     ft_train = {str(Path(p).resolve()) for p, _ in split["train"] + split["val"]}
     ft_test = {str(Path(p).resolve()) for p, _ in split["test"]}
     assert ft_train == {str(Path(p).resolve()) for p in model.train_paths}
