@@ -3,10 +3,13 @@
 The rules (also in the README, ``extract`` > Sources):
 
 * **Encoding**: UTF-8, with or without a byte-order mark (``utf-8-sig``). Another encoding (UTF-16
-  from a Windows editor, Latin-1 bytes...) is refused with the line that is not UTF-8.
+  from a Windows editor, Latin-1 bytes...) is refused with the line that is not UTF-8, except
+  bytes that are exactly the name of an existing file (a Latin-1 file name, as ``ls`` or a
+  predictions CSV writes it): those name that file.
 * **Lines**: ``\\n``, ``\\r\\n`` or ``\\r`` endings; blank lines and lines whose first non-blank
   character is ``#`` are ignored (write a path that starts with ``#`` as ``./#name.jpg``). Spaces
-  around each field are stripped. One row per line (no line breaks inside a field).
+  around each field are stripped. One row per line, except that with a separator a quoted
+  field may hold line breaks (``"new<line break>line.png",cat``), kept exactly.
 * **Separator**, decided once per file: ``.csv`` comma, ``.tsv`` tab. A ``.txt``/``.lst`` uses
   the first row (the header if there is one): a tab there makes it tab-separated; else a comma
   makes it comma-separated, unless what follows the last comma ends like an image file name
@@ -61,10 +64,50 @@ def _decode(path: Path) -> str:
                           "byte-order mark) instead; save it as UTF-8.")
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = len(_LINE_BREAK.findall(data[:e.start].decode("utf-8", "replace"))) + 1
-        raise SourceError(f"List file {path} must be UTF-8. Got byte 0x{data[e.start]:02x} on line "
-                          f"{line}, which is not UTF-8, instead; save the list as UTF-8.") from None
+    except UnicodeDecodeError:  # checked per row: only the bytes of an existing file's name pass
+        return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def _not_utf8(path: Path, row: ListRow, data_error: bool) -> SourceError:
+    bad = next(c for c in row.path + (row.label or "") if "\udc80" <= c <= "\udcff")
+    what = "a label" if data_error else "a path that names no file"
+    return SourceError(f"List file {path} must be UTF-8. Got byte 0x{ord(bad) - 0xDC00:02x} on "
+                       f"line {row.line}, which is not UTF-8, in {what}, instead; save the list "
+                       "as UTF-8 (bytes that are not UTF-8 pass only as the exact name of a file "
+                       "that exists).")
+
+
+def _check_bytes(path: Path, rows: list[ListRow]) -> None:
+    """Bytes that are not UTF-8 (read as surrogates) pass only in a path naming an existing file
+    with exactly those bytes (a Latin-1 file name written by a tool): a list saved in another
+    encoding is refused, naming the line."""
+    folder = path.resolve().parent
+    for r in rows:
+        if _has_surrogates(r.label or ""):
+            raise _not_utf8(path, r, True)
+        if _has_surrogates(r.path) and not os.path.lexists(resolve_path(r.path, folder)):
+            raise _not_utf8(path, r, False)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _logical_lines(text: str, sep: str | None) -> list[tuple[int, str]]:
+    """``(first line number, text)`` per row: with a separator, a quoted field may hold line
+    breaks (kept exactly as written), so a line with an open quote continues on the next."""
+    parts = _LINE_BREAK.split(text)
+    breaks = _LINE_BREAK.findall(text)
+    out: list[tuple[int, str]] = []
+    k = 0
+    while k < len(parts):
+        start, line = k + 1, parts[k]
+        while sep is not None and line.count('"') % 2 == 1 and k + 1 < len(parts):
+            line += breaks[k] + parts[k + 1]
+            k += 1
+        out.append((start, line))
+        k += 1
+    return out
 
 
 def _separator(path: Path, first: str, image_extensions: tuple[str, ...]) -> str | None:
@@ -113,12 +156,15 @@ def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
         SourceError: not UTF-8, a row with too many fields or an empty path, no rows at all (the
             file and the line are named).
     """
-    lines = [(n, ln) for n, ln in enumerate(_LINE_BREAK.split(_decode(path)), 1)
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
+    text = _decode(path)
+    first = next((ln for ln in _LINE_BREAK.split(text)
+                  if ln.strip() and not ln.lstrip().startswith("#")), None)
+    if first is None:
         raise SourceError(f"List file {path} must name at least one image. Got no rows (only blank "
                           "or # comment lines) instead.")
-    sep = _separator(path, lines[0][1], image_extensions)
+    sep = _separator(path, first, image_extensions)
+    lines = [(n, ln) for n, ln in _logical_lines(text, sep)
+             if ln.strip() and not ln.lstrip().startswith("#")]
     rows: list[ListRow] = []
     cols: tuple[int, int | None] | None = None
     width = 2
@@ -147,6 +193,7 @@ def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
     if not rows:
         raise SourceError(f"List file {path} must name at least one image. Got only a header row "
                           "instead.")
+    _check_bytes(path, rows)
     return rows
 
 
