@@ -148,13 +148,28 @@ def _build(name: str, kwargs: dict[str, Any], weights: Any = None) -> nn.Module:
 def build_kwargs(model: nn.Module) -> dict[str, Any]:
     """``dynamic_img_size=True`` for the models that take it (ViT, EVA, DeiT, Swin...): their
     position embeddings are resampled at other input sizes (same codes at the pretrained size)."""
+    return {"dynamic_img_size": True} if takes_keyword(type(model), "dynamic_img_size") else {}
+
+
+def takes_keyword(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` accepts keyword ``name``: its ``__init__`` names it, or passes
+    ``**kwargs`` on to a base class whose ``__init__`` does (timm's distilled DeiT takes
+    ``dynamic_img_size`` through ``**kwargs`` of ``VisionTransformerDistilled``)."""
     import inspect
 
-    try:
-        params = inspect.signature(type(model).__init__).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"dynamic_img_size": True} if "dynamic_img_size" in params else {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            return False
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
 
 
 class TimmWeights:

@@ -154,6 +154,20 @@ def test_torchvision_model_outside_the_registry_by_node_name():
         get_spec("torchvision/swin_t").cut("node:features.1.0.add")
 
 
+def test_dynamic_size_taken_through_kwargs_distilled_deit_at_64_px():
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.resnet import ResNet
+
+    from cnncodes.backbones.timm_models import takes_keyword
+
+    assert takes_keyword(VisionTransformerDistilled, "dynamic_img_size")  # via **kwargs
+    assert not takes_keyword(ResNet, "dynamic_img_size")
+    ext, _ = create_backbone("timm/deit_tiny_distilled_patch16_224", weights="random",
+                             layers="pool")
+    with torch.inference_mode():
+        assert ext(_batch(2, 64))["pool"].shape == (2, 192)
+
+
 @pytest.mark.parametrize("name,layers", [
     ("torchvision/squeezenet1_0", "stage4,pool"),           # two names of one graph node
     ("torchvision/resnet18", "stage5,node:layer4.1.relu_1,pool"),
