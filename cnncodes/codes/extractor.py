@@ -6,6 +6,7 @@ ONNX Runtime on the CPU, see :mod:`cnncodes.codes.engines`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,23 @@ def fold_batchnorm(extractor: FeatureExtractor, *, input_size: int = 64, tol: fl
     return len(replaced) // 2
 
 
+def failure_reason(e: BaseException) -> str:
+    """What went wrong, in one line: the message, or for a bare ``assert`` in a model (timm's
+    fixed-size attention models) the failing line and where it is."""
+    text = " ".join(str(e).split())
+    if text:
+        return text
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return type(e).__name__
+    own = [f for f in frames if f"{os.sep}torch{os.sep}" not in f.filename]  # torch._assert's
+    last = (own or frames)[-1]
+    return (f"{type(e).__name__} at {os.path.basename(last.filename)}:{last.lineno}: "
+            f"{(last.line or '').strip()}")
+
+
 class CodeExtractor:
     """A cut backbone ready to turn uint8 image batches into codes on one device.
 
@@ -111,7 +129,7 @@ class CodeExtractor:
             fits = "does not fit" if self.spec.tap else "is too small for"
             raise OptionError(
                 f"input size {self.preprocessing.crop} px {fits} {self.spec.name} "
-                f"({e}). Use a {'different' if self.spec.tap else 'larger'} --input-size (its "
+                f"({failure_reason(e)}). Use a {'different' if self.spec.tap else 'larger'} --input-size (its "
                 f"pretrained weights use {self.resolved.preprocessing.crop} px).") from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)

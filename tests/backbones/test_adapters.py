@@ -298,3 +298,16 @@ def test_advise_probes_every_stage_of_a_library_model(tmp_path, capsys):
     assert list(probe) == ["stage1", "stage2", "stage3", "stage4", "pool"]
     assert [probe[k]["dim"] for k in probe] == [24, 32, 48, 64, 64]
     assert [probe[k]["depth"] for k in probe] == ["earlier"] * 3 + ["last"] * 2
+
+
+def test_a_bare_assert_in_a_model_is_named_with_its_line():
+    from cnncodes.codes.extractor import failure_reason
+
+    def model_forward(h: int) -> None:
+        assert h == 256
+
+    with pytest.raises(AssertionError) as info:
+        model_forward(64)
+    why = failure_reason(info.value)
+    assert why.startswith("AssertionError at test_adapters.py:") and "assert h == 256" in why
+    assert failure_reason(RuntimeError("shape\n mismatch")) == "shape mismatch"
