@@ -51,6 +51,7 @@ from ..sources.tarshards import TarShardSource
 from .extractor import CodeExtractor
 from .identity import FileId, check_verify, describe_source, store_sources
 from .journal import Journal, Part
+from .numerics import decoding
 from .reader import check_is_store
 from .store import (
     CONFIG_FIELDS,
@@ -328,6 +329,9 @@ class _Progress:
 def _extract_locked(job: _Job) -> ExtractResult:
     """Check, plan, run the batches, fold; the body of :func:`extract` under the writer lock."""
     src, out, journal, ext, di = job.src, job.out, job.journal, job.ext, job.di
+    dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
+                           decoder=job.runtime.decoder)
+    job.prov["decoding"] = decoding(decoder_name(dataset, ext.device))  # the decoder that runs
     check_store_compatible(out, job.config)
     if di.is_main and journal.part_files():
         journal.verify(ext.layers)  # damaged parts of a killed run: set aside, redo their images
@@ -350,8 +354,6 @@ def _extract_locked(job: _Job) -> ExtractResult:
         journal.write_manifest({**job.config, "sources": job.prov["sources"],
                                 "verify": job.verify})
     workers = loader_workers(ext.device, job.runtime.num_workers, len(mine), bs)
-    dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
-                           decoder=job.runtime.decoder)
     run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
     if run.interrupted and di.enabled:
         raise KeyboardInterrupt(ExtractResult(path=out, rows=sync.done, new=run.new,
