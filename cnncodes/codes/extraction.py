@@ -32,6 +32,7 @@ from .._distributed import (
     barrier,
     local_world_size,
     process_group,
+    rank_device,
     shard_batches,
 )
 from .._runtime import (
@@ -252,8 +253,7 @@ def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> Run
     if not di.enabled:
         return ropts.replace(device=dev)
     local_world = local_world_size(di)
-    if dev.type == "cuda" and str(ropts.device) in ("auto", "cuda"):
-        dev = torch.device("cuda", di.local_rank)
+    dev = rank_device(ropts.device, dev, di)  # cuda:LOCAL_RANK; refuses cuda:N for every rank
     changes: dict[str, Any] = {"device": dev}
     if dev.type == "cpu" and ropts.threads is None:
         changes["threads"] = per_rank_threads(local_world)
