@@ -441,7 +441,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
         for k, (i, res) in enumerate(zip(raw.jpeg_indices, decoded, strict=True)):
             if isinstance(res, Exception):
                 log.debug("%s: tensor decoder failed (%s); using PIL", raw.jpeg_paths[k], res)
-                item = _pil_item(i, raw.jpeg_paths[k], pp, max_pixels, "pil: decoder error")
+                item = _pil_item(i, raw.jpeg_paths[k], pp, max_pixels, DECODER_ERROR)
                 raw.routes[i] = item.route
                 if item.image is not None:
                     rows[i] = item.image
@@ -462,6 +462,54 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
     for r, i in enumerate(ok):
         out[r].copy_(rows[i], non_blocking=True)
     return Batch(ok, out, failures)
+
+
+#: Route of a JPEG the tensor decoder rejected (decoded by PIL in the main process instead).
+DECODER_ERROR = "pil: decoder error"
+
+
+class GpuDecodeHealth:
+    """Watches nvJPEG on the batches :func:`decode_batch` decodes on the GPU: warns at the first
+    JPEG it rejects (each is then decoded by PIL in the main process, which is slow), and after
+    ``switch_after`` batches in a row where it rejected every JPEG says to decode the rest on the
+    CPU workers (``switched``). ``record()`` is what the run record keeps."""
+
+    def __init__(self, switch_after: int = 3):
+        self.switch_after = switch_after
+        self.sent = 0  # JPEGs given to nvJPEG
+        self.rejected = 0  # of those, decoded by PIL instead
+        self.in_row = 0  # consecutive batches where every JPEG was rejected
+        self.switched = False
+        self.after_switch = 0  # images decoded by the CPU workers after the switch
+
+    def update(self, raw: RawBatch) -> None:
+        """Count a batch just decoded by :func:`decode_batch` on the GPU."""
+        sent = len(raw.jpeg_indices)
+        bad = sum(raw.routes.get(i) == DECODER_ERROR for i in raw.jpeg_indices)
+        if bad and not self.rejected:
+            log.warning("nvJPEG rejected %d of %d JPEGs of a batch; they are decoded by PIL in "
+                        "the main process (slow). Reported in the run record.", bad, sent)
+        self.sent += sent
+        self.rejected += bad
+        if sent:
+            self.in_row = self.in_row + 1 if bad == sent else 0
+        if self.in_row >= self.switch_after and not self.switched:
+            self.switched = True
+            log.warning("nvJPEG rejected every JPEG of %d batches in a row (%d of %d so far): "
+                        "decoding the rest on the CPU workers (--decoder pil avoids nvJPEG)",
+                        self.in_row, self.rejected, self.sent)
+
+    def record(self) -> dict[str, Any]:
+        return {"nvjpeg": self.sent - self.rejected, "pil_after_nvjpeg_error": self.rejected,
+                "cpu_workers_after_switch": self.after_switch, "switched_to_cpu": self.switched}
+
+    def decoder(self) -> str:
+        """The decoder that ran, for the run record: ``nvjpeg``, or what replaced it."""
+        if self.switched:
+            return "nvjpeg, then libjpeg-turbo (nvJPEG failed)"
+        if self.rejected:
+            return "nvjpeg (with PIL for the JPEGs it rejected)"
+        return "nvjpeg"
 
 
 class DecodingCollate:
