@@ -86,3 +86,20 @@ def strict_fp32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """``cudnn.benchmark`` on inside the block on CUDA (extraction batches have one fixed shape,
+    so cuDNN times its algorithms once per shape and reuses the fastest), the caller's setting
+    restored after. The algorithm chosen may differ between runs: fp32 codes then differ by
+    summation order only (~1e-6 relative, what ``fp32`` mixing allows). A no-op on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old

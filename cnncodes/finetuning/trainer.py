@@ -299,8 +299,9 @@ class Trainer:
         with autocast(self.device, self.amp):
             logits = self.model(x)
             loss = self.criterion(logits.float(), y)
-        # the ranks' mean loss: NaN/inf on any rank stops every rank at this step
-        loss_value = float(loss.detach())
+        # the ranks' mean loss: NaN/inf on any rank stops every rank at this step (one host sync
+        # per step, kept: an fp32 step with a NaN loss would write NaN into the weights)
+        local_loss = loss_value = float(loss.detach())
         if self.di.enabled:
             loss_value = all_reduce_sum([loss_value])[0] / self.di.world
         if not math.isfinite(loss_value):
@@ -315,7 +316,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         n = len(batch.indices)
-        return float(loss.detach()) * n, int((logits.detach().argmax(1) == y).sum()), n
+        return local_loss * n, int((logits.detach().argmax(1) == y).sum()), n
 
     def train_epoch(self) -> tuple[dict[str, Any], Evaluation | None]:
         """Train one epoch and validate: ``(history record, validation evaluation or None)``."""

@@ -73,6 +73,9 @@ TENSOR = "tensor"
 
 #: Route of small chroma-subsampled JPEGs decoded with libjpeg in the worker (GPU decoding only).
 CPU_SMALL = "cpu: small subsampled JPEG"
+#: Route of a progressive JPEG when the batch decoder is on the GPU: nvJPEG decodes those one by
+#: one with its Huffman stage on the CPU of the main process, so the worker decodes it instead.
+CPU_PROGRESSIVE = "cpu: progressive JPEG"
 
 
 #: Other routes are ``"pil: <why>"``. Default of ``gpu_min_scale`` (see the module docstring).
@@ -239,7 +242,7 @@ def gpu_min_side(pp: Preprocessing, scale: float = GPU_MIN_SCALE) -> int:
 
 def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
-              cpu_below: int = 0) -> RawItem:
+              cpu_below: int = 0, progressive_on_cpu: bool = False) -> RawItem:
     """What a worker does with one file: read the bytes, route them, run PIL where needed.
 
     Args:
@@ -251,6 +254,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
         cpu_below: chroma-subsampled JPEGs whose shorter side is under this are decoded here with
             libjpeg (route :data:`CPU_SMALL`) instead of by the batch decoder; see
             :func:`gpu_min_side`.
+        progressive_on_cpu: decode progressive JPEGs here too (route :data:`CPU_PROGRESSIVE`;
+            set when the batch decoder is on the GPU).
 
     Never raises: failures become ``RawItem.failure`` (the PIL path's reasons).
     """
@@ -280,18 +285,21 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             if why is None:
                 if header.subsampled and min(header.width, header.height) < cpu_below:
                     return _cpu_item(index, p, data, header.orientation, pp, max_pixels)
+                if progressive_on_cpu and header.sof == 0xC2:
+                    return _cpu_item(index, p, data, header.orientation, pp, max_pixels,
+                                     CPU_PROGRESSIVE)
                 return RawItem(index, p, TENSOR, data=data, orientation=header.orientation)
     return _pil_item(index, p, pp, max_pixels, f"pil: {why}")
 
 
 def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preprocessing,
-              max_pixels: int | None) -> RawItem:
+              max_pixels: int | None, route: str = CPU_SMALL) -> RawItem:
     """The tensor path on the CPU for one file, now (in the worker)."""
     (res,) = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "cpu")
     if isinstance(res, Exception):
         return _pil_item(index, path, pp, max_pixels, "pil: decoder error")
     image = resize_crop([apply_orientation(res, orientation)], pp, method="uint8")[0]
-    return RawItem(index, path, CPU_SMALL, image=image)
+    return RawItem(index, path, route, image=image)
 
 
 def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
@@ -335,7 +343,8 @@ class BytesDataset(Dataset):
     def __getitem__(self, i: int) -> RawItem:
         return read_item(i, self.source.abspath(i), self.preprocessing,
                          max_pixels=self.max_pixels, tensor_path=self.tensor_path,
-                         cpu_below=self.cpu_below)
+                         cpu_below=self.cpu_below,
+                         progressive_on_cpu=self.decode_device.type != "cpu")
 
 
 def collate_raw(items: Sequence[RawItem]) -> RawBatch:

@@ -17,6 +17,7 @@ from cnncodes.sources.jpeg import fallback_reason, parse_jpeg_header, sniff
 from cnncodes.sources.loader import ImageDataset, collate, preprocess_pil
 from cnncodes.sources.preprocessing import IMAGENET, Preprocessing
 from cnncodes.sources.tensor_decode import (
+    CPU_PROGRESSIVE,
     CPU_SMALL,
     TENSOR,
     BytesDataset,
@@ -425,6 +426,9 @@ def test_gpu_decode_agrees_with_cpu_tensor_path_and_pil(tmp_path, photo_set):
     items = [read_item(i, p, IMAGENET, cpu_below=cpu_below) for i, p in enumerate(paths)]
     on_gpu = [it.route == TENSOR for it in items]
     assert sum(on_gpu) >= 12 and all(it.route in (TENSOR, CPU_SMALL) for it in items)
+    prog = read_item(0, tmp_path / "prog.jpg", IMAGENET, cpu_below=cpu_below,
+                     progressive_on_cpu=True)
+    assert prog.route == CPU_PROGRESSIVE  # what BytesDataset does with a GPU decoder
     batch = decode_batch(items, IMAGENET, device="cuda")
     gpu = batch.images
     assert gpu.device.type == "cuda" and batch.indices == list(range(len(paths)))
