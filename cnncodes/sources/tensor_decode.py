@@ -179,8 +179,11 @@ def resize_crop(images: Sequence[torch.Tensor], pp: Preprocessing, *,
         for s in range(0, len(members), step):
             chunk = members[s:s + step]
             x = torch.stack([images[k] for k in chunk])
-            y = _resize_float_two_pass(x, size, pp.interpolation)
-            out[torch.tensor(chunk, device=device)] = _center_crop(y, pp.crop)
+            y = _center_crop(_resize_float_two_pass(x, size, pp.interpolation), pp.crop)
+            # row copies on the device: an index tensor would be a blocking host-to-device copy
+            # per size group (about one per image for photo sets)
+            for j, k in enumerate(chunk):
+                out[k].copy_(y[j])
     return out
 
 
@@ -437,6 +440,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
     crop = pp.crop
     rows: dict[int, torch.Tensor] = {}
     failed: dict[int, str] = dict(raw.failures)
+    ready = None
     if raw.ready_indices:
         ready = raw.ready.to(dev, non_blocking=True)
         for k, i in enumerate(raw.ready_indices):
@@ -467,6 +471,8 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
     failures = [(i, failed[i]) for i in raw.order if i in failed]
     if decoded_rows is not None and good == ok:  # the usual case: nothing to merge
         return Batch(ok, decoded_rows, failures)
+    if decoded_rows is None and ready is not None and list(raw.ready_indices) == ok:
+        return Batch(ok, ready, failures)  # nothing went to the batch decoder (PNGs...)
     out = torch.empty(len(ok), 3, crop, crop, dtype=torch.uint8, device=dev)
     for r, i in enumerate(ok):
         out[r].copy_(rows[i], non_blocking=True)

@@ -55,3 +55,30 @@ def test_progressive_jpegs_are_decoded_by_the_workers_when_the_gpu_decodes(tmp_p
     assert moved.route == CPU_PROGRESSIVE and moved.image is not None
     ref = decode_batch([plain], IMAGENET).images[0]
     assert (moved.image.int() - ref.int()).abs().max() <= 2
+
+
+def test_per_rank_workers_on_a_gpu_node(monkeypatch):
+    from cnncodes import _runtime
+
+    monkeypatch.setattr(_runtime.os, "cpu_count", lambda: 64)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _runtime.per_rank_workers(cuda, 8) == 8  # was 8 // 8 = 1
+    assert _runtime.per_rank_workers(cuda, 1) == 8
+    monkeypatch.setattr(_runtime.os, "cpu_count", lambda: 16)
+    assert _runtime.per_rank_workers(cuda, 8) == 2
+    assert _runtime.per_rank_workers(cpu, 2) == 2  # CPU unchanged: min(4, 16 // 2) // 2
+
+
+def test_png_only_batch_is_returned_without_row_copies(tmp_path):
+    from cnncodes.sources.tensor_decode import collate_raw
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        make_image(rng, i).save(p)
+        items.append(read_item(i, p, IMAGENET))
+    raw = collate_raw(items)
+    assert not raw.jpeg_indices
+    b = decode_batch(raw, IMAGENET)
+    assert b.indices == [0, 1, 2] and b.images.data_ptr() == raw.ready.data_ptr()
