@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import OptionError
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,34 @@ def local_world_size(info: DistInfo | None = None) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
 
 
+def check_local_gpus(info: DistInfo, device_count: int | None = None) -> None:
+    """Every rank on this machine needs a GPU of its own: ``LOCAL_WORLD_SIZE`` <= visible GPUs
+    (otherwise CUDA says "invalid device ordinal" on the first rank without one)."""
+    local = local_world_size(info)
+    n = torch.cuda.device_count() if device_count is None else device_count
+    if local > n:
+        raise OptionError(f"torchrun starts {local} ranks on this machine (LOCAL_WORLD_SIZE) but "
+                          f"{n} CUDA device(s) are visible: each rank needs a GPU of its own "
+                          f"(cuda:LOCAL_RANK). Use --nproc-per-node {max(1, n)} or fewer, make "
+                          "more GPUs visible (CUDA_VISIBLE_DEVICES), or use --device cpu.")
+
+
+def rank_device(device_opt: str | torch.device, dev: torch.device, info: DistInfo) -> torch.device:
+    """This rank's device: under torchrun ``auto``/``cuda`` become ``cuda:LOCAL_RANK``; an explicit
+    ``cuda:N`` is refused when several ranks share this machine (all of them would use that GPU)
+    or N is not the rank's LOCAL_RANK."""
+    if not info.enabled or dev.type != "cuda":
+        return dev
+    check_local_gpus(info)
+    if str(device_opt) in ("auto", "cuda"):
+        return torch.device("cuda", info.local_rank)
+    if dev.index != info.local_rank or local_world_size(info) > 1:  # every rank refuses alike
+        raise OptionError(f"Under torchrun rank {info.rank} uses cuda:{info.local_rank} (its "
+                          f"LOCAL_RANK); --device {device_opt} would put several ranks on one "
+                          "GPU. Pass --device cuda (or auto), or run without torchrun.")
+    return dev
+
+
 @contextlib.contextmanager
 def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator[DistInfo]:
     """Join torchrun's process group for the block (gloo on CPU, nccl on CUDA).
@@ -64,6 +94,7 @@ def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
         if device_type == "cuda":
+            check_local_gpus(info)
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend,
                                 timeout=datetime.timedelta(seconds=timeout_s))

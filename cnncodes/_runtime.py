@@ -68,8 +68,14 @@ def per_rank_threads(local_world: int) -> int:
 
 
 def per_rank_workers(device: torch.device, local_world: int) -> int:
-    """Default decoding workers of one of ``local_world`` ranks sharing this machine."""
-    return max(1, default_workers(device) // max(1, local_world))
+    """Default decoding workers of one of ``local_world`` ranks sharing this machine: on CUDA up
+    to 8 per rank from the machine's cores (each rank feeds its own GPU; dividing the one-process
+    default of 8 would leave one PIL worker per rank on an 8-GPU node), on CPU the one-process
+    default divided among the ranks."""
+    local_world = max(1, local_world)
+    if device.type == "cuda":
+        return max(1, min(8, (os.cpu_count() or 1) // local_world))
+    return max(1, default_workers(device) // local_world)
 
 
 def progress_bar(total: int, desc: str, *, enabled: bool = True, leave: bool = True) -> Any:

@@ -35,6 +35,30 @@ def _onnx_export_cache(tmp_path_factory):
     yield
 
 
+def pytest_configure(config):
+    """On a GPU machine, start CUDA once with the real ``CUDA_VISIBLE_DEVICES``: the CPU pin below
+    hides the GPUs from subprocesses, and a first CUDA start under it would hide them from the
+    ``gpu`` tests of this session too."""
+    if torch.cuda.is_available():
+        torch.cuda.init()
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_gpu_test(request, monkeypatch):
+    """Pin every test not marked ``gpu`` to the CPU, also on a GPU machine (CUDA_NOTES item 2):
+    ``device="auto"`` and the training device ``auto`` resolve to the CPU (fp32, PIL/libjpeg,
+    deterministic), and subprocesses (torchrun ranks, CLI runs) see no GPU. ``gpu`` tests (skipped
+    without one) see the real device. Tests of device-dependent logic patch torch.cuda themselves.
+    """
+    if "gpu" in request.keywords:
+        yield
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -158,8 +158,12 @@ class PretrainedMeter:
         self.bns = [(n, m) for n, m in self.model.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                     and m.running_mean is not None]
-        self._sum = [torch.zeros(m.num_features, dtype=torch.float64) for _, m in self.bns]
-        self._sq = [torch.zeros(m.num_features, dtype=torch.float64) for _, m in self.bns]
+        # per-channel float64 accumulators on the model's device: no host copy per layer per
+        # batch (read back once, in the statistics); see _hook for the per-batch sums
+        self._sum = [torch.zeros(m.num_features, dtype=torch.float64, device=self.device)
+                     for _, m in self.bns]
+        self._sq = [torch.zeros(m.num_features, dtype=torch.float64, device=self.device)
+                    for _, m in self.bns]
         self._cnt = [0] * len(self.bns)
         self._handles = [m.register_forward_pre_hook(self._hook(i))
                          for i, (_, m) in enumerate(self.bns)]
@@ -176,10 +180,13 @@ class PretrainedMeter:
 
     def _hook(self, i: int) -> Any:
         def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-            x = inp[0].detach().to(torch.float64)
+            # float64 maps on the CPU (as before); on a GPU, float32 per-batch sums (fp64 maps are
+            # slow on consumer GPUs; torch's tree reductions keep ~1e-6 relative), added in fp64
+            x = inp[0].detach()
+            x = x.to(torch.float64) if x.device.type == "cpu" else x.float()
             dims = [0] + list(range(2, x.ndim))
-            self._sum[i] += x.sum(dim=dims).cpu()
-            self._sq[i] += (x * x).sum(dim=dims).cpu()
+            self._sum[i] += x.sum(dim=dims).to(torch.float64)
+            self._sq[i] += (x * x).sum(dim=dims).to(torch.float64)
             self._cnt[i] += x.numel() // x.shape[1]
 
         return hook
@@ -272,8 +279,8 @@ class PretrainedMeter:
         for i, (name, m) in enumerate(self.bns):
             if not self._cnt[i]:
                 continue
-            mu = self._sum[i] / self._cnt[i]
-            var = (self._sq[i] / self._cnt[i] - mu * mu).clamp_min(0) + m.eps
+            mu = self._sum[i].cpu() / self._cnt[i]
+            var = (self._sq[i].cpu() / self._cnt[i] - mu * mu).clamp_min(0) + m.eps
             rm = m.running_mean.detach().double().cpu()
             rv = m.running_var.detach().double().cpu() + m.eps
             kl = 0.5 * (torch.log(rv / var) + (var + (mu - rm) ** 2) / rv - 1)

@@ -63,8 +63,9 @@ ADVISE_OPTIONS = ("max_images", "folds", "probe", "seed", "head_sample", "thresh
 
 
 def _raw_thumbnails(images: torch.Tensor) -> np.ndarray:
+    """16x16 average-pooled pixels in [0, 1], on the host (the batch may be on the GPU)."""
     x = torch.nn.functional.adaptive_avg_pool2d(images.float(), RAW_SIDE)
-    return (x.flatten(1) / 255.0).numpy()
+    return (x.flatten(1) / 255.0).cpu().numpy()
 
 
 class _SampleCodes:

@@ -12,11 +12,14 @@ from typing import Any
 
 from ..errors import StoreMismatchError
 from .journal import Journal
+from .numerics import compat_value
 from .reader import FeatureStore, store_bytes
 
 #: Provenance fields that must agree for codes to be appended to or resumed in the same file.
+#: ``numerics`` and ``decoding`` (see :mod:`cnncodes.codes.numerics`) read as fp32/cpu in files
+#: made before they were recorded.
 CONFIG_FIELDS = ("backbone", "weights", "weights_sha256", "layers", "pooling", "preprocessing",
-                 "dtype")
+                 "dtype", "numerics", "decoding")
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
@@ -24,10 +27,17 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
     """Human-readable list of fields where ``old`` and ``new`` disagree."""
     out = []
     for f in fields:
-        a, b = old.get(f), new.get(f)
+        a, b = compat_value(old, f), compat_value(new, f)
         if canonical(a) != canonical(b):
-            out.append(f"{f}: file has {_short(a)}, requested {_short(b)}")
+            out.append(f"{f}: file has {_short(a)}, requested {_short(b)}{_HINTS.get(f, '')}")
     return out
+
+
+#: How to get codes that mix with the file's (appended to a mismatch of the field).
+_HINTS = {"numerics": " (codes of another precision do not mix: run with the file's "
+                      "--precision, and for fp16/bf16 its device; fp32 mixes across CPU and CUDA)",
+          "decoding": " (nvJPEG and CPU-decoded pixels do not mix: --decoder pil decodes on the "
+                      "CPU; --decoder tensor on CUDA uses nvJPEG)"}
 
 
 def canonical(v: Any) -> Any:

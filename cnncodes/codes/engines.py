@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import OptionError
 from ..options import ENGINES, _one_of
 from .export_cache import INPUT_NAME, cached_export
+from .numerics import cudnn_autotune, strict_fp32
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class TorchEngine:
         self.threads: int | None = None
 
     def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
+        with torch.inference_mode(), strict_fp32(self.device), cudnn_autotune(self.device):
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                     out = self.module(x)

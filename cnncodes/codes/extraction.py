@@ -10,6 +10,7 @@ extracted again in place, deleted files' rows dropped."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -32,6 +33,7 @@ from .._distributed import (
     barrier,
     local_world_size,
     process_group,
+    rank_device,
     shard_batches,
 )
 from .._runtime import (
@@ -51,6 +53,7 @@ from ..sources.tarshards import TarShardSource
 from .extractor import CodeExtractor
 from .identity import FileId, check_verify, describe_source, store_sources
 from .journal import Journal, Part
+from .numerics import decoding
 from .reader import check_is_store
 from .store import (
     CONFIG_FIELDS,
@@ -251,8 +254,7 @@ def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> Run
     if not di.enabled:
         return ropts.replace(device=dev)
     local_world = local_world_size(di)
-    if dev.type == "cuda" and str(ropts.device) in ("auto", "cuda"):
-        dev = torch.device("cuda", di.local_rank)
+    dev = rank_device(ropts.device, dev, di)  # cuda:LOCAL_RANK; refuses cuda:N for every rank
     changes: dict[str, Any] = {"device": dev}
     if dev.type == "cpu" and ropts.threads is None:
         changes["threads"] = per_rank_threads(local_world)
@@ -327,11 +329,15 @@ class _Progress:
     seconds: float = 0.0
     #: images of the plan gone through (extracted or failed)
     done: int = 0
+    health: Any = None  # GpuDecodeHealth of the nvJPEG batches
 
 
 def _extract_locked(job: _Job) -> ExtractResult:
     """Check, plan, run the batches, fold; the body of :func:`extract` under the writer lock."""
     src, out, journal, ext, di = job.src, job.out, job.journal, job.ext, job.di
+    dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
+                           decoder=job.runtime.decoder)
+    job.prov["decoding"] = decoding(decoder_name(dataset, ext.device))  # the decoder that runs
     check_store_compatible(out, job.config)
     if di.is_main and journal.part_files():
         journal.verify(ext.layers)  # damaged parts of a killed run: set aside, redo their images
@@ -354,8 +360,6 @@ def _extract_locked(job: _Job) -> ExtractResult:
         journal.write_manifest({**job.config, "sources": job.prov["sources"],
                                 "verify": job.verify})
     workers = loader_workers(ext.device, job.runtime.num_workers, len(mine), bs)
-    dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
-                           decoder=job.runtime.decoder)
     run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
     if run.interrupted and di.enabled:
         raise KeyboardInterrupt(ExtractResult(path=out, rows=sync.done, new=run.new,
@@ -366,8 +370,12 @@ def _extract_locked(job: _Job) -> ExtractResult:
     barrier()  # every rank's parts are committed
     if di.is_main and (journal.part_files() or not out.is_file() or sync.drop or sync.flags
                        or job.new_source or _marked_incomplete(out)):
-        record = _run_record(job, stats, workers, decoder_name(dataset, ext.device),
-                             run.interrupted)
+        decoder = decoder_name(dataset, ext.device)
+        if decoder == "nvjpeg" and run.health is not None:  # what ran (this rank: rank 0)
+            decoder = run.health.decoder()
+        record = _run_record(job, stats, workers, decoder, run.interrupted)
+        if run.health is not None and run.health.sent:
+            record["nvjpeg"] = run.health.record()
         job.fold(complete=not run.interrupted, run_record=record,
                  remaining=len(mine) - run.done)
     barrier()  # the store is assembled
@@ -445,7 +453,9 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
     """Extract ``mine`` batch by batch into the journal (with commit points); Ctrl-C stops it
     cleanly with the finished batches kept."""
     ext, di = job.ext, job.di
-    run = _Progress()
+    from ..sources.tensor_decode import GpuDecodeHealth
+
+    run = _Progress(health=GpuDecodeHealth())
     t_run = time.perf_counter()
     bar = progress_bar(len(mine), f"extract {ext.spec.name}"
                        + (f" rank 0/{di.world}" if di.enabled else ""),
@@ -455,7 +465,8 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
     last_commit = time.monotonic()
     try:
         for batch, codes in iter_codes(dataset, ext, mine, batch_size=job.runtime.batch_size,
-                                       num_workers=workers, threads=job.runtime.threads):
+                                       num_workers=workers, threads=job.runtime.threads,
+                                       health=run.health):
             n_items = len(batch.indices) + len(batch.failures)
             key = mine[pos]  # source index of the batch's first item: parts fold in order
             pos += n_items
@@ -548,24 +559,50 @@ def decoder_name(dataset: Any, device: torch.device) -> str:
 
 
 def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
-               batch_size: int, num_workers: int, threads: int | None = None
-               ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
-    """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop)."""
-    from ..sources.tensor_decode import BytesDataset, decode_batch, make_bytes_loader
+               batch_size: int, num_workers: int, threads: int | None = None,
+               health: Any = None) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+    """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop).
 
+    ``health``: a :class:`~cnncodes.sources.tensor_decode.GpuDecodeHealth` watching nvJPEG (one is
+    made when None); once it says so, the rest is decoded by the CPU workers.
+    """
+    from ..sources.tensor_decode import BytesDataset, GpuDecodeHealth, decode_batch
+
+    health = health if health is not None else GpuDecodeHealth()
     with num_threads(threads):
         pin = ext.device.type == "cuda"
-        if isinstance(dataset, BytesDataset):
-            loader = make_bytes_loader(dataset, indices, batch_size=batch_size,
-                                       num_workers=num_workers, pin_memory=pin)
-        else:
-            loader = make_loader(dataset, indices, batch_size=batch_size,
-                                 num_workers=num_workers, pin_memory=pin)
-        for batch in loader:
-            if not isinstance(batch, Batch):  # raw JPEG bytes: decode on the GPU
-                batch = decode_batch(batch, ext.preprocessing, device=ext.device,
-                                     max_pixels=dataset.max_pixels)
-            yield batch, ext(batch.images)
+        done = 0
+        while done < len(indices):
+            rest = indices[done:]
+            if isinstance(dataset, BytesDataset) and health.switched:
+                dataset = copy.copy(dataset)  # the same files, decoded in the CPU workers
+                dataset.decode_device, dataset.cpu_below = torch.device("cpu"), 0
+            loader = (_bytes_loader(dataset, rest, batch_size, num_workers, pin)
+                      if isinstance(dataset, BytesDataset) else
+                      make_loader(dataset, rest, batch_size=batch_size, num_workers=num_workers,
+                                  pin_memory=pin))
+            for batch in loader:
+                if not isinstance(batch, Batch):  # raw JPEG bytes: decode on the GPU
+                    raw = batch
+                    batch = decode_batch(raw, ext.preprocessing, device=ext.device,
+                                         max_pixels=dataset.max_pixels)
+                    health.update(raw)
+                elif health.switched:
+                    health.after_switch += len(batch.indices)
+                done += len(batch.indices) + len(batch.failures)
+                yield batch, ext(batch.images)
+                if health.switched and dataset.decode_device.type != "cpu":
+                    break  # rebuild the loader with CPU decoding for the rest
+            else:
+                return
+
+
+def _bytes_loader(dataset: Any, indices: Sequence[int], batch_size: int, num_workers: int,
+                  pin: bool) -> Any:
+    from ..sources.tensor_decode import make_bytes_loader
+
+    return make_bytes_loader(dataset, indices, batch_size=batch_size, num_workers=num_workers,
+                             pin_memory=pin)
 
 
 @dataclass

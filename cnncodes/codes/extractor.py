@@ -23,6 +23,7 @@ from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_o
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
 from .engines import OrtEngine, TorchEngine, select_engine
+from .numerics import decoding, numerics, planned_decoder
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class CodeExtractor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = channels_last
+        self.decoder_option = ropts.decoder
         self._dims: dict[str, int] | None = None
         module, resolved = create_backbone(backbone, weights=weights, layers=layers,
                                            pooling=pooling)
@@ -201,4 +203,9 @@ class CodeExtractor:
             "versions": versions(),
             "engine": {"name": self.engine.name, "version": self.engine.version,
                        "threads": self.engine.threads},
+            # compatibility fields (see cnncodes.codes.numerics); extract records the decoder
+            # that ran, this is the one a folder source would get
+            "numerics": numerics(self.precision, self.device), "tf32": False,
+            "decoding": decoding(planned_decoder(self.decoder_option, self.device,
+                                                 self.preprocessing.interpolation)),
         }

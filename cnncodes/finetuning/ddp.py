@@ -15,23 +15,15 @@ import torch
 from torch import nn
 
 from .._distributed import DistInfo, all_gather_objects
+from .._distributed import rank_device as shared_rank_device
 from .._runtime import resolve_device
-from ..errors import OptionError
 from .config import FinetuneConfig
 from .net import FinetuneNet
 
 
 def rank_device(cfg: FinetuneConfig, di: DistInfo) -> torch.device:
     """``cfg.device``; under torchrun ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
-    dev = resolve_device(cfg.device)
-    if di.enabled and dev.type == "cuda":
-        if str(cfg.device) in ("auto", "cuda"):
-            return torch.device("cuda", di.local_rank)
-        if dev.index != di.local_rank:
-            raise OptionError(f"Under torchrun rank {di.rank} uses cuda:{di.local_rank} (its "
-                             f"LOCAL_RANK); --device {cfg.device} would put several ranks on one "
-                             "GPU. Pass --device cuda (or auto), or run without torchrun.")
-    return dev
+    return shared_rank_device(cfg.device, resolve_device(cfg.device), di)
 
 
 def rank_seed(seed: int, rank: int, epoch: int) -> int:

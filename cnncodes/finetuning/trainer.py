@@ -36,6 +36,7 @@ from .._distributed import (
 from .._distributed import backend as dist_backend
 from .._runtime import progress_bar, versions
 from ..atomic import atomic_write_json, jsonable
+from ..errors import OptionError
 from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
 from ..sources.folders import ImageSource
@@ -97,6 +98,30 @@ class TrainState:
         return cls(int(saved["epoch"]), float(best["accuracy"]), float(best["loss"]),
                    best["epoch"], int(saved["bad_epochs"]), list(saved["history"]),
                    dict(saved["failures"]), saved.get("stopped"))
+
+
+def checkpoint_precision(saved: dict[str, Any]) -> str:
+    """The precision a checkpoint was trained with: recorded since it is saved resolved; in older
+    checkpoints the configured one, where ``auto`` meant fp16 exactly when the GradScaler ran
+    (its state is empty otherwise)."""
+    if saved.get("precision"):
+        return str(saved["precision"])
+    asked = str(saved.get("config", {}).get("precision", "auto"))
+    if asked != "auto":
+        return asked
+    return "fp16" if saved.get("scaler") else "fp32"
+
+
+def check_resume_precision(saved: dict[str, Any], precision: str, device: torch.device) -> None:
+    """Refuse to resume a run in another precision than it was trained in (the weights, the
+    optimiser's moments and the loss scale belong to it; ``auto`` resolves differently on CPU
+    and CUDA)."""
+    was = checkpoint_precision(saved)
+    if was != precision:
+        on = f" on {saved['device']}" if saved.get("device") else ""
+        raise OptionError(f"this run was trained in {was}{on}; resuming it on {device} would "
+                          f"train in {precision}. Resume with --precision {was} (and a device "
+                          f"that supports it), or start a new run in another -o folder.")
 
 
 class Trainer:
@@ -180,10 +205,12 @@ class Trainer:
         Exact with the checkpoint's number of ranks; with another, the schedule continues at the
         new steps per epoch and each rank gets a fresh dropout stream (logged as not exact).
         """
+        check_resume_precision(saved, self.precision, self.device)
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
+        if saved.get("scaler"):  # an fp32/bf16 run saves the disabled scaler's empty state
+            self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState.from_checkpoint(saved)
         start = self.state.epoch
         saved_world = int(saved.get("world_size", 1))
@@ -272,8 +299,9 @@ class Trainer:
         with autocast(self.device, self.amp):
             logits = self.model(x)
             loss = self.criterion(logits.float(), y)
-        # the ranks' mean loss: NaN/inf on any rank stops every rank at this step
-        loss_value = float(loss.detach())
+        # the ranks' mean loss: NaN/inf on any rank stops every rank at this step (one host sync
+        # per step, kept: an fp32 step with a NaN loss would write NaN into the weights)
+        local_loss = loss_value = float(loss.detach())
         if self.di.enabled:
             loss_value = all_reduce_sum([loss_value])[0] / self.di.world
         if not math.isfinite(loss_value):
@@ -288,7 +316,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         n = len(batch.indices)
-        return float(loss.detach()) * n, int((logits.detach().argmax(1) == y).sum()), n
+        return local_loss * n, int((logits.detach().argmax(1) == y).sum()), n
 
     def train_epoch(self) -> tuple[dict[str, Any], Evaluation | None]:
         """Train one epoch and validate: ``(history record, validation evaluation or None)``."""
@@ -406,7 +434,8 @@ class Trainer:
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": {"torch": mine["torch"], "cuda": mine["cuda"], "per_rank": per_rank},
-            "world_size": self.di.world, **st,
+            "world_size": self.di.world, "precision": self.precision,
+            "device": str(self.device), **st,
             "config": self.cfg.to_dict(), "split": self.split.to_dict(),
         }, self.out / "checkpoint.pt")
 

@@ -152,7 +152,25 @@ def _pipeline_blocker(pipe: Pipeline) -> str:
     return f"{', '.join(bad)} has no array API support in scikit-learn"
 
 
-def resolve_compute(device: str = "auto", *, pipeline: Pipeline | None = None) -> Compute:
+#: ``auto`` sends a grid search to the GPU only from this much work per L-BFGS iteration:
+#: rows x features x classes (one X @ W and one X.T @ G per iteration and fit). Below it the
+#: fixed cost of the GPU (SciPy's L-BFGS steps on the host: a few host<->device round trips per
+#: iteration, ~1 ms) exceeds NumPy's time for the products on a few cores (~2 * work / 2e10 s).
+#: Estimated, not yet measured on a GPU: benchmarks/gpu_check.sh measures both sides and reports
+#: the crossover to set it from.
+AUTO_GPU_MIN_WORK = 10_000_000
+
+
+def auto_uses_gpu(n_samples: int, n_features: int, n_classes: int,
+                  min_work: int = AUTO_GPU_MIN_WORK) -> bool:
+    """Whether ``auto`` runs a grid search of this size on the GPU (see
+    :data:`AUTO_GPU_MIN_WORK`; a binary problem counts as one class)."""
+    classes = 1 if n_classes <= 2 else n_classes
+    return n_samples * n_features * classes >= min_work
+
+
+def resolve_compute(device: str = "auto", *, pipeline: Pipeline | None = None,
+                    shape: tuple[int, int, int] | None = None) -> Compute:
     """Decide where a grid search runs (see the module docstring).
 
     ``auto`` uses the array API on the GPU when CUDA is available and ``pipeline`` supports it;
@@ -171,6 +189,11 @@ def resolve_compute(device: str = "auto", *, pipeline: Pipeline | None = None) -
 
     if d == "auto":
         if not torch.cuda.is_available():
+            return Compute("numpy", "cpu", requested)
+        if shape is not None and not auto_uses_gpu(*shape):
+            log.info("model selection runs with NumPy: %d x %d codes, %d classes is below the "
+                     "GPU size rule (rows x features x classes >= %d)", *shape,
+                     AUTO_GPU_MIN_WORK)
             return Compute("numpy", "cpu", requested)
         target = "cuda"
     elif d == "cpu-torch":

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from .._version import __version__
 from ..codes.store import FeatureStore, canonical
-from ..errors import ModelFileError, ModelMismatchError, NotFoundError
+from ..codes.numerics import COMPAT_DEFAULTS, compat_value
 from ..outputs import check_output, sniff
 from .options import MODEL_FILE
 from .model_format import (
@@ -54,8 +54,9 @@ PICKLE_FORMAT_VERSION = 1
 BINDING_FIELDS = ("backbone", "weights", "pooling", "preprocessing")
 
 
-_COPIED_FIELDS = BINDING_FIELDS + ("family", "weights_sha256", "input_size", "dtype", "root",
-                                   "source_kind", "default_layer", "versions")
+_COPIED_FIELDS = BINDING_FIELDS + ("numerics", "decoding", "family", "weights_sha256",
+                                   "input_size", "dtype", "root", "source_kind",
+                                   "default_layer", "versions")
 
 
 TRUST_WARNING = ("Unpickling runs any code the file holds: load only files you made or that come "
@@ -140,7 +141,9 @@ class TrainedModel:
         p = self.provenance
         return {"backbone": p.get("backbone"), "weights": _weights_identity(p),
                 "layer": self.layer, "pooling": _layer_pooling(p, self.layer),
-                "preprocessing": p.get("preprocessing")}
+                "preprocessing": p.get("preprocessing"),
+                # precision and decoder of the training codes (fp32/cpu for older files)
+                **{f: compat_value(p, f) for f in COMPAT_DEFAULTS}}
 
     def check_compatible(self, provenance: Mapping[str, Any], *,
                          layers: Sequence[str] | None = None, dim: int | None = None,
@@ -158,6 +161,7 @@ class TrainedModel:
                 continue
             have = (_weights_identity(provenance) if f == "weights"
                     else _layer_pooling(provenance, self.layer) if f == "pooling"
+                    else compat_value(provenance, f) if f in COMPAT_DEFAULTS
                     else provenance.get(f))
             if canonical(have) != canonical(want):
                 diffs.append(f"{f}: model has {_show(want)}, {what} have {_show(have)}")

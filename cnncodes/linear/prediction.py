@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_csv
+from ..codes.numerics import compat_value
 from ..codes.store import FeatureStore
 from ..options import BackboneOptions, RuntimeOptions
 from ..outputs import check_output
@@ -100,13 +101,32 @@ class Predictions:
                         "" if chk["n_known"] else " (no image of a known class: no accuracy)")
 
 
+def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> RuntimeOptions:
+    """``runtime`` with its ``auto`` precision and decoder chosen to give codes that mix with the
+    model's training codes (fp32 and CPU decoding for a CPU-trained model, also on a GPU); an
+    explicit choice is kept (and refused by :func:`model_extractor` if it does not mix)."""
+    from .._runtime import resolve_device
+
+    ropts = runtime or RuntimeOptions()
+    num, dec = compat_value(model.provenance, "numerics"), compat_value(model.provenance,
+                                                                          "decoding")
+    changes: dict[str, Any] = {}
+    if ropts.precision == "auto":
+        changes["precision"] = num.partition("/")[0]
+    if (ropts.decoder == "auto" and dec == "cpu"
+            and resolve_device(ropts.device).type == "cuda"):
+        changes["decoder"] = "pil"
+    return ropts.replace(**changes) if changes else ropts
+
+
 def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = None) -> Any:
     """A :class:`~cnncodes.CodeExtractor` configured exactly like the model's training codes
-    (``runtime`` gives its device and precision).
+    (``runtime`` gives its device and precision, see :func:`model_runtime`).
 
     Raises:
-        ModelMismatchError: the weights file changed (checksum) or the preprocessing of the
-            rebuilt extractor differs from the recorded one.
+        ModelMismatchError: the weights file changed (checksum), or the preprocessing, precision
+            (``numerics``) or decoder (``decoding``) of the rebuilt extractor differs from the
+            recorded one.
     """
     from ..codes.extractor import CodeExtractor
 
@@ -114,7 +134,7 @@ def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = Non
     bopts = BackboneOptions(backbone=p["backbone"], weights=weights_argument(p),
                             layers=(model.layer,), pooling=p.get("pooling", "avg"),
                             input_size=p.get("input_size"))
-    ext = CodeExtractor(bopts, runtime=runtime)
+    ext = CodeExtractor(bopts, runtime=model_runtime(model, runtime))
     model.check_compatible(ext.provenance(), layers=ext.layers,
                            what=f"the codes of the rebuilt {p['backbone']} extractor")
     return ext
@@ -147,6 +167,7 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     else:
         from ..codes.extraction import extract_arrays
 
+        runtime = model_runtime(m, runtime)
         ext = model_extractor(m, runtime=runtime)
         codes = extract_arrays(source, extractor=ext, runtime=runtime)
         X = codes.codes[m.layer]

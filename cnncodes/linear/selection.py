@@ -156,7 +156,8 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
                              "less, or a variance fraction such as 0.95.")
     pipe = build_pipeline(model=model, l2=copts.l2, standardize=copts.standardize, pca=pca,
                           class_weight=class_weight, max_iter=copts.max_iter, random_state=seed)
-    compute = resolve_compute(device, pipeline=pipe)
+    compute = resolve_compute(device, pipeline=pipe,
+                              shape=(X.shape[0], X.shape[1], len(np.unique(y))))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     search = GridSearchCV(pipe, {"clf__C": grid.tolist()}, scoring=scoring, cv=splitter,
                           n_jobs=n_jobs, refit=True, error_score="raise")

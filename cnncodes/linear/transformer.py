@@ -34,6 +34,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import SourceError
+from ..codes.numerics import compat_value
 from ..options import BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource
 
@@ -240,7 +241,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         # "random" is a fixed network (seeded init, cnncodes.backbones.RANDOM_INIT_SEED)
         weights = p.get("weights_sha256") or p.get("weights")
         return (p["backbone"], weights, self.layer_, p["layer_info"][self.layer_]["pooling"],
-                tuple(sorted((k, str(v)) for k, v in p["preprocessing"].items())))
+                tuple(sorted((k, str(v)) for k, v in p["preprocessing"].items())),
+                compat_value(p, "numerics"), compat_value(p, "decoding"))
 
     def _from_memory(self, key: tuple, paths: list[str], codes: np.ndarray,
                      done: np.ndarray) -> None:
@@ -319,7 +321,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         from ..codes.store import check_store_compatible
 
         check_store_compatible(st.path, dict(self.provenance_),
-                               fields=("backbone", "weights_sha256", "preprocessing"),
+                               fields=("backbone", "weights_sha256", "preprocessing",
+                                       "numerics", "decoding"),
                                layer=self.layer_, journal=False,
                                what=f"CNNCodes(cache={os.fspath(st.path)!r})",
                                fix="Pass another cache file or matching options.")

@@ -32,11 +32,27 @@ def preprocess_pil(img: Image.Image, pp: Preprocessing) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
+_MEAN_STD: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean * 255`` and ``std * 255`` as (1, 3, 1, 1) float32 tensors on ``device``, made once
+    per device (on CUDA each ``torch.tensor(..., device=cuda)`` is a blocking host copy)."""
+    key = (mean, std, str(device))
+    hit = _MEAN_STD.get(key)
+    if hit is None:
+        with torch.inference_mode(False), torch.no_grad():  # usable inside and outside both
+            hit = (torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255,
+                   torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        _MEAN_STD[key] = hit
+    return hit
+
+
 def normalize_batch(images: torch.Tensor, pp: Preprocessing, *, dtype: torch.dtype = torch.float32,
                     channels_last: bool = True) -> torch.Tensor:
     """uint8 NCHW -> normalised float NCHW on the images' device (channels_last memory if asked)."""
-    mean = torch.tensor(pp.mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    std = torch.tensor(pp.std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(tuple(pp.mean), tuple(pp.std), images.device)
     x = (images.to(torch.float32) - mean) / std
     x = x.to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()

@@ -73,6 +73,9 @@ TENSOR = "tensor"
 
 #: Route of small chroma-subsampled JPEGs decoded with libjpeg in the worker (GPU decoding only).
 CPU_SMALL = "cpu: small subsampled JPEG"
+#: Route of a progressive JPEG when the batch decoder is on the GPU: nvJPEG decodes those one by
+#: one with its Huffman stage on the CPU of the main process, so the worker decodes it instead.
+CPU_PROGRESSIVE = "cpu: progressive JPEG"
 
 
 #: Other routes are ``"pil: <why>"``. Default of ``gpu_min_scale`` (see the module docstring).
@@ -176,8 +179,11 @@ def resize_crop(images: Sequence[torch.Tensor], pp: Preprocessing, *,
         for s in range(0, len(members), step):
             chunk = members[s:s + step]
             x = torch.stack([images[k] for k in chunk])
-            y = _resize_float_two_pass(x, size, pp.interpolation)
-            out[torch.tensor(chunk, device=device)] = _center_crop(y, pp.crop)
+            y = _center_crop(_resize_float_two_pass(x, size, pp.interpolation), pp.crop)
+            # row copies on the device: an index tensor would be a blocking host-to-device copy
+            # per size group (about one per image for photo sets)
+            for j, k in enumerate(chunk):
+                out[k].copy_(y[j])
     return out
 
 
@@ -239,7 +245,7 @@ def gpu_min_side(pp: Preprocessing, scale: float = GPU_MIN_SCALE) -> int:
 
 def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
-              cpu_below: int = 0) -> RawItem:
+              cpu_below: int = 0, progressive_on_cpu: bool = False) -> RawItem:
     """What a worker does with one file: read the bytes, route them, run PIL where needed.
 
     Args:
@@ -251,6 +257,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
         cpu_below: chroma-subsampled JPEGs whose shorter side is under this are decoded here with
             libjpeg (route :data:`CPU_SMALL`) instead of by the batch decoder; see
             :func:`gpu_min_side`.
+        progressive_on_cpu: decode progressive JPEGs here too (route :data:`CPU_PROGRESSIVE`;
+            set when the batch decoder is on the GPU).
 
     Never raises: failures become ``RawItem.failure`` (the PIL path's reasons).
     """
@@ -280,18 +288,21 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             if why is None:
                 if header.subsampled and min(header.width, header.height) < cpu_below:
                     return _cpu_item(index, p, data, header.orientation, pp, max_pixels)
+                if progressive_on_cpu and header.sof == 0xC2:
+                    return _cpu_item(index, p, data, header.orientation, pp, max_pixels,
+                                     CPU_PROGRESSIVE)
                 return RawItem(index, p, TENSOR, data=data, orientation=header.orientation)
     return _pil_item(index, p, pp, max_pixels, f"pil: {why}")
 
 
 def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preprocessing,
-              max_pixels: int | None) -> RawItem:
+              max_pixels: int | None, route: str = CPU_SMALL) -> RawItem:
     """The tensor path on the CPU for one file, now (in the worker)."""
     (res,) = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "cpu")
     if isinstance(res, Exception):
         return _pil_item(index, path, pp, max_pixels, "pil: decoder error")
     image = resize_crop([apply_orientation(res, orientation)], pp, method="uint8")[0]
-    return RawItem(index, path, CPU_SMALL, image=image)
+    return RawItem(index, path, route, image=image)
 
 
 def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
@@ -335,7 +346,8 @@ class BytesDataset(Dataset):
     def __getitem__(self, i: int) -> RawItem:
         return read_item(i, self.source.abspath(i), self.preprocessing,
                          max_pixels=self.max_pixels, tensor_path=self.tensor_path,
-                         cpu_below=self.cpu_below)
+                         cpu_below=self.cpu_below,
+                         progressive_on_cpu=self.decode_device.type != "cpu")
 
 
 def collate_raw(items: Sequence[RawItem]) -> RawBatch:
@@ -428,6 +440,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
     crop = pp.crop
     rows: dict[int, torch.Tensor] = {}
     failed: dict[int, str] = dict(raw.failures)
+    ready = None
     if raw.ready_indices:
         ready = raw.ready.to(dev, non_blocking=True)
         for k, i in enumerate(raw.ready_indices):
@@ -441,7 +454,7 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
         for k, (i, res) in enumerate(zip(raw.jpeg_indices, decoded, strict=True)):
             if isinstance(res, Exception):
                 log.debug("%s: tensor decoder failed (%s); using PIL", raw.jpeg_paths[k], res)
-                item = _pil_item(i, raw.jpeg_paths[k], pp, max_pixels, "pil: decoder error")
+                item = _pil_item(i, raw.jpeg_paths[k], pp, max_pixels, DECODER_ERROR)
                 raw.routes[i] = item.route
                 if item.image is not None:
                     rows[i] = item.image
@@ -458,10 +471,60 @@ def decode_batch(raw: RawBatch | Sequence[RawItem], pp: Preprocessing, *,
     failures = [(i, failed[i]) for i in raw.order if i in failed]
     if decoded_rows is not None and good == ok:  # the usual case: nothing to merge
         return Batch(ok, decoded_rows, failures)
+    if decoded_rows is None and ready is not None and list(raw.ready_indices) == ok:
+        return Batch(ok, ready, failures)  # nothing went to the batch decoder (PNGs...)
     out = torch.empty(len(ok), 3, crop, crop, dtype=torch.uint8, device=dev)
     for r, i in enumerate(ok):
         out[r].copy_(rows[i], non_blocking=True)
     return Batch(ok, out, failures)
+
+
+#: Route of a JPEG the tensor decoder rejected (decoded by PIL in the main process instead).
+DECODER_ERROR = "pil: decoder error"
+
+
+class GpuDecodeHealth:
+    """Watches nvJPEG on the batches :func:`decode_batch` decodes on the GPU: warns at the first
+    JPEG it rejects (each is then decoded by PIL in the main process, which is slow), and after
+    ``switch_after`` batches in a row where it rejected every JPEG says to decode the rest on the
+    CPU workers (``switched``). ``record()`` is what the run record keeps."""
+
+    def __init__(self, switch_after: int = 3):
+        self.switch_after = switch_after
+        self.sent = 0  # JPEGs given to nvJPEG
+        self.rejected = 0  # of those, decoded by PIL instead
+        self.in_row = 0  # consecutive batches where every JPEG was rejected
+        self.switched = False
+        self.after_switch = 0  # images decoded by the CPU workers after the switch
+
+    def update(self, raw: RawBatch) -> None:
+        """Count a batch just decoded by :func:`decode_batch` on the GPU."""
+        sent = len(raw.jpeg_indices)
+        bad = sum(raw.routes.get(i) == DECODER_ERROR for i in raw.jpeg_indices)
+        if bad and not self.rejected:
+            log.warning("nvJPEG rejected %d of %d JPEGs of a batch; they are decoded by PIL in "
+                        "the main process (slow). Reported in the run record.", bad, sent)
+        self.sent += sent
+        self.rejected += bad
+        if sent:
+            self.in_row = self.in_row + 1 if bad == sent else 0
+        if self.in_row >= self.switch_after and not self.switched:
+            self.switched = True
+            log.warning("nvJPEG rejected every JPEG of %d batches in a row (%d of %d so far): "
+                        "decoding the rest on the CPU workers (--decoder pil avoids nvJPEG)",
+                        self.in_row, self.rejected, self.sent)
+
+    def record(self) -> dict[str, Any]:
+        return {"nvjpeg": self.sent - self.rejected, "pil_after_nvjpeg_error": self.rejected,
+                "cpu_workers_after_switch": self.after_switch, "switched_to_cpu": self.switched}
+
+    def decoder(self) -> str:
+        """The decoder that ran, for the run record: ``nvjpeg``, or what replaced it."""
+        if self.switched:
+            return "nvjpeg, then libjpeg-turbo (nvJPEG failed)"
+        if self.rejected:
+            return "nvjpeg (with PIL for the JPEGs it rejected)"
+        return "nvjpeg"
 
 
 class DecodingCollate:

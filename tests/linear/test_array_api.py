@@ -156,7 +156,10 @@ def test_cuda_training_matches_numpy(digits):
     assert xp_sel["best_C"] == np_sel["best_C"]
     assert np.mean(xp_pipe.predict(X[te]) == np_pipe.predict(X[te])) >= 0.995
     assert torch_tensors(xp_pipe) == []
-    _, auto_sel = fit_codes(X[tr], y[tr], c_grid=[0.1], cv=3)  # auto picks the GPU
+    _, auto_sel = fit_codes(X[tr], y[tr], c_grid=[0.1], cv=3)  # digits: below the size rule
+    assert auto_sel["compute"]["engine"] == "numpy"
+    big = np.tile(X[tr], (1, 20))  # ~1,200 x 1,280 x 10 classes: above it, auto picks the GPU
+    _, auto_sel = fit_codes(big, y[tr], c_grid=[0.1], cv=3)
     assert auto_sel["compute"]["engine"] == "array-api"
 
 
