@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from .._version import __version__
 from ..codes.store import FeatureStore, canonical
 from ..codes.numerics import COMPAT_DEFAULTS, compat_value
+from ..errors import ModelFileError, ModelMismatchError, NotFoundError
 from ..outputs import check_output, sniff
 from .options import MODEL_FILE
 from .model_format import (
