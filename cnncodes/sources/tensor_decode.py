@@ -52,9 +52,10 @@ from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
 from .images import load_rgb, open_regular
-from .jpeg import fallback_reason, parse_jpeg_header, sniff
+from .jpeg import JpegHeader, fallback_reason, parse_jpeg_header, sniff
 from .loader import Batch, preprocess_pil
-from .preprocessing import TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode
+from .preprocessing import (TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode,
+                            resized_size)
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,6 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:    # ROTATE_90 (90 degrees counter-clockwise)
         return image.transpose(-2, -1).flip(-2)
     return image
-
-
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) after resizing the shorter side to ``size`` (torchvision's ``Resize(int)`` rule)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (new_long, size) if width <= height else (size, new_long)
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -275,6 +269,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             try:
                 header = parse_jpeg_header(data)
                 why = fallback_reason(header, max_pixels=max_pixels)
+                if why is None and max_pixels and _resized_pixels(header, pp) > max_pixels:
+                    why = "over the pixel limit after resize"  # PIL records the failure
             except ValueError as e:
                 why = f"malformed JPEG header ({e})"
             if why is None:
@@ -282,6 +278,12 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
                     return _cpu_item(index, p, data, header.orientation, pp, max_pixels)
                 return RawItem(index, p, TENSOR, data=data, orientation=header.orientation)
     return _pil_item(index, p, pp, max_pixels, f"pil: {why}")
+
+
+def _resized_pixels(header: JpegHeader, pp: Preprocessing) -> int:
+    h, w = resized_size(header.height, header.width, pp.resize) if header.width and \
+        header.height else (0, 0)
+    return h * w
 
 
 def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preprocessing,
@@ -299,7 +301,7 @@ def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
     """The robust PIL path, exactly as :class:`cnncodes.sources.loader.ImageDataset` runs it."""
     try:
         img = load_rgb(path, max_pixels=max_pixels)
-        return RawItem(index, path, route, image=preprocess_pil(img, pp))
+        return RawItem(index, path, route, image=preprocess_pil(img, pp, max_pixels=max_pixels))
     except DecodeError as e:
         return RawItem(index, path, route, failure=str(e))
     except Exception as e:  # noqa: BLE001 - never let one file stop the run
