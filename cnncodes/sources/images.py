@@ -83,6 +83,25 @@ def _float_scaled(arr: np.ndarray) -> np.ndarray:
     return x.astype(np.uint8)
 
 
+def _png_key_in_pixel_units(img: Image.Image, rawmode: str | None) -> None:
+    """Restate a PNG's tRNS colour key in the units of the pixels Pillow decoded (in place).
+
+    Pillow keeps the key as stored, in the file's sample depth, while it scales 2- and 4-bit grey
+    samples up to 0-255 and keeps only the high byte of 16-bit RGB samples; compared as stored the
+    key of such files matches no pixel (or the wrong ones). 16-bit grey (``I;16``) is compared on
+    its 16-bit levels and needs nothing; the key of 16-bit RGB is compared at the 8-bit precision
+    Pillow leaves (pixels within 1/256 of the key colour count as the key).
+    """
+    key = img.info.get("transparency")
+    if key is None or not rawmode:
+        return
+    if rawmode in ("L;2", "L;4") and isinstance(key, int):
+        bits = int(rawmode[-1])
+        img.info["transparency"] = key * 255 // (2 ** bits - 1)
+    elif rawmode.startswith("RGB;16") and isinstance(key, tuple):
+        img.info["transparency"] = tuple(int(k) >> 8 for k in key)
+
+
 def _on_background(rgba: Image.Image) -> Image.Image:
     background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
     return Image.alpha_composite(background, rgba).convert("RGB")
@@ -243,7 +262,9 @@ def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
                 if max_pixels and w * h > max_pixels:
                     raise _too_many_pixels(w, h, max_pixels)
                 img.seek(0)
+                rawmode = img.tile[0][3] if img.format == "PNG" and img.tile else None
                 img.load()
+                _png_key_in_pixel_units(img, rawmode if isinstance(rawmode, str) else None)
                 w, h = img.size  # some formats (ICO, ICNS) choose their size when loading
                 if max_pixels and w * h > max_pixels:
                     raise _too_many_pixels(w, h, max_pixels)
