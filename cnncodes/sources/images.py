@@ -8,7 +8,13 @@ dangling link or link loop named like an image is a failure with that reason, ne
 
 ``max_pixels``: the per-image decompression-bomb limit; ``0`` or None = no limit. While a file is
 decoded, PIL's own global limit (``Image.MAX_IMAGE_PIXELS``) is set to match it (None for no
-limit) and restored afterwards, so the limit asked for is the one that applies.
+limit) and restored afterwards, so the limit asked for is the one that applies; PIL's own error
+(raised at twice its limit) is restated with the limit in force. The resized image is bounded by
+the same limit (:func:`cnncodes.sources.preprocessing.check_resize`).
+
+The pixels are those a viewer shows (:func:`to_rgb`): integer images are scaled by the bit depth
+their format declares (:func:`int_levels`), never by their content; float images are taken as
+[0, 1] (:data:`FLOAT_RANGE`); every kind of transparency is composited on :data:`BACKGROUND`.
 """
 
 from __future__ import annotations

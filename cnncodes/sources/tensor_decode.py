@@ -8,8 +8,10 @@ resizes one image at a time in DataLoader workers. This module is the fast path 
   marker), with no pixel decoding. A plain 8-bit baseline/progressive JPEG with 1 (grey) or 3
   (YCbCr) components, a readable orientation and an end marker stays as bytes. Everything else
   (PNG, GIF, ..., CMYK/YCCK or RGB-coded JPEGs, 12-bit or arithmetic-coded JPEGs, truncated files,
-  images over the decompression-bomb limit, unreadable EXIF, XMP orientation) goes through the PIL
-  path in the worker, so it gets the same treatment as before or the same recorded failure.
+  images over the decompression-bomb limit before or after the resize, unreadable EXIF, XMP
+  orientation) goes through the PIL path in the worker, so it gets the same treatment as before
+  or the same recorded failure. JPEG carries neither transparency nor more than 8 bits in the
+  files kept here, so the two paths see the same pixels (``tests/sources/test_pixels.py``).
 * **decoding is batched** (:func:`decode_batch`): ``torchvision.io.decode_jpeg`` on a list of
   byte tensors, on the CPU (libjpeg-turbo) or on CUDA (nvJPEG). A file the decoder rejects is
   handed to the PIL path (so it is decoded there or fails with PIL's reason), never dropped.
