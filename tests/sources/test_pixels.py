@@ -199,11 +199,14 @@ def test_16bit_scaled_by_depth_not_by_content(tmp_path):
 
 
 def test_tiff_bits_per_sample_decides_the_scale(tmp_path):
-    """A 32-bit signed integer TIFF is scaled by 2**31 - 1 whatever its values; a float TIFF is
-    taken as [0, 1], clipped."""
+    """A 32-bit signed integer TIFF is scaled by 2**31 - 1 whatever its values, a PGM by its
+    maxval; a float TIFF is taken as [0, 1], clipped."""
     v = np.array([[0, 255, 2**30, I32_TOP]], np.int32)
     Image.fromarray(v).save(tmp_path / "i.tif")
     assert _grey_of(tmp_path / "i.tif").tolist() == [[0, 0, 128, 255]]
+    # a PGM of maxval 4095: Pillow brings it to 16 bits, which is how it is scaled
+    (tmp_path / "g.pgm").write_bytes(b"P5 3 1 4095\n" + np.array([0, 1000, 4095], ">u2").tobytes())
+    assert _grey_of(tmp_path / "g.pgm").tolist() == [[0, 62, 255]]
     f = np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan]], np.float32)
     Image.fromarray(f).save(tmp_path / "f.tif")
     assert _grey_of(tmp_path / "f.tif").tolist() == [[0, 128, 255, 255, 0, 0]]
