@@ -152,7 +152,8 @@ def seen_tensor(path: Path) -> tuple[np.ndarray, str]:
 
 
 @pytest.mark.parametrize("case,fmt", COMBOS)
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
 def test_every_mode_and_format_looks_like_its_8bit_rgb(tmp_path, case, fmt, h, w, seed):
     img, extra, ref_rgb, tol = picture(case, np.random.default_rng(seed), h, w)
