@@ -72,7 +72,7 @@ class SplitDataset(Dataset):
 
     def transform(self, img: Image.Image, epoch: int, k: int) -> torch.Tensor:
         if not (self.train and self.augment):
-            return preprocess_pil(img, self.pp)
+            return preprocess_pil(img, self.pp, max_pixels=self.max_pixels)
         rng = np.random.default_rng([self.seed, 2, epoch, k])
         top, left, h, w = crop_params(img.width, img.height, self.crop_scale, rng)
         img = TF.resized_crop(img, top, left, h, w, [self.pp.crop, self.pp.crop],

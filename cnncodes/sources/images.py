@@ -8,7 +8,13 @@ dangling link or link loop named like an image is a failure with that reason, ne
 
 ``max_pixels``: the per-image decompression-bomb limit; ``0`` or None = no limit. While a file is
 decoded, PIL's own global limit (``Image.MAX_IMAGE_PIXELS``) is set to match it (None for no
-limit) and restored afterwards, so the limit asked for is the one that applies.
+limit) and restored afterwards, so the limit asked for is the one that applies; PIL's own error
+(raised at twice its limit) is restated with the limit in force. The resized image is bounded by
+the same limit (:func:`cnncodes.sources.preprocessing.check_resize`).
+
+The pixels are those a viewer shows (:func:`to_rgb`): integer images are scaled by the bit depth
+their format declares (:func:`int_levels`), never by their content; float images are taken as
+[0, 1] (:data:`FLOAT_RANGE`); every kind of transparency is composited on :data:`BACKGROUND`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import threading
 import warnings
@@ -35,26 +42,102 @@ from ..options import DEFAULT_MAX_PIXELS
 log = logging.getLogger(__name__)
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype.kind == "f":
-        hi = 1.0 if np.nanmax(arr) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(arr) * (255.0 / hi), 0, 255).astype(np.uint8)
-    hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    return np.clip(arr.astype(np.float64) * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
+#: The background every kind of transparency is composited on (alpha channels of RGBA, LA, PA,
+#: RGBa, La; palette transparency; the tRNS colour key of RGB and grey PNGs): opaque white.
+BACKGROUND = (255, 255, 255)
+
+#: Float images (mode ``F``) are taken as linear levels in [0, 1] (0 black, 1 white); values
+#: outside are clipped, NaN is black.
+FLOAT_RANGE = (0.0, 1.0)
+
+_INT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_KEYED_MODES = ("1", "L", "P", "RGB")  # 8-bit modes whose tRNS key Pillow turns into alpha
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+def int_levels(img: Image.Image) -> tuple[int, bool]:
+    """(bits per sample, signed) of an integer image (modes ``I;16*`` and ``I``), from the format's
+    header where it says it, else from the Pillow mode; never from the pixel values.
+
+    TIFF: BitsPerSample and SampleFormat tags. PNG and PPM/PGM store at most 16 bits (Pillow
+    gives ``I``/``I;16`` for them). Any other ``I`` image: Pillow's 32-bit signed integers.
+    """
+    if img.format == "TIFF" and hasattr(img, "tag_v2"):
+        bits = img.tag_v2.get(258)
+        fmt = img.tag_v2.get(339)
+        bits = bits[0] if isinstance(bits, tuple) and bits else bits
+        fmt = fmt[0] if isinstance(fmt, tuple) and fmt else fmt
+        if isinstance(bits, int) and 1 <= bits <= 32:
+            return bits, fmt == 2
+    if img.mode in _INT16_MODES or img.format in ("PNG", "PPM"):
+        return 16, False
+    return 32, True
+
+
+def _scaled(arr: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Integer levels -> uint8: 0 -> 0, the format's largest level -> 255, rounded to nearest
+    (negative levels of signed formats clip to 0)."""
+    top = float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+    x = np.floor(arr.astype(np.float64) * (255.0 / top) + 0.5)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _float_scaled(arr: np.ndarray) -> np.ndarray:
+    lo, hi = FLOAT_RANGE
+    x = np.nan_to_num(arr.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+    x = np.floor((np.clip(x, lo, hi) - lo) * (255.0 / (hi - lo)) + 0.5)
+    return x.astype(np.uint8)
+
+
+def _png_key_in_pixel_units(img: Image.Image, rawmode: str | None) -> None:
+    """Restate a PNG's tRNS colour key in the units of the pixels Pillow decoded (in place).
+
+    Pillow keeps the key as stored, in the file's sample depth, while it scales 2- and 4-bit grey
+    samples up to 0-255 and keeps only the high byte of 16-bit RGB samples; compared as stored the
+    key of such files matches no pixel (or the wrong ones). 16-bit grey (``I;16``) is compared on
+    its 16-bit levels and needs nothing; the key of 16-bit RGB is compared at the 8-bit precision
+    Pillow leaves (pixels within 1/256 of the key colour count as the key).
+    """
+    key = img.info.get("transparency")
+    if key is None or not rawmode:
+        return
+    if rawmode in ("L;2", "L;4") and isinstance(key, int):
+        bits = int(rawmode[-1])
+        img.info["transparency"] = key * 255 // (2 ** bits - 1)
+    elif rawmode.startswith("RGB;16") and isinstance(key, tuple):
+        img.info["transparency"] = tuple(int(k) >> 8 for k in key)
+
+
+def _on_background(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image, *, levels: tuple[int, bool] | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB as a viewer shows it.
+
+    * transparency of every kind (alpha, palette transparency, tRNS colour key) is composited
+      on :data:`BACKGROUND`;
+    * integer images (``I;16*``, ``I``) are scaled by their bit depth (``levels``: bits and
+      signedness, default :func:`int_levels` of ``img``), never by their content;
+    * float images by :data:`FLOAT_RANGE`;
+    * CMYK, YCbCr and the rest by Pillow's conversion.
+    """
+    key = img.info.get("transparency")
+    if img.mode in _INT16_MODES or img.mode in ("I", "F"):
+        arr = np.asarray(img)
+        if img.mode == "F":
+            grey = _float_scaled(arr)
+        else:
+            grey = _scaled(arr, *(levels or int_levels(img)))
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        if isinstance(key, int) and img.mode != "F":  # tRNS colour key of a 16-bit grey PNG
+            rgb[arr == key] = BACKGROUND
+        return Image.fromarray(rgb)
+    if img.mode in _KEYED_MODES and key is not None:
+        img = img.convert("RGBA")  # Pillow turns the key / transparent palette entries into alpha
+    if img.mode in _ALPHA_MODES:
+        return _on_background(img.convert("RGBA"))
     if img.mode != "RGB":
         return img.convert("RGB")
     return img
@@ -156,6 +239,22 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PI
     return decode_rgb(open_regular(p), name=p, max_pixels=max_pixels)
 
 
+def _too_many_pixels(w: int, h: int, max_pixels: int) -> DecodeError:
+    return DecodeError(f"decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                       f"{max_pixels:,} (--max-pixels {max_pixels}; raise it if the image is "
+                       "genuine, or 0 for no limit)")
+
+
+def _pil_bomb(e: Exception, max_pixels: int | None) -> DecodeError:
+    """PIL's own DecompressionBombError (raised at twice its limit, and its message names that
+    doubled figure) restated with the limit in force."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    what = f"{int(m.group(1)):,} pixels" if m else "the image's size"
+    return DecodeError(f"decompression bomb: {what} exceeds the limit of {max_pixels or 0:,} "
+                       f"(--max-pixels {max_pixels or 0}; raise it if the image is genuine, or 0 "
+                       "for no limit)")
+
+
 def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """:func:`load_rgb` of an open binary file (closed here), e.g. a member of a tar shard;
@@ -167,24 +266,29 @@ def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
             with Image.open(f) as img:
                 w, h = img.size
                 if max_pixels and w * h > max_pixels:
-                    raise DecodeError(
-                        f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the limit of "
-                        f"{max_pixels} (raise --max-pixels if the image is genuine, or 0 for no "
-                        "limit)")
+                    raise _too_many_pixels(w, h, max_pixels)
                 img.seek(0)
+                rawmode = img.tile[0][3] if img.format == "PNG" and img.tile else None
                 img.load()
+                _png_key_in_pixel_units(img, rawmode if isinstance(rawmode, str) else None)
+                w, h = img.size  # some formats (ICO, ICNS) choose their size when loading
+                if max_pixels and w * h > max_pixels:
+                    raise _too_many_pixels(w, h, max_pixels)
+                levels = int_levels(img) if img.mode in _INT16_MODES or img.mode == "I" else None
                 try:
                     img = ImageOps.exif_transpose(img)
                 except Exception as e:  # noqa: BLE001 - a broken EXIF block is not fatal
                     log.debug("%s: EXIF orientation ignored (%s)", p, e)
-                return to_rgb(img)
+                return to_rgb(img, levels=levels)
     except DecodeError:
         raise
     except UnidentifiedImageError:
         raise DecodeError("not a recognised image (PIL cannot identify it)") from None
     except Image.DecompressionBombError as e:  # PIL's own check (its limit = ours while here)
-        raise DecodeError(f"decompression bomb: {e} (--max-pixels {max_pixels}; raise it if the "
-                          "image is genuine, or 0 for no limit)") from None
+        raise _pil_bomb(e, max_pixels) from None
+    except MemoryError:
+        raise DecodeError("out of memory while decoding (lower --max-pixels to refuse images "
+                          "this large before decoding them)") from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg or "broken data stream" in msg or "EOF" in msg:

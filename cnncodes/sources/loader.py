@@ -19,14 +19,20 @@ from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
 from .images import decode_rgb, load_rgb
-from .preprocessing import Preprocessing, interpolation_mode
+from .preprocessing import Preprocessing, check_resize, interpolation_mode
 from .tarshards import TarShardSource
 
 log = logging.getLogger(__name__)
 
 
-def preprocess_pil(img: Image.Image, pp: Preprocessing) -> torch.Tensor:
-    """Resize (shorter side), centre-crop and return a uint8 CHW tensor (normalisation is batched)."""
+def preprocess_pil(img: Image.Image, pp: Preprocessing, *,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Resize (shorter side), centre-crop and return a uint8 CHW tensor (normalisation is batched).
+
+    Raises:
+        DecodeError: the resized image would exceed ``max_pixels`` (:func:`check_resize`).
+    """
+    check_resize(img.width, img.height, pp, max_pixels)
     img = TF.resize(img, pp.resize, interpolation=interpolation_mode(pp.interpolation))
     img = TF.center_crop(img, [pp.crop, pp.crop])
     return TF.pil_to_tensor(img)
@@ -77,7 +83,7 @@ class ImageDataset(Dataset):
                                  max_pixels=self.max_pixels)
             else:
                 img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels)
-            return i, preprocess_pil(img, self.preprocessing), None
+            return i, preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels), None
         except DecodeError as e:
             return i, None, str(e)
         except Exception as e:  # noqa: BLE001 - never let one file stop the run

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import DecodeError, OptionError
 
 #: Interpolation names a :class:`Preprocessing` may carry (torchvision ``InterpolationMode`` values).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact", "lanczos", "box", "hamming")
@@ -60,6 +60,36 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]),
                    str(d.get("interpolation", "bilinear")))
+
+
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after resizing the shorter side to ``size`` (torchvision's ``Resize(int)`` rule)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def check_resize(width: int, height: int, pp: Preprocessing, max_pixels: int | None) -> None:
+    """Refuse an image whose resize (shorter side to ``pp.resize``, before the crop) would exceed
+    ``max_pixels`` (0 or None: no limit): the bound on the work one image can cause applies after
+    the resize as well as before it. At resize ``r`` this admits aspect ratios up to
+    ``max_pixels / r**2`` : 1 (1365:1 for the default limit and resize 256).
+
+    Raises:
+        DecodeError: naming the aspect ratio, the size it would resize to, the limit and the option.
+    """
+    if not max_pixels or width < 1 or height < 1:
+        return
+    h, w = resized_size(height, width, pp.resize)
+    if h * w <= max_pixels:
+        return
+    short, long = min(width, height), max(width, height)
+    raise DecodeError(
+        f"aspect ratio {long / short:,.0f}:1 too extreme: {width}x{height} resized to a shorter "
+        f"side of {pp.resize} px would be {w}x{h} = {w * h:,} pixels, over the limit of "
+        f"{int(max_pixels):,} (--max-pixels {int(max_pixels)}, which admits aspect ratios up to "
+        f"{int(max_pixels) // pp.resize ** 2:,}:1 at this resize; raise it if the image is "
+        "genuine, or 0 for no limit)")
 
 
 IMAGENET = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")

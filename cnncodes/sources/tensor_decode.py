@@ -8,8 +8,10 @@ resizes one image at a time in DataLoader workers. This module is the fast path 
   marker), with no pixel decoding. A plain 8-bit baseline/progressive JPEG with 1 (grey) or 3
   (YCbCr) components, a readable orientation and an end marker stays as bytes. Everything else
   (PNG, GIF, ..., CMYK/YCCK or RGB-coded JPEGs, 12-bit or arithmetic-coded JPEGs, truncated files,
-  images over the decompression-bomb limit, unreadable EXIF, XMP orientation) goes through the PIL
-  path in the worker, so it gets the same treatment as before or the same recorded failure.
+  images over the decompression-bomb limit before or after the resize, unreadable EXIF, XMP
+  orientation) goes through the PIL path in the worker, so it gets the same treatment as before
+  or the same recorded failure. JPEG carries neither transparency nor more than 8 bits in the
+  files kept here, so the two paths see the same pixels (``tests/sources/test_pixels.py``).
 * **decoding is batched** (:func:`decode_batch`): ``torchvision.io.decode_jpeg`` on a list of
   byte tensors, on the CPU (libjpeg-turbo) or on CUDA (nvJPEG). A file the decoder rejects is
   handed to the PIL path (so it is decoded there or fails with PIL's reason), never dropped.
@@ -52,9 +54,10 @@ from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
 from .images import load_rgb, open_regular
-from .jpeg import fallback_reason, parse_jpeg_header, sniff
+from .jpeg import JpegHeader, fallback_reason, parse_jpeg_header, sniff
 from .loader import Batch, preprocess_pil
-from .preprocessing import TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode
+from .preprocessing import (TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode,
+                            resized_size)
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +106,6 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:    # ROTATE_90 (90 degrees counter-clockwise)
         return image.transpose(-2, -1).flip(-2)
     return image
-
-
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) after resizing the shorter side to ``size`` (torchvision's ``Resize(int)`` rule)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (new_long, size) if width <= height else (size, new_long)
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -283,6 +279,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             try:
                 header = parse_jpeg_header(data)
                 why = fallback_reason(header, max_pixels=max_pixels)
+                if why is None and max_pixels and _resized_pixels(header, pp) > max_pixels:
+                    why = "over the pixel limit after resize"  # PIL records the failure
             except ValueError as e:
                 why = f"malformed JPEG header ({e})"
             if why is None:
@@ -293,6 +291,12 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
                                      CPU_PROGRESSIVE)
                 return RawItem(index, p, TENSOR, data=data, orientation=header.orientation)
     return _pil_item(index, p, pp, max_pixels, f"pil: {why}")
+
+
+def _resized_pixels(header: JpegHeader, pp: Preprocessing) -> int:
+    h, w = resized_size(header.height, header.width, pp.resize) if header.width and \
+        header.height else (0, 0)
+    return h * w
 
 
 def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preprocessing,
@@ -310,7 +314,7 @@ def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
     """The robust PIL path, exactly as :class:`cnncodes.sources.loader.ImageDataset` runs it."""
     try:
         img = load_rgb(path, max_pixels=max_pixels)
-        return RawItem(index, path, route, image=preprocess_pil(img, pp))
+        return RawItem(index, path, route, image=preprocess_pil(img, pp, max_pixels=max_pixels))
     except DecodeError as e:
         return RawItem(index, path, route, failure=str(e))
     except Exception as e:  # noqa: BLE001 - never let one file stop the run
