@@ -47,6 +47,7 @@ def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool
 
     from ..errors import DecodeError
     from ..sources.images import load_rgb
+    from ..sources.preprocessing import Preprocessing, check_resize
 
     if int(size) < 2:
         raise ValueError(f"Raw-pixel size must be >= 2; got {size}.")
@@ -61,6 +62,12 @@ def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool
             failures.append((os.fspath(p), str(e)))
             continue
         w, h = img.size
+        try:  # the resize is bounded like the extraction's (a 1e6 x 1 image: a named failure)
+            check_resize(w, h, Preprocessing(size, size, (0.0,) * 3, (1.0,) * 3, "bilinear"),
+                         max_pixels)
+        except DecodeError as e:
+            failures.append((os.fspath(p), str(e)))
+            continue
         scale = size / min(w, h)
         img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
                          Image.Resampling.BILINEAR)

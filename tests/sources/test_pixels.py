@@ -308,3 +308,13 @@ def test_run_records_limits_in_force_and_keeps_the_other_rows(tmp_path):
         assert "limit of 2,000" in reason and "--max-pixels 2000" in reason, reason
         assert "4000" not in reason.replace(",", ""), reason
     assert "aspect ratio 2,000:1" in failures["b/wide.png"]
+
+
+def test_the_raw_pixel_baseline_bounds_its_resize_too(tmp_path):
+    from cnncodes.linear.pixels import raw_pixels
+
+    Image.new("L", (1_000_000, 1)).save(tmp_path / "wide.png")
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "ok.png")
+    X, ok, failures = raw_pixels([tmp_path / "wide.png", tmp_path / "ok.png"], size=32)
+    assert ok.tolist() == [False, True]
+    assert failures[0][0].endswith("wide.png") and "aspect ratio 1,000,000:1" in failures[0][1]
