@@ -145,8 +145,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str],
                      rows: Iterable[Sequence[Any]]) -> Path:
-    """Write a CSV file (UTF-8, one header row), atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    """Write a CSV file (UTF-8, one header row), atomically. A file name holding bytes that are
+    not UTF-8 (``os.fsdecode``'s surrogates) is written as those bytes, so the CSV names the file."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                        errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(list(header))
         w.writerows(rows)

@@ -57,6 +57,15 @@ def store_bytes(path: str | os.PathLike) -> int:
 
 
 STR = h5py.string_dtype("utf-8")
+#: How file paths and failure reasons are kept in the store: as the bytes of the name, UTF-8 where
+#: it is UTF-8, any other byte as it is (a Linux file name is bytes; ``os.fsdecode``'s
+#: surrogateescape, the same on write (:func:`name_bytes`) and read).
+NAME_ERRORS = "surrogateescape"
+
+
+def name_bytes(names: Any) -> np.ndarray:
+    """File paths (or texts holding them) as the bytes the store keeps (see :data:`NAME_ERRORS`)."""
+    return np.array([str(n).encode("utf-8", NAME_ERRORS) for n in names] or [], dtype=object)
 
 
 def _attrs_to_dict(attrs: h5py.AttributeManager) -> dict[str, Any]:
@@ -190,7 +199,7 @@ class FeatureStore:
 
     @property
     def paths(self) -> np.ndarray:
-        return self._view().gather(lambda f, k, sel: np.asarray(f["paths"].asstr()[sel],
+        return self._view().gather(lambda f, k, sel: np.asarray(f["paths"].asstr(errors=NAME_ERRORS)[sel],
                                                                  dtype=object))
 
     @property
@@ -212,7 +221,8 @@ class FeatureStore:
     def failures(self) -> list[tuple[str, str]]:
         with self._open() as f:
             g = f["failures"]
-            return list(zip(g["paths"].asstr()[()], g["reasons"].asstr()[()], strict=True))
+            return list(zip(g["paths"].asstr(errors=NAME_ERRORS)[()],
+                            g["reasons"].asstr(errors=NAME_ERRORS)[()], strict=True))
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -234,8 +244,9 @@ class FeatureStore:
         with self._open() as f:
             g = f["failures"]
             out = _file_table(f, "failures", int(g["paths"].shape[0]))
-            out["paths"] = np.asarray(g["paths"].asstr()[()], dtype=object)
-            out["reasons"] = np.asarray(g["reasons"].asstr()[()], dtype=object)
+            out["paths"] = np.asarray(g["paths"].asstr(errors=NAME_ERRORS)[()], dtype=object)
+            out["reasons"] = np.asarray(g["reasons"].asstr(errors=NAME_ERRORS)[()],
+                                        dtype=object)
             return out
 
     def nonfinite_rows(self, block: int = 8192) -> list[int]:

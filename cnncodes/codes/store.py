@@ -97,6 +97,7 @@ from .reader import (
     SEGMENTED_FORMAT,
     STR,
     FeatureStore,
+    name_bytes,
     segments_dir,
     store_bytes,
 )
@@ -502,7 +503,7 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
         for layer in layers:
             block = view.gather(lambda g, k, sel, layer=layer: g["codes"][layer][sel], slice(s, e))
             f["codes"][layer][dst:dst + n] = block[m]
-        f["paths"][dst:dst + n] = paths[s:e][m]
+        f["paths"][dst:dst + n] = name_bytes(paths[s:e][m])
         f["labels"][dst:dst + n] = remap[labels[s:e][m]]  # -1: the trailing -1
         for key, _ in _ID_COLUMNS:
             vals = table[key][s:e][m]
@@ -541,7 +542,7 @@ def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _P
             if rows[-1] - rows[0] + 1 == len(rows) else rows
         for layer in layers:
             f["codes"][layer][idx] = part.codes[layer][sel_a].astype(dtype, copy=False)
-        f["paths"][idx] = np.array([paths[j] for j in sel_a], dtype=object)
+        f["paths"][idx] = name_bytes([paths[j] for j in sel_a])
         f["labels"][idx] = np.array([cls_index[x] if x else -1
                                      for x in part.labels[sel_a].tolist()], np.int64)
         g = f["files"]
@@ -568,10 +569,12 @@ def _set_flags(f: h5py.File, plan: _Plan, flags: Mapping[str, bool]) -> None:
 def _write_failures(f: h5py.File, paths: Sequence[str],
                     fail: Mapping[str, tuple[str, int, int, str, int]]) -> None:
     fg = f.create_group("failures")
-    fg.create_dataset("paths", data=np.array(list(paths), dtype=object), dtype=STR)
+    fg.create_dataset("paths", data=name_bytes(paths), dtype=STR)
     for i, (key, dt) in enumerate((("reasons", STR), *_ID_COLUMNS)):
         vals = [fail[p][i] for p in paths]
-        fg.create_dataset(key, data=np.array(vals, dtype=object if dt is STR else dt), dtype=dt)
+        data = (name_bytes(vals) if key == "reasons"
+                else np.array(vals, dtype=object if dt is STR else dt))
+        fg.create_dataset(key, data=data, dtype=dt)
 
 
 def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
