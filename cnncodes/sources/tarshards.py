@@ -205,6 +205,7 @@ def open_tar_shards(source: str | os.PathLike, *,
     counts: Counter[str] = Counter()
     for k, shard in enumerate(shards):
         rows.extend(_shard_rows(k, shard, ignored, counts))
+    rows = _one_row_per_path(rows, shards, ignored, counts)
     if not rows:
         raise SourceError(f"No images in the tar shards {spec!r} (looked for members named "
                           f"<key>{'|'.join(IMAGE_EXTENSIONS)}).")
@@ -224,6 +225,25 @@ def open_tar_shards(source: str | os.PathLike, *,
         sizes=np.array([r[3] for r in rows], np.int64),
         refused={i: r[5] for i, r in enumerate(rows) if r[5] is not None},
         member_counts={"members": sum(counts.values()), **counts})
+
+
+def _one_row_per_path(rows: list[_Row], shards: list[Path], ignored: list[str],
+                      counts: Counter[str]) -> list[_Row]:
+    """Rows whose path repeats an earlier row's are left out (a literal member ``%2E%2E/x.png``
+    beside a refused ``../x.png``, whose row name is the same): one path, one row."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        path = f"{shards[r[0]].name}/{r[1]}"
+        if path in seen:
+            counts["images"] -= 1
+            counts["left out"] += 1
+            ignored.append(f"{path}: a second member with this row name (a refused name, "
+                           "percent-encoded, meets a literal one); the first is its row")
+            continue
+        seen.add(path)
+        out.append(r)
+    return out
 
 
 @dataclass(frozen=True)

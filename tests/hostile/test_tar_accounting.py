@@ -61,3 +61,18 @@ def test_the_extract_summary_counts_every_member(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "12 tar members in 1 shard(s): 11 images (8 refused, recorded as failures), 0 labels, " \
            "0 folders, 1 left out (first: s.tar/notes.bin: a FIFO" in out
+
+
+def test_a_literal_percent_name_meeting_a_refused_one_is_one_row(tmp_path):
+    """``../x.png`` is refused and named ``%2E%2E/x.png``; a literal member of that name is then
+    left out with the reason, so one path is one row (was: the row of one, the failure of the
+    other, under one path)."""
+    with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for n, seed in (("../x.png", 1), ("%2E%2E/x.png", 2), ("ok.png", 3)):
+            data = _png(seed)
+            tf.addfile(_info(n, len(data)), io.BytesIO(data))
+    src = open_tar_shards(tmp_path / "s.tar")
+    assert src.paths == ["s.tar/%2E%2E/x.png", "s.tar/ok.png"] and list(src.refused) == [0]
+    assert src.member_counts == {"members": 3, "images": 2, "left out": 1}
+    assert src.ignored == ["s.tar/%2E%2E/x.png: a second member with this row name (a refused "
+                           "name, percent-encoded, meets a literal one); the first is its row"]
