@@ -145,8 +145,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str],
                      rows: Iterable[Sequence[Any]]) -> Path:
-    """Write a CSV file (UTF-8, one header row), atomically. A file name holding bytes that are
-    not UTF-8 (``os.fsdecode``'s surrogates) is written as those bytes, so the CSV names the file."""
+    """Write a CSV file (UTF-8, one header row), atomically. Fields are quoted by the ``csv``
+    rules (a file name holding a comma, a quote or a line break round-trips); a file name that
+    is not UTF-8 is written as its own bytes (``surrogateescape``), as the shell would show it."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                         errors="surrogateescape") as f:
         w = csv.writer(f)

@@ -33,6 +33,12 @@ from .journal import Journal, describe_holder
 
 log = logging.getLogger(__name__)
 
+
+def _text(ds: Any) -> Any:
+    """A string dataset read as ``str``; a name stored as non-UTF-8 bytes (a file named in
+    Latin-1, see :func:`cnncodes.codes.store.fs_bytes`) comes back as ``os.fsdecode`` gives it."""
+    return ds.asstr(errors="surrogateescape")
+
 #: Format 2 added per-row file identity (``/files``) and the list of sources; format 1 stores
 #: are read and appended to (their old rows count as unverified). Format 3 is the segment index.
 FORMAT_VERSION = 2
@@ -57,15 +63,6 @@ def store_bytes(path: str | os.PathLike) -> int:
 
 
 STR = h5py.string_dtype("utf-8")
-#: How file paths and failure reasons are kept in the store: as the bytes of the name, UTF-8 where
-#: it is UTF-8, any other byte as it is (a Linux file name is bytes; ``os.fsdecode``'s
-#: surrogateescape, the same on write (:func:`name_bytes`) and read).
-NAME_ERRORS = "surrogateescape"
-
-
-def name_bytes(names: Any) -> np.ndarray:
-    """File paths (or texts holding them) as the bytes the store keeps (see :data:`NAME_ERRORS`)."""
-    return np.array([str(n).encode("utf-8", NAME_ERRORS) for n in names] or [], dtype=object)
 
 
 def _attrs_to_dict(attrs: h5py.AttributeManager) -> dict[str, Any]:
@@ -195,11 +192,11 @@ class FeatureStore:
     @property
     def classes(self) -> list[str]:
         with self._open() as f:
-            return list(f["classes"].asstr()[()])
+            return list(_text(f["classes"])[()])
 
     @property
     def paths(self) -> np.ndarray:
-        return self._view().gather(lambda f, k, sel: np.asarray(f["paths"].asstr(errors=NAME_ERRORS)[sel],
+        return self._view().gather(lambda f, k, sel: np.asarray(_text(f["paths"])[sel],
                                                                  dtype=object))
 
     @property
@@ -221,8 +218,7 @@ class FeatureStore:
     def failures(self) -> list[tuple[str, str]]:
         with self._open() as f:
             g = f["failures"]
-            return list(zip(g["paths"].asstr(errors=NAME_ERRORS)[()],
-                            g["reasons"].asstr(errors=NAME_ERRORS)[()], strict=True))
+            return list(zip(_text(g["paths"])[()], _text(g["reasons"])[()], strict=True))
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -244,9 +240,8 @@ class FeatureStore:
         with self._open() as f:
             g = f["failures"]
             out = _file_table(f, "failures", int(g["paths"].shape[0]))
-            out["paths"] = np.asarray(g["paths"].asstr(errors=NAME_ERRORS)[()], dtype=object)
-            out["reasons"] = np.asarray(g["reasons"].asstr(errors=NAME_ERRORS)[()],
-                                        dtype=object)
+            out["paths"] = np.asarray(_text(g["paths"])[()], dtype=object)
+            out["reasons"] = np.asarray(_text(g["reasons"])[()], dtype=object)
             return out
 
     def nonfinite_rows(self, block: int = 8192) -> list[int]:
@@ -427,12 +422,12 @@ class _View:
     def open(cls, path: Path) -> _View:
         """Read a segment index and check that every segment it names is there, whole."""
         with h5py.File(path, "r") as f:
-            names = list(f["segments/files"].asstr()[()])
+            names = list(_text(f["segments/files"])[()])
             counts = f["segments/rows"][()].astype(np.int64)
             sizes = f["segments/bytes"][()].astype(np.int64)
             starts = f["runs/start"][()].astype(np.int64)
             lengths = f["runs/length"][()].astype(np.int64)
-            classes = list(f["classes"].asstr()[()])
+            classes = list(_text(f["classes"])[()])
             flags = dict(zip(f["flags/rows"][()].tolist(), f["flags/missing"][()].tolist(),
                              strict=True))
         files = [path.parent / n for n in names]
@@ -452,7 +447,7 @@ class _View:
         remaps = []
         for p in files:
             with h5py.File(p, "r") as f:
-                local = list(f["classes"].asstr()[()])
+                local = list(_text(f["classes"])[()])
             remaps.append(np.array([index.get(c, -1) for c in local] + [-1], np.int64))
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         pieces = []
@@ -588,7 +583,7 @@ def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:
     g = f.get(group)
     if g is not None and key in g:
         ds = g[key]
-        return np.asarray(ds.asstr()[sel] if dt is object else ds[sel], dtype=dt)
+        return np.asarray(_text(ds)[sel] if dt is object else ds[sel], dtype=dt)
     n = len(np.arange(int(f["paths"].shape[0]))[sel])
     return np.full(n, fill, dtype=dt)
 
@@ -600,7 +595,7 @@ def _file_table(f: h5py.File, group: str, n: int) -> dict[str, np.ndarray]:
     for key, dt, fill in _ID_FILL:
         if g is not None and key in g:
             ds = g[key]
-            out[key] = np.asarray(ds.asstr()[()] if dt is object else ds[()], dtype=dt)
+            out[key] = np.asarray(_text(ds)[()] if dt is object else ds[()], dtype=dt)
         else:
             out[key] = np.full(n, fill, dtype=dt)
     return out

@@ -97,7 +97,6 @@ from .reader import (
     SEGMENTED_FORMAT,
     STR,
     FeatureStore,
-    name_bytes,
     segments_dir,
     store_bytes,
 )
@@ -117,6 +116,14 @@ MANY_SEGMENTS = 64
 
 # --------------------------------------------------------------------------------------------
 # Folding the journal into the HDF5 file
+
+
+def fs_bytes(paths: Any) -> np.ndarray:
+    """Paths as the bytes of their names (``os.fsencode``: UTF-8, and the original bytes of a
+    name that is not UTF-8), for the UTF-8 string datasets: the same bytes as before for any UTF-8
+    name, and a file named in Latin-1 is stored and read back (``errors="surrogateescape"``)
+    exactly instead of failing the fold."""
+    return np.array([os.fsencode(str(p)) for p in paths], dtype=object)
 
 
 class _DamagedPart(Exception):
@@ -503,7 +510,7 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
         for layer in layers:
             block = view.gather(lambda g, k, sel, layer=layer: g["codes"][layer][sel], slice(s, e))
             f["codes"][layer][dst:dst + n] = block[m]
-        f["paths"][dst:dst + n] = name_bytes(paths[s:e][m])
+        f["paths"][dst:dst + n] = fs_bytes(paths[s:e][m])
         f["labels"][dst:dst + n] = remap[labels[s:e][m]]  # -1: the trailing -1
         for key, _ in _ID_COLUMNS:
             vals = table[key][s:e][m]
@@ -542,7 +549,7 @@ def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _P
             if rows[-1] - rows[0] + 1 == len(rows) else rows
         for layer in layers:
             f["codes"][layer][idx] = part.codes[layer][sel_a].astype(dtype, copy=False)
-        f["paths"][idx] = name_bytes([paths[j] for j in sel_a])
+        f["paths"][idx] = fs_bytes([paths[j] for j in sel_a])
         f["labels"][idx] = np.array([cls_index[x] if x else -1
                                      for x in part.labels[sel_a].tolist()], np.int64)
         g = f["files"]
@@ -569,12 +576,10 @@ def _set_flags(f: h5py.File, plan: _Plan, flags: Mapping[str, bool]) -> None:
 def _write_failures(f: h5py.File, paths: Sequence[str],
                     fail: Mapping[str, tuple[str, int, int, str, int]]) -> None:
     fg = f.create_group("failures")
-    fg.create_dataset("paths", data=name_bytes(paths), dtype=STR)
+    fg.create_dataset("paths", data=fs_bytes(list(paths)), dtype=STR)
     for i, (key, dt) in enumerate((("reasons", STR), *_ID_COLUMNS)):
         vals = [fail[p][i] for p in paths]
-        data = (name_bytes(vals) if key == "reasons"
-                else np.array(vals, dtype=object if dt is STR else dt))
-        fg.create_dataset(key, data=data, dtype=dt)
+        fg.create_dataset(key, data=np.array(vals, dtype=object if dt is STR else dt), dtype=dt)
 
 
 def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
