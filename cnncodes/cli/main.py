@@ -7,12 +7,13 @@ its command group) registered in ``COMMANDS``; option names match the library's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._version import __version__
@@ -115,6 +116,26 @@ def _silence_stdout() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _names_as_bytes() -> Iterator[None]:
+    """While a command runs, a file name holding bytes that are not UTF-8 (``os.fsdecode``'s
+    surrogates) is printed as those bytes, as ``ls`` does, never as an encoding error; stdout's
+    error handler is restored afterwards."""
+    out = sys.stdout
+    old = getattr(out, "errors", None)
+    try:
+        if old == "strict":
+            out.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # not a text stream that can change
+        old = None
+    try:
+        yield
+    finally:
+        if old == "strict":
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                out.reconfigure(errors=old)  # type: ignore[union-attr]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnncodes`` console script; returns the exit status.
 
@@ -128,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     that the output was cut); nothing is printed.
     """
     try:
-        rc = _main(argv)
-        sys.stdout.flush()  # a closed pipe shows here, not at exit as an "Exception ignored"
+        with _names_as_bytes():
+            rc = _main(argv)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit as an "Exception ignored"
         return rc
     except BrokenPipeError:  # also from --help
         _silence_stdout()

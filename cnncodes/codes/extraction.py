@@ -97,6 +97,8 @@ class ExtractResult:
     removed: int = 0
     missing: int = 0
     unverified: int = 0
+    #: for tar shards: every member accounted for (:meth:`TarShardSource.summary`)
+    source_summary: str = ""
 
     @property
     def nothing_extracted(self) -> bool:
@@ -396,7 +398,9 @@ def _extract_locked(job: _Job) -> ExtractResult:
                            images_per_s=n_new / seconds if seconds > 0 and n_new else 0.0,
                            layers=layer_dims, interrupted=run.interrupted, added=sync.added,
                            changed=sync.changed, retried=sync.retried, removed=sync.removed,
-                           missing=sync.missing, unverified=sync.unverified)
+                           missing=sync.missing, unverified=sync.unverified,
+                           source_summary=src.summary() if isinstance(src, TarShardSource)
+                           else "")
     if run.interrupted:
         raise KeyboardInterrupt(result)
     return result

@@ -51,6 +51,8 @@ def format_extract_result(res: Any) -> str:
         lines.append(f"note: {n['unverified']} rows were made before cnncodes recorded file "
                      "identity and are not checked against their files (--overwrite re-extracts "
                      "them)")
+    if getattr(res, "source_summary", ""):
+        lines.append(res.source_summary)
     if res.new:
         lines.append(f"throughput: {res.images_per_s:.1f} img/s ({res.seconds:.1f} s in all)")
     if res.failed:

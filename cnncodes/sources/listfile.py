@@ -2,19 +2,23 @@
 
 The rules (also in the README, ``extract`` > Sources):
 
-* **Encoding**: UTF-8, with or without a byte-order mark (``utf-8-sig``). Another encoding (UTF-16
-  from a Windows editor, Latin-1 bytes...) is refused with the line that is not UTF-8, except
-  bytes that are exactly the name of an existing file (a Latin-1 file name, as ``ls`` or a
-  predictions CSV writes it): those name that file.
+* **Encoding**: UTF-8, with or without a byte-order mark (``utf-8-sig``). A path may hold bytes that
+  are not UTF-8 when a file with exactly those bytes in its name exists (names on Linux are bytes;
+  they are kept as such, ``os.fsdecode``'s ``surrogateescape``, up to the store and the
+  predictions CSV). Otherwise a byte that is not UTF-8 (a Latin-1 list naming UTF-8 files, UTF-16
+  from a Windows editor...) is refused with its line; a label must be UTF-8.
 * **Lines**: ``\\n``, ``\\r\\n`` or ``\\r`` endings; blank lines and lines whose first non-blank
-  character is ``#`` are ignored (write a path that starts with ``#`` as ``./#name.jpg``). Spaces
-  around each field are stripped. One row per line, except that with a separator a quoted
-  field may hold line breaks (``"new<line break>line.png",cat``), kept exactly.
+  character is ``#`` are ignored (write a path that starts with ``#`` as ``./#name.jpg`` or
+  quoted). Spaces around each field are stripped (also inside quotes).
 * **Separator**, decided once per file: ``.csv`` comma, ``.tsv`` tab. A ``.txt``/``.lst`` uses
   the first row (the header if there is one): a tab there makes it tab-separated; else a comma
   makes it comma-separated, unless what follows the last comma ends like an image file name
-  (``Smith, John.jpg`` is one path); else each line is one path, taken whole. With a separator,
-  fields may be quoted as in CSV (``"a, b.jpg",cat``).
+  (``Smith, John.jpg`` is one path); else each line is one path, taken whole.
+* **Quoting**: with a separator, the file is read by the ``csv`` module's rules (the dialect
+  Excel and ``csv.writer`` write): a field in double quotes may hold the separator, line breaks
+  (one row then spans several lines; errors name its first line) and quotes written twice
+  (``"say ""hi"".jpg"``). A quote left open, or text after a closing quote, is an error naming the
+  line.
 * **Columns**: ``path`` or ``path<sep>label``. An optional header row names them (case-insensitive:
   ``path``/``file``/``filename``/``filepath``/``image``... and ``label``/``class``/``target``...;
   in a two-column header the column that is not the path is the label, whatever its name); with a
@@ -23,6 +27,8 @@ The rules (also in the README, ``extract`` > Sources):
 * **Paths**: ``~`` is expanded; a relative path is relative to the folder of the list file (after
   following links to the list file), not to the current folder. ``..`` parts are resolved. Failures
   name the path that was looked for.
+* **Identity**: a file is one row whatever its spelling (see
+  :func:`cnncodes.sources.folders.one_row_per_file`).
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ PATH_HEADERS = ("path", "paths", "file", "files", "filename", "file_name", "file
 LABEL_HEADERS = ("label", "labels", "class", "classes", "class_name", "classname", "target",
                  "category", "y")
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: a physical line with its ending (\n, \r\n or \r); str.splitlines would also break at form
+#: feeds, U+2028... that a file name may hold
+_PHYSICAL = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
 @dataclass(frozen=True)
@@ -58,56 +66,95 @@ class ListRow:
 
 
 def _decode(path: Path) -> str:
+    """The list's text; bytes that are not UTF-8 become lone surrogates (``surrogateescape``),
+    checked row by row (:func:`_check_bytes`)."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SourceError(f"List file {path} must be UTF-8. Got UTF-16 (it starts with a UTF-16 "
                           "byte-order mark) instead; save it as UTF-8.")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:  # checked per row: only the bytes of an existing file's name pass
-        return data.decode("utf-8-sig", errors="surrogateescape")
+    return data.decode("utf-8-sig", "surrogateescape")
 
 
-def _not_utf8(path: Path, row: ListRow, data_error: bool) -> SourceError:
-    bad = next(c for c in row.path + (row.label or "") if "\udc80" <= c <= "\udcff")
-    what = "a label" if data_error else "a path that names no file"
-    return SourceError(f"List file {path} must be UTF-8. Got byte 0x{ord(bad) - 0xDC00:02x} on "
-                       f"line {row.line}, which is not UTF-8, in {what}, instead; save the list "
-                       "as UTF-8 (bytes that are not UTF-8 pass only as the exact name of a file "
-                       "that exists).")
+def _not_utf8(path: Path, lineno: int, text: str, what: str) -> SourceError:
+    byte = next(ord(c) - 0xDC00 for c in text if "\udc80" <= c <= "\udcff")
+    return SourceError(f"List file {path} must be UTF-8. Got byte 0x{byte:02x} on line {lineno}, "
+                       f"which is not UTF-8, instead{what}; save the list as UTF-8.")
 
 
-def _check_bytes(path: Path, rows: list[ListRow]) -> None:
-    """Bytes that are not UTF-8 (read as surrogates) pass only in a path naming an existing file
-    with exactly those bytes (a Latin-1 file name written by a tool): a list saved in another
-    encoding is refused, naming the line."""
-    folder = path.resolve().parent
-    for r in rows:
-        if _has_surrogates(r.label or ""):
-            raise _not_utf8(path, r, True)
-        if _has_surrogates(r.path) and not os.path.lexists(resolve_path(r.path, folder)):
-            raise _not_utf8(path, r, False)
-
-
-def _has_surrogates(text: str) -> bool:
+def _has_raw_bytes(text: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in text)
 
 
-def _logical_lines(text: str, sep: str | None) -> list[tuple[int, str]]:
-    """``(first line number, text)`` per row: with a separator, a quoted field may hold line
-    breaks (kept exactly as written), so a line with an open quote continues on the next."""
-    parts = _LINE_BREAK.split(text)
-    breaks = _LINE_BREAK.findall(text)
-    out: list[tuple[int, str]] = []
-    k = 0
-    while k < len(parts):
-        start, line = k + 1, parts[k]
-        while sep is not None and line.count('"') % 2 == 1 and k + 1 < len(parts):
-            line += breaks[k] + parts[k + 1]
-            k += 1
-        out.append((start, line))
-        k += 1
-    return out
+def _check_bytes(path: Path, row: ListRow) -> None:
+    """A row with bytes that are not UTF-8: its path must name an existing file by those very
+    bytes (a Linux file name is bytes), and its label must be UTF-8.
+
+    Raises:
+        SourceError: the line and the first byte that is not UTF-8.
+    """
+    if row.label is not None and _has_raw_bytes(row.label):
+        raise _not_utf8(path, row.line, row.label, " in the label")
+    if _has_raw_bytes(row.path) and not os.path.lexists(
+            resolve_path(row.path, path.resolve().parent)):
+        raise _not_utf8(path, row.line, row.path, " (and no file has a name with those bytes)")
+
+
+class _Lines:
+    """The physical lines of a text (endings kept) for ``csv.reader``, skipping blank and ``#``
+    lines where a row starts (never inside a quoted field); ``start`` is the current row's first
+    line number."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = _PHYSICAL.findall(text)
+        self.pos = 0
+        self.at_row_start = True
+        self.start = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        while self.pos < len(self.lines):
+            line = self.lines[self.pos]
+            self.pos += 1
+            if self.at_row_start:
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                self.at_row_start, self.start = False, self.pos
+            if "\x00" in line:
+                raise SourceError(f"{self.path}, line {self.pos}: a row must be text. Got a NUL "
+                                  "byte instead (a binary file?); fix or remove the line.")
+            return line
+        raise StopIteration
+
+
+def _records(path: Path, text: str, sep: str | None) -> list[tuple[int, list[str]]]:
+    """``(first line number, fields)`` of each row: by the ``csv`` module's rules with a
+    separator, else each line whole."""
+    lines = _Lines(path, text)
+    if sep is None:
+        whole = []
+        for line in lines:
+            whole.append((lines.start, [line.strip()]))
+            lines.at_row_start = True
+        return whole
+    reader = csv.reader(lines, delimiter=sep, skipinitialspace=True, strict=True)
+    out: list[tuple[int, list[str]]] = []
+    while True:
+        lines.at_row_start = True
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as e:
+            kind = "tab" if sep == "\t" else "comma"
+            first = lines.lines[lines.start - 1] if lines.start else ""
+            raise SourceError(
+                f"{path}, line {lines.start}: a row must be {kind}-separated fields, quoted as in "
+                f"CSV. Got {first.strip()[:80]!r} ({e}) instead; close the quote (write a quote "
+                "inside a quoted field twice), or fix or remove the line.") from None
+        out.append((lines.start, [f.strip() for f in fields]))
 
 
 def _separator(path: Path, first: str, image_extensions: tuple[str, ...]) -> str | None:
@@ -122,17 +169,6 @@ def _separator(path: Path, first: str, image_extensions: tuple[str, ...]) -> str
         tail = first.rpartition(",")[2].strip().strip('"').lower()
         return None if tail.endswith(image_extensions) else ","
     return None
-
-
-def _fields(path: Path, lineno: int, line: str, sep: str | None) -> list[str]:
-    if sep is None:
-        return [line.strip()]
-    try:
-        return [f.strip() for f in next(csv.reader([line], delimiter=sep, skipinitialspace=True))]
-    except csv.Error as e:
-        kind = "tab" if sep == "\t" else "comma"
-        raise SourceError(f"{path}, line {lineno}: a row must be {kind}-separated fields. Got "
-                          f"{line.strip()[:80]!r} ({e}) instead; fix or remove the line.") from None
 
 
 def _header(fields: list[str]) -> tuple[int, int | None] | None:
@@ -157,22 +193,17 @@ def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
             file and the line are named).
     """
     text = _decode(path)
-    first = next((ln for ln in _LINE_BREAK.split(text)
+    first = next((ln for ln in _PHYSICAL.findall(text)
                   if ln.strip() and not ln.lstrip().startswith("#")), None)
     if first is None:
         raise SourceError(f"List file {path} must name at least one image. Got no rows (only blank "
                           "or # comment lines) instead.")
-    sep = _separator(path, first, image_extensions)
-    lines = [(n, ln) for n, ln in _logical_lines(text, sep)
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    sep = _separator(path, first.rstrip("\r\n"), image_extensions)
     rows: list[ListRow] = []
     cols: tuple[int, int | None] | None = None
     width = 2
-    for k, (lineno, line) in enumerate(lines):
-        if "\x00" in line:
-            raise SourceError(f"{path}, line {lineno}: a row must be text. Got a NUL byte "
-                              "instead (a binary file?); fix or remove the line.")
-        fields = _fields(path, lineno, line, sep)
+    for k, (lineno, fields) in enumerate(_records(path, text, sep)):
+        line = (sep or "").join(fields)
         if k == 0 and (cols := _header(fields)) is not None:
             width = len(fields)
             continue
@@ -190,10 +221,10 @@ def read_list(path: Path, image_extensions: tuple[str, ...]) -> list[ListRow]:
                               f"an empty path ({line.strip()[:80]!r}) instead; fix or remove the "
                               "line.")
         rows.append(ListRow(lineno, p, lab or None))
+        _check_bytes(path, rows[-1])
     if not rows:
         raise SourceError(f"List file {path} must name at least one image. Got only a header row "
                           "instead.")
-    _check_bytes(path, rows)
     return rows
 
 

@@ -37,6 +37,7 @@ import os
 import posixpath
 import re
 import tarfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,19 @@ class TarShardSource(ImageSource):
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: row -> why its member is refused (an unsafe name, a link leaving the archive, a device...)
     refused: dict[int, str] = field(default_factory=dict)
+    #: every member header of the shards, counted once: ``images`` (rows, refused ones included),
+    #: ``labels`` (read as a row's label), ``folders``, ``left out`` (each named in ``ignored``
+    #: with the reason), and ``members`` (their sum)
+    member_counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line accounting for every member: rows, refusals, labels, what was left out."""
+        c = self.member_counts
+        first = f" (first: {self.ignored[0]})" if self.ignored else ""
+        return (f"{c.get('members', 0)} tar members in {len(self.shards)} shard(s): "
+                f"{c.get('images', 0)} images ({len(self.refused)} refused, recorded as failures), "
+                f"{c.get('labels', 0)} labels, {c.get('folders', 0)} folders, "
+                f"{c.get('left out', 0)} left out{first}")
 
     def read_member(self, i: int) -> bytes:
         """The bytes of row ``i``'s image member (DecodeError when the shard is cut short)."""
@@ -188,8 +202,10 @@ def open_tar_shards(source: str | os.PathLike, *,
         raise SourceError(f"Tar shard pattern {spec!r} names a shard twice.")
     rows: list[_Row] = []
     ignored: list[str] = []
+    counts: Counter[str] = Counter()
     for k, shard in enumerate(shards):
-        rows.extend(_shard_rows(k, shard, ignored))
+        rows.extend(_shard_rows(k, shard, ignored, counts))
+    rows = _one_row_per_path(rows, shards, ignored, counts)
     if not rows:
         raise SourceError(f"No images in the tar shards {spec!r} (looked for members named "
                           f"<key>{'|'.join(IMAGE_EXTENSIONS)}).")
@@ -207,7 +223,27 @@ def open_tar_shards(source: str | os.PathLike, *,
         shard_of=np.array([r[0] for r in rows], np.int64),
         offsets=np.array([r[2] for r in rows], np.int64),
         sizes=np.array([r[3] for r in rows], np.int64),
-        refused={i: r[5] for i, r in enumerate(rows) if r[5] is not None})
+        refused={i: r[5] for i, r in enumerate(rows) if r[5] is not None},
+        member_counts={"members": sum(counts.values()), **counts})
+
+
+def _one_row_per_path(rows: list[_Row], shards: list[Path], ignored: list[str],
+                      counts: Counter[str]) -> list[_Row]:
+    """Rows whose path repeats an earlier row's are left out (a literal member ``%2E%2E/x.png``
+    beside a refused ``../x.png``, whose row name is the same): one path, one row."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        path = f"{shards[r[0]].name}/{r[1]}"
+        if path in seen:
+            counts["images"] -= 1
+            counts["left out"] += 1
+            ignored.append(f"{path}: a second member with this row name (a refused name, "
+                           "percent-encoded, meets a literal one); the first is its row")
+            continue
+        seen.add(path)
+        out.append(r)
+    return out
 
 
 @dataclass(frozen=True)
@@ -306,31 +342,42 @@ def _scan(shard: Path, ignored: list[str]) -> list[tarfile.TarInfo]:
     return members
 
 
-def _groups(shard: Path, members: list[tarfile.TarInfo], ignored: list[str]
-            ) -> dict[str, dict[str, _Member]]:
-    """Image and label members by key, each resolved to the bytes it has or refused."""
+def _groups(shard: Path, members: list[tarfile.TarInfo], ignored: list[str],
+            counts: Counter[str]) -> dict[str, dict[str, _Member]]:
+    """Image and label members by key, each resolved to the bytes it has or refused; every other
+    member is counted (a folder) or left out with the reason in ``ignored``."""
     regular = {posixpath.normpath(m.name): m for m in members if m.isreg() and not m.issparse()}
     groups: dict[str, dict[str, _Member]] = {}
+
+    def leave_out(m: tarfile.TarInfo, why: str) -> None:
+        counts["left out"] += 1
+        ignored.append(f"{shard.name}/{m.name}: {why}")
+
     for m in members:
         if m.isdir():
+            counts["folders"] += 1
             continue
         d, base = posixpath.split(m.name)
         ext = "." + base.split(".", 1)[1].lower() if "." in base[1:] else ""
         if base.startswith(".") or ext not in IMAGE_EXTENSIONS + LABEL_EXTENSIONS:
-            if not m.isreg():
-                ignored.append(f"{shard.name}/{m.name}: {member_kind(m)}, not an image")
+            leave_out(m, f"{member_kind(m)}, not named like an image or a label")
             continue
         data, refusal = resolve_member(m, regular)
         if refusal is not None and ext in LABEL_EXTENSIONS:
-            ignored.append(f"{shard.name}/{m.name}: {refusal}")
+            leave_out(m, refusal)
             log.warning("tar shard %s: label member %r ignored: %s", shard, m.name, refusal)
             continue
         key = posixpath.join(d, base.split(".", 1)[0])
-        groups.setdefault(key, {}).setdefault(ext, _Member(m.name, data, refusal))
+        found = groups.setdefault(key, {})
+        if ext in found:
+            leave_out(m, f"a second {ext} member of key {key!r} (the first, "
+                         f"{found[ext].name!r}, is used)")
+            continue
+        found[ext] = _Member(m.name, data, refusal)
     return groups
 
 
-def _shard_rows(k: int, shard: Path, ignored: list[str]) -> list[_Row]:
+def _shard_rows(k: int, shard: Path, ignored: list[str], counts: Counter[str]) -> list[_Row]:
     """One shard's rows: (shard index, member name, data offset, size, label, refusal)."""
     if not shard.is_file():
         raise SourceError(f"Tar shard {shard} must be a regular file.")
@@ -340,16 +387,27 @@ def _shard_rows(k: int, shard: Path, ignored: list[str]) -> list[_Row]:
         raise SourceError(f"Tar shard {shard} is compressed; members of a compressed tar cannot be "
                           "read by offset. Decompress the shards (gunzip) first: JPEG and PNG "
                           "images gain almost nothing from compression.")
-    groups = _groups(shard, _scan(shard, ignored), ignored)
+    groups = _groups(shard, _scan(shard, ignored), ignored, counts)
     out: list[_Row] = []
     with open(shard, "rb") as f:
         for key, found in groups.items():
             image = next((v for ext, v in found.items() if ext in IMAGE_EXTENSIONS), None)
+            lab_ext = next((e for e in LABEL_EXTENSIONS if e in found), None)
+            used = {id(image), id(found[lab_ext]) if image is not None and lab_ext else 0}
+            for v in found.values():
+                if id(v) not in used:
+                    counts["left out"] += 1
+                    ignored.append(f"{shard.name}/{v.name}: " + (
+                        f"key {key!r} has no image member" if image is None else
+                        f"another member of key {key!r} (its row is {image.name!r}"
+                        + (f", its label {found[lab_ext].name!r})" if lab_ext else ")")))
             if image is None:
-                ignored.append(f"{shard.name}/{key}: no image member")
                 continue
+            counts["images"] += 1
             label = None
-            lab = next((found[e].data for e in LABEL_EXTENSIONS if e in found), None)
+            lab = found[lab_ext].data if lab_ext else None
+            if lab_ext:
+                counts["labels"] += 1
             if lab is not None:
                 f.seek(lab.offset_data)
                 label = f.read(lab.size).decode("utf-8", "replace").strip() or None

@@ -88,7 +88,8 @@ def test_txt_labels_unlabelled_shards_and_keys_without_an_image(tmp_path):
     with tarfile.open(tmp_path / "none" / "train-000000.tar", "a") as tf:
         _add(tf, "orphan.cls", b"a")
     src = open_tar_shards(tmp_path / "none" / "train-000000.tar")
-    assert len(src) == 4 and src.ignored == ["train-000000.tar/orphan: no image member"]
+    assert len(src) == 4 and src.ignored == [
+        "train-000000.tar/orphan.cls: key 'orphan' has no image member"]
 
 
 def test_a_tar_source_extracts_the_codes_of_the_same_images_in_a_folder(tmp_path):
