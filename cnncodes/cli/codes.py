@@ -204,16 +204,26 @@ def add_info(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a code store holds: counts, layers, provenance, failures")
     p.add_argument("store", help="an .h5 file written by `cnncodes extract`")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true",
+                   help="read every chunk of codes and labels and check its checksum (bit rot); "
+                        "exit 1 naming the damaged rows")
     return p
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..codes.store import FeatureStore
+    from ..errors import StoreDamagedError
     from ..report.store_info import format_store_info
 
-    info = FeatureStore(args.store).info()
+    store = FeatureStore(args.store)
+    info = store.info()
+    errors = store.verify() if args.verify else []
+    if args.verify:
+        info["verified_checksums"] = not errors
     print(json.dumps(info, indent=2, default=str) if args.json else format_store_info(info))
-    return 0
+    if errors:
+        raise StoreDamagedError(" ".join(str(e) for e in errors))
+    return 1 if info.get("damaged") else 0
 
 
 def add_compact(sub: Any) -> argparse.ArgumentParser:

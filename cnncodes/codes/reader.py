@@ -9,6 +9,7 @@ Writing goes through :mod:`cnncodes.codes.store` (journal + fold); this module o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from ..errors import (
     StoreMismatchError,
 )
 from .identity import UNKNOWN, FileId, store_sources
+from .integrity import damage_message, damaged_rows, is_checksummed
 from .journal import Journal, describe_holder
 
 log = logging.getLogger(__name__)
@@ -249,6 +251,18 @@ class FeatureStore:
                 bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
         return sorted(bad)
 
+    def checksummed(self) -> str:
+        """``all`` when every file's codes carry a checksum, ``none`` (a store written before
+        cnncodes checksummed codes), or ``some`` (older segments without, newer ones with)."""
+        have = [is_checksummed(p) for p in self._view().files]
+        return "all" if all(have) else ("some" if any(have) else "none")
+
+    def verify(self) -> list[StoreDamagedError]:
+        """Read every chunk of every file's codes and labels (``cnncodes info --verify``); one
+        error per damaged file, naming its rows (empty: everything reads back)."""
+        view = self._view()
+        return [e for k in range(len(view.files)) if (e := view.damage(k)) is not None]
+
     def incomplete(self) -> dict[str, Any] | None:
         """None when the store's last extraction finished; else what is known of the unfinished
         one: ``store``, ``rows`` (in the store), ``missing`` (images still to extract; None when
@@ -336,7 +350,10 @@ class FeatureStore:
         journal = Journal(self.path)
         table = self.file_table()
         paths = self.paths
-        bad = self.nonfinite_rows()
+        try:
+            bad, damaged = self.nonfinite_rows(), None
+        except StoreDamagedError as e:
+            bad, damaged = [], str(e)
         missing = np.flatnonzero(table["missing"])
         return {
             "path": os.fspath(self.path), "images": int(labels.shape[0]),
@@ -351,6 +368,7 @@ class FeatureStore:
             "missing_rows": {"count": int(missing.size),
                              "first": [str(paths[i]) for i in missing[:10]]},
             "nonfinite_rows": {"count": len(bad), "first": [str(paths[i]) for i in bad[:10]]},
+            "checksummed": self.checksummed(), "damaged": damaged,
             "sources": self.sources,
             "provenance": prov,
         }
@@ -401,6 +419,9 @@ class _View:
     flags: dict[int, bool] | None = None     # physical row -> missing, set after the segment
     #: the runs split at segment ends: (logical start, physical start, length, segment) each
     pieces: np.ndarray | None = None
+    #: the store (the index of a segmented one) and the command that made it (for the repair)
+    store: Path | None = None
+    command: str | None = None
 
     @property
     def n(self) -> int:
@@ -410,7 +431,8 @@ class _View:
     def single(cls, path: Path) -> _View:
         with h5py.File(path, "r") as f:
             n = int(f["paths"].shape[0])
-        return cls([path], np.array([0, n], np.int64), None)
+            command = _attr_str(f, "command")
+        return cls([path], np.array([0, n], np.int64), None, store=path, command=command)
 
     @classmethod
     def open(cls, path: Path) -> _View:
@@ -424,6 +446,7 @@ class _View:
             classes = list(f["classes"].asstr()[()])
             flags = dict(zip(f["flags/rows"][()].tolist(), f["flags/missing"][()].tolist(),
                              strict=True))
+            command = _attr_str(f, "command")
         files = [path.parent / n for n in names]
         for p, size in zip(files, sizes.tolist(), strict=True):
             have = p.stat().st_size if p.is_file() else None
@@ -452,7 +475,43 @@ class _View:
                 pieces.append((ls, ps, take, k))
                 ls, ps, n_run = ls + take, ps + take, n_run - take
         return cls(files, offsets, phys, len(starts), remaps, flags,
-                   np.array(pieces, np.int64).reshape(-1, 4))
+                   np.array(pieces, np.int64).reshape(-1, 4), store=path, command=command)
+
+    def damage(self, k: int) -> StoreDamagedError | None:
+        """The error naming the rows of file ``k`` that do not read back (None: none found)."""
+        bad = damaged_rows(self.files[k])
+        if not bad:
+            return None
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        hit = np.zeros(hi - lo, bool)
+        for _, a, b in bad:
+            hit[a:b] = True
+        phys = np.arange(self.n, dtype=np.int64) if self.phys is None else self.phys
+        inside = (phys >= lo) & (phys < hi)
+        logical = np.flatnonzero(inside)[hit[phys[inside] - lo]]
+        local = phys[logical] - lo
+        order = np.argsort(local)
+        with h5py.File(self.files[k], "r") as f:
+            names = f["paths"].asstr()[np.sort(local)] if len(local) else []
+        paths = [""] * len(local)
+        for i, name in zip(order.tolist(), list(names), strict=True):
+            paths[i] = str(name)
+        return StoreDamagedError(damage_message(
+            self.store or self.files[0], self.files[k], logical.tolist(), paths,
+            {d for d, _, _ in bad}, self.command))
+
+    @contextlib.contextmanager
+    def guard(self, k: int) -> Any:
+        """Turn a failed read of file ``k`` (checksum, inflate) into :meth:`damage`'s error."""
+        try:
+            yield
+        except StoreDamagedError:
+            raise
+        except OSError as e:
+            err = self.damage(k)
+            if err is None:
+                raise
+            raise err from e
 
     def remap_labels(self, k: int, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, np.int64)
@@ -490,7 +549,7 @@ class _View:
         """The values of logical ``rows`` (all by default; a slice or a sorted index array),
         read from each file with ``read``."""
         if self.phys is None:
-            with h5py.File(self.files[0], "r") as f:
+            with h5py.File(self.files[0], "r") as f, self.guard(0):
                 return read(f, 0, slice(None) if rows is None else rows)
         if self.pieces is not None and (rows is None or (isinstance(rows, slice)
                                                          and rows.step in (None, 1))):
@@ -506,7 +565,7 @@ class _View:
             pos = np.flatnonzero(seg == k)
             local = phys[pos] - self.offsets[k]
             sel, back = _selection(local)
-            with self.segment(k) as f:
+            with self.segment(k) as f, self.guard(k):
                 vals = read(f, k, sel)
             if back is not None:
                 vals = vals[back]
@@ -532,7 +591,8 @@ class _View:
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
                     local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
-                    ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
+                    with self.guard(k):
+                        ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
         return out
 
     def _gather_range(self, read: Reader, lo: int, hi: int) -> np.ndarray:
@@ -550,12 +610,18 @@ class _View:
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
                     local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
-                    vals = read(f, k, slice(local, local + b - a))
+                    with self.guard(k):
+                        vals = read(f, k, slice(local, local + b - a))
                     if out is None:
                         out = np.empty((hi - lo, *vals.shape[1:]), dtype=vals.dtype)
                     out[a - lo:b - lo] = vals
         assert out is not None
         return out
+
+
+def _attr_str(f: h5py.File, key: str) -> str | None:
+    v = f.attrs.get(key)
+    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
 
 
 def _selection(local: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray | None]:
