@@ -215,6 +215,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..errors import StoreDamagedError
     from ..report.store_info import format_store_info
 
+    first = _first_run(args)
+    if first is not None:
+        return first
     store = FeatureStore(args.store)
     info = store.info()
     errors = store.verify() if args.verify else []
@@ -224,6 +227,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     if errors:
         raise StoreDamagedError(" ".join(str(e) for e in errors))
     return 1 if info.get("damaged") else 0
+
+
+def _first_run(args: argparse.Namespace) -> int | None:
+    """``info`` on a store a first extraction is still creating: what it has journaled (exit 0);
+    None when the store exists or no extraction is running."""
+    from pathlib import Path
+
+    from ..codes.journal import Journal
+    from ..codes.reader import first_run_text
+
+    if Path(args.store).exists():
+        return None
+    progress = Journal(args.store).progress()
+    if not progress or not progress["running"]:
+        return None
+    if args.json:
+        print(json.dumps({"path": args.store, "store": None, "in_progress": progress}, indent=2))
+    else:
+        print(f"{args.store}: not created yet.{first_run_text(progress)}")
+    return 0
 
 
 def add_compact(sub: Any) -> argparse.ArgumentParser:

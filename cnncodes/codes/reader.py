@@ -119,16 +119,8 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            journal = Journal(self.path)
-            hint = ""
-            if journal.exists() and journal.n_parts():
-                holder = journal.lock_holder()
-                hint = (f" An extraction into it is in progress ({describe_holder(holder)}; "
-                        f"{journal.n_parts()} batches done so far in {journal.dir}); the store "
-                        "appears at its next commit point or when it ends." if holder else
-                        f" An unfinished extraction left {journal.n_parts()} part files in "
-                        f"{journal.dir}; rerun the same `cnncodes extract` command to finish it.")
-            raise NotFoundError(f"No code store at {self.path}.{hint}")
+            raise NotFoundError(f"No code store at {self.path}."
+                                f"{first_run_text(Journal(self.path).progress())}")
         self.format_version = check_is_store(self.path)
 
     @property
@@ -372,6 +364,23 @@ class FeatureStore:
             "sources": self.sources,
             "provenance": prov,
         }
+
+
+def first_run_text(progress: Mapping[str, Any] | None) -> str:
+    """What to say of a store not created yet whose journal exists (:meth:`Journal.progress`):
+    an extraction in progress (process, rows so far) or an unfinished one; '' when neither."""
+    if not progress:
+        return ""
+    n, k, where = progress["rows"], progress["parts"], progress["dir"]
+    failed = f" and {progress['failed']} failed files" if progress["failed"] else ""
+    if progress["running"]:
+        return (f" A first extraction into it is in progress ({describe_holder(progress['running'])}"
+                f"): {n} rows{failed} journaled so far in {k} batches in {where}; the store "
+                "appears at its first commit point (--commit-every) or when the run ends.")
+    if k:
+        return (f" An unfinished extraction left {n} rows in {k} part files in {where}; rerun "
+                "the same `cnncodes extract` command to finish it.")
+    return ""
 
 
 def _missing_text(note: Mapping[str, Any]) -> str:
