@@ -179,7 +179,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
 
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
-                 option="-o")
+                 option="-o", writes=False)  # a rerun with nothing to do writes nothing
     layers, advice = auto_layer(args)
     try:
         res = extract(

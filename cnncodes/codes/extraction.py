@@ -42,7 +42,7 @@ from .._runtime import (
     progress_bar,
     resolve_device,
 )
-from ..errors import DiskFullError, OptionError, StoreMismatchError
+from ..errors import AccessDeniedError, DiskFullError, OptionError, StoreMismatchError
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
@@ -229,6 +229,13 @@ def extract(
             journal.clear()
             remove_store(out)  # the file and its segments
         barrier()
+        if (not overwrite and not di.enabled and out.is_file() and not journal.exists()
+                and not os.access(out.parent, os.W_OK)):  # a read-only disk: write nothing
+            job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
+                       retry_failed=retry_failed, commit_every=commit_every, t0=t0,
+                       verify=verify, keep_missing=keep_missing)
+            _attach_source(job, describe_source(source, src.root, src.kind), add_source)
+            return _extract_readonly(job)
         journal.lock(di.rank)
         try:
             job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
@@ -392,6 +399,29 @@ def _extract_locked(job: _Job) -> ExtractResult:
     if run.interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def _extract_readonly(job: _Job) -> ExtractResult:
+    """A rerun into a folder this process may not write (a read-only disk): the store is
+    checked and compared with the source without the lock or journal (nothing is written); when
+    it is up to date that is the result, else :class:`AccessDeniedError` before any work."""
+    out, src = job.out, job.src
+    check_store_compatible(out, job.config)
+    job.sync = sync = _plan(job)
+    todo = len(sync.pending)
+    if todo or sync.drop or sync.flags or job.new_source or _marked_incomplete(out):
+        what = (f"{todo} images to extract" if todo else
+                "the store to update (files gone from the source, or an unfinished run)")
+        raise AccessDeniedError(
+            f"{out.parent} is not writable (a read-only disk, or no write permission), and "
+            f"{out} is not up to date with {src.root}: {what}. Nothing was written; extract "
+            "into a writable folder (-o elsewhere, or a copy of the store), or remount it "
+            "read-write.")
+    st = FeatureStore(out)
+    log.info("%s is up to date with %s (read-only folder: nothing written)", out, src.root)
+    return ExtractResult(path=out, rows=len(st), new=0, skipped=len(src), failed=[],
+                         seconds=time.perf_counter() - job.t0, images_per_s=0.0,
+                         layers=st.dims, interrupted=False, unverified=sync.unverified)
 
 
 def _marked_incomplete(out: Path) -> bool:

@@ -82,7 +82,7 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path, fsync_dir
-from ..errors import StoreDamagedError, StoreMismatchError
+from ..errors import AccessDeniedError, StoreDamagedError, StoreMismatchError
 from .compat import (
     CONFIG_FIELDS,
     canonical,
@@ -642,6 +642,11 @@ def _refold(store_path: str | os.PathLike, updates: Mapping[str, Any], *, compac
                                  "first with `cnncodes extract`.")
     if skip is not None and skip(FeatureStore(store_path).provenance):
         return None
+    if not os.access(store_path.parent, os.W_OK | os.X_OK):
+        raise AccessDeniedError(f"{store_path} cannot be rewritten: its folder {store_path.parent}"
+                                " is not writable (a read-only disk, or no write permission); "
+                                "nothing was done. Remount it read-write, or copy the store to "
+                                "a writable folder.")
     journal = Journal(store_path)
     journal.lock()
     try:
