@@ -86,10 +86,12 @@ from ..errors import AccessDeniedError, StoreDamagedError, StoreMismatchError
 from .compat import (
     CONFIG_FIELDS,
     canonical,
+    check_free_space,
     check_store_compatible,
     config_diff,
     disk_full_message,
     is_disk_full,
+    space_needed,
 )
 from .journal import Journal
 from .reader import (
@@ -275,6 +277,8 @@ def _build(store_path: Path, journal: Journal, files: Sequence[Path],
                                   compression=compression, run_record=run_record, flags=flags)
         if counts is not None:
             return counts
+    check_free_space(store_path, journal, space_needed(plan.total, plan.dims, dtype.itemsize),
+                     f"writing {store_path} ({plan.total} rows)")
     n_bad = len(journal.bad_parts)
     cls_index = {c: i for i, c in enumerate(plan.classes)}
     with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
@@ -330,6 +334,9 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
     phys = np.empty(plan.total, np.int64)
     phys[:len(plan.keep)] = old_phys[plan.keep]
     written = 0
+    check_free_space(store_path, journal, space_needed(
+        len(plan.written), plan.dims, np.dtype(provenance.get("dtype", "float32")).itemsize),
+        f"writing a segment of {len(plan.written)} new rows and the index of {store_path}")
     if plan.written:
         seg = _write_segment(seg_dir, journal, files, provenance, plan, compression)
         written = seg.stat().st_size

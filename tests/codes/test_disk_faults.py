@@ -8,13 +8,21 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cnncodes import FeatureStore
 from cnncodes.cli import main
+from cnncodes.codes import compat
+from cnncodes.codes import store as store_mod
 from cnncodes.codes.journal import Journal, Part
+from cnncodes.codes.reader import segments_dir
+from cnncodes.codes.store import fold
+from cnncodes.errors import DiskFullError
 
 from ..conftest import write_tree
 
@@ -115,3 +123,82 @@ def test_a_read_only_store_is_read_by_every_reading_command_and_refused_by_write
         rc, _, err = run("extract", photos, "-o", store, *EXTRACT)
         assert rc == 1 and f"{ro} is not writable" in err and "1 images to extract" in err
     assert _tree_bytes(rw) == before  # every input byte-identical
+
+
+# --------------------------------------------------------------------------- a real full disk
+
+PY = [sys.executable, "-m", "cnncodes"]
+MOBILE = ["--backbone", "mobilenet_v2", "--weights", "random", "--input-size", "32", "--workers",
+          "0", "--no-progress", "--batch-size", "8"]
+
+
+def _extract_proc(photos, out):
+    """Extract in a subprocess (a crash of HDF5 must not take pytest with it)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    return subprocess.run([*PY, "extract", str(photos), "-o", str(out), *MOBILE],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs failed here (no mount permission in this container)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["400k", "900k"])  # full while writing batches / before folding
+def test_a_real_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(tmp_path, size):
+    photos = write_tree(tmp_path / "photos", per_class=40)  # 120 rows x 1280 floats: 620 KiB
+    ref = tmp_path / "ref.h5"
+    assert _extract_proc(photos, ref).returncode == 0
+    with _tmpfs(tmp_path / "small", size) as disk:
+        out = disk / "codes.h5"
+        r = _extract_proc(photos, out)
+        assert r.returncode == 1, r.stderr[-2000:]  # not 139: no crash
+        err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and str(disk) in err[0] and "Traceback" not in r.stderr
+        assert "Free" in err[0] and "run the same command again" in err[0]
+        if size == "900k":  # the batches fitted; the fold was refused before writing
+            assert "needs up to" in err[0] and "MiB" in err[0] and not out.exists()
+        assert Journal(out).n_parts() > 0
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        r = _extract_proc(photos, out)
+        assert r.returncode == 0, r.stderr[-2000:]
+        a, b = FeatureStore(out), FeatureStore(ref)
+        assert list(a.paths) == list(b.paths)
+        np.testing.assert_array_equal(a.load()[0], b.load()[0])
+        assert not Journal(out).exists()
+
+
+def test_a_fold_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    """The free-space check, for a new single file and for a segment (disk_usage faked)."""
+    monkeypatch.setattr(store_mod, "REWRITE_BELOW", 0)
+    out = tmp_path / "codes.h5"
+    prov = {"backbone": "t", "weights": "random", "weights_sha256": "", "layers": ["pool"],
+            "pooling": "avg", "preprocessing": {}, "dtype": "float32", "root": "/data"}
+    j = Journal(out)
+    j.dir.mkdir()
+    j.write_part(_part(0, 50, dim=4096))
+    fold(out, j, prov)
+    before = out.read_bytes()
+    j.dir.mkdir()
+    j.write_part(_part(50, 300, dim=4096))  # 4.7 MiB of codes
+    real = shutil.disk_usage
+    monkeypatch.setattr(compat.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=2 * 2**20))
+    with pytest.raises(DiskFullError) as e:
+        fold(out, j, prov)
+    assert "a segment of 300 new rows" in str(e.value) and "has 2.0 MiB free" in str(e.value)
+    assert out.read_bytes() == before and j.n_parts() == 1
+    assert not list(segments_dir(out).glob("seg-*.h5.tmp"))
+    monkeypatch.setattr(compat.shutil, "disk_usage", real)
+    fold(out, j, prov)
+    assert len(FeatureStore(out)) == 350
