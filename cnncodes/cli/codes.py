@@ -129,6 +129,9 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
                    help="how a rerun recognises a changed file: stat (size + mtime, default) or "
                         "hash (SHA-256 of the bytes: reads every file each run; for file systems "
                         "whose mtimes cannot be trusted). Default: the store's own mode")
+    g.add_argument("--repair", action="store_true",
+                   help="read every chunk of the store first and extract again the rows whose "
+                        "codes fail their checksum (bit rot; `cnncodes info --verify` lists them)")
     g.add_argument("--add-source", action="store_true",
                    help="add this source's images to a store made from another source")
     g.add_argument("--keep-missing", action="store_true",
@@ -186,7 +189,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             args.source, args.output, backbone=backbone_options(args, layers=layers),
             runtime=runtime_options(args), extra_provenance=advice, dtype=args.dtype,
             compression=args.compression, overwrite=args.overwrite,
-            retry_failed=args.retry_failed, command=command_line(args.argv),
+            retry_failed=args.retry_failed, repair=args.repair, command=command_line(args.argv),
             commit_every=args.commit_every, verify=args.verify, add_source=args.add_source,
             keep_missing=args.keep_missing)
     except KeyboardInterrupt as e:

@@ -42,7 +42,13 @@ from .._runtime import (
     progress_bar,
     resolve_device,
 )
-from ..errors import AccessDeniedError, DiskFullError, OptionError, StoreMismatchError
+from ..errors import (
+    AccessDeniedError,
+    DiskFullError,
+    OptionError,
+    StoreDamagedError,
+    StoreMismatchError,
+)
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
@@ -152,6 +158,7 @@ def extract(
     compression: str | None = None,
     overwrite: bool = False,
     retry_failed: bool = False,
+    repair: bool = False,
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
     commit_every: float | None = 600.0,
@@ -172,6 +179,8 @@ def extract(
         compression: HDF5 compression (``gzip``, ``lzf`` or None).
         overwrite: delete an existing store and journal first.
         retry_failed: try again the files recorded as failures.
+        repair: read every chunk of the store first and extract again the rows whose codes fail
+            their checksum (bit rot), replacing them in place.
         command: command line recorded in the provenance.
         options: single fields of either options object (``layers="pool"``, ``batch_size=32``).
         commit_every: seconds between commit points during a long run, where the journal is
@@ -242,6 +251,8 @@ def extract(
                        retry_failed=retry_failed, commit_every=commit_every, t0=t0,
                        verify=verify, keep_missing=keep_missing)
             _attach_source(job, describe_source(source, src.root, src.kind), add_source)
+            if repair and di.is_main:
+                job.redo = damaged_paths(out)
             return _extract_locked(job)
         except OSError as e:
             if is_disk_full(e):
@@ -291,6 +302,8 @@ class _Job:
     source: int = 0
     new_source: bool = False
     sync: Sync = field(default_factory=Sync)
+    #: stored paths to extract again whatever their file (``repair``: damaged rows)
+    redo: set[str] = field(default_factory=set)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -424,6 +437,21 @@ def _extract_readonly(job: _Job) -> ExtractResult:
                          layers=st.dims, interrupted=False, unverified=sync.unverified)
 
 
+def damaged_paths(out: Path) -> set[str]:
+    """The stored paths of the rows of ``out`` whose codes do not read back (``repair``)."""
+    if not out.is_file():
+        return set()
+    errors = FeatureStore(out).verify()
+    paths = {p for e in errors for p in getattr(e, "paths", [])}
+    if errors and any(d != "codes" for e in errors for d in getattr(e, "datasets", ["?"])):
+        raise StoreDamagedError(" ".join(str(e) for e in errors) + " (--repair re-extracts "
+                                "damaged codes only; these need --overwrite)")
+    if paths:
+        log.warning("%s: %d rows fail their checksum; extracting them again (--repair)", out,
+                    len(paths))
+    return paths
+
+
 def _marked_incomplete(out: Path) -> bool:
     """Whether the store records an unfinished extraction (a rerun with nothing left to do
     then folds once more, to mark it complete)."""
@@ -441,7 +469,7 @@ def _plan(job: _Job) -> Sync:
         abspaths=[] if ids is not None else [src.abspath(i) for i in range(len(src))],
         labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
         source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
-        verify=job.verify or "stat", retry_failed=job.retry_failed,
+        verify=job.verify or "stat", retry_failed=job.retry_failed, redo=job.redo,
         keep_missing=job.keep_missing)
     if sync.changed or sync.removed or sync.missing or sync.retried:
         log.info("%s: %d files changed, %d gone (%s), %d failures to try again", job.out,

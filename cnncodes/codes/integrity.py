@@ -11,10 +11,14 @@ file chunk by chunk to say which rows are damaged, and words the one error
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
+import numpy as np
+
+from ..errors import StoreDamagedError
 
 #: The datasets holding numbers of each row that a checksum covers (besides ``codes/<layer>``).
 _ROW_DATASETS = ("labels",)
@@ -66,18 +70,47 @@ def row_ranges(rows: Sequence[int]) -> str:
 
 
 def damage_message(store: Path, file: Path, rows: Sequence[int], paths: Sequence[str],
-                   datasets: Sequence[str], command: str | None) -> str:
+                   datasets: Collection[str], command: str | None,
+                   repairable: bool = False) -> str:
     """The one line of a damaged store: where, which rows (and their files), and the repair."""
     where = "" if Path(file) == Path(store) else f" in its segment {file}"
     first = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    flag, kw = ("--repair", "repair") if repairable else ("--overwrite", "overwrite")
     if command and not str(command).startswith("python:"):
-        cmd = str(command)
-        fix = (f"re-extract them: run `{cmd}{'' if '--overwrite' in cmd else ' --overwrite'}` "
-               "(the store is rebuilt from the source; the damaged rows cannot be trusted)")
+        cmd = str(command).replace(" --overwrite", "").replace(" --repair", "")
+        fix = f"re-extract them: run `{cmd} {flag}`"
     else:
-        fix = ("re-extract them: call cnncodes.extract again with the same source and store and "
-               "overwrite=True")
+        fix = (f"re-extract them: call cnncodes.extract again with the same source and store and "
+               f"{kw}=True")
+    fix += (" (only these rows are extracted again and replaced in place)" if repairable else
+            " (the store is rebuilt from the source: the damaged labels cannot be trusted)")
     what = ", ".join(sorted(datasets)) if datasets else "its data"
     return (f"{store} is damaged: {len(rows)} rows{where} (store rows {row_ranges(rows)}: "
             f"{first}) fail their checksum or cannot be read back ({what}; bit rot or a damaged "
             f"copy). Restore the store from a good copy, or {fix}.")
+
+
+def old_codes(view: Any, layer: str, s: int, e: int, redone: np.ndarray) -> np.ndarray:
+    """Codes of a store's rows ``s:e`` for a fold's copy (``view``: its ``_View``); where a chunk fails its checksum, row by row, leaving zeros in
+    the rows the journal replaces (``--repair``) and raising for any other."""
+    def read(a: int, b: int) -> np.ndarray:
+        return view.gather(lambda g, k, sel: g["codes"][layer][sel], slice(a, b))
+    try:
+        return read(s, e)
+    except StoreDamagedError:
+        if not redone.any():
+            raise
+    rows = []
+    for r in range(s, e):
+        try:
+            rows.append(read(r, r + 1)[0])
+        except StoreDamagedError:
+            if not redone[r - s]:
+                raise
+            rows.append(None)
+    ref = next((x for x in rows if x is not None), None)
+    dim, dt = (ref.shape, ref.dtype) if ref is not None else ((0,), np.float32)
+    if ref is None:  # every row of the block is replaced
+        with h5py.File(view.files[0], "r") as g:
+            dim, dt = g["codes"][layer].shape[1:], g["codes"][layer].dtype
+    return np.stack([x if x is not None else np.zeros(dim, dt) for x in rows])

@@ -498,6 +498,8 @@ class _View:
         phys = np.arange(self.n, dtype=np.int64) if self.phys is None else self.phys
         inside = (phys >= lo) & (phys < hi)
         logical = np.flatnonzero(inside)[hit[phys[inside] - lo]]
+        if not len(logical):
+            return None  # only rows no longer in the store (replaced by a repair)
         local = phys[logical] - lo
         order = np.argsort(local)
         with h5py.File(self.files[k], "r") as f:
@@ -505,9 +507,13 @@ class _View:
         paths = [""] * len(local)
         for i, name in zip(order.tolist(), list(names), strict=True):
             paths[i] = str(name)
-        return StoreDamagedError(damage_message(
-            self.store or self.files[0], self.files[k], logical.tolist(), paths,
-            {d for d, _, _ in bad}, self.command))
+        datasets = {d for d, _, _ in bad}
+        err = StoreDamagedError(damage_message(
+            self.store or self.files[0], self.files[k], logical.tolist(), paths, datasets,
+            self.command, repairable=all(d.startswith("codes/") for d in datasets)))
+        err.rows, err.paths = logical.tolist(), paths  # type: ignore[attr-defined]
+        err.datasets = sorted(d.split("/")[0] for d in datasets)  # type: ignore[attr-defined]
+        return err
 
     @contextlib.contextmanager
     def guard(self, k: int) -> Any:

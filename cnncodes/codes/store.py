@@ -93,6 +93,7 @@ from .compat import (
     is_disk_full,
     space_needed,
 )
+from .integrity import old_codes
 from .journal import Journal
 from .reader import (
     FORMAT_VERSION,
@@ -505,6 +506,7 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
     labels = plan.old.labels
     paths = np.asarray(plan.old_paths, dtype=object)
     view = plan.old._view()
+    redone = np.array([p in plan.written for p in plan.old_paths], bool)
     dst = 0
     for s in range(0, n_old, copy_block):
         e = min(n_old, s + copy_block)
@@ -513,7 +515,7 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
         if not n:
             continue
         for layer in layers:
-            block = view.gather(lambda g, k, sel, layer=layer: g["codes"][layer][sel], slice(s, e))
+            block = old_codes(view, layer, s, e, redone[s:e])
             f["codes"][layer][dst:dst + n] = block[m]
         f["paths"][dst:dst + n] = paths[s:e][m]
         f["labels"][dst:dst + n] = remap[labels[s:e][m]]  # -1: the trailing -1

@@ -63,7 +63,7 @@ def test_a_flipped_bit_is_one_error_naming_the_store_and_the_rows(tmp_path, comp
         st.load()
     msg = str(e.value)
     assert str(bad) in msg and f"rows {lo}-{hi - 1}" in msg and f"a/{lo:05d}.png" in msg
-    assert "cnncodes extract /data -o codes.h5 --overwrite" in msg
+    assert "cnncodes extract /data -o codes.h5 --repair" in msg
     # rows outside the damaged chunk still read, equal to the good copy
     X, _ = st.load(rows=slice(0, lo))
     np.testing.assert_array_equal(X, FeatureStore(good).load(rows=slice(0, lo))[0])
@@ -79,7 +79,7 @@ def test_a_damaged_label_chunk_is_found_by_verify(tmp_path):
     bad = _store(tmp_path / "s.h5")
     _flip(bad, "labels", chunk=0, byte=40)
     errors = FeatureStore(bad).verify()
-    assert len(errors) == 1 and "labels" in str(errors[0])
+    assert len(errors) == 1 and "labels" in str(errors[0]) and "--overwrite" in str(errors[0])
 
 
 def test_a_damaged_segment_is_named(tmp_path, monkeypatch):
@@ -107,3 +107,46 @@ def test_an_old_store_without_checksums_reads_and_says_so(tmp_path, monkeypatch,
     monkeypatch.setattr(store_mod, "CHECKSUM", True)
     store_mod.compact(path)  # a rewrite adds them
     assert FeatureStore(path).checksummed() == "all"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("segmented", [False, True])
+def test_extract_repair_re_extracts_exactly_the_damaged_rows(tmp_path, monkeypatch, capsys,
+                                                            segmented):
+    import torch
+
+    from ..conftest import write_tree
+
+    if segmented:
+        monkeypatch.setattr(store_mod, "REWRITE_BELOW", 0)
+    photos = write_tree(tmp_path / "photos", per_class=70)  # 210 rows x 1280-d: 204 a chunk
+    args = ["--backbone", "mobilenet_v2", "--weights", "random", "--input-size", "32",
+            "--workers", "0", "--no-progress", "--batch-size", "32"]
+    good = tmp_path / "good.h5"
+    torch.manual_seed(0)
+    assert main(["extract", str(photos), "-o", str(good), *args]) == 0
+    out = tmp_path / "codes.h5"
+    shutil.copyfile(good, out)
+    if segmented:  # one more image: the store becomes an index over segments
+        shutil.copy(next((photos / "ant").iterdir()), photos / "ant" / "zz_new.png")
+        torch.manual_seed(0)
+        assert main(["extract", str(photos), "-o", str(good), *args]) == 0
+        torch.manual_seed(0)
+        assert main(["extract", str(photos), "-o", str(out), *args]) == 0
+        assert FeatureStore(out).segmented
+        target = FeatureStore(out)._view().files[0]
+    else:
+        target = out
+    lo, hi = _flip(target, chunk=0, byte=5000)
+    capsys.readouterr()
+    assert main(["train", str(out), "-o", str(tmp_path / "m.npz")]) == 1
+    err = capsys.readouterr().err
+    assert f"store rows {lo}-{hi - 1}" in err and "--repair" in err
+    torch.manual_seed(0)
+    assert main(["extract", str(photos), "-o", str(out), *args, "--repair"]) == 0
+    text = capsys.readouterr().out
+    assert f"{hi - lo} extracted now" in text
+    a, b = FeatureStore(out), FeatureStore(good)
+    assert list(a.paths) == list(b.paths) and a.verify() == []
+    np.testing.assert_array_equal(a.load()[0], b.load()[0])
+    assert main(["info", str(out), "--verify"]) == 0
