@@ -150,3 +150,17 @@ def test_extract_repair_re_extracts_exactly_the_damaged_rows(tmp_path, monkeypat
     assert list(a.paths) == list(b.paths) and a.verify() == []
     np.testing.assert_array_equal(a.load()[0], b.load()[0])
     assert main(["info", str(out), "--verify"]) == 0
+
+
+def test_a_damaged_compressed_chunk_of_an_old_store_is_the_same_one_error(tmp_path, monkeypatch,
+                                                                         capsys):
+    """Without checksums a bad byte in a gzip chunk still fails to inflate: no zlib traceback."""
+    monkeypatch.setattr(store_mod, "CHECKSUM", False)
+    path = _store(tmp_path / "old.h5", compression="gzip")
+    lo, hi = _flip(path, chunk=2, byte=200, bit=0)
+    with pytest.raises(StoreDamagedError) as e:
+        FeatureStore(path).load()
+    assert f"store rows {lo}-{hi - 1}" in str(e.value)
+    assert main(["info", str(path)]) == 1
+    cap = capsys.readouterr()
+    assert "DAMAGED" in cap.out and "not checksummed" in cap.out
