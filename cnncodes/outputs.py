@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json, file_kind
-from .errors import OutputError
+from .errors import AccessDeniedError, OutputError
 
 #: expect= value -> the sniffed kinds a file of that output may be replaced from
 EXPECTED = {
@@ -159,7 +159,8 @@ def _fix(option: str) -> str:
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: str = "file",
                  expect: str = "any", overwrite: bool = False,
-                 files: Iterable[str] = (), option: str = "", owner: str | None = None) -> Path:
+                 files: Iterable[str] = (), option: str = "", owner: str | None = None,
+                 writes: bool = True) -> Path:
     """Refuse an output that would replace an input, a non-regular file or another kind of file.
 
     Args:
@@ -174,12 +175,15 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: s
         option: the option that names this output, for the messages (``-o``, ``--report``).
         owner: for a folder, the command writing it (``train``, ``finetune``...): a folder
             another command wrote, or a folder of images, needs ``overwrite``.
+        writes: the command will write there (its folder must be writable: checked now, before
+            any work); False for ``extract``, whose rerun with nothing to do writes nothing.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         OutputError: the message names the path, what it is and the fix.
+        AccessDeniedError: the folder it goes in is not writable (read-only disk, permissions).
     """
     if kind not in ("file", "folder"):
         raise ValueError(f"kind must be 'file' or 'folder'. Got {kind!r} instead.")
@@ -218,7 +222,21 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[Any] = (), kind: s
             check_owner(out, owner, overwrite=overwrite, option=option, files=files)
     elif st is not None:
         _check_file(out, st, label, option, expect, overwrite)
+    if writes:
+        _check_writable(out, kind, label, option)
     return out
+
+
+def _check_writable(out: Path, kind: str, label: str, option: str) -> None:
+    """The folder the output is written in (or its first existing ancestor) must be writable."""
+    where = out.absolute() if kind == "folder" else out.absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise AccessDeniedError(f"{label} cannot be written: {where} is not writable (a "
+                                "read-only disk, or no write permission); nothing was done. "
+                                f"{_fix(option)[0].upper()}{_fix(option)[1:]}, or remount it "
+                                "read-write.")
 
 
 def _check_parent(out: Path, label: str) -> None:

@@ -129,6 +129,9 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
                    help="how a rerun recognises a changed file: stat (size + mtime, default) or "
                         "hash (SHA-256 of the bytes: reads every file each run; for file systems "
                         "whose mtimes cannot be trusted). Default: the store's own mode")
+    g.add_argument("--repair", action="store_true",
+                   help="read every chunk of the store first and extract again the rows whose "
+                        "codes fail their checksum (bit rot; `cnncodes info --verify` lists them)")
     g.add_argument("--add-source", action="store_true",
                    help="add this source's images to a store made from another source")
     g.add_argument("--keep-missing", action="store_true",
@@ -179,14 +182,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
 
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
-                 option="-o")
+                 option="-o", writes=False)  # a rerun with nothing to do writes nothing
     layers, advice = auto_layer(args)
     try:
         res = extract(
             args.source, args.output, backbone=backbone_options(args, layers=layers),
             runtime=runtime_options(args), extra_provenance=advice, dtype=args.dtype,
             compression=args.compression, overwrite=args.overwrite,
-            retry_failed=args.retry_failed, command=command_line(args.argv),
+            retry_failed=args.retry_failed, repair=args.repair, command=command_line(args.argv),
             commit_every=args.commit_every, verify=args.verify, add_source=args.add_source,
             keep_missing=args.keep_missing)
     except KeyboardInterrupt as e:
@@ -204,15 +207,48 @@ def add_info(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a code store holds: counts, layers, provenance, failures")
     p.add_argument("store", help="an .h5 file written by `cnncodes extract`")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true",
+                   help="read every chunk of codes and labels and check its checksum (bit rot); "
+                        "exit 1 naming the damaged rows")
     return p
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..codes.store import FeatureStore
+    from ..errors import StoreDamagedError
     from ..report.store_info import format_store_info
 
-    info = FeatureStore(args.store).info()
+    first = _first_run(args)
+    if first is not None:
+        return first
+    store = FeatureStore(args.store)
+    info = store.info()
+    errors = store.verify() if args.verify else []
+    if args.verify:
+        info["verified_checksums"] = not errors
     print(json.dumps(info, indent=2, default=str) if args.json else format_store_info(info))
+    if errors:
+        raise StoreDamagedError(" ".join(str(e) for e in errors))
+    return 1 if info.get("damaged") else 0
+
+
+def _first_run(args: argparse.Namespace) -> int | None:
+    """``info`` on a store a first extraction is still creating: what it has journaled (exit 0);
+    None when the store exists or no extraction is running."""
+    from pathlib import Path
+
+    from ..codes.journal import Journal
+    from ..codes.reader import first_run_text
+
+    if Path(args.store).exists():
+        return None
+    progress = Journal(args.store).progress()
+    if not progress or not progress["running"]:
+        return None
+    if args.json:
+        print(json.dumps({"path": args.store, "store": None, "in_progress": progress}, indent=2))
+    else:
+        print(f"{args.store}: not created yet.{first_run_text(progress)}")
     return 0
 
 

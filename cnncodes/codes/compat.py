@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreMismatchError
+from ..errors import DiskFullError, StoreMismatchError
 from .journal import Journal
 from .numerics import compat_value
 from .reader import FeatureStore, store_bytes
@@ -146,3 +147,42 @@ def disk_full_message(store_path: Path, journal: Journal, e: BaseException) -> s
             f"Free some space{need}, then run the same command again to continue.")
 
 
+
+
+#: Bytes per row besides its codes (path, label, file identity, HDF5 bookkeeping): generous.
+ROW_OVERHEAD = 256
+#: Bytes a written store file takes besides its rows (metadata, provenance, failures, index).
+FILE_OVERHEAD = 256 * 1024
+
+
+def space_needed(rows: int, dims: Mapping[str, int], itemsize: int) -> int:
+    """Upper bound of the bytes a fold writes for ``rows`` rows (uncompressed; the last chunk
+    of each layer, at most 1 MiB, is allocated in full)."""
+    codes = sum(rows * int(d) * itemsize for d in dims.values())
+    last_chunks = sum(2**20 for d in dims.values() if rows * int(d) * itemsize > 2**20)
+    return codes + last_chunks + rows * ROW_OVERHEAD + FILE_OVERHEAD
+
+
+def check_free_space(store_path: Path, journal: Journal, need: int, what: str) -> None:
+    """Refuse a fold that would not fit on the disk, before HDF5 writes a byte (HDF5 running out
+    of space in the middle of a file can crash the process): :class:`DiskFullError` naming the
+    folder, the space needed and free, and what is kept."""
+    folder = store_path.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell: the write itself will say
+    if free >= need:
+        return
+    kept = (f"the {journal.n_parts()} batches already extracted are kept in {journal.dir}"
+            if journal.n_parts() else "no finished batch was lost")
+    as_was = (f"{store_path} is as it was" if store_path.exists()
+              else f"no store was created at {store_path}")
+    raise DiskFullError(
+        f"The disk holding {folder} has {_mib(free)} free; {what} needs up to {_mib(need)}. "
+        f"Nothing was written: {as_was} and {kept}. Free at least "
+        f"{_mib(need - free)} there, then run the same command again to continue.")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

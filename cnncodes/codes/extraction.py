@@ -44,7 +44,13 @@ from .._runtime import (
     progress_bar,
     resolve_device,
 )
-from ..errors import DiskFullError, OptionError, StoreMismatchError
+from ..errors import (
+    AccessDeniedError,
+    DiskFullError,
+    OptionError,
+    StoreDamagedError,
+    StoreMismatchError,
+)
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
@@ -157,6 +163,7 @@ def extract(
     compression: str | None = None,
     overwrite: bool = False,
     retry_failed: bool = False,
+    repair: bool = False,
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
     commit_every: float | None = 600.0,
@@ -177,6 +184,8 @@ def extract(
         compression: HDF5 compression (``gzip``, ``lzf`` or None).
         overwrite: delete an existing store and journal first.
         retry_failed: try again the files recorded as failures.
+        repair: read every chunk of the store first and extract again the rows whose codes fail
+            their checksum (bit rot), replacing them in place.
         command: command line recorded in the provenance.
         options: single fields of either options object (``layers="pool"``, ``batch_size=32``).
         commit_every: seconds between commit points during a long run, where the journal is
@@ -234,12 +243,21 @@ def extract(
             journal.clear()
             remove_store(out)  # the file and its segments
         barrier()
+        if (not overwrite and not di.enabled and out.is_file() and not journal.exists()
+                and not os.access(out.parent, os.W_OK)):  # a read-only disk: write nothing
+            job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
+                       retry_failed=retry_failed, commit_every=commit_every, t0=t0,
+                       verify=verify, keep_missing=keep_missing)
+            _attach_source(job, describe_source(source, src.root, src.kind), add_source)
+            return _extract_readonly(job)
         journal.lock(di.rank)
         try:
             job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
                        retry_failed=retry_failed, commit_every=commit_every, t0=t0,
                        verify=verify, keep_missing=keep_missing)
             _attach_source(job, describe_source(source, src.root, src.kind), add_source)
+            if repair and di.is_main:
+                job.redo = damaged_paths(out)
             return _extract_locked(job)
         except OSError as e:
             if is_disk_full(e):
@@ -288,6 +306,8 @@ class _Job:
     source: int = 0
     new_source: bool = False
     sync: Sync = field(default_factory=Sync)
+    #: stored paths to extract again whatever their file (``repair``: damaged rows)
+    redo: set[str] = field(default_factory=set)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -406,6 +426,44 @@ def _extract_locked(job: _Job) -> ExtractResult:
     return result
 
 
+def _extract_readonly(job: _Job) -> ExtractResult:
+    """A rerun into a folder this process may not write (a read-only disk): the store is
+    checked and compared with the source without the lock or journal (nothing is written); when
+    it is up to date that is the result, else :class:`AccessDeniedError` before any work."""
+    out, src = job.out, job.src
+    check_store_compatible(out, job.config)
+    job.sync = sync = _plan(job)
+    todo = len(sync.pending)
+    if todo or sync.drop or sync.flags or job.new_source or _marked_incomplete(out):
+        what = (f"{todo} images to extract" if todo else
+                "the store to update (files gone from the source, or an unfinished run)")
+        raise AccessDeniedError(
+            f"{out.parent} is not writable (a read-only disk, or no write permission), and "
+            f"{out} is not up to date with {src.root}: {what}. Nothing was written; extract "
+            "into a writable folder (-o elsewhere, or a copy of the store), or remount it "
+            "read-write.")
+    st = FeatureStore(out)
+    log.info("%s is up to date with %s (read-only folder: nothing written)", out, src.root)
+    return ExtractResult(path=out, rows=len(st), new=0, skipped=len(src), failed=[],
+                         seconds=time.perf_counter() - job.t0, images_per_s=0.0,
+                         layers=st.dims, interrupted=False, unverified=sync.unverified)
+
+
+def damaged_paths(out: Path) -> set[str]:
+    """The stored paths of the rows of ``out`` whose codes do not read back (``repair``)."""
+    if not out.is_file():
+        return set()
+    errors = FeatureStore(out).verify()
+    paths = {p for e in errors for p in getattr(e, "paths", [])}
+    if errors and any(d != "codes" for e in errors for d in getattr(e, "datasets", ["?"])):
+        raise StoreDamagedError(" ".join(str(e) for e in errors) + " (--repair re-extracts "
+                                "damaged codes only; these need --overwrite)")
+    if paths:
+        log.warning("%s: %d rows fail their checksum; extracting them again (--repair)", out,
+                    len(paths))
+    return paths
+
+
 def _marked_incomplete(out: Path) -> bool:
     """Whether the store records an unfinished extraction (a rerun with nothing left to do
     then folds once more, to mark it complete)."""
@@ -423,7 +481,7 @@ def _plan(job: _Job) -> Sync:
         abspaths=[] if ids is not None else [src.abspath(i) for i in range(len(src))],
         labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
         source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
-        verify=job.verify or "stat", retry_failed=job.retry_failed,
+        verify=job.verify or "stat", retry_failed=job.retry_failed, redo=job.redo,
         keep_missing=job.keep_missing)
     if sync.changed or sync.removed or sync.missing or sync.retried:
         log.info("%s: %d files changed, %d gone (%s), %d failures to try again", job.out,

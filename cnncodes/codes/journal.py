@@ -209,6 +209,25 @@ class Journal:
                 path.unlink()
         self.bad_parts.append({"part": path.name, "error": reason[:300]})
 
+    def progress(self) -> dict[str, Any] | None:
+        """What an extraction has journaled so far, for a reader (``cnncodes info``): ``running``
+        (the writing process, None when no process holds the lock), ``parts``, ``rows`` and
+        ``failed``. None when there is no journal. Reads only; a damaged part is not counted (and
+        not moved: that is the writer's job)."""
+        if not self.exists():
+            return None
+        rows = failed = parts = 0
+        for p in self.part_files():
+            try:
+                part = _load_part(p, codes=False, layers=None)
+            except Exception:  # noqa: BLE001 - damaged or being replaced: not counted
+                continue
+            parts += 1
+            rows += len(part.paths)
+            failed += len(part.fail_paths)
+        return {"running": self.lock_holder(), "parts": parts, "rows": rows, "failed": failed,
+                "dir": str(self.dir)}
+
     def done_paths(self) -> tuple[set[str], set[str]]:
         """Paths with codes and paths recorded as failed, across all parts."""
         ok: set[str] = set()

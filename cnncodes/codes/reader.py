@@ -9,6 +9,7 @@ Writing goes through :mod:`cnncodes.codes.store` (journal + fold); this module o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from ..errors import (
     StoreMismatchError,
 )
 from .identity import UNKNOWN, FileId, store_sources
+from .integrity import damage_message, damaged_rows, is_checksummed
 from .journal import Journal, describe_holder
 
 log = logging.getLogger(__name__)
@@ -123,16 +125,8 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            journal = Journal(self.path)
-            hint = ""
-            if journal.exists() and journal.n_parts():
-                holder = journal.lock_holder()
-                hint = (f" An extraction into it is in progress ({describe_holder(holder)}; "
-                        f"{journal.n_parts()} batches done so far in {journal.dir}); the store "
-                        "appears at its next commit point or when it ends." if holder else
-                        f" An unfinished extraction left {journal.n_parts()} part files in "
-                        f"{journal.dir}; rerun the same `cnncodes extract` command to finish it.")
-            raise NotFoundError(f"No code store at {self.path}.{hint}")
+            raise NotFoundError(f"No code store at {self.path}."
+                                f"{first_run_text(Journal(self.path).progress())}")
         self.format_version = check_is_store(self.path)
 
     @property
@@ -255,6 +249,18 @@ class FeatureStore:
                 bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
         return sorted(bad)
 
+    def checksummed(self) -> str:
+        """``all`` when every file's codes carry a checksum, ``none`` (a store written before
+        cnncodes checksummed codes), or ``some`` (older segments without, newer ones with)."""
+        have = [is_checksummed(p) for p in self._view().files]
+        return "all" if all(have) else ("some" if any(have) else "none")
+
+    def verify(self) -> list[StoreDamagedError]:
+        """Read every chunk of every file's codes and labels (``cnncodes info --verify``); one
+        error per damaged file, naming its rows (empty: everything reads back)."""
+        view = self._view()
+        return [e for k in range(len(view.files)) if (e := view.damage(k)) is not None]
+
     def incomplete(self) -> dict[str, Any] | None:
         """None when the store's last extraction finished; else what is known of the unfinished
         one: ``store``, ``rows`` (in the store), ``missing`` (images still to extract; None when
@@ -342,7 +348,10 @@ class FeatureStore:
         journal = Journal(self.path)
         table = self.file_table()
         paths = self.paths
-        bad = self.nonfinite_rows()
+        try:
+            bad, damaged = self.nonfinite_rows(), None
+        except StoreDamagedError as e:
+            bad, damaged = [], str(e)
         missing = np.flatnonzero(table["missing"])
         return {
             "path": os.fspath(self.path), "images": int(labels.shape[0]),
@@ -357,9 +366,27 @@ class FeatureStore:
             "missing_rows": {"count": int(missing.size),
                              "first": [str(paths[i]) for i in missing[:10]]},
             "nonfinite_rows": {"count": len(bad), "first": [str(paths[i]) for i in bad[:10]]},
+            "checksummed": self.checksummed(), "damaged": damaged,
             "sources": self.sources,
             "provenance": prov,
         }
+
+
+def first_run_text(progress: Mapping[str, Any] | None) -> str:
+    """What to say of a store not created yet whose journal exists (:meth:`Journal.progress`):
+    an extraction in progress (process, rows so far) or an unfinished one; '' when neither."""
+    if not progress:
+        return ""
+    n, k, where = progress["rows"], progress["parts"], progress["dir"]
+    failed = f" and {progress['failed']} failed files" if progress["failed"] else ""
+    if progress["running"]:
+        return (f" A first extraction into it is in progress ({describe_holder(progress['running'])}"
+                f"): {n} rows{failed} journaled so far in {k} batches in {where}; the store "
+                "appears at its first commit point (--commit-every) or when the run ends.")
+    if k:
+        return (f" An unfinished extraction left {n} rows in {k} part files in {where}; rerun "
+                "the same `cnncodes extract` command to finish it.")
+    return ""
 
 
 def _missing_text(note: Mapping[str, Any]) -> str:
@@ -407,6 +434,9 @@ class _View:
     flags: dict[int, bool] | None = None     # physical row -> missing, set after the segment
     #: the runs split at segment ends: (logical start, physical start, length, segment) each
     pieces: np.ndarray | None = None
+    #: the store (the index of a segmented one) and the command that made it (for the repair)
+    store: Path | None = None
+    command: str | None = None
 
     @property
     def n(self) -> int:
@@ -416,7 +446,8 @@ class _View:
     def single(cls, path: Path) -> _View:
         with h5py.File(path, "r") as f:
             n = int(f["paths"].shape[0])
-        return cls([path], np.array([0, n], np.int64), None)
+            command = _attr_str(f, "command")
+        return cls([path], np.array([0, n], np.int64), None, store=path, command=command)
 
     @classmethod
     def open(cls, path: Path) -> _View:
@@ -430,6 +461,7 @@ class _View:
             classes = list(_text(f["classes"])[()])
             flags = dict(zip(f["flags/rows"][()].tolist(), f["flags/missing"][()].tolist(),
                              strict=True))
+            command = _attr_str(f, "command")
         files = [path.parent / n for n in names]
         for p, size in zip(files, sizes.tolist(), strict=True):
             have = p.stat().st_size if p.is_file() else None
@@ -458,7 +490,49 @@ class _View:
                 pieces.append((ls, ps, take, k))
                 ls, ps, n_run = ls + take, ps + take, n_run - take
         return cls(files, offsets, phys, len(starts), remaps, flags,
-                   np.array(pieces, np.int64).reshape(-1, 4))
+                   np.array(pieces, np.int64).reshape(-1, 4), store=path, command=command)
+
+    def damage(self, k: int) -> StoreDamagedError | None:
+        """The error naming the rows of file ``k`` that do not read back (None: none found)."""
+        bad = damaged_rows(self.files[k])
+        if not bad:
+            return None
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        hit = np.zeros(hi - lo, bool)
+        for _, a, b in bad:
+            hit[a:b] = True
+        phys = np.arange(self.n, dtype=np.int64) if self.phys is None else self.phys
+        inside = (phys >= lo) & (phys < hi)
+        logical = np.flatnonzero(inside)[hit[phys[inside] - lo]]
+        if not len(logical):
+            return None  # only rows no longer in the store (replaced by a repair)
+        local = phys[logical] - lo
+        order = np.argsort(local)
+        with h5py.File(self.files[k], "r") as f:
+            names = f["paths"].asstr()[np.sort(local)] if len(local) else []
+        paths = [""] * len(local)
+        for i, name in zip(order.tolist(), list(names), strict=True):
+            paths[i] = str(name)
+        datasets = {d for d, _, _ in bad}
+        err = StoreDamagedError(damage_message(
+            self.store or self.files[0], self.files[k], logical.tolist(), paths, datasets,
+            self.command, repairable=all(d.startswith("codes/") for d in datasets)))
+        err.rows, err.paths = logical.tolist(), paths  # type: ignore[attr-defined]
+        err.datasets = sorted(d.split("/")[0] for d in datasets)  # type: ignore[attr-defined]
+        return err
+
+    @contextlib.contextmanager
+    def guard(self, k: int) -> Any:
+        """Turn a failed read of file ``k`` (checksum, inflate) into :meth:`damage`'s error."""
+        try:
+            yield
+        except StoreDamagedError:
+            raise
+        except OSError as e:
+            err = self.damage(k)
+            if err is None:
+                raise
+            raise err from e
 
     def remap_labels(self, k: int, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, np.int64)
@@ -496,7 +570,7 @@ class _View:
         """The values of logical ``rows`` (all by default; a slice or a sorted index array),
         read from each file with ``read``."""
         if self.phys is None:
-            with h5py.File(self.files[0], "r") as f:
+            with h5py.File(self.files[0], "r") as f, self.guard(0):
                 return read(f, 0, slice(None) if rows is None else rows)
         if self.pieces is not None and (rows is None or (isinstance(rows, slice)
                                                          and rows.step in (None, 1))):
@@ -512,7 +586,7 @@ class _View:
             pos = np.flatnonzero(seg == k)
             local = phys[pos] - self.offsets[k]
             sel, back = _selection(local)
-            with self.segment(k) as f:
+            with self.segment(k) as f, self.guard(k):
                 vals = read(f, k, sel)
             if back is not None:
                 vals = vals[back]
@@ -538,7 +612,8 @@ class _View:
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
                     local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
-                    ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
+                    with self.guard(k):
+                        ds.read_direct(out, np.s_[local:local + b - a], np.s_[a - lo:b - lo])
         return out
 
     def _gather_range(self, read: Reader, lo: int, hi: int) -> np.ndarray:
@@ -556,12 +631,18 @@ class _View:
                 for r in hit[seg[hit] == k].tolist():
                     a, b = max(lo, int(ls[r])), min(hi, int(ls[r] + ln[r]))
                     local = int(ps[r] - self.offsets[k]) + a - int(ls[r])
-                    vals = read(f, k, slice(local, local + b - a))
+                    with self.guard(k):
+                        vals = read(f, k, slice(local, local + b - a))
                     if out is None:
                         out = np.empty((hi - lo, *vals.shape[1:]), dtype=vals.dtype)
                     out[a - lo:b - lo] = vals
         assert out is not None
         return out
+
+
+def _attr_str(f: h5py.File, key: str) -> str | None:
+    v = f.attrs.get(key)
+    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
 
 
 def _selection(local: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray | None]:

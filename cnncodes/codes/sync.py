@@ -107,7 +107,8 @@ def _refuse_relabel(store: Path, rows: dict[str, tuple[FileId, int, str, bool]],
 def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths: Sequence[Path],
               labels: Sequence[str], source: int, append_only: bool, verify: str,
               retry_failed: bool, keep_missing: bool,
-              ids: Sequence[FileId | None] | None = None) -> Sync:
+              ids: Sequence[FileId | None] | None = None,
+              redo: frozenset[str] | set[str] = frozenset()) -> Sync:
     """Compare the store and journal with the files now (see the module docstring).
 
     Args:
@@ -116,6 +117,8 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
         source: this run's index in the store's sources; ``append_only``: a path list (never
             drops rows); ``ids``: each file's identity now when the source knows it (tar
             members), else every file is stat'ed (and hashed in the hash mode).
+        redo: stored paths whose rows are extracted again whatever their file (``--repair``:
+            rows whose codes failed their checksum).
     """
     now = list(ids) if ids is not None else file_ids(list(abspaths), hashed=verify == "hash")
     index = {p: i for i, p in enumerate(stored)}
@@ -166,7 +169,7 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
             sync.done += 1
         elif p in rows:
             fid, _, y, miss = rows[p]
-            if changed(fid, now[i], verify) or y != labels[i]:
+            if p in redo or changed(fid, now[i], verify) or y != labels[i]:
                 sync.pending.append(i)
                 sync.changed += 1
             else:

@@ -144,6 +144,18 @@ def _verified(info: Mapping[str, Any]) -> str:
     return f"each rerun compares every row's file ({mode}){extra}"
 
 
+def _checksum(info: Mapping[str, Any]) -> str:
+    how = {"all": "fletcher32 on every chunk of codes and labels, checked on every read",
+           "some": "only on the segments written since cnncodes checksummed codes; the older "
+                   "ones are not checksummed (`cnncodes compact` rewrites them all with one)",
+           "none": "not checksummed (a store made before cnncodes checksummed codes: a flipped "
+                   "bit reads back as a wrong code; `cnncodes compact` adds checksums)"}
+    text = how.get(str(info.get("checksummed")), str(info.get("checksummed")))
+    if info.get("verified_checksums") is True:
+        text += "; --verify: every chunk read back intact"
+    return text
+
+
 def _layout(lay: Mapping[str, Any]) -> str:
     size = f"{lay.get('bytes', 0) / 2**20:.1f} MiB"
     if lay.get("kind") != "segments":
@@ -173,6 +185,7 @@ def format_store_info(info: Mapping[str, Any]) -> str:
         out.append(f"  source     {s.get('path') or 'paths under ' + str(s.get('root'))} "
                    f"({s.get('kind')})")
     out.append(f"  verified   {_verified(info)}")
+    out.append(f"  checksum   {_checksum(info)}")
     lay = info.get("layout") or {}
     if lay:
         out.append(f"  layout     {_layout(lay)}")
@@ -207,6 +220,8 @@ def format_store_info(info: Mapping[str, Any]) -> str:
                    f"{f' with {left} images not extracted yet' if left is not None else ''}: "
                    "rerun the extract command to finish (train and evaluate refuse the store "
                    "until then, unless --allow-incomplete)")
+    if info.get("damaged"):
+        out.append(f"  DAMAGED    {info['damaged']}")
     bad = info.get("nonfinite_rows") or {}
     if bad.get("count"):
         out.append(f"  CORRUPT?   {bad['count']} rows hold NaN or inf codes: possibly corrupt rows "
