@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device is looked at: reading a store needs none
+    import torch
 
 #: What a store or model without the fields was made with (every such file predates CUDA support
 #: being recorded; see the module docstring).
@@ -36,6 +37,8 @@ DECODER_FAMILY = {"pil": "cpu", "libjpeg-turbo": "cpu", "nvjpeg": "nvjpeg"}
 
 def numerics(precision: str, device: torch.device | str) -> str:
     """``fp32`` on any device (TF32 off); ``<precision>/<device type>`` for fp16 and bf16."""
+    import torch
+
     if precision == "fp32":
         return "fp32"
     return f"{precision}/{torch.device(device).type}"
@@ -53,6 +56,8 @@ def decoding(decoder: str) -> str:
 def planned_decoder(option: str, device: torch.device | str, interpolation: str) -> str:
     """The decoder ``make_dataset`` picks for a folder or list source (tar shards always use
     PIL): ``pil``, or the tensor path's ``libjpeg-turbo`` (CPU) / ``nvjpeg`` (CUDA)."""
+    import torch
+
     from ..sources.preprocessing import TENSOR_INTERPOLATIONS
 
     if option == "pil" or interpolation not in TENSOR_INTERPOLATIONS:
@@ -68,6 +73,8 @@ def compat_value(prov: Mapping[str, Any], field: str) -> Any:
 
 def tf32_state() -> tuple[bool, bool]:
     """(matmul, cuDNN) TF32 switches as the caller has them."""
+    import torch
+
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
@@ -76,6 +83,8 @@ def strict_fp32(device: torch.device) -> Iterator[None]:
     """TF32 off for matmuls and cuDNN convolutions inside the block on a CUDA device (PyTorch
     allows it for convolutions by default: codes would move by ~1e-3), the caller's switches
     restored after. A no-op on the CPU."""
+    import torch
+
     if torch.device(device).type != "cuda":
         yield
         return
@@ -94,6 +103,8 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
     so cuDNN times its algorithms once per shape and reuses the fastest), the caller's setting
     restored after. The algorithm chosen may differ between runs: fp32 codes then differ by
     summation order only (~1e-6 relative, what ``fp32`` mixing allows). A no-op on the CPU."""
+    import torch
+
     if torch.device(device).type != "cuda":
         yield
         return
