@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Share of each class held out as the validation split of a large set.
 VAL_FRACTION = 0.2
-#: Rows standardised at a time (bounds the temporaries of the scaling to a few MB).
-CHUNK_ROWS = 4096
+#: Values (rows x features) standardised at a time: bounds the scaling's temporaries (its
+#: float64 statistics pass included) to a few MB whatever the size of the codes.
+CHUNK_VALUES = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -104,33 +105,58 @@ def _fill_scaled(out: np.ndarray, X: np.ndarray, rows: np.ndarray, *, l2: bool,
     from sklearn.preprocessing import Normalizer, StandardScaler
 
     norm = Normalizer() if l2 else None
-    for a in range(0, len(rows), CHUNK_ROWS):
-        block = X[rows[a:a + CHUNK_ROWS]]
+    step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
+    for a in range(0, len(rows), step):
+        block = X[rows[a:a + step]]
         out[a:a + len(block)] = norm.transform(block) if norm is not None else block
     if not standardize:
         return None
     scaler = StandardScaler()
-    for a in range(0, fit_rows, CHUNK_ROWS):
-        scaler.partial_fit(out[a:min(a + CHUNK_ROWS, fit_rows)])
+    for a in range(0, fit_rows, step):
+        scaler.partial_fit(out[a:min(a + step, fit_rows)])
     mean = scaler.mean_.astype(out.dtype)
     scale = scaler.scale_.astype(out.dtype)
-    for a in range(0, len(out), CHUNK_ROWS):
-        out[a:a + CHUNK_ROWS] -= mean
-        out[a:a + CHUNK_ROWS] /= scale
+    for a in range(0, len(out), step):
+        out[a:a + step] -= mean
+        out[a:a + step] /= scale
     return scaler
+
+
+def permute_rows(X: np.ndarray, order: np.ndarray) -> None:
+    """``X[:] = X[order]`` in place, one row of extra memory (``X[order]`` would copy all)."""
+    n = len(order)
+    done = np.zeros(n, bool)
+    for start in range(n):
+        if done[start] or order[start] == start:
+            done[start] = True
+            continue
+        first = X[start].copy()
+        i = start
+        while True:
+            j = int(order[i])
+            done[i] = True
+            if j == start:
+                X[i] = first
+                break
+            X[i] = X[j]
+            i = j
 
 
 def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, seed: int,
                      val_fraction: float = VAL_FRACTION, scoring: Any = "accuracy",
                      l2: bool = False, standardize: bool = True,
                      class_weight: str | Mapping[int, float] | None = None,
-                     max_iter: int = 1000, progress: ProgressArg = None
-                     ) -> tuple[Any, dict[str, Any]]:
+                     max_iter: int = 1000, progress: ProgressArg = None,
+                     overwrite_X: bool = False) -> tuple[Any, dict[str, Any]]:
     """Logistic regression's C chosen on one stratified validation split along a warm-started
     float32 C path, then refitted on all rows (warm-started from the chosen C's solution).
 
     Memory: one float32 copy of ``X`` (rows permuted: training part, then validation part, both
-    views), standardised in place; refilled with the all-rows scaling for the refit.
+    views), standardised in place with the training part's statistics; that same affine
+    scaling is the final pipeline's ``StandardScaler`` (fitted on 1 - ``val_fraction`` of the
+    rows; the classifier is refitted on all). ``overwrite_X``: ``X`` itself (float32 or float64,
+    C-contiguous) is permuted and scaled in place instead: no copy at all; its contents are
+    garbage afterwards.
 
     Returns:
         ``(fitted Pipeline [l2] -> [scale] -> clf, record)``; ``record`` holds ``c_grid``,
@@ -143,14 +169,25 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
     from sklearn.preprocessing import Normalizer
 
     X = np.asarray(X)
-    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
+    n_features = X.shape[1]
     Cs = sorted(float(c) for c in grid)
     tr, va = validation_split(y, val_fraction, seed)
     order = np.concatenate([tr, va])
     n_tr = len(tr)
-    Xs = np.empty((len(order), X.shape[1]), dtype)
-    _fill_scaled(Xs, X, order, l2=l2, standardize=standardize, fit_rows=n_tr)
-    y_tr, y_va = y[tr], y[va]
+    in_place = (overwrite_X and X.dtype in (np.float32, np.float64)
+                and X.flags.c_contiguous and X.flags.writeable)
+    if in_place:
+        permute_rows(X, order)
+        Xs = X
+        scaler = _fill_scaled(Xs, Xs, np.arange(len(order)), l2=l2, standardize=standardize,
+                              fit_rows=n_tr)
+    else:
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
+        Xs = np.empty((len(order), n_features), dtype)
+        scaler = _fill_scaled(Xs, X, order, l2=l2, standardize=standardize, fit_rows=n_tr)
+    del X
+    y_all = y[order]
+    y_tr, y_va = y_all[:n_tr], y_all[n_tr:]
     clf = LogisticRegression(C=Cs[0], solver="lbfgs", max_iter=max_iter,
                              class_weight=class_weight, random_state=seed, warm_start=True)
     scorer = check_scoring(clf, scoring=scoring)
@@ -168,16 +205,13 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
             if s > best[0]:  # strict: ties keep the smallest C (the documented rule)
                 best = (s, C, clf.coef_.copy(), clf.intercept_.copy())
             bar.step(C=C, score=s)
-        # refit on all rows, scaled with all rows' statistics, from the chosen C's solution
+        # refit on all rows (same scaling), from the chosen C's solution
         t = time.perf_counter()
-        all_rows = np.arange(len(y))
-        scaler = _fill_scaled(Xs, X, all_rows, l2=l2, standardize=standardize,
-                              fit_rows=len(y))
         final = LogisticRegression(C=best[1], solver="lbfgs", max_iter=max_iter,
                                    class_weight=class_weight, random_state=seed,
                                    warm_start=True)
         final.coef_, final.intercept_ = best[2], best[3]
-        final.fit(Xs, y)
+        final.fit(Xs, y_all)
         final.set_params(warm_start=False)
         refit_s = time.perf_counter() - t
         bar.step(stage="refit", C=best[1])
@@ -186,11 +220,11 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
     del Xs
     steps: list[tuple[str, Any]] = []
     if l2:
-        steps.append(("l2", Normalizer(norm="l2").fit(X[:1])))
+        steps.append(("l2", Normalizer(norm="l2").fit(np.zeros((1, n_features)))))
     if scaler is not None:
         steps.append(("scale", scaler))
     steps.append(("clf", final))
     record = {"c_grid": Cs, "cv_mean": means, "cv_std": [0.0] * len(Cs), "best_C": best[1],
               "best_cv_score": best[0], "n_val": int(len(va)), "fit_s": times,
-              "refit_time_s": round(refit_s, 3), "dtype": str(dtype)}
+              "refit_time_s": round(refit_s, 3), "in_place": bool(in_place)}
     return Pipeline(steps), record

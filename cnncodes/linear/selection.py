@@ -112,7 +112,7 @@ def describe_choice(c_grid: Sequence[float], cv_mean: Sequence[float], best_C: f
 def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = None,
               classifier: ClassifierOptions | None = None, seed: int = 0,
               threads: int | None = None, device: str = "auto",
-              progress: ProgressArg = None,
+              progress: ProgressArg = None, overwrite_X: bool = False,
               **options: Any) -> tuple[Pipeline, dict[str, Any]]:
     """Choose C by stratified k-fold grid search (or, above ``large_set`` training values, one
     stratified validation split: :mod:`cnncodes.linear.large`) and refit on all of ``X, y``.
@@ -135,6 +135,8 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         progress: fits done / total with ETA and the score per C, logged; ``True`` also draws
             a tqdm bar, a callable gets ``(done, total, info)`` (:mod:`cnncodes.linear.progress`).
             Fits that joblib runs in other processes are not counted one by one.
+        overwrite_X: the large-set path may reorder and standardise ``X`` in place instead of
+            copying it (saves one copy of the codes; ``X`` is garbage afterwards).
 
     Returns:
         ``(fitted pipeline, selection)`` where ``selection`` records the grid, the mean/std CV
@@ -149,7 +151,7 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
-    if not np.all(np.isfinite(X)):
+    if not _all_finite(X):
         bad = int((~np.isfinite(X)).any(axis=1).sum())
         raise ValueError(f"{bad} rows of the codes hold NaN or inf values; re-extract them "
                          "(fp16 overflow? try --precision fp32).")
@@ -176,8 +178,8 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
             best_pipe, rec = warm_path_search(
                 X, y, grid, seed=seed, val_fraction=plan.val_fraction, scoring=scoring,
                 l2=copts.l2, standardize=copts.standardize, class_weight=class_weight,
-                max_iter=copts.max_iter, progress=progress)
-        extra = {"n_val": rec["n_val"], "fit_s": rec["fit_s"]}
+                max_iter=copts.max_iter, progress=progress, overwrite_X=overwrite_X)
+        extra = {"n_val": rec["n_val"], "fit_s": rec["fit_s"], "in_place": rec["in_place"]}
     else:
         best_pipe, rec, compute = _grid_search(pipe, X, y, grid, plan, seed=seed,
                                                scoring=scoring, n_jobs=n_jobs, threads=threads,
@@ -208,6 +210,11 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
              model, X.shape[0], X.shape[1], selection["best_C"], scoring,
              selection["best_cv_score"], how, len(grid), seconds, compute.describe())
     return best_pipe, selection
+
+
+def _all_finite(X: np.ndarray, rows: int = 4096) -> bool:
+    """``np.isfinite(X).all()`` a block of rows at a time (no N x D temporary)."""
+    return all(bool(np.isfinite(X[a:a + rows]).all()) for a in range(0, len(X), rows))
 
 
 def _in_process(n_jobs: int | None) -> bool:

@@ -19,6 +19,7 @@ from ..sources.splits import stratified_holdout
 from .array_api import _sklearn_version
 from .model_file import _COPIED_FIELDS, TrainedModel, store_provenance
 from .options import DEFAULT_MODEL, MODELS, ClassifierOptions, classifier_options
+from .progress import ProgressArg
 from .selection import fit_codes
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def _abs_paths(store: FeatureStore) -> list[str]:
 def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
           classifier: ClassifierOptions | None = None, holdout: float = 0.0, seed: int = 0,
           device: str = "auto", threads: int | None = None,
-          holdout_paths: Collection[str] | None = None, **options: Any) -> TrainedModel:
+          holdout_paths: Collection[str] | None = None, progress: ProgressArg = None,
+          **options: Any) -> TrainedModel:
     """Fit a classifier on the labelled codes of one layer of a store.
 
     Args:
@@ -99,7 +101,8 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
             extraction (recorded in the store) is used, else logistic regression
             (:func:`choose_model`; ``selection["model_source"]``/``["model_reason"]`` say which
             and why).
-        seed, threads: see :func:`fit_codes` (``seed`` also seeds the hold-out split).
+        seed, threads, progress: see :func:`fit_codes` (``seed`` also seeds the hold-out
+            split).
 
     Returns:
         A :class:`TrainedModel` (save it with :func:`save_model`).
@@ -140,12 +143,20 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
                  "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te))}
         log.info("held out %d of %d rows for testing (stratified, seed %d)", len(te), len(yl),
                  seed)
-    Xtr, ytr = X[labelled][rows], yl[rows]
+    keep = labelled[rows]
+    # one copy of the training rows at most (none when every row trains); the full array goes
+    if len(keep) == len(X) and np.array_equal(keep, np.arange(len(X))):
+        Xtr = X
+    else:
+        Xtr = X[keep]
+    del X
+    ytr = yl[rows]
     copts, _ = classifier_options(classifier, options, where="train")
     model, source, reason = choose_model(st.provenance, name, copts.model)
     log.debug("classifier: %s", reason)  # printed with the report (model_reason)
     pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts.replace(model=model),
-                                seed=seed, threads=threads, device=device)
+                                seed=seed, threads=threads, device=device, progress=progress,
+                                overwrite_X=True)  # Xtr is ours: no second copy
     selection.update(model_source=source, model_reason=reason)
     prov = store_provenance(st)
     bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
