@@ -46,7 +46,7 @@ class FitProgress:
 
             self.bar = tqdm(total=self.total, desc=desc, unit=unit, dynamic_ncols=True,
                             smoothing=0.3)
-        self.scores: dict[float, float] = {}
+        self.scores: dict[float, list[float]] = {}  # per C: the fold scores so far
 
     def step(self, n: int = 1, *, stage: str = "search", C: float | None = None,
              score: float | None = None) -> None:
@@ -62,14 +62,17 @@ class FitProgress:
         if score is not None:
             info["score"] = float(score)
             if C is not None:
-                self.scores[float(C)] = float(score)
+                self.scores.setdefault(float(C), []).append(float(score))
         slow = now - self._last > 1.0
         self._last = now
         if slow or self.done % self.log_every == 0 or self.done == self.total:
             what = (f", C={C:.3g}" if C is not None else "") + (
                 f" score {score:.4f}" if score is not None else "")
-            best = (f"; best so far C={max(self.scores, key=self.scores.__getitem__):.3g} "
-                    f"({max(self.scores.values()):.4f})" if self.scores else "")
+            means = {c: sum(v) / len(v) for c, v in self.scores.items()}
+            top = max(means, key=means.__getitem__) if means else None
+            best = (f"; best mean so far C={top:.3g} ({means[top]:.4f}, "
+                    f"{len(self.scores[top])} fit{'s' if len(self.scores[top]) > 1 else ''})"
+                    if top is not None else "")
             log.info("%s: %s %d/%d%s%s, %s elapsed, ETA %s", self.desc, self.unit, self.done,
                      self.total, what, best, _fmt_s(elapsed), _fmt_s(eta))
         if self.bar is not None:
