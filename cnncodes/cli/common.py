@@ -138,6 +138,10 @@ def add_classifier_options(p: argparse.ArgumentParser, *, holdout: float = 0.0) 
     g.add_argument("--scoring", default=d.scoring,
                    help="CV score (any sklearn scorer name, e.g. balanced_accuracy)")
     g.add_argument("--max-iter", type=int, default=d.max_iter, help="solver iterations")
+    g.add_argument("--large-set", type=int, default=d.large_set, metavar="VALUES",
+                   help="above this many training values (rows x features) C is chosen on one "
+                        "stratified validation split with a warm-started C path instead of "
+                        f"k-fold (default {d.large_set:,}; 0 = always k-fold)")
     g.add_argument("--holdout", type=float, default=holdout,
                    help="fraction of each class held out for testing (seeded, stratified; 0 = "
                         f"none; default {holdout:g})")
@@ -153,7 +157,7 @@ def classifier_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         model=args.model, c_grid=args.c_grid, cv=args.cv, n_jobs=args.n_jobs,
         class_weight=None if args.class_weight == "none" else args.class_weight, l2=args.l2,
         standardize=args.standardize, pca=args.pca, scoring=args.scoring,
-        max_iter=args.max_iter), seed=args.seed)
+        max_iter=args.max_iter, large_set=args.large_set), seed=args.seed)
 
 
 def check_report(args: argparse.Namespace, inputs: Sequence[Any]) -> None:

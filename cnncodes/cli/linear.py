@@ -60,6 +60,8 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
                         "cpu-torch (the array-API path on CPU, for checks); --model linearsvc "
                         "always runs on the CPU")
     add_allow_incomplete(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar over the model-selection fits (they are logged)")
     add_classifier_options(p)
     return p
 
@@ -73,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_report(args, inputs)
     run = train_report(args.store, args.output, test=args.test, layer=args.layer,
                        holdout=args.holdout, device=args.device, overwrite=args.overwrite,
-                       allow_incomplete=args.allow_incomplete, **classifier_kwargs(args))
+                       allow_incomplete=args.allow_incomplete, progress=not args.no_progress,
+                       **classifier_kwargs(args))
     if emit_report(run.report, args, run.evaluation, inputs):
         print(f"\nmodel written to {run.model_file}"
               + (f"; report in {args.report}" if args.report else ""))

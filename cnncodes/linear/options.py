@@ -29,6 +29,9 @@ FULL_C_GRID = "1e-6:1e5:45"
 #: The model file's default name (``cnncodes train -o``, the baseline's report folder): a zip of
 #: ``.npy`` arrays and JSON (:mod:`cnncodes.linear.model_format`), so ``.npz``.
 MODEL_FILE = "model.npz"
+#: Training values (rows x features) above which model selection uses one validation split
+#: (:func:`cnncodes.linear.large.choose_search`): e.g. more than 15,625 codes of 1,280 features.
+LARGE_SET_VALUES = 20_000_000
 #: Side in pixels of the raw-pixel baseline's images (``--raw-size``).
 DEFAULT_RAW_SIZE = 32
 
@@ -49,6 +52,9 @@ class ClassifierOptions:
         pca: PCA components (int) or variance fraction (0 < float < 1); None = no PCA.
         scoring: the CV score (any scikit-learn scorer name).
         max_iter: solver iterations.
+        large_set: above this many training values (rows x features) one stratified
+            validation split replaces the k-fold search (warm-started C path for logistic
+            regression); None or 0 = always k-fold. See :mod:`cnncodes.linear.large`.
     """
 
     model: str | None = None
@@ -61,6 +67,7 @@ class ClassifierOptions:
     pca: int | float | None = None
     scoring: str = "accuracy"
     max_iter: int = 1000
+    large_set: int | None = LARGE_SET_VALUES
 
     def __post_init__(self) -> None:
         if self.model is not None and self.model not in MODELS:

@@ -48,10 +48,12 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from .array_api import _fit_search, resolve_compute
+from .array_api import SMALL_FIT_VALUES, _fit_search, resolve_compute
 from .grids import parse_c_grid, resolve_cv
+from .large import SearchPlan, choose_search, validation_split, warm_path_search
 from .options import ClassifierOptions, classifier_options
 from .pipelines import build_pipeline
+from .progress import FitProgress, ProgressArg
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,10 @@ def describe_choice(c_grid: Sequence[float], cv_mean: Sequence[float], best_C: f
 def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = None,
               classifier: ClassifierOptions | None = None, seed: int = 0,
               threads: int | None = None, device: str = "auto",
+              progress: ProgressArg = None, overwrite_X: bool = False,
               **options: Any) -> tuple[Pipeline, dict[str, Any]]:
-    """Choose C by stratified k-fold grid search and refit on all of ``X, y``.
+    """Choose C by stratified k-fold grid search (or, above ``large_set`` training values, one
+    stratified validation split: :mod:`cnncodes.linear.large`) and refit on all of ``X, y``.
 
     Args:
         X: (N, D) float codes.  y: (N,) int labels (class indices).
@@ -128,6 +132,11 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
             override single fields (``c_grid=``, ``cv=``, ``model=``...). ``cv`` folds are reduced
             automatically for small classes (see :func:`resolve_cv`).
         seed: seed of the CV folds (and of the solvers/PCA).
+        progress: fits done / total with ETA and the score per C, logged; ``True`` also draws
+            a tqdm bar, a callable gets ``(done, total, info)`` (:mod:`cnncodes.linear.progress`).
+            Fits that joblib runs in other processes are not counted one by one.
+        overwrite_X: the large-set path may reorder and standardise ``X`` in place instead of
+            copying it (saves one copy of the codes; ``X`` is garbage afterwards).
 
     Returns:
         ``(fitted pipeline, selection)`` where ``selection`` records the grid, the mean/std CV
@@ -142,7 +151,7 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
-    if not np.all(np.isfinite(X)):
+    if not _all_finite(X):
         bad = int((~np.isfinite(X)).any(axis=1).sum())
         raise ValueError(f"{bad} rows of the codes hold NaN or inf values; re-extract them "
                          "(fp16 overflow? try --precision fp32).")
@@ -158,32 +167,118 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
                           class_weight=class_weight, max_iter=copts.max_iter, random_state=seed)
     compute = resolve_compute(device, pipeline=pipe,
                               shape=(X.shape[0], X.shape[1], len(np.unique(y))))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    search = GridSearchCV(pipe, {"clf__C": grid.tolist()}, scoring=scoring, cv=splitter,
-                          n_jobs=n_jobs, refit=True, error_score="raise")
+    plan = choose_search(X.shape[0], X.shape[1], cv=folds, model=model, pca=pca,
+                         array_api=compute.array_api, large_set=copts.large_set)
+    log.info("model selection: %s", plan.reason)
     t0 = time.perf_counter()
-    compute = _fit_search(search, X, y, threads=threads, compute=compute)
+    if plan.warm_start:
+        from threadpoolctl import threadpool_limits
+
+        limit = threads if threads is not None else (1 if X.size <= SMALL_FIT_VALUES else None)
+        with threadpool_limits(limits=limit):
+            best_pipe, rec = warm_path_search(
+                X, y, grid, seed=seed, val_fraction=plan.val_fraction, scoring=scoring,
+                l2=copts.l2, standardize=copts.standardize, class_weight=class_weight,
+                max_iter=copts.max_iter, progress=progress, overwrite_X=overwrite_X)
+        extra = {"n_val": rec["n_val"], "fit_s": rec["fit_s"], "in_place": rec["in_place"]}
+    else:
+        best_pipe, rec, compute = _grid_search(pipe, X, y, grid, plan, seed=seed,
+                                               scoring=scoring, n_jobs=n_jobs, threads=threads,
+                                               compute=compute, progress=progress)
+        extra = {"n_val": rec["n_val"]} if "n_val" in rec else {}
     seconds = time.perf_counter() - t0
-    res = search.cv_results_
-    Cs = [float(c) for c in res["param_clf__C"]]
-    order = np.argsort(Cs)
     selection = {
-        "model": model, "scoring": scoring, "cv": folds, "cv_requested": int(cv), "seed": seed,
-        "c_grid": [Cs[i] for i in order],
-        "cv_mean": [float(res["mean_test_score"][i]) for i in order],
-        "cv_std": [float(res["std_test_score"][i]) for i in order],
-        "best_C": float(search.best_params_["clf__C"]), "best_cv_score": float(search.best_score_),
+        "model": model, "scoring": scoring, "cv": plan.folds, "cv_requested": int(cv),
+        "seed": seed, "search": plan.to_dict(), **extra,
+        "c_grid": [float(c) for c in rec["c_grid"]],
+        "cv_mean": [float(m) for m in rec["cv_mean"]],
+        "cv_std": [float(m) for m in rec["cv_std"]],
+        "best_C": float(rec["best_C"]), "best_cv_score": float(rec["best_cv_score"]),
         "class_weight": class_weight, "l2": copts.l2, "standardize": copts.standardize,
-        "pca": pca, "max_iter": copts.max_iter, "n_jobs": n_jobs, "steps": [n for n, _ in pipe.steps],
+        "pca": pca, "max_iter": copts.max_iter, "n_jobs": n_jobs, "large_set": copts.large_set,
+        "steps": [n for n, _ in best_pipe.steps],
         "n_train": int(X.shape[0]), "n_features": int(X.shape[1]),
         "compute": {**compute.to_dict(), "dtype": str(X.dtype)},
-        "train_time_s": round(seconds, 3), "refit_time_s": round(float(search.refit_time_), 3),
+        "train_time_s": round(seconds, 3), "refit_time_s": round(float(rec["refit_time_s"]), 3),
     }
     selection.update(describe_choice(selection["c_grid"], selection["cv_mean"],
                                      selection["best_C"], scoring=scoring, model=model))
     if selection.get("c_note"):
         log.warning("%s", selection["c_note"])
-    log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%d folds, %d C values, %.1f s, %s)",
+    how = (f"{folds} folds" if plan.kind == "kfold" else
+           f"validation split of {selection.get('n_val')} rows")
+    log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%s, %d C values, %.1f s, %s)",
              model, X.shape[0], X.shape[1], selection["best_C"], scoring,
-             selection["best_cv_score"], folds, len(grid), seconds, compute.describe())
-    return search.best_estimator_, selection
+             selection["best_cv_score"], how, len(grid), seconds, compute.describe())
+    return best_pipe, selection
+
+
+def _all_finite(X: np.ndarray, rows: int = 4096) -> bool:
+    """``np.isfinite(X).all()`` a block of rows at a time (no N x D temporary)."""
+    return all(bool(np.isfinite(X[a:a + rows]).all()) for a in range(0, len(X), rows))
+
+
+def _in_process(n_jobs: int | None) -> bool:
+    """Whether joblib runs the grid search's fits in this process (then a progress callback
+    sees them): ``n_jobs=1``, or None with no parallel backend configured by the caller."""
+    if n_jobs == 1:
+        return True
+    if n_jobs is not None:
+        return False
+    from joblib.parallel import get_active_backend
+
+    backend, n = get_active_backend()
+    return n in (None, 1) and type(backend).__name__ in ("LokyBackend", "SequentialBackend")
+
+
+class _CountingScorer:
+    """A scorer that reports each scored fit (C, score) to a :class:`FitProgress`."""
+
+    def __init__(self, scorer: Any, bar: FitProgress) -> None:
+        self.scorer, self.bar = scorer, bar
+
+    def __call__(self, estimator: Any, X: Any, y: Any) -> float:
+        s = self.scorer(estimator, X, y)
+        self.bar.step(C=estimator.get_params().get("clf__C"), score=float(s))
+        return s
+
+
+def _grid_search(pipe: Pipeline, X: np.ndarray, y: np.ndarray, grid: np.ndarray,
+                 plan: SearchPlan, *, seed: int, scoring: Any, n_jobs: int | None,
+                 threads: int | None, compute: Any, progress: ProgressArg
+                 ) -> tuple[Pipeline, dict[str, Any], Any]:
+    """``GridSearchCV`` over ``grid`` with ``plan``'s k folds or its one validation split;
+    progress per fit when the fits run in this process. Returns ``(best pipeline, record,
+    compute used)``."""
+    from sklearn.metrics import check_scoring
+
+    rec: dict[str, Any] = {}
+    if plan.kind == "kfold":
+        splitter: Any = StratifiedKFold(n_splits=plan.folds, shuffle=True, random_state=seed)
+        n_splits = plan.folds
+    else:
+        tr, va = validation_split(y, plan.val_fraction, seed)
+        splitter, n_splits, rec["n_val"] = [(tr, va)], 1, int(len(va))
+    bar = FitProgress(len(grid) * n_splits + 1, desc=f"model selection ({plan.kind})",
+                      progress=progress if _in_process(n_jobs) else None)
+    scorer: Any = scoring
+    if _in_process(n_jobs):
+        scorer = _CountingScorer(check_scoring(pipe, scoring=scoring), bar)
+    search = GridSearchCV(pipe, {"clf__C": grid.tolist()}, scoring=scorer, cv=splitter,
+                          n_jobs=n_jobs, refit=True, error_score="raise")
+    try:
+        compute = _fit_search(search, X, y, threads=threads, compute=compute)
+        bar.step(bar.total - bar.done, stage="refit",
+                 C=float(search.best_params_["clf__C"]))
+    finally:
+        bar.close()
+    res = search.cv_results_
+    Cs = [float(c) for c in res["param_clf__C"]]
+    order = np.argsort(Cs)
+    rec.update(c_grid=[Cs[i] for i in order],
+               cv_mean=[float(res["mean_test_score"][i]) for i in order],
+               cv_std=[float(res["std_test_score"][i]) for i in order],
+               best_C=float(search.best_params_["clf__C"]),
+               best_cv_score=float(search.best_score_),
+               refit_time_s=float(search.refit_time_))
+    return search.best_estimator_, rec, compute

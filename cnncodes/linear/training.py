@@ -19,6 +19,7 @@ from ..sources.splits import stratified_holdout
 from .array_api import _sklearn_version
 from .model_file import _COPIED_FIELDS, TrainedModel, store_provenance
 from .options import DEFAULT_MODEL, MODELS, ClassifierOptions, classifier_options
+from .progress import ProgressArg
 from .selection import fit_codes
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
           classifier: ClassifierOptions | None = None, holdout: float = 0.0, seed: int = 0,
           device: str = "auto", threads: int | None = None,
           holdout_paths: Collection[str] | None = None, allow_incomplete: bool = False,
+          progress: ProgressArg = None,
           **options: Any) -> TrainedModel:
     """Fit a classifier on the labelled codes of one layer of a store.
 
@@ -105,7 +107,8 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
             extraction (recorded in the store) is used, else logistic regression
             (:func:`choose_model`; ``selection["model_source"]``/``["model_reason"]`` say which
             and why).
-        seed, threads: see :func:`fit_codes` (``seed`` also seeds the hold-out split).
+        seed, threads, progress: see :func:`fit_codes` (``seed`` also seeds the hold-out
+            split).
         allow_incomplete: train on a store whose extraction was stopped before it finished
             (refused by default); ``split["incomplete_store"]`` then records what was missing.
 
@@ -152,12 +155,20 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
                  seed)
     if note is not None:
         split["incomplete_store"] = report_note(note)
-    Xtr, ytr = X[labelled][rows], yl[rows]
+    keep = labelled[rows]
+    # one copy of the training rows at most (none when every row trains); the full array goes
+    if len(keep) == len(X) and np.array_equal(keep, np.arange(len(X))):
+        Xtr = X
+    else:
+        Xtr = X[keep]
+    del X
+    ytr = yl[rows]
     copts, _ = classifier_options(classifier, options, where="train")
     model, source, reason = choose_model(st.provenance, name, copts.model)
     log.debug("classifier: %s", reason)  # printed with the report (model_reason)
     pipe, selection = fit_codes(Xtr, ytr, classes=classes, classifier=copts.replace(model=model),
-                                seed=seed, threads=threads, device=device)
+                                seed=seed, threads=threads, device=device, progress=progress,
+                                overwrite_X=True)  # Xtr is ours: no second copy
     selection.update(model_source=source, model_reason=reason)
     prov = store_provenance(st)
     bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}

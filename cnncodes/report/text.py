@@ -60,10 +60,15 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
     for note in report.get("incomplete_stores") or []:
         lines.append(f"WARNING    {incomplete_text(note)}")
     if sel:
-        lines.append(f"selection  {sel.get('cv')}-fold stratified CV over {len(sel['c_grid'])} C "
+        search = sel.get("search") or {}
+        how = (f"one stratified validation split ({sel.get('n_val')} rows)"
+               if search.get("kind") == "holdout" else f"{sel.get('cv')}-fold stratified CV")
+        lines.append(f"selection  {how} over {len(sel['c_grid'])} C "
                      f"values [{min(sel['c_grid']):.3g}, {max(sel['c_grid']):.3g}]: best C "
                      f"{sel['best_C']:.3g}, CV {sel.get('scoring')} {sel['best_cv_score']:.4f}, "
                      f"{sel.get('train_time_s', 0):.1f} s")
+        if search.get("kind") == "holdout":  # which search and why (--large-set)
+            lines.append(f"why        {search.get('reason')}")
         if sel.get("model_reason") and sel.get("model_source") != "given":
             lines.append(f"classifier {sel['model_reason']}")
         if sel.get("c_note"):  # a tie over C or a choice at the grid's edge, in words
@@ -91,6 +96,8 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
         first = rows[0].get("model") or (rows[0].get("selection") or {}).get("model")
         lines += [f"note: {r['name']} is {r['model_note']}" for r in rows[1:]
                   if r.get("model_note") and r.get("model") != first]
+        lines += [f"note: {r['name']} {r['subsample']['note']}" for r in rows[1:]
+                  if isinstance(r.get("subsample"), dict) and r["subsample"].get("note")]
     elif test:
         lines.append(f"test       accuracy {test['accuracy']:.4f}, balanced accuracy "
                      f"{test['balanced_accuracy']:.4f} on {test['n']} rows")

@@ -167,12 +167,13 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     t_fit = time.perf_counter()
     trained, evaluation = train_and_test(stores, split, choice, copts.replace(model=choice.model),
                                          holdout=sopts.holdout if single else 0.0,
-                                         seed=sopts.seed, device=ropts.device)
+                                         seed=sopts.seed, device=ropts.device,
+                                         progress=ropts.progress)
     trained.selection.update(_model_choice(choice, copts))
     rows = [codes_row(trained, evaluation, stores, extract_now=extract_now,
                       fit_s=time.perf_counter() - t_fit)]
     rows += pixel_rows(trained, evaluation, copts.replace(model=choice.model), sopts,
-                       device=ropts.device)
+                       device=ropts.device, progress=ropts.progress)
     failures = [(os.path.normpath(os.fspath(st.root / f)), r) for st in stores.values()
                 for f, r in st.failures]
     extra = _report_extra(source, stores, failures, choice, command)
@@ -298,14 +299,16 @@ def extract_split(split: Mapping[str, Path], cache_dir: Path, choice: LayerChoic
 
 def train_and_test(stores: Mapping[str, FeatureStore], split: Mapping[str, Path],
                    choice: LayerChoice, classifier: ClassifierOptions, *, holdout: float,
-                   seed: int, device: str) -> tuple[TrainedModel, Evaluation]:
+                   seed: int, device: str, progress: bool = False
+                   ) -> tuple[TrainedModel, Evaluation]:
     """Train on the training store (minus a hold-out share, or ``choice.holdout_paths``) and
     evaluate on the test store (or the held-out rows)."""
     train_store = stores.get("train", stores.get("all"))
     test_store = stores.get("test", train_store)
     assert train_store is not None and test_store is not None
     trained = train(train_store, layer=choice.layer, classifier=classifier, holdout=holdout,
-                    holdout_paths=choice.holdout_paths, seed=seed, device=device)
+                    holdout_paths=choice.holdout_paths, seed=seed, device=device,
+                    progress=progress)
     if "all" not in split:
         trained.split.update({"kind": "predefined", "train": os.fspath(split["train"]),
                               "test": os.fspath(split["test"])})
@@ -339,19 +342,18 @@ def codes_row(trained: TrainedModel, evaluation: Evaluation,
 
 
 def pixel_rows(trained: TrainedModel, evaluation: Evaluation, classifier: ClassifierOptions,
-               steps: BaselineOptions, *, device: str) -> list[dict[str, Any]]:
-    """The raw-pixel row (or a row saying why it was skipped), or none when switched off."""
-    size, grey = steps.raw_size, steps.raw_grey
-    n_raw = len(trained.train_paths) * size * size * (1 if grey else 3)
-    if steps.raw_baseline or (steps.raw_baseline is None and n_raw <= RAW_BASELINE_BUDGET):
-        return [pixel_baseline(trained.train_paths, trained.train_labels, evaluation.paths,
-                               evaluation.y_true, classes=trained.classes, size=size, grey=grey,
-                               classifier=classifier, seed=steps.seed, budget=None,
-                               device=device)]
-    if steps.raw_baseline is None:
-        return [{"name": f"raw pixels {size}x{size}",
-                 "skipped": f"not cheap: {n_raw} training values"}]
-    return []
+               steps: BaselineOptions, *, device: str, progress: bool = False
+               ) -> list[dict[str, Any]]:
+    """The raw-pixel row, or none when switched off. Over :data:`RAW_BASELINE_BUDGET` training
+    values (and not forced with ``raw_baseline=True``) it is trained on a stratified
+    subsample that fits the budget, and the row says so (``row["subsample"]``)."""
+    if steps.raw_baseline is False:
+        return []
+    return [pixel_baseline(trained.train_paths, trained.train_labels, evaluation.paths,
+                           evaluation.y_true, classes=trained.classes, size=steps.raw_size,
+                           grey=steps.raw_grey, classifier=classifier, seed=steps.seed,
+                           budget=None if steps.raw_baseline else RAW_BASELINE_BUDGET,
+                           subsample=True, device=device, progress=progress)]
 
 
 def _list_source(paths: list[str], labels: np.ndarray, classes: list[str]) -> ImageSource:
