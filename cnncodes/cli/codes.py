@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -170,19 +171,32 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     return layer, {"advice": evidence}
 
 
+def check_source_exists(source: str) -> None:
+    """Refuse a source that does not exist before anything heavy is imported (torch takes
+    seconds): a tar pattern (braces, a glob) is checked later, when it is expanded."""
+    from ..errors import NotFoundError
+
+    if any(c in source for c in "{*?") or os.path.lexists(os.path.expanduser(source)):
+        return
+    raise NotFoundError(f"Image source {source!r} does not exist; pass a folder of images, a "
+                        "folder of class folders, a .txt/.csv list or tar shards.")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
+    from ..outputs import check_output
+
+    check_source_exists(args.source)
+    check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
+                 option="-o", writes=False)  # a rerun with nothing to do writes nothing
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract
-    from ..outputs import check_output
     from ..report.store_info import (
         format_extract_result,
         format_interrupted,
         format_nothing_extracted,
     )
 
-    check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
-                 option="-o", writes=False)  # a rerun with nothing to do writes nothing
     layers, advice = auto_layer(args)
     try:
         res = extract(

@@ -130,3 +130,15 @@ def test_ctrl_c_is_130(monkeypatch, capsys):
     failing(monkeypatch, KeyboardInterrupt())
     rc, _, err = run(capsys, "info", "x.h5")
     assert rc == 130 and "interrupted" in err
+
+
+def test_a_missing_source_is_refused_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from cnncodes.cli import main; "
+            f"rc = main(['extract', {str(tmp_path / 'nope')!r}, '-o', {str(tmp_path / 'c.h5')!r}]); "
+            "assert rc == 1, rc; assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "does not exist" in r.stderr and not (tmp_path / "c.h5").exists()
