@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -171,19 +170,9 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     return layer, {"advice": evidence}
 
 
-def check_source_exists(source: str) -> None:
-    """Refuse a source that does not exist before anything heavy is imported (torch takes
-    seconds): a tar pattern (braces, a glob) is checked later, when it is expanded."""
-    from ..errors import NotFoundError
-
-    if any(c in source for c in "{*?") or os.path.lexists(os.path.expanduser(source)):
-        return
-    raise NotFoundError(f"Image source {source!r} does not exist; pass a folder of images, a "
-                        "folder of class folders, a .txt/.csv list or tar shards.")
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..outputs import check_output
+    from ..sources.folders import check_source_exists
 
     check_source_exists(args.source)
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,

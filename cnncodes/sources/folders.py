@@ -116,10 +116,8 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
 
     if is_tar_source(source):
         return open_tar_shards(source, classes=classes)
+    check_source_exists(source)
     src = Path(source).expanduser()
-    if not src.exists():
-        raise NotFoundError(f"Image source {os.fspath(source)!r} does not exist; pass a folder "
-                            "of images, a folder of class folders, or a .txt/.csv list.")
     if src.is_file():
         if src.suffix.lower() not in LIST_EXTENSIONS:
             raise ValueError(f"{src} is a file but not a list ({', '.join(LIST_EXTENSIONS)}); pass "
@@ -130,6 +128,21 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
                           f"{special_file_kind(src)} instead; pass a folder of images, a folder "
                           "of class folders, or a .txt/.csv list.")
     return _from_folder(src.resolve(), classes)
+
+
+def check_source_exists(source: str | os.PathLike) -> None:
+    """Refuse a folder or list source that does not exist (tar shard patterns are checked when
+    they are expanded). Cheap: the CLI calls it before importing torch.
+
+    Raises:
+        NotFoundError: naming the source and what may be passed.
+    """
+    from .tarshards import is_tar_source
+
+    if is_tar_source(source) or Path(source).expanduser().exists():
+        return
+    raise NotFoundError(f"Image source {os.fspath(source)!r} does not exist; pass a folder "
+                        "of images, a folder of class folders, or a .txt/.csv list.")
 
 
 def special_file_kind(path: str | os.PathLike) -> str:
