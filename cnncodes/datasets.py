@@ -92,11 +92,19 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 LOADERS = {"animal-mnist": load_animal_mnist, "fashion-mnist": load_fashion_mnist,
            "digits": load_digits_images}
+#: Data sets with an official test split: ``make_split_tree`` draws test/ from it (Fashion-MNIST's
+#: 10,000 t10k images), train/ from the training file.
+TEST_LOADERS = {"fashion-mnist": lambda: load_fashion_mnist("test")}
 
 
 def stratified_subset(labels: np.ndarray, n_per_class: int, *, seed: int = 0,
                       exclude: np.ndarray | None = None) -> np.ndarray:
-    """Sorted indices of ``n_per_class`` random items of every class."""
+    """Sorted indices of ``n_per_class`` random items of every class.
+
+    Raises:
+        ValueError: a class has fewer than ``n_per_class`` items left (after ``exclude``); a
+            short class is never silently made smaller.
+    """
     rng = np.random.default_rng(seed)
     mask = np.ones(len(labels), bool)
     if exclude is not None:
@@ -104,7 +112,12 @@ def stratified_subset(labels: np.ndarray, n_per_class: int, *, seed: int = 0,
     out = []
     for c in np.unique(labels):
         idx = np.flatnonzero((labels == c) & mask)
-        out.append(rng.choice(idx, size=min(n_per_class, len(idx)), replace=False))
+        if idx.size < n_per_class:
+            raise ValueError(f"class {int(c)} has {idx.size} items left"
+                             f"{' after the training rows' if exclude is not None else ''}, "
+                             f"fewer than the {n_per_class} per class asked for; ask for at most "
+                             f"{idx.size}.")
+        out.append(rng.choice(idx, size=n_per_class, replace=False))
     return np.sort(np.concatenate(out))
 
 
@@ -124,15 +137,25 @@ def write_tree(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], o
 
 def make_split_tree(name: str, out: str | os.PathLike, *, train_per_class: int,
                     test_per_class: int, seed: int = 0) -> tuple[Path, Path]:
-    """``out/train`` and ``out/test`` class-folder trees, disjoint, stratified, seeded."""
+    """``out/train`` and ``out/test`` class-folder trees, disjoint, stratified, seeded.
+
+    A data set with an official test split (:data:`TEST_LOADERS`) takes train/ from its training
+    file and test/ from its test file; the others split one file. Both trees are checked to be
+    complete before anything is written.
+    """
     if name not in LOADERS:
         raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(LOADERS)}.")
     images, labels, classes = LOADERS[name]()
     out = Path(out)
     train_idx = stratified_subset(labels, train_per_class, seed=seed)
-    test_idx = stratified_subset(labels, test_per_class, seed=seed + 1, exclude=train_idx)
+    if name in TEST_LOADERS:
+        t_images, t_labels, _ = TEST_LOADERS[name]()
+        test_idx = stratified_subset(t_labels, test_per_class, seed=seed + 1)
+    else:
+        t_images, t_labels = images, labels
+        test_idx = stratified_subset(labels, test_per_class, seed=seed + 1, exclude=train_idx)
     written = write_tree(images, labels, classes, out / "train", train_idx)
-    written += write_tree(images, labels, classes, out / "test", test_idx)
+    written += write_tree(t_images, t_labels, classes, out / "test", test_idx)
     log.info("%s: %d train + %d test images under %s (%d new files)", name, len(train_idx),
              len(test_idx), out, written)
     return out / "train", out / "test"

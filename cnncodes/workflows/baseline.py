@@ -46,7 +46,7 @@ from ..outputs import check_output
 from ..report.files import REPORT_FILES, build_report, check_report_folder, write_report
 from ..sources.folders import ImageSource
 from .compare import fall_through_verdict, finetune_command, run_fall_through
-from .inputs import extract_cached, find_split, pick_layer
+from .inputs import check_split, extract_cached, find_split, pick_layer
 from .layer_advice import LayerChoice, choose_training_layer, record_advice, size_check
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     single = "all" in split
     cache_dir = Path(cache) if cache is not None else Path(report or ".") / "cache"
     check_outputs(source, report, cache_dir, overwrite=overwrite)
+    check_split(split)  # before the advice and the extraction, which take minutes
     name = pick_layer(layer if layer is not None else bopts.layers,
                       default=get_spec(bopts.backbone).default_layer)
     choice = choose_training_layer(

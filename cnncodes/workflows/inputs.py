@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codes.store import FeatureStore
-from ..errors import OptionError
+from ..errors import OptionError, SourceError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_holdout
@@ -49,6 +49,33 @@ def find_split(source: str | os.PathLike) -> dict[str, Path]:
         log.info("%s: using train/ and test/; val/ is not used (C is chosen by cross-validation "
                  "on train/)", root)
     return {"train": subdirs["train"], "test": test}
+
+
+def check_split(split: dict[str, Path]) -> None:
+    """Refuse, before any extraction, a part of ``split`` that a classifier cannot be trained or
+    scored on: a training part (``all`` or ``train``) with fewer than two labelled classes, or a
+    folder that holds only ``train/`` (a split folder without its ``test/``).
+
+    Raises:
+        SourceError: naming the folder, the classes found and the fix.
+    """
+    for part, path in split.items():
+        if part == "test" or not Path(path).is_dir():
+            continue
+        src = open_source(path)
+        found = sorted({src.classes[int(i)] for i in np.unique(src.labels[src.labels >= 0])})
+        if len(found) >= 2:
+            continue
+        if found and set(found) <= set(SPLIT_NAMES):
+            raise SourceError(
+                f"{path} holds only {found[0]}/ and no other split folder, so it would be read as "
+                f"one class named '{found[0]}'. A predefined split needs train/ and test/ (or "
+                f"val/), each holding class folders; add the missing one, or pass "
+                f"{os.path.join(path, found[0])} to hold out part of it for testing.")
+        raise SourceError(
+            f"{path} has {len(found)} labelled class{'' if len(found) == 1 else 'es'}"
+            f"{' (' + found[0] + ')' if found else ''}; training needs at least two. Pass a "
+            "folder of class folders (one sub-folder per class) or a labelled list.")
 
 
 def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.PathLike, *,
