@@ -33,7 +33,7 @@ def write_tree(out: Path, train_per_class: int, test_per_class: int, seed: int) 
 
     root = out / f"fm_{train_per_class}_{test_per_class}"
     t = time.perf_counter()
-    if not (root / "train").is_dir():
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
         make_split_tree("fashion-mnist", root, train_per_class=train_per_class,
                         test_per_class=test_per_class, seed=seed)
     print(f"tree {root}: {time.perf_counter() - t:.1f} s", flush=True)
