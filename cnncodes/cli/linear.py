@@ -33,6 +33,17 @@ from .common import (
 log = logging.getLogger("cnncodes")
 
 
+def positive_int(s: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1. Got {s!r}.")
+    return v
+
+
 def add_allow_incomplete(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="use a store whose extraction was stopped before it finished (refused "
@@ -125,8 +136,14 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
                                  "RUN/model.pt from `cnncodes finetune`")
     p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
     p.add_argument("-o", "--output", default="predictions.csv",
-                   help="CSV with path,label,probability|score,error (default predictions.csv; "
-                        "an earlier predictions CSV there is replaced)")
+                   help="CSV with path,label,probability|score,error and one prob_<class> "
+                        "(logistic regression, fine-tuned networks) or score_<class> (LinearSVC "
+                        "decision values, not probabilities) column per class; unreadable "
+                        "images come first, with the reason (default predictions.csv; an "
+                        "earlier predictions CSV there is replaced)")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="also write the K best classes of each image, best first, with their "
+                        "probability or score (top1_label, top1_prob|top1_score, ...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a predictions CSV (an input, a "
                         "folder or a special file is never replaced)")
@@ -144,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predict(args.model, args.source, runtime=runtime_options(
         args, max_pixels=args.max_pixels), trust_pickle=args.trust_pickle)
     print(format_predictions(pred, pred.to_csv(args.output, overwrite=args.overwrite,
-                                               inputs=inputs)))
+                                               inputs=inputs, top_k=args.top_k)))
     return 0
 
 

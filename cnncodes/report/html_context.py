@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
-from .text import incomplete_text
+from ..stats import format_accuracy
+from .text import incomplete_text, is_raw_pixel_row
 
 #: libraries whose versions the provenance lists when the report recorded none
 VERSIONED = ("torch", "torchvision", "scikit-learn", "numpy", "h5py", "onnxruntime", "pillow",
@@ -158,13 +159,15 @@ def _task(report: Mapping[str, Any]) -> str:
     return "baseline" if "stores" in report else "linear classifier"
 
 
-def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+def _row(r: Mapping[str, Any], n_test: Any = None) -> dict[str, Any]:
     sel = r.get("selection") or {}
+    n = r.get("n_test") if r.get("n_test") is not None else n_test
     wall = r.get("wall_time_s")
     if wall is None and sel.get("train_time_s") is not None:  # raw pixels: load + CV + refit
         wall = float(r.get("load_time_s") or 0.0) + float(sel["train_time_s"])
     return {"name": str(r.get("name")), "features": fmt(r.get("features"), ","),
-            "accuracy": fmt(r.get("accuracy")), "balanced": fmt(r.get("balanced_accuracy")),
+            "accuracy": format_accuracy(r.get("accuracy"), n),
+            "balanced": fmt(r.get("balanced_accuracy")),
             "macro_f1": fmt(r.get("macro_f1")), "C": fmt(sel.get("best_C"), ".3g"),
             "cv": fmt(sel.get("best_cv_score")), "time": seconds(wall),
             "note": str(r.get("skipped") or r.get("message") or r.get("status") or "")}
@@ -182,19 +185,25 @@ PER_CLASS_COLUMNS = [col("class", "class"), col("precision", "precision", True),
 def _accuracy_text(report: Mapping[str, Any]) -> str:
     rows = report.get("rows") or []
     test = report.get("test") or {}
-    codes = next((r for r in rows if "raw pixels" not in str(r.get("name"))
+    codes = next((r for r in rows if not is_raw_pixel_row(r)
                   and r.get("kind") != "finetune"), None)
-    raw = next((r for r in rows if "raw pixels" in str(r.get("name"))), None)
+    raw = next((r for r in rows if is_raw_pixel_row(r)), None)
     acc = codes.get("accuracy") if codes else test.get("accuracy")
-    text = f"codes {fmt(acc)}" if test else "not tested"
-    if test:
-        text += f" (n={test.get('n')})"
+    if not test:
+        return "not tested"
+
+    def with_ci(r: Mapping[str, Any] | None, a: Any) -> str:
+        n = (r or {}).get("n_test") or test.get("n")
+        return format_accuracy(a, n)
+
+    text = f"codes {with_ci(codes, acc)}"
     if raw is not None:
-        text += (f" vs raw pixels {fmt(raw.get('accuracy'))}" if raw.get("accuracy") is not None
+        text += (f" vs raw pixels {with_ci(raw, raw.get('accuracy'))}"
+                 if raw.get("accuracy") is not None
                  else f"; raw pixels skipped ({raw.get('skipped')})")
     ft = next((r for r in rows if r.get("kind") == "finetune"), None)
     if ft is not None:
-        text += f" vs fine-tuned {fmt(ft.get('accuracy'))}"
+        text += f" vs fine-tuned {with_ci(ft, ft.get('accuracy'))}"
     return text
 
 
@@ -213,6 +222,9 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
                {"label": "time", "value": seconds(wall)}]
     summary += [{"label": "WARNING", "value": incomplete_text(n)}
                 for n in report.get("incomplete_stores") or []]
+    verdict = (report.get("codes_vs_pixels") or {}).get("message")
+    if verdict:
+        summary.append({"label": "WARNING", "value": verdict})
     note = ""
     if sel.get("c_at_grid_edge"):
         note = (f"The chosen C is at the {sel['c_at_grid_edge']} end of the grid; a wider "
@@ -221,7 +233,9 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "title": f"cnncodes {task}: {m.get('model')} on {m.get('backbone')} {m.get('layer')} "
                  "codes",
         "subtitle": f"{len(m.get('classes') or [])} classes; {split_text(report.get('split'))}",
-        "summary": summary, "rows": [_row(r) for r in report.get("rows") or []],
+        "summary": summary,
+        "rows": [_row(r, (test or {}).get("n")) for r in report.get("rows") or []],
+        "codes_vs_pixels": verdict or "",
         "row_columns": ROW_COLUMNS, "selection_note": note, "test": bool(test),
         "cm": confusion_ctx((test or {}).get("confusion_matrix"), (test or {}).get("classes")),
         "per_class": [{"class": str(r.get("class")), "precision": fmt(r.get("precision")),
@@ -414,8 +428,9 @@ def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
     summary = [{"label": "task", "value": f"fine-tuning ({rep.get('state')})"},
                {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
                                           f"validation / {split.get('test')} test images"},
-               {"label": "accuracy", "value": f"test {fmt(rep.get('test_accuracy'))}, "
-                                              f"validation {fmt(rep.get('val_accuracy'))}"},
+               {"label": "accuracy",
+                "value": f"test {format_accuracy(rep.get('test_accuracy'), split.get('test'))}, "
+                         f"validation {fmt(rep.get('val_accuracy'))}"},
                {"label": "status", "value": f"{rep.get('status')}, {rep.get('epochs_run')} "
                                             f"epochs, best {rep.get('best_epoch')}"},
                {"label": "time", "value": seconds(rep.get("seconds"))}]
@@ -459,7 +474,8 @@ def escalation_context(data: Mapping[str, Any]) -> dict[str, Any]:
     best = max(scored, key=lambda i: accs[i]) if scored else None
     table = [{"method": str(r.get("method")), "params": fmt(r.get("trainable_params"), ","),
               "epochs": str(r.get("epochs", "-")), "val": fmt(r.get("val_accuracy")),
-              "test": fmt(r.get("test_accuracy")), "time": seconds(r.get("seconds")),
+              "test": format_accuracy(r.get("test_accuracy"), split.get("test")),
+              "time": seconds(r.get("seconds")),
               "status": str(r.get("status"))} for r in rows]
     cfg = data.get("config") or {}
     probe = rows[0] if rows else {}

@@ -28,7 +28,7 @@ def test_predict_a_single_image_file(trained, tmp_path, capsys):  # noqa: F811
     rows = list(csv.DictReader(open(out_csv)))
     assert len(rows) == 1 and rows[0]["path"] == str(img) and rows[0]["label"] in \
         ("ant", "bee", "cow") and rows[0]["error"] == ""
-    assert f"{out_csv}: 1 images labelled" in out
+    assert f"{out_csv}: 1 image labelled" in out
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,9 @@ def test_foreign_classes_are_left_out_of_the_accuracy(trained, tmp_path, capsys,
     assert rc == 0, err
     rows = [r for r in csv.DictReader(open(tmp_path / "p.csv")) if r["true_label"] == "cow"]
     acc = sum(r["label"] == "cow" for r in rows) / len(rows)
-    assert f"accuracy against the folder labels: {acc:.4f} (6 images of the model's classes; " \
-           "12 images of dog, eel left out)" in out
+    assert f"accuracy against the folder labels: {acc:.3f} (95% CI " in out
+    assert "n=6), over the images of the model's classes only; 12 images of dog, eel left " \
+           "out" in out
     assert any("dog, eel" in r.getMessage() for r in caplog.records)
 
 

@@ -294,9 +294,11 @@ def test_predict_images_end_to_end_with_a_broken_file(digits_data, digits_model,
     assert np.allclose(pred.all_scores.sum(axis=1), 1, atol=1e-5)
     out = pred.to_csv(tmp_path / "p.csv")
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error"]
+    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error",
+                             *[f"prob_{c}" for c in pred.classes]]
     assert len(rows) == 61 and sum(bool(r["error"]) for r in rows) == 1
-    bad = next(r for r in rows if r["error"])
+    bad = rows[0]  # failures first
+    assert bad["error"] and all(bad[f"prob_{c}"] == "" for c in pred.classes)
     assert bad["label"] == "" and "not a recognised image" in bad["error"]
     acc = np.mean([r["label"] == r["true_label"] for r in rows if not r["error"]])
     assert acc == pytest.approx(ev.accuracy)
