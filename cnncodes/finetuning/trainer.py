@@ -41,6 +41,7 @@ from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
+from ..stats import ci_record
 from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
@@ -505,6 +506,9 @@ class Trainer:
         else:
             why_test = f"none of the {len(split.test)} test images could be read"
         set_metric(m, "test_accuracy", test_ev.accuracy if test_ev else None, why_test)
+        if test_ev is not None:  # the one interval of cnncodes.stats (95% Wilson)
+            m.update({f"test_{k}": v for k, v in
+                      ci_record(test_ev.accuracy, len(test_ev.predicted)).items()})
         set_metric(m, "test_loss", test_ev.loss if test_ev else None, why_test)
         labels = split.source("test").labels
         m["per_class_test_accuracy"] = (per_class(labels, test_ev.predicted, split.classes)
