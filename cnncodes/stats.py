@@ -7,8 +7,8 @@ from :func:`ci_record`. The Wilson interval (Wilson 1927; recommended over the n
 interval by Brown, Cai & DasGupta 2001) stays inside [0, 1] and behaves at 0 or n correct:
 50/100 -> 0.404-0.596, 0/10 -> 0.000-0.278, 10/10 -> 0.722-1.000.
 
-Also here: :func:`codes_vs_pixels`, the one rule saying whether codes beat the raw-pixel row, and
-:func:`plural` for "1 image" / "2 images".
+Also here: :func:`codes_vs_pixels`, the one rule saying whether codes beat the raw-pixel row,
+:func:`plural` for "1 image" / "2 images" and :func:`format_lr` for learning rates (``1e-04``).
 """
 
 from __future__ import annotations
@@ -111,3 +111,15 @@ def codes_vs_pixels(codes: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[st
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 image``, ``2 images``, ``0 images`` (``many``: an irregular plural)."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def format_lr(v: Any) -> str:
+    """A learning rate in scientific notation, ``1e-04``, ``2.5e-03`` (``0`` only when it is
+    exactly 0, e.g. the first step of a warmup or the last of a cosine schedule)."""
+    if not _number(v):
+        return "n/a"
+    if v == 0:
+        return "0"
+    mant, _, exp = f"{float(v):.2e}".partition("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{exp}"

@@ -41,7 +41,7 @@ from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
-from ..stats import ci_record
+from ..stats import ci_record, format_lr
 from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
@@ -268,7 +268,7 @@ class Trainer:
                  "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
                  self.precision, ddp, len(self.split.classes), len(self.train_src),
                  len(self.val_src), len(self.split.test), self.pp.crop, f"{trainable:,}",
-                 f"{total:,}", ", ".join(f"{g['name']} lr {g['lr']:.3g}" for g in self.groups()))
+                 f"{total:,}", ", ".join(f"{g['name']} lr {format_lr(g['lr'])}" for g in self.groups()))
 
     # ------------------------------------------------------------------------------ training
 
@@ -306,7 +306,7 @@ class Trainer:
         if self.di.enabled:
             loss_value = all_reduce_sum([loss_value])[0] / self.di.world
         if not math.isfinite(loss_value):
-            lrs = ", ".join(f"{g['name']} {g['lr']:.3g}" for g in self.optimizer.param_groups)
+            lrs = ", ".join(f"{g['name']} {format_lr(g['lr'])}" for g in self.optimizer.param_groups)
             raise Diverged(f"the training loss became {loss_value} at epoch "
                            f"{self.state.epoch + 1}, step {index + 1} (learning rates {lrs})")
         self.optimizer.zero_grad(set_to_none=True)
@@ -451,7 +451,8 @@ class Trainer:
                 log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  %s  %.1fs "
                          "(%.0f img/s)%s", self.state.epoch, cfg.epochs, rec["train_loss"],
                          rec["train_acc"], fmt(rec["val_loss"], ".4f"), fmt(rec["val_acc"], ".3f"),
-                         f"lr {self.optimizer.param_groups[0]['lr']:.3g}", rec["seconds"],
+                         epoch_lr(rec.get("lr"), self.optimizer.param_groups[0]["lr"]),
+                         rec["seconds"],
                          rec["images_per_s"], "  *best" if improved else "")
                 if self.di.is_main:
                     self.plot()
@@ -566,3 +567,12 @@ class Trainer:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
+
+
+def epoch_lr(start: Any, end: float) -> str:
+    """The first group's learning rate over an epoch, ``lr 1e-04`` or ``lr 0->1e-04`` (a warmup)
+    / ``lr 1e-04->0`` (the end of a cosine schedule), never a bare ``lr 0``."""
+    first = next(iter(start.values()), None) if isinstance(start, dict) else start
+    if first is None or format_lr(first) == format_lr(end):
+        return f"lr {format_lr(end)}"
+    return f"lr {format_lr(first)}->{format_lr(end)}"

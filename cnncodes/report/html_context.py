@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
-from ..stats import format_accuracy
+from ..stats import format_accuracy, format_lr
 from .text import incomplete_text, is_raw_pixel_row
 
 #: libraries whose versions the provenance lists when the report recorded none
@@ -289,7 +289,7 @@ def fall_through_ctx(ft: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 EVIDENCE_COLUMNS = [col("what", "evidence"), col("value", "measured"), col("reading", "reading")]
 LAYER_COLUMNS = [col("layer", "layer"), col("depth", "depth"), col("dim", "dim", True),
-                 col("cv", "CV accuracy", True), col("std", "+- sd", True),
+                 col("cv", "CV accuracy (95% Wilson interval over the probed images)", True),
                  col("note", "note")]
 
 
@@ -339,15 +339,16 @@ def advice_ctx(d: Mapping[str, Any]) -> dict[str, Any]:
     dec = d.get("decision") or {}
     probe = d.get("probe") or _similarity(d).get("probe") or {}
     layers = [{"layer": str(name), "depth": str(r.get("depth")), "dim": fmt(r.get("dim"), ","),
-               "cv": fmt(r.get("cv_accuracy")), "std": fmt(r.get("cv_std")),
+               "cv": format_accuracy(r.get("cv_accuracy"), probe.get("n_images")),
                "note": ("recommended" if name == d.get("layer") else "")
                        + (f" (= {r['same_as']})" if r.get("same_as") else "")}
               for name, r in (probe.get("layers") or {}).items()]
     raw = probe.get("raw_pixels")
     if raw:
         layers.append({"layer": "raw pixels", "depth": str(raw.get("depth", "")),
-                       "dim": fmt(raw.get("dim"), ","), "cv": fmt(raw.get("cv_accuracy")),
-                       "std": fmt(raw.get("cv_std")), "note": "reference"})
+                       "dim": fmt(raw.get("dim"), ","),
+                       "cv": format_accuracy(raw.get("cv_accuracy"), probe.get("n_images")),
+                       "note": "reference"})
     names = list((probe.get("layers") or {}).keys())
     return {"quadrant": d.get("quadrant"), "action": dec.get("action") or d.get("action"),
             "explanation": d.get("explanation"), "warnings": list(d.get("warnings") or []),
@@ -396,12 +397,12 @@ HISTORY_KEYS = (("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f"),
 def _lr_text(lr: Any) -> str:
     """An epoch's learning rates (one per parameter group) as ``backbone 0.001, head 0.01``."""
     if not isinstance(lr, Mapping):
-        return fmt(lr, ".3g")
+        return format_lr(lr)
     body = sorted({v for k, v in lr.items() if k != "head" and isinstance(v, (int, float))})
-    text = "backbone " + (fmt(body[0], ".3g") if len(body) == 1 else
-                          f"{fmt(body[0], '.3g')}-{fmt(body[-1], '.3g')}") if body else ""
+    text = "backbone " + (format_lr(body[0]) if len(body) == 1 else
+                          f"{format_lr(body[0])}-{format_lr(body[-1])}") if body else ""
     if "head" in lr:
-        text += (", " if text else "") + f"head {fmt(lr['head'], '.3g')}"
+        text += (", " if text else "") + f"head {format_lr(lr['head'])}"
     return text
 
 
