@@ -40,7 +40,8 @@ def wilson_interval(correct: float, n: int, *, z: float = Z95) -> tuple[float, f
     den = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / den
     half = z / den * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if p <= 0.0 else max(0.0, centre - half)
+    return lo, 1.0 if p >= 1.0 else min(1.0, centre + half)
 
 
 def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
