@@ -29,6 +29,18 @@ def test_predict_a_single_image_file(trained, tmp_path, capsys):  # noqa: F811
     assert len(rows) == 1 and rows[0]["path"] == str(img) and rows[0]["label"] in \
         ("ant", "bee", "cow") and rows[0]["error"] == ""
     assert f"{out_csv}: 1 image labelled" in out
+    rc, out, err = run(capsys, "predict", trained.model, img, "-o", out_csv, "--top-k", "2",
+                       *TINY)
+    assert rc == 0, err
+    row = next(csv.DictReader(open(out_csv)))
+    assert [row[f"top{i}_label"] for i in (1, 2)][0] == row["label"]
+    assert float(row["top1_prob"]) >= float(row["top2_prob"])
+    assert sum(float(row[f"prob_{c}"]) for c in ("ant", "bee", "cow")) == pytest.approx(1,
+                                                                                          abs=1e-4)
+    assert "prob_<class> columns" in out
+    with pytest.raises(SystemExit):
+        run(capsys, "predict", trained.model, img, "-o", out_csv, "--top-k", "0", *TINY)
+    assert "--top-k: must be a whole number of at least 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
