@@ -33,6 +33,10 @@ from .common import (
 log = logging.getLogger("cnncodes")
 
 
+REPORT_HELP = ("folder for report.json, report.html, PNGs and predictions.csv (every test image: "
+               "true and predicted class, per-class probabilities or scores)")
+
+
 def positive_int(s: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:
@@ -59,7 +63,7 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
                         "whatever the extension)")
     p.add_argument("--layer", default=None, help="layer to train on (default the store's default)")
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
-    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--report", default=None, help=REPORT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a cnncodes model, and write the "
                         "report into a --report folder another command wrote (only train's own "
@@ -99,7 +103,7 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
                        "trained on", epilog=TRUST_NOTE)
     p.add_argument("model", help="a model file from `cnncodes train`")
     p.add_argument("store", help="an .h5 code store extracted with the model's settings")
-    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--report", default=None, help=REPORT_HELP)
     p.add_argument("--raw-baseline", action="store_true",
                    help="also train/evaluate the same protocol on raw pixels of the same images")
     p.add_argument("--raw-size", type=int, default=DEFAULT_RAW_SIZE,

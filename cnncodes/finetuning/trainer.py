@@ -268,7 +268,8 @@ class Trainer:
                  "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
                  self.precision, ddp, len(self.split.classes), len(self.train_src),
                  len(self.val_src), len(self.split.test), self.pp.crop, f"{trainable:,}",
-                 f"{total:,}", ", ".join(f"{g['name']} lr {format_lr(g['lr'])}" for g in self.groups()))
+                 f"{total:,}", ", ".join(f"{g['name']} lr {format_lr(g['lr'])}"
+                                         for g in self.groups()))
 
     # ------------------------------------------------------------------------------ training
 
@@ -306,7 +307,8 @@ class Trainer:
         if self.di.enabled:
             loss_value = all_reduce_sum([loss_value])[0] / self.di.world
         if not math.isfinite(loss_value):
-            lrs = ", ".join(f"{g['name']} {format_lr(g['lr'])}" for g in self.optimizer.param_groups)
+            lrs = ", ".join(f"{g['name']} {format_lr(g['lr'])}"
+                            for g in self.optimizer.param_groups)
             raise Diverged(f"the training loss became {loss_value} at epoch "
                            f"{self.state.epoch + 1}, step {index + 1} (learning rates {lrs})")
         self.optimizer.zero_grad(set_to_none=True)

@@ -115,7 +115,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                  ) -> dict[str, Path]:
     """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part),
     ``per_class.csv``, ``predictions.csv`` (every test image: path, true label, predicted
-    label, probabilities or decision scores per class; with ``evaluation``) and ``report.html`` (:mod:`cnncodes.report.html`: the page with the
+    label, probabilities or decision scores per class; with ``evaluation``) and ``report.html``
+    (:mod:`cnncodes.report.html`: the page with the
     thumbnails of ``evaluation``'s test images) into ``out_dir``; returns ``{name: path}``.
 
     ``owner`` (the command writing it: ``train``, ``evaluate``, ``baseline``) is recorded in the

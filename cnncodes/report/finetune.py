@@ -24,7 +24,8 @@ def format_finetune(res: Any) -> str:
         resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
         lines = [
             f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
-            f"{res.status}{resumed}: {plural(res.epochs_run, 'epoch')}, best epoch {res.best_epoch}",
+            f"{res.status}{resumed}: {plural(res.epochs_run, 'epoch')}, best epoch "
+            f"{res.best_epoch}",
             f"  validation accuracy {_f(res.val_accuracy)}, test accuracy "
             f"{format_accuracy(res.test_accuracy, rep['split']['test'])}; "
             f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s",

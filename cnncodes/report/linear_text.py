@@ -69,7 +69,8 @@ def format_baseline(report: Mapping[str, Any], *, fall_through: str = "",
         lines += [f"  {p}: {r}" for p, r in failures[:20]]
         parts.append("\n".join(lines))
     if folder is not None:
-        parts.append(f"\nmodel, report.json and PNGs in {os.fspath(folder)} "
+        parts.append(f"\nmodel, report.json, predictions.csv (every test image) and PNGs in "
+                     f"{os.fspath(folder)} "
                      f"({report.get('wall_time_s')} s in all)\n"
                      f"report: {Path(folder).resolve() / 'report.html'}")
     return "\n".join(parts)

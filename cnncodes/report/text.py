@@ -41,9 +41,12 @@ def describe_compute(compute: Mapping[str, Any]) -> str:
 def incomplete_text(note: Mapping[str, Any]) -> str:
     """One line on a store read although its extraction was stopped (``--allow-incomplete``)."""
     n = note.get("missing")
-    missing = f"{n} images were not extracted" if n is not None else \
+    missing = (f"{plural(n, 'image')} {'was' if n == 1 else 'were'} not extracted"
+               if n is not None else None) or \
         "an unrecorded number of images were not extracted"
-    return (f"{note.get('store')} is incomplete ({missing}; {note.get('rows')} rows used, read "
+    rows = note.get("rows")
+    used = plural(rows, "row") if isinstance(rows, int) else f"{rows} rows"
+    return (f"{note.get('store')} is incomplete ({missing}; {used} used, read "
             "with --allow-incomplete): the results cover only part of the data.")
 
 
@@ -148,8 +151,9 @@ def format_table(report: Mapping[str, Any], *, per_class: bool = True) -> str:
             lines.append(f"{r['class']:<{cw}}  {r['precision']:>9.3f}  {r['recall']:>7.3f}  "
                          f"{r['f1']:>6.3f}  {r['support']:>7d}")
         if test.get("excluded_training_rows") and split.get("kind") != "holdout":
-            lines.append(f"({test['excluded_training_rows']} rows of the test source were used "
-                         "for training and were not scored)")
+            k = test["excluded_training_rows"]
+            lines.append(f"({plural(k, 'row')} of the test source {'was' if k == 1 else 'were'} "
+                         "used for training and not scored)")
     return "\n".join(lines)
 
 
