@@ -60,8 +60,9 @@ def test_plural_and_learning_rates():
     assert format_lr(1e-4) == "1e-04" and format_lr(2.5e-3) == "2.5e-03" and format_lr(0) == "0"
     from cnncodes.finetuning.trainer import epoch_lr
 
-    assert epoch_lr({"stage1": 0.0}, 1e-4) == "lr 0->1e-04"  # a warmup's first epoch
-    assert epoch_lr({"stage1": 1e-4}, 1e-4) == "lr 1e-04"
+    # the rate the epoch trained at, not the 0 a cosine schedule reaches after the last step
+    assert epoch_lr({"stage1": 1e-4, "head": 1e-3}, 0.0) == "lr 1e-04"
+    assert epoch_lr(None, 2.5e-3) == "lr 2.5e-03"
 
 
 def test_leep_share_printed_so_the_comparison_is_true():

@@ -43,6 +43,9 @@ from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
 from ..stats import ci_record, format_lr
 from .config import FinetuneConfig
+
+#: the default warmup (a shortened default warmup is logged as information, not a warning)
+DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
 from .evaluation import (
@@ -192,7 +195,10 @@ class Trainer:
                "epochs": used / steps if steps else 0.0, "clamped": used < asked,
                "total_steps": cfg.epochs * steps}
         if used < asked and self.di.is_main:
-            log.warning("warmup_epochs=%g (%d steps) would take %s of the %d-epoch run (%d "
+            # the default warmup on a short run is shortened as documented: said, not warned
+            level = logging.INFO if cfg.warmup_epochs == DEFAULT_WARMUP_EPOCHS else \
+                logging.WARNING
+            log.log(level, "warmup_epochs=%g (%d steps) would take %s of the %d-epoch run (%d "
                         "steps): warming up over %d steps (%.2f epochs, half the run) instead",
                         cfg.warmup_epochs, asked, "all" if asked >= cfg.epochs * steps else
                         "more than half", cfg.epochs, cfg.epochs * steps, used, rec["epochs"])
@@ -572,9 +578,8 @@ class Trainer:
 
 
 def epoch_lr(start: Any, end: float) -> str:
-    """The first group's learning rate over an epoch, ``lr 1e-04`` or ``lr 0->1e-04`` (a warmup)
-    / ``lr 1e-04->0`` (the end of a cosine schedule), never a bare ``lr 0``."""
+    """The first group's learning rate an epoch trained at, as ``lr 1e-04``: its value at the
+    epoch's first step (``start``, the history's ``lr``), not the one after its last step
+    (``end``), which a cosine schedule takes to exactly 0 at the end of the run."""
     first = next(iter(start.values()), None) if isinstance(start, dict) else start
-    if first is None or format_lr(first) == format_lr(end):
-        return f"lr {format_lr(end)}"
-    return f"lr {format_lr(first)}->{format_lr(end)}"
+    return f"lr {format_lr(end if first is None else first)}"
