@@ -233,6 +233,11 @@ def test_advise_page_has_evidence_verdict_and_next_command(hostile_tree, tmp_pat
         advice["similarity"]["probe"]["layers"])
     assert 'class="best"><td>' + advice["layer"] in page.raw
     assert "<script" not in page.raw and "&lt;script&gt;alert(1)&lt;" in page.raw
+    # one way to show uncertainty: the terminal's 95% Wilson interval, not a standard deviation
+    probe = advice["similarity"]["probe"]
+    best = format_accuracy(probe["layers"][advice["layer"]]["cv_accuracy"], probe["n_images"])
+    table = _section(page.raw, "advice").split('id="probe-layers"')[1]
+    assert best in table and best in text and "sd" not in table.split("</thead>")[0]
 
 
 def test_baseline_page_shows_the_advice_a_store_recorded(hostile_tree, digits_report,  # noqa: F811
