@@ -180,7 +180,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise
     except (CnnCodesError, ValueError, OSError) as e:  # what a user can cause and fix
         msg = user_message(e)
-        if isinstance(e, CnnCodesError):  # the library's keyword names -> this command's options
+        if not isinstance(e, OSError):  # the library's keyword names -> this command's options
             msg = cli_message(msg, option_names(_subparser(parser, args.command)))
         print(f"error: {msg}", file=sys.stderr)
         if args.verbose:
