@@ -22,8 +22,8 @@ from typing import Any
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, finite_json
 from ..outputs import check_output, claim_folder
-from .html import REPORT_HTML, write_linear_html
 from ..stats import ci_record, codes_vs_pixels, format_accuracy
+from .html import REPORT_HTML, write_linear_html
 from .plots import plot_confusion, plot_cv_scores
 from .text import codes_vs_pixels_text, is_raw_pixel_row
 

@@ -5,6 +5,7 @@ description of where model selection ran (:func:`describe_compute`).
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,8 +43,7 @@ def incomplete_text(note: Mapping[str, Any]) -> str:
     """One line on a store read although its extraction was stopped (``--allow-incomplete``)."""
     n = note.get("missing")
     missing = (f"{plural(n, 'image')} {'was' if n == 1 else 'were'} not extracted"
-               if n is not None else None) or \
-        "an unrecorded number of images were not extracted"
+               if n is not None else "an unrecorded number of images were not extracted")
     rows = note.get("rows")
     used = plural(rows, "row") if isinstance(rows, int) else f"{rows} rows"
     return (f"{note.get('store')} is incomplete ({missing}; {used} used, read "
@@ -64,7 +64,7 @@ def codes_vs_pixels_text(verdict: Mapping[str, Any], *, source: Any = None) -> s
     c, p = verdict["codes"], verdict["raw_pixels"]
     both = (f"codes {format_accuracy(c[0], c[3])} vs raw pixels "
             f"{format_accuracy(p[0], p[3])}")
-    advise = f"cnncodes advise {source if source else 'IMAGES'}"
+    advise = f"cnncodes advise {shlex.quote(str(source)) if source else 'IMAGES'}"
     if kind == "not_better":
         return (f"The codes do not beat raw pixels on this test part: {both}. This backbone and "
                 f"layer add nothing over the pixels themselves here; run `{advise}` to see "

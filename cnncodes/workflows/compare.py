@@ -411,6 +411,7 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
         "kind": "finetune", "status": arm.status, "method": arm.method,
         "accuracy": rep.get("test_accuracy"), "balanced_accuracy": arm.balanced_accuracy(),
         "val_accuracy": rep.get("val_accuracy"), "n_test": (rep.get("split") or {}).get("test"),
+        **ci_record(rep.get("test_accuracy"), (rep.get("split") or {}).get("test")),
         "n_train": len(split.train), "n_val": len(split.val), "epochs": epochs,
         "best_epoch": rep.get("best_epoch"), "trainable_params": rep.get("trainable_params"),
         "wall_time_s": round(arm.seconds, 2), "this_call_s": round(arm.this_call_s, 2),

@@ -149,7 +149,7 @@ def test_report_predictions_csv_and_codes_not_beating_pixels(fitted, tmp_path):
     verdict = rep["codes_vs_pixels"]
     assert verdict["verdict"] == "not_better"
     assert "The codes do not beat raw pixels" in verdict["message"]
-    assert "`cnncodes advise my photos`" in verdict["message"]
+    assert "`cnncodes advise 'my photos'`" in verdict["message"]
     assert rep["rows"][0]["accuracy_ci95"] and rep["test"]["accuracy_ci95"]
     text = format_table(rep)
     assert f"WARNING    {verdict['message']}" in text
