@@ -21,7 +21,7 @@ from ..codes.store import FeatureStore
 from ..options import BackboneOptions, RuntimeOptions
 from ..outputs import check_output
 from ..sources.folders import ImageSource
-from ..stats import ci_record
+from ..stats import ci_record, plural
 from .model_file import TrainedModel, load_model, store_provenance, weights_argument
 from .training import _abs_paths, _as_store
 
@@ -231,7 +231,9 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     labels = [m.classes[i] for i in idx]
     best = scores[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
     if failures:
-        log.warning("%d images could not be read and have no prediction", len(failures))
+        n_bad = len(failures)
+        log.warning("%s could not be read and %s no prediction (listed first in the CSV)",
+                    plural(n_bad, "image"), "has" if n_bad == 1 else "have")
     pred = Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
                        true, model=m.describe())
     pred.warn_unknown_classes()
