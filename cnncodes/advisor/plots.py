@@ -12,6 +12,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json, save_figure
 from ..outputs import check_output, claim_folder
+from ..stats import accuracy_interval
 from .advice import Advice
 
 
@@ -31,12 +32,15 @@ def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     pr = advice.probe
     names = list(pr.layers)
-    means = [100 * pr.layers[n].mean for n in names]
-    errs = [100 * pr.layers[n].std for n in names]
+    means = [pr.layers[n].mean for n in names]
+    # the one interval of every accuracy (cnncodes.stats): 95% Wilson over the probed images
+    ci = np.array([accuracy_interval(m, pr.n_images) for m in means]).reshape(-1, 2)
+    errs = 100 * np.abs(ci.T - np.array(means))
+    means = [100 * m for m in means]
     ax = axes[0]
     x = np.arange(len(names))
     ax.errorbar(x, means, yerr=errs, marker="o", capsize=3, color="tab:blue",
-                label=f"{pr.method} probe, {pr.folds}-fold CV")
+                label=f"{pr.method} probe, {pr.folds}-fold CV (95% interval)")
     for i, n in enumerate(names):
         if pr.layers[n].depth == "last":
             ax.plot(i, means[i], "s", ms=11, mfc="none", mec="tab:gray")

@@ -9,7 +9,8 @@ accuracy and 95% interval, extraction speed and code size, sorted by probe accur
 
 **Recommendation** (pure, :func:`recommend`): the backbone whose *recommended* layer (answer (b)
 of its own advice) has the highest CV probe accuracy; exact ties go to the faster extraction.
-Other backbones whose recommended layer lies within the winner's 95% interval are named as
+Other backbones whose recommended layer lies within the winner's 95% interval (the Wilson
+interval of :mod:`cnncodes.stats` over the probed images) are named as
 statistically indistinguishable on this sample, with their speed, so a user can trade a
 non-significant accuracy difference for throughput. LogME is shown beside the probe, not used.
 """
@@ -26,6 +27,7 @@ from typing import Any
 from ..atomic import finite_json
 from ..errors import OptionError, WeightsUnavailableError
 from ..options import ADVISE_BUDGET, BackboneOptions, RuntimeOptions, split_options
+from ..stats import accuracy_interval, format_accuracy
 from .advice import Advice
 from .sample import parse_budget
 
@@ -96,12 +98,14 @@ def recommend(rows: Sequence[RankRow]) -> dict[str, Any]:
     if not chosen:
         raise OptionError("No backbone could be measured: nothing to rank.")
     best = sorted(chosen, key=lambda r: (-r.cv_accuracy, -r.images_per_s))[0]
-    close = [r for r in chosen if r is not best and r.cv_accuracy >= best.cv_accuracy - best.ci95]
-    text = (f"{best.backbone} {best.layer}: CV accuracy {100 * best.cv_accuracy:.1f} +- "
-            f"{100 * best.ci95:.1f} (95% interval) at {best.images_per_s:.0f} img/s, "
-            f"{best.dim}-d codes")
+    low = accuracy_interval(best.cv_accuracy, best.n_images)[0] if best.n_images else \
+        best.cv_accuracy - best.ci95
+    close = [r for r in chosen if r is not best and r.cv_accuracy >= low]
+    text = (f"{best.backbone} {best.layer}: CV accuracy "
+            f"{format_accuracy(best.cv_accuracy, best.n_images)} at {best.images_per_s:.0f} "
+            f"img/s, {best.dim}-d codes")
     if close:
-        others = ", ".join(f"{r.backbone} {r.layer} {100 * r.cv_accuracy:.1f} "
+        others = ", ".join(f"{r.backbone} {r.layer} {r.cv_accuracy:.3f} "
                            f"({r.images_per_s:.0f} img/s)" for r in close)
         text += (f"; within its interval, so not distinguishable on this sample: {others}")
     if any(r.weights_id == "random" for r in chosen):

@@ -83,6 +83,16 @@ class SimilarityEvidence:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def shown_value(value: float, threshold: float, rel: str, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or more until the printed number itself satisfies
+    ``rel`` against ``threshold`` (never "0.50 < 0.5" for 0.498)."""
+    ops = {"<": float.__lt__, ">": float.__gt__, "<=": float.__le__, ">=": float.__ge__}
+    d = digits
+    while d < 8 and not ops[rel](float(f"{value:.{d}f}"), float(threshold)):
+        d += 1
+    return f"{value:.{d}f}"
+
+
 @dataclass(frozen=True)
 class Vote:
     """One measure's vote: its value, threshold, direction and what it says."""
@@ -97,7 +107,8 @@ class Vote:
         """``"0.12 < 0.5 -> dissimilar"``."""
         cmp = {">=": ("<", ">="), "<=": (">", "<=")}[self.similar_when]
         rel = cmp[1] if self.says == "similar" else cmp[0]
-        return f"{self.value:.{DIGITS[self.measure]}f} {rel} {self.threshold:g} -> {self.says}"
+        return (f"{shown_value(self.value, self.threshold, rel, DIGITS[self.measure])} {rel} "
+                f"{self.threshold:g} -> {self.says}")
 
     def sentence(self) -> str:
         return f"{LABELS[self.measure]} {self.comparison()}"

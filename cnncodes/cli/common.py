@@ -240,3 +240,27 @@ def add_trust_pickle(p: argparse.ArgumentParser) -> None:
                    help="also load a model file of older cnncodes (a joblib pickle): unpickling "
                         "runs any code the file holds, so only for files you made or trust; a "
                         "warning is printed")
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{python_name: --cli-option}`` for a (sub)parser's options whose name has an underscore
+    (``input_size`` -> ``--input-size``): the library's errors say the Python keyword; the CLI
+    says the option the user typed (:func:`cli_message`)."""
+    out: dict[str, str] = {}
+    for a in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
+        longs = [o for o in a.option_strings if o.startswith("--")]
+        if "_" in a.dest and longs:
+            out[a.dest] = longs[0]
+    return out
+
+
+def cli_message(message: str, names: dict[str, str]) -> str:
+    """``message`` with each Python option name of ``names`` said as its CLI option:
+    ``input_size=7`` -> ``--input-size 7``, ``input_size must`` -> ``--input-size must``."""
+    import re
+
+    if not names:
+        return message
+    pattern = re.compile(r"(?<![\w./-])(" + "|".join(sorted(map(re.escape, names), key=len,
+                                                            reverse=True)) + r")\b(=)?")
+    return pattern.sub(lambda m: names[m.group(1)] + (" " if m.group(2) else ""), message)

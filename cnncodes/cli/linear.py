@@ -33,6 +33,21 @@ from .common import (
 log = logging.getLogger("cnncodes")
 
 
+REPORT_HELP = ("folder for report.json, report.html, PNGs and predictions.csv (every test image: "
+               "true and predicted class, per-class probabilities or scores)")
+
+
+def positive_int(s: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1. Got {s!r}.")
+    return v
+
+
 def add_allow_incomplete(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="use a store whose extraction was stopped before it finished (refused "
@@ -48,7 +63,7 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
                         "whatever the extension)")
     p.add_argument("--layer", default=None, help="layer to train on (default the store's default)")
     p.add_argument("--test", default=None, help="a separate test store to evaluate on")
-    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--report", default=None, help=REPORT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a cnncodes model, and write the "
                         "report into a --report folder another command wrote (only train's own "
@@ -88,7 +103,7 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
                        "trained on", epilog=TRUST_NOTE)
     p.add_argument("model", help="a model file from `cnncodes train`")
     p.add_argument("store", help="an .h5 code store extracted with the model's settings")
-    p.add_argument("--report", default=None, help="folder for report.json and PNGs")
+    p.add_argument("--report", default=None, help=REPORT_HELP)
     p.add_argument("--raw-baseline", action="store_true",
                    help="also train/evaluate the same protocol on raw pixels of the same images")
     p.add_argument("--raw-size", type=int, default=DEFAULT_RAW_SIZE,
@@ -125,8 +140,14 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
                                  "RUN/model.pt from `cnncodes finetune`")
     p.add_argument("source", help="folder, class-folder tree, .txt/.csv list, or an .h5 store")
     p.add_argument("-o", "--output", default="predictions.csv",
-                   help="CSV with path,label,probability|score,error (default predictions.csv; "
-                        "an earlier predictions CSV there is replaced)")
+                   help="CSV with path,label,probability|score,error and one prob_<class> "
+                        "(logistic regression, fine-tuned networks) or score_<class> (LinearSVC "
+                        "decision values, not probabilities) column per class; unreadable "
+                        "images come first, with the reason (default predictions.csv; an "
+                        "earlier predictions CSV there is replaced)")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="also write the K best classes of each image, best first, with their "
+                        "probability or score (top1_label, top1_prob|top1_score, ...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a predictions CSV (an input, a "
                         "folder or a special file is never replaced)")
@@ -144,7 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predict(args.model, args.source, runtime=runtime_options(
         args, max_pixels=args.max_pixels), trust_pickle=args.trust_pickle)
     print(format_predictions(pred, pred.to_csv(args.output, overwrite=args.overwrite,
-                                               inputs=inputs)))
+                                               inputs=inputs, top_k=args.top_k)))
     return 0
 
 

@@ -29,6 +29,7 @@ from .codes import (
     cmd_info,
     cmd_models,
 )
+from .common import cli_message, option_names
 from .finetune import add_finetune, cmd_finetune
 from .linear import (
     add_baseline,
@@ -178,7 +179,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except (CnnCodesError, ValueError, OSError) as e:  # what a user can cause and fix
-        print(f"error: {user_message(e)}", file=sys.stderr)
+        msg = user_message(e)
+        if not isinstance(e, OSError):  # the library's keyword names -> this command's options
+            msg = cli_message(msg, option_names(_subparser(parser, args.command)))
+        print(f"error: {msg}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc(file=sys.stderr)
         return 1
@@ -195,6 +199,14 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"Please report it with the command line and this traceback on {ISSUES} "
               f"(cnncodes {__version__}).", file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand's parser (the top parser when not found)."""
+    for a in parser._actions:  # noqa: SLF001
+        if isinstance(a, argparse._SubParsersAction) and name in a.choices:  # noqa: SLF001
+            return a.choices[name]
+    return parser
 
 
 def user_message(e: BaseException) -> str:

@@ -36,6 +36,7 @@ from ..atomic import atomic_write_json, jsonable
 from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..outputs import check_output, claim_folder
 from ..sources.folders import ImageSource
+from ..stats import ci_record
 from .config import FinetuneConfig, make_config
 from .data import local_world
 from .ddp import quiet_unless_main, rank_device
@@ -283,6 +284,7 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
         "best_epoch": None, "val_accuracy": None,
         "val_accuracy_note": "state predict trains nothing, so there is no validation part",
         "test_accuracy": acc,
+        **{f"test_{k}": v for k, v in ci_record(acc, len(pred.paths)).items()},
         "per_class_test_accuracy": per_class(pred.true, pred.predicted, pred.classes),
         "confusion_matrix": confusion(pred.true, pred.predicted, len(pred.classes)),
         "seconds": time.perf_counter() - t0, "failures": pred.failures,

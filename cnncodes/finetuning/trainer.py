@@ -41,7 +41,11 @@ from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
+from ..stats import ci_record, format_lr
 from .config import FinetuneConfig
+
+#: the default warmup (a shortened default warmup is logged as information, not a warning)
+DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
 from .evaluation import (
@@ -191,7 +195,10 @@ class Trainer:
                "epochs": used / steps if steps else 0.0, "clamped": used < asked,
                "total_steps": cfg.epochs * steps}
         if used < asked and self.di.is_main:
-            log.warning("warmup_epochs=%g (%d steps) would take %s of the %d-epoch run (%d "
+            # the default warmup on a short run is shortened as documented: said, not warned
+            level = logging.INFO if cfg.warmup_epochs == DEFAULT_WARMUP_EPOCHS else \
+                logging.WARNING
+            log.log(level, "warmup_epochs=%g (%d steps) would take %s of the %d-epoch run (%d "
                         "steps): warming up over %d steps (%.2f epochs, half the run) instead",
                         cfg.warmup_epochs, asked, "all" if asked >= cfg.epochs * steps else
                         "more than half", cfg.epochs, cfg.epochs * steps, used, rec["epochs"])
@@ -267,7 +274,8 @@ class Trainer:
                  "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
                  self.precision, ddp, len(self.split.classes), len(self.train_src),
                  len(self.val_src), len(self.split.test), self.pp.crop, f"{trainable:,}",
-                 f"{total:,}", ", ".join(f"{g['name']} lr {g['lr']:.3g}" for g in self.groups()))
+                 f"{total:,}", ", ".join(f"{g['name']} lr {format_lr(g['lr'])}"
+                                         for g in self.groups()))
 
     # ------------------------------------------------------------------------------ training
 
@@ -305,7 +313,8 @@ class Trainer:
         if self.di.enabled:
             loss_value = all_reduce_sum([loss_value])[0] / self.di.world
         if not math.isfinite(loss_value):
-            lrs = ", ".join(f"{g['name']} {g['lr']:.3g}" for g in self.optimizer.param_groups)
+            lrs = ", ".join(f"{g['name']} {format_lr(g['lr'])}"
+                            for g in self.optimizer.param_groups)
             raise Diverged(f"the training loss became {loss_value} at epoch "
                            f"{self.state.epoch + 1}, step {index + 1} (learning rates {lrs})")
         self.optimizer.zero_grad(set_to_none=True)
@@ -450,7 +459,8 @@ class Trainer:
                 log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  %s  %.1fs "
                          "(%.0f img/s)%s", self.state.epoch, cfg.epochs, rec["train_loss"],
                          rec["train_acc"], fmt(rec["val_loss"], ".4f"), fmt(rec["val_acc"], ".3f"),
-                         f"lr {self.optimizer.param_groups[0]['lr']:.3g}", rec["seconds"],
+                         epoch_lr(rec.get("lr"), self.optimizer.param_groups[0]["lr"]),
+                         rec["seconds"],
                          rec["images_per_s"], "  *best" if improved else "")
                 if self.di.is_main:
                     self.plot()
@@ -505,6 +515,9 @@ class Trainer:
         else:
             why_test = f"none of the {len(split.test)} test images could be read"
         set_metric(m, "test_accuracy", test_ev.accuracy if test_ev else None, why_test)
+        if test_ev is not None:  # the one interval of cnncodes.stats (95% Wilson)
+            m.update({f"test_{k}": v for k, v in
+                      ci_record(test_ev.accuracy, len(test_ev.predicted)).items()})
         set_metric(m, "test_loss", test_ev.loss if test_ev else None, why_test)
         labels = split.source("test").labels
         m["per_class_test_accuracy"] = (per_class(labels, test_ev.predicted, split.classes)
@@ -562,3 +575,11 @@ class Trainer:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
+
+
+def epoch_lr(start: Any, end: float) -> str:
+    """The first group's learning rate an epoch trained at, as ``lr 1e-04``: its value at the
+    epoch's first step (``start``, the history's ``lr``), not the one after its last step
+    (``end``), which a cosine schedule takes to exactly 0 at the end of the run."""
+    first = next(iter(start.values()), None) if isinstance(start, dict) else start
+    return f"lr {format_lr(end if first is None else first)}"

@@ -21,7 +21,9 @@ from sklearn.metrics import (
 )
 
 from ..codes.store import FeatureStore
+from ..stats import ci_record
 from .model_file import TrainedModel, load_model, store_provenance
+from .prediction import format_score, score_columns
 from .training import _abs_paths, _as_store, report_note
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class Evaluation:
     confidence_kind: str = "probability"
     #: the store was read although its extraction was stopped (``allow_incomplete``)
     incomplete_store: dict[str, Any] | None = None
+    #: (N, C) per-class probabilities or decision values (``confidence_kind``); None when not
+    #: recorded
+    all_scores: np.ndarray | None = None
 
     @property
     def accuracy(self) -> float:
@@ -56,10 +61,32 @@ class Evaluation:
         return float(self.metrics["balanced_accuracy"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "layer": self.layer, "n": int(len(self.y_true)),
+        """The report's ``test`` entry: the metrics, with the accuracy's 95% Wilson interval
+        (``accuracy_ci95``, :mod:`cnncodes.stats`)."""
+        n = int(len(self.y_true))
+        return {"source": self.source, "layer": self.layer, "n": n,
                 "excluded_training_rows": self.excluded_training_rows,
                 "unlabelled_rows": self.unlabelled_rows, **self.metrics,
+                **ci_record(self.metrics.get("accuracy"), n),
                 **({"incomplete_store": self.incomplete_store} if self.incomplete_store else {})}
+
+    def prediction_table(self) -> tuple[list[str], list[list[Any]]]:
+        """``(header, rows)`` of the per-image predictions of the test rows: ``path,
+        true_label, predicted, correct, <probability|score>`` and one ``prob_<class>`` /
+        ``score_<class>`` column per class (when the scores were recorded)."""
+        kind = self.confidence_kind
+        header = ["path", "true_label", "predicted", "correct", kind]
+        if self.all_scores is not None:
+            header += score_columns(kind, self.classes)
+        rows: list[list[Any]] = []
+        for i, p in enumerate(self.paths):
+            t, q = int(self.y_true[i]), int(self.y_pred[i])
+            row = [p, self.classes[t], self.classes[q], int(t == q),
+                   "" if self.confidence is None else format_score(float(self.confidence[i]))]
+            if self.all_scores is not None:
+                row += [format_score(float(v)) for v in self.all_scores[i]]
+            rows.append(row)
+        return header, rows
 
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray,
@@ -146,5 +173,5 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
                       pred, metrics, excluded_training_rows=n_seen,
                       unlabelled_rows=int((~labelled).sum()),
                       confidence=scores.max(axis=1),
-                      confidence_kind=m.score_kind,
+                      confidence_kind=m.score_kind, all_scores=scores,
                       incomplete_store=report_note(note) if note is not None else None)

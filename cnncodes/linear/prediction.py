@@ -21,6 +21,7 @@ from ..codes.store import FeatureStore
 from ..options import BackboneOptions, RuntimeOptions
 from ..outputs import check_output
 from ..sources.folders import ImageSource
+from ..stats import ci_record, plural
 from .model_file import TrainedModel, load_model, store_provenance, weights_argument
 from .training import _abs_paths, _as_store
 
@@ -42,32 +43,52 @@ class Predictions:
     model: str = ""  # what predicted: TrainedModel.describe() or the fine-tuned network
 
     def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False,
-               inputs: Sequence[Any] = ()) -> Path:
-        """``path,label,<probability|score>,error`` rows; unreadable images have an error and no
-        label. A ``true_label`` column is added when the source was labelled.
+               inputs: Sequence[Any] = (), top_k: int | None = None) -> Path:
+        """Write the predictions as a CSV; returns its path.
+
+        Columns: ``path,label[,true_label],<probability|score>,error``, then with ``top_k`` the
+        ``top1_label,top1_<prob|score>,...`` of the ``top_k`` best classes (best first), then
+        one ``prob_<class>`` (logistic regression, fine-tuned networks: probabilities summing to
+        1) or ``score_<class>`` (LinearSVC: decision values, not probabilities) column per class
+        (:func:`score_columns`). Unreadable images come first, with the reason in ``error`` and
+        the other columns empty. ``true_label`` is there when the source was labelled.
 
         Raises:
             OutputError: ``path`` is one of ``inputs``, not a regular file, or a file of another
                 kind than a predictions CSV (replaced only with ``overwrite``).
         """
         check_output(path, inputs=inputs, expect="csv", overwrite=overwrite, option="-o")
+        k = min(int(top_k), len(self.classes)) if top_k else 0
+        short = score_prefix(self.score_kind)
         header = ["path", "label", self.score_kind, "error"]
         if self.true_labels is not None:
             header.insert(2, "true_label")
-        rows = []
-        for i, p in enumerate(self.paths):
-            row = [p, self.labels[i], f"{self.scores[i]:.6g}", ""]
-            if self.true_labels is not None:
-                row.insert(2, self.true_labels[i])
-            rows.append(row)
-        for p, reason in self.failures:
+        header += [x for i in range(1, k + 1) for x in (f"top{i}_label", f"top{i}_{short}")]
+        header += score_columns(self.score_kind, self.classes)
+        width = len(header)
+        rows: list[list[str]] = []
+        for p, reason in self.failures:  # first: a reader sees them without scrolling
             row = [p, "", "", reason]
             if self.true_labels is not None:
                 row.insert(2, "")
-            rows.append(row)
+            rows.append(row + [""] * (width - len(row)))
+        top = top_classes(self.all_scores, k)
+        for i, p in enumerate(self.paths):
+            row = [p, self.labels[i], format_score(self.scores[i]), ""]
+            if self.true_labels is not None:
+                row.insert(2, self.true_labels[i])
+            for j in top[i]:
+                row += [self.classes[j], format_score(self.all_scores[i, j])]
+            rows.append(row + [format_score(v) for v in self.all_scores[i]])
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_csv(path, header, rows)
+
+    def top_k(self, k: int) -> list[list[tuple[str, float]]]:
+        """Per image, its ``k`` best classes with their probability or score, best first (ties
+        in class order)."""
+        return [[(self.classes[j], float(self.all_scores[i, j])) for j in row]
+                for i, row in enumerate(top_classes(self.all_scores, k))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": len(self.paths), "failures": len(self.failures),
@@ -88,7 +109,8 @@ class Predictions:
         pairs = [(t, p) for t, p in zip(self.true_labels, self.labels, strict=True) if t]
         ok = [(t, p) for t, p in pairs if t in known]
         unknown = sorted({t for t, _ in pairs if t not in known})
-        return {"accuracy": sum(t == p for t, p in ok) / len(ok) if ok else None,
+        acc = sum(t == p for t, p in ok) / len(ok) if ok else None
+        return {"accuracy": acc, **ci_record(acc, len(ok)),
                 "n_known": len(ok), "n_unknown": len(pairs) - len(ok), "unknown": unknown}
 
     def warn_unknown_classes(self) -> None:
@@ -99,6 +121,32 @@ class Predictions:
                         "get one of the model's classes and are left out of the accuracy%s",
                         ", ".join(chk["unknown"]), ", ".join(self.classes), chk["n_unknown"],
                         "" if chk["n_known"] else " (no image of a known class: no accuracy)")
+
+
+def score_prefix(kind: str) -> str:
+    """``prob`` for probabilities, ``score`` for decision values (column names)."""
+    return "prob" if kind == "probability" else "score"
+
+
+def score_columns(kind: str, classes: Sequence[str]) -> list[str]:
+    """One column name per class: ``prob_<class>`` (probabilities) or ``score_<class>``
+    (LinearSVC decision values, never called probabilities)."""
+    return [f"{score_prefix(kind)}_{c}" for c in classes]
+
+
+def format_score(v: float) -> str:
+    """A probability or score as CSV text (6 significant digits; empty when not finite, e.g. a
+    class the model never saw)."""
+    return f"{v:.6g}" if np.isfinite(v) else ""
+
+
+def top_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores per row, best first (ties in column order)."""
+    scores = np.asarray(scores, np.float64)
+    k = max(0, min(int(k), scores.shape[1] if scores.ndim == 2 else 0))
+    if k == 0 or scores.size == 0:
+        return np.zeros((len(scores), 0), np.int64)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> RuntimeOptions:
@@ -183,7 +231,9 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     labels = [m.classes[i] for i in idx]
     best = scores[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
     if failures:
-        log.warning("%d images could not be read and have no prediction", len(failures))
+        n_bad = len(failures)
+        log.warning("%s could not be read and %s no prediction (listed first in the CSV)",
+                    plural(n_bad, "image"), "has" if n_bad == 1 else "have")
     pred = Predictions(paths, labels, best, m.score_kind, scores, list(m.classes), failures,
                        true, model=m.describe())
     pred.warn_unknown_classes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..advisor.advice import Advice
 from ..advisor.ranking import Ranking
 from ..advisor.similarity import LABELS, Vote
+from ..stats import format_accuracy
 
 
 def format_advice(advice: Advice) -> str:
@@ -24,15 +25,15 @@ def format_advice(advice: Advice) -> str:
     lines.append(f"backbone  {advice.setup.backbone} ({advice.meta.get('weights_id')})")
     lines += _similarity_lines(advice)
     lines.append(f"(b) layer: {pr.method} probe, {pr.folds}-fold stratified CV on "
-                 f"{pr.n_images:,} images (seed {advice.meta.get('seed')}); +- = 95% interval; "
-                 "LogME on the same images")
+                 f"{pr.n_images:,} images (seed {advice.meta.get('seed')}); CV accuracy with "
+                 "its 95% Wilson interval over the probed images; LogME on the same images")
     rows = list(pr.layers.values()) + ([pr.raw] if pr.raw is not None else [])
     for r in rows:
         mark = " <- recommended" if r.layer == advice.layer else ""
         same = f" (= {r.same_as})" if r.same_as else ""
         lm = "   n/a" if r.logme is None else f"{r.logme:6.3f}"
-        lines.append(f"      {r.layer:<10} {r.depth:<8} {r.dim:>6}-d  {100 * r.mean:6.2f} "
-                     f"+- {100 * r.ci95:5.2f}  LogME {lm}{same}{mark}")
+        lines.append(f"      {r.layer:<10} {r.depth:<8} {r.dim:>6}-d  "
+                     f"{format_accuracy(r.mean, pr.n_images)}  LogME {lm}{same}{mark}")
     c = d.comparison
     if d.layers_compared:
         lines.append(f"      gap {c['best_earlier']} - {c['best_last']}: {c['gap_points']:+.1f} "
@@ -48,9 +49,16 @@ def format_advice(advice: Advice) -> str:
     lines.append("next      " + "\n          ".join(d.commands))
     if d.also:
         lines.append(f"also      {d.also}")
-    lines.append(f"took      {advice.meta['elapsed_s']:.1f} s (budget "
-                 f"{advice.meta['budget_s'] or 'none'}; {advice.meta['images_per_s']} img/s)")
+    m = advice.meta
+    parts = [f"budget {_seconds(m.get('budget_s'))}"]
+    if m.get("extract_s") is not None:  # the progress bar shows the extraction speed
+        parts.append(f"codes {m['extract_s']:.1f} s, probe {m.get('probe_s', 0):.1f} s")
+    lines.append(f"took      {m['elapsed_s']:.1f} s ({'; '.join(parts)})")
     return "\n".join(lines)
+
+
+def _seconds(v: object) -> str:
+    return f"{v:g} s" if isinstance(v, (int, float)) and not isinstance(v, bool) else "none"
 
 
 def _similarity_lines(advice: Advice) -> list[str]:
@@ -82,14 +90,15 @@ def _similarity_lines(advice: Advice) -> list[str]:
 
 def format_ranking(ranking: Ranking) -> str:
     """The table ``cnncodes advise --backbones`` prints: every backbone's layers, best first."""
-    lines = ["rank  backbone         layer      depth      dim   probe acc (95%)    LogME   "
-             "img/s  images"]
-    for i, r in enumerate(ranking.rows, 1):
+    accs = [format_accuracy(r.cv_accuracy, r.n_images) for r in ranking.rows]
+    aw = max([len("probe CV accuracy")] + [len(a) for a in accs])
+    lines = [f"rank  backbone         layer      depth      dim   {'probe CV accuracy':<{aw}}  "
+             "  LogME   img/s"]
+    for i, (r, acc) in enumerate(zip(ranking.rows, accs, strict=True), 1):
         lm = "    n/a" if r.logme is None else f"{r.logme:7.3f}"
         mark = " *" if r.recommended_layer else ""
         lines.append(f"{i:>4}  {r.backbone:<16} {r.layer:<10} {r.depth:<8} {r.dim:>6}  "
-                     f"{100 * r.cv_accuracy:6.2f} +- {100 * r.ci95:5.2f}  {lm}  "
-                     f"{r.images_per_s:6.0f}  {r.n_images:>6}{mark}")
+                     f"{acc:<{aw}}  {lm}  {r.images_per_s:6.0f}{mark}")
     lines.append("      (* = the layer that backbone's own advice recommends)")
     for name, adv in ranking.advices.items():
         d = adv.decision

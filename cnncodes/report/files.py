@@ -22,8 +22,10 @@ from typing import Any
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, finite_json
 from ..outputs import check_output, claim_folder
+from ..stats import ci_record, codes_vs_pixels, format_accuracy
 from .html import REPORT_HTML, write_linear_html
 from .plots import plot_confusion, plot_cv_scores
+from .text import codes_vs_pixels_text, is_raw_pixel_row
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,11 @@ def build_report(*, model: Any, evaluation: Any = None,
     if evaluation is not None:
         rep["test"] = evaluation.to_dict()
     if rows:
-        rep["rows"] = [dict(r) for r in rows]
+        n_test = (rep.get("test") or {}).get("n")
+        rep["rows"] = [row_with_ci(r, n_test) for r in rows]
+        verdict = codes_vs_pixels_record(rep["rows"], source=(extra or {}).get("source"))
+        if verdict is not None:
+            rep["codes_vs_pixels"] = verdict
     if extra:
         rep.update({k: v for k, v in extra.items() if v is not None})
     notes = [n for n in (model.split.get("incomplete_store"),
@@ -62,8 +68,34 @@ def build_report(*, model: Any, evaluation: Any = None,
     return finite_json(rep)
 
 
+def row_with_ci(row: Mapping[str, Any], n_test: Any) -> dict[str, Any]:
+    """A comparison row with ``accuracy_ci95`` (the 95% Wilson interval over its own ``n_test``,
+    else the report's test size) when it has an accuracy."""
+    r = dict(row)
+    n = r.get("n_test") if r.get("n_test") is not None else n_test
+    r.update(ci_record(r.get("accuracy"), n))
+    return r
+
+
+def codes_vs_pixels_record(rows: Sequence[Mapping[str, Any]], *,
+                           source: Any = None) -> dict[str, Any] | None:
+    """``report["codes_vs_pixels"]``: :func:`cnncodes.stats.codes_vs_pixels` of the first codes
+    row against the raw-pixel row, with the message to print (None without both rows)."""
+    raw = next((r for r in rows if is_raw_pixel_row(r) and "skipped" not in r), None)
+    codes = next((r for r in rows if not is_raw_pixel_row(r) and r.get("kind") != "finetune"
+                  and "skipped" not in r), None)
+    if raw is None or codes is None:
+        return None
+    out = codes_vs_pixels({**codes, "n_test": codes.get("n_test") or raw.get("n_test")}, raw)
+    if out is None:
+        return None
+    out["message"] = codes_vs_pixels_text(out, source=source)
+    return out
+
+
 #: the files :func:`write_report` writes into its folder
-REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv", "report.html")
+REPORT_FILES = ("report.json", "cv_scores.png", "confusion.png", "per_class.csv",
+                "predictions.csv", "report.html")
 
 
 def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
@@ -82,7 +114,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                  overwrite: bool = False, own_files: Sequence[str] = REPORT_FILES
                  ) -> dict[str, Path]:
     """Write ``report.json``, ``cv_scores.png``, ``confusion.png`` (when there is a test part),
-    ``per_class.csv`` and ``report.html`` (:mod:`cnncodes.report.html`: the page with the
+    ``per_class.csv``, ``predictions.csv`` (every test image: path, true label, predicted
+    label, probabilities or decision scores per class; with ``evaluation``) and ``report.html``
+    (:mod:`cnncodes.report.html`: the page with the
     thumbnails of ``evaluation``'s test images) into ``out_dir``; returns ``{name: path}``.
 
     ``owner`` (the command writing it: ``train``, ``evaluate``, ``baseline``) is recorded in the
@@ -106,16 +140,17 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
                                                                                "accuracy"))
     test = rep.get("test")
     if test:
-        acc = test.get("accuracy")
-        acc_text = f"{acc:.3f}" if isinstance(acc, (int, float)) else "n/a"
         files["confusion"] = plot_confusion(
             test["confusion_matrix"], test["classes"], out / "confusion.png",
-            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy {acc_text} "
-                  f"(n={test.get('n')})")
+            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy "
+                  f"{format_accuracy(test.get('accuracy'), test.get('n'))}")
         files["per_class"] = out / "per_class.csv"
         atomic_write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
                          ([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
                            f"{r['f1']:.4f}", r["support"]] for r in test["per_class"]))
+        if evaluation is not None and hasattr(evaluation, "prediction_table"):
+            files["predictions"] = out / "predictions.csv"
+            atomic_write_csv(files["predictions"], *evaluation.prediction_table())
     names.update({k: v.name for k, v in files.items()})
     names["json"] = "report.json"
     names["html"] = REPORT_HTML

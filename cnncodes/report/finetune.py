@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..stats import format_accuracy, plural
+
 
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
@@ -16,14 +18,16 @@ def format_finetune(res: Any) -> str:
     rep = res.report
     if res.state == "predict":
         lines = [f"{res.output}: evaluated {rep['backbone']} fine-tuned model on "
-                 f"{rep['split']['test']} images: accuracy {_f(res.test_accuracy)}"]
+                 f"{plural(rep['split']['test'], 'image')}: accuracy "
+                 f"{format_accuracy(res.test_accuracy, rep['split']['test'])}"]
     else:
         resumed = f" (resumed at epoch {res.resumed_from})" if res.resumed_from else ""
         lines = [
             f"{res.output}: {res.state} fine-tuning of {rep['backbone']} ({rep['weights']}) "
-            f"{res.status}{resumed}: {res.epochs_run} epochs, best epoch {res.best_epoch}",
+            f"{res.status}{resumed}: {plural(res.epochs_run, 'epoch')}, best epoch "
+            f"{res.best_epoch}",
             f"  validation accuracy {_f(res.val_accuracy)}, test accuracy "
-            f"{_f(res.test_accuracy)} ({rep['split']['test']} images); "
+            f"{format_accuracy(res.test_accuracy, rep['split']['test'])}; "
             f"{rep['trainable_params']:,} trainable parameters; {res.seconds:.1f} s",
             f"  model {res.model_path} (usable as --weights for extract; predict with "
             f"`cnncodes predict {res.model_path} IMAGES`), report {res.report_path}, curves "
@@ -37,7 +41,7 @@ def format_finetune(res: Any) -> str:
         if rep.get(f"{key}_note"):
             lines.append(f"  {key.replace('_', ' ')}: {rep[f'{key}_note']}")
     if res.failures:
-        lines.append(f"{len(res.failures)} files could not be read and were skipped:")
+        lines.append(f"{plural(len(res.failures), 'file')} could not be read and were skipped:")
         lines += [f"  {p}: {r}" for p, r in res.failures[:20]]
     return "\n".join(lines)
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
-from .text import incomplete_text
+from ..stats import format_accuracy, format_lr
+from .text import incomplete_text, is_raw_pixel_row
 
 #: libraries whose versions the provenance lists when the report recorded none
 VERSIONED = ("torch", "torchvision", "scikit-learn", "numpy", "h5py", "onnxruntime", "pillow",
@@ -158,13 +159,15 @@ def _task(report: Mapping[str, Any]) -> str:
     return "baseline" if "stores" in report else "linear classifier"
 
 
-def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+def _row(r: Mapping[str, Any], n_test: Any = None) -> dict[str, Any]:
     sel = r.get("selection") or {}
+    n = r.get("n_test") if r.get("n_test") is not None else n_test
     wall = r.get("wall_time_s")
     if wall is None and sel.get("train_time_s") is not None:  # raw pixels: load + CV + refit
         wall = float(r.get("load_time_s") or 0.0) + float(sel["train_time_s"])
     return {"name": str(r.get("name")), "features": fmt(r.get("features"), ","),
-            "accuracy": fmt(r.get("accuracy")), "balanced": fmt(r.get("balanced_accuracy")),
+            "accuracy": format_accuracy(r.get("accuracy"), n),
+            "balanced": fmt(r.get("balanced_accuracy")),
             "macro_f1": fmt(r.get("macro_f1")), "C": fmt(sel.get("best_C"), ".3g"),
             "cv": fmt(sel.get("best_cv_score")), "time": seconds(wall),
             "note": str(r.get("skipped") or r.get("message") or r.get("status") or "")}
@@ -182,19 +185,25 @@ PER_CLASS_COLUMNS = [col("class", "class"), col("precision", "precision", True),
 def _accuracy_text(report: Mapping[str, Any]) -> str:
     rows = report.get("rows") or []
     test = report.get("test") or {}
-    codes = next((r for r in rows if "raw pixels" not in str(r.get("name"))
+    codes = next((r for r in rows if not is_raw_pixel_row(r)
                   and r.get("kind") != "finetune"), None)
-    raw = next((r for r in rows if "raw pixels" in str(r.get("name"))), None)
+    raw = next((r for r in rows if is_raw_pixel_row(r)), None)
     acc = codes.get("accuracy") if codes else test.get("accuracy")
-    text = f"codes {fmt(acc)}" if test else "not tested"
-    if test:
-        text += f" (n={test.get('n')})"
+    if not test:
+        return "not tested"
+
+    def with_ci(r: Mapping[str, Any] | None, a: Any) -> str:
+        n = (r or {}).get("n_test") or test.get("n")
+        return format_accuracy(a, n)
+
+    text = f"codes {with_ci(codes, acc)}"
     if raw is not None:
-        text += (f" vs raw pixels {fmt(raw.get('accuracy'))}" if raw.get("accuracy") is not None
+        text += (f" vs raw pixels {with_ci(raw, raw.get('accuracy'))}"
+                 if raw.get("accuracy") is not None
                  else f"; raw pixels skipped ({raw.get('skipped')})")
     ft = next((r for r in rows if r.get("kind") == "finetune"), None)
     if ft is not None:
-        text += f" vs fine-tuned {fmt(ft.get('accuracy'))}"
+        text += f" vs fine-tuned {with_ci(ft, ft.get('accuracy'))}"
     return text
 
 
@@ -213,6 +222,9 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
                {"label": "time", "value": seconds(wall)}]
     summary += [{"label": "WARNING", "value": incomplete_text(n)}
                 for n in report.get("incomplete_stores") or []]
+    verdict = (report.get("codes_vs_pixels") or {}).get("message")
+    if verdict:
+        summary.append({"label": "WARNING", "value": verdict})
     note = ""
     if sel.get("c_at_grid_edge"):
         note = (f"The chosen C is at the {sel['c_at_grid_edge']} end of the grid; a wider "
@@ -221,7 +233,9 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "title": f"cnncodes {task}: {m.get('model')} on {m.get('backbone')} {m.get('layer')} "
                  "codes",
         "subtitle": f"{len(m.get('classes') or [])} classes; {split_text(report.get('split'))}",
-        "summary": summary, "rows": [_row(r) for r in report.get("rows") or []],
+        "summary": summary,
+        "rows": [_row(r, (test or {}).get("n")) for r in report.get("rows") or []],
+        "codes_vs_pixels": verdict or "",
         "row_columns": ROW_COLUMNS, "selection_note": note, "test": bool(test),
         "cm": confusion_ctx((test or {}).get("confusion_matrix"), (test or {}).get("classes")),
         "per_class": [{"class": str(r.get("class")), "precision": fmt(r.get("precision")),
@@ -275,7 +289,7 @@ def fall_through_ctx(ft: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 EVIDENCE_COLUMNS = [col("what", "evidence"), col("value", "measured"), col("reading", "reading")]
 LAYER_COLUMNS = [col("layer", "layer"), col("depth", "depth"), col("dim", "dim", True),
-                 col("cv", "CV accuracy", True), col("std", "+- sd", True),
+                 col("cv", "CV accuracy (95% Wilson interval over the probed images)", True),
                  col("note", "note")]
 
 
@@ -325,15 +339,16 @@ def advice_ctx(d: Mapping[str, Any]) -> dict[str, Any]:
     dec = d.get("decision") or {}
     probe = d.get("probe") or _similarity(d).get("probe") or {}
     layers = [{"layer": str(name), "depth": str(r.get("depth")), "dim": fmt(r.get("dim"), ","),
-               "cv": fmt(r.get("cv_accuracy")), "std": fmt(r.get("cv_std")),
+               "cv": format_accuracy(r.get("cv_accuracy"), probe.get("n_images")),
                "note": ("recommended" if name == d.get("layer") else "")
                        + (f" (= {r['same_as']})" if r.get("same_as") else "")}
               for name, r in (probe.get("layers") or {}).items()]
     raw = probe.get("raw_pixels")
     if raw:
         layers.append({"layer": "raw pixels", "depth": str(raw.get("depth", "")),
-                       "dim": fmt(raw.get("dim"), ","), "cv": fmt(raw.get("cv_accuracy")),
-                       "std": fmt(raw.get("cv_std")), "note": "reference"})
+                       "dim": fmt(raw.get("dim"), ","),
+                       "cv": format_accuracy(raw.get("cv_accuracy"), probe.get("n_images")),
+                       "note": "reference"})
     names = list((probe.get("layers") or {}).keys())
     return {"quadrant": d.get("quadrant"), "action": dec.get("action") or d.get("action"),
             "explanation": d.get("explanation"), "warnings": list(d.get("warnings") or []),
@@ -382,12 +397,12 @@ HISTORY_KEYS = (("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f"),
 def _lr_text(lr: Any) -> str:
     """An epoch's learning rates (one per parameter group) as ``backbone 0.001, head 0.01``."""
     if not isinstance(lr, Mapping):
-        return fmt(lr, ".3g")
+        return format_lr(lr)
     body = sorted({v for k, v in lr.items() if k != "head" and isinstance(v, (int, float))})
-    text = "backbone " + (fmt(body[0], ".3g") if len(body) == 1 else
-                          f"{fmt(body[0], '.3g')}-{fmt(body[-1], '.3g')}") if body else ""
+    text = "backbone " + (format_lr(body[0]) if len(body) == 1 else
+                          f"{format_lr(body[0])}-{format_lr(body[-1])}") if body else ""
     if "head" in lr:
-        text += (", " if text else "") + f"head {fmt(lr['head'], '.3g')}"
+        text += (", " if text else "") + f"head {format_lr(lr['head'])}"
     return text
 
 
@@ -414,8 +429,9 @@ def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
     summary = [{"label": "task", "value": f"fine-tuning ({rep.get('state')})"},
                {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
                                           f"validation / {split.get('test')} test images"},
-               {"label": "accuracy", "value": f"test {fmt(rep.get('test_accuracy'))}, "
-                                              f"validation {fmt(rep.get('val_accuracy'))}"},
+               {"label": "accuracy",
+                "value": f"test {format_accuracy(rep.get('test_accuracy'), split.get('test'))}, "
+                         f"validation {fmt(rep.get('val_accuracy'))}"},
                {"label": "status", "value": f"{rep.get('status')}, {rep.get('epochs_run')} "
                                             f"epochs, best {rep.get('best_epoch')}"},
                {"label": "time", "value": seconds(rep.get("seconds"))}]
@@ -459,7 +475,8 @@ def escalation_context(data: Mapping[str, Any]) -> dict[str, Any]:
     best = max(scored, key=lambda i: accs[i]) if scored else None
     table = [{"method": str(r.get("method")), "params": fmt(r.get("trainable_params"), ","),
               "epochs": str(r.get("epochs", "-")), "val": fmt(r.get("val_accuracy")),
-              "test": fmt(r.get("test_accuracy")), "time": seconds(r.get("seconds")),
+              "test": format_accuracy(r.get("test_accuracy"), split.get("test")),
+              "time": seconds(r.get("seconds")),
               "status": str(r.get("status"))} for r in rows]
     cfg = data.get("config") or {}
     probe = rows[0] if rows else {}

@@ -9,13 +9,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..stats import format_accuracy, plural
 from .text import format_failures, format_table
 
 
 def format_predictions(pred: Any, out: str | os.PathLike) -> str:
     """What a :class:`~cnncodes.linear.prediction.Predictions` written to ``out`` holds: counts
     per label, the accuracy against the folder labels when known, the unreadable files."""
-    lines = [f"{os.fspath(out)}: {len(pred.paths)} images labelled by {pred.model}"]
+    kind = ("per-class probabilities (prob_<class> columns)" if pred.score_kind == "probability"
+            else "per-class decision scores (score_<class> columns; not probabilities)")
+    lines = [f"{os.fspath(out)}: {plural(len(pred.paths), 'image')} labelled by {pred.model}; "
+             f"{kind}"]
     counts = ", ".join(f"{c} {n}" for c, n in pred.to_dict()["counts"].items() if n)
     if counts:
         lines.append(f"  {counts}")
@@ -23,15 +27,17 @@ def format_predictions(pred: Any, out: str | os.PathLike) -> str:
     if chk is not None:
         unknown = ", ".join(chk["unknown"])
         if chk["accuracy"] is not None:
-            only = (f" of the model's classes; {chk['n_unknown']} images of {unknown} left out"
+            only = (f", over the images of the model's classes only; "
+                    f"{plural(chk['n_unknown'], 'image')} of {unknown} left out"
                     if unknown else "")
-            lines.append(f"  accuracy against the folder labels: {chk['accuracy']:.4f} "
-                         f"({chk['n_known']} images{only})")
+            lines.append("  accuracy against the folder labels: "
+                         f"{format_accuracy(chk['accuracy'], chk['n_known'])}{only}")
         elif unknown:
             lines.append(f"  no accuracy: none of the folder classes ({unknown}) is a class of "
                          f"the model ({', '.join(pred.classes)})")
     if pred.failures:
-        lines.append(format_failures(pred.failures, "listed in the CSV with an error"))
+        lines.append(format_failures(pred.failures, "listed first in the CSV, with the reason "
+                                                    "in its error column"))
     return "\n".join(lines)
 
 
@@ -59,11 +65,12 @@ def format_baseline(report: Mapping[str, Any], *, fall_through: str = "",
     if fall_through:
         parts.append("\n" + fall_through)
     if failures:
-        lines = [f"\n{len(failures)} files could not be read and were left out:"]
+        lines = [f"\n{plural(len(failures), 'file')} could not be read and were left out:"]
         lines += [f"  {p}: {r}" for p, r in failures[:20]]
         parts.append("\n".join(lines))
     if folder is not None:
-        parts.append(f"\nmodel, report.json and PNGs in {os.fspath(folder)} "
+        parts.append(f"\nmodel, report.json, predictions.csv (every test image) and PNGs in "
+                     f"{os.fspath(folder)} "
                      f"({report.get('wall_time_s')} s in all)\n"
                      f"report: {Path(folder).resolve() / 'report.html'}")
     return "\n".join(parts)

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..stats import plural
 from .text import format_failures
 
 #: The models table's closing note (what the pooling of a map layer does, what [offline] means).
@@ -45,7 +46,7 @@ def format_extract_result(res: Any) -> str:
     gone = f", {n['removed']} removed (file gone)" if n["removed"] else ""
     if n["missing"]:
         gone += f", {n['missing']} kept but flagged missing (file gone)"
-    lines = [f"{res.path}: {res.rows} images; {res.new} extracted now"
+    lines = [f"{res.path}: {plural(res.rows, 'image')}; {res.new} extracted now"
              f"{f' (of {why})' if why else ''}{gone}, {res.skipped} unchanged; layers {dims}"]
     if n["unverified"]:
         lines.append(f"note: {n['unverified']} rows were made before cnncodes recorded file "
@@ -63,14 +64,16 @@ def format_extract_result(res: Any) -> str:
 
 def format_nothing_extracted(res: Any) -> str:
     """The error of a run in which every file to extract failed (exit status 1)."""
-    return (f"error: nothing was extracted: all {len(res.failed)} files to do failed (reasons "
+    return (f"error: nothing was extracted: {'the' if len(res.failed) == 1 else 'all'} "
+            f"{plural(len(res.failed), 'file')} to do failed (reasons "
             f"above). Fix or remove them, then run the command again; {res.path} keeps them as "
             "recorded failures, and a failed file that changes is tried again.")
 
 
 def format_interrupted(res: Any) -> str:
     """The line printed when ``cnncodes extract`` is interrupted (``res``: the partial result)."""
-    kept = f" {res.rows} rows are saved in {res.path};" if res is not None else ""
+    kept = (f" {plural(res.rows, 'row')} {'is' if res.rows == 1 else 'are'} saved in "
+            f"{res.path};" if res is not None else "")
     return f"\ninterrupted:{kept} run the same command again to continue."
 
 

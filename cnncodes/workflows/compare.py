@@ -37,6 +37,7 @@ from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_o
 from ..outputs import check_output, claim_folder
 from ..report.html import write_escalation_html, write_finetune_html
 from ..sources.folders import ImageSource
+from ..stats import ci_record, format_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,15 @@ def verdict(probe: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> st
         return "fine-tuning produced no test accuracy; keep the codes + linear classifier."
     best = max(done, key=lambda o: o["test_accuracy"])
     a, b = probe.get("test_accuracy"), best["test_accuracy"]
+    bt = format_accuracy(b, best.get("n_test"))
     if a is None:
-        return f"{best['method']} is best ({b:.4f}); the linear probe has no test accuracy."
+        return f"{best['method']} is best ({bt}); the linear probe has no test accuracy."
+    at = format_accuracy(a, probe.get("n_test"))
     ratio = float(best.get("seconds") or 0.0) / max(float(probe.get("seconds") or 0.0), 1e-9)
     if b > a:
-        return (f"{best['method']} is best ({b:.4f}, +{100 * (b - a):.1f} points over the "
-                f"linear probe's {a:.4f}) at {ratio:.1f}x its wall time.")
-    return (f"the linear probe is as good or better ({a:.4f} vs {b:.4f} for {best['method']}, "
+        return (f"{best['method']} is best ({bt}, +{100 * (b - a):.1f} points over the "
+                f"linear probe's {at}) at {ratio:.1f}x its wall time.")
+    return (f"the linear probe is as good or better ({at} vs {bt} for {best['method']}, "
             f"which took {ratio:.1f}x its wall time): keep the codes + linear classifier.")
 
 
@@ -176,6 +179,8 @@ def linear_probe(split: Split, *, backbone: str | BackboneOptions = DEFAULT_BACK
             "cv_score": selection["best_cv_score"],
             "val_accuracy": float(clf.score(xva, yva)) if len(yva) else None,
             "test_accuracy": float(clf.score(xte, yte)) if len(yte) else None,
+            "n_test": int(len(yte)),
+            **ci_record(float(clf.score(xte, yte)) if len(yte) else None, len(yte)),
             "trainable_params": int(xtr.shape[1] * len(split.classes) + len(split.classes)),
             "seconds": time.perf_counter() - t0, "codes_seconds": t_codes,
             "status": "completed"}
@@ -204,7 +209,8 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {r.get('trainable_params', 0):,} | "
                      f"{r.get('epochs', '-')} | {fmt(r.get('val_accuracy'), '.4f')} | "
-                     f"{fmt(r.get('test_accuracy'), '.4f')} | {r['seconds']:.1f} | "
+                     f"{format_accuracy(r.get('test_accuracy'), r.get('n_test'))} | "
+                     f"{r['seconds']:.1f} | "
                      f"{r['status']} |")
     return "\n".join(lines)
 
@@ -309,6 +315,7 @@ def escalate(
         rep = arm.report
         row = {"method": arm.method, "status": arm.status,
                "val_accuracy": rep.get("val_accuracy"), "test_accuracy": rep.get("test_accuracy"),
+               "n_test": len(split.test), **ci_record(rep.get("test_accuracy"), len(split.test)),
                "seconds": float(rep.get("seconds") or 0.0), "epochs": rep.get("epochs_run"),
                "best_epoch": rep.get("best_epoch"),
                "trainable_params": rep.get("trainable_params", 0), "run": state}
@@ -367,7 +374,7 @@ def fall_through_verdict(probe_row: Mapping[str, Any], ft_row: Mapping[str, Any]
     """:func:`verdict` on a baseline's probe row and :func:`run_fall_through`'s row."""
     def outcome(r: Mapping[str, Any], method: str) -> dict[str, Any]:
         return {"method": method, "test_accuracy": r.get("accuracy"),
-                "seconds": r.get("wall_time_s")}
+                "n_test": r.get("n_test"), "seconds": r.get("wall_time_s")}
 
     return verdict(outcome(probe_row, PROBE), [outcome(ft_row, "full fine-tuning")])
 
@@ -404,6 +411,7 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
         "kind": "finetune", "status": arm.status, "method": arm.method,
         "accuracy": rep.get("test_accuracy"), "balanced_accuracy": arm.balanced_accuracy(),
         "val_accuracy": rep.get("val_accuracy"), "n_test": (rep.get("split") or {}).get("test"),
+        **ci_record(rep.get("test_accuracy"), (rep.get("split") or {}).get("test")),
         "n_train": len(split.train), "n_val": len(split.val), "epochs": epochs,
         "best_epoch": rep.get("best_epoch"), "trainable_params": rep.get("trainable_params"),
         "wall_time_s": round(arm.seconds, 2), "this_call_s": round(arm.this_call_s, 2),
@@ -434,9 +442,11 @@ def format_fall_through(report: Mapping[str, Any]) -> str:
         lines[0] += "; fine-tuning forced"
     names = [str(probe.get("name", PROBE)), str(row.get("name", "fine-tuning"))]
     w = max(30, *(len(n) for n in names))
-    lines.append(f"  {'method':<{w}}  {'test acc':>8}  {'bal acc':>8}  {'wall s':>8}")
-    for n, r in zip(names, (probe, row), strict=True):
-        lines.append(f"  {n:<{w}}  {fmt(r.get('accuracy'), '.4f'):>8}  "
+    accs = [format_accuracy(r.get("accuracy"), r.get("n_test")) for r in (probe, row)]
+    aw = max(8, *(len(a) for a in accs))
+    lines.append(f"  {'method':<{w}}  {'test acc':<{aw}}  {'bal acc':>8}  {'wall s':>8}")
+    for n, r, a in zip(names, (probe, row), accs, strict=True):
+        lines.append(f"  {n:<{w}}  {a:<{aw}}  "
                      f"{fmt(r.get('balanced_accuracy'), '.4f'):>8}  "
                      f"{fmt(r.get('wall_time_s'), '.1f'):>8}")
     lines.append(f"  same split: {row.get('n_train')} train + {row.get('n_val')} validation "

@@ -19,6 +19,7 @@ from ..errors import OptionError, SourceError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_holdout
+from ..stats import plural
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.Path
     res = extract(source, cache, backbone=bopts.replace(layers=tuple(layers)), runtime=runtime,
                   **kwargs)
     if res.failed:
-        log.warning("%d images of %s could not be read and are left out", len(res.failed),
-                    getattr(source, "root", source))
+        log.warning("%s of %s could not be read and %s left out",
+                    plural(len(res.failed), "image"), getattr(source, "root", source),
+                    "is" if len(res.failed) == 1 else "are")
     return FeatureStore(res.path)
 
 

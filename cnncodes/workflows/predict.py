@@ -24,6 +24,7 @@ from ..linear.model_file import TrainedModel
 from ..linear.prediction import Predictions, is_store_source, linear_predict
 from ..options import BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource
+from ..stats import plural
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,9 @@ def _predict_finetuned(model: str | os.PathLike, source: Source, *,
     desc = (f"fine-tuned {meta.get('backbone')} ({meta.get('state')}, {len(res.classes)} "
             f"classes, {meta.get('input_size_used')} px) from {os.fspath(model)}")
     if failures:
-        log.warning("%d images could not be read and have no prediction", len(failures))
+        n_bad = len(failures)
+        log.warning("%s could not be read and %s no prediction (listed first in the CSV)",
+                    plural(n_bad, "image"), "has" if n_bad == 1 else "have")
     pred = Predictions(paths, res.labels, best, "probability", probs, list(res.classes),
                        failures, true, model=desc)
     pred.warn_unknown_classes()

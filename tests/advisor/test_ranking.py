@@ -25,8 +25,10 @@ def test_recommend_takes_the_best_chosen_layer_and_names_the_indistinguishable()
             _row("a", 0.95, 0.01, 50, chosen=False, layer="stage4")]  # not a's advised layer
     r = recommend(rows)
     assert (r["backbone"], r["layer"]) == ("a", "pool")
-    assert r["indistinguishable"] == ["b"]  # 0.88 >= 0.90 - 0.03; c is outside
-    assert "within its interval, so not distinguishable on this sample: b pool 88.0 (300 " \
+    # 0.88 >= 0.851, the lower end of 0.90's Wilson interval over 200 images; c is outside
+    assert r["indistinguishable"] == ["b"]
+    assert "CV accuracy 0.900 (95% CI 0.851-0.934, n=200)" in r["explanation"]
+    assert "within its interval, so not distinguishable on this sample: b pool 0.880 (300 " \
            "img/s)" in r["explanation"]
     # exact ties go to the faster backbone
     assert recommend([_row("a", 0.9, 0.0, 50), _row("b", 0.9, 0.0, 60)])["backbone"] == "b"

@@ -50,10 +50,10 @@ def test_train_evaluate_predict(digits_data, tmp_path, capsys):  # noqa: F811
     assert rc == 0, err
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 61 and rows[0].keys() >= {"path", "label", "probability", "error"}
-    assert "1 files could not be read" in out and "bad.png" in out
+    assert "1 file could not be read" in out and "bad.png" in out
     acc = sum(r["label"] == r["true_label"] for r in rows if not r["error"]) / 60
     assert acc == pytest.approx(rep["test"]["accuracy"])
-    assert f"accuracy against the folder labels: {acc:.4f}" in out
+    assert f"accuracy against the folder labels: {acc:.3f} (95% CI " in out
 
 
 def test_train_with_holdout_writes_report_and_json(digits_data, tmp_path, capsys):  # noqa: F811
@@ -192,9 +192,11 @@ def test_predict_dispatches_to_a_finetuned_model(finetuned, tmp_path, capsys):
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     # the columns of a linear model's predictions on a labelled folder
-    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error"]
+    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error",
+                             "prob_ant", "prob_bee", "prob_cow"]
     assert len(rows) == 19 and [r["path"].endswith("bee/broken.png") for r in rows if
                                 r["error"]] == [True]
+    assert rows[0]["error"]  # the failure first
     ok = [r for r in rows if not r["error"]]
     # the same predictions as the fine-tuning module's own predict_images
     ref = predict_images(model, new, device="cpu", num_workers=0)
@@ -208,8 +210,8 @@ def test_predict_dispatches_to_a_finetuned_model(finetuned, tmp_path, capsys):
         assert 0 < float(r["probability"]) <= 1
     assert "fine-tuned resnet18" in out and "18 images labelled" in out
     acc = sum(r["label"] == r["true_label"] for r in ok) / 18
-    assert f"accuracy against the folder labels: {acc:.4f}" in out
-    assert "1 files could not be read" in out and "broken.png" in out
+    assert f"accuracy against the folder labels: {acc:.3f} (95% CI " in out
+    assert "1 file could not be read" in out and "broken.png" in out
 
 
 def test_finetuned_predict_on_flat_folder_and_store_refused(finetuned, tmp_path):
@@ -227,7 +229,8 @@ def test_finetuned_predict_on_flat_folder_and_store_refused(finetuned, tmp_path)
     assert np.array_equal(pred.scores, pred.all_scores.max(axis=1))
     out = pred.to_csv(tmp_path / "flat.csv")
     with open(out, newline="") as f:
-        assert next(csv.reader(f)) == ["path", "label", "probability", "error"]
+        assert next(csv.reader(f)) == ["path", "label", "probability", "error", "prob_ant",
+                                       "prob_bee", "prob_cow"]
     fake_store = tmp_path / "codes.h5"
     fake_store.write_bytes(b"")
     with pytest.raises(ValueError, match="fine-tuned network: it predicts from images"):

@@ -28,7 +28,19 @@ def test_predict_a_single_image_file(trained, tmp_path, capsys):  # noqa: F811
     rows = list(csv.DictReader(open(out_csv)))
     assert len(rows) == 1 and rows[0]["path"] == str(img) and rows[0]["label"] in \
         ("ant", "bee", "cow") and rows[0]["error"] == ""
-    assert f"{out_csv}: 1 images labelled" in out
+    assert f"{out_csv}: 1 image labelled" in out
+    rc, out, err = run(capsys, "predict", trained.model, img, "-o", out_csv, "--top-k", "2",
+                       *TINY)
+    assert rc == 0, err
+    row = next(csv.DictReader(open(out_csv)))
+    assert [row[f"top{i}_label"] for i in (1, 2)][0] == row["label"]
+    assert float(row["top1_prob"]) >= float(row["top2_prob"])
+    assert sum(float(row[f"prob_{c}"]) for c in ("ant", "bee", "cow")) == pytest.approx(1,
+                                                                                          abs=1e-4)
+    assert "prob_<class> columns" in out
+    with pytest.raises(SystemExit):
+        run(capsys, "predict", trained.model, img, "-o", out_csv, "--top-k", "0", *TINY)
+    assert "--top-k: must be a whole number of at least 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +98,9 @@ def test_foreign_classes_are_left_out_of_the_accuracy(trained, tmp_path, capsys,
     assert rc == 0, err
     rows = [r for r in csv.DictReader(open(tmp_path / "p.csv")) if r["true_label"] == "cow"]
     acc = sum(r["label"] == "cow" for r in rows) / len(rows)
-    assert f"accuracy against the folder labels: {acc:.4f} (6 images of the model's classes; " \
-           "12 images of dog, eel left out)" in out
+    assert f"accuracy against the folder labels: {acc:.3f} (95% CI " in out
+    assert "n=6), over the images of the model's classes only; 12 images of dog, eel left " \
+           "out" in out
     assert any("dog, eel" in r.getMessage() for r in caplog.records)
 
 

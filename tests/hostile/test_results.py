@@ -122,6 +122,19 @@ def test_warmup_longer_than_the_run_is_clamped_to_half_of_it(tmp_path, caplog):
     assert lrs[1] > lrs[0] > 0
 
 
+def test_default_warmup_on_a_one_epoch_run_is_said_not_warned(tmp_path, caplog):
+    """The default 1-epoch warmup shortened on a 1-epoch run is expected: information, not a
+    warning on every short run; the epoch line gives the rate it trained at, never ``lr 0``."""
+    photos = write_tree(tmp_path / "photos", per_class=10)
+    with caplog.at_level(logging.INFO, logger="cnncodes.finetuning.trainer"):
+        res = finetune(photos, tmp_path / "run", epochs=1, **TINY)
+    assert res.report["warmup"]["clamped"]
+    said = [r for r in caplog.records if "warmup_epochs=1" in r.getMessage()]
+    assert said and all(r.levelno == logging.INFO for r in said)
+    epoch = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert epoch and " lr 0 " not in epoch[0] and "e-0" in epoch[0]
+
+
 @pytest.mark.parametrize("opts,name", [
     (dict(lr=0), "lr"), (dict(lr=-0.01), "lr"), (dict(lr=float("inf")), "lr"),
     (dict(head_lr_mult=0), "head_lr_mult"), (dict(state="head-only", lr=0.0), "lr"),

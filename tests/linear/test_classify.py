@@ -294,18 +294,47 @@ def test_predict_images_end_to_end_with_a_broken_file(digits_data, digits_model,
     assert np.allclose(pred.all_scores.sum(axis=1), 1, atol=1e-5)
     out = pred.to_csv(tmp_path / "p.csv")
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error"]
+    assert list(rows[0]) == ["path", "label", "true_label", "probability", "error",
+                             *[f"prob_{c}" for c in pred.classes]]
     assert len(rows) == 61 and sum(bool(r["error"]) for r in rows) == 1
-    bad = next(r for r in rows if r["error"])
+    bad = rows[0]  # failures first
+    assert bad["error"] and all(bad[f"prob_{c}"] == "" for c in pred.classes)
     assert bad["label"] == "" and "not a recognised image" in bad["error"]
     acc = np.mean([r["label"] == r["true_label"] for r in rows if not r["error"]])
     assert acc == pytest.approx(ev.accuracy)
+    for r in rows[1:]:  # probabilities per class sum to 1; the label is the most probable
+        probs = {c: float(r[f"prob_{c}"]) for c in pred.classes}
+        assert sum(probs.values()) == pytest.approx(1, abs=1e-4)
+        assert r["label"] == max(probs, key=probs.get)
+        assert float(r["probability"]) == pytest.approx(max(probs.values()), rel=1e-5)
+    # --top-k: the k best classes, best first, with their probability
+    k = 3
+    rows = list(csv.DictReader(open(pred.to_csv(tmp_path / "top.csv", top_k=k))))
+    assert rows[0]["error"] and rows[0]["top1_label"] == ""
+    for r, tops in zip(rows[1:], pred.top_k(k), strict=True):
+        got = [(r[f"top{i}_label"], float(r[f"top{i}_prob"])) for i in range(1, k + 1)]
+        assert [g[0] for g in got] == [t[0] for t in tops] and got[0][0] == r["label"]
+        assert [g[1] for g in got] == sorted((g[1] for g in got), reverse=True)
+        assert got[0][1] == pytest.approx(float(r["probability"]))
+        probs = {c: float(r[f"prob_{c}"]) for c in pred.classes}
+        assert [g[0] for g in got] == sorted(probs, key=lambda c: -probs[c])[:k]
 
 
 def test_predict_from_a_store_and_linearsvc_scores(digits_data):  # noqa: F811
     m = train(digits_data.train_h5, layer="pool", model="linearsvc", c_grid=[0.01, 0.1], cv=3)
     pred = predict(m, digits_data.test_h5)
     assert pred.score_kind == "score" and len(pred.paths) == 60
+    # decision scores are labelled as scores, never as probabilities
+    rows = list(csv.DictReader(open(pred.to_csv(digits_data.test_h5.parent / "svc.csv",
+                                                overwrite=True, top_k=2))))
+    assert list(rows[0])[:8] == ["path", "label", "true_label", "score", "error", "top1_label",
+                                 "top1_score", "top2_label"]
+    assert [c for c in rows[0] if "prob" in c] == []
+    assert [c for c in rows[0] if c.startswith("score_")] == [f"score_{c}" for c in CLASSES]
+    for r in rows:
+        s = {c: float(r[f"score_{c}"]) for c in CLASSES}
+        assert r["label"] == r["top1_label"] == max(s, key=s.get)
+        assert float(r["top1_score"]) >= float(r["top2_score"])
     ev = evaluate(m, digits_data.test_h5)
     assert np.mean(np.array(pred.labels) == np.array(pred.true_labels)) == \
         pytest.approx(ev.accuracy)

@@ -6,6 +6,7 @@ from cnncodes.advisor.advice import Advice
 from cnncodes.advisor.rule import Thresholds, decide
 from cnncodes.advisor.similarity import SimilarityEvidence
 from cnncodes.report.advice import format_advice
+from cnncodes.stats import format_accuracy
 
 from ..advisor.helpers import SETUP, TWO, make_probe, make_size
 
@@ -43,10 +44,13 @@ def test_format_advice_lines():
     assert "quadrant  small-similar: earlier-layer codes (stage4) + linear classifier (logistic " \
            "regression)" in lines
     assert "the two answers disagree" in text
-    assert lines[-1] == "took      1.5 s (budget 300.0; 42.0 img/s)"
+    assert lines[-1] == "took      1.5 s (budget 300 s)"  # no second img/s figure
+    n = 2000
+    stage4 = next(ln for ln in lines if ln.strip().startswith("stage4"))
+    assert format_accuracy(0.95, n) in stage4  # the one interval: Wilson, as for test accuracy
     assert "next      cnncodes extract" in text and "\n          cnncodes train" in text
 
 
 def test_format_advice_without_budget():
     assert format_advice(_advice(budget_s=None)).splitlines()[-1].startswith(
-        "took      1.5 s (budget none;")
+        "took      1.5 s (budget none)")

@@ -4,6 +4,7 @@ and no external reference, and every file/folder/class name shown as text, never
 
 from __future__ import annotations
 
+import csv
 import html as html_lib
 import json
 import re
@@ -19,6 +20,7 @@ from cnncodes.linear.evaluation import Evaluation, score_predictions
 from cnncodes.linear.model_file import TrainedModel
 from cnncodes.linear.selection import fit_codes
 from cnncodes.report.files import build_report, write_report
+from cnncodes.stats import accuracy_interval, format_accuracy
 
 from .html_check import assert_self_contained, parse
 from .html_fixtures import (  # noqa: F401 - session fixtures
@@ -64,7 +66,26 @@ def test_baseline_page_is_self_contained_and_shows_every_part(baseline_run):  # 
     acc = rep["rows"][0]["accuracy"]
     raw_acc = rep["rows"][1]["accuracy"]
     summary = _section(page.raw, "summary")
-    assert f"codes {acc:.4f}" in summary and f"raw pixels {raw_acc:.4f}" in summary
+    n, raw_n = rep["test"]["n"], rep["rows"][1]["n_test"]
+    assert f"codes {format_accuracy(acc, n)}" in summary
+    assert f"raw pixels {format_accuracy(raw_acc, raw_n)}" in summary
+    # the same 95% Wilson interval in report.json (test part and every row) and the table
+    assert rep["test"]["accuracy_ci95"] == pytest.approx(accuracy_interval(acc, n), abs=1e-4)
+    assert rep["rows"][1]["accuracy_ci95"] == pytest.approx(accuracy_interval(raw_acc, raw_n),
+                                                            abs=1e-4)
+    assert format_accuracy(acc, n) in _section(page.raw, "comparison")
+    assert format_accuracy(acc, n) in baseline_run.stdout
+    # the per-image predictions of the test part, beside the report
+    with open(rep_dir / "predictions.csv", newline="") as f:
+        pred_rows = list(csv.DictReader(f))
+    assert len(pred_rows) == n and list(pred_rows[0])[:5] == [
+        "path", "true_label", "predicted", "correct", "probability"]
+    for r in pred_rows:
+        probs = [float(r[f"prob_{c}"]) for c in CLASSES]
+        assert sum(probs) == pytest.approx(1, abs=1e-4)
+        assert r["predicted"] == CLASSES[int(np.argmax(probs))]
+        assert r["correct"] == str(int(r["predicted"] == r["true_label"]))
+    assert np.mean([r["correct"] == "1" for r in pred_rows]) == pytest.approx(acc)
     assert f"{rep['selection']['best_C']:.3g}" in summary and "baseline" in summary
     pngs = [s for s in page.srcs() if s.startswith("data:image/png;base64,")]
     assert len(pngs) == 2  # the CV curve and the confusion matrix, inlined
@@ -212,6 +233,11 @@ def test_advise_page_has_evidence_verdict_and_next_command(hostile_tree, tmp_pat
         advice["similarity"]["probe"]["layers"])
     assert 'class="best"><td>' + advice["layer"] in page.raw
     assert "<script" not in page.raw and "&lt;script&gt;alert(1)&lt;" in page.raw
+    # one way to show uncertainty: the terminal's 95% Wilson interval, not a standard deviation
+    probe = advice["similarity"]["probe"]
+    best = format_accuracy(probe["layers"][advice["layer"]]["cv_accuracy"], probe["n_images"])
+    table = _section(page.raw, "advice").split('id="probe-layers"')[1]
+    assert best in table and best in text and "sd" not in table.split("</thead>")[0]
 
 
 def test_baseline_page_shows_the_advice_a_store_recorded(hostile_tree, digits_report,  # noqa: F811
@@ -246,7 +272,8 @@ def test_finetune_page_has_curves_history_and_confusion(hostile_tree, tmp_path):
     assert len(page.srcs()) == 1 and page.srcs()[0].startswith("data:image/png")
     hist = _section(page.raw, "curves")
     assert hist.count("<tr") == 1 + rep["epochs_run"]
-    assert f"test {rep['test_accuracy']:.4f}" in _section(page.raw, "summary")
+    assert f"test {format_accuracy(rep['test_accuracy'], rep['split']['test'])}" in \
+        _section(page.raw, "summary")
     for c in CLASSES:
         assert c in page.all_text()
     assert "<script" not in page.raw

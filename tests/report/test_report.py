@@ -17,6 +17,7 @@ from cnncodes.report.files import build_report, load_report, write_report
 from cnncodes.report.plots import plot_confusion
 from cnncodes.report.text import describe_compute, format_table
 from cnncodes.sources.splits import stratified_holdout
+from cnncodes.stats import format_accuracy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,8 +66,8 @@ def test_report_json_parses_and_holds_the_measurements(fitted, tmp_path):
         assert per[c]["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
         assert per[c]["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
     assert data["files"] == {"cv_plot": "cv_scores.png", "confusion": "confusion.png",
-                             "per_class": "per_class.csv", "json": "report.json",
-                             "html": "report.html"}
+                             "per_class": "per_class.csv", "predictions": "predictions.csv",
+                             "json": "report.json", "html": "report.html"}
     for name in ("cv_plot", "confusion"):
         assert files[name].read_bytes()[:8] == PNG_MAGIC and files[name].stat().st_size > 5000
     with open(files["per_class"]) as f:
@@ -86,7 +87,8 @@ def test_format_table_shows_rows_and_per_class(fitted):
     assert "0.932" in text and "skipped: over budget" in text
     assert "digit9" in text and "precision" in text
     only_test = format_table(build_report(model=model, evaluation=ev), per_class=False)
-    assert f"accuracy {ev.accuracy:.4f}" in only_test and "digit9" not in only_test
+    assert f"accuracy {format_accuracy(ev.accuracy, len(ev.y_true))}" in only_test
+    assert "(95% CI " in only_test and "digit9" not in only_test
 
 
 def test_report_without_test_part_has_cv_plot_only(fitted, tmp_path):
@@ -122,3 +124,50 @@ def test_report_says_where_the_grid_search_ran(fitted):
                 "reason": "LinearSVC has no array API support"}
     assert describe_compute(fallback) == ("NumPy on CPU (not the array API: LinearSVC has no "
                                           "array API support)")
+
+
+def test_report_predictions_csv_and_codes_not_beating_pixels(fitted, tmp_path):
+    """A constructed baseline whose codes row does worse than the raw-pixel row: the verdict is
+    said on the terminal table, in report.json and report.html, pointing to advise; the report
+    folder holds every test image's prediction with per-class probabilities."""
+    model, ev0 = fitted
+    d = load_digits()
+    X = d.data.astype(np.float32)
+    te = [int(p[3:]) for p in ev0.paths]
+    pred, scores = model.scores(X[te])
+    ev = Evaluation("digits", "pixels", model.classes, list(ev0.paths), ev0.y_true, pred,
+                    score_predictions(ev0.y_true, pred, model.classes),
+                    confidence=scores.max(axis=1), confidence_kind="probability",
+                    all_scores=scores)
+    n = len(ev.y_true)
+    codes = {"name": "resnet18 pool codes (224 px)", "features": 512, "selection": model.selection,
+             "n_test": n, "accuracy": 0.80, "balanced_accuracy": 0.8, "macro_f1": 0.8}
+    raw = {"name": "raw pixels 32x32 rgb", "features": 3072, "n_test": n, "accuracy": 0.85,
+           "balanced_accuracy": 0.85, "macro_f1": 0.85}
+    rep = build_report(model=model, evaluation=ev, rows=[codes, raw],
+                       extra={"source": "my photos"})
+    verdict = rep["codes_vs_pixels"]
+    assert verdict["verdict"] == "not_better"
+    assert "The codes do not beat raw pixels" in verdict["message"]
+    assert "`cnncodes advise 'my photos'`" in verdict["message"]
+    assert rep["rows"][0]["accuracy_ci95"] and rep["test"]["accuracy_ci95"]
+    text = format_table(rep)
+    assert f"WARNING    {verdict['message']}" in text
+    assert format_accuracy(0.80, n) in text and format_accuracy(0.85, n) in text
+    files = write_report(rep, tmp_path / "rep", evaluation=ev)
+    page = files["html"].read_text()
+    assert 'id="codes-vs-pixels"' in page and "do not beat raw pixels" in page
+    with open(files["predictions"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n
+    assert list(rows[0])[:5] == ["path", "true_label", "predicted", "correct", "probability"]
+    for r in rows[:20]:
+        probs = np.array([float(r[f"prob_{c}"]) for c in model.classes])
+        assert probs.sum() == pytest.approx(1, abs=1e-4)
+        assert r["predicted"] == model.classes[int(np.argmax(probs))]
+        assert float(r["probability"]) == pytest.approx(probs.max(), rel=1e-5)
+    # codes clearly better: no warning
+    better = build_report(model=model, evaluation=ev, rows=[{**codes, "accuracy": 0.99},
+                                                          {**raw, "accuracy": 0.5}])
+    assert better["codes_vs_pixels"]["verdict"] == "better"
+    assert "WARNING" not in format_table(better)

@@ -45,7 +45,7 @@ def test_extract_result_and_models_table():
     assert format_extract_result(res).startswith(
         "c.h5: 24 images; 4 extracted now (of 3 new files, 1 changed), 2 removed (file gone), "
         "20 unchanged")
-    assert "12.0 img/s" in text and "1 files could not be read" in text
+    assert "12.0 img/s" in text and "1 file could not be read" in text
     rows = [{"backbone": "b", "default_layer": "pool", "default_weights": "W.V1", "offline": True,
              "layers": {"s": {"dim": 8, "depth": "earlier"}, "pool": {"dim": 16,
                                                                       "depth": "last"}}}]

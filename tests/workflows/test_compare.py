@@ -39,10 +39,14 @@ def test_verdict_weighs_accuracy_gain_against_wall_time():
     better = {"method": "full fine-tuning", "test_accuracy": 0.90, "seconds": 50.0}
     worse = {"method": "head-only fine-tuning", "test_accuracy": 0.75, "seconds": 20.0}
     assert verdict(probe, [worse, better]) == (
-        "full fine-tuning is best (0.9000, +10.0 points over the linear probe's 0.8000) at 5.0x "
+        "full fine-tuning is best (0.900, +10.0 points over the linear probe's 0.800) at 5.0x "
         "its wall time.")
+    # with the test size: the one 95% interval (Wilson) beside each accuracy
+    assert verdict({**probe, "n_test": 100}, [{**better, "n_test": 100}]).startswith(
+        "full fine-tuning is best (0.900 (95% CI 0.826-0.945, n=100), +10.0 points over the "
+        "linear probe's 0.800 (95% CI 0.711-0.867, n=100))")
     text = verdict(probe, [worse])
-    assert text.startswith("the linear probe is as good or better (0.8000 vs 0.7500 for "
+    assert text.startswith("the linear probe is as good or better (0.800 vs 0.750 for "
                            "head-only fine-tuning") and "keep the codes" in text
     assert "no test accuracy" in verdict(probe, [{**better, "test_accuracy": None}])
     # the baseline's rows (accuracy / wall_time_s) go through the same writer
