@@ -117,8 +117,11 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .h5 store to create or continue")
     add_backbone_options(p)
     add_runtime_options(p)
+    # None = not given: a rerun then takes the store's value (resolved in model_options)
+    p.set_defaults(backbone=None, weights=None, layers=None, pooling=None, input_size=None)
     g = p.add_argument_group("store")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    g.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                   help="how codes are stored (default float32; a rerun: the store's)")
     g.add_argument("--compression", default=None, choices=["gzip", "lzf", "none"])
     g.add_argument("--overwrite", action="store_true",
                    help="discard an existing store made with other options")
@@ -145,6 +148,32 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
                    help=f"time budget of the layer choice (default {AUTO_LAYER_BUDGET}; e.g. 90s, "
                         "5min)")
     return p
+
+
+def model_options(args: argparse.Namespace) -> None:
+    """Resolve the model options of ``extract`` in ``args``: on a rerun into an existing store
+    (or its unfinished first extraction) every option not given on the command line takes the
+    store's value (said on stderr when none was given), and a given option that asks for other
+    codes is refused (:func:`cnncodes.codes.rerun.check_rerun`); else the defaults."""
+    from ..codes.rerun import MODEL_FLAGS, check_rerun, recorded_options
+    from ..options import BackboneOptions
+
+    given = {f: getattr(args, f) for f in MODEL_FLAGS if getattr(args, f) is not None}
+    recorded = None if args.overwrite else recorded_options(args.output)
+    if recorded is None:
+        d = BackboneOptions()
+        values = {**{f: getattr(d, f) for f in MODEL_FLAGS if f != "dtype"}, "dtype": "float32",
+                  **given}
+    else:
+        values = check_rerun(args.output, given, recorded)
+        taken = [f for f in MODEL_FLAGS if f not in given]
+        if taken:
+            said = ", ".join(f"{f.replace('_', ' ')}={recorded[f]}" for f in taken
+                             if recorded[f] is not None)
+            log.info("%s with the store's settings: %s", "continuing" if not given else
+                     "for the options not given, continuing", said)
+    for f, v in values.items():
+        setattr(args, f, v)
 
 
 def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
@@ -177,6 +206,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_source_exists(args.source)
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
                  option="-o", writes=False)  # a rerun with nothing to do writes nothing
+    model_options(args)
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract

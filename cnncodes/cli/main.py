@@ -29,6 +29,7 @@ from .codes import (
     cmd_info,
     cmd_models,
 )
+from .export import add_cache, add_export, cmd_cache, cmd_export
 from .finetune import add_finetune, cmd_finetune
 from .linear import (
     add_baseline,
@@ -50,6 +51,8 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
     "extract": (add_extract, cmd_extract),
     "info": (add_info, cmd_info),
     "compact": (add_compact, cmd_compact),
+    "export": (add_export, cmd_export),
+    "cache": (add_cache, cmd_cache),
     "train": (add_train, cmd_train),
     "evaluate": (add_evaluate, cmd_evaluate),
     "predict": (add_predict, cmd_predict),
