@@ -194,9 +194,27 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
         num_workers=runtime.num_workers, device=runtime.device, precision=runtime.precision,
         threads=runtime.threads, max_pixels=runtime.max_pixels,
         progress=runtime.progress)
+    evidence = {**evidence, "next_command": next_after_extract(evidence.get("next_command"),
+                                                               args.output)}
     if env_info().is_main:
         print(format_auto_layer(layer, evidence))
     return layer, {"advice": evidence}
+
+
+def next_after_extract(command: str | None, output: str) -> str | None:
+    """The advisor's next commands after ``extract --layers auto -o OUTPUT``: the extraction
+    itself is left out (it is running now) and ``codes.h5`` becomes ``OUTPUT``, the store it
+    writes (the fine-tuning route, with no store, is kept as it is)."""
+    import shlex
+
+    if not command:
+        return command
+    parts = [shlex.split(c) for c in command.split(" && ")]
+    rest = [p for p in parts if p[:2] != ["cnncodes", "extract"]]
+    if not rest or len(rest) == len(parts):
+        return command
+    return " && ".join(shlex.join([output if (a == "codes.h5" and p[:2] == ["cnncodes", "train"])
+                                   else a for a in p]) for p in rest)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -231,6 +249,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return 130
     if env_info().is_main:  # under torchrun only rank 0 reports (failures: its own shard)
         print(format_extract_result(res))
+        if advice and advice["advice"].get("next_command") and not res.nothing_extracted:
+            print(f"next: {advice['advice']['next_command']}")
         if res.nothing_extracted:
             print(format_nothing_extracted(res), file=sys.stderr)
     return 1 if res.nothing_extracted else 0

@@ -28,7 +28,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +36,8 @@ from .._version import __version__
 from ..atomic import atomic_path, atomic_write_json, jsonable
 from ..errors import OptionError
 
-if TYPE_CHECKING:
-    from .reader import FeatureStore
+#: a :class:`~cnncodes.codes.reader.FeatureStore` (not imported: the reader imports this module)
+FeatureStore = Any
 
 #: rows read from the store and written at a time
 BLOCK = 4096
