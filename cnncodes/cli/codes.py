@@ -267,6 +267,9 @@ def add_info(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .checks import require_store
+
+    require_store(args.store)  # before h5py: a wrong path fails at once
     from ..codes.store import FeatureStore
     from ..errors import StoreDamagedError
     from ..report.store_info import format_store_info
@@ -312,6 +315,9 @@ def add_compact(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    from .checks import require_store
+
+    require_store(args.store)
     from ..codes.store import FeatureStore, compact
 
     before = FeatureStore(args.store).layout()

@@ -37,7 +37,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..codes.export_codes import csv_sidecar, export_format, require_pyarrow
     from ..outputs import check_output
 
+    from .checks import require_store
+
     kind = export_format(args.output)  # refuse a bad extension before reading anything
+    require_store(args.store)
     if kind == "parquet":
         require_pyarrow()
     check_output(args.output, inputs=(args.store,), option="-o")
