@@ -13,7 +13,8 @@ Every format holds the same things: the codes (N, D) of one layer, the label ind
   which round-trip float32 exactly), and the provenance in a sidecar ``<name>.csv.json``.
 * ``.parquet`` (needs ``pyarrow``: ``pip install pyarrow`` or ``pip install cnncodes[export]``):
   columns ``path``, ``label``, ``class`` and ``codes`` (a fixed-size list of float32), the
-  provenance JSON under the schema metadata key ``cnncodes``; written row group by row group.
+  provenance JSON under the schema metadata key ``cnncodes``; written row group by row group
+  (parquet strings are UTF-8: the bytes of a file name that is not are written as U+FFFD).
 
 The store is read block by block (:data:`BLOCK` rows), so memory stays at one block plus the
 paths, whatever the store's size. Files are written through :mod:`cnncodes.atomic`.
