@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--formats", nargs="+", default=["npz", "csv", "parquet"])
+    ap.add_argument("--ways", nargs="+", default=["cnncodes", "plain"],
+                    help="cnncodes and/or plain (the ratio needs both)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -97,7 +99,7 @@ def main() -> None:
         print(f"{'format':<8} {'way':<9} {'seconds':>8} {'peak RSS MiB':>13} {'file MiB':>9}")
         for fmt in args.formats:
             res = {}
-            for way in ("cnncodes", "plain"):
+            for way in args.ways:
                 out = Path(d) / f"{way}.{fmt}"
                 p = subprocess.run([sys.executable, __file__, "--child", "--store", str(store),
                                     "--out", str(out), "--way", way, "--fmt", fmt],
@@ -106,6 +108,8 @@ def main() -> None:
                 out.unlink()
                 print(f"{fmt:<8} {way:<9} {r['seconds']:>8} {r['peak_rss_mb']:>13} "
                       f"{r['file_mb']:>9}")
+            if len(res) < 2:
+                continue
             print(f"{fmt:<8} ratio     {res['cnncodes']['seconds'] / res['plain']['seconds']:>8.2f}"
                   f" {res['cnncodes']['peak_rss_mb'] / res['plain']['peak_rss_mb']:>13.2f}"
                   "   (cnncodes / plain)")

@@ -119,6 +119,10 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
     add_runtime_options(p)
     # None = not given: a rerun then takes the store's value (resolved in model_options)
     p.set_defaults(backbone=None, weights=None, layers=None, pooling=None, input_size=None)
+    p.epilog = ("A rerun into an existing store needs only SOURCE and -o: the model options "
+                "not given (--backbone --weights --layers --pooling --input-size --dtype) are "
+                "the store's; a given one that differs is refused (-o another file, or "
+                "--overwrite).")
     g = p.add_argument_group("store")
     g.add_argument("--dtype", default=None, choices=["float32", "float16"],
                    help="how codes are stored (default float32; a rerun: the store's)")

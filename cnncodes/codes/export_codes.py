@@ -183,14 +183,12 @@ def _write_csv(out: Path, store: FeatureStore, layer: str, n: int, dim: int, pat
         buf = io.StringIO()
         head = csv.writer(buf, lineterminator="")
         for rows, X, y in _blocks(store, layer, n, block):
-            lines = []
-            for i, (row, label) in enumerate(zip(X.tolist(), y.tolist(), strict=True)):
+            for i, label in enumerate(y.tolist()):  # row by row: no block of Python floats
                 buf.seek(0)
                 buf.truncate()
                 head.writerow([paths[rows.start + i], label, _class_of(classes, label)])
-                lines.append(f"{buf.getvalue()},{fmt % tuple(row)}\n" if dim
-                             else buf.getvalue() + "\n")
-            f.write("".join(lines))
+                f.write(f"{buf.getvalue()},{fmt % tuple(X[i].tolist())}\n" if dim
+                        else buf.getvalue() + "\n")
 
 
 def _write_parquet(pa: Any, out: Path, store: FeatureStore, layer: str, n: int, dim: int,
