@@ -36,11 +36,10 @@ def add_export(sub: Any) -> argparse.ArgumentParser:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..codes.export_codes import csv_sidecar, export_format, require_pyarrow
     from ..outputs import check_output
-
     from .checks import require_store
 
     kind = export_format(args.output)  # refuse a bad extension before reading anything
-    require_store(args.store)
+    require_store(args.store)  # before numpy and h5py: a wrong path fails at once
     if kind == "parquet":
         require_pyarrow()
     check_output(args.output, inputs=(args.store,), option="-o")

@@ -29,13 +29,14 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..atomic import atomic_path, atomic_write_json, jsonable
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: a :class:`~cnncodes.codes.reader.FeatureStore` (not imported: the reader imports this module)
 FeatureStore = Any
@@ -144,6 +145,8 @@ def export_store(store: FeatureStore, path: str | os.PathLike, *, layer: str | N
 
 
 def _npy_member(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
+    import numpy as np
+
     with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
         np.lib.format.write_array(f, arr, allow_pickle=False)
 
@@ -151,6 +154,8 @@ def _npy_member(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
 def _write_npz(out: Path, store: FeatureStore, layer: str, n: int, dim: int, paths: list[str],
                classes: list[str], meta: dict[str, Any], block: int) -> None:
     """``np.savez`` layout (one ``.npy`` per key in a zip), the codes streamed block by block."""
+    import numpy as np
+
     labels = np.empty(n, np.int64)
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED,
                                                   allowZip64=True) as zf:
@@ -195,6 +200,7 @@ def _write_parquet(pa: Any, out: Path, store: FeatureStore, layer: str, n: int, 
                    paths: list[str], classes: list[str], meta: dict[str, Any],
                    block: int) -> None:
     """Row groups of ``block`` rows; the provenance in the schema metadata."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     schema = pa.schema([("path", pa.string()), ("label", pa.int64()), ("class", pa.string()),
