@@ -217,8 +217,13 @@ class TimmWeights:
             return replace(resolved, path=_download(resolved.url, spec, resolved.id))
         from huggingface_hub import constants, hf_hub_download
 
+        from .weights import PROBE_TIMEOUT_S, host_reachable
+
         hub_id, errors = resolved.url[len("hf-hub:"):], []
-        for fname in HUB_FILES:
+        if not constants.HF_HUB_OFFLINE and not host_reachable(constants.ENDPOINT):
+            # fail in ~2 s, not after the hub client's retries (~93 s offline)
+            errors.append(f"{constants.ENDPOINT} did not answer within {PROBE_TIMEOUT_S:g} s")
+        for fname in HUB_FILES if not errors else ():
             try:
                 return replace(resolved, path=Path(hf_hub_download(hub_id, fname)))
             except Exception as e:  # noqa: BLE001 - offline, missing file: try the next, then say

@@ -12,7 +12,11 @@ import hashlib
 import importlib.util
 import logging
 import os
+import socket
+import threading
 import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,11 +170,46 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None) -> Re
                            _preprocessing_of(member), categories)
 
 
+#: seconds a weights host (or the proxy in front of it) has to accept a connection before the
+#: machine is taken as offline (instead of the download's own retries: ~93 s for the HF hub)
+PROBE_TIMEOUT_S = 2.0
+
+
+def _connects(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def host_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the host of ``url`` (or the HTTPS/HTTP proxy the environment sets for it) accepts
+    a TCP connection within about ``timeout`` seconds, name lookup included (run in a daemon
+    thread, so a hanging DNS lookup cannot hold the caller longer)."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname
+    if not host:
+        return True  # nothing to probe: let the download say what is wrong
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(_connects(host, port, timeout)), daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(got and got[0])
+
+
 def _download(url: str, spec: BackboneSpec, wid: str) -> Path:
     dst = _hub_checkpoint_dir() / os.path.basename(url)
     dst.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s weights %s from %s", spec.name, wid, url)
     try:
+        if not host_reachable(url):
+            raise urllib.error.URLError(f"{urllib.parse.urlsplit(url).hostname} did not answer "
+                                        f"within {PROBE_TIMEOUT_S:g} s")
         torch.hub.download_url_to_file(url, os.fspath(dst), progress=False)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise WeightsUnavailableError(

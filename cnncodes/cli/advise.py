@@ -59,6 +59,9 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
+    from .checks import require_sources
+
+    require_sources(args.source)  # before the heavy imports: a wrong path fails at once
     if args.backbones:
         return _cmd_rank(args)
     from ..advisor.run import advise

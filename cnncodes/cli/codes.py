@@ -117,8 +117,15 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .h5 store to create or continue")
     add_backbone_options(p)
     add_runtime_options(p)
+    # None = not given: a rerun then takes the store's value (resolved in model_options)
+    p.set_defaults(backbone=None, weights=None, layers=None, pooling=None, input_size=None)
+    p.epilog = ("A rerun into an existing store needs only SOURCE and -o: the model options "
+                "not given (--backbone --weights --layers --pooling --input-size --dtype) are "
+                "the store's; a given one that differs is refused (-o another file, or "
+                "--overwrite).")
     g = p.add_argument_group("store")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    g.add_argument("--dtype", default=None, choices=["float32", "float16"],
+                   help="how codes are stored (default float32; a rerun: the store's)")
     g.add_argument("--compression", default=None, choices=["gzip", "lzf", "none"])
     g.add_argument("--overwrite", action="store_true",
                    help="discard an existing store made with other options")
@@ -147,6 +154,32 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def model_options(args: argparse.Namespace) -> None:
+    """Resolve the model options of ``extract`` in ``args``: on a rerun into an existing store
+    (or its unfinished first extraction) every option not given on the command line takes the
+    store's value (said on stderr when none was given), and a given option that asks for other
+    codes is refused (:func:`cnncodes.codes.rerun.check_rerun`); else the defaults."""
+    from ..codes.rerun import MODEL_FLAGS, check_rerun, recorded_options
+    from ..options import BackboneOptions
+
+    given = {f: getattr(args, f) for f in MODEL_FLAGS if getattr(args, f) is not None}
+    recorded = None if args.overwrite else recorded_options(args.output)
+    if recorded is None:
+        d = BackboneOptions()
+        values = {**{f: getattr(d, f) for f in MODEL_FLAGS if f != "dtype"}, "dtype": "float32",
+                  **given}
+    else:
+        values = check_rerun(args.output, given, recorded)
+        taken = [f for f in MODEL_FLAGS if f not in given]
+        if taken:
+            said = ", ".join(f"{f.replace('_', ' ')}={recorded[f]}" for f in taken
+                             if recorded[f] is not None)
+            log.info("%s with the store's settings: %s", "continuing" if not given else
+                     "for the options not given, continuing", said)
+    for f, v in values.items():
+        setattr(args, f, v)
+
+
 def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
     """``--layers auto``: the advised layer and the evidence to record (else the layers as given)."""
     if args.layers is None or args.layers.strip().lower() != "auto":
@@ -165,9 +198,27 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
         num_workers=runtime.num_workers, device=runtime.device, precision=runtime.precision,
         threads=runtime.threads, max_pixels=runtime.max_pixels,
         progress=runtime.progress)
+    evidence = {**evidence, "next_command": next_after_extract(evidence.get("next_command"),
+                                                               args.output)}
     if env_info().is_main:
         print(format_auto_layer(layer, evidence))
     return layer, {"advice": evidence}
+
+
+def next_after_extract(command: str | None, output: str) -> str | None:
+    """The advisor's next commands after ``extract --layers auto -o OUTPUT``: the extraction
+    itself is left out (it is running now) and ``codes.h5`` becomes ``OUTPUT``, the store it
+    writes (the fine-tuning route, with no store, is kept as it is)."""
+    import shlex
+
+    if not command:
+        return command
+    parts = [shlex.split(c) for c in command.split(" && ")]
+    rest = [p for p in parts if p[:2] != ["cnncodes", "extract"]]
+    if not rest or len(rest) == len(parts):
+        return command
+    return " && ".join(shlex.join([output if (a == "codes.h5" and p[:2] == ["cnncodes", "train"])
+                                   else a for a in p]) for p in rest)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -177,6 +228,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_source_exists(args.source)
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
                  option="-o", writes=False)  # a rerun with nothing to do writes nothing
+    model_options(args)
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract
@@ -201,6 +253,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return 130
     if env_info().is_main:  # under torchrun only rank 0 reports (failures: its own shard)
         print(format_extract_result(res))
+        if advice and advice["advice"].get("next_command") and not res.nothing_extracted:
+            print(f"next: {advice['advice']['next_command']}")
         if res.nothing_extracted:
             print(format_nothing_extracted(res), file=sys.stderr)
     return 1 if res.nothing_extracted else 0
@@ -217,6 +271,9 @@ def add_info(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .checks import require_store
+
+    require_store(args.store)  # before h5py: a wrong path fails at once
     from ..codes.store import FeatureStore
     from ..errors import StoreDamagedError
     from ..report.store_info import format_store_info
@@ -262,6 +319,9 @@ def add_compact(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    from .checks import require_store
+
+    require_store(args.store)
     from ..codes.store import FeatureStore, compact
 
     before = FeatureStore(args.store).layout()

@@ -115,6 +115,9 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from .checks import require_sources
+
+    require_sources(args.source, getattr(args, "test", None))  # before the heavy imports
     from .._distributed import env_info
     from .._runtime import command_line
     from ..report.finetune import format_escalation, format_finetune

@@ -14,6 +14,7 @@ from typing import Any
 from ..linear.options import DEFAULT_RAW_SIZE, MODEL_FILE
 from ..options import AUTO_LAYER_BUDGET
 from ..outputs import check_output
+from .checks import require_model, require_sources, require_store
 from .common import (
     TRUST_NOTE,
     CLIError,
@@ -82,12 +83,14 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..workflows.train_evaluate import train_report
-
+    require_store(args.store)  # before the heavy imports: a wrong path fails at once
+    require_store(args.test)
     inputs = (args.store, args.test)
     check_output(args.output, inputs=inputs, expect="model", overwrite=args.overwrite,
                  option="-o")
     check_report(args, inputs)
+    from ..workflows.train_evaluate import train_report
+
     run = train_report(args.store, args.output, test=args.test, layer=args.layer,
                        holdout=args.holdout, device=args.device, overwrite=args.overwrite,
                        allow_incomplete=args.allow_incomplete, progress=not args.no_progress,
@@ -119,10 +122,12 @@ def add_evaluate(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..workflows.train_evaluate import evaluate_report
-
+    require_model(args.model)
+    require_store(args.store)
     inputs = (args.model, args.store)
     check_report(args, inputs)
+    from ..workflows.train_evaluate import evaluate_report
+
     run = evaluate_report(args.model, args.store, raw_baseline=args.raw_baseline,
                           raw_size=args.raw_size, raw_grey=args.raw_grey,
                           allow_incomplete=args.allow_incomplete,
@@ -157,11 +162,13 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    require_model(args.model)
+    require_sources(args.source)
+    inputs = (args.model, args.source)
+    check_output(args.output, inputs=inputs, expect="csv", overwrite=args.overwrite, option="-o")
     from ..report.linear_text import format_predictions
     from ..workflows.predict import predict
 
-    inputs = (args.model, args.source)
-    check_output(args.output, inputs=inputs, expect="csv", overwrite=args.overwrite, option="-o")
     pred = predict(args.model, args.source, runtime=runtime_options(
         args, max_pixels=args.max_pixels), trust_pickle=args.trust_pickle)
     print(format_predictions(pred, pred.to_csv(args.output, overwrite=args.overwrite,
@@ -213,13 +220,14 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    if args.force_finetune and not args.fall_through:
+        raise CLIError("--force-finetune goes with --fall-through.")
+    require_sources(args.source)  # before the heavy imports: a wrong path fails at once
     from .._runtime import command_line
     from ..report.linear_text import format_baseline
     from ..workflows.baseline import BaselineOptions, baseline
     from ..workflows.compare import format_fall_through
 
-    if args.force_finetune and not args.fall_through:
-        raise CLIError("--force-finetune goes with --fall-through.")
     steps = BaselineOptions(
         holdout=args.holdout, raw_baseline=args.raw_baseline, raw_size=args.raw_size,
         raw_grey=args.raw_grey, budget=args.budget, thresholds=thresholds(args),

@@ -30,6 +30,7 @@ from .codes import (
     cmd_models,
 )
 from .common import cli_message, option_names
+from .export import add_cache, add_export, cmd_cache, cmd_export
 from .finetune import add_finetune, cmd_finetune
 from .linear import (
     add_baseline,
@@ -51,6 +52,8 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
     "extract": (add_extract, cmd_extract),
     "info": (add_info, cmd_info),
     "compact": (add_compact, cmd_compact),
+    "export": (add_export, cmd_export),
+    "cache": (add_cache, cmd_cache),
     "train": (add_train, cmd_train),
     "evaluate": (add_evaluate, cmd_evaluate),
     "predict": (add_predict, cmd_predict),

@@ -1,7 +1,8 @@
 """The export cache: ONNX graphs of cut backbones, exported once per export key and kept in
 ``$CNNCODES_CACHE`` (default ``$XDG_CACHE_HOME/cnncodes``, i.e. ``~/.cache/cnncodes``).
 
-One file per key, ``onnx/<backbone>-<key>.onnx``. Each file is sealed: it ends with an extra
+One file per key, ``onnx/<backbone>-<key>.onnx``, with a small metadata file beside it recording
+its model and last use (:mod:`cnncodes.codes.cache_files`; ``cnncodes cache`` lists and prunes). Each file is sealed: it ends with an extra
 protobuf field (number 1000, which ONNX readers ignore, so it is still a valid ONNX file) holding the
 hex sha256 of every byte before it; a file whose seal does not match is corrupt and is rebuilt.
 Files are written under a unique temporary name and renamed over the destination
@@ -35,10 +36,10 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from .cache_files import CACHE_ENV, cache_dir, touch_entry
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "CNNCODES_CACHE"
 #: ONNX opset of the exported graphs (part of the export key)
 OPSET = 17
 #: bumped when the export itself changes (wrapper, names, seal): old files are then never read
@@ -47,15 +48,6 @@ FORMAT = 1
 _SEAL_PREFIX = b"\xc2\x3e\x40"
 _SEAL_LEN = len(_SEAL_PREFIX) + 64
 INPUT_NAME = "images"
-
-
-def cache_dir() -> Path:
-    """``$CNNCODES_CACHE``, else ``$XDG_CACHE_HOME/cnncodes``, else ``~/.cache/cnncodes``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "cnncodes"
 
 
 def export_key(fields: Mapping[str, Any]) -> str:
@@ -174,10 +166,12 @@ def cached_export(extractor: nn.Module, layers: Sequence[str], input_size: int, 
     if not rebuild:
         data = read_cached(path)
         if data is not None:
+            touch_entry(path, backbone)
             return data, path, False
     data = export_onnx(extractor, layers, input_size)
     try:
         write_cached(path, data)
+        touch_entry(path, backbone)
     except OSError as e:  # a read-only cache only costs the export next time
         log.warning("cannot write the ONNX cache %s (%s); set %s to a writable folder", path, e,
                     CACHE_ENV)

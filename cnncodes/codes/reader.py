@@ -334,6 +334,14 @@ class FeatureStore:
             return torch.from_numpy(X).to(device or "cpu"), torch.from_numpy(y).to(device or "cpu")
         return X, y
 
+    def export(self, path: str | os.PathLike, layer: str | None = None, *,
+               allow_incomplete: bool = False) -> dict[str, Any]:
+        """Write one layer's codes, labels, paths, classes and provenance to ``.npz``, ``.csv``
+        or ``.parquet`` (by extension; see :mod:`cnncodes.codes.export_codes`)."""
+        from .export_codes import export_store
+
+        return export_store(self, path, layer=layer, allow_incomplete=allow_incomplete)
+
     def info(self) -> dict[str, Any]:
         """Summary for ``cnncodes info``: counts, classes, layers, dims, provenance, failures."""
         prov = self.provenance

@@ -61,5 +61,6 @@ def test_mismatched_rerun_is_refused_with_the_fix(image_tree, tmp_path, capsys):
     assert main(base) == 0
     assert main(base + ["--pooling", "max", "--layers", "stage4"]) == 1
     err = capsys.readouterr().err
-    assert "different configuration" in err and "--overwrite" in err
+    assert "--pooling max (the store has --pooling avg)" in err and "--overwrite" in err
+    assert "--layers stage4 (the store has --layers pool)" in err and "-o OTHER.h5" in err
     assert main(base + ["--layers", "stage4", "--overwrite"]) == 0

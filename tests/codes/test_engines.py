@@ -18,6 +18,7 @@ import cnncodes
 from cnncodes.backbones import list_backbones
 from cnncodes.codes import export_cache
 from cnncodes.codes.engines import min_cosine
+from cnncodes.codes.cache_files import meta_path
 from cnncodes.codes.export_cache import unseal
 from cnncodes.codes.extractor import CodeExtractor
 from cnncodes.errors import OptionError
@@ -210,9 +211,11 @@ def test_two_processes_exporting_at_once_leave_one_valid_file(cache):
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert [o["engine"] for o in outs] == ["onnxruntime"] * 2
     assert outs[0]["sum"] == pytest.approx(outs[1]["sum"], rel=1e-6)
-    files = list((cache / "onnx").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".onnx", files  # no temp file left behind
-    assert unseal(files[0].read_bytes()) is not None
+    files = sorted((cache / "onnx").iterdir())
+    graphs = [f for f in files if f.suffix == ".onnx"]
+    # the graph and its last-use record (cnncodes.codes.cache_files); no temp file left behind
+    assert len(graphs) == 1 and files == sorted([graphs[0], meta_path(graphs[0])]), files
+    assert unseal(graphs[0].read_bytes()) is not None
 
 
 def test_torch_engine_through_extract_and_provenance(cache, tmp_path):
