@@ -29,7 +29,7 @@ from ..errors import (
     StoreDamagedError,
     StoreMismatchError,
 )
-from .identity import UNKNOWN, FileId, store_sources
+from .identity import FILE_COLUMNS, UNKNOWN, store_sources
 from .integrity import damage_message, damaged_rows, is_checksummed
 from .journal import Journal, describe_holder
 
@@ -225,7 +225,7 @@ class FeatureStore:
         Rows of a format-1 store have size -1 (unverified)."""
         view = self._view()
         out = {key: view.gather(lambda f, k, sel, key=key: _column(f, "files", key, sel))
-               for key, _, _ in _ID_FILL}
+               for key in (c.name for c in FILE_COLUMNS)}
         view.apply_flags(out["missing"])
         return out
 
@@ -411,10 +411,6 @@ def incomplete_message(note: Mapping[str, Any]) -> str:
                "options")
     return f"{head} (its extraction was stopped). {how[0].upper()}{how[1:]}; {allow}"
 
-
-#: Per-row identity columns of ``/files``, their dtype and the value a format-1 file lacks.
-_ID_FILL = (("size", np.int64, UNKNOWN), ("mtime_ns", np.int64, UNKNOWN), ("hash", object, ""),
-            ("source", np.int64, 0), ("missing", bool, False))
 
 #: A reader of one segment: ``(open file, segment number, selection) -> array``.
 Reader = Callable[[h5py.File, int, Any], np.ndarray]
@@ -660,7 +656,8 @@ def _selection(local: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray | None
 def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:
     """One identity column of a file for the selection (its default where a format-1 file has
     none)."""
-    dt, fill = next((d, v) for k, d, v in _ID_FILL if k == key)
+    col = next(c for c in FILE_COLUMNS if c.name == key)
+    dt, fill = col.dtype(), col.fill
     g = f.get(group)
     if g is not None and key in g:
         ds = g[key]
@@ -673,7 +670,8 @@ def _file_table(f: h5py.File, group: str, n: int) -> dict[str, np.ndarray]:
     """Identity columns of ``/files`` or ``/failures`` (defaults where a format-1 file lacks them)."""
     g = f.get(group)
     out: dict[str, np.ndarray] = {}
-    for key, dt, fill in _ID_FILL:
+    for col in FILE_COLUMNS:
+        key, dt, fill = col.name, col.dtype(), col.fill
         if g is not None and key in g:
             ds = g[key]
             out[key] = np.asarray(_text(ds)[()] if dt is object else ds[()], dtype=dt)
@@ -681,8 +679,3 @@ def _file_table(f: h5py.File, group: str, n: int) -> dict[str, np.ndarray]:
             out[key] = np.full(n, fill, dtype=dt)
     return out
 
-
-def row_ids(table: Mapping[str, np.ndarray]) -> list[FileId]:
-    """The :class:`FileId` of each entry of a :meth:`FeatureStore.file_table`."""
-    return [FileId(int(a), int(b), str(c)) for a, b, c in
-            zip(table["size"], table["mtime_ns"], table["hash"], strict=True)]
