@@ -35,7 +35,8 @@ DECODERS = ("auto", "tensor", "pil")
 ENGINES = ("auto", "torch", "onnxruntime")
 #: time budget of a stand-alone ``advise`` (sets its sample size)
 ADVISE_BUDGET = "5min"
-#: time budget of the layer choice inside ``extract/baseline --layers auto`` (a step of a larger run)
+#: time budget of the layer choice inside ``extract/baseline --layers auto`` (a step of a larger
+#: run)
 AUTO_LAYER_BUDGET = "2min"
 
 

@@ -1,4 +1,5 @@
-"""Shared options: one default per field, keyword fields sorted into the two objects, clear errors."""
+"""Shared options: one default per field, keyword fields sorted into the two objects, clear
+errors, and each option's constraint declared once (scikit-learn's parameter validation)."""
 
 from __future__ import annotations
 

@@ -148,7 +148,8 @@ def add_extract(sub: Any) -> argparse.ArgumentParser:
 
 
 def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
-    """``--layers auto``: the advised layer and the evidence to record (else the layers as given)."""
+    """``--layers auto``: the advised layer and the evidence to record (else the layers as
+    given)."""
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info

@@ -168,7 +168,7 @@ def store_sources(prov: Mapping[str, Any]) -> list[dict[str, Any]]:
 def same_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two source entries name the same source."""
     if a.get("path") and b.get("path"):
-        return a["path"] == b["path"]
+        return bool(a["path"] == b["path"])
     if a.get("inferred") and a.get("kind") == "list" and b.get("kind") == "list":
         return a.get("root") == b.get("root")  # format 1 recorded only the list's folder
     if a.get("kind") == "paths" and b.get("kind") == "paths":

@@ -258,7 +258,8 @@ class FeatureStore:
 
     @property
     def sources(self) -> list[dict[str, Any]]:
-        """The sources the rows came from (``path``, ``kind``, ``root``); index = ``/files/source``."""
+        """The sources the rows came from (``path``, ``kind``, ``root``); index =
+        ``/files/source``."""
         return store_sources(self.provenance)
 
     @_one_commit
@@ -430,7 +431,8 @@ def first_run_text(progress: Mapping[str, Any] | None) -> str:
     n, k, where = progress["rows"], progress["parts"], progress["dir"]
     failed = f" and {progress['failed']} failed files" if progress["failed"] else ""
     if progress["running"]:
-        return (f" A first extraction into it is in progress ({describe_holder(progress['running'])}"
+        holder = describe_holder(progress["running"])
+        return (f" A first extraction into it is in progress ({holder}"
                 f"): {n} rows{failed} journaled so far in {k} batches in {where}; the store "
                 "appears at its first commit point (--commit-every) or when the run ends.")
     if k:
@@ -476,7 +478,8 @@ def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:
 
 
 def _file_table(f: h5py.File, group: str, n: int) -> dict[str, np.ndarray]:
-    """Identity columns of ``/files`` or ``/failures`` (defaults where a format-1 file lacks them)."""
+    """Identity columns of ``/files`` or ``/failures`` (defaults where a format-1 file lacks
+    them)."""
     g = f.get(group)
     out: dict[str, np.ndarray] = {}
     for col in FILE_COLUMNS:

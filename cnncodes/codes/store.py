@@ -106,7 +106,8 @@ from .reader import (
     store_bytes,
 )
 
-__all__ = ["CONFIG_FIELDS", "FeatureStore", "FoldOptions", "canonical", "check_store_compatible", "compact",
+__all__ = ["CONFIG_FIELDS", "FeatureStore", "FoldOptions", "canonical", "check_store_compatible",
+           "compact",
            "config_diff", "disk_full_message", "fold", "is_disk_full", "remove_store",
            "update_provenance"]
 

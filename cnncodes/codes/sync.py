@@ -197,7 +197,8 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
 
 
 def _gone(sync: Sync, source: int, listed: dict[str, int],
-          rows: dict[str, tuple[FileIdentity, int, str, bool]], jrows: dict[str, tuple[FileIdentity, int]],
+          rows: dict[str, tuple[FileIdentity, int, str, bool]],
+          jrows: dict[str, tuple[FileIdentity, int]],
           fails: dict[str, tuple[FileIdentity, int]], jfails: dict[str, tuple[FileIdentity, int]],
           keep_missing: bool) -> None:
     """Rows and failures of this source whose file is no longer in it: dropped or flagged."""
