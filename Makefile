@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= data/demo
 DEMO_SIZE ?= 112
 
-.PHONY: venv demo test test-slow structure clean bench
+.PHONY: venv demo test test-slow lint structure clean bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(STAMP)
 # the slow tests (kill -9 / Ctrl-C / torchrun subprocesses); .ci/run runs both
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no slow tests collected"; exit 0; fi; exit $$rc
+
+# ruff (lines <= 100, pyflakes, import order, bugbear) and mypy (its files and flags: pyproject);
+# both pinned in the test extra
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cnncodes tests tools benchmarks
+	$(VENV)/bin/mypy
 
 # file sizes, function lengths, signature widths, import cycles, in-place HDF5 writes
 structure:

@@ -79,7 +79,8 @@ def per_rank_workers(device: torch.device, local_world: int) -> int:
 
 
 def progress_bar(total: int, desc: str, *, enabled: bool = True, leave: bool = True) -> Any:
-    """A tqdm bar on stderr counting images, or None when ``enabled`` is false (or nothing to do)."""
+    """A tqdm bar on stderr counting images, or None when ``enabled`` is false (or nothing to
+    do)."""
     if not enabled or total <= 0:
         return None
     from tqdm.auto import tqdm

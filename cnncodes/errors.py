@@ -29,7 +29,8 @@ class WeightsUnavailableError(CnnCodesError, RuntimeError):
 
 
 class SourceError(CnnCodesError, ValueError):
-    """An image source (folder or list file) cannot be read as given (the file and line are named)."""
+    """An image source (folder or list file) cannot be read as given (the file and line are
+    named)."""
 
 
 class DiskFullError(CnnCodesError, OSError):

@@ -17,7 +17,9 @@ Nothing here imports torch: the module is cheap to import (the CLI's ``--help`` 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,14 +35,174 @@ DECODERS = ("auto", "tensor", "pil")
 ENGINES = ("auto", "torch", "onnxruntime")
 #: time budget of a stand-alone ``advise`` (sets its sample size)
 ADVISE_BUDGET = "5min"
-#: time budget of the layer choice inside ``extract/baseline --layers auto`` (a step of a larger run)
+#: time budget of the layer choice inside ``extract/baseline --layers auto`` (a step of a larger
+#: run)
 AUTO_LAYER_BUDGET = "2min"
 
 
-def _one_of(name: str, value: Any, choices: Sequence[str]) -> None:
+# ----------------------------------------------------------------- constraints, declared once
+# The pattern of scikit-learn's ``utils._param_validation``: each option lists the constraints a
+# value may satisfy (any one is enough); a value that satisfies none is refused with "The 'NAME'
+# parameter of WHERE must be X. Got Y instead." The options objects check every field when made
+# (so every library entry point, which builds or receives them, checks at its boundary), and the
+# CLI's flags parse with the same constraints (:func:`parse_flag`).
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of ``kind`` (``int``: integers only, bools refused) in ``[left, right]``."""
+
+    kind: type
+    left: float | None = None
+    right: float | None = None
+
+    def satisfied_by(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if self.kind is int:
+            if not isinstance(value, numbers.Integral):
+                return False
+        elif not isinstance(value, numbers.Real):
+            return False
+        return ((self.left is None or value >= self.left)
+                and (self.right is None or value <= self.right))
+
+    def __str__(self) -> str:
+        left = "-inf" if self.left is None else f"{self.left}"
+        right = "inf" if self.right is None else f"{self.right}"
+        what = "an int" if self.kind is int else "a float"
+        return (f"{what} in the range [{left}, {right}{']' if self.right is not None else ')'}"
+                .replace("[-inf", "(-inf"))
+
+
+@dataclass(frozen=True)
+class StrOptions:
+    """One of a fixed set of strings."""
+
+    choices: tuple[str, ...]
+
+    def satisfied_by(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.choices
+
+    def __str__(self) -> str:
+        return f"a str among {{{', '.join(repr(c) for c in self.choices)}}}"
+
+
+@dataclass(frozen=True)
+class InstanceOf:
+    """An instance of one of ``kinds`` (by type, or by ``module.Name`` for types not imported
+    here, such as ``torch.device``); ``what`` is how the message names them."""
+
+    kinds: tuple[type | str, ...]
+    what: str
+
+    def satisfied_by(self, value: Any) -> bool:
+        if isinstance(value, bool) and bool not in self.kinds:
+            return False
+        for k in self.kinds:
+            if isinstance(k, str):
+                t = type(value)
+                if f"{t.__module__}.{t.__name__}" == k:
+                    return True
+            elif isinstance(value, k):
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return self.what
+
+
+class _NoneConstraint:
+    def satisfied_by(self, value: Any) -> bool:
+        return value is None
+
+    def __str__(self) -> str:
+        return "None"
+
+
+NONE = _NoneConstraint()
+Constraint = Interval | StrOptions | InstanceOf | _NoneConstraint
+STR = InstanceOf((str,), "a str")
+STR_SEQUENCE = InstanceOf((str, tuple, list), "a str (comma-separated) or a sequence of str")
+
+#: every shared option's constraints (any one is enough), declared once
+CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
+    # BackboneOptions
+    "backbone": (STR,),
+    "weights": (InstanceOf((str, os.PathLike), "a str or a path"), NONE),
+    "layers": (STR_SEQUENCE, NONE),
+    "pooling": (StrOptions(POOLINGS),),
+    "input_size": (Interval(int, 16, None), NONE),
+    # RuntimeOptions
+    "batch_size": (Interval(int, 1, None),),
+    "num_workers": (Interval(int, 0, None), NONE),
+    "device": (InstanceOf((str, "torch.device"), "a str (auto, cpu, cuda, cuda:1...)"),),
+    "precision": (StrOptions(PRECISIONS),),
+    "threads": (Interval(int, 1, None), NONE),
+    "decoder": (StrOptions(DECODERS),),
+    "max_pixels": (Interval(int, 0, None), NONE),
+    "progress": (InstanceOf((bool, "numpy.bool", "numpy.bool_"), "a bool"),),
+    "engine": (StrOptions(ENGINES),),
+}
+
+
+def describe(constraints: Sequence[Constraint]) -> str:
+    """``an int in the range [1, inf) or None``: what satisfies any of ``constraints``."""
+    words = [str(c) for c in constraints]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def check_param(name: str, value: Any, where: str,
+                constraints: Sequence[Constraint] | None = None) -> None:
+    """Raise :class:`OptionError` unless ``value`` satisfies one of ``name``'s constraints
+    (:data:`CONSTRAINTS` unless given); ``where`` names the class or function it was given to."""
+    cons = CONSTRAINTS[name] if constraints is None else constraints
+    if any(c.satisfied_by(value) for c in cons):
+        if name == "layers" and isinstance(value, (tuple, list)):
+            if not all(isinstance(v, str) for v in value):
+                raise OptionError(f"The {name!r} parameter of {where} must be {describe(cons)}. "
+                                  f"Got {value!r} instead.")
+        return
+    raise OptionError(f"The {name!r} parameter of {where} must be {describe(cons)}. Got "
+                      f"{value!r} instead.")
+
+
+def check_params(obj: Any, where: str) -> None:
+    """Check every field of the options dataclass ``obj``."""
+    for f in fields(obj):
+        check_param(f.name, getattr(obj, f.name), where)
+
+
+def _one_of(name: str, value: Any, choices: Sequence[str], where: str = "cnncodes") -> None:
     """Raise OptionError unless ``value`` is one of ``choices`` (the message lists them)."""
-    if value not in choices:
-        raise OptionError(f"{name} must be one of {', '.join(choices)}. Got {value!r} instead.")
+    check_param(name, value, where, (StrOptions(tuple(choices)),))
+
+
+def parse_flag(name: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for option ``name``: the text as an int when the option takes one
+    (``none``/``auto`` = None where None is allowed), checked against the same constraints; a
+    bad value is argparse's usage error naming the flag."""
+    import argparse
+
+    cons = CONSTRAINTS[name]
+    takes_int = any(isinstance(c, Interval) and c.kind is int for c in cons)
+
+    def parse(text: str) -> Any:
+        value: Any = text
+        if NONE in cons and text.strip().lower() in ("none", "auto", ""):
+            value = None
+        elif takes_int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {describe(cons)}. Got {text!r} "
+                                                 "instead.") from None
+        if not any(c.satisfied_by(value) for c in cons):
+            raise argparse.ArgumentTypeError(f"must be {describe(cons)}. Got {text!r} instead.")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its fallback message
+    return parse
 
 
 @dataclass(frozen=True)
@@ -63,10 +225,7 @@ class BackboneOptions:
     input_size: int | None = None
 
     def __post_init__(self) -> None:
-        _one_of("pooling", self.pooling, POOLINGS)
-        if self.input_size is not None and int(self.input_size) < 16:
-            raise OptionError(f"input_size must be at least 16 pixels. Got {self.input_size} "
-                              "instead.")
+        check_params(self, "BackboneOptions")
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -103,18 +262,7 @@ class RuntimeOptions:
     engine: str = "auto"
 
     def __post_init__(self) -> None:
-        if int(self.batch_size) < 1:
-            raise OptionError(f"batch_size must be a positive integer. Got {self.batch_size} "
-                              "instead.")
-        if self.num_workers is not None and int(self.num_workers) < 0:
-            raise OptionError(f"num_workers must be >= 0 or None (automatic). Got "
-                              f"{self.num_workers} instead.")
-        _one_of("precision", self.precision, PRECISIONS)
-        if self.max_pixels is not None and int(self.max_pixels) < 0:
-            raise OptionError(f"max_pixels must be a pixel count >= 0 (0 = no limit). Got "
-                              f"{self.max_pixels} instead.")
-        _one_of("decoder", self.decoder, DECODERS)
-        _one_of("engine", self.engine, ENGINES)
+        check_params(self, "RuntimeOptions")
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)
@@ -146,8 +294,11 @@ def split_options(
     """
     if isinstance(backbone, BackboneOptions):
         bopts = backbone
+    elif backbone is None:
+        bopts = BackboneOptions()
     else:
-        bopts = BackboneOptions() if backbone is None else BackboneOptions(backbone=str(backbone))
+        check_param("backbone", backbone, f"{where}()")
+        bopts = BackboneOptions(backbone=backbone)
     ropts = runtime if runtime is not None else RuntimeOptions()
     if not isinstance(ropts, RuntimeOptions):
         raise TypeError(f"{where}(): runtime must be a RuntimeOptions. Got "
@@ -155,8 +306,10 @@ def split_options(
     b_changes, r_changes, rest = {}, {}, {}
     for key, value in options.items():
         if key in BACKBONE_FIELDS and key != "backbone":
+            check_param(key, value, f"{where}()")
             b_changes[key] = value
         elif key in RUNTIME_FIELDS:
+            check_param(key, value, f"{where}()")
             r_changes[key] = value
         elif key in allow:
             rest[key] = value

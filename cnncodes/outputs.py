@@ -74,7 +74,8 @@ def sniff(path: str | os.PathLike) -> tuple[str, str]:
 
     Kinds: ``empty``, ``store`` (HDF5), ``model`` (a cnncodes model file), ``pickle-model`` (a
     cnncodes model in the old joblib format), ``pickle`` (another pickle/joblib file), ``torch``
-    (a zip archive such as a torch ``model.pt``), ``zip``, ``image``, ``csv`` (a cnncodes predictions CSV), ``json``, ``text``, ``binary``.
+    (a zip archive such as a torch ``model.pt``), ``zip``, ``image``, ``csv`` (a cnncodes
+    predictions CSV), ``json``, ``text``, ``binary``.
     """
     with open(path, "rb") as f:
         head = f.read(4096)

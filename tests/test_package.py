@@ -1,4 +1,5 @@
-"""The package root: every public name resolves, importing it is cheap and changes no global state."""
+"""The package root: every public name resolves, importing it is cheap and changes no global
+state."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_import_is_lazy_and_leaves_the_environment_alone():
     code = ("import json, os, sys\n"
             "before = dict(os.environ)\n"
             "import cnncodes\n"
-            "print(json.dumps({'torch': 'torch' in sys.modules, 'sklearn': 'sklearn' in sys.modules,"
+            "print(json.dumps({'torch': 'torch' in sys.modules,"
+            " 'sklearn': 'sklearn' in sys.modules,"
             " 'env_changed': dict(os.environ) != before, 'version': cnncodes.__version__}))\n")
     env = {k: v for k, v in os.environ.items() if k != "SCIPY_ARRAY_API"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "cnncodes"
-LIMITS = {"file_lines": 700, "function_lines": 120, "public_params": 16}
+#: the maxima the code reached after issue 27 (were 700 / 120 / 16): lower them as the code shrinks
+LIMITS = {"file_lines": 605, "function_lines": 118, "public_params": 16}
 #: the one-way data flow: a module may import its own layer's folder and lower layers only;
 #: linear, advisor and finetuning are peers that must not import each other. report sits below
 #: workflows: a workflow (baseline) writes the report of the run it composes.

@@ -60,7 +60,8 @@ class SizeInfo:
         return float(np.median(list(self.per_class.values()))) if self.per_class else 0.0
 
     def size_class(self, th: SizeThresholds) -> str:
-        """``small``, ``medium`` or ``large`` under ``th`` (step 1 of :mod:`cnncodes.advisor.rule`)."""
+        """``small``, ``medium`` or ``large`` under ``th`` (step 1 of
+        :mod:`cnncodes.advisor.rule`)."""
         med = self.median_per_class
         if med >= th.large_per_class and self.n_images >= th.large_total:
             return "large"

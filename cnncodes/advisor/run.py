@@ -51,8 +51,8 @@ from .evidence import PretrainedMeter, measure_size
 from .plots import check_report_folder, save_report
 from .probe import check_probe, probe_layers
 from .rule import RunSetup, Thresholds, check_probe_size, decide
-from .similarity import SimilarityEvidence
 from .sample import budgeted_size, parse_budget, select_sample
+from .similarity import SimilarityEvidence
 
 log = logging.getLogger(__name__)
 

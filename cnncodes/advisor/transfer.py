@@ -52,7 +52,7 @@ def _logme_one(s2: np.ndarray, z: np.ndarray, y_sq: float, n: int, d: int) -> Lo
     alpha, beta = 1.0, 1.0
     rest = max(y_sq - float(z @ z), 0.0)  # part of y outside F's column space
     it = 0
-    for it in range(1, LOGME_MAX_ITER + 1):
+    for it in range(1, LOGME_MAX_ITER + 1):  # noqa: B007 - `it` is read after the loop
         den = alpha + beta * s2
         gamma = float(np.sum(beta * s2 / den))
         m_sq = float(np.sum((beta * np.sqrt(s2) * z / den) ** 2))  # ||m||^2, m = beta A^-1 F^T y

@@ -24,7 +24,8 @@ from .common import (
 
 
 def add_advise(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("advise", help="which layer, and codes or fine-tuning? measured on your data",
+    p = sub.add_parser("advise",
+                       help="which layer, and codes or fine-tuning? measured on your data",
                        epilog="The decision rule and its thresholds are documented at the top "
                               "of cnncodes/advisor/rule.py (module docstring).")
     p.add_argument("source", help="labelled images: a folder of class folders or a labelled list")

@@ -181,7 +181,8 @@ def model_options(args: argparse.Namespace) -> None:
 
 
 def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
-    """``--layers auto``: the advised layer and the evidence to record (else the layers as given)."""
+    """``--layers auto``: the advised layer and the evidence to record (else the layers as
+    given)."""
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info
@@ -190,14 +191,10 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there
     budget = None if env_info().enabled else args.budget
-    runtime = runtime_options(args)
+    # the probe runs with the extraction's own options objects (every field, decoder and engine)
     layer, evidence = choose_layer(
-        args.source, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
-        input_size=args.input_size, budget=budget,
-        reuse_from=None if args.overwrite else args.output, batch_size=runtime.batch_size,
-        num_workers=runtime.num_workers, device=runtime.device, precision=runtime.precision,
-        threads=runtime.threads, max_pixels=runtime.max_pixels,
-        progress=runtime.progress)
+        args.source, backbone=backbone_options(args, layers=None), runtime=runtime_options(args),
+        budget=budget, reuse_from=None if args.overwrite else args.output)
     evidence = {**evidence, "next_command": next_after_extract(evidence.get("next_command"),
                                                                args.output)}
     if env_info().is_main:

@@ -20,6 +20,7 @@ from ..options import (
     RUNTIME_FIELDS,
     BackboneOptions,
     RuntimeOptions,
+    parse_flag,
 )
 
 log = logging.getLogger("cnncodes")
@@ -48,7 +49,7 @@ def add_backbone_options(p: argparse.ArgumentParser, *, layers_help: str | None 
                                        "last layer")
     g.add_argument("--pooling", default=d.pooling, choices=POOLINGS,
                    help="how spatial maps become vectors (none = flatten)")
-    g.add_argument("--input-size", type=int, default=d.input_size,
+    g.add_argument("--input-size", type=parse_flag("input_size"), default=d.input_size,
                    help="crop size in pixels (default from the weights, e.g. 224)")
 
 
@@ -57,17 +58,19 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     --no-progress``: the fields of RuntimeOptions (progress is on by default in the CLI)."""
     d = RuntimeOptions()
     g = p.add_argument_group("runtime")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none,
+    g.add_argument("--batch-size", type=parse_flag("batch_size"), default=d.batch_size)
+    g.add_argument("--workers", "--num-workers", dest="num_workers",
+                   type=parse_flag("num_workers"),
                    default=d.num_workers, help="decoding processes (default from the core count)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="compute precision (auto: fp16 on CUDA, fp32 on CPU)")
-    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    g.add_argument("--threads", type=parse_flag("threads"), default=d.threads,
+                   help="torch CPU threads")
     g.add_argument("--decoder", default=d.decoder, choices=DECODERS,
                    help="JPEG decoding: tensor (libjpeg-turbo on CPU, nvJPEG on CUDA, tensor "
                         "resize), pil, or auto (tensor unless the interpolation needs PIL)")
-    g.add_argument("--max-pixels", type=int, default=d.max_pixels,
+    g.add_argument("--max-pixels", type=parse_flag("max_pixels"), default=d.max_pixels,
                    help=f"decompression-bomb limit per image in pixels (default {d.max_pixels:,}; "
                         "0 = no limit)")
     g.add_argument("--engine", default=d.engine, choices=ENGINES,

@@ -26,7 +26,8 @@ def crop_scale(s: str) -> tuple[float, float]:
     try:
         return float(lo), float(hi or 1.0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--crop-scale wants MIN,MAX (e.g. 0.35,1); got {s!r}")
+        raise argparse.ArgumentTypeError(
+            f"--crop-scale wants MIN,MAX (e.g. 0.35,1); got {s!r}") from None
 
 
 def add_finetune(sub: Any) -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (add, _cmd) in COMMANDS.items():
+    for add, _cmd in COMMANDS.values():
         add(sub).set_defaults(_cmd=_cmd)
     return parser
 

@@ -1,1 +1,2 @@
-"""CNN codes: the CodeExtractor every path uses, batched extraction with resume, and the HDF5 store."""
+"""CNN codes: the CodeExtractor every path uses, batched extraction with resume, and the HDF5
+store."""

@@ -62,8 +62,8 @@ from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported h
     make_dataset,
 )
 from .extractor import CodeExtractor
-from .identity import FileId, check_verify, describe_source, store_sources
-from .journal import Journal, Part
+from .identity import FileIdentity, check_verify, describe_source, store_sources
+from .journal import Journal, Part, identity_arrays
 from .numerics import decoding
 from .reader import check_is_store
 from .store import (
@@ -480,7 +480,7 @@ def _plan(job: _Job) -> Sync:
     src = job.src
     ids = None
     if isinstance(src, TarShardSource):  # a member's identity: its size and its shard's
-        ids = [FileId(*t) if t else None for t in src.member_ids(hashed=job.verify == "hash")]
+        ids = [FileIdentity(*t) if t else None for t in src.member_ids(hashed=job.verify == "hash")]
     sync = plan_sync(
         job.out, job.journal, stored=job.stored, ids=ids,
         abspaths=[] if ids is not None else [src.abspath(i) for i in range(len(src))],
@@ -508,12 +508,7 @@ def _part(job: _Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
         codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
         fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
         fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
-        sizes=np.array([f.size for f in rows], np.int64),
-        mtimes=np.array([f.mtime_ns for f in rows], np.int64),
-        hashes=np.array([f.hash for f in rows], dtype=np.str_),
-        fail_sizes=np.array([f.size for f in bad], np.int64),
-        fail_mtimes=np.array([f.mtime_ns for f in bad], np.int64),
-        fail_hashes=np.array([f.hash for f in bad], dtype=np.str_))
+        **identity_arrays(rows, bad))
 
 
 def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Progress:

@@ -131,13 +131,15 @@ class CodeExtractor:
             fits = "does not fit" if self.spec.tap else "is too small for"
             raise OptionError(
                 f"input size {self.preprocessing.crop} px {fits} {self.spec.name} "
-                f"({failure_reason(e)}). Use a {'different' if self.spec.tap else 'larger'} --input-size (its "
+                f"({failure_reason(e)}). Use a "
+                f"{'different' if self.spec.tap else 'larger'} --input-size (its "
                 f"pretrained weights use {self.resolved.preprocessing.crop} px).") from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
         self.engine: TorchEngine | OrtEngine = select_engine(
-            ropts.engine, module=self.module, layers=self.layers, input_size=self.preprocessing.crop,
+            ropts.engine, module=self.module, layers=self.layers,
+            input_size=self.preprocessing.crop,
             device=self.device, precision=self.precision, channels_last=channels_last,
             backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
 

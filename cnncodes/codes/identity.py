@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import OptionError
 
 #: ``verify`` modes: ``stat`` (size + mtime_ns) and ``hash`` (size + SHA-256 of the bytes).
@@ -32,8 +34,11 @@ UNKNOWN = -1
 
 
 @dataclass(frozen=True)
-class FileId:
-    """A file's identity: size in bytes, ``st_mtime_ns`` and (hash mode) ``sha256:<hex>``."""
+class FileIdentity:
+    """A file's identity: size in bytes, ``st_mtime_ns`` and (hash mode) ``sha256:<hex>``.
+
+    Made by :func:`file_id`, stored as the columns of :data:`ID_COLUMNS` (:func:`to_columns`),
+    read back by :func:`from_columns` and compared by :func:`changed`: this module only."""
 
     size: int
     mtime_ns: int
@@ -44,11 +49,53 @@ class FileId:
         return self.size != UNKNOWN
 
 
+#: the name the code used before issue 27 (kept for callers outside cnncodes.codes)
+FileId = FileIdentity
+
 #: Identity of a row whose identity was never recorded (a store of format 1).
-UNVERIFIED = FileId(UNKNOWN, UNKNOWN, "")
+UNVERIFIED = FileIdentity(UNKNOWN, UNKNOWN, "")
 #: Identity recorded for a file that could not be stat'ed before it was read: never matches a
 #: real file, so the next run looks at it again.
-UNSTATABLE = FileId(0, 0, "")
+UNSTATABLE = FileIdentity(0, 0, "")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One per-file column of a store (``/files/<name>``, ``/failures/<name>``) and, for the
+    identity, of a journal part (``<part_key>``, ``fail_<part_key>``)."""
+
+    name: str
+    kind: str                      # "int" (int64), "text" or "bool"
+    fill: Any                      # the value where an older store or part has none
+    part_key: str | None = None
+
+    def dtype(self, text: Any = object) -> Any:
+        """The numpy dtype (``text``: how the caller holds strings: object, np.str_, h5's)."""
+        return {"int": np.int64, "bool": bool}.get(self.kind, text)
+
+
+#: The identity columns, in :class:`FileIdentity`'s field order: one table for the store's
+#: writer and reader and the journal (on-disk names unchanged since format 2).
+ID_COLUMNS = (Column("size", "int", UNKNOWN, "sizes"), Column("mtime_ns", "int", UNKNOWN, "mtimes"),
+              Column("hash", "text", "", "hashes"))
+#: ``/failures``' columns besides paths and reasons: the identity and the source index.
+FAILURE_COLUMNS = (*ID_COLUMNS, Column("source", "int", 0))
+#: ``/files``' columns: the same and the ``missing`` flag (``keep_missing``).
+FILE_COLUMNS = (*FAILURE_COLUMNS, Column("missing", "bool", False))
+
+
+def to_columns(ids: Sequence[FileIdentity], *, text: Any = object) -> dict[str, np.ndarray]:
+    """The identity columns (by :data:`ID_COLUMNS` name) of ``ids``."""
+    return {c.name: np.array([getattr(i, c.name) for i in ids], dtype=c.dtype(text))
+            for c in ID_COLUMNS}
+
+
+def from_columns(columns: Mapping[str, Any]) -> list[FileIdentity]:
+    """The :class:`FileIdentity` of each entry of identity ``columns`` (by column name)."""
+    size, mtime, hashes = (columns[c.name] for c in ID_COLUMNS)
+    return [FileIdentity(int(a), int(b), str(c))
+            for a, b, c in zip(np.asarray(size).tolist(), np.asarray(mtime).tolist(),
+                               np.asarray(hashes).tolist(), strict=True)]
 
 
 def check_verify(verify: str | None) -> None:
@@ -57,24 +104,24 @@ def check_verify(verify: str | None) -> None:
                           "instead.")
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def _sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def file_id(path: str | os.PathLike, *, hashed: bool = False) -> FileId | None:
+def file_id(path: str | os.PathLike[str], *, hashed: bool = False) -> FileIdentity | None:
     """The identity of the regular file at ``path`` (links followed), None if there is none."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             return None
-        return FileId(int(st.st_size), int(st.st_mtime_ns), _sha256(path) if hashed else "")
+        return FileIdentity(int(st.st_size), int(st.st_mtime_ns), _sha256(path) if hashed else "")
     except OSError:
         return None
 
 
-def file_ids(paths: Sequence[str | os.PathLike], *, hashed: bool = False,
-             threads: int = 8) -> list[FileId | None]:
+def file_ids(paths: Sequence[str | os.PathLike[str]], *, hashed: bool = False,
+             threads: int = 8) -> list[FileIdentity | None]:
     """:func:`file_id` of many files (hashes computed by a few threads: hashlib frees the GIL)."""
     if not hashed or len(paths) < 2:
         return [file_id(p, hashed=hashed) for p in paths]
@@ -82,7 +129,7 @@ def file_ids(paths: Sequence[str | os.PathLike], *, hashed: bool = False,
         return list(pool.map(lambda p: file_id(p, hashed=True), paths, chunksize=64))
 
 
-def changed(recorded: FileId, now: FileId | None, verify: str) -> bool:
+def changed(recorded: FileIdentity, now: FileIdentity | None, verify: str) -> bool:
     """Whether the file differs from what was recorded (an unknown recorded identity: no)."""
     if not recorded.known:
         return False
@@ -121,7 +168,7 @@ def store_sources(prov: Mapping[str, Any]) -> list[dict[str, Any]]:
 def same_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two source entries name the same source."""
     if a.get("path") and b.get("path"):
-        return a["path"] == b["path"]
+        return bool(a["path"] == b["path"])
     if a.get("inferred") and a.get("kind") == "list" and b.get("kind") == "list":
         return a.get("root") == b.get("root")  # format 1 recorded only the list's folder
     if a.get("kind") == "paths" and b.get("kind") == "paths":

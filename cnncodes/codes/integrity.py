@@ -91,7 +91,8 @@ def damage_message(store: Path, file: Path, rows: Sequence[int], paths: Sequence
 
 
 def old_codes(view: Any, layer: str, s: int, e: int, redone: np.ndarray) -> np.ndarray:
-    """Codes of a store's rows ``s:e`` for a fold's copy (``view``: its ``_View``); where a chunk fails its checksum, row by row, leaving zeros in
+    """Codes of a store's rows ``s:e`` for a fold's copy (``view``: its ``_View``); where a
+    chunk fails its checksum, row by row, leaving zeros in
     the rows the journal replaces (``--repair``) and raising for any other."""
     def read(a: int, b: int) -> np.ndarray:
         return view.gather(lambda g, k, sel: g["codes"][layer][sel], slice(a, b))

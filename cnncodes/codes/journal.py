@@ -28,6 +28,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import StoreLockedError
+from .identity import ID_COLUMNS, Column, FileIdentity, from_columns, to_columns
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class Part:
     fail_hashes: np.ndarray | None = None
     #: the file it was read from (set by :meth:`Journal.read_parts`)
     file: Path | None = None
+
+    def ids(self) -> list[FileIdentity]:
+        """The identity of each row's file."""
+        return from_columns({c.name: getattr(self, str(c.part_key)) for c in ID_COLUMNS})
+
+    def fail_ids(self) -> list[FileIdentity]:
+        """The identity of each failed file."""
+        return from_columns({c.name: getattr(self, f"fail_{c.part_key}") for c in ID_COLUMNS})
 
 
 class Journal:
@@ -156,13 +165,10 @@ class Journal:
             arrays[f"codes__{k}"] = v
         n, nf = len(part.paths), len(part.fail_paths)
         arrays["source"] = np.asarray(part.source, np.int64)
-        for key, v, size, dt in (("sizes", part.sizes, n, np.int64),
-                                 ("mtimes", part.mtimes, n, np.int64),
-                                 ("hashes", part.hashes, n, np.str_),
-                                 ("fail_sizes", part.fail_sizes, nf, np.int64),
-                                 ("fail_mtimes", part.fail_mtimes, nf, np.int64),
-                                 ("fail_hashes", part.fail_hashes, nf, np.str_)):
-            arrays[key] = np.asarray(v if v is not None else _unknown(size, dt), dtype=dt)
+        for key, col, size in _identity_keys(n, nf):
+            v = getattr(part, key)
+            dt = col.dtype(np.str_)
+            arrays[key] = np.asarray(v if v is not None else _unknown(col, size), dtype=dt)
         final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
         with atomic_path(final, tmp=final.with_suffix(".npz.tmp")) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -262,10 +268,8 @@ def _load_part(path: Path, *, codes: bool, layers: Sequence[str] | None) -> Part
         n, nf = len(part.paths), len(part.fail_paths)
         has = set(z.files)
         part.source = int(z["source"]) if "source" in has else 0
-        for key, size, dt in (("sizes", n, np.int64), ("mtimes", n, np.int64),
-                              ("hashes", n, np.str_), ("fail_sizes", nf, np.int64),
-                              ("fail_mtimes", nf, np.int64), ("fail_hashes", nf, np.str_)):
-            v = z[key] if key in has else _unknown(size, dt)
+        for key, col, size in _identity_keys(n, nf):
+            v = z[key] if key in has else _unknown(col, size)
             if len(v) != size:
                 raise ValueError(f"{key} has {len(v)} entries for {size} files")
             setattr(part, key, v)
@@ -280,9 +284,27 @@ def _load_part(path: Path, *, codes: bool, layers: Sequence[str] | None) -> Part
     return part
 
 
-def _unknown(n: int, dtype: Any) -> np.ndarray:
+def _identity_keys(n: int, nf: int) -> Iterator[tuple[str, Column, int]]:
+    """``(part key, column, length)`` of a part's identity arrays: rows, then failures."""
+    for prefix, size in (("", n), ("fail_", nf)):
+        for col in ID_COLUMNS:
+            yield f"{prefix}{col.part_key}", col, size
+
+
+def _unknown(col: Column, n: int) -> np.ndarray:
     """Identity values of files whose identity was not recorded (-1, or '' for hashes)."""
-    return np.full(n, "", np.str_) if dtype is np.str_ else np.full(n, -1, np.int64)
+    return np.full(n, col.fill, col.dtype(np.str_))
+
+
+def identity_arrays(rows: Sequence[FileIdentity],
+                    failures: Sequence[FileIdentity]) -> dict[str, np.ndarray]:
+    """The :class:`Part` keyword arguments (``sizes=``... ``fail_hashes=``) holding the
+    identities of a batch's rows and failures."""
+    out: dict[str, np.ndarray] = {}
+    for prefix, ids in (("", rows), ("fail_", failures)):
+        cols = to_columns(ids, text=np.str_)
+        out.update({f"{prefix}{c.part_key}": cols[c.name] for c in ID_COLUMNS})
+    return out
 
 
 def describe_holder(holder: Mapping[str, Any]) -> str:

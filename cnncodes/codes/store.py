@@ -68,13 +68,13 @@ journal) against the settings a caller wants.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ from .compat import (
     is_disk_full,
     space_needed,
 )
+from .fold_plan import Failure, FoldOptions, FoldPlan, plan_fold
+from .identity import FAILURE_COLUMNS, FILE_COLUMNS, ID_COLUMNS, to_columns
 from .integrity import old_codes
 from .journal import Journal
 from .reader import (
@@ -104,7 +106,8 @@ from .reader import (
     store_bytes,
 )
 
-__all__ = ["CONFIG_FIELDS", "FeatureStore", "canonical", "check_store_compatible", "compact",
+__all__ = ["CONFIG_FIELDS", "FeatureStore", "FoldOptions", "canonical", "check_store_compatible",
+           "compact",
            "config_diff", "disk_full_message", "fold", "is_disk_full", "remove_store",
            "update_provenance"]
 
@@ -137,38 +140,8 @@ class _DamagedPart(Exception):
     """A part became unreadable between the fold's two passes (it is quarantined; fold again)."""
 
 
-#: Identity columns of ``/files`` (per row) and ``/failures`` (per failure).
-_ID_COLUMNS = (("size", np.int64), ("mtime_ns", np.int64), ("hash", STR), ("source", np.int64))
-
-
-@dataclass
-class _Plan:
-    """What the fold's first pass found: which old rows stay (in order), the new paths (appended
-    in commit order), classes, dims and failures."""
-
-    old: FeatureStore | None
-    keep: np.ndarray                 # old row indices that stay, in order
-    new_paths: list[str]
-    row_of: dict[str, int]           # path -> row of the new file
-    classes: list[str]
-    dims: dict[str, int]
-    fail: dict[str, tuple[str, int, int, str, int]]  # path -> reason, size, mtime, hash, source
-    replaced: int
-    drop: set[str]
-    #: journal rows that get a row (new and changed files): path -> label, in new-row order
-    written: dict[str, str]
-    old_paths: list[str]
-
-    @property
-    def total(self) -> int:
-        return len(self.keep) + len(self.new_paths)
-
-
 def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
-         *, compression: str | None = None, run_record: Mapping[str, Any] | None = None,
-         copy_block: int = 4096, keep_journal: bool = False, drop: Collection[str] = (),
-         flags: Mapping[str, bool] | None = None,
-         dims: Mapping[str, int] | None = None, compact: bool = False) -> dict[str, int]:
+         options: FoldOptions | None = None, **changes: Any) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
 
     Row order: the old rows keep their order (a row whose file changed is replaced *in place*
@@ -184,24 +157,25 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     the new store, so the next run extracts them again.
 
     Args:
-        drop: paths whose rows and failures are removed (files deleted from the source).
-        flags: path -> missing flag to set on its row (``keep_missing``: file gone, row kept).
-        dims: each layer's code dimension (from the backbone), used when neither the old file nor
-            the journal has a row (a first run in which every file failed): never a 0-d layer.
-        compact: write one file whatever the size (:func:`compact`); else a store over
-            :data:`REWRITE_BELOW` bytes takes the new rows as a segment (see the module docstring).
+        options: a :class:`~cnncodes.codes.fold_plan.FoldOptions`; ``changes``: its fields as
+            keywords (``drop=``, ``flags=``, ``dims=``, ``compact=``...) overriding it. ``dims``
+            is used when neither the old file nor the journal has a row (a first run in which
+            every file failed): never a 0-d layer. Without ``compact`` a store over
+            :data:`REWRITE_BELOW` bytes takes the new rows as a segment (module docstring).
 
     Returns counts: ``rows`` (total), ``new`` (rows added), ``replaced`` (rows rewritten in place),
     ``dropped`` (rows removed), ``failures`` (total), ``written`` (bytes of the files written).
     """
+    opts = dataclasses.replace(options or FoldOptions(), **changes)
     store_path = Path(store_path)
     files = journal.part_files()
     _collect_garbage(store_path)  # segments of a fold killed before its index was renamed
     for _attempt in range(3):
         try:
-            counts = _build(store_path, journal, files, provenance, compression=compression,
-                            run_record=run_record, copy_block=copy_block, drop=set(drop),
-                            flags=dict(flags or {}), dims=dict(dims or {}), compact=compact)
+            plan = plan_fold(store_path, journal, files, list(provenance["layers"]),
+                             set(opts.drop), opts.dims)
+            files = [p for p in files if p.exists()]  # without the parts pass 1 set aside
+            counts = _execute(store_path, journal, files, provenance, plan, opts)
             break
         except _DamagedPart:  # the temporary file is gone; fold the intact parts again
             files = [p for p in files if p.exists()]
@@ -210,7 +184,7 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
                                 "folding; check the disk, then rerun the extract command.")
     fsync_dir(store_path.parent)
     _collect_garbage(store_path)  # segments no row points at any more
-    if keep_journal:
+    if opts.keep_journal:
         for p in files:
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -219,71 +193,14 @@ def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[st
     return counts
 
 
-def _scan(store_path: Path, journal: Journal, files: Sequence[Path], layers: Sequence[str],
-          drop: set[str], dims_hint: Mapping[str, int]) -> _Plan:
-    """Pass 1, without reading codes: rows kept, new paths, class names, dims and failures."""
-    old = FeatureStore(store_path) if store_path.is_file() else None
-    old_paths = list(old.paths) if old is not None else []
-    dims: dict[str, int] = {k: d for k, d in (old.dims if old is not None else {}).items() if d}
-    fail: dict[str, tuple[str, int, int, str, int]] = {}
-    if old is not None:
-        ft = old.failure_table()
-        fail = {p: (r, int(a), int(b), str(c), int(s)) for p, r, a, b, c, s in zip(
-            ft["paths"], ft["reasons"], ft["size"], ft["mtime_ns"], ft["hash"], ft["source"],
-            strict=True)}
-    part_rows: dict[str, str] = {}   # path -> label, last part wins
-    part_fail: set[str] = set()
-    for part in journal.read_parts(files, codes=False, layers=layers):
-        for p, lab in zip(part.paths.tolist(), part.labels.tolist(), strict=True):
-            part_rows[p] = lab
-        for k, shape in part.codes.items():
-            if shape[0] and not dims.get(k):
-                dims[k] = int(shape[1])
-        for p, r, a, b, c in zip(part.fail_paths.tolist(), part.fail_reasons.tolist(),
-                                 part.fail_sizes.tolist(), part.fail_mtimes.tolist(),
-                                 part.fail_hashes.tolist(), strict=True):
-            fail[p] = (r, int(a), int(b), str(c), part.source)
-            part_fail.add(p)
-    part_fail -= set(part_rows)
-    keep = np.array([i for i, p in enumerate(old_paths)
-                     if p not in drop and p not in part_fail], np.int64)
-    row_of = {old_paths[i]: r for r, i in enumerate(keep.tolist())}
-    new_paths = [p for p in part_rows if p not in row_of and p not in drop]
-    row_of.update({p: len(keep) + j for j, p in enumerate(new_paths)})
-    names = {lab for p, lab in part_rows.items() if lab and p not in drop}
-    if old is not None and len(keep):
-        old_cls, old_lab = old.classes, old.labels[keep]
-        stays = np.array([old_paths[i] not in part_rows for i in keep.tolist()], bool)
-        names.update(old_cls[i] for i in np.unique(old_lab[stays]).tolist() if i >= 0)
-    for layer in layers:
-        if not dims.get(layer):
-            dims[layer] = int(dims_hint.get(layer) or 0)
-        if dims[layer] <= 0:
-            raise RuntimeError(f"The code dimension of layer {layer} of {store_path} is unknown "
-                               "(no rows and no backbone dimension); this is a bug in cnncodes.")
-    for p in drop:
-        fail.pop(p, None)
-    replaced = sum(1 for p in part_rows if p in row_of and row_of[p] < len(keep))
-    written = {p: part_rows[p] for p in sorted((p for p in part_rows if p in row_of),
-                                               key=row_of.__getitem__)}
-    return _Plan(old, keep, new_paths, row_of, sorted(names), dims, fail, replaced, drop,
-                 written, old_paths)
-
-
-def _build(store_path: Path, journal: Journal, files: Sequence[Path],
-           provenance: Mapping[str, Any], *, compression: str | None,
-           run_record: Mapping[str, Any] | None, copy_block: int, drop: set[str],
-           flags: dict[str, bool], dims: dict[str, int], compact: bool) -> dict[str, int]:
-    """One fold attempt: pass 1 (:func:`_scan`), then a new segment and index, or a new file,
-    under temporary names."""
+def _execute(store_path: Path, journal: Journal, files: Sequence[Path],
+             provenance: Mapping[str, Any], plan: FoldPlan, opts: FoldOptions) -> dict[str, int]:
+    """Write what ``plan`` says, under temporary names: a new segment and index, or a new file."""
     layers = list(provenance["layers"])
     dtype = np.dtype(provenance.get("dtype", "float32"))
-    plan = _scan(store_path, journal, files, layers, drop, dims)
-    files = [p for p in files if p.exists()]  # without the parts pass 1 set aside
-    if (plan.old is not None and not compact and plan.total
+    if (plan.old is not None and not opts.compact and plan.total
             and store_bytes(store_path) > REWRITE_BELOW):
-        counts = _build_segmented(store_path, journal, files, provenance, plan,
-                                  compression=compression, run_record=run_record, flags=flags)
+        counts = _build_segmented(store_path, journal, files, provenance, plan, opts)
         if counts is not None:
             return counts
     check_free_space(store_path, journal, space_needed(plan.total, plan.dims, dtype.itemsize),
@@ -292,32 +209,31 @@ def _build(store_path: Path, journal: Journal, files: Sequence[Path],
     cls_index = {c: i for i, c in enumerate(plan.classes)}
     with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
             h5py.File(tmp, "w") as f:
-        _create_datasets(f, layers, plan, dtype, compression,
+        _create_datasets(f, layers, plan, dtype, opts.compression,
                          provenance.get("layer_info") or {})
         if plan.old is not None:
-            _copy_old_rows(f, plan, cls_index, layers, copy_block)
+            _copy_old_rows(f, plan, cls_index, layers, opts.copy_block)
         seen = _write_parts(f, journal, files, plan, cls_index, layers, dtype)
         if len(journal.bad_parts) != n_bad:
             raise _DamagedPart
-        _set_flags(f, plan, flags)
+        _set_flags(f, plan, opts.flags)
         fp = sorted(p for p in plan.fail if p not in seen)
         _write_failures(f, fp, plan.fail)
         old_prov = plan.old.provenance if plan.old is not None else {}
-        _write_attrs(f.attrs, _new_provenance(provenance, old_prov, run_record))
+        _write_attrs(f.attrs, _new_provenance(provenance, old_prov, opts.run_record))
         f.flush()
     return _counts(plan, len(fp), store_path.stat().st_size)
 
 
-def _counts(plan: _Plan, failures: int, written: int) -> dict[str, int]:
+def _counts(plan: FoldPlan, failures: int, written: int) -> dict[str, int]:
     return {"rows": plan.total, "new": len(plan.new_paths), "replaced": plan.replaced,
             "dropped": len(plan.old_paths) - len(plan.keep), "failures": failures,
             "written": written}
 
 
 def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
-                     provenance: Mapping[str, Any], plan: _Plan, *, compression: str | None,
-                     run_record: Mapping[str, Any] | None,
-                     flags: Mapping[str, bool]) -> dict[str, int] | None:
+                     provenance: Mapping[str, Any], plan: FoldPlan,
+                     opts: FoldOptions) -> dict[str, int] | None:
     """The journal's rows as one new segment, then a new index over the old segments and it.
     None when a single-file store cannot become segment 0 (no hard links here): rewrite it."""
     assert plan.old is not None
@@ -347,14 +263,14 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
         len(plan.written), plan.dims, np.dtype(provenance.get("dtype", "float32")).itemsize),
         f"writing a segment of {len(plan.written)} new rows and the index of {store_path}")
     if plan.written:
-        seg = _write_segment(seg_dir, journal, files, provenance, plan, compression)
+        seg = _write_segment(seg_dir, journal, files, provenance, plan, opts.compression)
         written = seg.stat().st_size
         rows = np.array([plan.row_of[p] for p in plan.written], np.int64)
         phys[rows] = offsets[-1] + np.arange(len(rows), dtype=np.int64)
         seg_files.append(seg)
         offsets.append(offsets[-1] + len(plan.written))
     new_flags = dict(view.flags or {})
-    for p, v in flags.items():
+    for p, v in opts.flags.items():
         if p in plan.row_of:
             new_flags[int(phys[plan.row_of[p]])] = bool(v)
     kept_paths = {plan.old_paths[i] for i in plan.keep.tolist()} | set(plan.written)
@@ -365,7 +281,7 @@ def _build_segmented(store_path: Path, journal: Journal, files: Sequence[Path],
         log.warning("%s now has %d segment files; every read opens each of them: run `cnncodes "
                     "compact %s` (one copy of the store) when no extraction is running",
                     store_path, len(seg_files), store_path)
-    prov = {**_new_provenance(provenance, old.provenance, run_record),
+    prov = {**_new_provenance(provenance, old.provenance, opts.run_record),
             "format_version": SEGMENTED_FORMAT}
     with atomic_path(store_path, tmp=store_path.with_name(store_path.name + ".tmp")) as tmp, \
             h5py.File(tmp, "w") as f:
@@ -380,16 +296,14 @@ def _segment_name() -> str:
 
 
 def _write_segment(seg_dir: Path, journal: Journal, files: Sequence[Path],
-                   provenance: Mapping[str, Any], plan: _Plan,
+                   provenance: Mapping[str, Any], plan: FoldPlan,
                    compression: str | None) -> Path:
     """The journal rows that get a row, as an immutable single-file store of their own (labels
     indexing its own classes), fsynced with its folder before any index names it."""
     layers = list(provenance["layers"])
     dtype = np.dtype(provenance.get("dtype", "float32"))
-    classes = sorted({lab for lab in plan.written.values() if lab})
-    seg_plan = _Plan(None, np.zeros(0, np.int64), list(plan.written),
-                     {p: j for j, p in enumerate(plan.written)}, classes, plan.dims, {}, 0,
-                     plan.drop, plan.written, [])
+    seg_plan = plan.segment_plan()
+    classes = seg_plan.classes
     n_bad = len(journal.bad_parts)
     path = seg_dir / _segment_name()
     with atomic_path(path, tmp=path.with_name(path.name + ".tmp")) as tmp, \
@@ -479,7 +393,7 @@ def remove_store(store_path: str | os.PathLike) -> None:
     _collect_garbage(store_path)
 
 
-def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np.dtype,
+def _create_datasets(f: h5py.File, layers: Sequence[str], plan: FoldPlan, dtype: np.dtype,
                      compression: str | None, layer_info: Mapping[str, Any]) -> None:
     total = plan.total
     g = f.create_group("codes")
@@ -497,12 +411,11 @@ def _create_datasets(f: h5py.File, layers: Sequence[str], plan: _Plan, dtype: np
                      fletcher32=CHECKSUM)
     f.create_dataset("classes", data=np.array(plan.classes, dtype=object), dtype=STR)
     files = f.create_group("files")
-    for key, dt in _ID_COLUMNS:
-        files.create_dataset(key, shape=(total,), maxshape=(None,), dtype=dt)
-    files.create_dataset("missing", shape=(total,), maxshape=(None,), dtype=bool)
+    for c in FILE_COLUMNS:
+        files.create_dataset(c.name, shape=(total,), maxshape=(None,), dtype=c.dtype(STR))
 
 
-def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
+def _copy_old_rows(f: h5py.File, plan: FoldPlan, cls_index: Mapping[str, int],
                    layers: Sequence[str], copy_block: int) -> None:
     """Copy the kept old rows block by block (in order), remapping labels to the new classes."""
     assert plan.old is not None
@@ -527,14 +440,12 @@ def _copy_old_rows(f: h5py.File, plan: _Plan, cls_index: Mapping[str, int],
             f["codes"][layer][dst:dst + n] = block[m]
         f["paths"][dst:dst + n] = fs_bytes(paths[s:e][m])
         f["labels"][dst:dst + n] = remap[labels[s:e][m]]  # -1: the trailing -1
-        for key, _ in _ID_COLUMNS:
-            vals = table[key][s:e][m]
-            f["files"][key][dst:dst + n] = vals.astype(object) if key == "hash" else vals
-        f["files"]["missing"][dst:dst + n] = table["missing"][s:e][m]
+        for c in FILE_COLUMNS:
+            f["files"][c.name][dst:dst + n] = table[c.name][s:e][m]
         dst += n
 
 
-def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _Plan,
+def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: FoldPlan,
                  cls_index: Mapping[str, int], layers: Sequence[str],
                  dtype: np.dtype) -> set[str]:
     """Pass 2: each journal row into its row (appended, or in place of the old one); returns
@@ -568,9 +479,9 @@ def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _P
         f["labels"][idx] = np.array([cls_index[x] if x else -1
                                      for x in part.labels[sel_a].tolist()], np.int64)
         g = f["files"]
-        g["size"][idx] = part.sizes[sel_a]
-        g["mtime_ns"][idx] = part.mtimes[sel_a]
-        g["hash"][idx] = np.array(part.hashes[sel_a].tolist(), dtype=object)
+        for c in ID_COLUMNS:
+            g[c.name][idx] = np.asarray(getattr(part, str(c.part_key))[sel_a].tolist(),
+                                        dtype=c.dtype())
         g["source"][idx] = np.full(len(sel_a), part.source, np.int64)
         g["missing"][idx] = np.zeros(len(sel_a), bool)
         seen.update(paths[j] for j in sel_a)
@@ -580,7 +491,7 @@ def _write_parts(f: h5py.File, journal: Journal, files: Sequence[Path], plan: _P
     return seen
 
 
-def _set_flags(f: h5py.File, plan: _Plan, flags: Mapping[str, bool]) -> None:
+def _set_flags(f: h5py.File, plan: FoldPlan, flags: Mapping[str, bool]) -> None:
     """Set the ``missing`` flag of the rows named in ``flags``."""
     rows = sorted((plan.row_of[p], v) for p, v in flags.items() if p in plan.row_of)
     ds = f["files"]["missing"]
@@ -588,13 +499,15 @@ def _set_flags(f: h5py.File, plan: _Plan, flags: Mapping[str, bool]) -> None:
         ds[r] = bool(v)
 
 
-def _write_failures(f: h5py.File, paths: Sequence[str],
-                    fail: Mapping[str, tuple[str, int, int, str, int]]) -> None:
+def _write_failures(f: h5py.File, paths: Sequence[str], fail: Mapping[str, Failure]) -> None:
     fg = f.create_group("failures")
     fg.create_dataset("paths", data=fs_bytes(list(paths)), dtype=STR)
-    for i, (key, dt) in enumerate((("reasons", STR), *_ID_COLUMNS)):
-        vals = [fail[p][i] for p in paths]
-        fg.create_dataset(key, data=np.array(vals, dtype=object if dt is STR else dt), dtype=dt)
+    fg.create_dataset("reasons", data=np.array([fail[p].reason for p in paths], dtype=object),
+                      dtype=STR)
+    cols = {**to_columns([fail[p].identity for p in paths]),
+            "source": np.array([fail[p].source for p in paths], np.int64)}
+    for c in FAILURE_COLUMNS:
+        fg.create_dataset(c.name, data=cols[c.name], dtype=c.dtype(STR))
 
 
 def _new_provenance(provenance: Mapping[str, Any], old_prov: Mapping[str, Any],
@@ -677,7 +590,7 @@ def _refold(store_path: str | os.PathLike, updates: Mapping[str, Any], *, compac
             return None
         prov.update(updates)
         prov["layer_info"] = {layer: st.layer_attrs(layer) for layer in st.layers}
-        return fold(store_path, journal, prov, copy_block=4096, compact=compact)
+        return fold(store_path, journal, prov, FoldOptions(compact=compact))
     finally:
         journal.unlock()
         if journal.exists() and not journal.part_files():

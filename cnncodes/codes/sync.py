@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreMismatchError
-from .identity import UNSTATABLE, FileId, changed, file_ids, same_source, source_label
+from .identity import (
+    UNSTATABLE,
+    FileIdentity,
+    changed,
+    file_ids,
+    from_columns,
+    same_source,
+    source_label,
+)
 from .journal import Journal
-from .reader import FeatureStore, row_ids
+from .reader import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +40,7 @@ class Sync:
     before it is read), rows to drop, missing flags to set, and the counts the summary reports."""
 
     pending: list[int] = field(default_factory=list)
-    ids: dict[int, FileId] = field(default_factory=dict)
+    ids: dict[int, FileIdentity] = field(default_factory=dict)
     drop: set[str] = field(default_factory=set)
     flags: dict[str, bool] = field(default_factory=dict)
     done: int = 0          # rows of the store (and journal) that stay as they are
@@ -83,7 +91,7 @@ def stored_paths(src_root: Path, paths: Sequence[str], store_root: Path) -> list
     return out
 
 
-def _refuse_relabel(store: Path, rows: dict[str, tuple[FileId, int, str, bool]],
+def _refuse_relabel(store: Path, rows: dict[str, tuple[FileIdentity, int, str, bool]],
                     index: dict[str, int], labels: Sequence[str], source: int) -> None:
     """Refuse a source (added with ``add_source``) that holds files the store already has from
     another source under another label: extracting would silently flip their labels.
@@ -107,7 +115,7 @@ def _refuse_relabel(store: Path, rows: dict[str, tuple[FileId, int, str, bool]],
 def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths: Sequence[Path],
               labels: Sequence[str], source: int, append_only: bool, verify: str,
               retry_failed: bool, keep_missing: bool,
-              ids: Sequence[FileId | None] | None = None,
+              ids: Sequence[FileIdentity | None] | None = None,
               redo: frozenset[str] | set[str] = frozenset()) -> Sync:
     """Compare the store and journal with the files now (see the module docstring).
 
@@ -122,34 +130,30 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
     """
     now = list(ids) if ids is not None else file_ids(list(abspaths), hashed=verify == "hash")
     index = {p: i for i, p in enumerate(stored)}
-    rows: dict[str, tuple[FileId, int, str, bool]] = {}
-    fails: dict[str, tuple[FileId, int]] = {}
+    rows: dict[str, tuple[FileIdentity, int, str, bool]] = {}
+    fails: dict[str, tuple[FileIdentity, int]] = {}
     if store.is_file():
         st = FeatureStore(store)
         t, cls, lab = st.file_table(), st.classes, st.labels
-        for p, fid, s, y, m in zip(st.paths.tolist(), row_ids(t), t["source"].tolist(),
+        for p, fid, s, y, m in zip(st.paths.tolist(), from_columns(t), t["source"].tolist(),
                                    lab.tolist(), t["missing"].tolist(), strict=True):
             rows[p] = (fid, int(s), cls[y] if y >= 0 else "", bool(m))
         ft = st.failure_table()
-        for p, fid, s in zip(ft["paths"].tolist(), row_ids(ft), ft["source"].tolist(),
+        for p, fid, s in zip(ft["paths"].tolist(), from_columns(ft), ft["source"].tolist(),
                              strict=True):
             fails[p] = (fid, int(s))
     _refuse_relabel(store, rows, index, labels, source)
     sync = Sync()
 
-    def stale(p: str, fid: FileId, label: str | None) -> bool:
+    def stale(p: str, fid: FileIdentity, label: str | None) -> bool:
         i = index.get(p)
         return i is not None and (changed(fid, now[i], verify)
                                   or (label is not None and label != labels[i]))
 
-    jrows: dict[str, tuple[FileId, int]] = {}
-    jfails: dict[str, tuple[FileId, int]] = {}
+    jrows: dict[str, tuple[FileIdentity, int]] = {}
+    jfails: dict[str, tuple[FileIdentity, int]] = {}
     for part in journal.read_parts(codes=False):
-        r_ids = [FileId(int(a), int(b), str(c)) for a, b, c in
-                 zip(part.sizes.tolist(), part.mtimes.tolist(), part.hashes.tolist(), strict=True)]
-        f_ids = [FileId(int(a), int(b), str(c)) for a, b, c in
-                 zip(part.fail_sizes.tolist(), part.fail_mtimes.tolist(),
-                     part.fail_hashes.tolist(), strict=True)]
+        r_ids, f_ids = part.ids(), part.fail_ids()
         if (any(stale(p, fid, y) for p, fid, y in zip(part.paths.tolist(), r_ids,
                                                        part.labels.tolist(), strict=True))
                 or any(stale(p, fid, None) for p, fid in zip(part.fail_paths.tolist(), f_ids,
@@ -193,8 +197,9 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
 
 
 def _gone(sync: Sync, source: int, listed: dict[str, int],
-          rows: dict[str, tuple[FileId, int, str, bool]], jrows: dict[str, tuple[FileId, int]],
-          fails: dict[str, tuple[FileId, int]], jfails: dict[str, tuple[FileId, int]],
+          rows: dict[str, tuple[FileIdentity, int, str, bool]],
+          jrows: dict[str, tuple[FileIdentity, int]],
+          fails: dict[str, tuple[FileIdentity, int]], jfails: dict[str, tuple[FileIdentity, int]],
           keep_missing: bool) -> None:
     """Rows and failures of this source whose file is no longer in it: dropped or flagged."""
     for p, entry in list(rows.items()) + [(p, (e[0], e[1], "", False)) for p, e in jrows.items()

@@ -106,7 +106,8 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> list[list[int]]:
     return m.tolist()
 
 
-def per_class(true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+def per_class(true: np.ndarray, pred: np.ndarray,
+              classes: Sequence[str]) -> dict[str, float | None]:
     """Accuracy per class name; None for a class without a scored image (see
     :func:`per_class_note`)."""
     out: dict[str, float | None] = {}

@@ -36,9 +36,9 @@ from .._distributed import (
 from .._distributed import backend as dist_backend
 from .._runtime import progress_bar, versions
 from ..atomic import atomic_write_json, jsonable
-from ..errors import OptionError
 from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
+from ..errors import OptionError
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
 from ..stats import ci_record, format_lr

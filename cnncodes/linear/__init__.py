@@ -16,6 +16,7 @@ Model files of older cnncodes (joblib pickles) load only with ``trust_pickle=Tru
 Modules: ``options`` (ClassifierOptions), ``grids`` (C grids, folds), ``pipelines``,
 ``array_api`` (where fits run), ``selection`` (fit_codes), ``model_file`` (TrainedModel,
 save/load, provenance checks), ``model_format`` (the file format), ``training`` (train),
-``evaluation`` (evaluate), ``prediction`` (a linear model's predictions), ``pixels`` (raw-pixel baseline), ``transformer`` (CNNCodes).
+``evaluation`` (evaluate), ``prediction`` (a linear model's predictions), ``pixels`` (raw-pixel
+baseline), ``transformer`` (CNNCodes).
 Nothing here imports the advisor, fine-tuning or the workflows.
 """

@@ -20,11 +20,10 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from .._version import __version__
-from ..codes.store import FeatureStore, canonical
 from ..codes.numerics import COMPAT_DEFAULTS, compat_value
+from ..codes.store import FeatureStore, canonical
 from ..errors import ModelFileError, ModelMismatchError, NotFoundError
 from ..outputs import check_output, sniff
-from .options import MODEL_FILE
 from .model_format import (
     FORMAT_VERSION,
     _Decoder,
@@ -37,6 +36,7 @@ from .model_format import (
     read_archive,
     write_archive,
 )
+from .options import MODEL_FILE
 
 log = logging.getLogger(__name__)
 

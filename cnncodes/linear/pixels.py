@@ -117,7 +117,8 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
     standardised, without L2 normalisation or PCA (settings tuned for codes).
 
     ``subsample``: over ``budget``, train on a stratified, seeded subsample of the training
-    images (at most :data:`RAW_SUBSAMPLE_VALUES` values) (``row["subsample"]`` says how many of how many) instead of skipping;
+    images (at most :data:`RAW_SUBSAMPLE_VALUES` values) (``row["subsample"]`` says how many of
+    how many) instead of skipping;
     the test rows are all scored. ``progress``: images read and fits done, with ETA.
     """
     copts, _ = classifier_options(classifier, options, where="pixel_baseline")

@@ -49,7 +49,7 @@ def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
 def _walk_images(folder: Path, skip: set[tuple[int, int]] | None = None) -> list[Path]:
     """Image-named entries under ``folder``, following links to folders; each real folder once
     (``skip``: folders never to walk, e.g. the source root), so link loops end."""
-    out = []
+    out: list[Path] = []
     seen = set(skip or ())
 
     def unreadable(e: OSError) -> None:

@@ -276,7 +276,7 @@ def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
                     raise _too_many_pixels(w, h, max_pixels)
                 levels = int_levels(img) if img.mode in _INT16_MODES or img.mode == "I" else None
                 try:
-                    img = ImageOps.exif_transpose(img)
+                    img = ImageOps.exif_transpose(img)  # type: ignore[assignment]
                 except Exception as e:  # noqa: BLE001 - a broken EXIF block is not fatal
                     log.debug("%s: EXIF orientation ignored (%s)", p, e)
                 return to_rgb(img, levels=levels)

@@ -148,7 +148,7 @@ def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader:
         (length,) = struct.unpack(">H", buf[pos + 2:pos + 4])
         if length < 2 or pos + 2 + length > n:
             raise ValueError(f"marker 0x{marker:02X} at byte {pos} runs past the end of the file")
-        seg = buf[pos + 4:pos + 2 + length]
+        seg: bytes | memoryview = buf[pos + 4:pos + 2 + length]
         if marker == 0xDA:
             sos = pos
             break

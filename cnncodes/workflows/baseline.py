@@ -394,10 +394,8 @@ def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[
         rec["status"] = "running"
         write_running({"fall_through": rec})
         row, result = run_fall_through(
-            ft_train, ft_test, ft_out, backbone=b.backbone, weights=b.weights,
-            input_size=b.input_size, seed=steps.seed, device=r.device, precision=r.precision,
-            num_workers=r.num_workers, threads=r.threads, max_pixels=r.max_pixels,
-            progress=r.progress, overwrite=overwrite, command=command, options=opts)
+            ft_train, ft_test, ft_out, backbone=b, runtime=r, seed=steps.seed,
+            overwrite=overwrite, command=command, options=opts)
         rec.update(status="ran", finetune=row, verdict=fall_through_verdict(probe, row))
         rows.append(row)
         return rec, result

@@ -380,9 +380,7 @@ def fall_through_verdict(probe_row: Mapping[str, Any], ft_row: Mapping[str, Any]
 
 
 def run_fall_through(train_source: ImageSource, test_source: ImageSource, output: Path, *,
-                     backbone: str, weights: str | None, input_size: int | None, seed: int,
-                     device: str, precision: str, num_workers: int | None,
-                     threads: int | None, max_pixels: int | None, progress: bool,
+                     backbone: BackboneOptions, runtime: RuntimeOptions, seed: int,
                      overwrite: bool, command: str | None,
                      options: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """Full fine-tuning on exactly the linear probe's rows: its training rows (a seeded
@@ -392,21 +390,23 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
     is continued (an interrupted one resumes exactly) when its options and split are the same,
     else, or with ``overwrite``, started over.
     """
-    cfg = make_config(None, backbone=backbone, weights=weights, input_size=input_size,
-                      state="full", seed=seed, device=device, precision=precision,
-                      num_workers=num_workers, threads=threads, max_pixels=max_pixels,
-                      **dict(options))
+    r = runtime  # fine-tuning takes the runtime fields it has (its batch size is its own)
+    cfg = make_config(None, backbone=backbone.backbone, weights=backbone.weights,
+                      input_size=backbone.input_size, state="full", seed=seed, device=r.device,
+                      precision=r.precision, num_workers=r.num_workers, threads=r.threads,
+                      max_pixels=r.max_pixels, **dict(options))
     split = make_split(train_source, val_fraction=cfg.val_fraction, test_fraction=0.0,
                        seed=cfg.seed, test=test_source)
     log.info("fall-through: full fine-tuning of %s on %d train / %d validation / %d test images "
-             "(%d epochs) in %s", backbone, len(split.train), len(split.val), len(split.test),
-             cfg.epochs, output)
+             "(%d epochs) in %s", backbone.backbone, len(split.train), len(split.val),
+             len(split.test), cfg.epochs, output)
     arm = run_arm(split, output, cfg, resume=True, overwrite=overwrite, restart_stale=True,
-                  progress=progress, command=command)
+                  progress=r.progress, command=command)
     rep = arm.report
     epochs = rep.get("epochs_run")
+    plural = "" if epochs == 1 else "s"
     row = {
-        "name": f"fine-tuned {backbone} (full, {epochs} epoch{'' if epochs == 1 else 's'}, "
+        "name": f"fine-tuned {backbone.backbone} (full, {epochs} epoch{plural}, "
                 f"{rep.get('input_size')} px)",
         "kind": "finetune", "status": arm.status, "method": arm.method,
         "accuracy": rep.get("test_accuracy"), "balanced_accuracy": arm.balanced_accuracy(),

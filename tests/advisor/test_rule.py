@@ -240,7 +240,8 @@ def test_a_handful_of_images_claims_no_lead_and_says_what_would_be_enough():
     # raw pixels are not compared either (no "raw pixels beat the codes" claim)
     p.raw = make_probe({"stage4": 1.0}, depths={"stage4": "earlier"}).layers["stage4"]
     d = decide(SizeInfo(4, {"a": 2, "b": 2}), p)
-    assert d.comparison["codes_beat_raw_pixels"] is None and not any("raw pixels" in w for w in d.warnings)
+    assert d.comparison["codes_beat_raw_pixels"] is None
+    assert not any("raw pixels" in w for w in d.warnings)
     assert "code_gain" in d.similarity_evidence["missing"]  # no vote from a 4-image probe
 
 

@@ -266,7 +266,8 @@ def test_input_sizes_a_vit_at_64_px_and_a_fixed_size_model_names_its_size():
     vit = CodeExtractor("timm/test_vit", weights="random", input_size=64, engine="torch")
     imgs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     assert vit(imgs)["pool"].shape == (2, 64)
-    with pytest.raises(OptionError, match="input size 64 px does not fit timm/test_coatnet.*160 px"):
+    with pytest.raises(OptionError,
+                       match="input size 64 px does not fit timm/test_coatnet.*160 px"):
         CodeExtractor("timm/test_coatnet", weights="random", input_size=64, engine="torch")
 
 

@@ -74,7 +74,8 @@ def test_vgg_fc_codes_are_after_relu():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(name="resnet5"), "backbone must be a registered name .*Got 'resnet5' instead. Did you mean resnet50"),
+    (dict(name="resnet5"),
+     "backbone must be a registered name .*Got 'resnet5' instead. Did you mean resnet50"),
     (dict(name="vgg16", layers="fc8"),
      "layer must be one of vgg16's layers: pool5, fc6, fc7 .*Got 'fc8' instead"),
     (dict(name="resnet18", pooling="mean"),

@@ -137,7 +137,8 @@ def test_a_missing_source_is_refused_before_torch_is_imported(tmp_path):
     import sys
 
     code = ("import sys; from cnncodes.cli import main; "
-            f"rc = main(['extract', {str(tmp_path / 'nope')!r}, '-o', {str(tmp_path / 'c.h5')!r}]); "
+            f"rc = main(['extract', {str(tmp_path / 'nope')!r}, '-o', "
+            f"{str(tmp_path / 'c.h5')!r}]); "
             "assert rc == 1, rc; assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cnncodes.codes.extraction as extraction
-from cnncodes import CNNCodes, FeatureStore, evaluate, extract, train
+from cnncodes import CNNCodes, FeatureStore, evaluate, train
 from cnncodes.cli import main
 from cnncodes.errors import CnnCodesError, IncompleteStoreError
 
@@ -66,7 +66,8 @@ def test_train_refuses_an_interrupted_store_and_allow_incomplete_reports_it(
     line = err.strip()
     assert "\n" not in line and f"{store} is incomplete: it holds 48 rows, 92 images not " \
         "extracted yet" in line
-    assert "cnncodes extract" in line and "--allow-incomplete" in line  # the command that finishes it
+    # the command that finishes it
+    assert "cnncodes extract" in line and "--allow-incomplete" in line
     with pytest.raises(IncompleteStoreError, match="92 images not extracted yet"):
         train(store, layer="pool")
     with pytest.raises(IncompleteStoreError):

@@ -144,8 +144,9 @@ def test_onnxruntime_needs_cpu_fp32():
 
 
 def test_engine_option_is_validated():
-    with pytest.raises(OptionError, match="engine must be one of auto, torch, onnxruntime. "
-                                          "Got 'tensorrt' instead."):
+    with pytest.raises(OptionError, match="'engine' parameter of RuntimeOptions must be a str "
+                                          "among {'auto', 'torch', 'onnxruntime'}. Got "
+                                          "'tensorrt' instead."):
         RuntimeOptions(engine="tensorrt")
 
 

@@ -307,7 +307,8 @@ def test_tensor_decoder_gives_the_same_rows_and_near_identical_codes(tmp_path):
     b = extract(src, tmp_path / "tensor.h5", decoder="tensor", num_workers=1, **OPTS)
     sa, sb = FeatureStore(a.path), FeatureStore(b.path)
     assert list(sa.paths) == list(sb.paths) and len(sa) == 18
-    assert [p for p, _ in sa.failures] == [p for p, _ in sb.failures] == ["ant/zzz.jpg", "bee/x.png"]
+    assert ([p for p, _ in sa.failures] == [p for p, _ in sb.failures]
+            == ["ant/zzz.jpg", "bee/x.png"])
     Xa, _ = sa.load()
     Xb, _ = sb.load()
     cos = (Xa * Xb).sum(1) / np.linalg.norm(Xa, axis=1) / np.linalg.norm(Xb, axis=1)

@@ -176,7 +176,7 @@ def test_killed_torchrun_job_resumes_exactly(photos, ddp_run, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for i in a["rng"]["per_rank"], b["rng"]["per_rank"]:
         assert len(i) == 2
-    for ra, rb in zip(a["rng"]["per_rank"], b["rng"]["per_rank"]):
+    for ra, rb in zip(a["rng"]["per_rank"], b["rng"]["per_rank"], strict=True):
         assert torch.equal(ra["torch"], rb["torch"])
     ja = json.loads((ddp_run / "report.json").read_text())
     jb = json.loads((out / "report.json").read_text())

@@ -1,5 +1,6 @@
 """Fine-tuning: head replacement, freezing, learning rates, the split, learning on a separable set,
-early stopping, exact resume after kill -9, NaN guard, predict with a fine-tuned model. Random-init models on tiny generated
+early stopping, exact resume after kill -9, NaN guard, predict with a fine-tuned model.
+Random-init models on tiny generated
 images (no network)."""
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def _old_split_rule(labels: np.ndarray, n_classes: int, val: float, test: float,
         idx = idx[np.random.default_rng([seed, c]).permutation(len(idx))]
         n = len(idx)
 
-        def share(f: float) -> int:
+        def share(f: float, n: int = n) -> int:
             k = int(round(f * n))
             return 1 if f > 0 and k == 0 and n >= 3 else k
 
@@ -269,7 +270,8 @@ def test_run_writes_report_curves_and_leaves_global_state(trained_run, photos, t
     assert rep["status"] == "completed" and rep["epochs_run"] == 2
     assert rep["split"]["train"] == 18 and rep["split"]["test"] == 6
     cm = np.array(rep["confusion_matrix"])
-    assert rep["test_accuracy"] == pytest.approx(np.trace(cm) / cm.sum()) and len(rep["history"]) == 2
+    assert rep["test_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert len(rep["history"]) == 2
     assert {g["name"] for g in rep["param_groups"]} == {"stage1", "stage2", "stage3", "stage4",
                                                          "head"}
     assert sum(map(sum, rep["confusion_matrix"])) == 6
@@ -426,7 +428,7 @@ def test_predict_with_fine_tuned_model_matches_training_evaluation(trained_run, 
     assert len(pred.paths) == len(paths) and pred.probabilities.shape == (len(paths), 3)
     assert [Path(p).name for p, _ in pred.failures] == ["broken.png"] and pred.accuracy is None
     truth = [c for _, c in split["test"]]
-    acc = np.mean([t == p for t, p in zip(truth, pred.labels)])
+    acc = np.mean([t == p for t, p in zip(truth, pred.labels, strict=True)])
     assert acc == pytest.approx(rep["test_accuracy"])
     np.testing.assert_allclose(pred.probabilities.sum(1), 1, rtol=1e-5)
     # same predictions as the network itself on the recorded preprocessing

@@ -60,7 +60,8 @@ _name = st.text(_FIELD_CHARS, min_size=1, max_size=12).map(lambda s: s.strip()).
     lambda s: s and not s.startswith("#") and s.lower() not in ("path", "label", "file"))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(_name, _name), min_size=1, max_size=6),
        delimiter=st.sampled_from([",", "\t"]))
 def test_any_row_csv_writer_writes_is_read_back_exactly(tmp_path, rows, delimiter):

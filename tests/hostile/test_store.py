@@ -111,7 +111,8 @@ def test_a_relabelled_list_row_is_extracted_again(tmp_path):
                            for i in range(2)))
     out = tmp_path / "c.h5"
     _extract(lst, out)
-    lst.write_text(lst.read_text().replace("photos/ant/img000.png\tant", "photos/ant/img000.png\tbee"))
+    lst.write_text(lst.read_text().replace("photos/ant/img000.png\tant",
+                                           "photos/ant/img000.png\tbee"))
     res = _extract(lst, out)
     st = FeatureStore(out)
     assert res.changed == 1 and len(st) == 4

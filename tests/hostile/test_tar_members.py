@@ -43,7 +43,8 @@ def _png(seed: int, size=(20, 24)) -> bytes:
     return buf.getvalue()
 
 
-def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE,
+          link: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.type, info.linkname, info.mtime = size, kind, link, 1_700_000_000
     return info

@@ -263,7 +263,8 @@ def test_scipy_array_api_is_opt_in_and_too_late_after_scipy():
     env_value, (ok, _), compute = json.loads(good.stdout.splitlines()[-1])
     assert env_value == "1" and ok and compute["engine"] == "array-api"
 
-    late = _python(probe.format(first="import scipy, sklearn, cnncodes; cnncodes.enable_array_api()"))
+    late = _python(probe.format(
+        first="import scipy, sklearn, cnncodes; cnncodes.enable_array_api()"))
     assert late.returncode == 0, late.stderr
     _, (ok, reason), compute = json.loads(late.stdout.splitlines()[-1])
     assert not ok and compute["engine"] == "numpy"

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cnncodes import cli, open_source
+from cnncodes.options import BackboneOptions, RuntimeOptions
 from cnncodes.sources.folders import ImageSource
 from cnncodes.workflows.compare import (
     escalate,
@@ -73,12 +74,12 @@ def test_fall_through_fine_tunes_exactly_the_given_rows_and_restarts_a_stale_run
                            list(src.classes), "list")
 
     train, test = part(~test_rows), part(test_rows)
-    opts = dict(seed=0, device="cpu", precision="auto", num_workers=0, threads=1,
-                max_pixels=None, progress=False, command="test")
+    opts = dict(seed=0, command="test", overwrite=False,
+                backbone=BackboneOptions("resnet18", weights="random", input_size=32),
+                runtime=RuntimeOptions(device="cpu", num_workers=0, threads=1, max_pixels=None))
     out = tmp_path / "ft"
-    row, res = run_fall_through(train, test, out, backbone="resnet18", weights="random",
-                                input_size=32, overwrite=False,
-                                options={"epochs": 1, "batch_size": 8}, **opts)
+    row, res = run_fall_through(train, test, out, options={"epochs": 1, "batch_size": 8},
+                                **opts)
     assert row["status"] == "completed" and row["kind"] == "finetune"
     assert row["n_train"] + row["n_val"] == len(train) and row["n_test"] == len(test) == 6
     split = json.loads((out / "split.json").read_text())
@@ -89,9 +90,8 @@ def test_fall_through_fine_tunes_exactly_the_given_rows_and_restarts_a_stale_run
     assert row["balanced_accuracy"] == pytest.approx(recall.mean())
     assert row["name"] == "fine-tuned resnet18 (full, 1 epoch, 32 px)"
     # an earlier run in the folder made with other options is started over, not an error
-    other, res2 = run_fall_through(train, test, out, backbone="resnet18", weights="random",
-                                   input_size=32, overwrite=False,
-                                   options={"epochs": 1, "batch_size": 6}, **opts)
+    other, res2 = run_fall_through(train, test, out, options={"epochs": 1, "batch_size": 6},
+                                   **opts)
     assert res2.report["config"]["batch_size"] == 6 and res2.resumed_from is None
     assert json.loads((out / "report.json").read_text())["config"]["batch_size"] == 6
     report = {"fall_through": {"size": {"n_images": 24, "median_per_class": 8,
