@@ -43,9 +43,6 @@ from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
 from ..stats import ci_record, format_lr
 from .config import FinetuneConfig
-
-#: the default warmup (a shortened default warmup is logged as information, not a warning)
-DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
 from .evaluation import (
@@ -67,6 +64,9 @@ from .plots import bin_steps, plot_curves
 from .split import Split
 
 log = logging.getLogger(__name__)
+
+#: the default warmup (a shortened default warmup is logged as information, not a warning)
+DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 
 CHECKPOINT_KIND = "cnncodes-finetune-checkpoint"
 REPORT_KIND = "cnncodes-finetune-report"

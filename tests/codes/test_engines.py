@@ -17,8 +17,8 @@ import torch
 import cnncodes
 from cnncodes.backbones import list_backbones
 from cnncodes.codes import export_cache
-from cnncodes.codes.engines import min_cosine
 from cnncodes.codes.cache_files import meta_path
+from cnncodes.codes.engines import min_cosine
 from cnncodes.codes.export_cache import unseal
 from cnncodes.codes.extractor import CodeExtractor
 from cnncodes.errors import OptionError
