@@ -5,10 +5,13 @@ ONNX Runtime on the CPU, see :mod:`cnncodes.codes.engines`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -75,6 +78,20 @@ def fold_batchnorm(extractor: FeatureExtractor, *, input_size: int = 64, tol: fl
     return len(replaced) // 2
 
 
+@contextlib.contextmanager
+def stderr_to_debug(what: str) -> Iterator[None]:
+    """What the code inside prints to stderr goes to this module's debug log instead (torch.fx's
+    traced modules print their generated code and a traceback before re-raising an error)."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        text = buf.getvalue().strip()
+        if text:
+            log.debug("%s printed:\n%s", what, text)
+
+
 def failure_reason(e: BaseException) -> str:
     """What went wrong, in one line: the message, or for a bare ``assert`` in a model (timm's
     fixed-size attention models) the failing line and where it is."""
@@ -125,16 +142,14 @@ class CodeExtractor:
         # a library model (timm/, torchvision/) may only run at its own sizes: check it there
         fold_size = self.preprocessing.crop if self.spec.tap else min(self.preprocessing.crop, 64)
         try:
-            self.bn_folded = fold_batchnorm(self.module, input_size=fold_size) if fuse_bn else 0
+            with stderr_to_debug(self.spec.name):  # torch.fx prints a traced model's error
+                self.bn_folded = (fold_batchnorm(self.module, input_size=fold_size) if fuse_bn
+                                  else 0)
         except (RuntimeError, AssertionError) as e:
             if not (self.spec.tap or "too small" in str(e)
                     or "greater than actual input" in str(e)):
                 raise
-            fits = "does not fit" if self.spec.tap else "is too small for"
-            raise OptionError(
-                f"input size {self.preprocessing.crop} px {fits} {self.spec.name} "
-                f"({failure_reason(e)}). Use a {'different' if self.spec.tap else 'larger'} --input-size (its "
-                f"pretrained weights use {self.resolved.preprocessing.crop} px).") from e
+            raise OptionError(self._size_message(e)) from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
@@ -142,6 +157,21 @@ class CodeExtractor:
             ropts.engine, module=self.module, layers=self.layers, input_size=self.preprocessing.crop,
             device=self.device, precision=self.precision, channels_last=channels_last,
             backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
+
+    def _size_message(self, e: BaseException) -> str:
+        """Why this input size does not run, and the sizes that do (tried on the meta device)."""
+        from ..backbones.factory import describe_sizes, working_sizes
+
+        crop, own = self.preprocessing.crop, self.resolved.preprocessing.crop
+        if not self.spec.tap:
+            return (f"input size {crop} px is too small for {self.spec.name} "
+                    f"({failure_reason(e)}). Use a larger --input-size (its pretrained weights "
+                    f"use {own} px).")
+        sizes = working_sizes(self.spec, self.resolved.id, also=(own,))
+        pick = own if not sizes or own in sizes else sizes[0]
+        return (f"input size {crop} px does not fit {self.spec.name} ({failure_reason(e)}). "
+                f"Sizes that work with weights {self.resolved.id}: {describe_sizes(sizes)}; use "
+                f"--input-size {pick} (its weights' own size is {own} px).")
 
     def _export_fields(self) -> dict[str, Any]:
         """What the exported graph depends on (its cache key; called only when exporting)."""
@@ -188,7 +218,9 @@ class CodeExtractor:
         return {**_provenance(self.spec, self.resolved, self.preprocessing, self.layers,
                               self.pooling, self.precision, self.device, self.decoder_option),
                 "engine": {"name": self.engine.name, "version": self.engine.version,
-                           "threads": self.engine.threads}}
+                           "threads": self.engine.threads,
+                           **({"fallback": fb} if (fb := getattr(self.engine, "fallback", ""))
+                              else {})}}
 
 
 def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Preprocessing,
