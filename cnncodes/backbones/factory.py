@@ -31,23 +31,36 @@ def build_model(spec: BackboneSpec, weights_id: str | None = None) -> nn.Module:
     return spec.builder(weights=None, **kwargs)
 
 
+def meta_model(spec: BackboneSpec, weights_id: str | None = None) -> nn.Module:
+    """``spec``'s architecture on the meta device (shapes only), eval mode: built there when its
+    builder allows it, else built on the CPU (the caller's RNG left alone) and moved there
+    (torchvision's RegNets read a tensor value while building)."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, weights_id).eval()
+    except (NotImplementedError, RuntimeError):
+        with torch.random.fork_rng(devices=[]):
+            return build_model(spec, weights_id).eval().to("meta")
+
+
 #: the input sizes :func:`working_sizes` tries (multiples of 32 up to 640, and each model's own)
 CANDIDATE_SIZES = tuple(range(32, 641, 32))
 
 
 def working_sizes(spec: BackboneSpec, weights_id: str | None = None, *,
-                  candidates: Sequence[int] = CANDIDATE_SIZES, also: Sequence[int] = ()
-                  ) -> list[int] | None:
+                  candidates: Sequence[int] = CANDIDATE_SIZES, also: Sequence[int] = (),
+                  first: bool = False) -> list[int] | None:
     """The input sizes among ``candidates`` and ``also`` (the weights' own crop) at which the
     network built for ``weights_id`` gives codes, found by forward passes on the meta device
-    (shapes only: no memory, no compute). None when the model cannot run on the meta device."""
+    (shapes only: no memory, no compute). None when the model cannot run on the meta device.
+    ``first``: stop at the smallest size that works."""
     import contextlib
     import io
 
     sizes = sorted({*candidates, *also})
     try:
-        with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
-            model = build_model(spec, weights_id).eval()
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = meta_model(spec, weights_id)
             ext = FeatureExtractor(model, spec, [spec.default_layer], "avg").eval()
     except Exception as e:  # noqa: BLE001 - not buildable on meta: unknown
         log.debug("%s: no meta-device build (%s)", spec.name, e)
@@ -58,6 +71,8 @@ def working_sizes(spec: BackboneSpec, weights_id: str | None = None, *,
             with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
                 ext(torch.zeros(1, 3, n, n, device="meta"))
             ok.append(n)
+            if first:
+                break
         except Exception:  # noqa: BLE001 - this size does not fit the network
             continue
     return ok
