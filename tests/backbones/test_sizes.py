@@ -90,3 +90,31 @@ def test_onnx_export_is_skipped_up_front_when_the_parameters_cannot_fit(monkeypa
         meta = build_model(get_spec("resnet18"))
     # within BatchNorm folding's difference (conv biases in, BN statistics out)
     assert abs(engines.parameter_bytes(meta) - size) < 0.01 * size
+
+
+def test_multihead_attention_exports_to_onnx_and_the_fast_path_flag_is_restored():
+    """torchvision's ViT blocks call nn.MultiheadAttention, whose no_grad fast path has no ONNX
+    export (every torchvision ViT fell back to torch); a tiny attention net shows the export now
+    passes the engine's own check, and the global flag is left as found."""
+    from torch import nn
+
+    from cnncodes.codes.engines import try_onnxruntime
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Conv2d(3, 16, 8, stride=8)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            t = self.proj(x).flatten(2).transpose(1, 2)
+            return {"pool": self.attn(t, t, t, need_weights=False)[0].mean(1)}
+
+    torch.manual_seed(0)
+    net = Attn().eval()
+    before = torch.backends.mha.get_fastpath_enabled()
+    eng, reason = try_onnxruntime(net, ["pool"], 32, backbone="test-attention",
+                                  fields=lambda: {"backbone": "test-attention", "seed": 0},
+                                  threads=1)
+    assert eng is not None, reason
+    assert torch.backends.mha.get_fastpath_enabled() == before
