@@ -19,7 +19,6 @@ import os
 import platform
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="models with more parameter bytes get metadata only (default 256 MiB)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", action="store_true",
+                    help="only write the table of the rows already in --rows (a partial sweep)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(a.threads)
@@ -64,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(line)
                 done[r["backbone"]] = r
     signal.signal(signal.SIGALRM, _alarm)
-    t0 = time.perf_counter()
     for i, name in enumerate(names):
-        if name in done:
+        if name in done or a.report:
             continue
         signal.alarm(a.timeout)
         try:
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(names)}] {name}: {row['status']} {row.get('seconds', '')} s "
               f"{row['reason'][:120]}", flush=True)
     rows = [done[n] for n in names if n in done]
-    head = (f"Sweep of {len(rows)} models ({platform.machine()}, {os.cpu_count()} cores, "
+    head = (f"Sweep of {len(rows)} of {len(names)} models ({platform.machine()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}, {a.threads} thread(s), random weights, smallest size that "
-            f"works; {time.perf_counter() - t0:.0f} s this run)")
+            f"works; {sum(r.get('seconds', 0) for r in rows):.0f} s of model time)")
     table = head + "\n\n" + summary_table(rows) + "\n"
     atomic_write_text(a.table, table)
     print(table)
