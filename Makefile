@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= data/demo
 DEMO_SIZE ?= 112
 
-.PHONY: venv demo test test-slow lint structure clean bench
+.PHONY: venv demo test test-slow lint structure clean bench sweep
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO) out
+
+# every torchvision classification builder and one timm model per family: codes or one clear
+# reason (benchmarks/results/sweep.md; resumable, long on 2 cores: SWEEP_ARGS="--limit 10")
+sweep: $(STAMP)
+	nice $(PY) benchmarks/sweep_models.py $(SWEEP_ARGS)

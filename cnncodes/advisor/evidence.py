@@ -153,7 +153,7 @@ class PretrainedMeter:
         self.resolved = resolved
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
-            model = build_model(spec)
+            model = build_model(spec, resolved.id)
         load_weights(model, spec, resolved)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.bns = [(n, m) for n, m in self.model.named_modules()

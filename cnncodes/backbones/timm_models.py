@@ -291,6 +291,8 @@ def list_timm(pattern: str | None = None, *, limit: int = 40) -> tuple[list[dict
             stages = describe_stages(m)
             rows.append({"backbone": PREFIX + n, "stages": stages, "pool": pool_dim(m),
                          "input_size": int(m.pretrained_cfg.get("input_size", (3, 224))[1]),
+                         "fixed_input_size": bool(m.pretrained_cfg.get("fixed_input_size"))
+                         and not build_kwargs(m),
                          "pretrained": _tags(n)})
         except Exception as e:  # noqa: BLE001 - a model that cannot build on meta: say so
             rows.append({"backbone": PREFIX + n, "error": f"{type(e).__name__}: {e}"})

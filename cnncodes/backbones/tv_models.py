@@ -61,6 +61,37 @@ def _crop_size(name: str) -> int:
         return 224
 
 
+def native_size(model: nn.Module) -> int | None:
+    """The one input size a torchvision model is built for (a ViT's ``image_size``: its position
+    embedding and its own check fix it), else None (any size)."""
+    size = getattr(model, "image_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def fixed_size_extra(name: str, native: int) -> dict[str, Any]:
+    """For a model fixed to one size: each weights' size (``min_size`` of their metadata, where
+    torchvision's builder sets ``image_size``) as ``build_kwargs`` for :func:`build_model`, the
+    sizes that work per weights (``fixed_sizes``), and the random-init preprocessing: the default
+    weights' transforms at the weightless builder's size (``vit_h_14``: 518 px weights, 224 px
+    weightless model)."""
+    import torchvision
+
+    from .weights import _preprocessing_of
+
+    enum = torchvision.models.get_model_weights(name)
+    build: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {"random": native}
+    for m in enum:
+        size = int((m.meta.get("min_size") or (native,))[0])
+        wid = f"{type(m).__name__}.{m.name}"
+        sizes[wid] = size
+        if size != native:
+            build[wid] = {"image_size": size}
+    pp = _preprocessing_of(enum.DEFAULT)
+    return {"build_kwargs": build, "fixed_sizes": sizes,
+            "preprocessing": pp if pp.crop == native else pp.with_input_size(native)}
+
+
 def _module_of(node: str, modules: dict[str, nn.Module]) -> str:
     """The module a graph node belongs to (itself, or the module around a functional op)."""
     path = node
@@ -83,7 +114,7 @@ def trace_nodes(name: str) -> dict[str, Any]:
     tracer = NodePathTracer(**_set_default_tracer_kwargs(None))
     graph = tracer.trace(model)
     gm = GraphModule(tracer.root, graph)
-    size = _crop_size(name)
+    size = native_size(model) or _crop_size(name)
     with torch.device("meta"):
         ShapeProp(gm).propagate(torch.zeros(1, 3, size, size))
     modules = dict(model.named_modules())
@@ -116,6 +147,7 @@ def trace_nodes(name: str) -> dict[str, Any]:
             head, arg = str(node.target), node.args[0]
             pool = tracer.node_to_qualname.get(arg) if isinstance(arg, torch.fx.Node) else None
     return {"nodes": nodes, "head": head, "pool": pool, "size": size, "bottlenecks": bottlenecks,
+            "native": native_size(model),
             "modules": {n: _module_of(n, modules) for n in nodes}}
 
 
@@ -192,7 +224,8 @@ def torchvision_spec(name: str) -> BackboneSpec:
         notes="pool = the input of the last Linear; stages = last map at each spatial size",
         extra={"head": g["head"], "modules": modules, "trace_size": g["size"],
                "uncut_nodes": {n: s for n, s in g["nodes"].items() if n not in nodes},
-               "library": f"torchvision {torchvision.__version__}"},
+               "library": f"torchvision {torchvision.__version__}",
+               **(fixed_size_extra(name, g["native"]) if g["native"] else {})},
         nodes=nodes, tap=functools.partial(_tap, spec_name=PREFIX + name))
 
 

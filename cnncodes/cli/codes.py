@@ -48,10 +48,14 @@ def _format_timm(rows: list[dict[str, Any]], total: int) -> str:
             lines.append(f"{r['backbone']:<42} (cannot read its stages: {r['error']})")
             continue
         st = " ".join(f"{s['layer']}:{s['dim']}/{s['stride']}" for s in r["stages"])
-        lines.append(f"{r['backbone']:<42} {r['input_size']:>4} {r['pool']:>5}  {st}")
+        size = f"{r['input_size']}{'!' if r.get('fixed_input_size') else ''}"
+        lines.append(f"{r['backbone']:<42} {size:>4} {r['pool']:>5}  {st}")
     if total > len(rows):
         lines.append(f"... {total - len(rows)} more of {total} matches (narrow the pattern or "
                      "raise --limit)")
+    if any(r.get("fixed_input_size") for r in rows):
+        lines.append("size! = the model runs only at that input size (`cnncodes models "
+                     "timm/<name>` lists the sizes that work)")
     lines.append("random init works offline; pretrained tags need the Hugging Face hub cache or "
                  "a download (`cnncodes models timm/<name>` shows the tags)")
     return "\n".join(lines)
@@ -66,6 +70,11 @@ def _format_spec(row: dict[str, Any]) -> str:
         stride = f" stride {v['stride']}" if "stride" in v else ""
         lines.append(f"  {k:<10} {v['dim']:>6}-d {v['kind']:<6} {v['depth']:<7}{stride:<10} "
                      f"{v.get('node', '')}")
+    if row.get("input_sizes"):
+        lines.append(f"input sizes that work (weights auto): {row['input_sizes']}")
+    if row.get("fixed_sizes"):
+        lines.append("fixed size per weights: " + ", ".join(
+            f"{k.rpartition('.')[2]} {v} px" for k, v in row["fixed_sizes"].items()))
     if row.get("weights"):
         lines.append(f"weights: {', '.join(row['weights'][:20])}"
                      f"{' ...' if len(row['weights']) > 20 else ''}")

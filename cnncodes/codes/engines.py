@@ -46,6 +46,8 @@ class TorchEngine:
         self.channels_last = channels_last
         self.version = torch.__version__
         self.threads: int | None = None
+        #: why ``engine="auto"`` did not get onnxruntime ("" when it was not tried)
+        self.fallback = ""
 
     def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode(), strict_fp32(self.device), cudnn_autotune(self.device):
@@ -127,6 +129,17 @@ def _ort_available() -> str | None:
     return None
 
 
+#: above this many bytes of parameters the ONNX export is not tried: a protobuf file holds at most
+#: 2 GiB, and an attempt at such a model takes minutes before failing (regnet_y_128gf: 308 s)
+ONNX_MAX_PARAM_BYTES = int(1.9 * 2**30)
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers (numel x itemsize; works on the meta device)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def try_onnxruntime(module: nn.Module, layers: Sequence[str], input_size: int, *,
                     backbone: str, fields: Callable[[], Mapping[str, Any]],
                     threads: int | None) -> tuple[OrtEngine | None, str]:
@@ -136,6 +149,11 @@ def try_onnxruntime(module: nn.Module, layers: Sequence[str], input_size: int, *
     missing = _ort_available()
     if missing:
         return None, missing
+    size = parameter_bytes(module)
+    if size > ONNX_MAX_PARAM_BYTES:
+        return None, (f"its parameters take {size / 2**30:.2f} GiB, over the "
+                      f"{ONNX_MAX_PARAM_BYTES / 2**30:.1f} GiB that fit in one ONNX file; the "
+                      "export was not tried")
     key_fields = fields()
     x = probe_batch(input_size)
     with torch.inference_mode():
@@ -191,4 +209,5 @@ def select_engine(choice: str, *, module: nn.Module, layers: Sequence[str], inpu
     if eng is not None:
         return eng
     log.warning("%s: using the torch engine instead of onnxruntime: %s", backbone, reason)
+    torch_engine.fallback = reason  # recorded in the provenance's engine entry
     return torch_engine

@@ -114,6 +114,23 @@ class _Outputs(nn.Module):
 
 
 @contextlib.contextmanager
+def _mha_decomposed() -> Iterator[None]:
+    """``nn.MultiheadAttention`` through its plain ops while exporting: its inference fast path
+    (``aten::_native_multi_head_attention``, taken under no_grad) has no ONNX export, so every
+    torchvision ViT fell back to torch. The flag is restored after."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    prev = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(prev)
+
+
+@contextlib.contextmanager
 def _captured_output() -> Iterator[None]:
     """Route file descriptors 1 and 2 into a temporary file while exporting: on a failure the
     TorchScript exporter prints its whole IR graph (thousands of lines) to stdout, which would
@@ -146,7 +163,7 @@ def export_onnx(extractor: nn.Module, layers: Sequence[str], input_size: int) ->
     x = torch.zeros(2, 3, input_size, input_size)
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in layers}}
-    with warnings.catch_warnings(), torch.no_grad(), _captured_output():
+    with warnings.catch_warnings(), torch.no_grad(), _captured_output(), _mha_decomposed():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (x,), buf, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=list(layers),

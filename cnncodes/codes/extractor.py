@@ -5,8 +5,13 @@ ONNX Runtime on the CPU, see :mod:`cnncodes.codes.engines`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,8 +21,8 @@ from .._runtime import resolve_device, resolve_precision, versions
 from .._version import __version__
 from ..backbones.cutting import FeatureExtractor
 from ..backbones.factory import create_backbone, layer_dims
-from ..backbones.registry import BackboneSpec, get_spec
-from ..backbones.weights import ResolvedWeights, weights_sha256
+from ..backbones.registry import BackboneSpec, check_pooling, get_spec, resolve_layers
+from ..backbones.weights import ResolvedWeights, resolve_weights, weights_sha256
 from ..errors import OptionError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.loader import normalize_batch
@@ -73,6 +78,20 @@ def fold_batchnorm(extractor: FeatureExtractor, *, input_size: int = 64, tol: fl
     return len(replaced) // 2
 
 
+@contextlib.contextmanager
+def stderr_to_debug(what: str) -> Iterator[None]:
+    """What the code inside prints to stderr goes to this module's debug log instead (torch.fx's
+    traced modules print their generated code and a traceback before re-raising an error)."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        text = buf.getvalue().strip()
+        if text:
+            log.debug("%s printed:\n%s", what, text)
+
+
 def failure_reason(e: BaseException) -> str:
     """What went wrong, in one line: the message, or for a bare ``assert`` in a model (timm's
     fixed-size attention models) the failing line and where it is."""
@@ -123,17 +142,14 @@ class CodeExtractor:
         # a library model (timm/, torchvision/) may only run at its own sizes: check it there
         fold_size = self.preprocessing.crop if self.spec.tap else min(self.preprocessing.crop, 64)
         try:
-            self.bn_folded = fold_batchnorm(self.module, input_size=fold_size) if fuse_bn else 0
+            with stderr_to_debug(self.spec.name):  # torch.fx prints a traced model's error
+                self.bn_folded = (fold_batchnorm(self.module, input_size=fold_size) if fuse_bn
+                                  else 0)
         except (RuntimeError, AssertionError) as e:
             if not (self.spec.tap or "too small" in str(e)
                     or "greater than actual input" in str(e)):
                 raise
-            fits = "does not fit" if self.spec.tap else "is too small for"
-            raise OptionError(
-                f"input size {self.preprocessing.crop} px {fits} {self.spec.name} "
-                f"({failure_reason(e)}). Use a "
-                f"{'different' if self.spec.tap else 'larger'} --input-size (its "
-                f"pretrained weights use {self.resolved.preprocessing.crop} px).") from e
+            raise OptionError(self._size_message(e)) from e
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.to(self.device)
@@ -142,6 +158,21 @@ class CodeExtractor:
             input_size=self.preprocessing.crop,
             device=self.device, precision=self.precision, channels_last=channels_last,
             backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
+
+    def _size_message(self, e: BaseException) -> str:
+        """Why this input size does not run, and the sizes that do (tried on the meta device)."""
+        from ..backbones.factory import describe_sizes, working_sizes
+
+        crop, own = self.preprocessing.crop, self.resolved.preprocessing.crop
+        if not self.spec.tap:
+            return (f"input size {crop} px is too small for {self.spec.name} "
+                    f"({failure_reason(e)}). Use a larger --input-size (its pretrained weights "
+                    f"use {own} px).")
+        sizes = working_sizes(self.spec, self.resolved.id, also=(own,))
+        pick = own if not sizes or own in sizes else sizes[0]
+        return (f"input size {crop} px does not fit {self.spec.name} ({failure_reason(e)}). "
+                f"Sizes that work with weights {self.resolved.id}: {describe_sizes(sizes)}; use "
+                f"--input-size {pick} (its weights' own size is {own} px).")
 
     def _export_fields(self) -> dict[str, Any]:
         """What the exported graph depends on (its cache key; called only when exporting)."""
@@ -185,29 +216,107 @@ class CodeExtractor:
 
     def provenance(self) -> dict[str, Any]:
         """Everything a store or a model file must record to be checked later."""
-        layer_info = {}
-        for name in self.layers:
-            cut = self.spec.cut(name)
-            layer_info[name] = {"node": cut.node, "kind": cut.kind, "depth": cut.depth,
-                                "pooling": cut.effective_pooling(self.pooling)}
-        return {
-            "backbone": self.spec.name,
-            "family": self.spec.family,
-            "weights": self.resolved.id,
-            "weights_sha256": weights_sha256(self.resolved) or "",
-            "layers": self.layers,
-            "default_layer": self.spec.default_layer if self.spec.default_layer in self.layers
-            else self.layers[-1],
-            "pooling": self.pooling,
-            "layer_info": layer_info,
-            "preprocessing": self.preprocessing.to_dict(),
-            "input_size": self.preprocessing.crop,
-            "versions": versions(),
-            "engine": {"name": self.engine.name, "version": self.engine.version,
-                       "threads": self.engine.threads},
-            # compatibility fields (see cnncodes.codes.numerics); extract records the decoder
-            # that ran, this is the one a folder source would get
-            "numerics": numerics(self.precision, self.device), "tf32": False,
-            "decoding": decoding(planned_decoder(self.decoder_option, self.device,
-                                                 self.preprocessing.interpolation)),
-        }
+        return {**_provenance(self.spec, self.resolved, self.preprocessing, self.layers,
+                              self.pooling, self.precision, self.device, self.decoder_option),
+                "engine": {"name": self.engine.name, "version": self.engine.version,
+                           "threads": self.engine.threads,
+                           **({"fallback": fb} if (fb := getattr(self.engine, "fallback", ""))
+                              else {})}}
+
+
+def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Preprocessing,
+                layers: list[str], pooling: str, precision: str, device: torch.device,
+                decoder_option: str) -> dict[str, Any]:
+    """The provenance of codes of this configuration, without the engine (which needs a build)."""
+    layer_info = {}
+    for name in layers:
+        cut = spec.cut(name)
+        layer_info[name] = {"node": cut.node, "kind": cut.kind, "depth": cut.depth,
+                            "pooling": cut.effective_pooling(pooling)}
+    return {
+        "backbone": spec.name,
+        "family": spec.family,
+        "weights": resolved.id,
+        "weights_sha256": weights_sha256(resolved) or "",
+        "layers": list(layers),
+        "default_layer": spec.default_layer if spec.default_layer in layers else layers[-1],
+        "pooling": pooling,
+        "layer_info": layer_info,
+        "preprocessing": preprocessing.to_dict(),
+        "input_size": preprocessing.crop,
+        "versions": versions(),
+        # compatibility fields (see cnncodes.codes.numerics); extract records the decoder
+        # that ran, this is the one a folder source would get
+        "numerics": numerics(precision, device), "tf32": False,
+        "decoding": decoding(planned_decoder(decoder_option, device,
+                                             preprocessing.interpolation)),
+    }
+
+
+def describe_codes(backbone: BackboneOptions, runtime: RuntimeOptions) -> dict[str, Any] | None:
+    """The provenance ``CodeExtractor(backbone, runtime=runtime).provenance()`` would give, less
+    its ``engine``, plus ``dims`` (each layer's code dimension), without building the network: the
+    weights are resolved, not loaded. None when that cannot be known without a build (weights not
+    on this machine yet, or ``pooling="none"`` maps whose size needs a forward pass)."""
+    spec = get_spec(backbone.backbone)
+    layers = resolve_layers(spec, backbone.layers)
+    pooling = check_pooling(backbone.pooling)
+    resolved = resolve_weights(spec, backbone.weights)
+    if not resolved.is_random and resolved.path is None:
+        return None
+    dims = {}
+    for name in layers:
+        cut = spec.cut(name)
+        if cut.kind == "map" and pooling == "none":
+            return None
+        dims[name] = int(cut.out_dim(pooling))
+    device = resolve_device(runtime.device)
+    precision = resolve_precision(runtime.precision, device)
+    pre = resolved.preprocessing.with_input_size(backbone.input_size)
+    prov = _provenance(spec, resolved, pre, layers, pooling, precision, device, runtime.decoder)
+    return {**prov, "dims": dims}
+
+
+def extractor_key(backbone: BackboneOptions, runtime: RuntimeOptions) -> tuple:
+    """Everything a built :class:`CodeExtractor` depends on (a weights file by its path, size and
+    mtime, so a rewritten checkpoint is a new key); batch size and workers are not in it."""
+    w = backbone.weights
+    wkey: Any = None if w is None else os.fspath(w)
+    if isinstance(wkey, str) and os.path.isfile(os.path.expanduser(wkey)):
+        path = os.path.abspath(os.path.expanduser(wkey))
+        st = os.stat(path)
+        wkey = ("file", path, st.st_size, st.st_mtime_ns)
+    layers = backbone.layers
+    layers = (layers,) if isinstance(layers, str) else tuple(layers or ())
+    return (backbone.backbone, wkey, layers, backbone.pooling, backbone.input_size,
+            str(resolve_device(runtime.device)), runtime.precision, runtime.engine,
+            runtime.decoder, runtime.threads)
+
+
+#: Built extractors shared by the calls of one process (``CNNCodes`` clones in a grid search),
+#: least recently used first; at most :data:`SHARED_SIZE` networks are kept alive.
+_SHARED: OrderedDict[tuple, CodeExtractor] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+SHARED_SIZE = 2
+
+
+def shared_extractor(backbone: BackboneOptions, runtime: RuntimeOptions) -> CodeExtractor:
+    """One :class:`CodeExtractor` per configuration (:func:`extractor_key`) and process, built on
+    first use and reused after (with its ONNX session); a bounded LRU of :data:`SHARED_SIZE`."""
+    key = extractor_key(backbone, runtime)
+    with _SHARED_LOCK:
+        ext = _SHARED.get(key)
+        if ext is not None:
+            _SHARED.move_to_end(key)
+            return ext
+        ext = CodeExtractor(backbone, runtime=runtime)
+        _SHARED[key] = ext
+        while len(_SHARED) > SHARED_SIZE:
+            _SHARED.popitem(last=False)
+        return ext
+
+
+def clear_shared_extractors() -> None:
+    """Drop the networks :func:`shared_extractor` keeps (their memory is freed when unused)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()

@@ -257,7 +257,7 @@ def build_finetune_model(config: FinetuneConfig, classes: Sequence[str]
     """
     spec = get_spec(config.backbone)
     resolved = resolve_weights(spec, config.weights)
-    stock = build_model(spec)
+    stock = build_model(spec, resolved.id)
     resolved = load_weights(stock, spec, resolved)
     pp = resolved.preprocessing
     head_sd = None

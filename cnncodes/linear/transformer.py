@@ -19,6 +19,14 @@ cached, so the many fits of a grid search do not re-run the backbone:
   store whose extraction was stopped is read as it is: its missing rows are computed, never left
   out).
 * ``cache=None``: no caching.
+
+The network itself is built once per process and configuration (backbone, weights file, layer,
+pooling, input size, device, precision, engine, decoder, threads) and shared by every clone
+(:func:`cnncodes.codes.extractor.shared_extractor`, an LRU of two networks): a grid over the
+classifier's parameters on cached codes costs what the classifier costs. ``fit`` builds nothing
+when the configuration was built before in the process or when a store cache already holds the
+layer (the description then comes from the registry's metadata); the network is built only when
+``transform`` has images to compute. :func:`clear_network_cache` forgets the built networks.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from ..sources.folders import ImageSource
 log = logging.getLogger(__name__)
 
 _MEMORY: dict[tuple, dict[str, tuple[tuple[int, int], np.ndarray]]] = {}
+#: (provenance, code dimension) of each configuration built in this process (small; no network)
+_DESCRIBED: dict[tuple, tuple[dict[str, Any], int]] = {}
 _LOCK = threading.Lock()
 #: Counters of the memory cache (``hits``/``misses`` in rows), for diagnostics and tests.
 STATS = {"hits": 0, "misses": 0, "extracted": 0}
@@ -53,6 +63,15 @@ def clear_memory_cache() -> None:
         _MEMORY.clear()
         for k in STATS:
             STATS[k] = 0
+
+
+def clear_network_cache() -> None:
+    """Forget the networks built by ``CNNCodes`` in this process (the next fit builds again)."""
+    from ..codes.extractor import clear_shared_extractors
+
+    with _LOCK:
+        _DESCRIBED.clear()
+    clear_shared_extractors()
 
 
 def _stat_key(path: str) -> tuple[int, int]:
@@ -133,10 +152,10 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     # --- sklearn protocol ----------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> CNNCodes:
-        """Build the cut backbone (no image is read; codes are computed by ``transform``)."""
-        from ..backbones.factory import layer_dims
+        """Describe the codes (layer, dimension, provenance); no image is read, codes are computed
+        by ``transform``. The network is built at most once per configuration and process (see
+        the module docstring), and not at all when a store cache already holds this layer."""
         from ..backbones.registry import get_spec
-        from ..codes.extractor import CodeExtractor
 
         _as_paths(X)
         if self.on_error not in ("raise", "zeros"):
@@ -145,14 +164,12 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                                        not isinstance(self.layer, str)):
             raise ValueError(f"CNNCodes reads one layer; got layer={self.layer!r}.")
         spec = get_spec(self.backbone)
-        layer = self.layer or spec.default_layer
-        self.layer_ = layer
-        bopts, ropts = self._options()
-        ext = CodeExtractor(bopts, runtime=ropts)
-        self._extractor = ext
-        self.provenance_ = ext.provenance()
-        self.n_features_out_ = int(layer_dims(ext.module, ext.preprocessing.crop,
-                                              device=ext.device)[layer])
+        for stale in ("provenance_", "n_features_out_"):  # a refit describes afresh
+            self.__dict__.pop(stale, None)
+        self.layer_ = self.layer or spec.default_layer
+        prov, dim = self._describe()
+        self.provenance_ = prov
+        self.n_features_out_ = dim
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -194,6 +211,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         tags.input_tags.one_d_array = True
         tags.input_tags.string = True
         tags.requires_fit = True
+        # codes are float32 whatever the input (paths have no dtype to preserve)
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
     # the torch module (with forward hooks) is rebuilt after unpickling, not pickled
@@ -216,14 +235,52 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                                max_pixels=self.max_pixels, engine=self.engine)
         return bopts, ropts
 
-    def _get_extractor(self) -> Any:
-        ext = getattr(self, "_extractor", None)
-        if ext is None:
-            from ..codes.extractor import CodeExtractor
+    def _describe(self) -> tuple[dict[str, Any], int]:
+        """(provenance, code dimension): from an earlier build of this configuration in this
+        process, from the registry's metadata when a store cache already has this layer (no build;
+        the store's own check then runs in ``transform``), else from building the network."""
+        import copy
 
-            bopts, ropts = self._options()
-            ext = CodeExtractor(bopts, runtime=ropts)
-            self._extractor = ext
+        from ..codes.extractor import describe_codes, extractor_key
+
+        bopts, ropts = self._options()
+        key = extractor_key(bopts, ropts)
+        with _LOCK:
+            hit = _DESCRIBED.get(key)
+        if hit is not None:
+            return copy.deepcopy(hit[0]), hit[1]
+        store = self._store_cache()
+        if store is not None and store.is_file() and self._store_has_layer(store):
+            desc = describe_codes(bopts, ropts)
+            if desc is not None:
+                dims = desc.pop("dims")
+                return desc, int(dims[self.layer_])
+        ext = self._get_extractor()
+        return copy.deepcopy(ext.provenance()), int(ext.dims[self.layer_])
+
+    def _store_has_layer(self, store: Path) -> bool:
+        from ..codes.store import FeatureStore
+
+        try:
+            return self.layer_ in FeatureStore(store).layers
+        except Exception:  # noqa: BLE001 - not a readable store: the build path says why
+            return False
+
+    def _get_extractor(self) -> Any:
+        """The shared network of this configuration (built on first use in the process)."""
+        from ..codes.extractor import extractor_key, shared_extractor
+
+        bopts, ropts = self._options()
+        ext = shared_extractor(bopts, ropts)
+        dim = int(ext.dims[self.layer_])
+        known = getattr(self, "n_features_out_", None)
+        if known is not None and known != dim:
+            raise RuntimeError(f"CNNCodes: the {self.backbone} layer {self.layer_} gives codes of "
+                               f"{dim} values, its metadata said {known}; report this bug.")
+        with _LOCK:
+            _DESCRIBED[extractor_key(bopts, ropts)] = (ext.provenance(), dim)
+            while len(_DESCRIBED) > 64:
+                _DESCRIBED.pop(next(iter(_DESCRIBED)))
         return ext
 
     def _store_cache(self) -> Path | None:

@@ -158,3 +158,89 @@ def test_cnncodes_every_image_unreadable_gives_zero_rows_or_names_the_files(
     mixed = t.transform(good[:2] + X)  # the good rows cached, every image left to compute bad
     assert np.array_equal(mixed[:2], first) and not mixed[2:].any() and first.any(axis=1).all()
     assert t.transform([]).shape == (0, 512)
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every network build from now on (a fresh process: no network or description shared)."""
+    import cnncodes.codes.extractor as extractor
+    from cnncodes.linear.transformer import clear_network_cache
+
+    clear_network_cache()
+    clear_memory_cache()
+    builds: list[str] = []
+    real = extractor.create_backbone
+
+    def counting(name, **kw):
+        builds.append(name)
+        return real(name, **kw)
+
+    monkeypatch.setattr(extractor, "create_backbone", counting)
+    return builds
+
+
+def test_grid_search_over_c_with_cached_codes_builds_the_network_at_most_once(
+        digits_data, monkeypatch):  # noqa: F811
+    paths, y = _paths_labels(digits_data.train_dir)
+    builds = _count_builds(monkeypatch)
+    pipe = Pipeline([("codes", CNNCodes(BACKBONE, weights=str(digits_data.weights), layer="pool",
+                                        input_size=SIZE, engine="torch")),
+                     ("clf", LogisticRegression(max_iter=2000))])
+    pipe.fit(paths, y)  # computes (and caches) the codes: the one build
+    assert builds == [BACKBONE]
+    search = GridSearchCV(pipe, {"clf__C": [0.001, 0.01, 0.1, 1.0, 10.0]}, cv=3)
+    with threadpool_limits(1):
+        search.fit(paths, y)
+    assert builds == [BACKBONE]  # 16 clones fitted, every code a memory hit, no other build
+    # a store that already holds the codes: no build at all, even in a fresh process
+    builds = _count_builds(monkeypatch)
+    test_paths, yte = _paths_labels(digits_data.test_dir)
+    pipe.set_params(codes__cache=digits_data.test_h5)
+    search = GridSearchCV(pipe, {"clf__C": [0.01, 1.0]}, cv=2).fit(test_paths, yte)
+    assert builds == []
+    X_store, _ = FeatureStore(digits_data.test_h5).load("pool")
+    codes = search.best_estimator_.named_steps["codes"]
+    assert np.array_equal(codes.transform(test_paths), X_store) and builds == []
+    assert codes.n_features_out_ == 512
+    # a new image in the same call: the network is built then, once
+    codes.set_params(cache="memory")
+    out = codes.transform(paths[:2] + test_paths[:1])
+    assert builds == [BACKBONE] and out.shape == (3, 512)
+    assert np.allclose(out[2], X_store[0], atol=1e-5)
+
+
+def test_shared_networks_are_bounded_and_keyed_by_the_configuration(digits_data, monkeypatch):  # noqa: F811
+    from cnncodes.codes import extractor
+
+    paths, _ = _paths_labels(digits_data.test_dir)
+    builds = _count_builds(monkeypatch)
+    kw = dict(weights=str(digits_data.weights), input_size=SIZE, engine="torch", cache=None)
+    for layer in ("pool", "layer3", "layer2", "pool"):
+        CNNCodes(BACKBONE, layer=layer, **kw).fit_transform(paths[:1])
+    # three configurations, two kept: "pool" was evicted by layer2 and built again
+    assert builds == [BACKBONE] * 4 and len(extractor._SHARED) == extractor.SHARED_SIZE == 2
+    CNNCodes(BACKBONE, layer="layer2", **kw).fit_transform(paths[:1])
+    CNNCodes(BACKBONE, layer="pool", batch_size=7, **kw).fit_transform(paths[:1])
+    assert len(builds) == 4  # both still held; the batch size is not part of the network
+
+
+@pytest.mark.parametrize("cache", [None, "memory", "store"])
+def test_transform_rows_follow_the_callers_order_with_cached_new_and_repeated_paths(
+        digits_data, tmp_path, cache):  # noqa: F811
+    paths, _ = _paths_labels(digits_data.test_dir)
+    ref, _ = FeatureStore(digits_data.test_h5).load("pool")
+    clear_memory_cache()
+    where = tmp_path / "c.h5" if cache == "store" else cache
+    t = CNNCodes(BACKBONE, weights=str(digits_data.weights), input_size=SIZE, cache=where,
+                 engine="torch")
+    first = t.fit_transform([paths[3], paths[1], paths[3]])  # repeated before any cache
+    assert first.shape == (3, 512) and first.dtype == np.float32
+    assert np.allclose(first, ref[[3, 1, 3]], atol=1e-5)
+    order = [7, 1, 5, 7, 3, 0, 0, 1, 9]  # cached (1, 3) and new ones, repeats, any order
+    out = t.transform([paths[i] for i in order])
+    assert out.shape == (len(order), 512) and np.allclose(out, ref[order], atol=1e-5)
+    assert np.array_equal(out[0], out[3]) and np.array_equal(out[5], out[6])
+    empty = t.transform([])
+    assert empty.shape == (0, 512) and empty.dtype == np.float32
+    assert t.transform(np.array([], dtype=object)).shape == (0, 512)
+    if cache == "store":
+        assert len(FeatureStore(where)) == 6  # each distinct image stored once
