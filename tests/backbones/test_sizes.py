@@ -34,7 +34,8 @@ def test_a_torchvision_vit_is_built_at_the_size_of_the_chosen_weights():
     the 384 px weights or tracing at their size failed); on the meta device, no memory."""
     spec = get_spec("torchvision/vit_b_16")
     e2e = resolve_weights(spec, "IMAGENET1K_SWAG_E2E_V1")
-    assert e2e.preprocessing.crop == 384 and resolve_weights(spec, "random").preprocessing.crop == 224
+    assert e2e.preprocessing.crop == 384
+    assert resolve_weights(spec, "random").preprocessing.crop == 224
     with torch.device("meta"):
         assert build_model(spec, e2e.id).image_size == 384
         assert build_model(spec, "random").image_size == 224

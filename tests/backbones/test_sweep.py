@@ -22,7 +22,8 @@ def test_a_fixed_sample_of_models_gives_codes_or_a_clear_reason():
     failed = [f"{r['backbone']}: {r['reason']}" for r in rows if r["status"] == "failed"]
     assert not failed, failed
     by = {r["backbone"]: r for r in rows}
-    assert by["torchvision/resnet18"]["status"] == "codes" and by["torchvision/resnet18"]["dim"] == 512
+    r18 = by["torchvision/resnet18"]
+    assert r18["status"] == "codes" and r18["dim"] == 512
     assert by["torchvision/resnet18"]["size"] == 32  # the smallest candidate works
     assert by["torchvision/vit_b_16"]["status"] == "built"  # 330 MiB > the 256 MiB budget
     assert "GiB of parameters" in by["torchvision/vit_b_16"]["reason"]
