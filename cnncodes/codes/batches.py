@@ -21,6 +21,7 @@ from ..sources.folders import ImageSource, open_source
 from ..sources.loader import Batch, ImageDataset, make_loader
 from ..sources.tarshards import TarShardSource
 from .extractor import CodeExtractor
+from .numerics import DCT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,15 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
                  decoder: str = "auto") -> ImageDataset | Any:
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
-    ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
+    ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL). Large JPEGs
+    are decoded DCT-scaled on the CPU when the extractor's ``jpeg_scaling`` is ``dct``
+    (:mod:`cnncodes.sources.dct`)."""
+    from ..sources.dct import draft_target
     from ..sources.preprocessing import TENSOR_INTERPOLATIONS
     from ..sources.tensor_decode import BytesDataset
+
+    draft = (draft_target(ext.preprocessing.resize)
+             if getattr(ext, "jpeg_scaling", "off") == "dct" else None)
 
     if decoder not in DECODERS:
         raise OptionError(f"decoder must be one of {', '.join(DECODERS)}. Got {decoder!r} "
@@ -39,21 +46,25 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     if isinstance(src, TarShardSource):  # members are read by offset, decoded with PIL
         if decoder == "tensor":
             log.warning("decoder=tensor does not read tar shards; using PIL")
-        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels, draft_to=draft)
     if decoder == "pil" or ext.preprocessing.interpolation not in TENSOR_INTERPOLATIONS:
         if decoder == "tensor":
             log.warning("decoder=tensor does not support %s interpolation; using PIL",
                         ext.preprocessing.interpolation)
-        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
-    return BytesDataset(src, ext.preprocessing, max_pixels=max_pixels, decode_device=ext.device)
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels, draft_to=draft)
+    return BytesDataset(src, ext.preprocessing, max_pixels=max_pixels, decode_device=ext.device,
+                        draft_to=draft if ext.device.type == "cpu" else None)
 
 
 def decoder_name(dataset: Any, device: torch.device) -> str:
+    """``pil``, ``libjpeg-turbo`` or ``nvjpeg``; a CPU decoder with ``+dct`` when large JPEGs
+    are decoded DCT-scaled (see :data:`cnncodes.codes.numerics.DECODER_FAMILY`)."""
     from ..sources.tensor_decode import BytesDataset
 
+    dct = DCT_SUFFIX if getattr(dataset, "draft_to", None) else ""
     if isinstance(dataset, BytesDataset):
-        return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
-    return "pil"
+        return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo" + dct
+    return "pil" + dct
 
 
 def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,

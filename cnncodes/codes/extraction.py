@@ -64,7 +64,7 @@ from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported h
 from .extractor import CodeExtractor
 from .identity import FileId, check_verify, describe_source, store_sources
 from .journal import Journal, Part
-from .numerics import decoding
+from .numerics import compat_value, decoding
 from .reader import check_is_store
 from .store import (
     CONFIG_FIELDS,
@@ -341,6 +341,12 @@ def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
     job.stored = stored_paths(job.src.root, job.src.paths, root)
     verify = job.verify or old.get("verify") or "stat"
     job.verify = verify
+    if (old and job.runtime.jpeg_scaling == "auto" and job.ext.jpeg_scaling == "dct"
+            and compat_value(old, "decoding") == "cpu"):  # continue a store as it was made
+        job.ext.jpeg_scaling = "off"
+        job.prov["decoding"] = job.ext.provenance()["decoding"]
+        log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
+                 "needs a new store)", job.out)
     job.prov.update({"root": root.as_posix(), "source_kind": sources[0]["kind"],
                      "sources": sources, "verify": verify})
 
@@ -581,6 +587,7 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
               "decoder": decoder, "bn_folded": job.ext.bn_folded,
               "engine": job.ext.engine.name, "engine_version": job.ext.engine.version,
               "engine_threads": job.ext.engine.threads,
+              "jpeg_scaling": job.ext.jpeg_scaling,
               "interrupted": interrupted, "host": platform.node()}
     if job.journal.bad_parts:
         record["bad_parts"] = list(job.journal.bad_parts)

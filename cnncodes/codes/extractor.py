@@ -20,6 +20,7 @@ from ..backbones.registry import BackboneSpec, get_spec
 from ..backbones.weights import ResolvedWeights, weights_sha256
 from ..errors import OptionError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.dct import dct_enabled
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
 from .engines import OrtEngine, TorchEngine, select_engine
@@ -112,6 +113,10 @@ class CodeExtractor:
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         self.decoder_option = ropts.decoder
+        #: ``dct`` or ``off``: large JPEGs decoded DCT-scaled (``auto`` is ``dct`` unless this
+        #: Pillow build fails the start-up check, :func:`cnncodes.sources.dct.dct_enabled`);
+        #: ``extract`` may set it to a store's own before making the dataset
+        self.jpeg_scaling = "dct" if dct_enabled(ropts.jpeg_scaling) else "off"
         self._dims: dict[str, int] | None = None
         module, resolved = create_backbone(backbone, weights=weights, layers=layers,
                                            pooling=pooling)
@@ -207,5 +212,6 @@ class CodeExtractor:
             # that ran, this is the one a folder source would get
             "numerics": numerics(self.precision, self.device), "tf32": False,
             "decoding": decoding(planned_decoder(self.decoder_option, self.device,
-                                                 self.preprocessing.interpolation)),
+                                                 self.preprocessing.interpolation,
+                                                 dct=self.jpeg_scaling == "dct")),
         }

@@ -113,9 +113,11 @@ def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> Runtim
     changes: dict[str, Any] = {}
     if ropts.precision == "auto":
         changes["precision"] = num.partition("/")[0]
-    if (ropts.decoder == "auto" and dec == "cpu"
+    if (ropts.decoder == "auto" and dec in ("cpu", "cpu-dct")
             and resolve_device(ropts.device).type == "cuda"):
         changes["decoder"] = "pil"
+    if ropts.jpeg_scaling == "auto" and dec in ("cpu", "cpu-dct"):
+        changes["jpeg_scaling"] = "dct" if dec == "cpu-dct" else "off"
     return ropts.replace(**changes) if changes else ropts
 
 
