@@ -145,6 +145,10 @@ class CodeExtractor:
             ropts.engine, module=self.module, layers=self.layers, input_size=self.preprocessing.crop,
             device=self.device, precision=self.precision, channels_last=channels_last,
             backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
+        if isinstance(self.engine, OrtEngine) and self.device.type == "cpu":
+            from .light import write_manifest  # the next run of these options can skip torch
+
+            write_manifest(self, self.engine)
 
     def _export_fields(self) -> dict[str, Any]:
         """What the exported graph depends on (its cache key; called only when exporting)."""
