@@ -130,13 +130,18 @@ def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = Non
             (``numerics``) or decoder (``decoding``) of the rebuilt extractor differs from the
             recorded one.
     """
-    from ..codes.extractor import CodeExtractor
+    from ..codes.light import light_extractor
 
     p = model.provenance
     bopts = BackboneOptions(backbone=p["backbone"], weights=weights_argument(p),
                             layers=(model.layer,), pooling=p.get("pooling", "avg"),
                             input_size=p.get("input_size"))
-    ext = CodeExtractor(bopts, runtime=model_runtime(model, runtime))
+    ropts = model_runtime(model, runtime)
+    ext = light_extractor(bopts, ropts)  # the torch-free path when its graph is cached
+    if ext is None:
+        from ..codes.extractor import CodeExtractor
+
+        ext = CodeExtractor(bopts, runtime=ropts)
     model.check_compatible(ext.provenance(), layers=ext.layers,
                            what=f"the codes of the rebuilt {p['backbone']} extractor")
     return ext
