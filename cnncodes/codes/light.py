@@ -50,7 +50,7 @@ from ..sources.folders import ImageSource
 from ..sources.images import decode_rgb, load_rgb
 from ..sources.preprocessing import Preprocessing, preprocess_array
 from ..sources.tarshards import TarShardSource
-from .export_cache import cache_path, read_cached
+from .export_cache import cache_path, read_cached, unseal
 from .numerics import decoding, planned_decoder
 from .ort_engine import CHECK_COSINE, OrtEngine, default_ort_threads, min_cosine
 
@@ -203,8 +203,12 @@ def light_extractor(bopts: BackboneOptions, ropts: RuntimeOptions) -> LightExtra
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    payload = read_cached(Path(doc["graph"]))
-    if payload is None or hashlib.sha256(payload).hexdigest() != doc.get("graph_sha256"):
+    try:
+        data = Path(doc["graph"]).read_bytes()
+    except OSError:
+        return None
+    payload = unseal(data)  # hashes the graph once: its seal is the payload's sha256
+    if payload is None or data[-64:].decode(errors="replace") != doc.get("graph_sha256"):
         return None
     try:
         ext = LightExtractor(doc, OrtEngine(payload, doc["layers"], threads=ropts.threads,
