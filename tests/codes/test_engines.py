@@ -213,7 +213,8 @@ def test_two_processes_exporting_at_once_leave_one_valid_file(cache):
     files = sorted((cache / "onnx").iterdir(), key=lambda f: f.suffix)
     # the graph and its torch-free manifest (cnncodes.codes.light), no temp file left behind
     assert [f.suffix for f in files] == [".json", ".onnx"], files
-    assert unseal(files[0].read_bytes()) is not None
+    assert unseal(files[1].read_bytes()) is not None
+    assert json.loads(files[0].read_text())["graph"] == str(files[1])
 
 
 def test_torch_engine_through_extract_and_provenance(cache, tmp_path):
