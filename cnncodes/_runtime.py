@@ -40,6 +40,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def nvidia_present() -> bool:
+    """Whether a CUDA device could be visible (an NVIDIA driver is loaded and not hidden by
+    ``CUDA_VISIBLE_DEVICES``): the torch-free check that ``auto`` means the CPU."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    """Whether ``device`` resolves to CUDA; imports torch only when it might (a driver present,
+    or a device other than ``cpu``/``auto``) or is imported already (then torch decides)."""
+    if str(device) == "cpu":
+        return False
+    if str(device) == "auto" and "torch" not in sys.modules and not nvidia_present():
+        return False
+    return resolve_device(device).type == "cuda"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> fp16 on CUDA, fp32 elsewhere (bf16 autocast is ~5x slower on CPUs)."""
     if precision == "auto":

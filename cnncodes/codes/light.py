@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .._runtime import nvidia_present
 from .._version import __version__
 from ..atomic import atomic_path
 from ..errors import DecodeError
@@ -158,13 +159,6 @@ def write_manifest(ext: Any, engine: OrtEngine) -> Path | None:
     return path
 
 
-def _nvidia_present() -> bool:
-    """Whether a CUDA device could be visible (an NVIDIA driver is loaded and not hidden)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
 def _eligible(ropts: RuntimeOptions) -> str | None:
     """Why a run cannot take the torch-free path (None when it can)."""
     if os.environ.get(TORCH_FREE_ENV, "1") == "0":
@@ -173,7 +167,7 @@ def _eligible(ropts: RuntimeOptions) -> str | None:
         return "engine/precision"
     if ropts.decoder not in ("auto", "pil"):
         return "decoder"
-    if str(ropts.device) != "cpu" and not (str(ropts.device) == "auto" and not _nvidia_present()):
+    if str(ropts.device) != "cpu" and not (str(ropts.device) == "auto" and not nvidia_present()):
         return "device"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "torchrun"

@@ -105,7 +105,7 @@ def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> Runtim
     """``runtime`` with its ``auto`` precision and decoder chosen to give codes that mix with the
     model's training codes (fp32 and CPU decoding for a CPU-trained model, also on a GPU); an
     explicit choice is kept (and refused by :func:`model_extractor` if it does not mix)."""
-    from .._runtime import resolve_device
+    from .._runtime import is_cuda
 
     ropts = runtime or RuntimeOptions()
     num, dec = compat_value(model.provenance, "numerics"), compat_value(model.provenance,
@@ -114,7 +114,7 @@ def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> Runtim
     if ropts.precision == "auto":
         changes["precision"] = num.partition("/")[0]
     if (ropts.decoder == "auto" and dec in ("cpu", "cpu-dct")
-            and resolve_device(ropts.device).type == "cuda"):
+            and is_cuda(ropts.device)):
         changes["decoder"] = "pil"
     if ropts.jpeg_scaling == "auto" and dec in ("cpu", "cpu-dct"):
         changes["jpeg_scaling"] = "dct" if dec == "cpu-dct" else "off"
