@@ -11,13 +11,15 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from .errors import OptionError
+
+if TYPE_CHECKING:  # torch is imported only where a process group or a device is used
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ def local_world_size(info: DistInfo | None = None) -> int:
 def check_local_gpus(info: DistInfo, device_count: int | None = None) -> None:
     """Every rank on this machine needs a GPU of its own: ``LOCAL_WORLD_SIZE`` <= visible GPUs
     (otherwise CUDA says "invalid device ordinal" on the first rank without one)."""
+    import torch
+
     local = local_world_size(info)
     n = torch.cuda.device_count() if device_count is None else device_count
     if local > n:
@@ -69,6 +73,8 @@ def rank_device(device_opt: str | torch.device, dev: torch.device, info: DistInf
     or N is not the rank's LOCAL_RANK."""
     if not info.enabled or dev.type != "cuda":
         return dev
+    import torch
+
     check_local_gpus(info)
     if str(device_opt) in ("auto", "cuda"):
         return torch.device("cuda", info.local_rank)
@@ -90,6 +96,9 @@ def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator
     if not info.enabled:
         yield info
         return
+    import torch
+    import torch.distributed as dist
+
     created = False
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
@@ -107,9 +116,23 @@ def process_group(device_type: str = "cpu", timeout_s: float = 3600) -> Iterator
             dist.destroy_process_group()
 
 
+def _dist():  # noqa: ANN202 - torch.distributed, imported on first use
+    import torch.distributed as dist
+
+    return dist
+
+
+def _group_exists() -> bool:
+    """A process group can only exist once torch.distributed has been imported."""
+    if "torch.distributed" not in sys.modules:
+        return False
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if _group_exists():
+        _dist().barrier()
 
 
 def shard_batches(items: Sequence[int], batch_size: int, rank: int, world: int) -> list[int]:
@@ -131,11 +154,13 @@ def shard_batches(items: Sequence[int], batch_size: int, rank: int, world: int) 
 
 def is_active() -> bool:
     """True inside an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _group_exists() and _dist().get_world_size() > 1
 
 
 def _comm_device() -> torch.device:
-    if dist.get_backend() == "nccl":
+    import torch
+
+    if _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -144,6 +169,7 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """``t`` reduced over ranks (``sum``, ``max`` or ``min``), as a new tensor on ``t``'s device."""
     if not is_active():
         return t.clone()
+    dist = _dist()
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
     work = t.detach().to(_comm_device(), copy=True)
     dist.all_reduce(work, op=ops[op])
@@ -152,6 +178,10 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sums over ranks of a few numbers (float64: counts stay exact below 2**53)."""
+    if not is_active():
+        return [float(v) for v in values]
+    import torch
+
     t = all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64))
     return [float(v) for v in t]
 
@@ -160,8 +190,8 @@ def all_gather_objects(obj: object) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` in one process."""
     if not is_active():
         return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list = [None] * _dist().get_world_size()
+    _dist().all_gather_object(out, obj)
     return out
 
 
@@ -170,9 +200,9 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if not is_active():
         return
     for b in module.buffers():
-        dist.broadcast(b, src)
+        _dist().broadcast(b, src)
 
 
 def backend() -> str | None:
     """The process group's backend (``gloo``, ``nccl``), None outside one."""
-    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
+    return str(_dist().get_backend()) if _group_exists() else None

@@ -12,21 +12,25 @@ import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from ._version import __version__
 from .errors import OptionError
 from .options import PRECISIONS
+
+if TYPE_CHECKING:  # torch is imported where it is used: the torch-free path never needs it
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> cuda if available, else cpu; anything else is validated."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -34,6 +38,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise OptionError(f"device must be cpu or auto on this machine (CUDA is not available). "
                           f"Got {str(device)!r} instead; use --device cpu or --device auto.")
     return dev
+
+
+def nvidia_present() -> bool:
+    """Whether a CUDA device could be visible (an NVIDIA driver is loaded and not hidden by
+    ``CUDA_VISIBLE_DEVICES``): the torch-free check that ``auto`` means the CPU."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    """Whether ``device`` resolves to CUDA; imports torch only when it might (a driver present,
+    or a device other than ``cpu``/``auto``) or is imported already (then torch decides)."""
+    if str(device) == "cpu":
+        return False
+    if str(device) == "auto" and "torch" not in sys.modules and not nvidia_present():
+        return False
+    return resolve_device(device).type == "cuda"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -92,6 +114,8 @@ def progress_bar(total: int, desc: str, *, enabled: bool = True, leave: bool = T
 @contextlib.contextmanager
 def num_threads(n: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for the block and restore the caller's value after."""
+    import torch
+
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -103,7 +127,9 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape the codes (recorded in provenance)."""
+    import torch
     import torchvision
+
     return {"cnncodes": __version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "h5py": h5py.__version__,
             "numpy": np.__version__, "python": platform.python_version()}

@@ -31,6 +31,9 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 POOLINGS = ("avg", "max", "avgmax", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODERS = ("auto", "tensor", "pil")
+#: large JPEGs: decoded DCT-scaled (``dct``, see cnncodes.sources.dct), in full (``off``), or
+#: ``auto`` (dct, unless the store or model being continued was made with full decoding)
+JPEG_SCALINGS = ("auto", "dct", "off")
 #: inference engines: auto = onnxruntime on the CPU when its export checks out, torch otherwise
 ENGINES = ("auto", "torch", "onnxruntime")
 #: time budget of a stand-alone ``advise`` (sets its sample size)
@@ -143,6 +146,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "max_pixels": (Interval(int, 0, None), NONE),
     "progress": (InstanceOf((bool, "numpy.bool", "numpy.bool_"), "a bool"),),
     "engine": (StrOptions(ENGINES),),
+    "jpeg_scaling": (StrOptions(JPEG_SCALINGS),),
 }
 
 
@@ -249,6 +253,9 @@ class RuntimeOptions:
         progress: show a progress bar (the library logs otherwise).
         engine: ``auto`` (ONNX Runtime on the CPU when its exported graph gives the torch codes,
             torch on CUDA), ``torch`` or ``onnxruntime``.
+        jpeg_scaling: ``auto`` (``dct`` unless the store or model being continued was made with
+            full decoding), ``dct`` (large JPEGs decoded at 1/2, 1/4 or 1/8 scale in the DCT
+            domain, keeping twice the resize; recorded as decoding ``cpu-dct``) or ``off``.
     """
 
     batch_size: int = 64
@@ -260,6 +267,7 @@ class RuntimeOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = False
     engine: str = "auto"
+    jpeg_scaling: str = "auto"
 
     def __post_init__(self) -> None:
         check_params(self, "RuntimeOptions")

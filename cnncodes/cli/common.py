@@ -15,6 +15,7 @@ from ..options import (
     BACKBONE_FIELDS,
     DECODERS,
     ENGINES,
+    JPEG_SCALINGS,
     POOLINGS,
     PRECISIONS,
     RUNTIME_FIELDS,
@@ -76,6 +77,11 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", default=d.engine, choices=ENGINES,
                    help="inference engine (auto: onnxruntime on the CPU when its exported graph "
                         "gives the torch codes, torch on CUDA)")
+    g.add_argument("--jpeg-scaling", default=d.jpeg_scaling, choices=JPEG_SCALINGS,
+                   help="large JPEGs (phone photos): dct = decode at 1/2, 1/4 or 1/8 scale in the "
+                        "DCT domain while keeping twice the resize (codes within cosine 0.999 of "
+                        "a full decode, several times faster), off = full decode, auto = dct "
+                        "unless the store or model being continued was made with full decoding")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -9,18 +9,23 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .._runtime import loader_workers, num_threads, progress_bar
 from ..errors import OptionError
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
-from ..sources.loader import Batch, ImageDataset, make_loader
 from ..sources.tarshards import TarShardSource
-from .extractor import CodeExtractor
+from .light import LightDataset, decode_threads, is_light, iter_light, light_extractor
+from .numerics import DCT_SUFFIX
+
+if TYPE_CHECKING:  # torch, torchvision and the torch extractor are imported where they run
+    import torch
+
+    from ..sources.loader import Batch, ImageDataset
+    from .extractor import CodeExtractor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,17 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
                  decoder: str = "auto") -> ImageDataset | Any:
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
-    ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL)."""
+    ``auto`` (tensor when the weights' interpolation is bilinear/bicubic, else PIL). Large JPEGs
+    are decoded DCT-scaled on the CPU when the extractor's ``jpeg_scaling`` is ``dct``
+    (:mod:`cnncodes.sources.dct`). A torch-free extractor (:mod:`cnncodes.codes.light`) gets a
+    :class:`~cnncodes.codes.light.LightDataset` (PIL, threads)."""
+    from ..sources.dct import draft_target
+
+    draft = (draft_target(ext.preprocessing.resize)
+             if getattr(ext, "jpeg_scaling", "off") == "dct" else None)
+    if is_light(ext):
+        return LightDataset(src, ext.preprocessing, max_pixels=max_pixels, draft_to=draft)
+    from ..sources.loader import ImageDataset
     from ..sources.preprocessing import TENSOR_INTERPOLATIONS
     from ..sources.tensor_decode import BytesDataset
 
@@ -39,21 +54,26 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
     if isinstance(src, TarShardSource):  # members are read by offset, decoded with PIL
         if decoder == "tensor":
             log.warning("decoder=tensor does not read tar shards; using PIL")
-        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels, draft_to=draft)
     if decoder == "pil" or ext.preprocessing.interpolation not in TENSOR_INTERPOLATIONS:
         if decoder == "tensor":
             log.warning("decoder=tensor does not support %s interpolation; using PIL",
                         ext.preprocessing.interpolation)
-        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels)
-    return BytesDataset(src, ext.preprocessing, max_pixels=max_pixels, decode_device=ext.device)
+        return ImageDataset(src, ext.preprocessing, max_pixels=max_pixels, draft_to=draft)
+    return BytesDataset(src, ext.preprocessing, max_pixels=max_pixels, decode_device=ext.device,
+                        draft_to=draft if ext.device.type == "cpu" else None)
 
 
 def decoder_name(dataset: Any, device: torch.device) -> str:
+    """``pil``, ``libjpeg-turbo`` or ``nvjpeg``; a CPU decoder with ``+dct`` when large JPEGs
+    are decoded DCT-scaled (see :data:`cnncodes.codes.numerics.DECODER_FAMILY`)."""
+    dct = DCT_SUFFIX if getattr(dataset, "draft_to", None) else ""
+    if isinstance(dataset, LightDataset):
+        return "pil" + dct
     from ..sources.tensor_decode import BytesDataset
-
     if isinstance(dataset, BytesDataset):
-        return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo"
-    return "pil"
+        return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo" + dct
+    return "pil" + dct
 
 
 def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
@@ -62,8 +82,16 @@ def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
     """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop).
 
     ``health``: a :class:`~cnncodes.sources.tensor_decode.GpuDecodeHealth` watching nvJPEG (one is
-    made when None); once it says so, the rest is decoded by the CPU workers.
+    made when None); once it says so, the rest is decoded by the CPU workers. A torch-free
+    extractor runs :func:`~cnncodes.codes.light.iter_light` (``num_workers`` decoding threads).
     """
+    if is_light(ext):
+        yield from iter_light(dataset, ext, indices, batch_size=batch_size,
+                              threads=decode_threads(num_workers))
+        return
+    import torch
+
+    from ..sources.loader import Batch, make_loader
     from ..sources.tensor_decode import BytesDataset, GpuDecodeHealth, decode_batch
 
     health = health if health is not None else GpuDecodeHealth()
@@ -103,6 +131,12 @@ def _bytes_loader(dataset: Any, indices: Sequence[int], batch_size: int, num_wor
                              pin_memory=pin)
 
 
+def _torch_extractor(bopts: BackboneOptions, ropts: RuntimeOptions) -> CodeExtractor:
+    from .extractor import CodeExtractor
+
+    return CodeExtractor(bopts, runtime=ropts)
+
+
 @dataclass
 class ArrayCodes:
     """In-memory codes of a source (for predict and the sklearn transformer).
@@ -138,8 +172,9 @@ def extract_arrays(
     batch_size, num_workers, threads = ropts.batch_size, ropts.num_workers, ropts.threads
     max_pixels, progress, decoder = ropts.max_pixels, ropts.progress, ropts.decoder
     src = open_source(source, classes=classes)
-    ext = extractor or CodeExtractor(bopts, runtime=ropts)
-    workers = loader_workers(ext.device, num_workers, len(src), batch_size)
+    ext = extractor or light_extractor(bopts, ropts) or _torch_extractor(bopts, ropts)
+    workers = (decode_threads(num_workers) if is_light(ext) else
+               loader_workers(ext.device, num_workers, len(src), batch_size))
     dataset = make_dataset(src, ext, max_pixels=max_pixels, decoder=decoder)
     idx: list[int] = []
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ext.layers}

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "CNNCODES_CACHE"
 #: the name of a cached graph: ``<backbone with unsafe characters as +>-<24 hex>.onnx``
 ENTRY_RE = re.compile(r"^(?P<model>[A-Za-z0-9._+-]+)-(?P<key>[0-9a-f]{24})\.onnx$")
+#: a torch-free manifest (:mod:`cnncodes.codes.light`): it names one graph and goes with it
+MANIFEST_RE = re.compile(r"^[A-Za-z0-9._+-]+-req-[0-9a-f]{24}\.json$")
 META_SUFFIX = ".json"
 
 _AGE_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -144,7 +146,34 @@ def remove_entries(root: Path, entries: Sequence[Mapping[str, Any]]) -> list[dic
             if stat.S_ISREG(os.lstat(m).st_mode):
                 m.unlink()
         done.append(dict(e))
+    if done:
+        drop_orphan_manifests(onnx)
     return done
+
+
+def drop_orphan_manifests(onnx: Path) -> list[Path]:
+    """Delete the torch-free manifests in ``onnx`` whose graph is gone (regular files named like a
+    manifest only, never a symlink; an unreadable manifest is left alone). Returns those
+    deleted."""
+    gone = []
+    try:
+        it = list(os.scandir(onnx))
+    except OSError:
+        return gone
+    for d in it:
+        if not MANIFEST_RE.match(d.name) or not d.is_file(follow_symlinks=False):
+            continue
+        try:
+            if d.stat(follow_symlinks=False).st_size > 1 << 20:
+                continue
+            graph = json.loads(Path(d.path).read_text()).get("graph")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(graph, str) and Path(graph).parent == onnx and not os.path.lexists(graph):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(d.path)
+                gone.append(Path(d.path))
+    return gone
 
 
 def parse_age(text: str) -> float:

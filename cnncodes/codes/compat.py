@@ -38,7 +38,8 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
 _HINTS = {"numerics": " (codes of another precision do not mix: run with the file's "
                       "--precision, and for fp16/bf16 its device; fp32 mixes across CPU and CUDA)",
           "decoding": " (nvJPEG and CPU-decoded pixels do not mix: --decoder pil decodes on the "
-                      "CPU; --decoder tensor on CUDA uses nvJPEG)"}
+                      "CPU; --decoder tensor on CUDA uses nvJPEG; cpu-dct is CPU decoding with "
+                      "large JPEGs DCT-scaled, --jpeg-scaling dct; cpu is --jpeg-scaling off)"}
 
 
 def canonical(v: Any) -> Any:

@@ -30,13 +30,13 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_path
 from .cache_files import CACHE_ENV, cache_dir, touch_entry
+
+if TYPE_CHECKING:  # reading the cache needs no torch (the torch-free path reads it)
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +100,21 @@ def write_cached(path: Path, payload: bytes) -> None:
         t.write_bytes(seal(payload))
 
 
-class _Outputs(nn.Module):
+def _outputs(extractor: nn.Module, layers: Sequence[str]) -> nn.Module:
     """The cut network as the exporter needs it: a tuple of pooled layer codes, fp32."""
+    from torch import nn
 
-    def __init__(self, extractor: nn.Module, layers: Sequence[str]):
-        super().__init__()
-        self.extractor = extractor
-        self.layers = list(layers)
+    class _Outputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.extractor = extractor
+            self.layers = list(layers)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.extractor(x)
-        return tuple(out[k].float() for k in self.layers)
+        def forward(self, x: Any) -> tuple[Any, ...]:
+            out = self.extractor(x)
+            return tuple(out[k].float() for k in self.layers)
+
+    return _Outputs()
 
 
 @contextlib.contextmanager
@@ -118,6 +122,8 @@ def _mha_decomposed() -> Iterator[None]:
     """``nn.MultiheadAttention`` through its plain ops while exporting: its inference fast path
     (``aten::_native_multi_head_attention``, taken under no_grad) has no ONNX export, so every
     torchvision ViT fell back to torch. The flag is restored after."""
+    import torch
+
     mha = getattr(torch.backends, "mha", None)
     if mha is None:
         yield
@@ -159,7 +165,9 @@ def _captured_output() -> Iterator[None]:
 def export_onnx(extractor: nn.Module, layers: Sequence[str], input_size: int) -> bytes:
     """ONNX bytes of ``extractor`` (an eval-mode FeatureExtractor on the CPU, fp32) with one
     output per layer (named as the layer) and a dynamic batch axis."""
-    wrapper = _Outputs(extractor, layers).eval()
+    import torch
+
+    wrapper = _outputs(extractor, layers).eval()
     x = torch.zeros(2, 3, input_size, input_size)
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in layers}}

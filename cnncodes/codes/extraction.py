@@ -13,16 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import queue
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .._distributed import (
     DistInfo,
@@ -30,6 +27,7 @@ from .._distributed import (
     all_reduce,
     all_reduce_sum,
     barrier,
+    is_active,
     local_world_size,
     process_group,
     rank_device,
@@ -52,7 +50,6 @@ from ..errors import (
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
-from ..sources.loader import Batch
 from ..sources.tarshards import TarShardSource
 from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported here
     ArrayCodes,
@@ -61,10 +58,11 @@ from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported h
     iter_codes,
     make_dataset,
 )
-from .extractor import CodeExtractor
 from .identity import FileIdentity, check_verify, describe_source, store_sources
 from .journal import Journal, Part, identity_arrays
-from .numerics import decoding
+from .light import CPU, decode_threads, is_light, light_extractor
+from .numerics import compat_value, decoding
+from .part_writer import PartWriter
 from .reader import check_is_store
 from .store import (
     CONFIG_FIELDS,
@@ -76,6 +74,12 @@ from .store import (
     remove_store,
 )
 from .sync import Sync, plan_sync, resolve_sources, stored_paths
+
+if TYPE_CHECKING:  # torch is imported by the torch path only (cnncodes.codes.light needs none)
+    import torch
+
+    from ..sources.loader import Batch
+    from .extractor import CodeExtractor
 
 log = logging.getLogger(__name__)
 
@@ -115,47 +119,6 @@ class ExtractResult:
     def nothing_extracted(self) -> bool:
         """Files were to be extracted and every one of them failed."""
         return not self.new and bool(self.failed) and not self.interrupted
-
-
-class _PartWriter:
-    """Background thread committing parts so disk I/O overlaps decoding and compute."""
-
-    def __init__(self, journal: Journal, maxsize: int = 4):
-        self.journal = journal
-        self.q: queue.Queue[Part | None] = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="cnncodes-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            part = self.q.get()
-            try:
-                if part is None:
-                    return
-                if self.error is None:
-                    self.journal.write_part(part)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                self.error = e
-            finally:
-                self.q.task_done()
-
-    def flush(self) -> None:
-        """Wait until every queued part is on disk."""
-        self.q.join()
-        if self.error is not None:
-            raise self.error
-
-    def put(self, part: Part) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(part)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def extract(
@@ -232,10 +195,11 @@ def extract(
             raise StoreMismatchError(f"{e} --overwrite does not replace it either: delete it "
                                      "yourself if it is yours.") from None
     src = open_source(source)
-    dev = resolve_device(ropts.device)
+    light = light_extractor(bopts, ropts)  # the cached, checked graph without torch, or None
+    dev = light.device if light is not None else resolve_device(ropts.device)
     with process_group(dev.type) as di:
         ropts = _rank_runtime(ropts, dev, di)
-        ext = CodeExtractor(bopts, runtime=ropts)
+        ext = light or _torch_extractor(bopts, ropts)
         prov = ext.provenance()
         prov.update({
             "dtype": dtype, "command": command or "python: cnncodes.extract(...)",
@@ -274,10 +238,16 @@ def extract(
                 journal.clear()
 
 
+def _torch_extractor(bopts: BackboneOptions, ropts: RuntimeOptions) -> CodeExtractor:
+    from .extractor import CodeExtractor
+
+    return CodeExtractor(bopts, runtime=ropts)
+
+
 def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> RuntimeOptions:
     """The runtime of this rank: its own GPU, and a share of the machine's threads and workers."""
     if not di.enabled:
-        return ropts.replace(device=dev)
+        return ropts.replace(device="cpu" if dev is CPU else dev)  # CPU: the torch-free path
     local_world = local_world_size(di)
     dev = rank_device(ropts.device, dev, di)  # cuda:LOCAL_RANK; refuses cuda:N for every rank
     changes: dict[str, Any] = {"device": dev}
@@ -341,6 +311,12 @@ def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
     job.stored = stored_paths(job.src.root, job.src.paths, root)
     verify = job.verify or old.get("verify") or "stat"
     job.verify = verify
+    if (old and job.runtime.jpeg_scaling == "auto" and job.ext.jpeg_scaling == "dct"
+            and compat_value(old, "decoding") == "cpu"):  # continue a store as it was made
+        job.ext.jpeg_scaling = "off"
+        job.prov["decoding"] = job.ext.provenance()["decoding"]
+        log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
+                 "needs a new store)", job.out)
     job.prov.update({"root": root.as_posix(), "source_kind": sources[0]["kind"],
                      "sources": sources, "verify": verify})
 
@@ -386,7 +362,8 @@ def _extract_locked(job: _Job) -> ExtractResult:
     if di.is_main:
         journal.write_manifest({**job.config, "sources": job.prov["sources"],
                                 "verify": job.verify})
-    workers = loader_workers(ext.device, job.runtime.num_workers, len(mine), bs)
+    workers = (decode_threads(job.runtime.num_workers) if is_light(ext) else
+               loader_workers(ext.device, job.runtime.num_workers, len(mine), bs))
     run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
     if run.interrupted and di.enabled:
         raise KeyboardInterrupt(ExtractResult(path=out, rows=sync.done, new=run.new,
@@ -515,14 +492,17 @@ def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Pro
     """Extract ``mine`` batch by batch into the journal (with commit points); Ctrl-C stops it
     cleanly with the finished batches kept."""
     ext, di = job.ext, job.di
-    from ..sources.tensor_decode import GpuDecodeHealth
+    if is_light(ext):
+        run = _Progress()
+    else:
+        from ..sources.tensor_decode import GpuDecodeHealth
 
-    run = _Progress(health=GpuDecodeHealth())
+        run = _Progress(health=GpuDecodeHealth())
     t_run = time.perf_counter()
     bar = progress_bar(len(mine), f"extract {ext.spec.name}"
                        + (f" rank 0/{di.world}" if di.enabled else ""),
                        enabled=job.runtime.progress and di.is_main)
-    writer = _PartWriter(job.journal)
+    writer = PartWriter(job.journal)
     pos = 0
     last_commit = time.monotonic()
     try:
@@ -576,6 +556,7 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
               "decoder": decoder, "bn_folded": job.ext.bn_folded,
               "engine": job.ext.engine.name, "engine_version": job.ext.engine.version,
               "engine_threads": job.ext.engine.threads,
+              "jpeg_scaling": job.ext.jpeg_scaling,
               "interrupted": interrupted, "host": platform.node()}
     if job.journal.bad_parts:
         record["bad_parts"] = list(job.journal.bad_parts)
@@ -584,6 +565,10 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
 
 def _gather_stats(new: int, failed: int, seconds: float) -> dict[str, float]:
     """Totals across ranks (images, failures; the slowest rank's time); local values alone."""
+    if not is_active():
+        return {"new": int(new), "failed": int(failed), "seconds": float(seconds)}
+    import torch
+
     total_new, total_failed = all_reduce_sum([new, failed])
     slowest = all_reduce(torch.tensor([seconds], dtype=torch.float64), "max")
     return {"new": int(total_new), "failed": int(total_failed), "seconds": float(slowest[0])}

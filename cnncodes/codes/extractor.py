@@ -25,6 +25,7 @@ from ..backbones.registry import BackboneSpec, check_pooling, get_spec, resolve_
 from ..backbones.weights import ResolvedWeights, resolve_weights, weights_sha256
 from ..errors import OptionError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.dct import dct_enabled
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
 from .engines import OrtEngine, TorchEngine, select_engine
@@ -131,6 +132,10 @@ class CodeExtractor:
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         self.decoder_option = ropts.decoder
+        #: ``dct`` or ``off``: large JPEGs decoded DCT-scaled (``auto`` is ``dct`` unless this
+        #: Pillow build fails the start-up check, :func:`cnncodes.sources.dct.dct_enabled`);
+        #: ``extract`` may set it to a store's own before making the dataset
+        self.jpeg_scaling = "dct" if dct_enabled(ropts.jpeg_scaling) else "off"
         self._dims: dict[str, int] | None = None
         module, resolved = create_backbone(backbone, weights=weights, layers=layers,
                                            pooling=pooling)
@@ -158,6 +163,10 @@ class CodeExtractor:
             input_size=self.preprocessing.crop,
             device=self.device, precision=self.precision, channels_last=channels_last,
             backbone=self.spec.name, fields=self._export_fields, threads=ropts.threads)
+        if isinstance(self.engine, OrtEngine) and self.device.type == "cpu":
+            from .light import write_manifest  # the next run of these options can skip torch
+
+            write_manifest(self, self.engine)
 
     def _size_message(self, e: BaseException) -> str:
         """Why this input size does not run, and the sizes that do (tried on the meta device)."""
@@ -217,7 +226,8 @@ class CodeExtractor:
     def provenance(self) -> dict[str, Any]:
         """Everything a store or a model file must record to be checked later."""
         return {**_provenance(self.spec, self.resolved, self.preprocessing, self.layers,
-                              self.pooling, self.precision, self.device, self.decoder_option),
+                              self.pooling, self.precision, self.device, self.decoder_option,
+                              self.jpeg_scaling),
                 "engine": {"name": self.engine.name, "version": self.engine.version,
                            "threads": self.engine.threads,
                            **({"fallback": fb} if (fb := getattr(self.engine, "fallback", ""))
@@ -226,7 +236,7 @@ class CodeExtractor:
 
 def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Preprocessing,
                 layers: list[str], pooling: str, precision: str, device: torch.device,
-                decoder_option: str) -> dict[str, Any]:
+                decoder_option: str, jpeg_scaling: str = "off") -> dict[str, Any]:
     """The provenance of codes of this configuration, without the engine (which needs a build)."""
     layer_info = {}
     for name in layers:
@@ -249,7 +259,8 @@ def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Pr
         # that ran, this is the one a folder source would get
         "numerics": numerics(precision, device), "tf32": False,
         "decoding": decoding(planned_decoder(decoder_option, device,
-                                             preprocessing.interpolation)),
+                                             preprocessing.interpolation,
+                                             dct=jpeg_scaling == "dct")),
     }
 
 
@@ -273,7 +284,9 @@ def describe_codes(backbone: BackboneOptions, runtime: RuntimeOptions) -> dict[s
     device = resolve_device(runtime.device)
     precision = resolve_precision(runtime.precision, device)
     pre = resolved.preprocessing.with_input_size(backbone.input_size)
-    prov = _provenance(spec, resolved, pre, layers, pooling, precision, device, runtime.decoder)
+    scaling = "dct" if dct_enabled(runtime.jpeg_scaling) else "off"
+    prov = _provenance(spec, resolved, pre, layers, pooling, precision, device, runtime.decoder,
+                       scaling)
     return {**prov, "dims": dims}
 
 

@@ -11,7 +11,9 @@ What may mix (decided from what differs, see README "Devices, precision and deco
   different kernels: they are named with their device (``fp16/cuda``) and mix with nothing else.
 * ``decoding``: ``cpu`` (PIL or torchvision's libjpeg-turbo: the same IDCT and chroma
   interpolation; the existing tests hold them to cosine >= 0.9999) may mix with itself only;
-  ``nvjpeg`` (chroma upsampled by replication, ~1e-3 in cosine at colour edges) mixes with
+  ``cpu-dct`` (the same decoders, with JPEGs at least twice the resize decoded DCT-scaled, see
+  :mod:`cnncodes.sources.dct`: codes within cosine 0.999 of ``cpu`` on photos) mixes with itself
+  only; ``nvjpeg`` (chroma upsampled by replication, ~1e-3 in cosine at colour edges) mixes with
   nothing else.
 
 Stores and models written before these fields existed were all made on the CPU path the tests
@@ -32,7 +34,10 @@ if TYPE_CHECKING:  # torch is imported where a device is looked at: reading a st
 COMPAT_DEFAULTS: dict[str, str] = {"numerics": "fp32", "decoding": "cpu"}
 
 #: Decoder names recorded in a run (``decoder`` of the run record) -> their ``decoding`` family.
-DECODER_FAMILY = {"pil": "cpu", "libjpeg-turbo": "cpu", "nvjpeg": "nvjpeg"}
+DECODER_FAMILY = {"pil": "cpu", "libjpeg-turbo": "cpu", "nvjpeg": "nvjpeg",
+                  "pil+dct": "cpu-dct", "libjpeg-turbo+dct": "cpu-dct"}
+#: suffix of a CPU decoder name when large JPEGs are decoded DCT-scaled
+DCT_SUFFIX = "+dct"
 
 
 def numerics(precision: str, device: torch.device | str) -> str:
@@ -53,16 +58,20 @@ def decoding(decoder: str) -> str:
                          f"{', '.join(DECODER_FAMILY)}") from None
 
 
-def planned_decoder(option: str, device: torch.device | str, interpolation: str) -> str:
+def planned_decoder(option: str, device: torch.device | str, interpolation: str,
+                    dct: bool = False) -> str:
     """The decoder ``make_dataset`` picks for a folder or list source (tar shards always use
-    PIL): ``pil``, or the tensor path's ``libjpeg-turbo`` (CPU) / ``nvjpeg`` (CUDA)."""
-    import torch
-
+    PIL): ``pil``, or the tensor path's ``libjpeg-turbo`` (CPU) / ``nvjpeg`` (CUDA); a CPU
+    decoder gets :data:`DCT_SUFFIX` when ``dct`` (large JPEGs DCT-scaled)."""
     from ..sources.preprocessing import TENSOR_INTERPOLATIONS
 
     if option == "pil" or interpolation not in TENSOR_INTERPOLATIONS:
-        return "pil"
-    return "nvjpeg" if torch.device(device).type == "cuda" else "libjpeg-turbo"
+        name = "pil"
+    elif str(device).startswith("cuda"):
+        return "nvjpeg"
+    else:
+        name = "libjpeg-turbo"
+    return name + DCT_SUFFIX if dct else name
 
 
 def compat_value(prov: Mapping[str, Any], field: str) -> Any:

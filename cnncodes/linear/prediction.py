@@ -153,7 +153,7 @@ def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> Runtim
     """``runtime`` with its ``auto`` precision and decoder chosen to give codes that mix with the
     model's training codes (fp32 and CPU decoding for a CPU-trained model, also on a GPU); an
     explicit choice is kept (and refused by :func:`model_extractor` if it does not mix)."""
-    from .._runtime import resolve_device
+    from .._runtime import is_cuda
 
     ropts = runtime or RuntimeOptions()
     num, dec = compat_value(model.provenance, "numerics"), compat_value(model.provenance,
@@ -161,9 +161,11 @@ def model_runtime(model: TrainedModel, runtime: RuntimeOptions | None) -> Runtim
     changes: dict[str, Any] = {}
     if ropts.precision == "auto":
         changes["precision"] = num.partition("/")[0]
-    if (ropts.decoder == "auto" and dec == "cpu"
-            and resolve_device(ropts.device).type == "cuda"):
+    if (ropts.decoder == "auto" and dec in ("cpu", "cpu-dct")
+            and is_cuda(ropts.device)):
         changes["decoder"] = "pil"
+    if ropts.jpeg_scaling == "auto" and dec in ("cpu", "cpu-dct"):
+        changes["jpeg_scaling"] = "dct" if dec == "cpu-dct" else "off"
     return ropts.replace(**changes) if changes else ropts
 
 
@@ -176,13 +178,18 @@ def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = Non
             (``numerics``) or decoder (``decoding``) of the rebuilt extractor differs from the
             recorded one.
     """
-    from ..codes.extractor import CodeExtractor
+    from ..codes.light import light_extractor
 
     p = model.provenance
     bopts = BackboneOptions(backbone=p["backbone"], weights=weights_argument(p),
                             layers=(model.layer,), pooling=p.get("pooling", "avg"),
                             input_size=p.get("input_size"))
-    ext = CodeExtractor(bopts, runtime=model_runtime(model, runtime))
+    ropts = model_runtime(model, runtime)
+    ext = light_extractor(bopts, ropts)  # the torch-free path when its graph is cached
+    if ext is None:
+        from ..codes.extractor import CodeExtractor
+
+        ext = CodeExtractor(bopts, runtime=ropts)
     model.check_compatible(ext.provenance(), layers=ext.layers,
                            what=f"the codes of the rebuilt {p['backbone']} extractor")
     return ext

@@ -225,18 +225,35 @@ def pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
             _apply_limit()
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             draft_to: int | None = None) -> Image.Image:
     """Open ``path`` as an 8-bit RGB PIL image with EXIF orientation applied.
 
     Args:
         max_pixels: decompression-bomb limit (width x height); 0 or None = no limit.
+        draft_to: a JPEG whose shorter side is at least twice this is decoded at the largest
+            scale 1/2, 1/4 or 1/8 that keeps its shorter side >= ``draft_to`` (libjpeg's
+            DCT-domain scaling, :func:`draft_scale`); None decodes every image in full.
 
     Raises:
         DecodeError: with a short reason (empty, not a regular file, not an image, truncated, too
             many pixels...).
     """
     p = Path(path)
-    return decode_rgb(open_regular(p), name=p, max_pixels=max_pixels)
+    return decode_rgb(open_regular(p), name=p, max_pixels=max_pixels, draft_to=draft_to)
+
+
+def draft_scale(width: int, height: int, draft_to: int | None) -> int:
+    """The DCT-domain scale denominator (1, 2, 4 or 8) a JPEG of ``width`` x ``height`` is decoded
+    at for ``draft_to`` (Pillow's ``Image.draft`` rule: the largest that keeps the shorter side
+    >= ``draft_to``; 1 = full decode)."""
+    if not draft_to or draft_to < 1:
+        return 1
+    ratio = min(width, height) // int(draft_to)
+    for s in (8, 4, 2):
+        if ratio >= s:
+            return s
+    return 1
 
 
 def _too_many_pixels(w: int, h: int, max_pixels: int) -> DecodeError:
@@ -256,7 +273,8 @@ def _pil_bomb(e: Exception, max_pixels: int | None) -> DecodeError:
 
 
 def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_to: int | None = None) -> Image.Image:
     """:func:`load_rgb` of an open binary file (closed here), e.g. a member of a tar shard;
     ``name`` names it in log messages."""
     p = name
@@ -268,6 +286,8 @@ def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
                 if max_pixels and w * h > max_pixels:
                     raise _too_many_pixels(w, h, max_pixels)
                 img.seek(0)
+                if img.format == "JPEG" and draft_scale(w, h, draft_to) > 1:
+                    img.draft(None, (int(draft_to), int(draft_to)))  # type: ignore[arg-type]
                 rawmode = img.tile[0][3] if img.format == "PNG" and img.tile else None
                 img.load()
                 _png_key_in_pixel_units(img, rawmode if isinstance(rawmode, str) else None)

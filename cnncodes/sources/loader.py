@@ -65,13 +65,18 @@ def normalize_batch(images: torch.Tensor, pp: Preprocessing, *, dtype: torch.dty
 
 
 class ImageDataset(Dataset):
-    """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`."""
+    """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`.
+
+    ``draft_to``: JPEGs at least twice this (shorter side) are decoded DCT-scaled to keep it
+    (:func:`cnncodes.sources.images.load_rgb`); None decodes in full.
+    """
 
     def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_to: int | None = None):
         self.source = source
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
+        self.draft_to = draft_to
 
     def __len__(self) -> int:
         return len(self.source)
@@ -80,9 +85,10 @@ class ImageDataset(Dataset):
         try:
             if isinstance(self.source, TarShardSource):  # a member, read by offset
                 img = decode_rgb(self.source.open_member(i), name=self.source.paths[i],
-                                 max_pixels=self.max_pixels)
+                                 max_pixels=self.max_pixels, draft_to=self.draft_to)
             else:
-                img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels)
+                img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels,
+                               draft_to=self.draft_to)
             return i, preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels), None
         except DecodeError as e:
             return i, None, str(e)

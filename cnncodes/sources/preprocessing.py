@@ -92,4 +92,34 @@ def check_resize(width: int, height: int, pp: Preprocessing, max_pixels: int | N
         "genuine, or 0 for no limit)")
 
 
+#: Pillow's filter numbers of the interpolation names (torchvision's own mapping for PIL images:
+#: ``nearest-exact`` is Pillow's NEAREST there too)
+PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3,
+               "box": 4, "hamming": 5}
+
+
+def preprocess_array(img: Any, pp: Preprocessing, *, max_pixels: int | None) -> Any:
+    """The torch-free twin of :func:`cnncodes.sources.loader.preprocess_pil`: resize (shorter
+    side, Pillow), centre crop, uint8 CHW NumPy array; the same pixels as torchvision's
+    ``resize``/``center_crop``/``pil_to_tensor`` on PIL images (tested bit-exact).
+
+    Raises:
+        DecodeError: the resized image would exceed ``max_pixels`` (:func:`check_resize`).
+    """
+    import numpy as np
+    from PIL import Image
+
+    check_resize(img.width, img.height, pp, max_pixels)
+    h, w = resized_size(img.height, img.width, pp.resize)
+    img = img.resize((w, h), PIL_FILTERS[pp.interpolation])
+    c = pp.crop
+    if w < c or h < c:  # torchvision pads (black) before cropping: left/top get the smaller half
+        canvas = Image.new(img.mode, (max(w, c), max(h, c)))
+        canvas.paste(img, ((c - w) // 2 if c > w else 0, (c - h) // 2 if c > h else 0))
+        img, (w, h) = canvas, canvas.size
+    top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+    arr = np.asarray(img.crop((left, top, left + c, top + c)))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
 IMAGENET = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")

@@ -39,6 +39,7 @@ are small and cheap to decode."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -53,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
-from .images import load_rgb, open_regular
+from .images import decode_rgb, draft_scale, load_rgb, open_regular
 from .jpeg import JpegHeader, fallback_reason, parse_jpeg_header, sniff
 from .loader import Batch, preprocess_pil
 from .preprocessing import (TENSOR_INTERPOLATIONS, Preprocessing, interpolation_mode,
@@ -79,6 +80,11 @@ CPU_SMALL = "cpu: small subsampled JPEG"
 #: Route of a progressive JPEG when the batch decoder is on the GPU: nvJPEG decodes those one by
 #: one with its Huffman stage on the CPU of the main process, so the worker decodes it instead.
 CPU_PROGRESSIVE = "cpu: progressive JPEG"
+
+
+#: Route of a JPEG at least twice the DCT target (``draft_to``): decoded DCT-scaled by libjpeg
+#: through Pillow in the worker (see :mod:`cnncodes.sources.dct`), then the PIL resize.
+CPU_DCT = "cpu: DCT-scaled JPEG"
 
 
 #: Other routes are ``"pil: <why>"``. Default of ``gpu_min_scale`` (see the module docstring).
@@ -241,7 +247,8 @@ def gpu_min_side(pp: Preprocessing, scale: float = GPU_MIN_SCALE) -> int:
 
 def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
-              cpu_below: int = 0, progressive_on_cpu: bool = False) -> RawItem:
+              cpu_below: int = 0, progressive_on_cpu: bool = False,
+              draft_to: int | None = None) -> RawItem:
     """What a worker does with one file: read the bytes, route them, run PIL where needed.
 
     Args:
@@ -255,6 +262,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             :func:`gpu_min_side`.
         progressive_on_cpu: decode progressive JPEGs here too (route :data:`CPU_PROGRESSIVE`;
             set when the batch decoder is on the GPU).
+        draft_to: JPEGs whose shorter side is at least twice this are decoded here DCT-scaled
+            (route :data:`CPU_DCT`, :func:`cnncodes.sources.images.draft_scale`); None: never.
 
     Never raises: failures become ``RawItem.failure`` (the PIL path's reasons).
     """
@@ -284,6 +293,8 @@ def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
             except ValueError as e:
                 why = f"malformed JPEG header ({e})"
             if why is None:
+                if draft_scale(header.width, header.height, draft_to) > 1:
+                    return _dct_item(index, p, data, pp, max_pixels, int(draft_to or 0))
                 if header.subsampled and min(header.width, header.height) < cpu_below:
                     return _cpu_item(index, p, data, header.orientation, pp, max_pixels)
                 if progressive_on_cpu and header.sof == 0xC2:
@@ -309,6 +320,21 @@ def _cpu_item(index: int, path: str, data: bytes, orientation: int, pp: Preproce
     return RawItem(index, path, route, image=image)
 
 
+def _dct_item(index: int, path: str, data: bytes, pp: Preprocessing, max_pixels: int | None,
+              draft_to: int) -> RawItem:
+    """A large JPEG decoded DCT-scaled by Pillow from the bytes already read, then the PIL
+    path's resize and crop (failures as the PIL path's)."""
+    try:
+        img = decode_rgb(io.BytesIO(data), name=path, max_pixels=max_pixels, draft_to=draft_to)
+        return RawItem(index, path, CPU_DCT,
+                       image=preprocess_pil(img, pp, max_pixels=max_pixels))
+    except DecodeError as e:
+        return RawItem(index, path, CPU_DCT, failure=str(e))
+    except Exception as e:  # noqa: BLE001 - never let one file stop the run
+        return RawItem(index, path, CPU_DCT,
+                       failure=f"preprocessing error: {type(e).__name__}: {e}")
+
+
 def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
               route: str) -> RawItem:
     """The robust PIL path, exactly as :class:`cnncodes.sources.loader.ImageDataset` runs it."""
@@ -330,13 +356,16 @@ class BytesDataset(Dataset):
     Args:
         decode_device: where :func:`decode_batch` will run (``cpu``: in the workers).
         gpu_min_scale: see :func:`gpu_min_side` (used when ``decode_device`` is not the CPU).
+        draft_to: large JPEGs decoded DCT-scaled in the worker (see :func:`read_item`); None:
+            never. Ignored when decoding on the GPU.
     """
 
     def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
                  decode_device: str | torch.device = "cpu",
-                 gpu_min_scale: float = GPU_MIN_SCALE):
+                 gpu_min_scale: float = GPU_MIN_SCALE, draft_to: int | None = None):
         self.source = source
+        self.draft_to = draft_to
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
         self.tensor_path = tensor_path
@@ -351,7 +380,8 @@ class BytesDataset(Dataset):
         return read_item(i, self.source.abspath(i), self.preprocessing,
                          max_pixels=self.max_pixels, tensor_path=self.tensor_path,
                          cpu_below=self.cpu_below,
-                         progressive_on_cpu=self.decode_device.type != "cpu")
+                         progressive_on_cpu=self.decode_device.type != "cpu",
+                         draft_to=self.draft_to if self.decode_device.type == "cpu" else None)
 
 
 def collate_raw(items: Sequence[RawItem]) -> RawBatch:

@@ -103,12 +103,12 @@ def test_advise_time_budget_sets_the_sample_size(tree):
     want = select_sample(stratified_order(labels, seed=0), labels, 8, min_per_class=3)
     assert m["sample_used"] == tight.probe.n_images == want.size
     assert np.bincount(labels[want]).min() >= 3
-    assert m["decoder"] == "pil"
+    assert m["decoder"] == "pil+dct"  # large JPEGs DCT-scaled (the default)
     # an hour buys everything up to --sample
     ample = advise(tree, **{**opts, "budget": "1h"}, max_images=40, decoder="tensor")
     assert ample.meta["budget_s"] == 3600 and ample.meta["sample_requested"] == 40
     assert ample.probe.n_images == 40
-    assert ample.meta["decoder"] == "libjpeg-turbo"  # the decoder reached the extraction
+    assert ample.meta["decoder"] == "libjpeg-turbo+dct"  # the decoder reached the extraction
 
 
 def test_advise_takes_options_objects_and_hands_the_decoder_to_the_dataset(tree, monkeypatch):

@@ -33,7 +33,7 @@ def test_cli_advise_prints_and_saves(tree, tmp_path, capsys):
         assert key in text
     js = json.loads((out / "advice.json").read_text())
     assert js["next_command"].startswith("cnncodes extract") and (out / "advice.png").is_file()
-    assert js["meta"]["decoder"] == "pil" and js["meta"]["budget_s"] is None
+    assert js["meta"]["decoder"] == "pil+dct" and js["meta"]["budget_s"] is None
 
 
 def test_cli_advise_threshold_overrides_and_json(tree, capsys):

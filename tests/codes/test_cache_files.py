@@ -161,3 +161,26 @@ def test_cached_export_records_each_use(tmp_path, monkeypatch):
     assert not fresh and path2 == path
     (row,) = cf.list_entries()
     assert row["model"] == "timm/x" and row["created"] == 1000.0 and row["last_used"] == 5000.0
+
+
+def test_pruning_a_graph_drops_its_torch_free_manifest_only(tmp_path):
+    """A torch-free manifest (codes/light.py) names one graph: it goes when that graph goes;
+    a manifest of a kept graph, an unrelated .json and a symlinked manifest stay."""
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    old = entry(onnx, "resnet18", KEYS[0], 10, time.time() - 90 * DAY)
+    kept = entry(onnx, "resnet18", KEYS[1], 10, time.time())
+    m_old = onnx / f"resnet18-req-{KEYS[2]}.json"
+    m_old.write_text(json.dumps({"graph": str(old)}))
+    m_kept = onnx / f"resnet18-req-{KEYS[3]}.json"
+    m_kept.write_text(json.dumps({"graph": str(kept)}))
+    other = onnx / "notes.json"
+    other.write_text(json.dumps({"graph": str(old)}))
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"graph": str(old)}))
+    link = onnx / f"resnet18-req-{'e' * 24}.json"
+    link.symlink_to(outside)
+    chosen = cf.select(cf.list_entries(tmp_path), older_than=30 * DAY)
+    assert [e["path"] for e in cf.remove_entries(tmp_path, chosen)] == [str(old)]
+    assert not m_old.exists() and m_kept.exists() and other.exists()
+    assert link.is_symlink() and outside.exists()

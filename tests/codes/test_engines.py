@@ -214,9 +214,13 @@ def test_two_processes_exporting_at_once_leave_one_valid_file(cache):
     assert outs[0]["sum"] == pytest.approx(outs[1]["sum"], rel=1e-6)
     files = sorted((cache / "onnx").iterdir())
     graphs = [f for f in files if f.suffix == ".onnx"]
-    # the graph and its last-use record (cnncodes.codes.cache_files); no temp file left behind
-    assert len(graphs) == 1 and files == sorted([graphs[0], meta_path(graphs[0])]), files
+    manifests = [f for f in files if "-req-" in f.name]
+    # the graph, its last-use record (cnncodes.codes.cache_files) and its torch-free manifest
+    # (cnncodes.codes.light); no temp file left behind
+    assert len(graphs) == 1 and len(manifests) == 1, files
+    assert files == sorted([graphs[0], meta_path(graphs[0]), manifests[0]]), files
     assert unseal(graphs[0].read_bytes()) is not None
+    assert json.loads(manifests[0].read_text())["graph"] == str(graphs[0])
 
 
 def test_torch_engine_through_extract_and_provenance(cache, tmp_path):

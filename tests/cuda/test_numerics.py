@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import pytest
 import torch
@@ -36,6 +38,11 @@ def test_numerics_decoding_and_planned_decoder():
     assert planned_decoder("auto", "cpu", "bilinear") == "libjpeg-turbo"
     assert planned_decoder("pil", "cuda", "bilinear") == "pil"
     assert planned_decoder("tensor", "cuda", "lanczos") == "pil"
+    # DCT-scaled decoding of large JPEGs is a family of its own, on the CPU decoders only
+    assert decoding("pil+dct") == decoding("libjpeg-turbo+dct") == "cpu-dct"
+    assert planned_decoder("auto", "cpu", "bilinear", dct=True) == "libjpeg-turbo+dct"
+    assert planned_decoder("pil", "cuda", "bilinear", dct=True) == "pil+dct"
+    assert planned_decoder("auto", "cuda", "bilinear", dct=True) == "nvjpeg"
 
 
 @pytest.fixture
@@ -70,7 +77,10 @@ def test_the_torch_engine_runs_under_strict_fp32(monkeypatch):
     ext(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     assert seen == [torch.device("cpu")]
     prov = ext.provenance()
-    assert (prov["numerics"], prov["decoding"], prov["tf32"]) == ("fp32", "cpu", False)
+    assert (prov["numerics"], prov["decoding"], prov["tf32"]) == ("fp32", "cpu-dct", False)
+    off = CodeExtractor("mobilenet_v2", weights="random", layers="pool", input_size=32,
+                        engine="torch", jpeg_scaling="off")
+    assert off.provenance()["decoding"] == "cpu"
 
 
 def test_old_files_read_as_cpu_fp32():
@@ -85,13 +95,16 @@ def test_append_refuses_other_numerics_by_name_and_mixes_cpu_decoders(image_tree
     out = tmp_path / "c.h5"
     extract(image_tree, out, decoder="pil", **OPTS)
     prov = FeatureStore(out).provenance
-    assert (prov["numerics"], prov["decoding"]) == ("fp32", "cpu")
+    assert (prov["numerics"], prov["decoding"]) == ("fp32", "cpu-dct")
     with pytest.raises(StoreMismatchError, match=r"numerics: file has fp32, requested bf16/cpu"):
         extract(image_tree, out, precision="bf16", **OPTS)
     # PIL and libjpeg-turbo pixels mix: the tensor decoder appends to a PIL store
     extract(image_tree, out, decoder="tensor", overwrite=False, **OPTS)
-    with pytest.raises(StoreMismatchError, match=r"decoding: file has cpu, requested nvjpeg"):
+    with pytest.raises(StoreMismatchError, match=r"decoding: file has cpu-dct, requested nvjpeg"):
         check_store_compatible(out, {**prov, "decoding": "nvjpeg"})
+    # full decoding does not silently mix with DCT-scaled decoding
+    with pytest.raises(StoreMismatchError, match=r"decoding: file has cpu-dct, requested cpu "):
+        extract(image_tree, out, jpeg_scaling="off", **OPTS)
 
 
 def test_store_without_the_fields_is_cpu_fp32(image_tree, tmp_path):
@@ -100,7 +113,13 @@ def test_store_without_the_fields_is_cpu_fp32(image_tree, tmp_path):
     with h5py.File(out, "r+") as f:  # as a store written before the fields existed
         del f.attrs["numerics"], f.attrs["decoding"]
     assert "numerics" not in FeatureStore(out).provenance
-    extract(image_tree, out, **OPTS)  # appends (fp32, CPU decoding)
+    first = sorted(image_tree.rglob("*.png"))[0]
+    shutil.copy(first, first.with_name("added.png"))
+    extract(image_tree, out, **OPTS)  # appends (fp32, CPU decoding: auto follows the store)
+    prov = FeatureStore(out).provenance
+    assert prov["decoding"] == "cpu" and prov["runs"][-1]["jpeg_scaling"] == "off"
+    with pytest.raises(StoreMismatchError, match="decoding: file has cpu, requested cpu-dct"):
+        extract(image_tree, out, jpeg_scaling="dct", **OPTS)
     with pytest.raises(StoreMismatchError, match="numerics: file has fp32, requested bf16/cpu"):
         extract(image_tree, out, precision="bf16", **OPTS)
 
@@ -109,7 +128,7 @@ def test_a_model_refuses_codes_of_another_precision(image_tree, tmp_path, monkey
     out = tmp_path / "c.h5"
     extract(image_tree, out, **OPTS)
     m = train(out, device="cpu")
-    assert m.provenance["numerics"] == "fp32" and m.provenance["decoding"] == "cpu"
+    assert m.provenance["numerics"] == "fp32" and m.provenance["decoding"] == "cpu-dct"
     with pytest.raises(ModelMismatchError, match="numerics: model has fp32, .* have bf16/cpu"):
         linear_predict(m, image_tree, runtime=RuntimeOptions(precision="bf16", num_workers=0))
     pred = linear_predict(m, image_tree, runtime=RuntimeOptions(num_workers=0))
@@ -117,7 +136,9 @@ def test_a_model_refuses_codes_of_another_precision(image_tree, tmp_path, monkey
     # on a GPU, "auto" follows the model: fp32 and CPU decoding
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     r = model_runtime(m, RuntimeOptions())
-    assert (r.precision, r.decoder) == ("fp32", "pil")
+    assert (r.precision, r.decoder, r.jpeg_scaling) == ("fp32", "pil", "dct")
+    m.provenance["decoding"] = "cpu"  # a model of full-decoding codes predicts with full decoding
+    assert model_runtime(m, RuntimeOptions()).jpeg_scaling == "off"
     assert model_runtime(m, RuntimeOptions(precision="fp16")).precision == "fp16"  # refused later
     m.provenance["numerics"], m.provenance["decoding"] = "fp16/cuda", "nvjpeg"
     r = model_runtime(m, RuntimeOptions())
@@ -130,6 +151,6 @@ def test_cnncodes_memory_key_holds_numerics_and_decoding(image_tree):
     t = CNNCodes(backbone="mobilenet_v2", weights="random", layer="pool", input_size=32,
                  cache="memory", num_workers=0).fit([])
     key = t._memory_key()
-    assert key[-2:] == ("fp32", "cpu")
+    assert key[-2:] == ("fp32", "cpu-dct")
     t.provenance_ = {**t.provenance_, "numerics": "fp16/cuda"}
     assert t._memory_key() != key
