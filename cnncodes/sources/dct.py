@@ -69,7 +69,7 @@ def _crop(img: Image.Image) -> np.ndarray:
     :data:`_CROP` crop."""
     w, h = img.size
     s = _RESIZE / min(w, h)
-    img = img.resize((int(w * s), _RESIZE) if w >= h else (_RESIZE, int(h * s)), Image.BILINEAR)
+    img = img.resize((int(w * s), _RESIZE) if w >= h else (_RESIZE, int(h * s)), Image.Resampling.BILINEAR)
     w, h = img.size
     left, top = (w - _CROP) // 2, (h - _CROP) // 2
     return np.asarray(img.crop((left, top, left + _CROP, top + _CROP)), np.int16)
