@@ -72,8 +72,9 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
     return np.asarray(probs, np.float64), k
 
 
-def find_label_issues(X: np.ndarray, y: np.ndarray, *, C: float = 1.0, folds: int | None = None,
-                      seed: int = 0, n_jobs: int | None = None) -> LabelIssues:
+def find_label_issues(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None,
+                      C: float = 1.0, folds: int | None = None, seed: int = 0,
+                      n_jobs: int | None = None) -> LabelIssues:
     """Likely label errors among the labelled rows (``y >= 0``) of codes ``X``.
 
     Classes are re-indexed to those present; ``given``/``suggested`` are indices into the
@@ -90,7 +91,8 @@ def find_label_issues(X: np.ndarray, y: np.ndarray, *, C: float = 1.0, folds: in
                                          n_jobs=n_jobs)
     ranked = _cl_find(labels=yy, pred_probs=probs, return_indices_ranked_by="self_confidence")
     ranked = np.asarray(ranked, np.int64)
-    full = np.zeros((len(y), int(y.max()) + 1 if len(y) else 0))
+    width = n_classes if n_classes is not None else (int(y.max()) + 1 if len(y) else 0)
+    full = np.zeros((len(y), width))
     full[np.ix_(labelled, present)] = probs
     return LabelIssues(rows=labelled[ranked], given=present[yy[ranked]],
                        suggested=present[probs[ranked].argmax(axis=1)],

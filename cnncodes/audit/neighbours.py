@@ -2,7 +2,7 @@
 
 Two ways, chosen by size (:func:`choose_method`): an exact search in blocks of rows with NumPy
 (float32 matrix products, top-k of each block by ``argpartition``; memory ``block x n``), and
-beyond :data:`EXACT_MAX_ROWS` base rows faiss' inner-product index when ``faiss-cpu`` is
+beyond :data:`EXACT_MAX_ROWS` base rows faiss' inverted-file inner-product index when ``faiss-cpu`` is
 installed (``pip install faiss-cpu``; otherwise the exact search runs at any size, slower).
 Both return the same thing: for every query row the indices and similarities of its ``k``
 nearest base rows, best first.
@@ -17,11 +17,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: rows of queries per block of the exact search (block x n float32 scores at a time)
+#: rows of queries per block of the exact search at most
 BLOCK = 2048
+#: scores held at once by the exact search (block x n_base; each costs 4 bytes of float32
+#: score and 8 of argpartition's int64 index: 16M elements = about 200 MB)
+BLOCK_ELEMENTS = 16 * 1024 * 1024
 #: base rows up to which the exact blocked search is used even when faiss is installed
 #: (measured by benchmarks/audit_scale.py: see README "Auditing a data set")
 EXACT_MAX_ROWS = 50_000
+#: cells of the faiss index each query scans
+FAISS_PROBES = 16
 
 
 @dataclass
@@ -94,6 +99,7 @@ def top_k(queries: np.ndarray, base: np.ndarray, k: int, *, same: bool = False,
 def _exact(queries: np.ndarray, base: np.ndarray, k: int, same: bool,
            block: int) -> tuple[np.ndarray, np.ndarray]:
     n = queries.shape[0]
+    block = max(16, min(block, BLOCK_ELEMENTS // max(1, base.shape[0])))
     idx = np.empty((n, k), np.int64)
     sc = np.empty((n, k), np.float32)
     for s in range(0, n, block):
@@ -101,7 +107,7 @@ def _exact(queries: np.ndarray, base: np.ndarray, k: int, same: bool,
         S = queries[s:e] @ base.T  # (block, n_base) float32
         if same:
             S[np.arange(e - s), np.arange(s, e)] = -np.inf
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        part = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
         ps = np.take_along_axis(S, part, axis=1)
         order = np.argsort(-ps, axis=1, kind="stable")
         idx[s:e] = np.take_along_axis(part, order, axis=1)
@@ -111,13 +117,20 @@ def _exact(queries: np.ndarray, base: np.ndarray, k: int, same: bool,
 
 def _faiss(queries: np.ndarray, base: np.ndarray, k: int,
            same: bool) -> tuple[np.ndarray, np.ndarray]:
-    """faiss' HNSW inner-product index (approximate; unit rows make it cosine)."""
+    """faiss' inverted-file inner-product index (approximate: each query scans the
+    :data:`FAISS_PROBES` cells nearest to it of ``4 sqrt(n)`` k-means cells; unit rows make the
+    inner product the cosine; a near-duplicate falls in its source's cell)."""
     import faiss
 
-    index = faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 64
+    n, d = base.shape
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    train = base if n <= 64 * nlist else base[np.sort(rng.choice(n, 64 * nlist, replace=False))]
+    index.train(train)
     index.add(base)
-    index.hnsw.efSearch = max(64, 2 * (k + 1))
+    index.nprobe = min(nlist, FAISS_PROBES)
     sc, idx = index.search(queries, k + (1 if same else 0))
     idx = idx.astype(np.int64)
     if same:  # drop each row's own hit (or the last column when it was not found)

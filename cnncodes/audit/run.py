@@ -150,18 +150,61 @@ def _test_accuracy(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray,
 
 
 def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os.PathLike |
-          None = None, *, layer: str | None = None, threshold: float = DUPLICATE_THRESHOLD,
-          k: int = K, method: str = "auto", label_issues: bool = True, C: float = 1.0,
-          map_method: str | None = "tsne", map_rows: int = MAP_ROWS,
-          outlier_fraction: float = OUTLIER_FRACTION, seed: int = 0,
-          allow_incomplete: bool = False) -> AuditResult:
+          None = None, *, layer: str | None = None, allow_incomplete: bool = False,
+          **options: Any) -> AuditResult:
     """Audit the images of ``store`` (and their leaks into ``test``) through their codes.
 
     Args:
         store: the training code store.
-        test: an optional test store of the same settings (leaks, accuracy with/without).
+        test: an optional test store of the same backbone, weights and preprocessing (leaks,
+            accuracy with and without them).
         layer: the layer compared (default the store's default layer).
-        threshold: cosine similarity (centred codes) at which two images are near-duplicates.
+        allow_incomplete: read stores whose extraction was stopped before it finished.
+        options: those of :func:`audit_arrays` (threshold, k, method, label_issues, C,
+            map_method, map_rows, outlier_fraction, seed).
+    """
+    if options.get("label_issues", True):
+        require_cleanlab()
+    t0 = time.perf_counter()
+    st = _store(store)
+    name = st._layer(layer)
+    X, y = st.load(name, allow_incomplete=allow_incomplete)
+    classes = st.classes
+    paths = [os.fspath(p) for p in st.abspaths()]
+    test_arrays = None
+    tst = _store(test) if test is not None else None
+    if tst is not None:
+        from ..codes.compat import check_store_compatible
+
+        check_store_compatible(tst.path, st.provenance, fields=("backbone", "weights",
+                                                                "preprocessing"),
+                               layer=name, journal=False, what="audit --test",
+                               fix=f"Extract the test images with the settings of {st.path}.")
+        Xt, yt_local = tst.load(name, allow_incomplete=allow_incomplete)
+        tcls = tst.classes
+        index = {c: i for i, c in enumerate(classes)}
+        yt = np.array([index.get(tcls[v], -1) if v >= 0 else -1 for v in yt_local], np.int64)
+        test_arrays = (Xt, yt, [os.fspath(p) for p in tst.abspaths()])
+    read = time.perf_counter() - t0
+    res = audit_arrays(X, y, classes, paths, test=test_arrays, **options)
+    res.store, res.layer = os.fspath(st.path), name
+    res.test = None if tst is None else os.fspath(tst.path)
+    res.seconds = {"read": read, **res.seconds}
+    return res
+
+
+def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[str], *,
+                 test: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+                 threshold: float = DUPLICATE_THRESHOLD, k: int = K, method: str = "auto",
+                 label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
+                 map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
+                 seed: int = 0) -> AuditResult:
+    """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
+    -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
+
+    Args:
+        threshold: cosine similarity (codes centred on the training mean) at which two images
+            are near-duplicates.
         k: neighbours per row linking duplicate groups.
         method: neighbour search, ``auto`` (exact blocked search up to
             :data:`~cnncodes.audit.neighbours.EXACT_MAX_ROWS` rows, faiss above it when
@@ -175,47 +218,31 @@ def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os
         require_cleanlab()
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
-    st = _store(store)
-    name = st._layer(layer)
-    X, y = st.load(name, allow_incomplete=allow_incomplete)
-    classes = st.classes
-    paths = [os.fspath(p) for p in st.abspaths()]
-    tst = _store(test) if test is not None else None
-    if tst is not None:
-        from ..codes.compat import check_store_compatible
-
-        check_store_compatible(tst.path, st.provenance, fields=("backbone", "weights",
-                                                                "preprocessing"),
-                               layer=name, journal=False, what="audit --test",
-                               fix=f"Extract the test images with the settings of {st.path}.")
-        Xt, yt_local = tst.load(name, allow_incomplete=allow_incomplete)
-        tcls = tst.classes
-        index = {c: i for i, c in enumerate(classes)}
-        yt = np.array([index.get(tcls[v], -1) if v >= 0 else -1 for v in yt_local], np.int64)
-        test_paths = [os.fspath(p) for p in tst.abspaths()]
-    else:
-        Xt, yt, test_paths = np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64), []
-    secs["read"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     center = X.mean(axis=0) if len(X) else None
     A = normalize(X, center=center)
     nb = top_k(A, A, k, same=True, method=method)
     groups = duplicate_groups(nb, threshold)
     leaks = None
-    if tst is not None:
+    if test is not None:
+        Xt, yt, test_paths = test
         leaks = find_leaks(normalize(Xt, center=center), A, threshold, method=method)
+    else:
+        yt, test_paths = np.zeros(0, np.int64), []
     secs["neighbours"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     outliers = find_outliers(A, y, len(classes), nb, fraction=outlier_fraction)
     balance = class_balance(y, classes)
+    secs["outliers"] = time.perf_counter() - t0
+    del A
     issues = None
     if label_issues:
-        issues = find_label_issues(X, y, C=C, seed=seed)
+        t0 = time.perf_counter()
+        issues = find_label_issues(X, y, n_classes=len(classes), C=C, seed=seed)
         secs["label_issues"] = time.perf_counter() - t0
     accuracy = None
-    if tst is not None and leaks is not None:
+    if test is not None and leaks is not None:
         t0 = time.perf_counter()
-        accuracy = _test_accuracy(X, y, Xt, yt, leaks.test_rows, C, seed)
+        accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, C, seed)
         secs["accuracy"] = time.perf_counter() - t0
     rows = sample_rows(len(X), map_rows, seed)
     xy = None
@@ -223,9 +250,9 @@ def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os
         t0 = time.perf_counter()
         xy = map_2d(X[rows], method=map_method, seed=seed)
         secs["map"] = time.perf_counter() - t0
-    log.info("audit of %s: %d rows, %d duplicate groups, %s leaks, %s label issues (%s search)",
-             st.path, len(X), len(groups), "-" if leaks is None else len(leaks.test_rows),
+    log.info("audit: %d rows, %d duplicate groups, %s leaks, %s label issues (%s search)",
+             len(X), len(groups), "-" if leaks is None else len(leaks.test_rows),
              "-" if issues is None else len(issues.rows), nb.method)
-    return AuditResult(os.fspath(st.path), None if tst is None else os.fspath(tst.path), name,
-                       classes, paths, y, test_paths, yt, threshold, nb.method, groups, leaks,
-                       accuracy, issues, outliers, balance, rows, xy, map_method, secs)
+    return AuditResult("", None, "", list(classes), list(paths), np.asarray(y, np.int64),
+                       list(test_paths), np.asarray(yt, np.int64), threshold, nb.method, groups,
+                       leaks, accuracy, issues, outliers, balance, rows, xy, map_method, secs)
