@@ -79,7 +79,10 @@ def child(what: str, n: int, method: str) -> dict:
         out["search"] = res.method
         out["groups"] = len(res.groups)
         out["label_issues"] = int(len(res.label_issues.rows))
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mb"] = ru.ru_maxrss / 1024
+    out["cpu_s"] = ru.ru_utime + ru.ru_stime  # wall time depends on the other jobs of the VM
+    out["load_avg_1min"] = __import__("os").getloadavg()[0]
     return out
 
 

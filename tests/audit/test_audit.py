@@ -131,3 +131,23 @@ def test_cli_refuses_a_layer_the_store_lacks(planted, capsys):
     assert main(["similar", str(tmp / "train.h5"), str(tmp / "test"), "--layer", "fc9",
                  "-o", str(tmp / "x.csv")]) == 1
     assert "fc9" in capsys.readouterr().err
+
+
+def test_the_map_shows_in_a_browser(planted, tmp_path):
+    """audit.html in headless Chromium (no network; the page's CSP allows no script): the map's
+    points are drawn in the class colours. Skips without a Chromium (tools/get_chromium.sh)."""
+    from tests.report.browser import find_chromium, screenshot
+
+    browser, why = find_chromium()
+    if browser is None:
+        pytest.skip(why)
+    tmp, _, _ = planted
+    rep = tmp_path / "rep"
+    assert main(["audit", str(tmp / "train.h5"), "--report", str(rep), "--no-label-issues",
+                 "--map-rows", "40"]) == 0
+    shot = screenshot(rep / "audit.html", tmp_path / "shot.png", width=1100, height=1400,
+                      browser=browser)
+    a = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    # pixels of the first two classes' colours (#1f77b4, #ff7f0e): the points and the legend
+    for rgb in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):
+        assert (np.abs(a - rgb).sum(axis=1) < 30).sum() > 40, rgb
