@@ -151,3 +151,21 @@ def test_the_map_shows_in_a_browser(planted, tmp_path):
     # pixels of the first two classes' colours (#1f77b4, #ff7f0e): the points and the legend
     for rgb in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):
         assert (np.abs(a - rgb).sum(axis=1) < 30).sum() > 40, rgb
+
+
+def test_baseline_audit_is_linked_from_its_report(planted, tmp_path, capsys):
+    import shutil
+
+    tmp, plants, _ = planted
+    src = tmp_path / "data"
+    shutil.copytree(tmp / "train", src / "train")
+    shutil.copytree(tmp / "test", src / "test")
+    rep = tmp_path / "base"
+    assert main(["baseline", str(src), "--report", str(rep), "--input-size", str(SIZE),
+                 "--no-raw-baseline", "--no-progress", "--workers", "0", "--audit",
+                 "--c-grid", "1"]) == 0
+    summary = json.loads((rep / "report.json").read_text())["audit"]
+    assert summary["leaks"] == len(plants) and summary["page"] == "audit/audit.html"
+    assert (rep / "audit" / "audit.html").is_file()
+    html = (rep / "report.html").read_text()
+    assert 'href="audit/audit.html"' in html and f"{len(plants)} of 32 test images" in html
