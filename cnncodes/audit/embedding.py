@@ -1,9 +1,10 @@
 """The 2-D map of the codes: PCA to 50 dimensions, then t-SNE (scikit-learn) or UMAP.
 
-t-SNE is the default: it needs no extra package and, measured by benchmarks/audit_scale.py on
-10,000 rows here, is within the same order of time as umap-learn (README "Auditing a data set");
-``method="umap"`` uses umap-learn when installed. At most ``max_rows`` rows are placed (a
-stratified random sample above that), which bounds the time and the page.
+t-SNE is the default: it needs no extra package (umap-learn pulls numba and llvmlite, +210 MB), and
+on the map's 2,000 rows it cost about the same CPU time here (benchmarks/audit_scale.py: t-SNE 52
+CPU-seconds, UMAP 44 with its JIT compilation; README "cnncodes similar and cnncodes audit");
+``method="umap"`` uses umap-learn when installed. At most :data:`MAP_ROWS` rows are placed (a
+random sample above that), which bounds the time and the page.
 """
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ def test_the_map_shows_in_a_browser(planted, tmp_path):
         assert (np.abs(a - rgb).sum(axis=1) < 30).sum() > 40, rgb
 
 
+@pytest.mark.slow  # a whole baseline (CV grid) besides the audit
 def test_baseline_audit_is_linked_from_its_report(planted, tmp_path, capsys):
     import shutil
 
