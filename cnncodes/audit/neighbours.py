@@ -24,7 +24,7 @@ BLOCK = 2048
 BLOCK_ELEMENTS = 16 * 1024 * 1024
 #: base rows up to which the exact blocked search is used even when faiss is installed
 #: (measured by benchmarks/audit_scale.py: see README "Auditing a data set")
-EXACT_MAX_ROWS = 50_000
+EXACT_MAX_ROWS = 20_000
 #: cells of the faiss index each query scans
 FAISS_PROBES = 16
 

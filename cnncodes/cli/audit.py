@@ -22,7 +22,7 @@ def add_similar(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file that is not a CSV")
     p.add_argument("--method", default="auto", choices=("auto", "exact", "faiss"),
-                   help="neighbour search (auto: exact up to 50,000 rows, faiss above when "
+                   help="neighbour search (auto: exact up to 20,000 rows, faiss above when "
                         "installed)")
     add_runtime_options(p)
     return p
@@ -69,7 +69,7 @@ def add_audit(sub: Any) -> argparse.ArgumentParser:
                    help=f"cosine similarity of near-duplicates (default {DUPLICATE_THRESHOLD}, "
                         "calibrated: see README)")
     p.add_argument("--method", default="auto", choices=("auto", "exact", "faiss"),
-                   help="neighbour search (auto: exact up to 50,000 rows, faiss above when "
+                   help="neighbour search (auto: exact up to 20,000 rows, faiss above when "
                         "installed)")
     p.add_argument("--no-label-issues", action="store_true",
                    help="skip the label-error search (needs cleanlab otherwise)")
