@@ -216,6 +216,10 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--finetune-epochs", type=int, default=None,
                    help="epochs of the fall-through fine-tuning (default 15)")
     add_threshold_options(p, "size and layer thresholds (shared with `cnncodes advise`)")
+    p.add_argument("--audit", action="store_true",
+                   help="also audit the data through its codes (duplicates, train/test leaks, "
+                        "likely label errors, outliers, a map) into REPORT/audit/, linked from "
+                        "report.html (`cnncodes audit`)")
     return p
 
 
@@ -232,7 +236,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         holdout=args.holdout, raw_baseline=args.raw_baseline, raw_size=args.raw_size,
         raw_grey=args.raw_grey, budget=args.budget, thresholds=thresholds(args),
         fall_through=args.fall_through, force_finetune=args.force_finetune,
-        finetune_options={} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})
+        finetune_options={} if args.finetune_epochs is None else {"epochs": args.finetune_epochs},
+        audit=args.audit)
     res = baseline(args.source, report=args.report, cache=args.cache,
                    backbone=backbone_options(args),
                    runtime=runtime_options(args, max_pixels=args.max_pixels),

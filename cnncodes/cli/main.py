@@ -19,6 +19,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import CnnCodesError
 from .advise import add_advise, cmd_advise
+from .audit import add_audit, add_similar, cmd_audit, cmd_similar
 from .codes import (
     add_compact,
     add_extract,
@@ -60,6 +61,8 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser],
     "baseline": (add_baseline, cmd_baseline),
     "finetune": (add_finetune, cmd_finetune),
     "advise": (add_advise, cmd_advise),
+    "similar": (add_similar, cmd_similar),
+    "audit": (add_audit, cmd_audit),
 }
 
 

@@ -246,6 +246,7 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "fall_through": fall_through_ctx(report.get("fall_through")),
         "advice_ctx": advice_ctx(report["advice"]) if report.get("advice") else None,
         "failures_ctx": failures_ctx(report.get("failures")),
+        "audit": report.get("audit"),
     }
     ctx["provenance"] = provenance(
         [("backbone", m.get("backbone")), ("weights", m.get("weights")),

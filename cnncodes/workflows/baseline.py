@@ -67,6 +67,8 @@ class BaselineOptions:
         fall_through: fine-tune on the same split when the training rows are large.
         force_finetune: with ``fall_through``: whatever the data size.
         finetune_options: :class:`cnncodes.finetune.FinetuneConfig` fields (e.g. ``epochs``).
+        audit: audit the data through its codes (:func:`cnncodes.audit.audit`: duplicates,
+            leaks, label errors, outliers, map) into ``report/audit/``, linked from the report.
     """
 
     holdout: float = 0.2
@@ -80,6 +82,7 @@ class BaselineOptions:
     fall_through: bool = False
     force_finetune: bool = False
     finetune_options: Mapping[str, Any] | None = None
+    audit: bool = False
 
     def replace(self, **changes: Any) -> BaselineOptions:
         return dataclasses.replace(self, **changes)
@@ -179,6 +182,12 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
                 for f, r in st.failures]
     extra = _report_extra(source, stores, failures, choice, command)
     out = Path(report) if report is not None else None
+    if sopts.audit and out is not None:
+        from ..audit.page import audit_into_report
+
+        extra["audit"] = audit_into_report(out, stores.get("train", stores.get("all")),
+                                           stores.get("test"), command=command,
+                                           overwrite=overwrite)
     files: dict[str, Path] = {}
 
     def write(extra_now: Mapping[str, Any]) -> dict[str, Any]:

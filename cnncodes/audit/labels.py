@@ -1,0 +1,99 @@
+"""Likely label errors: cleanlab's confident learning on out-of-fold probabilities.
+
+The probabilities come from the kind of classifier ``cnncodes train`` fits (the same pipeline:
+standardisation + multinomial logistic regression, :func:`cnncodes.linear.pipelines.build_pipeline`)
+by ``cross_val_predict``, so every row is scored by a model that did not see it;
+``cleanlab.filter.find_label_issues`` then ranks the rows whose given label the model doubts
+most (``ranked_by_label_quality``, self-confidence). ``cleanlab`` is an optional dependency
+(``pip install 'cnncodes[audit]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OptionError
+
+log = logging.getLogger(__name__)
+
+#: folds of the out-of-fold probabilities (fewer above LARGE rows: each fold is a full fit)
+FOLDS = 5
+LARGE = 20_000
+
+
+@dataclass
+class LabelIssues:
+    """Rows whose label is likely wrong, most likely first: ``rows`` (into the store),
+    ``given`` and ``suggested`` class indices, ``quality`` (cleanlab's label quality: the
+    out-of-fold probability of the given label; low = suspicious); ``probabilities`` (N, C) of
+    every row; ``folds`` used."""
+
+    rows: np.ndarray
+    given: np.ndarray
+    suggested: np.ndarray
+    quality: np.ndarray
+    probabilities: np.ndarray
+    folds: int
+
+
+def require_cleanlab() -> None:
+    """Raise a clear error when cleanlab is not installed."""
+    try:
+        import cleanlab  # noqa: F401
+    except ImportError as e:
+        raise OptionError("Finding label errors needs the cleanlab package: pip install "
+                          "'cnncodes[audit]' (or pip install cleanlab), or pass "
+                          "--no-label-issues.") from e
+
+
+def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
+                              folds: int | None = None, seed: int = 0,
+                              n_jobs: int | None = None) -> tuple[np.ndarray, int]:
+    """(N, C) probabilities of each row from a logistic regression fitted without it, and the
+    number of stratified folds used (at most the smallest class count)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from ..linear.pipelines import build_pipeline
+
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    k = folds or (FOLDS if len(y) <= LARGE else 3)
+    k = int(min(k, counts.min()))
+    if k < 2 or len(counts) < 2:
+        raise OptionError("Finding label errors needs at least 2 classes with 2 images each "
+                          f"(got class counts {counts.tolist()}).")
+    pipe = build_pipeline(model="logreg", C=C, max_iter=300 if len(y) > LARGE else 1000,
+                          random_state=seed)
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    probs = cross_val_predict(pipe, X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)
+    return np.asarray(probs, np.float64), k
+
+
+def find_label_issues(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None,
+                      C: float = 1.0, folds: int | None = None, seed: int = 0,
+                      n_jobs: int | None = None) -> LabelIssues:
+    """Likely label errors among the labelled rows (``y >= 0``) of codes ``X``.
+
+    Classes are re-indexed to those present; ``given``/``suggested`` are indices into the
+    original class list.
+    """
+    require_cleanlab()
+    from cleanlab.filter import find_label_issues as _cl_find
+
+    X = np.asarray(X)
+    y = np.asarray(y, np.int64)
+    labelled = np.flatnonzero(y >= 0)
+    present, yy = np.unique(y[labelled], return_inverse=True)
+    probs, k = out_of_fold_probabilities(X[labelled], yy, C=C, folds=folds, seed=seed,
+                                         n_jobs=n_jobs)
+    ranked = _cl_find(labels=yy, pred_probs=probs, return_indices_ranked_by="self_confidence")
+    ranked = np.asarray(ranked, np.int64)
+    width = n_classes if n_classes is not None else (int(y.max()) + 1 if len(y) else 0)
+    full = np.zeros((len(y), width))
+    full[np.ix_(labelled, present)] = probs
+    return LabelIssues(rows=labelled[ranked], given=present[yy[ranked]],
+                       suggested=present[probs[ranked].argmax(axis=1)],
+                       quality=probs[ranked, yy[ranked]], probabilities=full, folds=k)
