@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-
 import json
 import shutil
 import sys

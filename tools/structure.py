@@ -29,8 +29,8 @@ LAYERS = [
      "cnncodes._runtime", "cnncodes._distributed"},
     {"cnncodes.sources"}, {"cnncodes.backbones"}, {"cnncodes.codes"},
     {"cnncodes.linear", "cnncodes.advisor", "cnncodes.finetuning"},
-    {"cnncodes.report", "cnncodes.audit"}, {"cnncodes.workflows"}, {"cnncodes.cli", "cnncodes.datasets",
-                                                  "cnncodes.__main__"},
+    {"cnncodes.report", "cnncodes.audit"}, {"cnncodes.workflows"},
+    {"cnncodes.cli", "cnncodes.datasets", "cnncodes.__main__"},
 ]
 #: the only module allowed to open an HDF5 file in a writing mode
 STORE_MODULES = {"cnncodes.codes.store"}

@@ -21,8 +21,8 @@ from ..codes.store import FeatureStore
 from .embedding import MAP_ROWS, map_2d, sample_rows
 from .findings import (
     DUPLICATE_THRESHOLD,
-    K,
     OUTLIER_FRACTION,
+    K,
     Leaks,
     Outliers,
     class_balance,

@@ -116,8 +116,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"  likely label errors: {s['label_issues']}")
         for path, given, sug, q in res.tables()["label_issues"][1][:10]:
             print(f"    {q:.3f}  {given} -> {sug}  {path}")
+    ratio = s["imbalance_ratio"]
     print(f"  outliers: {s['outliers']}; imbalance (largest / smallest class): "
-          f"{s['imbalance_ratio'] if s['imbalance_ratio'] is None else round(s['imbalance_ratio'], 2)}")
+          f"{ratio if ratio is None else round(ratio, 2)}")
     if args.report:
         files = write_audit(res, args.report, inputs=inputs, overwrite=args.overwrite,
                             command=command_line())
