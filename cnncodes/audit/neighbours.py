@@ -3,7 +3,8 @@
 Two ways, chosen by size (:func:`choose_method`): an exact search in blocks of rows with NumPy
 (float32 matrix products, top-k of each block by ``argpartition``; memory ``block x n``), and
 beyond :data:`EXACT_MAX_ROWS` base rows faiss' inverted-file inner-product index when
-``faiss-cpu`` is installed (``pip install faiss-cpu``; otherwise the exact search runs at any size, slower).
+``faiss-cpu`` is installed (``pip install faiss-cpu``; otherwise the exact search runs at any
+size, slower).
 Both return the same thing: for every query row the indices and similarities of its ``k``
 nearest base rows, best first.
 """
