@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: Share of each class held out as the validation split of a large set.
 VAL_FRACTION = 0.2
+#: The warm C path stops once this many C values in a row score more than PATH_DROP below the
+#: best (on full Fashion-MNIST codes it skips C = 10 and 100, the two slowest of eight fits).
+PATH_PATIENCE = 2
+PATH_DROP = 0.002
 #: Values (rows x features) standardised at a time: bounds the scaling's temporaries (its
 #: float64 statistics pass included) to a few MB whatever the size of the codes.
 CHUNK_VALUES = 1 << 19
@@ -147,9 +151,15 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
                      l2: bool = False, standardize: bool = True,
                      class_weight: str | Mapping[int, float] | None = None,
                      max_iter: int = 1000, progress: ProgressArg = None,
-                     overwrite_X: bool = False) -> tuple[Any, dict[str, Any]]:
+                     overwrite_X: bool = False, patience: int = PATH_PATIENCE,
+                     drop: float = PATH_DROP) -> tuple[Any, dict[str, Any]]:
     """Logistic regression's C chosen on one stratified validation split along a warm-started
     float32 C path, then refitted on all rows (warm-started from the chosen C's solution).
+
+    The path stops early once ``patience`` C values in a row score more than ``drop`` below the
+    best so far (the validation score has peaked and is falling): the larger C values left are
+    the slowest fits and would not be chosen unless the score rose again. ``patience=0`` tries
+    every C.
 
     Memory: one float32 copy of ``X`` (rows permuted: training part, then validation part, both
     views), standardised in place with the training part's statistics; that same affine
@@ -194,8 +204,16 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
     bar = FitProgress(len(Cs) + 1, desc="model selection (validation split, warm C path)",
                       progress=progress)
     means, times, best = [], [], (-np.inf, None, None, None)
+    falling = 0
     try:
-        for C in Cs:
+        for i, C in enumerate(Cs):
+            if patience and falling >= patience:
+                log.info("model selection: stopping the C path after C=%.3g: %d C values in a "
+                         "row scored more than %.1f points below the best (%.4f at C=%.3g); "
+                         "not tried: %s", Cs[i - 1], falling, 100 * drop, best[0], best[1],
+                         ", ".join(f"{c:.3g}" for c in Cs[i:]))
+                bar.shrink(len(Cs) - i)
+                break
             t = time.perf_counter()
             clf.set_params(C=C)
             clf.fit(Xs[:n_tr], y_tr)
@@ -204,6 +222,7 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
             means.append(s)
             if s > best[0]:  # strict: ties keep the smallest C (the documented rule)
                 best = (s, C, clf.coef_.copy(), clf.intercept_.copy())
+            falling = falling + 1 if s < best[0] - drop else 0
             bar.step(C=C, score=s)
         # refit on all rows (same scaling), from the chosen C's solution
         t = time.perf_counter()
@@ -224,7 +243,9 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
     if scaler is not None:
         steps.append(("scale", scaler))
     steps.append(("clf", final))
-    record = {"c_grid": Cs, "cv_mean": means, "cv_std": [0.0] * len(Cs), "best_C": best[1],
+    tried = Cs[:len(means)]
+    record = {"c_grid": tried, "cv_mean": means, "cv_std": [0.0] * len(tried), "best_C": best[1],
+              "c_not_tried": Cs[len(means):],
               "best_cv_score": best[0], "n_val": int(len(va)), "fit_s": times,
               "refit_time_s": round(refit_s, 3), "in_place": bool(in_place)}
     return Pipeline(steps), record

@@ -48,6 +48,13 @@ class FitProgress:
                             smoothing=0.3)
         self.scores: dict[float, list[float]] = {}  # per C: the fold scores so far
 
+    def shrink(self, n: int) -> None:
+        """``n`` planned units will not run (a search stopped early): the total and ETA follow."""
+        self.total = max(self.done, self.total - int(n))
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def step(self, n: int = 1, *, stage: str = "search", C: float | None = None,
              score: float | None = None) -> None:
         """``n`` more units done (a fit at ``C`` with its validation ``score``)."""

@@ -191,6 +191,7 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         "model": model, "scoring": scoring, "cv": plan.folds, "cv_requested": int(cv),
         "seed": seed, "search": plan.to_dict(), **extra,
         "c_grid": [float(c) for c in rec["c_grid"]],
+        "c_not_tried": [float(c) for c in rec.get("c_not_tried", [])],
         "cv_mean": [float(m) for m in rec["cv_mean"]],
         "cv_std": [float(m) for m in rec["cv_std"]],
         "best_C": float(rec["best_C"]), "best_cv_score": float(rec["best_cv_score"]),

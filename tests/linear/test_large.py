@@ -81,11 +81,14 @@ def test_the_large_path_matches_k_fold_and_reports_each_fit(codes):
                           progress=lambda done, total, info: calls.append((done, total, info)))
     assert sel["search"]["kind"] == "holdout" and sel["search"]["warm_start"]
     assert sel["cv"] == 1 and sel["n_val"] == 1200 and sel["large_set"] == 100_000
-    assert len(sel["cv_mean"]) == 7 == len(sel["fit_s"])
-    # progress: one call per C, then the refit; done counts up to total
-    assert [c[:2] for c in calls] == [(i, 8) for i in range(1, 9)]
-    assert [c[2]["C"] for c in calls[:7]] == sel["c_grid"]
-    assert [c[2]["score"] for c in calls[:7]] == sel["cv_mean"]
+    n = len(sel["cv_mean"])
+    assert n == len(sel["fit_s"]) == len(sel["c_grid"])
+    assert n + len(sel["c_not_tried"]) == 7 and sel["c_grid"] + sel["c_not_tried"] == \
+        sorted(sel["c_grid"] + sel["c_not_tried"])
+    # progress: one call per C tried, then the refit; done counts up to the (final) total
+    assert [c[0] for c in calls] == list(range(1, n + 2)) and calls[-1][1] == n + 1
+    assert [c[2]["C"] for c in calls[:n]] == sel["c_grid"]
+    assert [c[2]["score"] for c in calls[:n]] == sel["cv_mean"]
     assert calls[-1][2]["stage"] == "refit" and calls[-1][2]["eta_s"] == 0
     # float32 end to end, and the same choice quality as the exhaustive search
     assert pipe.named_steps["clf"].coef_.dtype == np.float32
@@ -192,3 +195,29 @@ def test_permute_rows_in_place():
     want = X[order]
     large.permute_rows(X, order)
     assert np.array_equal(X, want)
+
+
+def test_the_warm_path_stops_once_the_score_falls(codes):
+    """Two C values in a row clearly below the best end the path (the slow large-C fits are not
+    run); the choice equals the full path's whenever the score does not rise again."""
+    X, y = codes
+    grid = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
+    scores = iter([0.5, 0.6, 0.7, 0.65, 0.64, 0.9, 0.95])  # would rise again: never reached
+    calls = []
+
+    def fake_scorer(clf, Xv, yv):
+        return next(scores)
+    import sklearn.metrics as m
+    orig = m.check_scoring
+    try:
+        m.check_scoring = lambda *a, **k: fake_scorer
+        _, rec = large.warm_path_search(X, y, grid, seed=0, max_iter=5,
+                                        progress=lambda d, t, i: calls.append((d, t)))
+        scores = iter([0.5, 0.6, 0.7, 0.65, 0.64, 0.9, 0.95])
+        _, full = large.warm_path_search(X, y, grid, seed=0, max_iter=5, patience=0)
+    finally:
+        m.check_scoring = orig
+    assert rec["c_grid"] == grid[:5] and rec["c_not_tried"] == grid[5:]
+    assert rec["best_C"] == 1e-2 and rec["cv_mean"] == [0.5, 0.6, 0.7, 0.65, 0.64]
+    assert calls[-1] == (6, 6)  # 5 fits + the refit; the total shrank from 8
+    assert full["c_grid"] == grid and full["best_C"] == 100.0 and full["c_not_tried"] == []
