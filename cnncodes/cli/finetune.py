@@ -58,7 +58,8 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars")
     p.add_argument("--json", action="store_true", default=False, help="print the report as JSON")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", help=f"registry name (default {_D.backbone})")
+    g.add_argument("--backbone", help=f"registry name (see `cnncodes models`), timm/<model> or "
+                                      f"torchvision/<model> (default {_D.backbone})")
     g.add_argument("--weights", help="auto, a weights name, a checkpoint or RUN/model.pt, random")
     g.add_argument("--input-size", type=int, help="crop size in pixels (default from the weights)")
     g.add_argument("--state", choices=STATES,
