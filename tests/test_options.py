@@ -82,6 +82,7 @@ CASES = {
     "max_pixels": ([-1, 1e6, "100"], [0, 1_000_000, None]),
     "progress": ([1, "yes", None], [True, False, np.bool_(True)]),
     "engine": (["tensorrt", None], ["auto", "torch", "onnxruntime"]),
+    "jpeg_scaling": (["dct2", None, 1], ["auto", "dct", "off"]),
 }
 
 
