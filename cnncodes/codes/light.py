@@ -44,13 +44,11 @@ import numpy as np
 from .._runtime import nvidia_present
 from .._version import __version__
 from ..atomic import atomic_path
-from ..errors import DecodeError
 from ..options import BackboneOptions, RuntimeOptions
 from ..sources.dct import dct_enabled
 from ..sources.folders import ImageSource
-from ..sources.images import decode_rgb, load_rgb
+from ..sources.items import decode_item
 from ..sources.preprocessing import Preprocessing, preprocess_array
-from ..sources.tarshards import TarShardSource
 from .export_cache import cache_path, read_cached, unseal
 from .numerics import decoding, planned_decoder
 from .ort_engine import CHECK_COSINE, OrtEngine, default_ort_threads, min_cosine
@@ -318,18 +316,10 @@ class LightDataset:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        try:
-            if isinstance(self.source, TarShardSource):
-                img = decode_rgb(self.source.open_member(i), name=self.source.paths[i],
-                                 max_pixels=self.max_pixels, draft_to=self.draft_to)
-            else:
-                img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels,
-                               draft_to=self.draft_to)
-            return i, preprocess_array(img, self.preprocessing, max_pixels=self.max_pixels), None
-        except DecodeError as e:
-            return i, None, str(e)
-        except Exception as e:  # noqa: BLE001 - never let one file stop the run
-            return i, None, f"preprocessing error: {type(e).__name__}: {e}"
+        def prep(img: Any) -> np.ndarray:
+            return preprocess_array(img, self.preprocessing, max_pixels=self.max_pixels)
+        return decode_item(self.source, i, prep, max_pixels=self.max_pixels,
+                           draft_to=self.draft_to)
 
 
 def decode_threads(num_workers: int | None) -> int:

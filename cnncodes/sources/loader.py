@@ -15,12 +15,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
-from ..errors import DecodeError
 from ..options import DEFAULT_MAX_PIXELS
 from .folders import ImageSource
-from .images import decode_rgb, load_rgb
+from .items import decode_item
 from .preprocessing import Preprocessing, check_resize, interpolation_mode
-from .tarshards import TarShardSource
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +80,9 @@ class ImageDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            if isinstance(self.source, TarShardSource):  # a member, read by offset
-                img = decode_rgb(self.source.open_member(i), name=self.source.paths[i],
-                                 max_pixels=self.max_pixels, draft_to=self.draft_to)
-            else:
-                img = load_rgb(self.source.abspath(i), max_pixels=self.max_pixels,
-                               draft_to=self.draft_to)
-            return i, preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels), None
-        except DecodeError as e:
-            return i, None, str(e)
-        except Exception as e:  # noqa: BLE001 - never let one file stop the run
-            return i, None, f"preprocessing error: {type(e).__name__}: {e}"
+        return decode_item(self.source, i,
+                           lambda img: preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels),
+                           max_pixels=self.max_pixels, draft_to=self.draft_to)
 
 
 @dataclass
