@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from ..advisor import defaults as D
@@ -82,7 +83,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
         return 0
     print(format_advice(adv))
     if args.report:
-        print(f"report    {html}, {args.report}/advice.json, {args.report}/advice.png")
+        print(f"report    {html}, {os.path.join(args.report, 'advice.json')}, "
+              f"{os.path.join(args.report, 'advice.png')}")
     return 0
 
 
@@ -95,10 +97,17 @@ def _cmd_rank(args: argparse.Namespace) -> int:
                              budget=args.budget, max_images=args.sample, folds=args.folds,
                              probe=args.probe, seed=args.seed, head_sample=args.head_sample,
                              thresholds=thresholds(args), report=args.report)
+    html = None
+    if args.report:
+        from .._runtime import command_line
+        from ..report.html import write_ranking_html
+
+        html = write_ranking_html(ranking, args.report, command=command_line())
     if args.json:
         print(json.dumps(ranking.to_dict(), indent=2))
         return 0
     print(format_ranking(ranking))
-    if args.report:
-        print(f"report    {args.report}/ranking.json, {args.report}/<backbone>/advice.json")
+    if html is not None:
+        print(f"report    {html}, {os.path.join(args.report, 'ranking.json')}, "
+              f"{os.path.join(args.report, '<backbone>', 'report.html')}")
     return 0

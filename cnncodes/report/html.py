@@ -181,6 +181,19 @@ def write_advice_html(advice: Any, out_dir: str | os.PathLike, *,
     return _write(out, "advice.html.j2", context)
 
 
+def write_ranking_html(ranking: Any, out_dir: str | os.PathLike, *,
+                       command: str | None = None) -> Path:
+    """``report.html`` of an ``advise --backbones`` folder, and each backbone's own page in its
+    ``<backbone>/`` sub-folder (beside the ``advice.json`` written there)."""
+    out = Path(out_dir)
+    for name, adv in getattr(ranking, "advices", {}).items():
+        write_advice_html(adv, out / name, command=command)
+    data = ranking.to_dict() if hasattr(ranking, "to_dict") else dict(ranking)
+    context = ctx.ranking_page_context(data, command=command)
+    context["files"] = _present(out, ["ranking.json"])
+    return _write(out, "ranking.html.j2", context)
+
+
 def write_finetune_html(run_dir: str | os.PathLike) -> Path | None:
     """``report.html`` of a fine-tuning run folder, from its ``report.json`` and ``curves.png``
     (None when the folder holds no report)."""

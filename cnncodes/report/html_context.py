@@ -387,6 +387,37 @@ def advice_page_context(d: Mapping[str, Any], *, command: str | None) -> dict[st
     }
 
 
+def ranking_page_context(d: Mapping[str, Any], *, command: str | None) -> dict[str, Any]:
+    """The page of an ``advise --backbones`` report folder: the (backbone, layer) table, the
+    recommendation and a link to each backbone's own advice page (``<backbone>/report.html``)."""
+    rec, meta = d.get("recommendation") or {}, d.get("meta") or {}
+    rows = [{"backbone": r.get("backbone"), "layer": r.get("layer"), "depth": r.get("depth"),
+             "dim": fmt(r.get("dim"), "d"),
+             "acc": f"{fmt(r.get('cv_accuracy'), '.3f')} +- {fmt(r.get('ci95'), '.3f')}",
+             "logme": fmt(r.get("logme"), ".3f"), "speed": fmt(r.get("images_per_s"), ".1f"),
+             "advised": "yes" if r.get("recommended_layer") else ""}
+            for r in d.get("rows") or []]
+    return {
+        "title": f"cnncodes advise --backbones: {len(d.get('advice') or {})} backbones",
+        "subtitle": "probe accuracy +- its 95% interval per (backbone, layer), best first",
+        "summary": [{"label": "task", "value": "advise --backbones"},
+                    {"label": "recommended", "value": f"{rec.get('backbone')}, layer "
+                                                      f"{rec.get('layer')}"},
+                    {"label": "time", "value": seconds(meta.get("elapsed_s"))}],
+        "recommendation": _text(rec.get("explanation")),
+        "rows": rows,
+        "columns": [col("backbone", "backbone"), col("layer", "layer"), col("depth", "depth"),
+                    col("dim", "dim", True), col("acc", "probe accuracy", True),
+                    col("logme", "LogME", True), col("speed", "img/s", True),
+                    col("advised", "advised layer")],
+        "links": [{"name": name, "href": f"{name}/report.html"}
+                  for name in (d.get("advice") or {})],
+        "skipped": [{"backbone": k, "why": _text(v)} for k, v in (d.get("skipped") or {}).items()],
+        "provenance": provenance([("budget", meta.get("budget_s"))], versions=None,
+                                 command=command),
+    }
+
+
 # ------------------------------------------------------------------------------------ finetune
 
 

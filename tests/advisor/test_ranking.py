@@ -66,6 +66,13 @@ def test_cli_backbones_ranks_every_layer_of_each_backbone(tmp_path, capsys):
     assert js["recommendation"]["cv_accuracy"] == max(r["cv_accuracy"] for r in best)
     assert (rep / "resnet18" / "advice.json").is_file()
     assert (rep / "mobilenet_v2" / "advice.json").is_file()
+    # a page for the ranking and one per backbone (issue 29), named in the printout without //
+    page = (rep / "report.html").read_text()
+    assert 'href="resnet18/report.html"' in page and 'href="mobilenet_v2/report.html"' in page
+    assert page.count("<tr") >= 11 and js["recommendation"]["backbone"] in page
+    assert (rep / "resnet18" / "report.html").is_file()
+    assert (rep / "mobilenet_v2" / "report.html").is_file()
+    assert str(rep / "report.html") in out and "//" not in out
 
 
 def test_a_backbone_without_weights_is_skipped_not_fatal(tmp_path, monkeypatch):
