@@ -204,8 +204,9 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
     }
     selection.update(describe_choice(selection["c_grid"], selection["cv_mean"],
                                      selection["best_C"], scoring=scoring, model=model))
-    if selection.get("c_note"):
-        log.warning("%s", selection["c_note"])
+    if selection.get("c_note"):  # says which fit it concerns (baseline runs two: codes, pixels)
+        log.warning("C search of %s on %d x %d: %s", model, X.shape[0], X.shape[1],
+                    selection["c_note"])
     how = (f"{folds} folds" if plan.kind == "kfold" else
            f"validation split of {selection.get('n_val')} rows")
     log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%s, %d C values, %.1f s, %s)",
