@@ -46,8 +46,7 @@ from .._version import __version__
 from ..atomic import atomic_path
 from ..options import BackboneOptions, RuntimeOptions
 from ..sources.dct import dct_enabled
-from ..sources.folders import ImageSource
-from ..sources.items import decode_item
+from ..sources.items import SourceItems
 from ..sources.preprocessing import Preprocessing, preprocess_array
 from .export_cache import cache_path, read_cached, unseal
 from .numerics import decoding, planned_decoder
@@ -301,25 +300,12 @@ class LightBatch:
     failures: list[tuple[int, str]]
 
 
-class LightDataset:
+class LightDataset(SourceItems):
     """Items ``(index, uint8 CHW array | None, failure reason | None)`` of a source, as
     :class:`cnncodes.sources.loader.ImageDataset` makes them (the same pixels, no torch)."""
 
-    def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
-                 max_pixels: int | None, draft_to: int | None = None):
-        self.source = source
-        self.preprocessing = preprocessing
-        self.max_pixels = max_pixels
-        self.draft_to = draft_to
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        def prep(img: Any) -> np.ndarray:
-            return preprocess_array(img, self.preprocessing, max_pixels=self.max_pixels)
-        return decode_item(self.source, i, prep, max_pixels=self.max_pixels,
-                           draft_to=self.draft_to)
+    def prepare(self, img: Any) -> np.ndarray:
+        return preprocess_array(img, self.preprocessing, max_pixels=self.max_pixels)
 
 
 def decode_threads(num_workers: int | None) -> int:

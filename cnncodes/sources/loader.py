@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
 from ..options import DEFAULT_MAX_PIXELS
-from .folders import ImageSource
-from .items import decode_item
+from .items import SourceItems
 from .preprocessing import Preprocessing, check_resize, interpolation_mode
 
 log = logging.getLogger(__name__)
@@ -62,27 +61,12 @@ def normalize_batch(images: torch.Tensor, pp: Preprocessing, *, dtype: torch.dty
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-class ImageDataset(Dataset):
-    """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`.
+class ImageDataset(SourceItems, Dataset):
+    """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`
+    (:class:`~cnncodes.sources.items.SourceItems`, prepared by :func:`preprocess_pil`)."""
 
-    ``draft_to``: JPEGs at least twice this (shorter side) are decoded DCT-scaled to keep it
-    (:func:`cnncodes.sources.images.load_rgb`); None decodes in full.
-    """
-
-    def __init__(self, source: ImageSource, preprocessing: Preprocessing, *,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_to: int | None = None):
-        self.source = source
-        self.preprocessing = preprocessing
-        self.max_pixels = max_pixels
-        self.draft_to = draft_to
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        return decode_item(self.source, i,
-                           lambda img: preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels),
-                           max_pixels=self.max_pixels, draft_to=self.draft_to)
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        return preprocess_pil(img, self.preprocessing, max_pixels=self.max_pixels)
 
 
 @dataclass
