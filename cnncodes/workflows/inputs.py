@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codes.store import FeatureStore
-from ..errors import OptionError, SourceError
+from ..errors import OptionError, SourceError, StoreMismatchError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_holdout
@@ -99,8 +99,18 @@ def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.Path
         if layer in existing:
             layers = existing
     bopts = backbone if isinstance(backbone, BackboneOptions) else BackboneOptions(backbone)
-    res = extract(source, cache, backbone=bopts.replace(layers=tuple(layers)), runtime=runtime,
-                  **kwargs)
+    bopts = bopts.replace(layers=tuple(layers))
+    if kwargs.get("overwrite") and cache.is_file():
+        # a cache: ``overwrite`` discards only codes made with other settings (the help says
+        # so); codes that the run would make again are kept, not extracted a second time
+        try:
+            res = extract(source, cache, backbone=bopts, runtime=runtime,
+                          **{**kwargs, "overwrite": False})
+        except StoreMismatchError as e:
+            log.warning("discarding the cached codes in %s (--overwrite): %s", cache, e)
+            res = extract(source, cache, backbone=bopts, runtime=runtime, **kwargs)
+    else:
+        res = extract(source, cache, backbone=bopts, runtime=runtime, **kwargs)
     if res.failed:
         log.warning("%s of %s could not be read and %s left out",
                     plural(len(res.failed), "image"), getattr(source, "root", source),

@@ -81,3 +81,23 @@ def test_baseline_single_tree_holds_out_and_lists_bad_images(digits_data, tmp_pa
     assert (tmp_path / "rep" / "cache" / "codes.h5").is_file()
     with pytest.raises(ValueError, match="one layer"):
         baseline(photos, report=tmp_path / "rep", backbone=BACKBONE, layer="layer3,pool")
+
+
+def test_overwrite_keeps_codes_made_with_the_same_settings(digits_data, tmp_path,  # noqa: F811
+                                                            caplog):
+    """``--overwrite`` discards cached codes made with *other* settings only (as its help says):
+    a rerun with the same settings keeps 200 rows of codes instead of extracting them again."""
+    cache = tmp_path / "cache"
+    kw = dict(report=tmp_path / "rep", cache=cache, backbone=BACKBONE,
+              weights=str(digits_data.weights), num_workers=0, c_grid="1e-2", cv=2,
+              raw_baseline=False, layer="pool")
+    baseline(digits_data.split_dir, input_size=SIZE, **kw)
+    runs = {k: FeatureStore(cache / f"{k}.h5").provenance["runs"] for k in ("train", "test")}
+    baseline(digits_data.split_dir, input_size=SIZE, overwrite=True, **kw)
+    for k in ("train", "test"):  # nothing extracted again
+        assert FeatureStore(cache / f"{k}.h5").provenance["runs"] == runs[k]
+    with caplog.at_level("WARNING", logger="cnncodes"):
+        baseline(digits_data.split_dir, input_size=SIZE + 8, overwrite=True, **kw)
+    st = FeatureStore(cache / "train.h5")
+    assert st.provenance["input_size"] == SIZE + 8 and len(st.provenance["runs"]) == 1
+    assert "discarding the cached codes in" in caplog.text
