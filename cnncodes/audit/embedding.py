@@ -17,8 +17,6 @@ from ..errors import OptionError
 
 log = logging.getLogger(__name__)
 
-#: rows placed on the map at most (a random sample above)
-MAP_ROWS = 2_000
 METHODS = ("tsne", "umap")
 
 

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .defaults import DUPLICATE_THRESHOLD
 from .neighbours import Neighbours, top_k
 
-#: cosine similarity at or above which two images are near-duplicates (codes centred on the
-#: training mean, MobileNetV2 ImageNet pool codes): calibrated by benchmarks/audit_calibrate.py,
-#: see README "Auditing a data set"
-DUPLICATE_THRESHOLD = 0.90
 #: neighbours kept per row (duplicate groups are linked through them)
 K = 10
 #: share of rows listed as outliers (the lowest similarity to every class centroid)

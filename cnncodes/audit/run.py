@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..codes.store import FeatureStore
-from .embedding import MAP_ROWS, map_2d, sample_rows
+from .defaults import MAP_ROWS
+from .embedding import map_2d, sample_rows
 from .findings import (
     DUPLICATE_THRESHOLD,
     OUTLIER_FRACTION,

@@ -1,21 +1,52 @@
-"""Backbones: the registry (metadata as data), its entries, weights resolution, cutting, building."""
+"""Backbones: the registry (metadata as data), its entries, weights resolution, cutting, building.
 
-from . import entries as _entries  # noqa: F401  (registers every entry)
-from . import timm_models as _timm_models  # noqa: F401  (resolves timm/<name>; timm loads lazily)
-from . import tv_models as _tv_models  # noqa: F401  (resolves torchvision/<name>)
-from .cutting import FeatureExtractor
-from .factory import build_model, create_backbone, describe_backbones, describe_spec, layer_dims
-from .registry import (
-           BackboneSpec,
-           Cut,
-           check_pooling,
-           get_spec,
-           list_backbones,
-           register,
-           resolve_layers,
-)
-from .weights import ResolvedWeights, resolve_weights
+The names below load lazily (PEP 562): ``import cnncodes.backbones.catalog`` (the entries as data)
+imports neither torch nor torchvision; the registry registers its entries on first read
+(:func:`~.registry.ensure_entries`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cutting import FeatureExtractor
+    from .factory import (
+        build_model,
+        create_backbone,
+        describe_backbones,
+        describe_spec,
+        layer_dims,
+    )
+    from .registry import (
+        BackboneSpec,
+        Cut,
+        check_pooling,
+        get_spec,
+        list_backbones,
+        register,
+        resolve_layers,
+    )
+    from .weights import ResolvedWeights, resolve_weights
+
+_LAZY: dict[str, str] = {
+    "FeatureExtractor": ".cutting",
+    **dict.fromkeys(("build_model", "create_backbone", "describe_backbones", "describe_spec",
+                     "layer_dims"), ".factory"),
+    **dict.fromkeys(("BackboneSpec", "Cut", "check_pooling", "get_spec", "list_backbones",
+                     "register", "resolve_layers"), ".registry"),
+    **dict.fromkeys(("ResolvedWeights", "resolve_weights"), ".weights"),
+}
 
 __all__ = ["BackboneSpec", "Cut", "FeatureExtractor", "ResolvedWeights", "build_model",
            "check_pooling", "create_backbone", "describe_backbones", "describe_spec", "get_spec",
            "layer_dims", "list_backbones", "register", "resolve_layers", "resolve_weights"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

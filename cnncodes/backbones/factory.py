@@ -12,9 +12,10 @@ from torch import nn
 
 from ..errors import OptionError
 from ..options import BackboneOptions
+from .catalog import packaged_file
 from .cutting import FeatureExtractor
 from .registry import BackboneSpec, check_pooling, get_spec, list_backbones, resolve_layers
-from .weights import load_weights, packaged_file, resolve_weights
+from .weights import load_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def describe_backbones(names: Sequence[str] | None = None) -> list[dict[str, Any
                   else spec.weights[spec.default_weights])
         rows.append({
             "backbone": name, "family": spec.family,
+            "library": spec.extra.get("library", "torchvision"),
             "layers": {k: {"dim": c.dim, "kind": c.kind, "depth": c.depth}
                        for k, c in spec.layers.items()},
             "default_layer": spec.default_layer,

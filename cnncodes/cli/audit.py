@@ -55,8 +55,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def add_audit(sub: Any) -> argparse.ArgumentParser:
-    from ..audit.embedding import MAP_ROWS
-    from ..audit.findings import DUPLICATE_THRESHOLD
+    from ..audit.defaults import DUPLICATE_THRESHOLD, MAP_ROWS
 
     p = sub.add_parser("audit", help="near-duplicates, train/test leaks, likely label errors, "
                                      "outliers, class balance and a 2-D map of a code store")

@@ -1,6 +1,6 @@
-"""Checks of a command line's input paths that run before any heavy import (torch, scikit-learn,
-h5py), so that a mistyped path is refused in a fraction of a second instead of after 5-20 s of
-imports. Each raises the same :class:`~cnncodes.errors.NotFoundError` as the library would later.
+"""Checks of a command line's input paths and backbone names that run before any heavy import
+(torch, scikit-learn, h5py), so that a mistyped path or name is refused in a fraction of a second
+instead of after 5-20 s of imports. Each raises the same error as the library would later.
 """
 
 from __future__ import annotations
@@ -38,3 +38,14 @@ def require_sources(*sources: str | os.PathLike | None) -> None:
     for s in sources:
         if s is not None:
             check_source_exists(s)
+
+
+def require_backbones(*names: str | None) -> None:
+    """Refuse a backbone name that names nothing (not in the registry's catalog, not ``timm/...``
+    or ``torchvision/...``); each of ``names`` may be a comma-separated list or None."""
+    from ..backbones.catalog import check_backbone_name
+
+    for n in names:
+        for one in (n or "").split(","):
+            if one.strip():
+                check_backbone_name(one.strip())

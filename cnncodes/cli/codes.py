@@ -82,10 +82,14 @@ def _format_spec(row: dict[str, Any]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..backbones.factory import describe_backbones, describe_spec
+    from ..backbones.catalog import ENTRIES, check_backbone_name, describe_catalog, describe_entry
     from ..report.store_info import format_models
 
     target = args.target
+    if target is None:  # the registry is data: no torch, no torchvision
+        rows = describe_catalog()
+        print(json.dumps(rows, indent=2) if args.json else format_models(rows))
+        return 0
     if target == "timm":
         from ..backbones.timm_models import list_timm
 
@@ -99,7 +103,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         names = [f"torchvision/{n}" for n in classification_models()]
         print(json.dumps(names) if args.json else "\n".join(names))
         return 0
-    if target is not None and args.nodes:
+    if args.nodes:
         from ..backbones.tv_models import describe_nodes
         from ..errors import OptionError
 
@@ -111,12 +115,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{n['layer'] or '(' + n['node'] + ')':<60} {'x'.join(map(str, n['shape']))}"
             for n in nodes))
         return 0
-    if target is not None:
+    check_backbone_name(target)  # an unknown name is refused before importing torch
+    if target in ENTRIES:
+        row = describe_entry(ENTRIES[target])
+    else:  # timm/<name>, torchvision/<name>: only the library knows them
+        from ..backbones.factory import describe_spec
+
         row = describe_spec(target)
-        print(json.dumps(row, indent=2) if args.json else _format_spec(row))
-        return 0
-    rows = describe_backbones()
-    print(json.dumps(rows, indent=2) if args.json else format_models(rows))
+    print(json.dumps(row, indent=2) if args.json else _format_spec(row))
     return 0
 
 
@@ -235,6 +241,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_output(args.output, inputs=(args.source,), expect="store", overwrite=args.overwrite,
                  option="-o", writes=False)  # a rerun with nothing to do writes nothing
     model_options(args)
+    backbone_options(args)  # refuses an unknown --backbone before the heavy imports
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract

@@ -87,8 +87,12 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 def backbone_options(args: argparse.Namespace, **changes: Any) -> BackboneOptions:
     """The BackboneOptions of parsed ``args`` (``changes`` override fields, e.g. ``layers=``)."""
+    from ..backbones.catalog import check_backbone_name
+
     values = {f: getattr(args, f) for f in BACKBONE_FIELDS}
     values.update(changes)
+    if values.get("backbone") is not None:  # a mistyped name fails before torch is imported
+        check_backbone_name(values["backbone"])
     return BackboneOptions(**values)
 
 

@@ -117,9 +117,10 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .checks import require_sources
+    from .checks import require_backbones, require_sources
 
     require_sources(args.source, getattr(args, "test", None))  # before the heavy imports
+    require_backbones(args.backbone)
     from .._distributed import env_info
     from .._runtime import command_line
     from ..report.finetune import format_escalation, format_finetune

@@ -14,7 +14,7 @@ from typing import Any
 from ..linear.options import DEFAULT_RAW_SIZE, MODEL_FILE
 from ..options import AUTO_LAYER_BUDGET
 from ..outputs import check_output
-from .checks import require_model, require_sources, require_store
+from .checks import require_backbones, require_model, require_sources, require_store
 from .common import (
     TRUST_NOTE,
     CLIError,
@@ -227,6 +227,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.force_finetune and not args.fall_through:
         raise CLIError("--force-finetune goes with --fall-through.")
     require_sources(args.source)  # before the heavy imports: a wrong path fails at once
+    require_backbones(args.backbone)
     from .._runtime import command_line
     from ..report.linear_text import format_baseline
     from ..workflows.baseline import BaselineOptions, baseline

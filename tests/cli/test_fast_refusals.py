@@ -66,3 +66,42 @@ def test_refusals_import_neither_torch_nor_sklearn(digits_data, tmp_path):  # no
             k += 1
             assert r["rc"] == 1 and says in err, (argv, err)
             assert not r["torch"] and not r["sklearn"], (argv, "imported torch/sklearn")
+
+
+def _probe(argvs: list[list[str]], tmp_path: Path) -> tuple[list[dict], list[str], str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")]), "CNNCODES_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argvs)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    return json.loads(line[len("RESULT"):]), errors, proc.stdout
+
+
+def test_unknown_backbone_is_refused_without_torch(tmp_path):
+    """`models NAME`, and every command taking --backbone(s), refuse a name that names nothing
+    from the registry's data (catalog), before torch or torchvision is imported."""
+    (tmp_path / "photos").mkdir()
+    argvs = [["models", "resnet5"], ["models", "nope"],
+             ["extract", "photos", "-o", "c.h5", "--backbone", "resnet5"],
+             ["advise", "photos", "--backbone", "nope"],
+             ["advise", "photos", "--backbones", "resnet18,nope"],
+             ["baseline", "photos", "--backbone", "nope"],
+             ["finetune", "photos", "-o", "run", "--backbone", "nope"]]
+    results, errors, _ = _probe(argvs, tmp_path)
+    assert len(errors) == len(argvs)
+    for r, err in zip(results, errors, strict=True):
+        assert r["rc"] == 1 and "backbone must be a registered name" in err, (r["argv"], err)
+        assert not r["torch"] and not r["sklearn"], (r["argv"], "imported torch/sklearn")
+    assert "Did you mean resnet50?" in errors[0]
+
+
+def test_models_listing_and_a_registry_entry_need_no_torch(tmp_path):
+    """The registry table and one entry's layers are data: printed without importing torch."""
+    results, errors, out = _probe([["models"], ["models", "resnet50"],
+                                   ["models", "mobilenet_v2", "--json"]], tmp_path)
+    assert not errors
+    assert [r["rc"] for r in results] == [0, 0, 0]
+    assert not any(r["torch"] for r in results)
+    assert "ResNet50_Weights.IMAGENET1K_V2" in out and "convnext_tiny" in out
+    assert '"default_layer": "pool"' in out
