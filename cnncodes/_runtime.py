@@ -126,13 +126,24 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the libraries that shape the codes (recorded in provenance)."""
-    import torch
-    import torchvision
-
-    return {"cnncodes": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "h5py": h5py.__version__,
+    """Versions of the libraries that shape the codes (recorded in provenance). torch and
+    torchvision are not imported for it: their ``__version__`` when loaded already (which may
+    carry a build tag, ``2.14.1+cu130``), else the installed package's metadata."""
+    return {"cnncodes": __version__, "torch": _lib_version("torch"),
+            "torchvision": _lib_version("torchvision"), "h5py": h5py.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _lib_version(name: str) -> str:
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__version__", None):
+        return str(mod.__version__)
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

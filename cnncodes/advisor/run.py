@@ -47,7 +47,8 @@ from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_order
 from .advice import Advice
 from .defaults import FOLDS, HEAD_SAMPLE, PROBE, SAMPLE
-from .evidence import PretrainedMeter, measure_size
+from .evidence import measure_size
+from .meter import PretrainedMeter
 from .plots import check_report_folder, save_report
 from .probe import check_probe, probe_layers
 from .rule import RunSetup, Thresholds, check_probe_size, decide

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionError
 from ..options import POOLINGS
-from .catalog import Cut, unknown_backbone
+from .catalog import ENTRIES, Cut, unknown_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -160,6 +160,16 @@ def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
     ensure_entries()
     return list(_REGISTRY)
+
+
+def default_layer(name: str) -> str:
+    """The layer ``name`` takes when none is asked for; from the catalog (no torch import) for a
+    registry entry that was not replaced by :func:`register`, else from :func:`get_spec`."""
+    entry = ENTRIES.get(name)
+    if entry is not None and not (_ENTRIES_LOADED and _REGISTRY.get(name) is not None
+                                  and _REGISTRY[name].default_layer != entry.default_layer):
+        return entry.default_layer
+    return get_spec(name).default_layer
 
 
 def get_spec(name: str) -> BackboneSpec:

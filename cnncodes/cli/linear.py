@@ -231,7 +231,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..report.linear_text import format_baseline
     from ..workflows.baseline import BaselineOptions, baseline
-    from ..workflows.compare import format_fall_through
 
     steps = BaselineOptions(
         holdout=args.holdout, raw_baseline=args.raw_baseline, raw_size=args.raw_size,
@@ -247,6 +246,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.report, indent=2))
         return 0
-    print(format_baseline(res.report, fall_through=format_fall_through(res.report),
-                          failures=res.failures, folder=args.report))
+    ft_text = ""
+    if res.report.get("fall_through"):  # fine-tuning's module imports torch: only when it ran
+        from ..workflows.compare import format_fall_through
+
+        ft_text = format_fall_through(res.report)
+    print(format_baseline(res.report, fall_through=ft_text, failures=res.failures,
+                          folder=args.report))
     return 0

@@ -56,6 +56,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
+from .._runtime import is_cuda
 from .array_api_env import ENABLE_HINT
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ def resolve_compute(device: str = "auto", *, pipeline: Pipeline | None = None,
     requested = str(device)
     d = requested.strip().lower()
     if d in ("cpu", "numpy"):
+        return Compute("numpy", "cpu", requested)
+    if d == "auto" and not is_cuda("auto"):  # no NVIDIA driver: NumPy, without importing torch
         return Compute("numpy", "cpu", requested)
     import torch
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backbones.registry import get_spec
+from ..backbones.registry import default_layer
 from ..codes.store import FeatureStore
 from ..errors import OptionError, StoreMismatchError
 from ..linear.evaluation import Evaluation, evaluate
@@ -45,7 +45,6 @@ from ..options import (
 from ..outputs import check_output
 from ..report.files import REPORT_FILES, build_report, check_report_folder, write_report
 from ..sources.folders import ImageSource
-from .compare import fall_through_verdict, finetune_command, run_fall_through
 from .inputs import check_split, extract_cached, find_split, pick_layer
 from .layer_advice import LayerChoice, choose_training_layer, record_advice, size_check
 
@@ -159,7 +158,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     check_outputs(source, report, cache_dir, overwrite=overwrite)
     check_split(split)  # before the advice and the extraction, which take minutes
     name = pick_layer(layer if layer is not None else bopts.layers,
-                      default=get_spec(bopts.backbone).default_layer)
+                      default=default_layer(bopts.backbone))
     choice = choose_training_layer(
         split, name, backbone=bopts, runtime=ropts, classifier=copts,
         cache=None if overwrite else cache_dir, holdout=sopts.holdout, seed=sopts.seed,
@@ -380,6 +379,9 @@ def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[
     forced); else say why not and give the command. Appends its row to ``rows``; returns
     ``(report["fall_through"], FinetuneResult or None)``. ``write_running(extra)`` writes the
     report before the (long) run starts."""
+    # fine-tuning needs torch; imported here so a baseline on cached codes never loads it
+    from .compare import fall_through_verdict, finetune_command, run_fall_through
+
     ft_train = _list_source(trained.train_paths, trained.train_labels, trained.classes)
     ft_test = _list_source(evaluation.paths, evaluation.y_true, trained.classes)
     size = size_check(ft_train, steps.thresholds)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnncodes.advisor.evidence import PretrainedMeter, SizeInfo, measure_size
+from cnncodes.advisor.evidence import SizeInfo, measure_size
+from cnncodes.advisor.meter import PretrainedMeter
 from cnncodes.advisor.rule import Thresholds
 from cnncodes.backbones import get_spec
 from cnncodes.backbones.weights import resolve_weights
