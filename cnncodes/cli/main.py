@@ -102,6 +102,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         h._cnncodes = True  # type: ignore[attr-defined]
         root.addHandler(h)
         root.propagate = False
+    # a matplotlib font cache shared with another installation (e.g. the system's) can lack
+    # fonts that matplotlib falls back from silently: not the user's concern, and it buried the
+    # result table under 20 "findfont" lines
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 
 #: exit status of an unexpected exception (a bug); 1 is for errors the user can fix
