@@ -157,9 +157,10 @@ def test_an_over_budget_raw_pixel_row_runs_on_a_subsample(digits_data):  # noqa:
     n = len(m.train_paths)
     budget = (n // 2) * 8 * 8 * 3
     row = pixel_baseline(m.train_paths, m.train_labels, test_paths, st.labels,
-                         classes=m.classes, size=8, c_grid=[0.1], cv=3, budget=budget,
+                         classes=m.classes, size=8, c_grid=[0.1], cv=5, budget=budget,
                          subsample=True)
     sub = row["subsample"]
+    assert sub["cv"] == 3 and row["selection"]["cv"] == 3  # fewer folds for the cheap row
     assert sub["of"] == n and abs(sub["n_train"] - n // 2) <= len(m.classes)
     assert row["selection"]["n_train"] == sub["n_train"] and row["n_test"] == len(test_paths)
     assert "stratified subsample" in sub["note"] and 0 < row["accuracy"] <= 1
