@@ -120,7 +120,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .checks import require_backbones, require_sources
 
     require_sources(args.source, getattr(args, "test", None))  # before the heavy imports
-    require_backbones(args.backbone)
+    require_backbones(getattr(args, "backbone", None))  # unset options are absent here
     from .._distributed import env_info
     from .._runtime import command_line
     from ..report.finetune import format_escalation, format_finetune
