@@ -105,3 +105,14 @@ def test_models_listing_and_a_registry_entry_need_no_torch(tmp_path):
     assert not any(r["torch"] for r in results)
     assert "ResNet50_Weights.IMAGENET1K_V2" in out and "convnext_tiny" in out
     assert '"default_layer": "pool"' in out
+
+
+def test_finetune_without_backbone_gets_past_the_fast_checks(tmp_path, capsys):
+    """finetune's parser leaves unset options out of its namespace: the fast backbone check must
+    not need ``--backbone`` (it failed with an internal error, exit 70, when none was given)."""
+    from cnncodes.cli import main
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["finetune", str(tmp_path / "empty"), "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "internal error" not in err and "error:" in err
