@@ -63,6 +63,9 @@ def test_plural_and_learning_rates():
     # the rate the epoch trained at, not the 0 a cosine schedule reaches after the last step
     assert epoch_lr({"stage1": 1e-4, "head": 1e-3}, 0.0) == "lr 1e-04"
     assert epoch_lr(None, 2.5e-3) == "lr 2.5e-03"
+    # a warmup epoch: from its tiny first rate to the full one (not only "lr 6.27e-07")
+    assert epoch_lr({"stage2": 6.27e-7}, 1e-3) == "lr 6.27e-07->1e-03"
+    assert epoch_lr({"stage2": 1e-3}, 0.99e-3) == "lr 1e-03"  # a flat epoch: one figure
 
 
 def test_leep_share_printed_so_the_comparison_is_true():

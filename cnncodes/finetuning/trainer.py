@@ -578,8 +578,14 @@ class Trainer:
 
 
 def epoch_lr(start: Any, end: float) -> str:
-    """The first group's learning rate an epoch trained at, as ``lr 1e-04``: its value at the
-    epoch's first step (``start``, the history's ``lr``), not the one after its last step
-    (``end``), which a cosine schedule takes to exactly 0 at the end of the run."""
+    """The first group's learning rate over an epoch: ``lr 1e-04`` (its value at the epoch's
+    first step, ``start``, the history's ``lr``), or ``lr 6.27e-07->1e-03`` when the schedule
+    moved it by more than 5% by the end of the epoch (``end``: a warmup epoch would otherwise
+    print only its first, tiny rate); an ``end`` of 0 (a cosine schedule after the run's last
+    step) is not shown."""
     first = next(iter(start.values()), None) if isinstance(start, dict) else start
-    return f"lr {format_lr(end if first is None else first)}"
+    if first is None:
+        return f"lr {format_lr(end)}"
+    if end and first and abs(end - first) > 0.05 * max(abs(first), abs(end)):
+        return f"lr {format_lr(first)}->{format_lr(end)}"
+    return f"lr {format_lr(first)}"
