@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,11 +52,20 @@ def require_cleanlab() -> None:
 
 def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
                               folds: int | None = None, seed: int = 0,
-                              n_jobs: int | None = None) -> tuple[np.ndarray, int]:
+                              n_jobs: int | None = None,
+                              estimator: Any = None) -> tuple[np.ndarray, int]:
     """(N, C) probabilities of each row from a logistic regression fitted without it, and the
-    number of stratified folds used (at most the smallest class count)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    number of stratified folds used (at most the smallest class count).
 
+    ``estimator``: the classifier to cross-validate (e.g. the user's fitted pipeline at its
+    chosen C; cloned, so it is left as it is), default ``train``'s pipeline at ``C``. Small
+    problems (up to ``SMALL_FIT_VALUES``) run BLAS on one thread, as the C search does.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
+
+    from ..linear.array_api import SMALL_FIT_VALUES
     from ..linear.pipelines import build_pipeline
 
     counts = np.bincount(y)
@@ -65,20 +75,21 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
     if k < 2 or len(counts) < 2:
         raise OptionError("Finding label errors needs at least 2 classes with 2 images each "
                           f"(got class counts {counts.tolist()}).")
-    pipe = build_pipeline(model="logreg", C=C, max_iter=300 if len(y) > LARGE else 1000,
-                          random_state=seed)
+    pipe = clone(estimator) if estimator is not None else build_pipeline(
+        model="logreg", C=C, max_iter=300 if len(y) > LARGE else 1000, random_state=seed)
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    probs = cross_val_predict(pipe, X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)
+    with threadpool_limits(limits=1 if X.size <= SMALL_FIT_VALUES else None):
+        probs = cross_val_predict(pipe, X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)
     return np.asarray(probs, np.float64), k
 
 
 def find_label_issues(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None,
                       C: float = 1.0, folds: int | None = None, seed: int = 0,
-                      n_jobs: int | None = None) -> LabelIssues:
+                      n_jobs: int | None = None, estimator: Any = None) -> LabelIssues:
     """Likely label errors among the labelled rows (``y >= 0``) of codes ``X``.
 
-    Classes are re-indexed to those present; ``given``/``suggested`` are indices into the
-    original class list.
+    ``estimator``: see :func:`out_of_fold_probabilities`. Classes are re-indexed to those
+    present; ``given``/``suggested`` are indices into the original class list.
     """
     require_cleanlab()
     from cleanlab.filter import find_label_issues as _cl_find
@@ -88,7 +99,7 @@ def find_label_issues(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = N
     labelled = np.flatnonzero(y >= 0)
     present, yy = np.unique(y[labelled], return_inverse=True)
     probs, k = out_of_fold_probabilities(X[labelled], yy, C=C, folds=folds, seed=seed,
-                                         n_jobs=n_jobs)
+                                         n_jobs=n_jobs, estimator=estimator)
     ranked = _cl_find(labels=yy, pred_probs=probs, return_indices_ranked_by="self_confidence")
     ranked = np.asarray(ranked, np.int64)
     width = n_classes if n_classes is not None else (int(y.max()) + 1 if len(y) else 0)

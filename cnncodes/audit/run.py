@@ -198,7 +198,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
                  threshold: float = DUPLICATE_THRESHOLD, k: int = K, method: str = "auto",
                  label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
                  map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
-                 seed: int = 0) -> AuditResult:
+                 seed: int = 0, test_accuracy: bool = True) -> AuditResult:
     """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
     -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
 
@@ -213,6 +213,9 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         C: inverse regularisation of the logistic regressions (label errors, accuracy).
         map_method: ``tsne``, ``umap`` or None (no map).
         map_rows: rows placed on the map at most (a random sample above).
+        test_accuracy: with ``test``, fit one logistic regression at ``C`` for the test
+            accuracy with and without the leaked rows (``baseline`` scores its own predictions
+            instead).
     """
     if label_issues:
         require_cleanlab()
@@ -240,7 +243,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         issues = find_label_issues(X, y, n_classes=len(classes), C=C, seed=seed)
         secs["label_issues"] = time.perf_counter() - t0
     accuracy = None
-    if test is not None and leaks is not None:
+    if test is not None and leaks is not None and test_accuracy:
         t0 = time.perf_counter()
         accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, C, seed)
         secs["accuracy"] = time.perf_counter() - t0
