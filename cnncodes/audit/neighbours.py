@@ -44,11 +44,14 @@ def normalize(X: np.ndarray, *, center: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``X`` (minus ``center`` when given) scaled to unit length, float32, C order
     (a zero row stays zero)."""
     X = np.asarray(X, dtype=np.float32)
+    # one new (N, D) array, scaled in place (not four: centred, squared, divided, contiguous)
+    out = np.array(X, dtype=np.float32, order="C", copy=True)
     if center is not None:
-        X = X - np.asarray(center, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
+        out -= np.asarray(center, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]  # no (N, D) temporary of x * x
     norms[norms == 0] = 1.0
-    return np.ascontiguousarray(X / norms, dtype=np.float32)
+    out /= norms
+    return out
 
 
 def faiss_available() -> bool:
