@@ -77,6 +77,10 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
                           f"(got class counts {counts.tolist()}).")
     pipe = clone(estimator) if estimator is not None else build_pipeline(
         model="logreg", C=C, max_iter=300 if len(y) > LARGE else 1000, random_state=seed)
+    if "scale" in pipe.named_steps:
+        # each fold's rows are already a copy (cross_val_predict indexes them): scale that copy in
+        # place instead of making another (at 100,000 x 1,280 float32 codes: 340 MB less)
+        pipe.set_params(scale__copy=False)
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     with threadpool_limits(limits=1 if X.size <= SMALL_FIT_VALUES else None):
         probs = cross_val_predict(pipe, X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)
@@ -98,7 +102,9 @@ def find_label_issues(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = N
     y = np.asarray(y, np.int64)
     labelled = np.flatnonzero(y >= 0)
     present, yy = np.unique(y[labelled], return_inverse=True)
-    probs, k = out_of_fold_probabilities(X[labelled], yy, C=C, folds=folds, seed=seed,
+    # all rows labelled (the usual case): no copy of the codes
+    Xl = X if len(labelled) == len(y) else X[labelled]
+    probs, k = out_of_fold_probabilities(Xl, yy, C=C, folds=folds, seed=seed,
                                          n_jobs=n_jobs, estimator=estimator)
     ranked = _cl_find(labels=yy, pred_probs=probs, return_indices_ranked_by="self_confidence")
     ranked = np.asarray(ranked, np.int64)

@@ -111,8 +111,11 @@ def _exact(queries: np.ndarray, base: np.ndarray, k: int, same: bool,
         S = queries[s:e] @ base.T  # (block, n_base) float32
         if same:
             S[np.arange(e - s), np.arange(s, e)] = -np.inf
-        part = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
+        full = np.argpartition(S, S.shape[1] - k, axis=1)
+        part = full[:, -k:].copy()  # not a view: the (block, n_base) indices go now
+        del full
         ps = np.take_along_axis(S, part, axis=1)
+        del S  # one block's scores alive at a time, not this one's and the next one's
         order = np.argsort(-ps, axis=1, kind="stable")
         idx[s:e] = np.take_along_axis(part, order, axis=1)
         sc[s:e] = np.take_along_axis(ps, order, axis=1)

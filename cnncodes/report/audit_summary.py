@@ -41,7 +41,7 @@ def audit_context(audit: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     dup = (f"{audit.get('duplicate_groups')} groups ({audit.get('duplicate_images')} images; "
            f"cosine >= {audit.get('duplicate_threshold')})")
-    items = [{"label": "near-duplicates in training", "value": dup}]
+    items: list[dict[str, Any]] = [{"label": "near-duplicates in training", "value": dup}]
     leaks = _leaks(audit)
     if leaks is not None:
         items.append({"label": "train -> test leaks", "value": leaks})
