@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.preprocessing import StandardScaler
 
 from ..errors import OptionError
 
@@ -50,6 +51,23 @@ def require_cleanlab() -> None:
                           "--no-label-issues.") from e
 
 
+#: rows whose statistics :class:`ChunkedScaler` reads at a time
+CHUNK_ROWS = 4096
+
+
+class ChunkedScaler(StandardScaler):
+    """``StandardScaler`` whose ``fit`` reads the rows ``CHUNK_ROWS`` at a time
+    (``partial_fit``): the same mean and variance without a float64 copy of all of them."""
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> ChunkedScaler:
+        for a in ("n_samples_seen_", "mean_", "var_", "scale_", "n_features_in_"):
+            self.__dict__.pop(a, None)
+        for s in range(0, max(1, X.shape[0]), CHUNK_ROWS):
+            self.partial_fit(X[s:s + CHUNK_ROWS], y,
+                             None if sample_weight is None else sample_weight[s:s + CHUNK_ROWS])
+        return self
+
+
 def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
                               folds: int | None = None, seed: int = 0,
                               n_jobs: int | None = None,
@@ -77,10 +95,12 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, *, C: float = 1.0,
                           f"(got class counts {counts.tolist()}).")
     pipe = clone(estimator) if estimator is not None else build_pipeline(
         model="logreg", C=C, max_iter=300 if len(y) > LARGE else 1000, random_state=seed)
-    if "scale" in pipe.named_steps:
+    if isinstance(pipe.named_steps.get("scale"), StandardScaler):
         # each fold's rows are already a copy (cross_val_predict indexes them): scale that copy in
-        # place instead of making another (at 100,000 x 1,280 float32 codes: 340 MB less)
-        pipe.set_params(scale__copy=False)
+        # place instead of making another (at 100,000 x 1,280 float32 codes: 340 MB less), with
+        # the statistics read in chunks (StandardScaler.fit works on a float64 copy of the fold)
+        old = pipe.named_steps["scale"].get_params()
+        pipe.set_params(scale=ChunkedScaler(**{**old, "copy": False}))
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     with threadpool_limits(limits=1 if X.size <= SMALL_FIT_VALUES else None):
         probs = cross_val_predict(pipe, X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)
