@@ -48,9 +48,13 @@ def map_2d(X: np.ndarray, *, method: str = "tsne", seed: int = 0,
         Y = umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(Z)
     else:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
 
-        Y = TSNE(n_components=2, init="pca", perplexity=min(30.0, (n - 1) / 3),
-                 random_state=seed, n_jobs=n_jobs).fit_transform(Z)
+        # one OpenMP thread: on a busy 2-core machine the Barnes-Hut gradient's per-iteration
+        # barriers made 2 threads spin (500 rows: 151 s wall; one thread 1.6 CPU-s, 6 s wall)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            Y = TSNE(n_components=2, init="pca", perplexity=min(30.0, (n - 1) / 3),
+                     random_state=seed, n_jobs=n_jobs).fit_transform(Z)
     Y = np.asarray(Y, np.float64)
     lo, hi = Y.min(axis=0), Y.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)

@@ -44,11 +44,14 @@ def normalize(X: np.ndarray, *, center: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``X`` (minus ``center`` when given) scaled to unit length, float32, C order
     (a zero row stays zero)."""
     X = np.asarray(X, dtype=np.float32)
+    # one new (N, D) array, scaled in place (not four: centred, squared, divided, contiguous)
+    out = np.array(X, dtype=np.float32, order="C", copy=True)
     if center is not None:
-        X = X - np.asarray(center, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
+        out -= np.asarray(center, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]  # no (N, D) temporary of x * x
     norms[norms == 0] = 1.0
-    return np.ascontiguousarray(X / norms, dtype=np.float32)
+    out /= norms
+    return out
 
 
 def faiss_available() -> bool:
@@ -108,8 +111,11 @@ def _exact(queries: np.ndarray, base: np.ndarray, k: int, same: bool,
         S = queries[s:e] @ base.T  # (block, n_base) float32
         if same:
             S[np.arange(e - s), np.arange(s, e)] = -np.inf
-        part = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
+        full = np.argpartition(S, S.shape[1] - k, axis=1)
+        part = full[:, -k:].copy()  # not a view: the (block, n_base) indices go now
+        del full
         ps = np.take_along_axis(S, part, axis=1)
+        del S  # one block's scores alive at a time, not this one's and the next one's
         order = np.argsort(-ps, axis=1, kind="stable")
         idx[s:e] = np.take_along_axis(part, order, axis=1)
         sc[s:e] = np.take_along_axis(ps, order, axis=1)

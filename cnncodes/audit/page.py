@@ -146,32 +146,3 @@ def write_audit(res: AuditResult, out_dir: str | os.PathLike, *, inputs: Any = (
 
 #: the audit's sub-folder of a baseline report folder
 BASELINE_AUDIT_DIR = "audit"
-
-
-def audit_into_report(report_dir: str | os.PathLike, train: Any, test: Any = None, *,
-                      command: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Audit ``train`` (and its leaks into ``test``) into ``report_dir/audit/`` for a baseline
-    report; returns the summary ``report.json`` records, with ``page`` (the link from
-    ``report.html``). Label errors are looked for when cleanlab is installed (else the summary
-    says how to get them)."""
-    from .labels import require_cleanlab
-    from .run import audit
-
-    try:
-        require_cleanlab()
-        labels = True
-    except CnnCodesError:
-        labels = False
-    res = audit(train, test, label_issues=labels, allow_incomplete=True)
-    write_audit(res, Path(report_dir) / BASELINE_AUDIT_DIR, inputs=tuple(
-        x.path for x in (train, test) if x is not None and hasattr(x, "path")),
-        overwrite=overwrite, command=command)
-    s = res.summary()
-    keep = ("rows", "test_rows", "duplicate_groups", "duplicate_images", "leaks", "accuracy",
-            "label_issues", "outliers", "imbalance_ratio", "duplicate_threshold",
-            "neighbour_search")
-    out = {k: s[k] for k in keep}
-    out["page"] = f"{BASELINE_AUDIT_DIR}/{AUDIT_HTML}"
-    if not labels:
-        out["label_issues_note"] = "not looked for: pip install 'cnncodes[audit]' (cleanlab)"
-    return out

@@ -199,7 +199,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
                  threshold: float = DUPLICATE_THRESHOLD, k: int = K, method: str = "auto",
                  label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
                  map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
-                 seed: int = 0) -> AuditResult:
+                 seed: int = 0, test_accuracy: bool = True) -> AuditResult:
     """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
     -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
 
@@ -214,6 +214,9 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         C: inverse regularisation of the logistic regressions (label errors, accuracy).
         map_method: ``tsne``, ``umap`` or None (no map).
         map_rows: rows placed on the map at most (a random sample above).
+        test_accuracy: with ``test``, fit one logistic regression at ``C`` for the test
+            accuracy with and without the leaked rows (``baseline`` scores its own predictions
+            instead).
     """
     if label_issues:
         require_cleanlab()
@@ -241,7 +244,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         issues = find_label_issues(X, y, n_classes=len(classes), C=C, seed=seed)
         secs["label_issues"] = time.perf_counter() - t0
     accuracy = None
-    if test is not None and leaks is not None:
+    if test is not None and leaks is not None and test_accuracy:
         t0 = time.perf_counter()
         accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, C, seed)
         secs["accuracy"] = time.perf_counter() - t0
@@ -251,7 +254,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         t0 = time.perf_counter()
         xy = map_2d(X[rows], method=map_method, seed=seed)
         secs["map"] = time.perf_counter() - t0
-    log.info("audit: %d rows, %d duplicate groups, %s leaks, %s label issues (%s search)",
+    log.debug("audit: %d rows, %d duplicate groups, %s leaks, %s label issues (%s search)",
              len(X), len(groups), "-" if leaks is None else len(leaks.test_rows),
              "-" if issues is None else len(issues.rows), nb.method)
     return AuditResult("", None, "", list(classes), list(paths), np.asarray(y, np.int64),

@@ -19,8 +19,12 @@ def add_similar(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="layer compared (default the store's default)")
     p.add_argument("-o", "--output", default="similar.csv",
                    help="CSV to write (query, rank, path, label, score; default similar.csv)")
+    p.add_argument("--report", default=None,
+                   help="also write REPORT/report.html: thumbnails of each query and its "
+                        "neighbours with labels and scores (self-contained)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing -o file that is not a CSV")
+                   help="replace an existing -o file that is not a CSV, or write into a "
+                        "--report folder another command wrote")
     p.add_argument("--method", default="auto", choices=("auto", "exact", "faiss"),
                    help="neighbour search (auto: exact up to 20,000 rows, faiss above when "
                         "installed)")
@@ -38,6 +42,12 @@ def cmd_similar(args: argparse.Namespace) -> int:
         raise OptionError(f"-k must be at least 1. Got {args.k} instead.")
     out = check_output(args.output, inputs=(args.store, args.query), expect="csv",
                        overwrite=args.overwrite, option="-o")
+    if args.report:
+        from ..audit.similar_page import SIMILAR_FILES
+        from ..report.files import check_report_folder
+
+        check_report_folder(args.report, inputs=(args.store, args.query), files=SIMILAR_FILES,
+                            owner="similar", overwrite=args.overwrite)
     res = similar(args.store, args.query, k=args.k, layer=args.layer,
                   runtime=runtime_options(args), method=args.method)
     rows = res.rows()
@@ -51,6 +61,14 @@ def cmd_similar(args: argparse.Namespace) -> int:
     for p, why in res.failures:
         print(f"could not read {p}: {why}")
     print(f"({res.layer} codes, cosine of centred codes, {res.method} search; written {out})")
+    if args.report:
+        from .._runtime import command_line
+        from ..audit.similar_page import write_similar
+
+        page = write_similar(res, args.report, store=args.store,
+                             inputs=(args.store, args.query), overwrite=args.overwrite,
+                             command=command_line())
+        print(f"thumbnails: {page}")
     return 0 if res.matches else 1
 
 

@@ -216,10 +216,15 @@ def add_baseline(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--finetune-epochs", type=int, default=None,
                    help="epochs of the fall-through fine-tuning (default 15)")
     add_threshold_options(p, "size and layer thresholds (shared with `cnncodes advise`)")
-    p.add_argument("--audit", action="store_true",
-                   help="also audit the data through its codes (duplicates, train/test leaks, "
-                        "likely label errors, outliers, a map) into REPORT/audit/, linked from "
-                        "report.html (`cnncodes audit`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--audit", dest="audit", action="store_true", default=None,
+                   help="audit everything: also likely label errors and the full 2,000-image "
+                        "map when they are not cheap (by default the audit of the data through "
+                        "its codes, into REPORT/audit/ and linked from report.html, finds "
+                        "duplicates, train/test leaks, outliers and class balance always, label "
+                        "errors and a 500-image map when cheap: `cnncodes audit`)")
+    g.add_argument("--no-audit", dest="audit", action="store_false",
+                   help="no audit of the data")
     return p
 
 
@@ -229,6 +234,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     require_sources(args.source)  # before the heavy imports: a wrong path fails at once
     require_backbones(args.backbone)
     from .._runtime import command_line
+    from ..report.audit_summary import audit_lines
     from ..report.linear_text import format_baseline
     from ..workflows.baseline import BaselineOptions, baseline
 
@@ -253,4 +259,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         ft_text = format_fall_through(res.report)
     print(format_baseline(res.report, fall_through=ft_text, failures=res.failures,
                           folder=args.report))
+    for line in audit_lines(res.report.get("audit"), folder=args.report):
+        print(line)
     return 0

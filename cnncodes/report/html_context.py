@@ -15,6 +15,7 @@ from typing import Any
 
 from .._version import __version__
 from ..stats import format_accuracy, format_lr
+from .audit_summary import audit_context
 from .text import incomplete_text, is_raw_pixel_row
 
 #: libraries whose versions the provenance lists when the report recorded none
@@ -246,7 +247,7 @@ def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "fall_through": fall_through_ctx(report.get("fall_through")),
         "advice_ctx": advice_ctx(report["advice"]) if report.get("advice") else None,
         "failures_ctx": failures_ctx(report.get("failures")),
-        "audit": report.get("audit"),
+        "audit": audit_context(report.get("audit")),
     }
     ctx["provenance"] = provenance(
         [("backbone", m.get("backbone")), ("weights", m.get("weights")),

@@ -45,6 +45,7 @@ from ..options import (
 from ..outputs import check_output
 from ..report.files import REPORT_FILES, build_report, check_report_folder, write_report
 from ..sources.folders import ImageSource
+from .baseline_audit import baseline_audit, check_audit_folder
 from .inputs import check_split, extract_cached, find_split, pick_layer
 from .layer_advice import LayerChoice, choose_training_layer, record_advice, size_check
 
@@ -66,8 +67,10 @@ class BaselineOptions:
         fall_through: fine-tune on the same split when the training rows are large.
         force_finetune: with ``fall_through``: whatever the data size.
         finetune_options: :class:`cnncodes.finetune.FinetuneConfig` fields (e.g. ``epochs``).
-        audit: audit the data through its codes (:func:`cnncodes.audit.audit`: duplicates,
-            leaks, label errors, outliers, map) into ``report/audit/``, linked from the report.
+        audit: audit the data through its codes into ``report/audit/``, linked from the
+            report (:mod:`.baseline_audit`): None = duplicates, leaks, outliers and balance
+            always, label errors and the map when cheap (the rule there); True = everything;
+            False = no audit.
     """
 
     holdout: float = 0.2
@@ -81,7 +84,7 @@ class BaselineOptions:
     fall_through: bool = False
     force_finetune: bool = False
     finetune_options: Mapping[str, Any] | None = None
-    audit: bool = False
+    audit: bool | None = None
 
     def replace(self, **changes: Any) -> BaselineOptions:
         return dataclasses.replace(self, **changes)
@@ -156,6 +159,8 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
     single = "all" in split
     cache_dir = Path(cache) if cache is not None else Path(report or ".") / "cache"
     check_outputs(source, report, cache_dir, overwrite=overwrite)
+    if sopts.audit is not False and report is not None:
+        check_audit_folder(report, (source,), overwrite=overwrite)
     check_split(split)  # before the advice and the extraction, which take minutes
     name = pick_layer(layer if layer is not None else bopts.layers,
                       default=default_layer(bopts.backbone))
@@ -181,12 +186,10 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
                 for f, r in st.failures]
     extra = _report_extra(source, stores, failures, choice, command)
     out = Path(report) if report is not None else None
-    if sopts.audit and out is not None:
-        from ..audit.page import audit_into_report
-
-        extra["audit"] = audit_into_report(out, stores.get("train", stores.get("all")),
-                                           stores.get("test"), command=command,
-                                           overwrite=overwrite)
+    if sopts.audit is not False and out is not None:
+        extra["audit"] = baseline_audit(out, stores, trained, evaluation,
+                                        full=bool(sopts.audit), seed=sopts.seed,
+                                        command=command, overwrite=overwrite)
     files: dict[str, Path] = {}
 
     def write(extra_now: Mapping[str, Any]) -> dict[str, Any]:

@@ -170,3 +170,19 @@ def test_baseline_audit_is_linked_from_its_report(planted, tmp_path, capsys):
     assert (rep / "audit" / "audit.html").is_file()
     html = (rep / "report.html").read_text()
     assert 'href="audit/audit.html"' in html and f"{len(plants)} of 32 test images" in html
+
+
+def test_cli_similar_report_embeds_the_thumbnails(planted, tmp_path, capsys):
+    tmp, plants, _ = planted
+    query, source = next((p, t) for p, t in plants.items() if p.suffix == ".jpg")
+    rep = tmp_path / "sim"
+    assert main(["similar", str(tmp / "train.h5"), str(query), "-k", "3", "-o",
+                 str(tmp_path / "sim.csv"), "--report", str(rep), "--no-progress"]) == 0
+    assert f"thumbnails: {rep / 'report.html'}" in capsys.readouterr().out
+    html = (rep / "report.html").read_text()
+    # the query and its 3 neighbours, each an embedded JPEG; the source first, with its label
+    assert html.count('src="data:image/jpeg;base64,') == 4
+    first = html.index("<tr><td class=\"num\">1</td>")
+    assert str(source) in html[first:first + 600] and f"<td>{source.parent.name}</td>" in html
+    assert not re.search(r"https?://|//[a-z]", html.replace("http-equiv", ""))  # nothing fetched
+    assert "<script" not in html

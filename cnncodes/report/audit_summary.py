@@ -1,0 +1,81 @@
+"""The baseline report's audit summary: counts and a link to the audit page (``report.html``'s
+``#audit`` section, through ``audit_summary.html.j2``) and the one or two lines the CLI prints.
+
+Both read ``report["audit"]`` (:func:`cnncodes.workflows.baseline_audit.baseline_audit`); a
+report without it (``--no-audit``, older reports) gives no section and no lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..stats import plural
+
+
+def _acc(a: Any) -> str:
+    return "n/a" if a is None else f"{float(a):.3f}"
+
+
+def _leaks(audit: Mapping[str, Any]) -> str | None:
+    if audit.get("leaks") is None:
+        return None
+    text = f"{audit['leaks']} of {audit.get('test_rows')} test images leak from training"
+    acc = audit.get("accuracy")
+    if acc:
+        text += (f" (test accuracy {_acc(acc.get('all'))}, without the leaked ones "
+                 f"{_acc(acc.get('without_leaks'))}, n={acc.get('n_without_leaks')})")
+    return text
+
+
+def _labels(audit: Mapping[str, Any]) -> str:
+    if audit.get("label_issues") is None:
+        return f"label errors {audit.get('label_issues_note') or 'not looked for'}"
+    return f"{plural(int(audit['label_issues']), 'likely label error')}"
+
+
+def audit_context(audit: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The template context of the report's audit section: ``rows`` (label, value), ``page``
+    (the link), ``notes`` (what was not done by default, and why) and ``seconds``."""
+    if not audit:
+        return None
+    dup = (f"{audit.get('duplicate_groups')} groups ({audit.get('duplicate_images')} images; "
+           f"cosine >= {audit.get('duplicate_threshold')})")
+    items: list[dict[str, Any]] = [{"label": "near-duplicates in training", "value": dup}]
+    leaks = _leaks(audit)
+    if leaks is not None:
+        items.append({"label": "train -> test leaks", "value": leaks})
+    items.append({"label": "likely label errors", "value": audit["label_issues"]
+                  if audit.get("label_issues") is not None
+                  else audit.get("label_issues_note") or "not looked for"})
+    items.append({"label": "outliers", "value": audit.get("outliers")})
+    ratio = audit.get("imbalance_ratio")
+    items.append({"label": "class balance (largest / smallest)",
+                  "value": "n/a" if ratio is None else f"{ratio:.2f}"})
+    m = audit.get("map")
+    items.append({"label": "map", "value": f"{m['method']}, {m['points']} images" if m
+                  else "none"})
+    plan = audit.get("plan") or {}
+    notes = []
+    if plan.get("mode") == "cheap":
+        notes.append("The default audit: duplicates, leaks, outliers and balance always; label "
+                     f"errors: {plan.get('label_reason')}; map: {plan.get('map_reason')}. "
+                     "--audit runs everything, --no-audit nothing.")
+    return {"rows": items, "page": audit.get("page"), "notes": notes,
+            "seconds": audit.get("total_s")}
+
+
+def audit_lines(audit: Mapping[str, Any] | None, folder: Any = None) -> list[str]:
+    """What the audit found, in one or two lines (none without an audit)."""
+    if not audit:
+        return []
+    found = [f"{plural(int(audit.get('duplicate_groups') or 0), 'near-duplicate group')} in "
+             "training"]
+    leaks = _leaks(audit)
+    if leaks is not None:
+        found.append(leaks)
+    found += [_labels(audit), plural(int(audit.get("outliers") or 0), "outlier")]
+    page = audit.get("page")
+    where = f"{folder}/{page}" if folder is not None and page else page
+    return [f"audit: {'; '.join(found)}",
+            f"audit page: {where} ({audit.get('total_s')} s)"]
