@@ -227,7 +227,8 @@ def advise(
     src = open_source(source)
     size = measure_size(src, seed=seed)
     check_probe_size(size, source=os.fspath(src.root if isinstance(source, ImageSource)
-                                            else source), thresholds=th)  # before extracting
+                                            else source), thresholds=th,
+                     last_layer=get_spec(bopts.backbone).default_layer)  # before extracting
     cand, depths = _candidates(bopts)
     ext = CodeExtractor(bopts.replace(layers=tuple(cand)), runtime=ropts)
     meter = None
