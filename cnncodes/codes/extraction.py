@@ -48,6 +48,7 @@ from ..errors import (
     StoreMismatchError,
 )
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.base import has_jpeg
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
 from ..sources.tarshards import TarShardSource
@@ -315,8 +316,9 @@ def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
             and compat_value(old, "decoding") == "cpu"):  # continue a store as it was made
         job.ext.jpeg_scaling = "off"
         job.prov["decoding"] = job.ext.provenance()["decoding"]
-        log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
-                 "needs a new store)", job.out)
+        if has_jpeg(job.src.paths):  # else nothing decodes differently: nothing to say
+            log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
+                     "needs a new store)", job.out)
     job.prov.update({"root": root.as_posix(), "source_kind": sources[0]["kind"],
                      "sources": sources, "verify": verify})
 
