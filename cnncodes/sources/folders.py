@@ -31,6 +31,7 @@ from ..atomic import file_kind
 from ..errors import NotFoundError, SourceError
 from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
 from .listfile import ListRow, read_list, resolve_path, warn_if_relative_to_cwd
+from ..stats import plural
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,9 @@ def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
         if empty:
             log.warning("%s: class folders without images are ignored: %s", root, empty)
         if top_images:
-            log.warning("%s: %d images directly in the root are ignored (not in a class folder)",
-                        root, len(top_images))
+            log.warning("%s: %s directly in the root %s ignored (not in a class folder)",
+                        root, plural(len(top_images), "image"),
+                        "is" if len(top_images) == 1 else "are")
         names: list[str | None] = []
         paths: list[str] = []
         for cls in sorted(per_class):
