@@ -52,6 +52,7 @@ from ..sources.base import has_jpeg
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
 from ..sources.tarshards import TarShardSource
+from ..stats import plural
 from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported here
     ArrayCodes,
     decoder_name,
@@ -419,7 +420,7 @@ def _extract_readonly(job: _Job) -> ExtractResult:
     job.sync = sync = _plan(job)
     todo = len(sync.pending)
     if todo or sync.drop or sync.flags or job.new_source or _marked_incomplete(out):
-        what = (f"{todo} images to extract" if todo else
+        what = (f"{plural(todo, 'image')} to extract" if todo else
                 "the store to update (files gone from the source, or an unfinished run)")
         raise AccessDeniedError(
             f"{out.parent} is not writable (a read-only disk, or no write permission), and "
