@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
+from ..stats import plural
 from .defaults import FOLDS, PROBE, PROBES
 from .transfer import logme
 
@@ -236,8 +237,8 @@ def probe_layers(codes: Mapping[str, np.ndarray], labels: np.ndarray, *,
     k = int(min(folds, np.bincount(np.searchsorted(keep_cls, y)).min()))
     k = max(k, 2)
     if k < folds:
-        log.warning("the smallest class has only %d images in the sample: %d-fold CV instead of "
-                    "%d", k, k, folds)
+        log.warning("the smallest class has only %s in the sample: %d-fold CV instead of "
+                    "%d", plural(k, "image"), k, folds)
     splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y))
 
     def score(name: str, depth: str, X: np.ndarray) -> LayerScore:

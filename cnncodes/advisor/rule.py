@@ -334,9 +334,10 @@ def check_sample(size: SizeInfo, probe: ProbeResult, th: Thresholds) -> SampleCh
 
 
 def check_probe_size(size: SizeInfo, *, source: str = "the source",
-                     thresholds: Thresholds | None = None) -> None:
+                     thresholds: Thresholds | None = None, last_layer: str | None = None) -> None:
     """Refuse a data set too small to probe at all (median under
-    :data:`~cnncodes.advisor.defaults.MIN_PROBE_PER_CLASS` images per class).
+    :data:`~cnncodes.advisor.defaults.MIN_PROBE_PER_CLASS` images per class); ``last_layer`` (the
+    backbone's default layer) is the one the message suggests instead of the advisor.
 
     Raises:
         OptionError: naming the source, its counts, what would be enough and the way out.
@@ -350,7 +351,9 @@ def check_probe_size(size: SizeInfo, *, source: str = "the source",
         f"{source}: {size.n_images:,} images in {size.n_classes} classes, median "
         f"{size.median_per_class:g} per class, instead. To compare layers "
         f"{th.min_per_class} per class / {need:,} in all would be needed: add images, or skip "
-        "the advisor and pick a layer yourself (e.g. --layers pool, the last layer).")
+        "the advisor and pick a layer yourself ("
+        + (f"e.g. --layers {last_layer}, the backbone's last layer)" if last_layer
+           else "`cnncodes models BACKBONE` lists the layers)"))
 
 
 def _why(g: _Gap, probe: ProbeResult) -> str:

@@ -227,13 +227,13 @@ def advise(
         check_report_folder(report, inputs=(source,), overwrite=overwrite)  # before the work
     src = open_source(source)
     size = measure_size(src, seed=seed)
-    check_probe_size(size, source=os.fspath(src.root if isinstance(source, ImageSource)
-                                            else source), thresholds=th)  # before extracting
+    where = os.fspath(src.root if isinstance(source, ImageSource) else source)
+    check_probe_size(size, source=where, thresholds=th,
+                     last_layer=get_spec(bopts.backbone).default_layer)  # before extracting
     cand, depths = _candidates(bopts)
     ext = CodeExtractor(bopts.replace(layers=tuple(cand)), runtime=ropts)
-    meter = None
-    if not ext.resolved.is_random and head_sample > 0:
-        meter = PretrainedMeter(ext.spec, ext.resolved, device=ext.device)
+    meter = (PretrainedMeter(ext.spec, ext.resolved, device=ext.device)
+             if not ext.resolved.is_random and head_sample > 0 else None)
     order = stratified_order(src.labels, seed=seed)
     n_cap = min(max_images, order.size)
     got = _SampleCodes(src, ext, ropts, meter=meter, head_sample=head_sample, total=n_cap)
@@ -264,8 +264,8 @@ def advise(
                           class_names=src.classes)
     t_probe = time.perf_counter() - t_probe
     head, bn = _network_view(ext, meter)
-    setup = RunSetup(source=os.fspath(src.root if isinstance(source, ImageSource) else source),
-                     backbone=bopts.backbone, input_size=bopts.input_size, pooling=bopts.pooling,
+    setup = RunSetup(source=where, backbone=bopts.backbone, input_size=bopts.input_size,
+                     pooling=bopts.pooling,
                      weights=str(bopts.weights) if bopts.weights is not None else "random")
     decision = decide(size, result, thresholds=th, setup=setup,
                       random_weights=ext.resolved.is_random, similarity=head_similarity(head))

@@ -287,3 +287,18 @@ def describe_entry(entry: Entry) -> dict[str, Any]:
 def describe_catalog() -> list[dict[str, Any]]:
     """Every entry as :func:`describe_entry` rows, in registration order."""
     return [describe_entry(e) for e in ENTRIES.values()]
+
+
+def missing_layer_fix(backbone: str | None, layer: str) -> str:
+    """The way forward when a store or model lacks ``layer``, fitted to the backbone that made it:
+    ``extract it with --layers LAYER`` when ``backbone`` has that layer, else the layers it does
+    have (never a layer of another network: no ``fc7`` for MobileNetV2). For a ``timm/`` or
+    ``torchvision/`` backbone (known to its library only) it points to ``cnncodes models``."""
+    entry = ENTRIES.get(backbone or "")
+    if entry is None:
+        where = f"`cnncodes models {backbone}`" if backbone else "`cnncodes models BACKBONE`"
+        return f"extract it with --layers {layer} if the backbone has it ({where} lists its layers)"
+    if layer in entry.layers:
+        return f"extract it with --layers {layer}"
+    return (f"{entry.name} has no layer {layer!r}: its layers are {', '.join(entry.layers)} "
+            f"(default {entry.default_layer}); extract one of them with --layers NAME")

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ..options import AUTO_LAYER_BUDGET
+from ..stats import plural
 from .common import (
     add_backbone_options,
     add_runtime_options,
@@ -187,8 +188,8 @@ def model_options(args: argparse.Namespace) -> None:
         values = check_rerun(args.output, given, recorded)
         taken = [f for f in MODEL_FLAGS if f not in given]
         if taken:
-            said = ", ".join(f"{f.replace('_', ' ')}={recorded[f]}" for f in taken
-                             if recorded[f] is not None)
+            said = " ".join(f"{MODEL_FLAGS[f]} {recorded[f]}" for f in taken
+                            if recorded[f] is not None)
             log.info("%s with the store's settings: %s", "continuing" if not given else
                      "for the options not given, continuing", said)
     for f, v in values.items():
@@ -339,7 +340,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     before = FeatureStore(args.store).layout()
     counts = compact(args.store)
-    print(f"{args.store}: {counts['rows']} rows, {counts['failures']} failures; "
+    print(f"{args.store}: {plural(counts['rows'], 'row')}, "
+          f"{plural(counts['failures'], 'failure')}; "
           f"{before['segments'] or 1} file(s) of {before['bytes'] / 2**20:.1f} MiB -> one file of "
           f"{counts['written'] / 2**20:.1f} MiB")
     return 0

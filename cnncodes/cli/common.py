@@ -256,24 +256,34 @@ def add_trust_pickle(p: argparse.ArgumentParser) -> None:
 
 
 def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``{python_name: --cli-option}`` for a (sub)parser's options whose name has an underscore
-    (``input_size`` -> ``--input-size``): the library's errors say the Python keyword; the CLI
-    says the option the user typed (:func:`cli_message`)."""
+    """``{python_name: --cli-option}`` for a (sub)parser's long options (``input_size`` ->
+    ``--input-size``, ``num_workers`` -> ``--workers``, ``freeze`` -> ``--freeze``): the
+    library's errors and warnings say the Python keyword; the CLI says the option the user typed
+    (:func:`cli_message`)."""
     out: dict[str, str] = {}
     for a in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
         longs = [o for o in a.option_strings if o.startswith("--")]
-        if "_" in a.dest and longs:
+        if longs and a.dest not in ("help", "version"):
             out[a.dest] = longs[0]
     return out
 
 
 def cli_message(message: str, names: dict[str, str]) -> str:
     """``message`` with each Python option name of ``names`` said as its CLI option:
-    ``input_size=7`` -> ``--input-size 7``, ``input_size must`` -> ``--input-size must``."""
+    ``input_size=7`` -> ``--input-size 7``, ``input_size must`` -> ``--input-size must``. A name
+    that is also a plain word (``freeze``, ``layers``) is replaced only in ``name=value``
+    (``freeze=3`` -> ``--freeze 3``), never in prose."""
     import re
 
     if not names:
         return message
-    pattern = re.compile(r"(?<![\w./-])(" + "|".join(sorted(map(re.escape, names), key=len,
-                                                            reverse=True)) + r")\b(=)?")
-    return pattern.sub(lambda m: names[m.group(1)] + (" " if m.group(2) else ""), message)
+    words = sorted(names, key=len, reverse=True)
+    snake = [n for n in words if "_" in n]
+    plain = [n for n in words if "_" not in n]
+    if snake:
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, snake)) + r")\b(=)?")
+        message = pattern.sub(lambda m: names[m.group(1)] + (" " if m.group(2) else ""), message)
+    if plain:
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, plain)) + r")=(?!=)")
+        message = pattern.sub(lambda m: names[m.group(1)] + " ", message)
+    return message

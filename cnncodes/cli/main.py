@@ -81,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _StderrHandler(logging.StreamHandler):
     """A handler writing to the current ``sys.stderr`` (not the one of the first call: tests and
-    embedding applications swap it)."""
+    embedding applications swap it); the library's Python option names in a message are said as
+    this command's CLI options (``names``, see :func:`cli_message`)."""
+
+    names: dict[str, str] = {}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cli_message(super().format(record), self.names)
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: D401
@@ -92,16 +98,21 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(verbose: int, quiet: bool, names: dict[str, str] | None = None) -> None:
+    """Log to stderr as ``cnncodes: ...``; ``names``: this command's ``{python_name: --option}``
+    (warnings then name the options the user typed)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger("cnncodes")
     root.setLevel(level)
-    if not any(getattr(h, "_cnncodes", False) for h in root.handlers):
-        h = _StderrHandler()
-        h.setFormatter(logging.Formatter("cnncodes: %(message)s"))
-        h._cnncodes = True  # type: ignore[attr-defined]
-        root.addHandler(h)
+    handler = next((h for h in root.handlers if getattr(h, "_cnncodes", False)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("cnncodes: %(message)s"))
+        handler._cnncodes = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
         root.propagate = False
+    if isinstance(handler, _StderrHandler):
+        handler.names = dict(names or {})
     # a matplotlib font cache shared with another installation (e.g. the system's) can lack
     # fonts that matplotlib falls back from silently: not the user's concern, and it buried the
     # result table under 20 "findfont" lines
@@ -180,7 +191,7 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    _setup_logging(args.verbose, args.quiet)
+    _setup_logging(args.verbose, args.quiet, option_names(_subparser(parser, args.command)))
     try:
         return int(args._cmd(args) or 0)
     except KeyboardInterrupt:

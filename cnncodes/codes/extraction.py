@@ -48,9 +48,11 @@ from ..errors import (
     StoreMismatchError,
 )
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
+from ..sources.base import has_jpeg
 from ..sources.folders import ImageSource, open_source
 from ..sources.images import truncated_policy
 from ..sources.tarshards import TarShardSource
+from ..stats import plural
 from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported here
     ArrayCodes,
     decoder_name,
@@ -315,8 +317,9 @@ def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
             and compat_value(old, "decoding") == "cpu"):  # continue a store as it was made
         job.ext.jpeg_scaling = "off"
         job.prov["decoding"] = job.ext.provenance()["decoding"]
-        log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
-                 "needs a new store)", job.out)
+        if has_jpeg(job.src.paths):  # else nothing decodes differently: nothing to say
+            log.info("%s was made with full JPEG decoding: continuing it so (--jpeg-scaling dct "
+                     "needs a new store)", job.out)
     job.prov.update({"root": root.as_posix(), "source_kind": sources[0]["kind"],
                      "sources": sources, "verify": verify})
 
@@ -417,7 +420,7 @@ def _extract_readonly(job: _Job) -> ExtractResult:
     job.sync = sync = _plan(job)
     todo = len(sync.pending)
     if todo or sync.drop or sync.flags or job.new_source or _marked_incomplete(out):
-        what = (f"{todo} images to extract" if todo else
+        what = (f"{plural(todo, 'image')} to extract" if todo else
                 "the store to update (files gone from the source, or an unfinished run)")
         raise AccessDeniedError(
             f"{out.parent} is not writable (a read-only disk, or no write permission), and "

@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..backbones.catalog import missing_layer_fix
 from ..errors import (
     AccessDeniedError,
     IncompleteStoreError,
@@ -348,9 +349,9 @@ class FeatureStore:
             return layers[0] if len(layers) == 1 else self.provenance.get("default_layer",
                                                                           layers[-1])
         if layer not in layers:
+            fix = missing_layer_fix(self.provenance.get("backbone"), layer)
             raise OptionError(f"layer must be one of the layers in {self.path} "
-                              f"({', '.join(layers)}). Got {layer!r} instead; extract it with "
-                              f"--layers {layer}.")
+                              f"({', '.join(layers)}). Got {layer!r} instead; {fix}.")
         return layer
 
     @_one_commit

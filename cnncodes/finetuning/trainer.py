@@ -41,7 +41,7 @@ from ..backbones.weights import weights_sha256
 from ..errors import OptionError
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
-from ..stats import ci_record, format_lr
+from ..stats import ci_record, format_lr, plural
 from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
@@ -418,8 +418,8 @@ class Trainer:
             st.bad_epochs += 1
             if self.cfg.early_stopping is not None and st.bad_epochs >= self.cfg.early_stopping:
                 st.stopped = "early-stopped"
-                log.info("early stopping: no validation improvement for %d epochs (best epoch "
-                         "%d)", st.bad_epochs, st.best_epoch)
+                log.info("early stopping: no validation improvement for %s (best epoch "
+                         "%d)", plural(st.bad_epochs, "epoch"), st.best_epoch)
         return improved
 
     def save_model(self, val_accuracy: float | None) -> None:

@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 from ..codes.store import FeatureStore
-from ..stats import ci_record
+from ..stats import ci_record, plural
 from .model_file import TrainedModel, load_model, store_provenance
 from .prediction import format_score, score_columns
 from .training import _abs_paths, _as_store, report_note
@@ -160,7 +160,8 @@ def evaluate(model: TrainedModel | str | os.PathLike, store: str | os.PathLike |
                    and os.path.abspath(m.split.get("store", "")) == os.path.abspath(st.path))
     if n_seen:
         (log.info if own_holdout else log.warning)(
-            "%s: %d rows were used to train the model and are not evaluated", st.path, n_seen)
+            "%s: %s used to train the model and not evaluated", st.path,
+            f"{plural(n_seen, 'row')} {'was' if n_seen == 1 else 'were'}")
     if not keep.any():
         raise ValueError(f"{st.path} has no labelled rows the model was not trained on "
                          f"({int(labelled.sum())} labelled, {n_seen} used in training); evaluate "

@@ -48,6 +48,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
+from ..stats import plural
 from .array_api import SMALL_FIT_VALUES, _fit_search, resolve_compute
 from .grids import parse_c_grid, resolve_cv
 from .large import SearchPlan, choose_search, validation_split, warm_path_search
@@ -153,7 +154,8 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
     if not _all_finite(X):
         bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise ValueError(f"{bad} rows of the codes hold NaN or inf values; re-extract them "
+        raise ValueError(f"{plural(bad, 'row')} of the codes hold{'s' if bad == 1 else ''} NaN "
+                         "or inf values; re-extract them "
                          "(fp16 overflow? try --precision fp32).")
     grid = parse_c_grid(copts.c_grid)
     folds = resolve_cv(y, cv, classes=classes)

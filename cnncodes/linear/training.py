@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..backbones.catalog import missing_layer_fix
 from ..codes.store import FeatureStore
 from ..sources.splits import stratified_holdout
 from .array_api import _sklearn_version
@@ -41,8 +42,9 @@ def resolve_layer(store: FeatureStore, layer: str | None) -> str:
         raise ValueError(f"A classifier reads one layer; got {layer!r}. Pick one of "
                          f"{', '.join(layers)}.")
     if layer not in layers:
-        raise ValueError(f"Layer {layer!r} is not in {store.path}; it holds {', '.join(layers)}. "
-                         f"Extract it with --layers {layer}.")
+        fix = missing_layer_fix(store.provenance.get("backbone"), layer)
+        raise ValueError(f"Layer {layer!r} is not in {store.path}; it holds {', '.join(layers)}: "
+                         f"{fix}.")
     return layer
 
 

@@ -45,6 +45,7 @@ from ..errors import SourceError
 from ..codes.numerics import compat_value
 from ..options import BackboneOptions, RuntimeOptions
 from ..sources.folders import ImageSource
+from ..stats import plural
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if bad:
             listing = "; ".join(f"{p}: {failures[p]}" for p in dict.fromkeys(bad[:5]))
             if self.on_error == "raise":
-                raise SourceError(f"{len(bad)} of {len(paths)} images could not be read ({listing}"
+                raise SourceError(f"{len(bad)} of {plural(len(paths), 'image')} could not be read "
+                                  f"({listing}"
                                  f"{' ...' if len(bad) > 5 else ''}). Remove them, or use "
                                  "CNNCodes(on_error='zeros') to give them zero codes.")
             log.warning("%d images could not be read and get zero codes: %s", len(bad), listing)

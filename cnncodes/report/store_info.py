@@ -49,9 +49,10 @@ def format_extract_result(res: Any) -> str:
     lines = [f"{res.path}: {plural(res.rows, 'image')}; {res.new} extracted now"
              f"{f' (of {why})' if why else ''}{gone}, {res.skipped} unchanged; layers {dims}"]
     if n["unverified"]:
-        lines.append(f"note: {n['unverified']} rows were made before cnncodes recorded file "
-                     "identity and are not checked against their files (--overwrite re-extracts "
-                     "them)")
+        one = n["unverified"] == 1
+        lines.append(f"note: {plural(n['unverified'], 'row')} {'was' if one else 'were'} made "
+                     f"before cnncodes recorded file identity and {'is' if one else 'are'} not "
+                     "checked against their files (--overwrite re-extracts them)")
     if getattr(res, "source_summary", ""):
         lines.append(res.source_summary)
     if res.new:
@@ -142,8 +143,9 @@ def _verified(info: Mapping[str, Any]) -> str:
         return ("no: a store of format 1 has no file identity; its rows are not checked against "
                 "the files (--overwrite re-extracts them and records it)")
     mode = "size + mtime" if info["verify"] == "stat" else "size + SHA-256 of the bytes"
-    extra = (f"; {n} rows made before identity was recorded are not checked (--overwrite "
-             "re-extracts them)" if n else "")
+    extra = (f"; {plural(n, 'row')} made before identity was recorded "
+             f"{'is' if n == 1 else 'are'} not checked (--overwrite re-extracts them)"
+             if n else "")
     return f"each rerun compares every row's file ({mode}){extra}"
 
 
@@ -219,21 +221,23 @@ def format_store_info(info: Mapping[str, Any]) -> str:
                    "extraction not yet folded in: rerun the extract command to finish")
     elif prov.get("complete") is False:
         left = prov.get("remaining")
-        out.append("  incomplete the last extraction was interrupted"
-                   f"{f' with {left} images not extracted yet' if left is not None else ''}: "
+        still = f" with {plural(left, 'image')} not extracted yet" if left is not None else ""
+        out.append(f"  incomplete the last extraction was interrupted{still}: "
                    "rerun the extract command to finish (train and evaluate refuse the store "
                    "until then, unless --allow-incomplete)")
     if info.get("damaged"):
         out.append(f"  DAMAGED    {info['damaged']}")
     bad = info.get("nonfinite_rows") or {}
     if bad.get("count"):
-        out.append(f"  CORRUPT?   {bad['count']} rows hold NaN or inf codes: possibly corrupt rows "
+        out.append(f"  CORRUPT?   {plural(bad['count'], 'row')} hold"
+                   f"{'s' if bad['count'] == 1 else ''} NaN or inf codes: possibly corrupt rows "
                    f"(a damaged disk or file, or an overflow at extraction). First: "
                    f"{', '.join(bad['first'])}. To extract them again, `touch` those files and "
                    "rerun the extract command (or --overwrite).")
     miss = info.get("missing_rows") or {}
     if miss.get("count"):
-        out.append(f"  missing    {miss['count']} rows kept (--keep-missing) although their file "
+        out.append(f"  missing    {plural(miss['count'], 'row')} kept (--keep-missing) although "
+                   f"{'its' if miss['count'] == 1 else 'their'} file "
                    f"is gone: {', '.join(miss['first'])}")
     if info["failures"]:
         out.append("  failures:")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,13 @@ from ..errors import SourceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif")
+#: the extensions of JPEG files (the only ones ``--jpeg-scaling`` concerns)
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jfif")
+
+
+def has_jpeg(paths: Iterable[str]) -> bool:
+    """Whether any of ``paths`` names a JPEG file (by its extension, any case)."""
+    return any(p.lower().endswith(JPEG_EXTENSIONS) for p in paths)
 
 
 #: Label of an unlabelled image (flat folders, unlabelled list files).

@@ -12,13 +12,17 @@ image that is not a folder becomes a row, whatever it is: a link to a file outsi
 through the link; a dangling link, a link loop, a FIFO, a socket or a device becomes a recorded
 per-file failure with the reason (decoding opens nothing but regular files, so nothing can block).
 A folder that cannot be listed is left out with a warning.
+
+Inside :func:`listed_once` (a workflow that checks its inputs before extracting them), a folder is
+walked once: later :func:`open_source` calls of the same folder get the same listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +31,29 @@ from ..atomic import file_kind
 from ..errors import NotFoundError, SourceError
 from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
 from .listfile import ListRow, read_list, resolve_path, warn_if_relative_to_cwd
+from ..stats import plural
 
 log = logging.getLogger(__name__)
 
 
 LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")
+
+#: (resolved folder, classes) -> its listing while :func:`listed_once` is active, else None
+_LISTINGS: dict[tuple[Path, tuple[str, ...] | None], ImageSource] | None = None
+
+
+@contextlib.contextmanager
+def listed_once() -> Iterator[None]:
+    """Within the block each folder is walked once: :func:`open_source` of a folder already
+    opened (same ``classes``) returns that listing (``baseline`` checks its split, then extracts
+    it: one walk, not two, ~0.5 s at 60,000 files). Nested blocks share the outer one's."""
+    global _LISTINGS
+    outer = _LISTINGS
+    _LISTINGS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _LISTINGS = outer
 
 
 def _is_image(name: str) -> bool:
@@ -127,7 +149,13 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
         raise SourceError(f"Image source {src} must be a folder or a list file. Got "
                           f"{special_file_kind(src)} instead; pass a folder of images, a folder "
                           "of class folders, or a .txt/.csv list.")
-    return _from_folder(src.resolve(), classes)
+    folder = src.resolve()
+    if _LISTINGS is None:
+        return _from_folder(folder, classes)
+    key = (folder, tuple(classes) if classes is not None else None)
+    if key not in _LISTINGS:
+        _LISTINGS[key] = _from_folder(folder, classes)
+    return _LISTINGS[key]
 
 
 def check_source_exists(source: str | os.PathLike) -> None:
@@ -170,8 +198,9 @@ def _from_folder(root: Path, classes: Sequence[str] | None) -> ImageSource:
         if empty:
             log.warning("%s: class folders without images are ignored: %s", root, empty)
         if top_images:
-            log.warning("%s: %d images directly in the root are ignored (not in a class folder)",
-                        root, len(top_images))
+            log.warning("%s: %s directly in the root %s ignored (not in a class folder)",
+                        root, plural(len(top_images), "image"),
+                        "is" if len(top_images) == 1 else "are")
         names: list[str | None] = []
         paths: list[str] = []
         for cls in sorted(per_class):

@@ -44,7 +44,7 @@ from ..options import (
 )
 from ..outputs import check_output
 from ..report.files import REPORT_FILES, build_report, check_report_folder, write_report
-from ..sources.folders import ImageSource
+from ..sources.folders import ImageSource, listed_once
 from .baseline_audit import baseline_audit, check_audit_folder
 from .inputs import check_split, extract_cached, find_split, pick_layer
 from .layer_advice import LayerChoice, choose_training_layer, record_advice, size_check
@@ -152,6 +152,18 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
         OptionError, StoreMismatchError: bad options, a cache made with other settings (pass
             ``overwrite=True`` or another ``cache``), classes too small to split.
     """
+    with listed_once():  # the split is checked, advised on and extracted: each folder walked once
+        return _baseline(source, report=report, cache=cache, backbone=backbone, runtime=runtime,
+                         classifier=classifier, steps=steps, layer=layer, overwrite=overwrite,
+                         command=command, options=options)
+
+
+def _baseline(source: str | os.PathLike, *, report: str | os.PathLike | None,
+              cache: str | os.PathLike | None, backbone: str | BackboneOptions,
+              runtime: RuntimeOptions | None, classifier: ClassifierOptions | None,
+              steps: BaselineOptions | None, layer: str | None, overwrite: bool,
+              command: str | None, options: dict[str, Any]) -> BaselineResult:
+    """The body of :func:`baseline` (inside its :func:`listed_once` block)."""
     t0 = time.perf_counter()
     bopts, ropts, copts, sopts = resolve_options(backbone, runtime, classifier, steps, options,
                                                  report=report, cache=cache)

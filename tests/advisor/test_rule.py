@@ -280,7 +280,10 @@ def test_too_few_images_to_probe_are_refused_with_what_would_be_enough():
     with pytest.raises(OptionError, match=r"at least 2 images per class.*Got photos/: 3 images in "
                                           r"3 classes, median 1 per class.*10 per class / 100 in "
                                           r"all would be needed.*--layers pool"):
-        check_probe_size(SizeInfo(3, {"a": 1, "b": 1, "c": 1}), source="photos/")
+        check_probe_size(SizeInfo(3, {"a": 1, "b": 1, "c": 1}), source="photos/",
+                         last_layer="pool")
+    with pytest.raises(OptionError, match=r"`cnncodes models BACKBONE` lists the layers"):
+        check_probe_size(SizeInfo(3, {"a": 1, "b": 1, "c": 1}))  # no backbone: no layer named
     check_probe_size(SizeInfo(4, {"a": 2, "b": 2}))  # 2 per class: probed, with the warning
 
 

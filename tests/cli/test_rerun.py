@@ -37,9 +37,9 @@ def test_rerun_without_model_options_continues_with_the_stores(digits_data, stor
     rc, out, err = run(capsys, "extract", digits_data.train_dir, "-o", store, "--workers", "0",
                        "--engine", "torch", "--no-progress")
     assert rc == 0, err
-    assert (f"continuing with the store's settings: backbone=resnet18, "
-            f"weights={digits_data.weights}, layers=layer3,pool, pooling=avg, input size=32, "
-            "dtype=float32") in err
+    assert (f"continuing with the store's settings: --backbone resnet18 "
+            f"--weights {digits_data.weights} --layers layer3,pool --pooling avg --input-size 32 "
+            "--dtype float32") in err
     assert "0 extracted now, 140 unchanged" in out
     assert FeatureStore(store).provenance["updated"] == before  # nothing to do, nothing written
 
@@ -50,7 +50,7 @@ def test_a_given_option_agreeing_with_the_store_takes_the_rest_from_it(digits_da
                        "--engine", "torch", "--no-progress", "--backbone", "resnet18")
     assert rc == 0, err
     assert "for the options not given, continuing with the store's settings" in err
-    assert "backbone=" not in err and "layers=layer3,pool" in err
+    assert "--backbone" not in err and "--layers layer3,pool" in err
 
 
 def test_a_conflicting_option_is_refused_with_both_ways_forward(digits_data, store,

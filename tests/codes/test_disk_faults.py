@@ -121,7 +121,7 @@ def test_a_read_only_store_is_read_by_every_reading_command_and_refused_by_write
         assert rc == 1 and f"{ro} is not writable" in err and "best C" not in err
         shutil.copy(photos / "ant" / os.listdir(photos / "ant")[0], photos / "ant" / "new.png")
         rc, _, err = run("extract", photos, "-o", store, *EXTRACT)
-        assert rc == 1 and f"{ro} is not writable" in err and "1 images to extract" in err
+        assert rc == 1 and f"{ro} is not writable" in err and "1 image to extract" in err
     assert _tree_bytes(rw) == before  # every input byte-identical
 
 

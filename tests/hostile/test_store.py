@@ -157,7 +157,7 @@ def test_keep_missing_keeps_and_flags_rows_of_deleted_files(tmp_path, capsys):
     assert res.missing == 1 and res.removed == 0 and len(st) == 6
     assert st.file_table()["missing"].tolist() == [False, True, False, False, False, False]
     assert main(["info", str(out)]) == 0
-    assert "1 rows kept (--keep-missing) although their file is gone: ant/img001.png" in \
+    assert "1 row kept (--keep-missing) although its file is gone: ant/img001.png" in \
         capsys.readouterr().out
     res = _extract(src, out)  # without the option the row goes
     assert res.removed == 1 and "ant/img001.png" not in set(FeatureStore(out).paths)

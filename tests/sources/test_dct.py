@@ -121,3 +121,28 @@ def test_dct_codes_stay_within_the_bound(tmp_path):
     a, b = ext(x_full)["pool"], ext(x_dct)["pool"]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= dct.DCT_MIN_COSINE
+
+
+@pytest.mark.parametrize("names", [("0.png", "1.png"), ("0.png", "1.JPG")])
+def test_continuing_a_full_decoding_store_mentions_jpeg_only_when_there_are_jpegs(
+        tmp_path, caplog, names):
+    """A store made with --jpeg-scaling off, continued with auto, is continued with full
+    decoding (no refusal); the note says so only when the source holds a JPEG."""
+    import logging
+
+    root = tmp_path / "photos"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+            root / "a" / n, format="JPEG" if n.lower().endswith(".jpg") else "PNG")
+    opts = dict(backbone="mobilenet_v2", weights="random", layers="pool", input_size=32,
+                num_workers=0, batch_size=4, progress=False)
+    out = tmp_path / "c.h5"
+    extract(root, out, jpeg_scaling="off", **opts)
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "a" / "2.png")
+    with caplog.at_level(logging.INFO, logger="cnncodes"):
+        res = extract(root, out, **opts)  # jpeg_scaling="auto"
+    assert res.new == 1 and FeatureStore(out).provenance["decoding"] == "cpu"
+    said = "was made with full JPEG decoding" in caplog.text
+    assert said == any(n.lower().endswith(".jpg") for n in names), caplog.text

@@ -67,3 +67,33 @@ def test_official_test_split_feeds_test_tree(tmp_path, monkeypatch):
     assert sorted(p.name for p in tr.iterdir()) == ["x", "y"]
     assert sum(1 for _ in te.rglob("*.png")) == 4
     assert np.asarray(Image.open(next(te.rglob("*.png")))).max() == 7
+
+
+@pytest.mark.parametrize("predefined", [False, True])
+def test_baseline_walks_each_source_folder_once(tmp_path, monkeypatch, predefined):
+    """check_split's listing is the one extraction uses (sources.folders.listed_once): each
+    folder is walked once per baseline, not once to check and again to extract."""
+    from collections import Counter
+
+    from cnncodes.sources import folders
+
+    walked: Counter = Counter()
+    real = folders._from_folder
+
+    def counting(root, classes):
+        walked[root] += 1
+        return real(root, classes)
+
+    monkeypatch.setattr(folders, "_from_folder", counting)
+    data = tmp_path / "data"
+    if predefined:
+        _tree(data / "train", ["a", "b"], n=4)
+        _tree(data / "test", ["a", "b"], n=2)
+    else:
+        _tree(data, ["a", "b"], n=6)
+    res = baseline(data, report=tmp_path / "out", weights="random", input_size=32,
+                   num_workers=0, c_grid=[0.1], cv=2, holdout=0.3, raw_baseline=False)
+    assert len(res.evaluation.y_true) == 4
+    expected = {(data / p).resolve() for p in (("train", "test") if predefined else ("",))}
+    assert set(walked) == expected and set(walked.values()) == {1}, walked
+    assert folders._LISTINGS is None  # nothing cached once baseline returns
