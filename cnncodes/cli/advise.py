@@ -1,7 +1,7 @@
 """``cnncodes advise``: the quadrant, layer and next command for a labelled folder.
 
-Parses, makes one :func:`cnncodes.advisor.run.advise` call (or, with ``--backbones``, one
-:func:`cnncodes.advisor.ranking.rank_backbones` call) and prints; the text comes from
+Parses, makes one :func:`cnncodes.workflows.advice.advise` call (or, with ``--backbones``, one
+:func:`cnncodes.workflows.advice.rank_backbones` call) and prints; the text comes from
 :func:`cnncodes.report.advice.format_advice` / :func:`~cnncodes.report.advice.format_ranking`.
 """
 
@@ -66,8 +66,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
     require_sources(args.source)  # before the heavy imports: a wrong path fails at once
     if args.backbones:
         return _cmd_rank(args)
-    from ..advisor.run import advise
-    from ..report.advice import format_advice
+    from ..report.advice import advice_json, format_advice
+    from ..workflows.advice import advise
 
     adv = advise(args.source, backbone=backbone_options(args), runtime=runtime_options(args),
                  budget=args.budget, max_images=args.sample, folds=args.folds, probe=args.probe,
@@ -79,7 +79,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
         html = write_advice_html(adv, args.report, command=command_line())
     if args.json:
-        print(json.dumps(adv.to_dict(), indent=2))
+        print(json.dumps(advice_json(adv), indent=2))
         return 0
     print(format_advice(adv))
     if args.report:
@@ -89,8 +89,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from ..advisor.ranking import rank_backbones
-    from ..report.advice import format_ranking
+    from ..report.advice import format_ranking, ranking_json
+    from ..workflows.advice import rank_backbones
 
     ranking = rank_backbones(args.source, backbones=args.backbones,
                              backbone=backbone_options(args), runtime=runtime_options(args),
@@ -104,7 +104,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
         html = write_ranking_html(ranking, args.report, command=command_line())
     if args.json:
-        print(json.dumps(ranking.to_dict(), indent=2))
+        print(json.dumps(ranking_json(ranking), indent=2))
         return 0
     print(format_ranking(ranking))
     if html is not None:

@@ -195,8 +195,8 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info
-    from ..advisor.run import choose_layer
     from ..report.store_info import format_auto_layer
+    from ..workflows.advice import choose_layer
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there
     budget = None if env_info().enabled else args.budget
