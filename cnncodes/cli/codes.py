@@ -203,7 +203,8 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     # the probe runs with the extraction's own options objects (every field, decoder and engine)
     layer, evidence = choose_layer(
         args.source, backbone=backbone_options(args, layers=None), runtime=runtime_options(args),
-        budget=budget, reuse_from=None if args.overwrite else args.output)
+        budget=budget, reuse_from=None if args.overwrite else args.output,
+        flags=args.command_flags)
     evidence = {**evidence, "next_command": next_after_extract(evidence.get("next_command"),
                                                                args.output)}
     if env_info().is_main:
