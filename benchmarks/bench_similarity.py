@@ -24,8 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnncodes.advisor.run import advise  # noqa: E402
 from cnncodes.datasets import LOADERS, stratified_subset, write_tree  # noqa: E402
+from cnncodes.report.verdict_text import render  # noqa: E402
+from cnncodes.workflows.advice import advise  # noqa: E402
 
 
 def photo_crops(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             adv = advise(tree, weights=w, input_size=a.input_size, budget=None,
                          max_images=10 * per, head_sample=256, progress=False)
-            ev = adv.decision.similarity_evidence
+            ev = adv.verdict.similarity_verdict.to_dict()
             head = {k: adv.head.get(k) for k in ("leep", "leep_share", "domain_emd",
                                                  "domain_nearest", "mean_top1_prob",
                                                  "nmi_classes_vs_imagenet")}
@@ -82,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                           "logme": v.logme} for k, v in adv.probe.layers.items()}
             raw = adv.probe.raw
             row = {"dataset": ds, "weights": w, "n": adv.probe.n_images,
-                   "verdict": adv.decision.similarity, "layer": adv.layer,
+                   "verdict": adv.verdict.similarity.value, "layer": adv.layer,
                    "seconds": round(time.perf_counter() - t0, 1), "head": head,
                    "layers": layers, "raw": None if raw is None else round(raw.mean, 4),
                    "votes": {v["measure"]: round(v["value"], 4) for v in ev["votes"]},
-                   "reasons": ev["reasons"], "explanation": adv.explanation}
+                   "reasons": ev["reasons"], "explanation": render(adv.verdict, adv.setup).explanation}
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -21,9 +21,8 @@ _LAZY: dict[str, str] = {
     # .advisor.rule
     "Thresholds": ".advisor.rule",
     "decide": ".advisor.rule",
-    # .advisor.run
-    "advise": ".advisor.run",
-    "choose_layer": ".advisor.run",
+    # .advisor.verdict
+    "Verdict": ".advisor.verdict",
     # .backbones.cutting
     "FeatureExtractor": ".backbones.cutting",
     # .backbones.factory
@@ -93,6 +92,9 @@ _LAZY: dict[str, str] = {
     "load_rgb": ".sources.images",
     # .sources.preprocessing
     "Preprocessing": ".sources.preprocessing",
+    # .workflows.advice
+    "advise": ".workflows.advice",
+    "choose_layer": ".workflows.advice",
     # .workflows.baseline
     "BaselineOptions": ".workflows.baseline",
     "baseline": ".workflows.baseline",
@@ -136,6 +138,6 @@ __all__ = [
     "EscalationResult", "FinetuneConfig", "FinetuneResult", "ImagePredictions", "escalate",
     "finetune", "is_finetuned_model", "load_finetuned", "predict_images",
     # choosing the layer and the strategy
-    "Advice", "Thresholds", "advise", "choose_layer", "decide",
+    "Advice", "Thresholds", "Verdict", "advise", "choose_layer", "decide",
     "enable_array_api",
 ]

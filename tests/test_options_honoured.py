@@ -45,7 +45,7 @@ class Captured(BaseException):  # BaseException: no `except Exception` on the wa
 
 def _lib(name: str, root: Path, tree: Path, opts: dict[str, Any]) -> None:
     import cnncodes
-    from cnncodes.advisor.run import advise, choose_layer
+    from cnncodes.workflows.advice import advise, choose_layer
     from cnncodes.workflows.baseline import baseline
 
     if name == "extract":

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def plot_advice(advice: Advice, path: str | os.PathLike) -> Path:
                   rotation=30, ha="right")
     ax.set_ylabel("CV accuracy (%)")
     ax.set_title(f"{advice.setup.backbone} @ {advice.meta.get('input_size')} px, "
-                 f"{pr.n_images:,} images\n{advice.decision.quadrant}", fontsize=10)
+                 f"{pr.n_images:,} images\n{advice.verdict.quadrant.value}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     k = 1
@@ -93,12 +94,13 @@ def check_report_folder(folder: str | os.PathLike, *, inputs: Any = (),
                         option="--report", owner="advise", overwrite=overwrite)
 
 
-def save_report(advice: Advice, folder: str | os.PathLike, *,
+def save_report(advice: Advice, folder: str | os.PathLike, data: Mapping[str, Any], *,
                 overwrite: bool = False) -> dict[str, Path]:
-    """Write ``advice.json`` and ``advice.png`` into ``folder`` (owned by ``advise``); returns
+    """Write ``data`` (the JSON report, :func:`cnncodes.report.advice.advice_json`) as
+    ``advice.json`` and the plot as ``advice.png`` into ``folder`` (owned by ``advise``); returns
     their paths."""
     d = check_report_folder(folder, overwrite=overwrite)
     claim_folder(d, "advise", files=REPORT_FILES)
-    js = atomic_write_json(d / "advice.json", advice.to_dict())
+    js = atomic_write_json(d / "advice.json", data)
     png = plot_advice(advice, d / "advice.png")
     return {"json": js, "png": png}

@@ -1,10 +1,11 @@
 """``advise --backbones a,b,c``: the same advise run per backbone, then one table ranking every
 backbone's layers on the user's data, and a recommendation.
 
-:func:`rank_backbones` splits the time budget evenly between the backbones and runs
-:func:`cnncodes.advisor.run.advise` for each (same seed, so every sample is a prefix of the same
-stratified order); a backbone whose weights cannot be had (offline) is reported as skipped, not
-fatal. :func:`rank_rows` is the pure part: every (backbone, layer) row with its LogME, probe
+:func:`cnncodes.workflows.advice.rank_backbones` splits the time budget evenly between the
+backbones and runs :func:`cnncodes.workflows.advice.advise` for each (same seed, so every sample
+is a prefix of the same stratified order); a backbone whose weights cannot be had (offline) is
+reported as skipped, not fatal. This module holds the pure parts: :func:`rank_rows`, every
+(backbone, layer) row with its LogME, probe
 accuracy and 95% interval, extraction speed and code size, sorted by probe accuracy.
 
 **Recommendation** (pure, :func:`recommend`): the backbone whose *recommended* layer (answer (b)
@@ -17,21 +18,13 @@ non-significant accuracy difference for throughput. LogME is shown beside the pr
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..atomic import finite_json
-from ..errors import OptionError, WeightsUnavailableError
-from ..options import ADVISE_BUDGET, BackboneOptions, RuntimeOptions, split_options
+from ..errors import OptionError
 from ..stats import accuracy_interval, format_accuracy
 from .advice import Advice
-from .sample import parse_budget
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,14 +62,6 @@ class Ranking:
     skipped: dict[str, str]
     recommendation: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON: the table, the recommendation and each backbone's advice summary."""
-        return finite_json({
-            "version": 1, "recommendation": self.recommendation,
-            "rows": [asdict(r) for r in self.rows], "skipped": dict(self.skipped),
-            "advice": {k: a.summary() for k, a in self.advices.items()}, "meta": self.meta,
-        })
 
 
 def rank_rows(advices: dict[str, Advice]) -> list[RankRow]:
@@ -127,62 +112,3 @@ def parse_backbones(value: str | Sequence[str]) -> list[str]:
         raise OptionError(f"backbones must be distinct registry names separated by commas. Got "
                           f"{value!r} instead (e.g. mobilenet_v2,efficientnet_b0,resnet50).")
     return names
-
-
-def rank_backbones(source: str | os.PathLike, *, backbones: str | Sequence[str],
-                   backbone: BackboneOptions | None = None,
-                   runtime: RuntimeOptions | None = None,
-                   budget: str | float | None = ADVISE_BUDGET,
-                   report: str | os.PathLike | None = None, **options: Any) -> Ranking:
-    """Run :func:`~cnncodes.advisor.run.advise` per backbone within ``budget`` and rank them.
-
-    Args:
-        source: labelled images.
-        backbones: registry names (``"mobilenet_v2,efficientnet_b0,resnet50"``).
-        backbone: options shared by all backbones (weights, input size, pooling); its
-            ``backbone`` field is replaced by each name in turn.
-        runtime: runtime options, as for ``advise``.
-        budget: the whole run's time budget, split evenly between the backbones.
-        report: folder for ``ranking.json`` and one ``<backbone>/`` advice report each.
-        options: ``advise``'s keywords (``max_images``, ``seed``, ``folds``...) and backbone
-            options shared by all (``weights="random"``, ``input_size``, ``pooling``).
-
-    Raises:
-        OptionError: bad names, ``layers`` given (each backbone probes all its layers), or no
-            backbone could be measured.
-    """
-    from ..atomic import atomic_write_json
-    from .run import ADVISE_OPTIONS, advise
-
-    names = parse_backbones(backbones)
-    bopts, ropts, own = split_options(backbone, runtime, options, where="rank_backbones",
-                                      allow=ADVISE_OPTIONS)
-    if bopts.layers not in (None, "", ()):
-        raise OptionError(f"--layers cannot be combined with --backbones (each backbone probes "
-                          f"all of its layers). Got layers={bopts.layers!r} instead.")
-    own.pop("report", None)
-    total = parse_budget(budget)
-    share = None if total is None else total / len(names)
-    t0 = time.perf_counter()
-    advices: dict[str, Advice] = {}
-    skipped: dict[str, str] = {}
-    for name in names:
-        sub = None if report is None else os.path.join(os.fspath(report), name)
-        try:
-            advices[name] = advise(source, backbone=bopts.replace(backbone=name), runtime=ropts,
-                                   budget=share, report=sub, **own)
-        except WeightsUnavailableError as e:
-            log.warning("skipping %s: %s", name, e)
-            skipped[name] = str(e)
-    if not advices:
-        raise OptionError(f"No backbone of {', '.join(names)} could be measured: "
-                          + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-                          + ". Pass --weights random to compare the architectures, or weights "
-                            "files.")
-    rows = rank_rows(advices)
-    ranking = Ranking(rows, advices, skipped, recommend(rows),
-                      {"budget_s": total, "budget_per_backbone_s": share,
-                       "elapsed_s": round(time.perf_counter() - t0, 2), "backbones": names})
-    if report is not None:
-        atomic_write_json(os.path.join(os.fspath(report), "ranking.json"), ranking.to_dict())
-    return ranking

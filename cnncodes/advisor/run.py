@@ -1,14 +1,15 @@
 """The advise run: measure the data and every candidate layer, then apply the decision rule.
 
-:func:`advise` (``cnncodes advise``) opens the source, measures its size
-(:mod:`~cnncodes.advisor.evidence`), extracts exactly the codes ``extract`` would write (same
-:class:`~cnncodes.codes.extractor.CodeExtractor`, same dataset and decoder) for a stratified sample
-whose size the time budget sets (:mod:`~cnncodes.advisor.sample`), shows a part of it to the
-complete network (ImageNet head, BatchNorm statistics), probes every layer
+:func:`run_advisor` (the measuring half of ``cnncodes advise``,
+:func:`cnncodes.workflows.advice.advise`, which also writes the report) opens the source,
+measures its size (:mod:`~cnncodes.advisor.evidence`), extracts exactly the codes ``extract``
+would write (same :class:`~cnncodes.codes.extractor.CodeExtractor`, same dataset and decoder) for
+a stratified sample whose size the time budget sets (:mod:`~cnncodes.advisor.sample`), shows a
+part of it to the complete network (ImageNet head, BatchNorm statistics), probes every layer
 (:mod:`~cnncodes.advisor.probe`) and decides (:mod:`~cnncodes.advisor.rule`).
 
-:func:`choose_layer` is ``--layers auto`` (``extract`` and ``baseline``): the same run under a
-smaller budget, or the choice an earlier run recorded in the store (:func:`recorded_advice`).
+:func:`recorded_advice` is the choice an earlier ``--layers auto`` run
+(:func:`cnncodes.workflows.advice.choose_layer`) recorded in the store.
 
 Everything is deterministic for a given seed and sample size. With a time budget the sample size
 is derived from the measured extraction speed (rounded down to a round number so that small
@@ -37,7 +38,6 @@ from ..codes.store import FeatureStore
 from ..errors import OptionError
 from ..options import (
     ADVISE_BUDGET,
-    AUTO_LAYER_BUDGET,
     DEFAULT_BACKBONE,
     BackboneOptions,
     RuntimeOptions,
@@ -49,7 +49,6 @@ from .advice import Advice
 from .defaults import FOLDS, HEAD_SAMPLE, PROBE, SAMPLE
 from .evidence import measure_size
 from .meter import PretrainedMeter
-from .plots import check_report_folder, save_report
 from .probe import check_probe, probe_layers
 from .rule import RunSetup, Thresholds, check_probe_size, decide
 from .sample import budgeted_size, parse_budget, select_sample
@@ -59,7 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Side of the raw-pixel thumbnails used as the probe's reference row.
 RAW_SIDE = 16
-#: advise's own keyword arguments (the others are fields of the two options objects).
+#: advise's own keyword arguments (the others are fields of the two options objects; ``report``
+#: is :func:`cnncodes.workflows.advice.advise`'s).
 ADVISE_OPTIONS = ("max_images", "folds", "probe", "seed", "head_sample", "thresholds", "report")
 
 
@@ -170,7 +170,7 @@ def head_similarity(head: dict[str, Any]) -> SimilarityEvidence:
                               domain_emd=head.get("domain_emd"), notes=notes)
 
 
-def advise(
+def run_advisor(
     source: str | os.PathLike | ImageSource,
     *,
     backbone: str | BackboneOptions = DEFAULT_BACKBONE,
@@ -182,8 +182,6 @@ def advise(
     seed: int = 0,
     head_sample: int = HEAD_SAMPLE,
     thresholds: Thresholds | None = None,
-    report: str | os.PathLike | None = None,
-    overwrite: bool = False,
     **options: Any,
 ) -> Advice:
     """Measure the data and the backbone's layers, then decide the quadrant, layer and action.
@@ -204,13 +202,13 @@ def advise(
         seed: seeds the sample, the folds and the solvers.
         head_sample: images shown to the complete network for the head/BatchNorm evidence.
         thresholds: decision thresholds (see :class:`~cnncodes.advisor.rule.Thresholds`).
-        report: folder to write ``advice.json`` and ``advice.png`` into; ``overwrite``: also
-            into a folder another command wrote (only advise's files are replaced).
         options: single fields of either options object (``weights="random"``, ``layers=``,
             ``batch_size=16``, ``decoder="pil"``...).
 
     Returns:
-        An :class:`~cnncodes.advisor.advice.Advice`; ``advice.layer`` is the recommended layer.
+        An :class:`~cnncodes.advisor.advice.Advice`; ``advice.layer`` is the recommended layer,
+        ``advice.verdict`` the rest of the verdict (data; rendered by
+        :mod:`cnncodes.report.verdict_text`).
 
     Raises:
         OptionError: unlabelled source, one class, fewer than 2 images per class (median),
@@ -223,8 +221,6 @@ def advise(
     th = thresholds or Thresholds()
     budget_s = parse_budget(budget)
     _check_advise_args(probe, max_images, folds)
-    if report is not None:
-        check_report_folder(report, inputs=(source,), overwrite=overwrite)  # before the work
     src = open_source(source)
     size = measure_size(src, seed=seed)
     where = os.fspath(src.root if isinstance(source, ImageSource) else source)
@@ -267,8 +263,8 @@ def advise(
     setup = RunSetup(source=where, backbone=bopts.backbone, input_size=bopts.input_size,
                      pooling=bopts.pooling,
                      weights=str(bopts.weights) if bopts.weights is not None else "random")
-    decision = decide(size, result, thresholds=th, setup=setup,
-                      random_weights=ext.resolved.is_random, similarity=head_similarity(head))
+    verdict = decide(size, result, thresholds=th,
+                     random_weights=ext.resolved.is_random, similarity=head_similarity(head))
     elapsed = time.perf_counter() - t0
     if budget_s is not None and elapsed > 1.25 * budget_s:
         log.warning("advise took %.0f s, over its %.0f s budget (probe fits are slower than "
@@ -283,11 +279,8 @@ def advise(
         "device": str(ext.device), "decoder": decoder_name(got.dataset, ext.device),
         "versions": versions(),
     }
-    adv = Advice(setup, size, head, bn, result, decision, th, meta)
-    log.debug("%s", adv.explanation)
-    if report is not None:
-        save_report(adv, report, overwrite=overwrite)
-    return adv
+    log.debug("advise: %s, layer %s", verdict.quadrant.value, verdict.layer)
+    return Advice(setup, size, head, bn, result, verdict, th, meta)
 
 
 def recorded_advice(store: str | os.PathLike, *, backbone: str,
@@ -319,34 +312,3 @@ def recorded_advice(store: str | os.PathLike, *, backbone: str,
                                "kept; `cnncodes advise` shows it again)"}
     return None
 
-
-def choose_layer(
-    source: str | os.PathLike | ImageSource,
-    *,
-    backbone: str | BackboneOptions = DEFAULT_BACKBONE,
-    runtime: RuntimeOptions | None = None,
-    budget: str | float | None = AUTO_LAYER_BUDGET,
-    reuse_from: str | os.PathLike | None = None,
-    **options: Any,
-) -> tuple[str, dict[str, Any]]:
-    """The layer ``--layers auto`` uses, with the evidence to record.
-
-    Runs :func:`advise` (same rule as ``cnncodes advise``) and returns ``(layer, summary)`` where
-    ``summary`` is :meth:`Advice.summary` (compact, JSON-able; store it as provenance
-    ``advice``). With ``reuse_from`` (the output store) an earlier choice recorded there is
-    returned instead, so resuming an extraction keeps its layer.
-
-    Args:
-        options: single fields of the options objects (``weights=``, ``pooling=``,
-            ``batch_size=``...) and :func:`advise`'s own keywords (``max_images``, ``seed``,
-            ``thresholds``...).
-    """
-    bopts, ropts, own = split_options(backbone, runtime, options, where="choose_layer",
-                                      allow=ADVISE_OPTIONS)
-    if reuse_from is not None:
-        prior = recorded_advice(reuse_from, backbone=bopts.backbone, pooling=bopts.pooling)
-        if prior is not None:
-            log.info("--layers auto: reusing %s, recorded in %s", prior["layer"], reuse_from)
-            return str(prior["layer"]), prior
-    adv = advise(source, backbone=bopts, runtime=ropts, budget=budget, **own)
-    return adv.layer, adv.summary()

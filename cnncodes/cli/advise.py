@@ -1,8 +1,10 @@
 """``cnncodes advise``: the quadrant, layer and next command for a labelled folder.
 
-Parses, makes one :func:`cnncodes.advisor.run.advise` call (or, with ``--backbones``, one
-:func:`cnncodes.advisor.ranking.rank_backbones` call) and prints; the text comes from
-:func:`cnncodes.report.advice.format_advice` / :func:`~cnncodes.report.advice.format_ranking`.
+Parses, makes one :func:`cnncodes.workflows.advice.advise` call (or, with ``--backbones``, one
+:func:`cnncodes.workflows.advice.rank_backbones` call) and prints; the text comes from
+:func:`cnncodes.report.advice.format_advice` / :func:`~cnncodes.report.advice.format_ranking`. The
+next commands, printed and in the JSON, are spelled with this CLI's own option names
+(``args.command_flags``, read from the parsers by :func:`cnncodes.cli.common.command_flags`).
 """
 
 from __future__ import annotations
@@ -67,22 +69,23 @@ def cmd_advise(args: argparse.Namespace) -> int:
     require_backbones(args.backbone, args.backbones)
     if args.backbones:
         return _cmd_rank(args)
-    from ..advisor.run import advise
-    from ..report.advice import format_advice
+    from ..report.advice import advice_json, format_advice
+    from ..workflows.advice import advise
 
+    flags = args.command_flags
     adv = advise(args.source, backbone=backbone_options(args), runtime=runtime_options(args),
                  budget=args.budget, max_images=args.sample, folds=args.folds, probe=args.probe,
                  seed=args.seed, head_sample=args.head_sample, thresholds=thresholds(args),
-                 report=args.report, overwrite=args.overwrite)
+                 report=args.report, overwrite=args.overwrite, flags=flags)
     if args.report:
         from .._runtime import command_line
         from ..report.html import write_advice_html
 
-        html = write_advice_html(adv, args.report, command=command_line())
+        html = write_advice_html(adv, args.report, command=command_line(), flags=flags)
     if args.json:
-        print(json.dumps(adv.to_dict(), indent=2))
+        print(json.dumps(advice_json(adv, flags), indent=2))
         return 0
-    print(format_advice(adv))
+    print(format_advice(adv, flags))
     if args.report:
         print(f"report    {html}, {os.path.join(args.report, 'advice.json')}, "
               f"{os.path.join(args.report, 'advice.png')}")
@@ -90,24 +93,25 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from ..advisor.ranking import rank_backbones
-    from ..report.advice import format_ranking
+    from ..report.advice import format_ranking, ranking_json
+    from ..workflows.advice import rank_backbones
 
+    flags = args.command_flags
     ranking = rank_backbones(args.source, backbones=args.backbones,
                              backbone=backbone_options(args), runtime=runtime_options(args),
                              budget=args.budget, max_images=args.sample, folds=args.folds,
                              probe=args.probe, seed=args.seed, head_sample=args.head_sample,
-                             thresholds=thresholds(args), report=args.report)
+                             thresholds=thresholds(args), report=args.report, flags=flags)
     html = None
     if args.report:
         from .._runtime import command_line
         from ..report.html import write_ranking_html
 
-        html = write_ranking_html(ranking, args.report, command=command_line())
+        html = write_ranking_html(ranking, args.report, command=command_line(), flags=flags)
     if args.json:
-        print(json.dumps(ranking.to_dict(), indent=2))
+        print(json.dumps(ranking_json(ranking, flags), indent=2))
         return 0
-    print(format_ranking(ranking))
+    print(format_ranking(ranking, flags))
     if html is not None:
         print(f"report    {html}, {os.path.join(args.report, 'ranking.json')}, "
               f"{os.path.join(args.report, '<backbone>', 'report.html')}")

@@ -202,15 +202,16 @@ def auto_layer(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | N
     if args.layers is None or args.layers.strip().lower() != "auto":
         return args.layers, None
     from .._distributed import env_info
-    from ..advisor.run import choose_layer
     from ..report.store_info import format_auto_layer
+    from ..workflows.advice import choose_layer
 
     # under torchrun every rank must pick the same layer: no speed-dependent sample size there
     budget = None if env_info().enabled else args.budget
     # the probe runs with the extraction's own options objects (every field, decoder and engine)
     layer, evidence = choose_layer(
         args.source, backbone=backbone_options(args, layers=None), runtime=runtime_options(args),
-        budget=budget, reuse_from=None if args.overwrite else args.output)
+        budget=budget, reuse_from=None if args.overwrite else args.output,
+        flags=args.command_flags)
     evidence = {**evidence, "next_command": next_after_extract(evidence.get("next_command"),
                                                                args.output)}
     if env_info().is_main:

@@ -287,3 +287,16 @@ def cli_message(message: str, names: dict[str, str]) -> str:
         pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, plain)) + r")=(?!=)")
         message = pattern.sub(lambda m: names[m.group(1)] + " ", message)
     return message
+
+
+def command_flags(parser: argparse.ArgumentParser) -> dict[str, dict[str, str]]:
+    """``{subcommand: {dest: option}}`` of ``parser``'s subcommands (each option's first spelling,
+    ``output`` -> ``-o``): the names :func:`cnncodes.report.verdict_text.render` spells the
+    advisor's next commands with, so they are always this parser's own."""
+    out: dict[str, dict[str, str]] = {}
+    for a in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
+        if isinstance(a, argparse._SubParsersAction):  # noqa: SLF001
+            for name, sub in a.choices.items():
+                out[name] = {x.dest: x.option_strings[0] for x in sub._actions  # noqa: SLF001
+                             if x.option_strings}
+    return out

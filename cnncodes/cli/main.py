@@ -30,7 +30,7 @@ from .codes import (
     cmd_info,
     cmd_models,
 )
-from .common import cli_message, option_names
+from .common import cli_message, command_flags, option_names
 from .export import add_cache, add_export, cmd_cache, cmd_export
 from .finetune import add_finetune, cmd_finetune
 from .linear import (
@@ -191,6 +191,7 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    args.command_flags = command_flags(parser)  # the advisor's next commands use these names
     _setup_logging(args.verbose, args.quiet, option_names(_subparser(parser, args.command)))
     try:
         return int(args._cmd(args) or 0)

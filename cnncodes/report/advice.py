@@ -1,20 +1,78 @@
-"""The text of an advice: :func:`format_advice`, the report ``cnncodes advise`` prints."""
+"""The text and JSON of an advice: :func:`format_advice`, the report ``cnncodes advise`` prints;
+:func:`advice_json` (advice.json), :func:`advice_summary` (the provenance of ``--layers auto``) and
+:func:`ranking_json` (ranking.json). The verdict's words come from
+:func:`cnncodes.report.verdict_text.render`, its commands spelled with ``flags`` (default
+:data:`~cnncodes.report.verdict_text.DEFAULT_FLAGS`; the CLI passes its parsers' own).
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
 
 from ..advisor.advice import Advice
 from ..advisor.ranking import Ranking
 from ..advisor.similarity import LABELS, Vote
+from ..atomic import finite_json
 from ..stats import format_accuracy
+from .verdict_text import DEFAULT_FLAGS, Flags, decision_dict, render
 
 
-def format_advice(advice: Advice) -> str:
-    """The human-readable report ``cnncodes advise`` prints."""
-    s, d, pr = advice.size, advice.decision, advice.probe
+def advice_json(advice: Advice, flags: Flags = DEFAULT_FLAGS) -> dict[str, Any]:
+    """The JSON report (JSON types only; a value that could not be computed is null with a
+    ``<key>_note`` beside it): the verdict in words (``explanation``, ``next_command``,
+    ``decision``) and as data (``verdict``)."""
+    v, text = advice.verdict, render(advice.verdict, advice.setup, flags)
+    return finite_json({
+        "version": 1, "layer": advice.layer, "quadrant": v.quadrant.value,
+        "explanation": text.explanation, "next_command": text.next_command,
+        "layers_compared": v.layers_compared, "warnings": list(text.warnings),
+        "similarity_verdict": v.similarity_verdict.to_dict(), "answers_agree": v.agree,
+        "setup": asdict(advice.setup), "size": advice.size.to_dict(),
+        "similarity": {"imagenet_head": advice.head, "batchnorm": advice.batchnorm,
+                       "probe": advice.probe.to_dict()},
+        "decision": decision_dict(v, text), "verdict": v.to_dict(),
+        "thresholds": asdict(advice.thresholds), "meta": advice.meta,
+    })
+
+
+def advice_summary(advice: Advice, flags: Flags = DEFAULT_FLAGS) -> dict[str, Any]:
+    """A compact, JSON-able record for a store's provenance (``advice``)."""
+    head = {k: v for k, v in advice.head.items() if k not in ("top_categories",)}
+    bn = {k: v for k, v in advice.batchnorm.items() if k != "per_layer"}
+    v, text = advice.verdict, render(advice.verdict, advice.setup, flags)
+    return finite_json({
+        "version": 1, "layer": advice.layer, "quadrant": v.quadrant.value,
+        "similarity": v.similarity.value, "size_class": v.size_class.value,
+        "classifier": v.classifier.value, "explanation": text.explanation,
+        "next_command": text.next_command, "comparison": v.comparison(),
+        "warnings": list(text.warnings), "similarity_verdict": v.similarity_verdict.to_dict(),
+        "answers_agree": v.agree, "verdict": v.to_dict(),
+        "size": advice.size.to_dict(max_classes=50),
+        "probe": advice.probe.to_dict(compact=True), "imagenet_head": head, "batchnorm": bn,
+        "thresholds": asdict(advice.thresholds),
+        "meta": {k: x for k, x in advice.meta.items() if k != "versions"},
+    })
+
+
+def ranking_json(ranking: Ranking, flags: Flags = DEFAULT_FLAGS) -> dict[str, Any]:
+    """ranking.json: the table, the recommendation and each backbone's advice summary."""
+    return finite_json({
+        "version": 1, "recommendation": ranking.recommendation,
+        "rows": [asdict(r) for r in ranking.rows], "skipped": dict(ranking.skipped),
+        "advice": {k: advice_summary(a, flags) for k, a in ranking.advices.items()},
+        "meta": ranking.meta,
+    })
+
+
+def format_advice(advice: Advice, flags: Flags = DEFAULT_FLAGS) -> str:
+    """The human-readable report ``cnncodes advise`` prints (commands spelled with ``flags``)."""
+    s, d, pr = advice.size, advice.verdict, advice.probe
+    text = render(d, advice.setup, flags)
     sz = s.to_dict()
     lines = [(f"data      {advice.setup.source}: {s.n_images:,} images, {s.n_classes} classes, "
               f"{sz['per_class_min']}-{sz['per_class_max']} per class (median "
-              f"{s.median_per_class:g}) -> {d.size_class}")]
+              f"{s.median_per_class:g}) -> {d.size_class.value}")]
     im = s.image_sizes
     if "width" in im:
         modes = ", ".join(f"{k} {v}" for k, v in im["modes"].items())
@@ -34,7 +92,7 @@ def format_advice(advice: Advice) -> str:
         lm = "   n/a" if r.logme is None else f"{r.logme:6.3f}"
         lines.append(f"      {r.layer:<10} {r.depth:<8} {r.dim:>6}-d  "
                      f"{format_accuracy(r.mean, pr.n_images)}  LogME {lm}{same}{mark}")
-    c = d.comparison
+    c = d.comparison()
     if d.layers_compared:
         lines.append(f"      gap {c['best_earlier']} - {c['best_last']}: {c['gap_points']:+.1f} "
                      f"+- {c['gap_ci95_points']:.1f} points (95% interval, paired over folds)")
@@ -42,13 +100,13 @@ def format_advice(advice: Advice) -> str:
         lines.append("      (too few images for these scores to rank the layers: see the warning)")
     if pr.excluded_classes:
         lines.append(f"      classes left out (under 2 images): {', '.join(pr.excluded_classes)}")
-    lines.append(f"quadrant  {d.quadrant}: {d.action}")
-    lines.append(f"why       {d.explanation}")
-    for w in d.warnings:
+    lines.append(f"quadrant  {d.quadrant.value}: {text.action}")
+    lines.append(f"why       {text.explanation}")
+    for w in text.warnings:
         lines.append(f"warning   {w}")
-    lines.append("next      " + "\n          ".join(d.commands))
-    if d.also:
-        lines.append(f"also      {d.also}")
+    lines.append("next      " + "\n          ".join(text.commands))
+    if text.also:
+        lines.append(f"also      {text.also}")
     m = advice.meta
     parts = [f"budget {_seconds(m.get('budget_s'))}"]
     if m.get("extract_s") is not None:  # the progress bar shows the extraction speed
@@ -63,10 +121,10 @@ def _seconds(v: object) -> str:
 
 def _similarity_lines(advice: Advice) -> list[str]:
     """Answer (a): the verdict with each vote, then the side evidence it does not use."""
-    d, h, b = advice.decision, advice.head, advice.batchnorm
-    ev = d.similarity_evidence
+    d, h, b = advice.verdict, advice.head, advice.batchnorm
+    ev = d.similarity_verdict.to_dict()
     head = "" if ev.get("meaningful", True) else " (not meaningful: random weights)"
-    lines = [f"(a) similarity to the pretraining data: {d.similarity}{head}: "
+    lines = [f"(a) similarity to the pretraining data: {d.similarity.value}{head}: "
              f"{ev.get('rule', 'no evidence')}"]
     for v in ev.get("votes", []):
         vote = Vote(**v)
@@ -88,7 +146,7 @@ def _similarity_lines(advice: Advice) -> list[str]:
     return lines
 
 
-def format_ranking(ranking: Ranking) -> str:
+def format_ranking(ranking: Ranking, flags: Flags = DEFAULT_FLAGS) -> str:
     """The table ``cnncodes advise --backbones`` prints: every backbone's layers, best first."""
     accs = [format_accuracy(r.cv_accuracy, r.n_images) for r in ranking.rows]
     aw = max([len("probe CV accuracy")] + [len(a) for a in accs])
@@ -101,10 +159,10 @@ def format_ranking(ranking: Ranking) -> str:
                      f"{acc:<{aw}}  {lm}  {r.images_per_s:6.0f}{mark}")
     lines.append("      (* = the layer that backbone's own advice recommends)")
     for name, adv in ranking.advices.items():
-        d = adv.decision
-        lines.append(f"{name:<16} {d.quadrant}, layer {adv.layer}"
+        d = adv.verdict
+        lines.append(f"{name:<16} {d.quadrant.value}, layer {adv.layer}"
                      + ("" if d.agree else " (its similarity verdict and layer disagree)"))
-        for w in d.warnings:
+        for w in render(d, adv.setup, flags).warnings:
             lines.append(f"  warning {w}")
     for name, why in ranking.skipped.items():  # the full message is in ranking.json
         lines.append(f"skipped   {name}: {why.split('; ')[0]}")

@@ -23,12 +23,15 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..atomic import atomic_write_text
 from ..errors import DecodeError
 from . import html_context as ctx
+
+if TYPE_CHECKING:
+    from .verdict_text import Flags
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +172,18 @@ def write_linear_html(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
 
 
 def write_advice_html(advice: Any, out_dir: str | os.PathLike, *,
-                      command: str | None = None) -> Path:
+                      command: str | None = None, flags: Flags | None = None) -> Path:
     """``report.html`` of an ``advise`` report folder (beside ``advice.json``/``advice.png``).
 
-    ``advice``: an :class:`~cnncodes.advisor.advice.Advice` or its ``to_dict()``."""
+    ``advice``: an :class:`~cnncodes.advisor.advice.Advice` (its next commands spelled with
+    ``flags``) or its JSON (:func:`~cnncodes.report.advice.advice_json`)."""
+    from ..advisor.advice import Advice
+    from .advice import advice_json
+    from .verdict_text import DEFAULT_FLAGS
+
     out = Path(out_dir)
-    data = advice.to_dict() if hasattr(advice, "to_dict") else dict(advice)
+    data = (advice_json(advice, flags or DEFAULT_FLAGS) if isinstance(advice, Advice)
+            else dict(advice))
     context = ctx.advice_page_context(data, command=command)
     context["advice_png"] = png_data_uri(out / "advice.png")
     context["files"] = _present(out, ["advice.json", "advice.png"])
@@ -182,13 +191,18 @@ def write_advice_html(advice: Any, out_dir: str | os.PathLike, *,
 
 
 def write_ranking_html(ranking: Any, out_dir: str | os.PathLike, *,
-                       command: str | None = None) -> Path:
+                       command: str | None = None, flags: Flags | None = None) -> Path:
     """``report.html`` of an ``advise --backbones`` folder, and each backbone's own page in its
     ``<backbone>/`` sub-folder (beside the ``advice.json`` written there)."""
     out = Path(out_dir)
     for name, adv in getattr(ranking, "advices", {}).items():
-        write_advice_html(adv, out / name, command=command)
-    data = ranking.to_dict() if hasattr(ranking, "to_dict") else dict(ranking)
+        write_advice_html(adv, out / name, command=command, flags=flags)
+    from ..advisor.ranking import Ranking
+    from .advice import ranking_json
+    from .verdict_text import DEFAULT_FLAGS
+
+    data = (ranking_json(ranking, flags or DEFAULT_FLAGS) if isinstance(ranking, Ranking)
+            else dict(ranking))
     context = ctx.ranking_page_context(data, command=command)
     context["files"] = _present(out, ["ranking.json"])
     return _write(out, "ranking.html.j2", context)

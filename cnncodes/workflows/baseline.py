@@ -63,7 +63,7 @@ class BaselineOptions:
         raw_size, raw_grey: side and colour of the raw pixels.
         budget: time budget of ``layer="auto"`` (None = none).
         thresholds: a :class:`cnncodes.advise.Thresholds` (size rule and layer choice).
-        advise_options: more options of :func:`cnncodes.advise.advise` (e.g. ``max_images``).
+        advise_options: more options of :func:`~.advice.advise` (e.g. ``max_images``).
         fall_through: fine-tune on the same split when the training rows are large.
         force_finetune: with ``fall_through``: whatever the data size.
         finetune_options: :class:`cnncodes.finetune.FinetuneConfig` fields (e.g. ``epochs``).
@@ -134,7 +134,7 @@ def baseline(source: str | os.PathLike, *, report: str | os.PathLike | None = "o
             ``model`` named: ``logreg``, or with ``layer="auto"`` the advised classifier.
         steps: :class:`BaselineOptions` (hold-out, raw pixels, advice, fall-through).
         layer: the one layer to classify on (default ``backbone.layers``, else the backbone's
-            default layer); ``auto``: chosen by :func:`cnncodes.advise.choose_layer` on the
+            default layer); ``auto``: chosen by :func:`.advice.choose_layer` on the
             training rows only; its evidence goes into ``report["advice"]`` and the stores'
             provenance ``advice``, and is reused from the cache for the same rows and thresholds.
         overwrite: discard cached codes made with other settings (and recorded advice).

@@ -66,17 +66,18 @@ def advise_layer(train_source: str | os.PathLike | ImageSource, *,
                  train_key: Mapping[str, Any] | None = None,
                  reuse_from: str | os.PathLike | None = None,
                  **advise_options: Any) -> tuple[str, dict[str, Any], bool]:
-    """``(layer, evidence, reused)``: :func:`cnncodes.advise.choose_layer` on the training rows.
+    """``(layer, evidence, reused)``: :func:`.advice.choose_layer` on the training rows.
 
     The advice recorded in ``reuse_from`` (a code store) by an earlier run is reused when it was
     measured on the same training rows (``train_key``) with the same thresholds; otherwise the
     advisor runs again (``reuse_from`` is never handed to ``choose_layer``, whose own reuse does
     not know which rows the advice saw). ``evidence`` gets ``train_rows`` = ``train_key``.
-    ``budget`` None: no time budget; ``advise_options`` go to :func:`cnncodes.advise.advise`.
+    ``budget`` None: no time budget; ``advise_options`` go to :func:`~.advice.advise`.
     """
     # read from the module at call time: tests may monkeypatch its choose_layer
     from ..advisor.rule import Thresholds
-    from ..advisor.run import choose_layer, recorded_advice
+    from ..advisor.run import recorded_advice
+    from .advice import choose_layer
 
     b, r = backbone, runtime or RuntimeOptions()
     th = thresholds if thresholds is not None else Thresholds()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 
 from cnncodes.advisor.evidence import SizeInfo
@@ -42,3 +45,17 @@ def expected_layer(probe: ProbeResult, margin_points: float) -> str:
     bl, be = best("last"), best("earlier")
     gap = 100 * (probe.layers[be].mean - probe.layers[bl].mean)
     return be if gap > margin_points else bl
+
+
+def decide(size: SizeInfo, probe: ProbeResult, *, setup: RunSetup | None = None,
+           flags: Any = None, **kwargs: Any) -> SimpleNamespace:
+    """:func:`cnncodes.advisor.rule.decide`, rendered: the keys of advice.json's ``decision``
+    (words from :func:`cnncodes.report.verdict_text.render`) as attributes, with the typed
+    ``verdict`` and ``layers_compared`` beside them."""
+    from cnncodes.advisor.rule import decide as decide_verdict
+    from cnncodes.report.verdict_text import DEFAULT_FLAGS, decision_dict, render
+
+    v = decide_verdict(size, probe, **kwargs)
+    text = render(v, setup or RunSetup(), flags or DEFAULT_FLAGS)
+    return SimpleNamespace(**decision_dict(v, text), verdict=v, text=text,
+                           layers_compared=v.layers_compared)

@@ -1,5 +1,6 @@
-"""cnncodes.advisor.ranking: ``advise --backbones`` ranks backbones and their layers (random-init
-networks on tiny generated images), and the pure recommendation rule."""
+"""cnncodes.advisor.ranking and cnncodes.workflows.advice.rank_backbones: ``advise --backbones``
+ranks backbones and their layers (random-init networks on tiny generated images), and the pure
+recommendation rule."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 
 from cnncodes import cli
 from cnncodes.advisor import ranking as ranking_module
-from cnncodes.advisor.ranking import RankRow, parse_backbones, rank_backbones, recommend
+from cnncodes.advisor.ranking import RankRow, parse_backbones, recommend
 from cnncodes.errors import OptionError, WeightsUnavailableError
+from cnncodes.workflows.advice import rank_backbones
 
 from ..conftest import write_tree
 
@@ -77,21 +79,21 @@ def test_cli_backbones_ranks_every_layer_of_each_backbone(tmp_path, capsys):
 
 def test_a_backbone_without_weights_is_skipped_not_fatal(tmp_path, monkeypatch):
     tree = write_tree(tmp_path / "photos", per_class=8)
-    import cnncodes.advisor.run as run_module
+    import cnncodes.workflows.advice as advice_module
 
-    real = run_module.advise
+    real = advice_module.advise
 
     def fake(source, *, backbone, **kw):
         if backbone.backbone == "resnet50":
             raise WeightsUnavailableError("Cannot get resnet50 weights: offline")
         return real(source, backbone=backbone, **kw)
 
-    monkeypatch.setattr(run_module, "advise", fake)
+    monkeypatch.setattr(advice_module, "advise", fake)
     r = rank_backbones(tree, backbones="resnet50,resnet18", weights="random", input_size=32,
                        budget=None, max_images=24, folds=2, num_workers=0, progress=False)
     assert list(r.advices) == ["resnet18"] and "offline" in r.skipped["resnet50"]
     assert r.recommendation["backbone"] == "resnet18"
-    monkeypatch.setattr(run_module, "advise", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(advice_module, "advise", lambda *a, **k: (_ for _ in ()).throw(
         WeightsUnavailableError("no weights")))
     with pytest.raises(OptionError, match="No backbone of resnet18 could be measured"):
         rank_backbones(tree, backbones="resnet18", budget=None)

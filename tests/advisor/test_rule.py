@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from cnncodes.advisor.evidence import SizeInfo
-from cnncodes.advisor.rule import RunSetup, Thresholds, decide, paired_interval
+from cnncodes.advisor.rule import RunSetup, Thresholds, paired_interval
 from cnncodes.advisor.similarity import SimilarityEvidence
 from cnncodes.errors import OptionError
 
-from .helpers import MNV2_DEPTHS, SETUP, TWO, expected_layer, make_probe, make_size
+from .helpers import MNV2_DEPTHS, SETUP, TWO, decide, expected_layer, make_probe, make_size
 
 #: head evidence far on either side of the default thresholds
 SIMILAR = SimilarityEvidence(leep_share=0.9, domain_emd=0.5)
@@ -37,6 +37,34 @@ def test_small_similar_last_layer_and_logreg():
                                         "--layers", "pool"]
     assert shlex.split(train_cmd)[-5:] == ["pool", "--model", "logreg", "-o", "model.npz"]
     assert d.next_command == f"{extract_cmd} && {train_cmd}"
+
+
+def test_the_verdict_is_data_enums_and_numbers():
+    """decide returns no sentence and no command: the typed verdict, rendered elsewhere."""
+    from cnncodes.advisor.rule import decide as decide_verdict
+    from cnncodes.advisor.verdict import (
+        Classifier,
+        FinetunePolicy,
+        Quadrant,
+        Route,
+        Similarity,
+        SizeClass,
+        Verdict,
+    )
+
+    v = decide_verdict(make_size(500), make_probe({"stage4": .95, "pool": .85}, depths=TWO),
+                       similarity=DISSIMILAR)
+    assert isinstance(v, Verdict)
+    assert (v.size_class, v.similarity, v.quadrant) == (
+        SizeClass.MEDIUM, Similarity.DISSIMILAR, Quadrant.SMALL_DISSIMILAR)
+    assert (v.layer, v.depth, v.classifier) == ("stage4", "earlier", Classifier.LINEARSVC)
+    assert (v.route, v.also) == (Route.CODES, Route.FINETUNE)
+    assert v.finetune == FinetunePolicy(head_lr_mult=1, freeze=0)
+    assert v.layers_compared and v.agree and v.gap.earlier_wins
+    assert v.gap.gap == pytest.approx(10.0) and v.gap.threshold == 1.0
+    assert v.to_dict()["quadrant"] == "small-dissimilar" and v.to_dict()["finetune"]["freeze"] == 0
+    strings = [x for x in vars(v).values() if isinstance(x, str)]
+    assert not any(" " in x or "--" in x for x in strings)  # names and enum values, no words
 
 
 def test_small_dissimilar_earlier_layer_and_svm():

@@ -15,19 +15,22 @@ from PIL import Image
 
 from cnncodes import cli
 from cnncodes.advisor.rule import Thresholds, decide
-from cnncodes.advisor.run import advise, choose_layer
 from cnncodes.advisor.sample import select_sample
 from cnncodes.backbones.weights import packaged_file
 from cnncodes.codes.store import FeatureStore
 from cnncodes.errors import OptionError
 from cnncodes.options import ADVISE_BUDGET, AUTO_LAYER_BUDGET, BackboneOptions, RuntimeOptions
+from cnncodes.report.advice import advice_summary
+from cnncodes.report.verdict_text import render
 from cnncodes.sources.folders import open_source
 from cnncodes.sources.splits import stratified_order
+from cnncodes.workflows.advice import advise, choose_layer
 
 from ..conftest import write_tree
 from .helpers import expected_layer
 
 run_module = importlib.import_module("cnncodes.advisor.run")
+advice_module = importlib.import_module("cnncodes.workflows.advice")
 
 
 @pytest.fixture
@@ -53,22 +56,25 @@ def test_advise_end_to_end_random_resnet18(tree, tmp_path):
     # 40 images (13-14 per class) cannot carry a layer comparison (10 per class / 100 in all):
     # the evidence is reported, no lead is claimed, the last layer is kept, a warning says so
     assert adv.probe.class_counts == {"ant": 14, "bee": 13, "cow": 13}
-    assert not adv.decision.layers_compared and adv.layer == "pool"
-    assert adv.warnings[0].startswith("not enough images to compare layers: 10 per class / 100 "
+    text = render(adv.verdict, adv.setup)
+    assert not adv.verdict.layers_compared and adv.layer == "pool"
+    assert text.warnings[0].startswith("not enough images to compare layers: 10 per class / 100 "
                                       "in all would be needed (the probe had 13 in its smallest "
                                       "class, 40 in all)")
-    assert "beats" not in adv.explanation
+    assert "beats" not in text.explanation
     # with the minimum lowered the layer is the rule's pick from the measured scores (restated
     # independently)
     low = decide(adv.size, adv.probe, thresholds=Thresholds(min_per_class=3, min_images=12))
     assert low.layers_compared and low.layer == expected_layer(adv.probe, adv.thresholds.margin)
-    assert adv.decision.comparison["best_last"] == "pool"  # layer4 ties pool: ties go deeper
+    assert adv.verdict.comparison()["best_last"] == "pool"  # layer4 ties pool: ties go deeper
     assert adv.size.n_images == 42 and adv.size.image_sizes["width"]["median"] == 48
     assert adv.head["available"] is False and "random weights" in adv.head["reason"]
-    assert any("random weights" in w for w in adv.decision.warnings)
+    assert any("random weights" in w for w in text.warnings)
     js = json.loads((tmp_path / "rep" / "advice.json").read_text())
-    assert js["layer"] == adv.layer and js["decision"]["quadrant"] == adv.decision.quadrant
-    assert js["layers_compared"] is False and js["warnings"] == adv.warnings
+    assert js["layer"] == adv.layer and js["decision"]["quadrant"] == adv.verdict.quadrant
+    assert js["layers_compared"] is False and js["warnings"] == text.warnings
+    assert js["verdict"]["quadrant"] == adv.verdict.quadrant
+    assert js["explanation"] == text.explanation
     assert js["similarity"]["probe"]["layers"]["layer2"]["dim"] == 128
     with Image.open(tmp_path / "rep" / "advice.png") as im:
         assert im.size[0] > 300
@@ -160,15 +166,15 @@ def test_advise_pretrained_measures_head_and_batchnorm(tree, tmp_path):
     assert h["available"] and h["n_images"] == 20 and 0 < h["mean_top1_prob"] <= 1
     assert sum(h["top1_hist"]) == 20 and isinstance(h["top_categories"][0]["category"], str)
     assert b["available"] and b["n_bn_layers"] == 52 and b["mean_kl"] > 0
-    assert all("random" not in w for w in adv.decision.warnings)
+    assert all("random" not in w for w in render(adv.verdict, adv.setup).warnings)
     # answer (a): LEEP of the head and the domain EMD on the same 20 images
     assert h["leep"] <= 0 and h["leep_share"] <= 1
     assert 0 <= h["domain_nearest"] <= h["domain_emd"] <= 2
-    ev = adv.decision.similarity_evidence
+    ev = adv.verdict.similarity_verdict.to_dict()
     assert ev["meaningful"] and {v["measure"] for v in ev["votes"]} == {"leep_share"}
     assert ev["side"]["domain_emd"] == h["domain_emd"]
     assert "code_gain" in ev["missing"]  # 42 images cannot carry the comparison
-    s = adv.summary()
+    s = advice_summary(adv)
     assert "per_layer" not in s["batchnorm"] and len(json.dumps(s)) < 16_000
 
 
@@ -190,7 +196,7 @@ def test_extract_layers_auto_records_advice_and_resume_reuses_it(tree, tmp_path,
     def boom(*a, **k):
         raise AssertionError("advise must not run again")
 
-    monkeypatch.setattr(run_module, "advise", boom)
+    monkeypatch.setattr(advice_module, "advise", boom)
     assert cli.main(argv) == 0
     assert FeatureStore(h5).provenance["advice"] == adv
     assert choose_layer(tree, backbone="resnet18", reuse_from=h5)[0] == adv["layer"]

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from cnncodes import cli
-from cnncodes.advisor.run import advise
 from cnncodes.codes.journal import Journal
 from cnncodes.errors import OptionError
 from cnncodes.finetuning.config import FinetuneConfig, make_config
 from cnncodes.finetuning.net import build_finetune_model
 from cnncodes.finetuning.optim import lr_factor, param_groups, warmup_steps
 from cnncodes.finetuning.run import finetune
+from cnncodes.report.advice import advice_json
+from cnncodes.workflows.advice import advise
 from cnncodes.workflows.baseline import baseline
 
 from ..conftest import write_tree
@@ -80,7 +81,7 @@ def test_every_json_file_written_is_strict_json_with_notes_for_nulls(tmp_path, m
     for i, text in enumerate(seen):
         (tmp_path / f"journal-manifest-{i}.json").write_text(text)
     adv = advise(photos, report=tmp_path / "adv", budget=None, folds=3, max_images=12, **FAST)
-    json.dumps(adv.to_dict(), allow_nan=False)  # what `advise --json` prints
+    json.dumps(advice_json(adv), allow_nan=False)  # what `advise --json` prints
 
     files = sorted(p for p in tmp_path.rglob("*.json") if p.is_file())
     names = {str(p.relative_to(tmp_path)) for p in files}

@@ -16,7 +16,7 @@ def _advice(**meta) -> Advice:
     size.image_sizes = {"sampled": 3, "unreadable": 0, "modes": {"RGB": 3},
                         "width": {"min": 40, "median": 48.0, "max": 50},
                         "height": {"min": 30, "median": 40.0, "max": 41}}
-    d = decide(size, probe, setup=SETUP,
+    d = decide(size, probe,
                similarity=SimilarityEvidence(leep_share=0.3, domain_emd=0.7))
     na = {"available": False, "reason": "head_sample=0"}
     m = {"elapsed_s": 1.5, "budget_s": 300.0, "images_per_s": 42.0, "seed": 0, "input_size": 112,

@@ -243,19 +243,22 @@ def test_advise_page_has_evidence_verdict_and_next_command(hostile_tree, tmp_pat
 def test_baseline_page_shows_the_advice_a_store_recorded(hostile_tree, digits_report,  # noqa: F811
                                                          tmp_path):
     """``--layer auto`` puts advise's compact summary into the report: same section, same rows."""
-    from cnncodes.advisor.run import advise
+    from cnncodes.report.advice import advice_summary
+    from cnncodes.report.verdict_text import render
+    from cnncodes.workflows.advice import advise
 
     adv = advise(hostile_tree / "train", backbone="resnet18", weights="random", input_size=32,
                  budget=None, max_images=30, folds=3, num_workers=0, batch_size=16)
     rep, ev = digits_report
-    write_report({**rep, "advice": adv.summary()}, tmp_path / "r", evaluation=ev)
+    write_report({**rep, "advice": advice_summary(adv)}, tmp_path / "r", evaluation=ev)
     page = parse(tmp_path / "r" / "report.html")
     assert_self_contained(page)
     sec = parse(_section(page.raw, "advice"))
-    assert adv.decision.quadrant in sec.all_text() and adv.explanation in sec.all_text()
+    assert adv.verdict.quadrant in sec.all_text()
+    assert render(adv.verdict, adv.setup).explanation in sec.all_text()
     for name in adv.probe.layers:
         assert name in sec.text
-    assert f"best layer {adv.layer}; {adv.decision.similarity} to ImageNet" in sec.text
+    assert f"best layer {adv.layer}; {adv.verdict.similarity} to ImageNet" in sec.text
 
 
 def test_finetune_page_has_curves_history_and_confusion(hostile_tree, tmp_path):  # noqa: F811

@@ -21,7 +21,7 @@ from cnncodes.workflows.layer_advice import size_check
 
 from ..conftest import write_tree
 
-advise_module = importlib.import_module("cnncodes.advisor.run")
+advise_module = importlib.import_module("cnncodes.workflows.advice")
 
 OPTS = dict(backbone="resnet18", weights="random", input_size=32, num_workers=0,
             c_grid="1e-2:1:3", cv=3, raw_baseline=False)
