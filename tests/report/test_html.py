@@ -166,7 +166,7 @@ def digits_report(tmp_path_factory):
     ev = Evaluation("digits", "pixels", classes, paths,
                     y[te], pred, score_predictions(y[te], pred, classes),
                     confidence=scores.max(axis=1))
-    return build_report(model=model, evaluation=ev), ev
+    return build_report(model=model, task="train", evaluation=ev), ev
 
 
 def test_thumbnails_are_bounded_and_ordered_by_confidence(digits_report, tmp_path):
