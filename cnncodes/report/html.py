@@ -29,7 +29,7 @@ from .._version import __version__
 from ..atomic import atomic_write_text
 from ..errors import DecodeError
 from . import html_context as ctx
-from .schema import LinearReport
+from .schema import LinearReport, load_finetune_report
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,7 @@ def write_finetune_html(run_dir: str | os.PathLike) -> Path | None:
     rep_path = out / "report.json"
     if not rep_path.is_file():
         return None
-    report = json.loads(rep_path.read_text(encoding="utf-8"))
-    context = ctx.finetune_context(report)
+    context = ctx.finetune_context(load_finetune_report(rep_path))
     context["curves_png"] = png_data_uri(out / "curves.png")
     context["files"] = _present(out, ["report.json", "curves.png", "model.pt", "checkpoint.pt",
                                       "split.json", "config.json"])

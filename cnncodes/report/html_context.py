@@ -1,8 +1,9 @@
 """What ``report.html`` shows, as plain data for the templates (:mod:`cnncodes.report.html`).
 
-Every function here turns a report dict (``report.json``, ``advice.json``, a fine-tuning run's
-``report.json``, ``escalation.json``) into dicts and lists of strings; numbers are formatted here,
-escaping is the template engine's (autoescape), so nothing here builds markup.
+Every function here turns a report into dicts and lists of strings: a classifier's or a
+fine-tuning run's ``report.json`` read through its schema (:mod:`cnncodes.report.schema`), and
+the plain dicts of ``advice.json`` and ``escalation.json``; numbers are formatted here, escaping is
+the template engine's (autoescape), so nothing here builds markup.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from .._version import __version__
 from ..stats import format_accuracy, format_lr
-from .schema import FallThrough, LinearReport, ResultRow, Selection, Split
+from .schema import FallThrough, FinetuneReport, LinearReport, ResultRow, Selection, Split
 from .text import incomplete_text
 
 #: libraries whose versions the provenance lists when the report recorded none
@@ -409,63 +410,55 @@ def _lr_text(lr: Any) -> str:
     return text
 
 
-def _base_lr(rep: Mapping[str, Any]) -> str:
+def _base_lr(rep: FinetuneReport) -> str:
     """The configured base learning rate, else the one the optimiser groups ran at."""
-    lr = (rep.get("config") or {}).get("lr")
-    if lr is not None:
-        return fmt(lr, "g")
-    groups = [g.get("lr") for g in rep.get("param_groups") or [] if g.get("name") != "head"]
-    groups = [g for g in groups if isinstance(g, (int, float))]
+    if rep.config.lr is not None:
+        return fmt(rep.config.lr, "g")
+    groups = [g["lr"] for g in rep.param_groups or [] if g.get("name") != "head"
+              and isinstance(g.get("lr"), (int, float))]
     return f"{fmt(max(groups), 'g')} (default)" if groups else "default"
 
 
-def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
-    """The page of a fine-tuning run's ``report.json``."""
-    split = rep.get("split") or {}
-    history = list(rep.get("history") or [])
+def finetune_context(rep: FinetuneReport) -> dict[str, Any]:
+    """The page of a fine-tuning run's ``report.json`` (read through the schema)."""
+    split, cfg, classes = rep.split, rep.config, rep.classes
+    history = rep.history or []
     keys = [k for k in HISTORY_KEYS if any(k[0] in h for h in history)]
-    best = next((i for i, h in enumerate(history) if h.get("epoch") == rep.get("best_epoch")),
-                None)
-    per = rep.get("per_class_test_accuracy") or {}
-    classes = rep.get("classes") or []
-    cfg = rep.get("config") or {}
-    summary = [{"label": "task", "value": f"fine-tuning ({rep.get('state')})"},
-               {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
-                                          f"validation / {split.get('test')} test images"},
+    best = next((i for i, h in enumerate(history) if h.get("epoch") == rep.best_epoch), None)
+    summary = [{"label": "task", "value": f"fine-tuning ({rep.state})"},
+               {"label": "data", "value": f"{split.train} train / {split.val} validation / "
+                                          f"{split.test} test images"},
                {"label": "accuracy",
-                "value": f"test {format_accuracy(rep.get('test_accuracy'), split.get('test'))}, "
-                         f"validation {fmt(rep.get('val_accuracy'))}"},
-               {"label": "status", "value": f"{rep.get('status')}, {rep.get('epochs_run')} "
-                                            f"epochs, best {rep.get('best_epoch')}"},
-               {"label": "time", "value": seconds(rep.get("seconds"))}]
-    notes = [f"{k.replace('_', ' ')}: {rep[k + '_note']}" for k in
-             ("val_accuracy", "test_accuracy", "per_class_test_accuracy") if rep.get(k + "_note")]
+                "value": f"test {format_accuracy(rep.test_accuracy, split.test)}, "
+                         f"validation {fmt(rep.val_accuracy)}"},
+               {"label": "status", "value": f"{rep.status}, {rep.epochs_run} epochs, best "
+                                            f"{rep.best_epoch}"},
+               {"label": "time", "value": seconds(rep.seconds)}]
     return {
-        "title": f"cnncodes finetune: {rep.get('backbone')} ({rep.get('state')})",
+        "title": f"cnncodes finetune: {rep.backbone} ({rep.state})",
         "subtitle": f"{len(classes)} classes",
-        "summary": summary, "message": rep.get("message"), "notes": notes,
+        "summary": summary, "message": rep.message,
+        "notes": [f"{k.replace('_', ' ')}: {v}" for k, v in rep.notes().items()],
         "history": [{k: _lr_text(h.get(k)) if k == "lr" else fmt(h.get(k), spec)
                      for k, _, spec in keys} for h in history],
         "history_columns": [col(k, t, True) for k, t, _ in keys], "best_index": best,
-        "cm": confusion_ctx(rep.get("confusion_matrix"), classes),
-        "per_class": [{"class": str(c), "acc": fmt(v)} for c, v in per.items()],
+        "cm": confusion_ctx(rep.confusion_matrix, classes),
+        "per_class": [{"class": str(c), "acc": fmt(v)}
+                      for c, v in (rep.per_class_test_accuracy or {}).items()],
         "per_class_columns": [col("class", "class"), col("acc", "test accuracy", True)],
-        "failures_ctx": failures_ctx(rep.get("failures")),
+        "failures_ctx": failures_ctx(rep.failures),
         "provenance": provenance(
-            [("backbone", rep.get("backbone")), ("weights", rep.get("weights")),
-             ("weights sha256", rep.get("weights_sha256")), ("layer", "all (fine-tuned end to end)"
-                                                             if rep.get("state") == "full" else
-                                                             rep.get("state")),
-             ("input size", rep.get("input_size")),
-             ("preprocessing", preprocessing_text(rep.get("preprocessing"))),
-             ("optimiser", f"{cfg.get('optimizer')} lr {_base_lr(rep)} (head x"
-                           f"{cfg.get('head_lr_mult')}), batch {cfg.get('batch_size')}, "
-                           f"freeze {cfg.get('freeze')}, {cfg.get('epochs')} epochs"),
-             ("device", f"{rep.get('device')}, {rep.get('precision')}, world size "
-                        f"{rep.get('world_size')}"),
-             ("trainable parameters", fmt(rep.get("trainable_params"), ",")),
+            [("backbone", rep.backbone), ("weights", rep.weights),
+             ("weights sha256", rep.weights_sha256),
+             ("layer", "all (fine-tuned end to end)" if rep.state == "full" else rep.state),
+             ("input size", rep.input_size),
+             ("preprocessing", preprocessing_text(rep.preprocessing)),
+             ("optimiser", f"{cfg.optimizer} lr {_base_lr(rep)} (head x{cfg.head_lr_mult}), "
+                           f"batch {cfg.batch_size}, freeze {cfg.freeze}, {cfg.epochs} epochs"),
+             ("device", f"{rep.device}, {rep.precision}, world size {rep.world_size}"),
+             ("trainable parameters", fmt(rep.trainable_params, ",")),
              ("classes", ", ".join(str(c) for c in classes))],
-            versions=rep.get("versions"), command=rep.get("command"), created=rep.get("created")),
+            versions=rep.versions, command=rep.command, created=rep.created),
     }
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ReportError
+from ..finetuning.config import REPORT_KIND as FINETUNE_KIND
+from ..finetuning.config import REPORT_SCHEMA_VERSION as FINETUNE_VERSION
 
 #: the version :meth:`LinearReport.to_dict` writes (files without one are version 0)
 SCHEMA_VERSION = 1
@@ -101,7 +103,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     if not ok:
         raise ReportError(f"{_field(where)} must be {_kind(hint)}. Got "
                           f"{json.dumps(value)[:60]} instead.")
-    return float(value) if hint is float and not isinstance(value, float) else value
+    return value  # an integer stays one where a number is expected (written back as read)
 
 
 def _plain(v: Any) -> Any:
@@ -308,19 +310,7 @@ class LinearReport(Section):
             ReportError: not a classifier report, a newer schema, an unknown task, or a field
                 missing or of the wrong type (named, e.g. ``field model.classes``).
         """
-        if not isinstance(data, Mapping):
-            raise ReportError(f"the report must be a JSON object. Got {type(data).__name__} "
-                              "instead.")
-        if data.get("format", REPORT_FORMAT) != REPORT_FORMAT:
-            raise ReportError(f"this is not a classifier report: field format is "
-                              f"{data.get('format')!r}, not {REPORT_FORMAT!r}.")
-        version = data.get("schema_version", 0)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise ReportError(f"field schema_version must be a whole number. Got {version!r} "
-                              "instead.")
-        if version > SCHEMA_VERSION:
-            raise ReportError(f"field schema_version is {version}; this cnncodes reads up to "
-                              f"{SCHEMA_VERSION}. Upgrade cnncodes to read it.")
+        version = _version(data, "format", REPORT_FORMAT, SCHEMA_VERSION)
         rep = super().from_dict(adapt_v0(data) if version == 0 else data, where=where)
         if rep.task not in (*TASKS, UNKNOWN_TASK):
             raise ReportError(f"field task must be one of {', '.join(TASKS)}. Got {rep.task!r} "
@@ -335,6 +325,27 @@ class LinearReport(Section):
 
     def model_path(self) -> Any:
         return self.model_file or (self.files or {}).get("model")
+
+
+def _version(data: Any, key: str, kind: str, newest: int) -> int:
+    """The ``schema_version`` of a report's content (0: none), after checking it is a JSON
+    object of this ``kind`` (``data[key]``, when given) and not newer than ``newest``.
+
+    Raises:
+        ReportError: another kind of report, a newer or malformed version."""
+    if not isinstance(data, Mapping):
+        raise ReportError(f"the report must be a JSON object. Got {type(data).__name__} "
+                          "instead.")
+    if data.get(key, kind) != kind:
+        raise ReportError(f"this is not a {kind} file: field {key} is {data.get(key)!r}.")
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ReportError(f"field schema_version must be a whole number. Got {version!r} "
+                          "instead.")
+    if version > newest:
+        raise ReportError(f"field schema_version is {version}; this cnncodes reads up to "
+                          f"{newest}. Upgrade cnncodes to read it.")
+    return version
 
 
 def guess_task(data: Mapping[str, Any]) -> str:
@@ -360,13 +371,105 @@ def adapt_v0(data: Mapping[str, Any]) -> dict[str, Any]:
     return {**data, "task": guess_task(data), "schema_version": SCHEMA_VERSION}
 
 
-def load_report(path: str | os.PathLike) -> LinearReport:
-    """Read ``report.json`` (a folder or the file) through the schema.
+@dataclass
+class RunSplit(Section):
+    """A fine-tuning run's split: images per part and its seed."""
 
-    Raises:
-        ReportError: not JSON, or not a classifier report of this schema (names the file and
-            the field).  NotFoundError: there is no such file.
-    """
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig(Section):
+    """The fine-tuning settings the page shows (the rest of ``config.json`` in ``extra``)."""
+
+    optimizer: str | None = None
+    lr: float | None = None
+    head_lr_mult: float | None = None
+    batch_size: int | None = None
+    freeze: Any = None
+    epochs: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    KEEP_NULL = ("optimizer", "lr", "head_lr_mult", "batch_size", "freeze", "epochs")
+
+
+@dataclass
+class FinetuneReport(Section):
+    """A fine-tuning run's ``report.json`` (written by :mod:`cnncodes.finetuning`): the run's
+    state and status, its split, per-epoch history, test and validation accuracy, provenance."""
+
+    state: str
+    status: str
+    task: str = "finetune"
+    kind: str = FINETUNE_KIND
+    schema_version: int = FINETUNE_VERSION
+    message: str | None = None
+    backbone: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    classes: list[Any] = field(default_factory=list)
+    input_size: Any = None
+    preprocessing: Any = None
+    device: str | None = None
+    precision: str | None = None
+    world_size: int | None = None
+    split: RunSplit = field(default_factory=RunSplit)
+    param_groups: list[dict[str, Any]] | None = None
+    trainable_params: int | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    val_accuracy: float | None = None
+    val_accuracy_note: str | None = None
+    test_accuracy: float | None = None
+    test_accuracy_note: str | None = None
+    per_class_test_accuracy: dict[str, Any] | None = None
+    per_class_test_accuracy_note: str | None = None
+    confusion_matrix: list[Any] | None = None
+    seconds: float | None = None
+    history: list[dict[str, Any]] | None = None
+    failures: list[Any] | None = None
+    config: RunConfig = field(default_factory=RunConfig)
+    command: str | None = None
+    versions: dict[str, Any] | None = None
+    created: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    KEEP_NULL = ("message", "best_epoch", "val_accuracy", "test_accuracy",
+                 "per_class_test_accuracy", "confusion_matrix")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "") -> FinetuneReport:
+        """The run's report from its ``report.json`` content (version 0: the task added).
+
+        Raises:
+            ReportError: not a fine-tuning report, a newer schema, or a field missing or of the
+                wrong type (named).
+        """
+        if isinstance(data, Mapping) and data.get("format") == REPORT_FORMAT:
+            raise ReportError(f"this is a classifier report (field format is {REPORT_FORMAT!r}), "
+                              f"not a {FINETUNE_KIND} file; read it with load_report.")
+        version = _version(data, "kind", FINETUNE_KIND, FINETUNE_VERSION)
+        if version == 0:
+            data = {**data, "task": "finetune", "schema_version": FINETUNE_VERSION}
+        rep = super().from_dict(data, where=where)
+        if rep.task != "finetune":
+            raise ReportError(f"field task must be finetune. Got {rep.task!r} instead.")
+        return rep
+
+    def notes(self) -> dict[str, str]:
+        """Why an accuracy is missing: ``{"val_accuracy": note, ...}`` for those with a note."""
+        return {k: v for k, v in (("val_accuracy", self.val_accuracy_note),
+                                  ("test_accuracy", self.test_accuracy_note),
+                                  ("per_class_test_accuracy",
+                                   self.per_class_test_accuracy_note)) if v}
+
+
+R = TypeVar("R", LinearReport, FinetuneReport)
+
+
+def _read(path: str | os.PathLike, cls: type[R]) -> R:
     from ..errors import NotFoundError
 
     p = Path(path)
@@ -382,6 +485,22 @@ def load_report(path: str | os.PathLike) -> LinearReport:
     except json.JSONDecodeError as e:
         raise ReportError(f"{p} is not valid JSON ({e}); write the report again.") from e
     try:
-        return LinearReport.from_dict(data)
+        return cls.from_dict(data)
     except ReportError as e:
         raise ReportError(f"{p}: {e} Write the report again with this cnncodes.") from e
+
+
+def load_report(path: str | os.PathLike) -> LinearReport:
+    """Read a classifier's ``report.json`` (a folder or the file) through the schema.
+
+    Raises:
+        ReportError: not JSON, or not a classifier report of this schema (names the file and
+            the field).  NotFoundError: there is no such file.
+    """
+    return _read(path, LinearReport)
+
+
+def load_finetune_report(path: str | os.PathLike) -> FinetuneReport:
+    """Read a fine-tuning run's ``report.json`` (the run folder or the file) through the
+    schema (errors as :func:`load_report`)."""
+    return _read(path, FinetuneReport)

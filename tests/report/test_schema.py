@@ -22,6 +22,7 @@ from cnncodes.report.schema import (
     UNKNOWN_TASK,
     LinearReport,
     guess_task,
+    load_finetune_report,
     load_report,
 )
 
@@ -56,6 +57,26 @@ def test_old_report_renders_as_before(name, tmp_path):
     assert _stable(hc.linear_context(rep)) == _stable(expected)
     # the adapter adds the version and the task and changes nothing else
     assert rep.to_dict() == {**old, "task": TASK[name], "schema_version": SCHEMA_VERSION}
+
+
+def test_old_finetune_report_renders_as_before(tmp_path):
+    old = _v0("finetune")
+    (tmp_path / "report.json").write_text(json.dumps(old))
+    rep = load_finetune_report(tmp_path)
+    assert rep.task == "finetune" and rep.split.test == 12 and rep.config.batch_size == 8
+    expected = json.loads((V0 / "finetune.context.json").read_text())
+    assert _stable(hc.finetune_context(rep)) == _stable(expected)
+    assert rep.to_dict() == {**old, "task": "finetune", "schema_version": rep.schema_version}
+    with pytest.raises(ReportError, match="not a cnncodes-report file: field format is None"):
+        LinearReport.from_dict({**old, "format": None})
+    with pytest.raises(ReportError, match=f"{tmp_path}.*not a cnncodes-finetune-report file"):
+        load_finetune_report(_copy(tmp_path, "train_test"))
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(_v0(name)))
+    return path
 
 
 def test_typed_sections_hold_the_old_values():
@@ -121,7 +142,7 @@ def test_build_report_needs_a_known_task(fitted):  # noqa: F811
     (lambda d: d.update(split=None), "field split must be an object. Got null"),
     (lambda d: d.update(task="advise", schema_version=1), "field task must be one of"),
     (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "Upgrade cnncodes"),
-    (lambda d: d.update(format="cnncodes-finetune-report"), "not a classifier report")])
+    (lambda d: d.update(format="cnncodes-finetune-report"), "not a cnncodes-report file")])
 def test_malformed_report_names_the_file_and_the_field(tmp_path, change, words):
     d = _v0("evaluate_raw")
     change(d)
