@@ -82,3 +82,9 @@ class StaleRunError(OptionError):
 class ModelFileError(CnnCodesError, ValueError):
     """A model file cannot be loaded safely: damaged, truncated, of another kind, a pickle without
     ``trust_pickle=True``, or a model the safe format cannot hold (the message names what)."""
+
+
+class ReportError(CnnCodesError, ValueError):
+    """A report file (``report.json``) is not what its schema says: not JSON, another kind of
+    report, a newer schema, or a field missing or of the wrong type (the message names the file
+    and the field)."""

@@ -192,7 +192,6 @@ def emit_report(rep: dict[str, Any], args: argparse.Namespace, evaluation: Any,
         from .._runtime import command_line
 
         rep.setdefault("command", command_line())
-        rep.setdefault("task", getattr(args, "command", None))  # train / evaluate
         write_report(rep, args.report, evaluation=evaluation, inputs=inputs, owner=args.command,
                      overwrite=getattr(args, "overwrite", False))
     if args.json:

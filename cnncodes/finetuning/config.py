@@ -21,6 +21,10 @@ from ..errors import OptionError
 from ..options import PRECISIONS, BackboneOptions, RuntimeOptions
 
 STATES = ("predict", "head-only", "full")
+#: a run's ``report.json``: its ``kind`` and the ``schema_version`` it is written in (read back
+#: through :class:`cnncodes.report.schema.FinetuneReport`; files without one are version 0)
+REPORT_KIND = "cnncodes-finetune-report"
+REPORT_SCHEMA_VERSION = 1
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 _BACKBONE = BackboneOptions()

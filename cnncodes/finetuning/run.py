@@ -37,14 +37,14 @@ from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..outputs import check_output, claim_folder
 from ..sources.folders import ImageSource
 from ..stats import ci_record
-from .config import FinetuneConfig, make_config
+from .config import REPORT_KIND, REPORT_SCHEMA_VERSION, FinetuneConfig, make_config
 from .data import local_world
 from .ddp import quiet_unless_main, rank_device
 from .evaluation import confusion, fmt, per_class, per_class_note
 from .model_file import is_finetuned_model
 from .predict import predict_images
 from .split import Split, check_same_sources, make_split
-from .trainer import REPORT_KIND, Trainer
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
     claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
     acc = pred.accuracy
     report = {
-        "kind": REPORT_KIND, "status": "evaluated", "state": "predict",
+        "kind": REPORT_KIND, "schema_version": REPORT_SCHEMA_VERSION, "task": "finetune",
+        "status": "evaluated", "state": "predict",
         "message": None, "backbone": pred.meta["backbone"], "weights": f"file:{Path(w).resolve()}",
         "classes": pred.classes, "input_size": pred.meta["input_size_used"],
         "split": {"train": 0, "val": 0, "test": len(pred.paths)}, "epochs_run": 0,

@@ -42,7 +42,7 @@ from ..errors import OptionError
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
 from ..stats import ci_record, format_lr, plural
-from .config import FinetuneConfig
+from .config import REPORT_KIND, REPORT_SCHEMA_VERSION, FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
 from .evaluation import (
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 
 CHECKPOINT_KIND = "cnncodes-finetune-checkpoint"
-REPORT_KIND = "cnncodes-finetune-report"
 
 
 class Diverged(Exception):
@@ -539,7 +538,8 @@ class Trainer:
         best_rec = next((h for h in history if h["epoch"] == st.best_epoch), None)
         test_labels = test_src.labels
         return jsonable({  # JSON types only, no NaN: the report is printed as JSON too
-            "kind": REPORT_KIND, "status": status, "state": cfg.state,
+            "kind": REPORT_KIND, "schema_version": REPORT_SCHEMA_VERSION, "task": "finetune",
+            "status": status, "state": cfg.state,
             "message": diverged, "backbone": cfg.backbone, "weights": self.resolved.id,
             "weights_sha256": weights_sha256(self.resolved) or "", "classes": split.classes,
             "input_size": self.pp.crop, "preprocessing": self.pp.to_dict(),

@@ -1,6 +1,6 @@
 """Report files of trained classifiers: ``report.json`` (built by :func:`build_report`), the
 figures, ``per_class.csv`` and ``report.html``, all written atomically (:mod:`cnncodes.atomic`),
-and :func:`load_report`.
+and :func:`load_report` (:mod:`cnncodes.report.schema`: the typed report, read back).
 
 ``report.json`` holds the model summary (backbone, weights, layer, classes), the split, the
 model-selection record (CV score per C, chosen C, train time), the test metrics (accuracy,
@@ -11,7 +11,6 @@ scikit-learn's array API on a torch device) and why not on the GPU when it fell 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,25 +20,29 @@ from typing import Any
 
 from .._version import __version__
 from ..atomic import atomic_write_csv, atomic_write_json, finite_json
+from ..errors import OptionError
 from ..outputs import check_output, claim_folder
 from ..stats import ci_record, codes_vs_pixels, format_accuracy
 from .html import REPORT_HTML, write_linear_html
 from .plots import plot_confusion, plot_cv_scores
+from .schema import REPORT_FORMAT, SCHEMA_VERSION, TASKS, LinearReport, ResultRow
+from .schema import load_report as load_report  # read back through the schema
 from .text import codes_vs_pixels_text, is_raw_pixel_row
 
 log = logging.getLogger(__name__)
 
 
-REPORT_FORMAT = "cnncodes-report"
-
-
-def build_report(*, model: Any, evaluation: Any = None,
+def build_report(*, model: Any, task: str, evaluation: Any = None,
                  rows: Sequence[Mapping[str, Any]] | None = None,
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-serialisable report of a :class:`~cnncodes.classify.TrainedModel` and, optionally,
-    its :class:`~cnncodes.classify.Evaluation` and comparison ``rows``."""
+    its :class:`~cnncodes.classify.Evaluation` and comparison ``rows``, made by ``task`` (one
+    of :data:`~cnncodes.report.schema.TASKS`); checked against :class:`LinearReport`."""
+    if task not in TASKS:
+        raise OptionError(f"task must be one of {', '.join(TASKS)}. Got {task!r} instead.")
     p = model.provenance
     rep: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "task": task,
         "format": REPORT_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cnncodes": __version__,
         "model": {"model": model.kind, "layer": model.layer, "backbone": p.get("backbone"),
@@ -65,7 +68,7 @@ def build_report(*, model: Any, evaluation: Any = None,
     if notes:  # read with allow_incomplete: the report says so
         rep["incomplete_stores"] = list({n["store"]: n for n in notes}.values())
     # JSON types only; a NaN/inf metric becomes null with "<key>_note" beside it
-    return finite_json(rep)
+    return LinearReport.from_dict(finite_json(rep)).to_dict()
 
 
 def row_with_ci(row: Mapping[str, Any], n_test: Any) -> dict[str, Any]:
@@ -109,7 +112,7 @@ def check_report_folder(out_dir: str | os.PathLike, *, inputs: Any = (),
                         owner=owner, overwrite=overwrite)
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
+def write_report(report: Mapping[str, Any] | LinearReport, out_dir: str | os.PathLike, *,
                  evaluation: Any = None, inputs: Any = (), owner: str = "train",
                  overwrite: bool = False, own_files: Sequence[str] = REPORT_FILES
                  ) -> dict[str, Path]:
@@ -123,48 +126,44 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
     folder (:func:`cnncodes.outputs.claim_folder`, with ``own_files`` as its files); a folder another
     command wrote is refused unless ``overwrite``.
 
+    ``report``: :func:`build_report`'s dict (checked through :class:`LinearReport`) or the typed
+    report.
+
     Raises:
         OutputError: ``out_dir`` cannot take the report (see :func:`check_report_folder`).
+        ReportError: ``report`` does not fit the schema (names the field).
     """
     out = check_report_folder(out_dir, inputs=inputs, owner=owner, overwrite=overwrite,
                               files=own_files)
-    claim_folder(out, owner, files=own_files, command=report.get("command"))
+    rep = report if isinstance(report, LinearReport) else \
+        LinearReport.from_dict(finite_json(dict(report)))
+    claim_folder(out, owner, files=own_files, command=rep.command)
     files: dict[str, Path] = {}
-    rep = dict(report)
-    names = dict(rep.get("files") or {})
-    rows = rep.get("rows") or [{"name": f"{rep['model']['backbone']} {rep['model']['layer']} "
-                                        "codes", "selection": rep.get("selection")}]
-    if any(r.get("selection") for r in rows):
-        files["cv_plot"] = plot_cv_scores(rows, out / "cv_scores.png",
-                                          scoring=rep.get("selection", {}).get("scoring",
-                                                                               "accuracy"))
-    test = rep.get("test")
+    names = dict(rep.files or {})
+    rows = rep.rows or [ResultRow(f"{rep.model.backbone} {rep.model.layer} codes",
+                                  selection=rep.selection)]
+    if any(r.selection and r.selection.to_dict() for r in rows):
+        files["cv_plot"] = plot_cv_scores([r.to_dict() for r in rows], out / "cv_scores.png",
+                                          scoring=rep.selection.scoring or "accuracy")
+    test = rep.test
     if test:
         files["confusion"] = plot_confusion(
-            test["confusion_matrix"], test["classes"], out / "confusion.png",
-            title=f"{rep['model']['backbone']} {rep['model']['layer']}: test accuracy "
-                  f"{format_accuracy(test.get('accuracy'), test.get('n'))}")
+            test.confusion_matrix, test.classes, out / "confusion.png",
+            title=f"{rep.model.backbone} {rep.model.layer}: test accuracy "
+                  f"{format_accuracy(test.accuracy, test.n)}")
         files["per_class"] = out / "per_class.csv"
         atomic_write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
                          ([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
-                           f"{r['f1']:.4f}", r["support"]] for r in test["per_class"]))
+                           f"{r['f1']:.4f}", r["support"]] for r in test.per_class))
         if evaluation is not None and hasattr(evaluation, "prediction_table"):
             files["predictions"] = out / "predictions.csv"
             atomic_write_csv(files["predictions"], *evaluation.prediction_table())
     names.update({k: v.name for k, v in files.items()})
     names["json"] = "report.json"
     names["html"] = REPORT_HTML
-    rep["files"] = names
+    rep.files = names
     files["json"] = out / "report.json"
-    atomic_write_json(files["json"], finite_json(rep))
-    files["html"] = write_linear_html(finite_json(rep), out, evaluation=evaluation, files=files)
+    atomic_write_json(files["json"], finite_json(rep.to_dict()))
+    files["html"] = write_linear_html(rep, out, evaluation=evaluation, files=files)
     log.info("report written to %s", out)
     return files
-
-
-def load_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read ``report.json`` (a folder or the file)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    return json.loads(p.read_text(encoding="utf-8"))

@@ -29,6 +29,7 @@ from .._version import __version__
 from ..atomic import atomic_write_text
 from ..errors import DecodeError
 from . import html_context as ctx
+from .schema import LinearReport, load_finetune_report
 
 if TYPE_CHECKING:
     from .verdict_text import Flags
@@ -142,13 +143,13 @@ def _present(out_dir: Path, names: Sequence[str]) -> list[str]:
     return [n for n in names if n != REPORT_HTML and (out_dir / n).is_file()]
 
 
-def write_linear_html(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
+def write_linear_html(report: LinearReport, out_dir: str | os.PathLike, *,
                       evaluation: Any = None,
                       files: Mapping[str, os.PathLike] | None = None) -> Path:
     """``report.html`` of a train / evaluate / baseline report folder.
 
     Args:
-        report: the ``report.json`` content (:func:`cnncodes.report.files.build_report`).
+        report: the typed ``report.json`` (:class:`~cnncodes.report.schema.LinearReport`).
         evaluation: the :class:`~cnncodes.linear.evaluation.Evaluation` behind ``report["test"]``
             (its image paths give the thumbnails); None: no thumbnails.
         files: the files written beside it (``cv_plot``, ``confusion`` PNGs are inlined).
@@ -160,13 +161,13 @@ def write_linear_html(report: Mapping[str, Any], out_dir: str | os.PathLike, *,
     context["confusion_png"] = png_data_uri(f.get("confusion"))
     empty = ctx.thumb_group([], [], total=0, wrong=True, kind="probability", ranked=False)
     wrong, right = empty, {**empty, "empty": "No test image was classified correctly."}
-    if evaluation is not None and report.get("test"):
+    if evaluation is not None and report.test:
         wrong, right = thumbnail_groups(evaluation)
     context.update(wrong=wrong, right=right)
     ft = context.get("fall_through")
     if ft and ft.get("run"):
         ft["curves_png"] = png_data_uri(Path(ft["run"]) / "curves.png")
-    names = list((report.get("files") or {}).values()) + [Path(p).name for p in f.values()]
+    names = list((report.files or {}).values()) + [Path(p).name for p in f.values()]
     context["files"] = _present(out, list(dict.fromkeys(names)))
     return _write(out, "linear.html.j2", context)
 
@@ -215,8 +216,7 @@ def write_finetune_html(run_dir: str | os.PathLike) -> Path | None:
     rep_path = out / "report.json"
     if not rep_path.is_file():
         return None
-    report = json.loads(rep_path.read_text(encoding="utf-8"))
-    context = ctx.finetune_context(report)
+    context = ctx.finetune_context(load_finetune_report(rep_path))
     context["curves_png"] = png_data_uri(out / "curves.png")
     context["files"] = _present(out, ["report.json", "curves.png", "model.pt", "checkpoint.pt",
                                       "split.json", "config.json"])

@@ -1,22 +1,23 @@
 """What ``report.html`` shows, as plain data for the templates (:mod:`cnncodes.report.html`).
 
-Every function here turns a report dict (``report.json``, ``advice.json``, a fine-tuning run's
-``report.json``, ``escalation.json``) into dicts and lists of strings; numbers are formatted here,
-escaping is the template engine's (autoescape), so nothing here builds markup.
+Every function here turns a report into dicts and lists of strings: a classifier's or a
+fine-tuning run's ``report.json`` read through its schema (:mod:`cnncodes.report.schema`), and
+the plain dicts of ``advice.json`` and ``escalation.json``; numbers are formatted here, escaping is
+the template engine's (autoescape), so nothing here builds markup.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
 from ..stats import format_accuracy, format_lr
 from .audit_summary import audit_context
-from .text import incomplete_text, is_raw_pixel_row
+from .schema import FallThrough, FinetuneReport, LinearReport, ResultRow, Selection, Split
+from .text import incomplete_text
 
 #: libraries whose versions the provenance lists when the report recorded none
 VERSIONED = ("torch", "torchvision", "scikit-learn", "numpy", "h5py", "onnxruntime", "pillow",
@@ -132,46 +133,27 @@ def thumb_group(items: list[dict[str, Any]], listed: list[dict[str, Any]], *, to
 # ------------------------------------------------------------------------ train/evaluate/baseline
 
 
-def split_text(split: Any) -> str:
+def split_text(split: Split) -> str:
     """``holdout 20% (seed 0): 24 train / 6 test images`` and the like."""
-    if not isinstance(split, Mapping):
-        return "split not recorded"
-    n = f"{split.get('n_train')} train / {split.get('n_test', 'no')} test images"
-    if split.get("kind") == "holdout":
-        return f"hold-out {fmt(100 * float(split.get('test_size') or 0), 'g')}% " \
-               f"(seed {split.get('seed')}): {n}"
-    if split.get("kind") == "predefined":
+    n = f"{split.n_train} train / {'no' if split.n_test is None else split.n_test} test images"
+    if split.kind == "holdout":
+        return f"hold-out {fmt(100 * float(split.test_size or 0), 'g')}% (seed {split.seed}): {n}"
+    if split.kind == "predefined":
         return f"predefined train/test split: {n}"
-    return f"{split.get('kind', 'split')}: {n}"
+    return f"{split.kind or 'split'}: {n}"
 
 
-def _task(report: Mapping[str, Any]) -> str:
-    if report.get("task"):
-        return str(report["task"])
-    cmd = report.get("command")
-    if isinstance(cmd, str):
-        try:
-            words = shlex.split(cmd)
-        except ValueError:
-            words = cmd.split()
-        for w in words[1:]:
-            if w in ("baseline", "train", "evaluate"):
-                return w
-    return "baseline" if "stores" in report else "linear classifier"
-
-
-def _row(r: Mapping[str, Any], n_test: Any = None) -> dict[str, Any]:
-    sel = r.get("selection") or {}
-    n = r.get("n_test") if r.get("n_test") is not None else n_test
-    wall = r.get("wall_time_s")
-    if wall is None and sel.get("train_time_s") is not None:  # raw pixels: load + CV + refit
-        wall = float(r.get("load_time_s") or 0.0) + float(sel["train_time_s"])
-    return {"name": str(r.get("name")), "features": fmt(r.get("features"), ","),
-            "accuracy": format_accuracy(r.get("accuracy"), n),
-            "balanced": fmt(r.get("balanced_accuracy")),
-            "macro_f1": fmt(r.get("macro_f1")), "C": fmt(sel.get("best_C"), ".3g"),
-            "cv": fmt(sel.get("best_cv_score")), "time": seconds(wall),
-            "note": str(r.get("skipped") or r.get("message") or r.get("status") or "")}
+def _row(r: ResultRow, n_test: Any = None) -> dict[str, Any]:
+    sel = r.selection or Selection()
+    n = r.n_test if r.n_test is not None else n_test
+    wall = r.wall_time_s
+    if wall is None and sel.train_time_s is not None:  # raw pixels: load + CV + refit
+        wall = float(r.load_time_s or 0.0) + sel.train_time_s
+    return {"name": r.name, "features": fmt(r.features, ","),
+            "accuracy": format_accuracy(r.accuracy, n),
+            "balanced": fmt(r.balanced_accuracy), "macro_f1": fmt(r.macro_f1),
+            "C": fmt(sel.best_C, ".3g"), "cv": fmt(sel.best_cv_score), "time": seconds(wall),
+            "note": str(r.skipped or r.message or r.status or "")}
 
 
 ROW_COLUMNS = [col("name", "method"), col("features", "features", True),
@@ -183,105 +165,95 @@ PER_CLASS_COLUMNS = [col("class", "class"), col("precision", "precision", True),
                      col("support", "support", True)]
 
 
-def _accuracy_text(report: Mapping[str, Any]) -> str:
-    rows = report.get("rows") or []
-    test = report.get("test") or {}
-    codes = next((r for r in rows if not is_raw_pixel_row(r)
-                  and r.get("kind") != "finetune"), None)
-    raw = next((r for r in rows if is_raw_pixel_row(r)), None)
-    acc = codes.get("accuracy") if codes else test.get("accuracy")
+def _accuracy_text(report: LinearReport) -> str:
+    rows, test = report.rows or [], report.test
     if not test:
         return "not tested"
+    codes = next((r for r in rows if not r.is_raw_pixels and r.kind != "finetune"), None)
+    raw = next((r for r in rows if r.is_raw_pixels), None)
+    ft = next((r for r in rows if r.kind == "finetune"), None)
 
-    def with_ci(r: Mapping[str, Any] | None, a: Any) -> str:
-        n = (r or {}).get("n_test") or test.get("n")
-        return format_accuracy(a, n)
+    def with_ci(r: ResultRow | None, a: Any) -> str:
+        return format_accuracy(a, (r.n_test if r else None) or test.n)
 
-    text = f"codes {with_ci(codes, acc)}"
+    text = f"codes {with_ci(codes, codes.accuracy if codes else test.accuracy)}"
     if raw is not None:
-        text += (f" vs raw pixels {with_ci(raw, raw.get('accuracy'))}"
-                 if raw.get("accuracy") is not None
-                 else f"; raw pixels skipped ({raw.get('skipped')})")
-    ft = next((r for r in rows if r.get("kind") == "finetune"), None)
+        text += (f" vs raw pixels {with_ci(raw, raw.accuracy)}" if raw.accuracy is not None
+                 else f"; raw pixels skipped ({raw.skipped})")
     if ft is not None:
-        text += f" vs fine-tuned {with_ci(ft, ft.get('accuracy'))}"
+        text += f" vs fine-tuned {with_ci(ft, ft.accuracy)}"
     return text
 
 
-def linear_context(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The page of a train / evaluate / baseline ``report.json``."""
-    m, sel = report.get("model") or {}, report.get("selection") or {}
-    test = report.get("test")
-    task = _task(report)
-    data = report.get("source") or (test or {}).get("source") or m.get("train_store")
-    wall = report.get("wall_time_s", sel.get("train_time_s"))
-    summary = [{"label": "task", "value": task}, {"label": "data", "value": _text(data)},
+def linear_context(report: LinearReport) -> dict[str, Any]:
+    """The page of a train / evaluate / baseline ``report.json`` (read through the schema)."""
+    m, sel, test = report.model, report.selection, report.test
+    task = report.task
+    wall = report.wall_time_s if report.wall_time_s is not None else sel.train_time_s
+    summary = [{"label": "task", "value": task},
+               {"label": "data", "value": _text(report.data_source())},
                {"label": "accuracy", "value": _accuracy_text(report)},
                {"label": "chosen C",
-                "value": f"{fmt(sel.get('best_C'), '.3g')} ({sel.get('model', m.get('model'))}, "
-                         f"{sel.get('cv')}-fold CV {fmt(sel.get('best_cv_score'))})"},
+                "value": f"{fmt(sel.best_C, '.3g')} ({sel.model or m.model}, "
+                         f"{sel.cv}-fold CV {fmt(sel.best_cv_score)})"},
                {"label": "time", "value": seconds(wall)}]
     summary += [{"label": "WARNING", "value": incomplete_text(n)}
-                for n in report.get("incomplete_stores") or []]
-    verdict = (report.get("codes_vs_pixels") or {}).get("message")
+                for n in report.incomplete_stores or []]
+    verdict = (report.codes_vs_pixels or {}).get("message")
     if verdict:
         summary.append({"label": "WARNING", "value": verdict})
     note = ""
-    if sel.get("c_at_grid_edge"):
-        note = (f"The chosen C is at the {sel['c_at_grid_edge']} end of the grid; a wider "
+    if sel.c_at_grid_edge:
+        note = (f"The chosen C is at the {sel.c_at_grid_edge} end of the grid; a wider "
                 "--c-grid may score better.")
     ctx: dict[str, Any] = {
-        "title": f"cnncodes {task}: {m.get('model')} on {m.get('backbone')} {m.get('layer')} "
-                 "codes",
-        "subtitle": f"{len(m.get('classes') or [])} classes; {split_text(report.get('split'))}",
+        "title": f"cnncodes {task}: {m.model} on {m.backbone} {m.layer} codes",
+        "subtitle": f"{len(m.classes)} classes; {split_text(report.split)}",
         "summary": summary,
-        "rows": [_row(r, (test or {}).get("n")) for r in report.get("rows") or []],
+        "rows": [_row(r, test.n if test else None) for r in report.rows or []],
         "codes_vs_pixels": verdict or "",
         "row_columns": ROW_COLUMNS, "selection_note": note, "test": bool(test),
-        "cm": confusion_ctx((test or {}).get("confusion_matrix"), (test or {}).get("classes")),
+        "cm": confusion_ctx(test.confusion_matrix, test.classes) if test else None,
         "per_class": [{"class": str(r.get("class")), "precision": fmt(r.get("precision")),
                        "recall": fmt(r.get("recall")), "f1": fmt(r.get("f1")),
                        "support": fmt(r.get("support"), "d")}
-                      for r in (test or {}).get("per_class") or []],
+                      for r in (test.per_class if test else [])],
         "per_class_columns": PER_CLASS_COLUMNS,
-        "fall_through": fall_through_ctx(report.get("fall_through")),
-        "advice_ctx": advice_ctx(report["advice"]) if report.get("advice") else None,
-        "failures_ctx": failures_ctx(report.get("failures")),
-        "audit": audit_context(report.get("audit")),
+        "fall_through": fall_through_ctx(report.fall_through),
+        "advice_ctx": advice_ctx(report.advice) if report.advice else None,
+        "failures_ctx": failures_ctx(report.failures),
+        "audit": audit_context(report.audit),
     }
     ctx["provenance"] = provenance(
-        [("backbone", m.get("backbone")), ("weights", m.get("weights")),
-         ("weights sha256", m.get("weights_sha256")), ("layer", m.get("layer")),
-         ("pooling", m.get("pooling")), ("input size", m.get("input_size")),
-         ("preprocessing", preprocessing_text(m.get("preprocessing"))),
-         ("classifier", f"{sel.get('model')}, C {fmt(sel.get('best_C'), '.3g')}, standardize "
-                        f"{sel.get('standardize')}, class_weight {sel.get('class_weight')}, "
-                        f"pca {sel.get('pca')}, steps {sel.get('steps')}"),
-         ("grid search", _text(sel.get("compute"))),
-         ("train store", m.get("train_store")), ("test codes", (test or {}).get("source")),
-         ("model file", report.get("model_file") or (report.get("files") or {}).get("model")),
-         ("classes", ", ".join(str(c) for c in m.get("classes") or []))],
-        versions=report.get("versions"), command=report.get("command"),
-        created=report.get("created"))
+        [("backbone", m.backbone), ("weights", m.weights), ("weights sha256", m.weights_sha256),
+         ("layer", m.layer), ("pooling", m.pooling), ("input size", m.input_size),
+         ("preprocessing", preprocessing_text(m.preprocessing)),
+         ("classifier", f"{sel.model}, C {fmt(sel.best_C, '.3g')}, standardize "
+                        f"{sel.standardize}, class_weight {sel.class_weight}, pca {sel.pca}, "
+                        f"steps {sel.steps}"),
+         ("grid search", _text(sel.compute)), ("train store", m.train_store),
+         ("test codes", test.source if test else None), ("model file", report.model_path()),
+         ("classes", ", ".join(str(c) for c in m.classes))],
+        versions=report.versions, command=report.command, created=report.created)
     return ctx
 
 
-def fall_through_ctx(ft: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def fall_through_ctx(ft: FallThrough | None) -> dict[str, Any] | None:
     """The baseline's fall-through: probe vs fine-tuning on one split, or why it was skipped."""
     if not ft:
         return None
-    size = ft.get("size") or {}
+    size = ft.size
     text = (f"{size.get('n_images')} training images, median "
             f"{fmt(size.get('median_per_class'), 'g')} per class -> {size.get('size_class')} "
-            f"(advise's size rule){'; fine-tuning forced' if ft.get('forced') else ''}.")
-    out: dict[str, Any] = {"size": text, "verdict": ft.get("verdict"), "rows": [],
-                           "columns": ROW_COLUMNS, "message": ft.get("message"),
-                           "command": ft.get("command"), "run": None, "curves_png": None}
-    if ft.get("status") in ("ran", "running"):
-        probe, row = ft.get("linear_probe") or {}, ft.get("finetune") or {}
-        out["rows"] = [_row(probe)] + ([_row(row)] if row else [])
-        out["run"] = row.get("run") if row else None
-        if ft.get("status") == "running":
+            f"(advise's size rule){'; fine-tuning forced' if ft.forced else ''}.")
+    out: dict[str, Any] = {"size": text, "verdict": ft.verdict, "rows": [],
+                           "columns": ROW_COLUMNS, "message": ft.message,
+                           "command": ft.command, "run": None, "curves_png": None}
+    if ft.status in ("ran", "running"):
+        probe = ft.linear_probe or ResultRow("None")
+        out["rows"] = [_row(probe)] + ([_row(ft.finetune)] if ft.finetune else [])
+        out["run"] = ft.finetune.extra.get("run") if ft.finetune else None
+        if ft.status == "running":
             out["message"] = "fine-tuning was still running when this page was written"
     return out
 
@@ -439,63 +411,55 @@ def _lr_text(lr: Any) -> str:
     return text
 
 
-def _base_lr(rep: Mapping[str, Any]) -> str:
+def _base_lr(rep: FinetuneReport) -> str:
     """The configured base learning rate, else the one the optimiser groups ran at."""
-    lr = (rep.get("config") or {}).get("lr")
-    if lr is not None:
-        return fmt(lr, "g")
-    groups = [g.get("lr") for g in rep.get("param_groups") or [] if g.get("name") != "head"]
-    groups = [g for g in groups if isinstance(g, (int, float))]
+    if rep.config.lr is not None:
+        return fmt(rep.config.lr, "g")
+    groups = [g["lr"] for g in rep.param_groups or [] if g.get("name") != "head"
+              and isinstance(g.get("lr"), (int, float))]
     return f"{fmt(max(groups), 'g')} (default)" if groups else "default"
 
 
-def finetune_context(rep: Mapping[str, Any]) -> dict[str, Any]:
-    """The page of a fine-tuning run's ``report.json``."""
-    split = rep.get("split") or {}
-    history = list(rep.get("history") or [])
+def finetune_context(rep: FinetuneReport) -> dict[str, Any]:
+    """The page of a fine-tuning run's ``report.json`` (read through the schema)."""
+    split, cfg, classes = rep.split, rep.config, rep.classes
+    history = rep.history or []
     keys = [k for k in HISTORY_KEYS if any(k[0] in h for h in history)]
-    best = next((i for i, h in enumerate(history) if h.get("epoch") == rep.get("best_epoch")),
-                None)
-    per = rep.get("per_class_test_accuracy") or {}
-    classes = rep.get("classes") or []
-    cfg = rep.get("config") or {}
-    summary = [{"label": "task", "value": f"fine-tuning ({rep.get('state')})"},
-               {"label": "data", "value": f"{split.get('train')} train / {split.get('val')} "
-                                          f"validation / {split.get('test')} test images"},
+    best = next((i for i, h in enumerate(history) if h.get("epoch") == rep.best_epoch), None)
+    summary = [{"label": "task", "value": f"fine-tuning ({rep.state})"},
+               {"label": "data", "value": f"{split.train} train / {split.val} validation / "
+                                          f"{split.test} test images"},
                {"label": "accuracy",
-                "value": f"test {format_accuracy(rep.get('test_accuracy'), split.get('test'))}, "
-                         f"validation {fmt(rep.get('val_accuracy'))}"},
-               {"label": "status", "value": f"{rep.get('status')}, {rep.get('epochs_run')} "
-                                            f"epochs, best {rep.get('best_epoch')}"},
-               {"label": "time", "value": seconds(rep.get("seconds"))}]
-    notes = [f"{k.replace('_', ' ')}: {rep[k + '_note']}" for k in
-             ("val_accuracy", "test_accuracy", "per_class_test_accuracy") if rep.get(k + "_note")]
+                "value": f"test {format_accuracy(rep.test_accuracy, split.test)}, "
+                         f"validation {fmt(rep.val_accuracy)}"},
+               {"label": "status", "value": f"{rep.status}, {rep.epochs_run} epochs, best "
+                                            f"{rep.best_epoch}"},
+               {"label": "time", "value": seconds(rep.seconds)}]
     return {
-        "title": f"cnncodes finetune: {rep.get('backbone')} ({rep.get('state')})",
+        "title": f"cnncodes finetune: {rep.backbone} ({rep.state})",
         "subtitle": f"{len(classes)} classes",
-        "summary": summary, "message": rep.get("message"), "notes": notes,
+        "summary": summary, "message": rep.message,
+        "notes": [f"{k.replace('_', ' ')}: {v}" for k, v in rep.notes().items()],
         "history": [{k: _lr_text(h.get(k)) if k == "lr" else fmt(h.get(k), spec)
                      for k, _, spec in keys} for h in history],
         "history_columns": [col(k, t, True) for k, t, _ in keys], "best_index": best,
-        "cm": confusion_ctx(rep.get("confusion_matrix"), classes),
-        "per_class": [{"class": str(c), "acc": fmt(v)} for c, v in per.items()],
+        "cm": confusion_ctx(rep.confusion_matrix, classes),
+        "per_class": [{"class": str(c), "acc": fmt(v)}
+                      for c, v in (rep.per_class_test_accuracy or {}).items()],
         "per_class_columns": [col("class", "class"), col("acc", "test accuracy", True)],
-        "failures_ctx": failures_ctx(rep.get("failures")),
+        "failures_ctx": failures_ctx(rep.failures),
         "provenance": provenance(
-            [("backbone", rep.get("backbone")), ("weights", rep.get("weights")),
-             ("weights sha256", rep.get("weights_sha256")), ("layer", "all (fine-tuned end to end)"
-                                                             if rep.get("state") == "full" else
-                                                             rep.get("state")),
-             ("input size", rep.get("input_size")),
-             ("preprocessing", preprocessing_text(rep.get("preprocessing"))),
-             ("optimiser", f"{cfg.get('optimizer')} lr {_base_lr(rep)} (head x"
-                           f"{cfg.get('head_lr_mult')}), batch {cfg.get('batch_size')}, "
-                           f"freeze {cfg.get('freeze')}, {cfg.get('epochs')} epochs"),
-             ("device", f"{rep.get('device')}, {rep.get('precision')}, world size "
-                        f"{rep.get('world_size')}"),
-             ("trainable parameters", fmt(rep.get("trainable_params"), ",")),
+            [("backbone", rep.backbone), ("weights", rep.weights),
+             ("weights sha256", rep.weights_sha256),
+             ("layer", "all (fine-tuned end to end)" if rep.state == "full" else rep.state),
+             ("input size", rep.input_size),
+             ("preprocessing", preprocessing_text(rep.preprocessing)),
+             ("optimiser", f"{cfg.optimizer} lr {_base_lr(rep)} (head x{cfg.head_lr_mult}), "
+                           f"batch {cfg.batch_size}, freeze {cfg.freeze}, {cfg.epochs} epochs"),
+             ("device", f"{rep.device}, {rep.precision}, world size {rep.world_size}"),
+             ("trainable parameters", fmt(rep.trainable_params, ",")),
              ("classes", ", ".join(str(c) for c in classes))],
-            versions=rep.get("versions"), command=rep.get("command"), created=rep.get("created")),
+            versions=rep.versions, command=rep.command, created=rep.created),
     }
 
 

@@ -205,7 +205,7 @@ def _baseline(source: str | os.PathLike, *, report: str | os.PathLike | None,
     files: dict[str, Path] = {}
 
     def write(extra_now: Mapping[str, Any]) -> dict[str, Any]:
-        rep = build_report(model=trained, evaluation=evaluation, rows=rows,
+        rep = build_report(model=trained, task="baseline", evaluation=evaluation, rows=rows,
                            extra={**extra, **extra_now,
                                   "wall_time_s": round(time.perf_counter() - t0, 2)})
         if out is not None:

@@ -55,7 +55,8 @@ def train_report(store: str | os.PathLike | FeatureStore, output: str | os.PathL
     evaluation = evaluate(model, test if test is not None else store,
                           allow_incomplete=allow_incomplete) \
         if test is not None or holdout else None
-    rep = build_report(model=model, evaluation=evaluation, extra={"model_file": str(path)})
+    rep = build_report(model=model, task="train", evaluation=evaluation,
+                       extra={"model_file": str(path)})
     return LinearRun(model, evaluation, rep, path)
 
 
@@ -83,5 +84,6 @@ def evaluate_report(model: TrainedModel | str | os.PathLike,
                                grey=raw_grey, classifier=ClassifierOptions.from_selection(sel),
                                seed=sel.get("seed", 0))]
     source = os.fspath(model) if not isinstance(model, TrainedModel) else m.store
-    rep = build_report(model=m, evaluation=evaluation, rows=rows, extra={"model_file": source})
+    rep = build_report(model=m, task="evaluate", evaluation=evaluation, rows=rows,
+                       extra={"model_file": source})
     return LinearRun(m, evaluation, rep)

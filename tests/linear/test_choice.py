@@ -144,7 +144,8 @@ def test_the_raw_pixel_row_is_logistic_regression_whatever_the_codes_use(digits_
     assert 0.5 < row["accuracy"] <= 1
     codes = {"name": "codes", "model": "linearsvc", "selection": m.selection, "accuracy": 0.9,
              "balanced_accuracy": 0.9, "features": m.n_features}
-    text = format_table(build_report(model=m, evaluation=None, rows=[codes, row]))
+    text = format_table(build_report(model=m, task="evaluate", evaluation=None,
+                                     rows=[codes, row]))
     line = next(x for x in text.splitlines() if x.startswith("raw pixels 8x8 rgb"))
     assert line.split()[4] == "logreg"
     assert f"note: raw pixels 8x8 rgb is {row['model_note']}" in text

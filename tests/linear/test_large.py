@@ -169,7 +169,8 @@ def test_an_over_budget_raw_pixel_row_runs_on_a_subsample(digits_data):  # noqa:
     assert "skipped" in skipped
     codes = {"name": "codes", "model": "logreg", "selection": m.selection, "accuracy": 0.9,
              "balanced_accuracy": 0.9, "features": m.n_features}
-    text = format_table(build_report(model=m, evaluation=None, rows=[codes, row]))
+    text = format_table(build_report(model=m, task="evaluate", evaluation=None,
+                                     rows=[codes, row]))
     assert f"note: {row['name']} {sub['note']}" in text
 
 

@@ -20,6 +20,7 @@ from cnncodes.linear.evaluation import Evaluation, score_predictions
 from cnncodes.linear.model_file import TrainedModel
 from cnncodes.linear.selection import fit_codes
 from cnncodes.report.files import build_report, write_report
+from cnncodes.report.schema import FinetuneReport, load_finetune_report
 from cnncodes.stats import accuracy_interval, format_accuracy
 
 from .html_check import assert_self_contained, parse
@@ -166,7 +167,7 @@ def digits_report(tmp_path_factory):
     ev = Evaluation("digits", "pixels", classes, paths,
                     y[te], pred, score_predictions(y[te], pred, classes),
                     confidence=scores.max(axis=1))
-    return build_report(model=model, evaluation=ev), ev
+    return build_report(model=model, task="train", evaluation=ev), ev
 
 
 def test_thumbnails_are_bounded_and_ordered_by_confidence(digits_report, tmp_path):
@@ -268,6 +269,9 @@ def test_finetune_page_has_curves_history_and_confusion(hostile_tree, tmp_path):
                        "--val-fraction", "0.2")
     assert rc == 0, text
     rep = json.loads((out / "report.json").read_text())
+    assert rep["task"] == "finetune" and rep["schema_version"] == 1  # written in the schema
+    typed = load_finetune_report(out)
+    assert typed.to_dict() == rep and FinetuneReport.from_dict(typed.to_dict()) == typed
     page = parse(out / "report.html")
     assert_self_contained(page)
     for sid in ("summary", "curves", "history-table", "confusion", "per-class", "provenance"):

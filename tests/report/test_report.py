@@ -45,9 +45,10 @@ def test_report_json_parses_and_holds_the_measurements(fitted, tmp_path):
     rows = [{"name": "digits pixels", "features": 64, "selection": model.selection,
              **{k: ev.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}},
             {"name": "skipped one", "skipped": "not cheap"}]
-    rep = build_report(model=model, evaluation=ev, rows=rows, extra={"note": float("nan")})
+    rep = build_report(model=model, task="evaluate", evaluation=ev, rows=rows,
+                       extra={"note": float("nan")})
     files = write_report(rep, tmp_path / "rep", evaluation=ev)
-    data = load_report(tmp_path / "rep")
+    data = load_report(tmp_path / "rep").to_dict()
     assert data == json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["format"] == "cnncodes-report" and data["note"] is None  # NaN -> null
     sel = data["selection"]
@@ -81,21 +82,23 @@ def test_format_table_shows_rows_and_per_class(fitted):
     rows = [{"name": "codes", "features": 64, "selection": model.selection, "accuracy": 0.9321,
              "balanced_accuracy": 0.93, "macro_f1": 0.93},
             {"name": "raw pixels 32x32 rgb", "skipped": "over budget"}]
-    text = format_table(build_report(model=model, evaluation=ev, rows=rows))
+    text = format_table(build_report(model=model, task="evaluate", evaluation=ev,
+                                     rows=rows))
     assert "stratified hold-out 0.3 (seed 0)" in text
     assert f"best C {model.selection['best_C']:.3g}" in text
     assert "0.932" in text and "skipped: over budget" in text
     assert "digit9" in text and "precision" in text
-    only_test = format_table(build_report(model=model, evaluation=ev), per_class=False)
+    only_test = format_table(build_report(model=model, task="train", evaluation=ev),
+                             per_class=False)
     assert f"accuracy {format_accuracy(ev.accuracy, len(ev.y_true))}" in only_test
     assert "(95% CI " in only_test and "digit9" not in only_test
 
 
 def test_report_without_test_part_has_cv_plot_only(fitted, tmp_path):
     model, _ = fitted
-    files = write_report(build_report(model=model), tmp_path)
+    files = write_report(build_report(model=model, task="train"), tmp_path)
     assert set(files) == {"cv_plot", "json", "html"}
-    assert "test" not in load_report(tmp_path / "report.json")
+    assert load_report(tmp_path / "report.json").test is None
 
 
 def test_confusion_plot_for_many_classes(tmp_path):
@@ -109,14 +112,14 @@ def test_plotting_leaves_the_pyplot_backend_alone(fitted, tmp_path):
     import matplotlib
 
     before = matplotlib.get_backend()
-    write_report(build_report(model=fitted[0], evaluation=fitted[1]), tmp_path)
+    write_report(build_report(model=fitted[0], task="train", evaluation=fitted[1]), tmp_path)
     assert matplotlib.get_backend() == before
 
 
 def test_report_says_where_the_grid_search_ran(fitted):
     model, ev = fitted
     assert model.selection["compute"]["engine"] == "numpy"  # fit_codes records it
-    text = format_table(build_report(model=model, evaluation=ev))
+    text = format_table(build_report(model=model, task="train", evaluation=ev))
     assert f"compute    NumPy on CPU, {model.selection['compute']['dtype']}" in text
     gpu = {"engine": "array-api", "device": "cuda:0", "requested": "auto", "dtype": "float32"}
     assert describe_compute(gpu) == "scikit-learn array API on torch cuda:0, float32"
@@ -144,7 +147,7 @@ def test_report_predictions_csv_and_codes_not_beating_pixels(fitted, tmp_path):
              "n_test": n, "accuracy": 0.80, "balanced_accuracy": 0.8, "macro_f1": 0.8}
     raw = {"name": "raw pixels 32x32 rgb", "features": 3072, "n_test": n, "accuracy": 0.85,
            "balanced_accuracy": 0.85, "macro_f1": 0.85}
-    rep = build_report(model=model, evaluation=ev, rows=[codes, raw],
+    rep = build_report(model=model, task="evaluate", evaluation=ev, rows=[codes, raw],
                        extra={"source": "my photos"})
     verdict = rep["codes_vs_pixels"]
     assert verdict["verdict"] == "not_better"
@@ -167,7 +170,7 @@ def test_report_predictions_csv_and_codes_not_beating_pixels(fitted, tmp_path):
         assert r["predicted"] == model.classes[int(np.argmax(probs))]
         assert float(r["probability"]) == pytest.approx(probs.max(), rel=1e-5)
     # codes clearly better: no warning
-    better = build_report(model=model, evaluation=ev, rows=[{**codes, "accuracy": 0.99},
-                                                          {**raw, "accuracy": 0.5}])
+    better = build_report(model=model, task="evaluate", evaluation=ev,
+                          rows=[{**codes, "accuracy": 0.99}, {**raw, "accuracy": 0.5}])
     assert better["codes_vs_pixels"]["verdict"] == "better"
     assert "WARNING" not in format_table(better)
