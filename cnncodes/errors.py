@@ -82,3 +82,8 @@ class StaleRunError(OptionError):
 class ModelFileError(CnnCodesError, ValueError):
     """A model file cannot be loaded safely: damaged, truncated, of another kind, a pickle without
     ``trust_pickle=True``, or a model the safe format cannot hold (the message names what)."""
+
+
+class FidelityError(OptionError):
+    """A fast path's codes fall below their fidelity bound against the reference codes (the
+    message names the layer, the measured cosine and the bound)."""

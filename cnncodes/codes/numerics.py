@@ -41,11 +41,12 @@ DCT_SUFFIX = "+dct"
 
 
 def numerics(precision: str, device: torch.device | str) -> str:
-    """``fp32`` on any device (TF32 off); ``<precision>/<device type>`` for fp16 and bf16."""
+    """``fp32`` on any device (TF32 off); ``int8`` (a quantised ONNX Runtime graph on the CPU);
+    ``<precision>/<device type>`` for fp16 and bf16."""
     import torch
 
-    if precision == "fp32":
-        return "fp32"
+    if precision in ("fp32", "int8"):  # int8: ONNX Runtime on the CPU, mixes with itself only
+        return precision
     return f"{precision}/{torch.device(device).type}"
 
 
@@ -123,3 +124,13 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+def int8_refusal(where: str) -> Exception:
+    """The error of a path that cannot make int8 codes (only ``extract`` calibrates)."""
+    from ..errors import OptionError
+
+    return OptionError(f"--precision int8 codes are made by extract (and baseline, which "
+                       f"extracts) only: {where} has no run images to calibrate on. Extract into "
+                       "a store with --precision int8 and use the store, or use --precision "
+                       "fp32.")
