@@ -9,6 +9,8 @@ What may mix (decided from what differs, see README "Devices, precision and deco
   only by summation order (relative ~1e-6, like two CPU thread counts). ``fp16`` and ``bf16``
   (autocast) differ from fp32 by ~1e-3 and from each other, and CPU and CUDA autocast run
   different kernels: they are named with their device (``fp16/cuda``) and mix with nothing else.
+  ``int8`` (a quantised ONNX Runtime graph on the CPU, :mod:`cnncodes.codes.quantise`) mixes
+  with itself only, and a store continues with its own int8 graph.
 * ``decoding``: ``cpu`` (PIL or torchvision's libjpeg-turbo: the same IDCT and chroma
   interpolation; the existing tests hold them to cosine >= 0.9999) may mix with itself only;
   ``cpu-dct`` (the same decoders, with JPEGs at least twice the resize decoded DCT-scaled, see
