@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FidelityError, OptionError
+from .cache_files import touch_entry
 from .export_cache import INPUT_NAME, cache_path, read_cached, write_cached
 from .ort_engine import OrtEngine
 
@@ -202,6 +203,7 @@ def quantise_extractor(ext: Any, dataset: Any, previous: dict[str, Any] | None =
             write_cached(path, data)
         except OSError as e:  # a read-only cache only costs the quantisation next time
             log.warning("cannot write the int8 graph %s (%s)", path, e)
+    touch_entry(path, ext.spec.name)  # listed and pruned by `cnncodes cache` like fp32 graphs
     int8 = OrtEngine(data, ext.layers, threads=eng.threads, path=path)
     (ref, t32), (got, t8) = _timed(eng, check), _timed(int8, check)
     fid = fidelity(ref, got)

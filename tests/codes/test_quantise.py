@@ -40,7 +40,8 @@ def add_files(root: Path, prefix: str, n: int, seed: int) -> None:
 
 
 def int8_graphs(cache_root: Path) -> list[str]:
-    return sorted(p.name for p in (Path(os.environ["CNNCODES_CACHE"]) / "onnx").glob("*-int8-*"))
+    onnx = Path(os.environ["CNNCODES_CACHE"]) / "onnx"
+    return sorted(p.name for p in onnx.glob("*-int8-*.onnx"))
 
 
 def test_int8_store_has_its_own_graph_provenance_and_never_mixes_with_fp32(tmp_path,
@@ -152,3 +153,20 @@ def test_int8_runs_on_the_torch_free_path(tmp_path):
     assert a.provenance["quantisation"]["graph"] == b.provenance["quantisation"]["graph"]
     assert b.provenance["numerics"] == "int8"
     np.testing.assert_allclose(a.load("pool")[0], b.load("pool")[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_prints_the_refusal_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from cnncodes import cli
+
+    monkeypatch.setattr(quantise, "CALIBRATION_IMAGES", 4)
+    monkeypatch.setattr(quantise, "CHECK_IMAGES", 2)
+    monkeypatch.setattr(quantise, "fidelity", lambda ref, got: {
+        "pool": {"mean_cosine": 0.5, "min_cosine": 0.25}})
+    src = write_tree(tmp_path / "img", classes=("a", "b"), per_class=3)
+    rc = cli.main(["extract", str(src), "-o", str(tmp_path / "q.h5"), "--weights", "random",
+                   "--layers", "pool", "--input-size", "32", "--workers", "0", "--no-progress",
+                   "--precision", "int8"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "int8 refused" in err and "layer pool: mean cosine 0.5000 (bound 0.97)" in err
+    assert not (tmp_path / "q.h5").exists()
