@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fast.py                      # 8 / 240 / 20 images, 2 rounds
     python benchmarks/bench_fast.py --n 960 --photos 200 --rounds 3
+    python benchmarks/bench_fast.py --commands ours,ours-int8,plain   # int8 next to fp32
 
 Every figure is a whole process timed from outside with its own rusage (wall, CPU, peak RSS),
 after one warm-up round (which fills the file cache and cnncodes' export cache: the later runs
@@ -11,6 +12,7 @@ of ``ours`` take the torch-free path). Commands:
   decoding threads, DCT-scaled decoding of large JPEGs);
 - ``ours-torch``: the same with ``CNNCODES_TORCH_FREE=0 --jpeg-scaling off`` (what main did:
   torch imported, DataLoader workers, every JPEG decoded in full);
+- ``ours-int8`` (only with ``--commands ...,ours-int8,...``): ``--precision int8``;
 - ``plain``: the torchvision loop people write (``bench_processes.child_plain``: ImageFolder,
   PIL transforms, DataLoader, fp32 model), the baseline of every ratio.
 
