@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fast.py                      # 8 / 240 / 20 images, 2 rounds
     python benchmarks/bench_fast.py --n 960 --photos 200 --rounds 3
+    python benchmarks/bench_fast.py --commands ours,ours-int8,plain   # int8 next to fp32
 
 Every figure is a whole process timed from outside with its own rusage (wall, CPU, peak RSS),
 after one warm-up round (which fills the file cache and cnncodes' export cache: the later runs
@@ -11,6 +12,7 @@ of ``ours`` take the torch-free path). Commands:
   decoding threads, DCT-scaled decoding of large JPEGs);
 - ``ours-torch``: the same with ``CNNCODES_TORCH_FREE=0 --jpeg-scaling off`` (what main did:
   torch imported, DataLoader workers, every JPEG decoded in full);
+- ``ours-int8`` (only with ``--commands ...,ours-int8,...``): ``--precision int8``;
 - ``plain``: the torchvision loop people write (``bench_processes.child_plain``: ImageFolder,
   PIL transforms, DataLoader, fp32 model), the baseline of every ratio.
 
@@ -94,10 +96,11 @@ def small_jpegs(folder: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
     return folder
 
 
-def commands(folder: Path, work: Path, tag: str, workers: int) -> dict[str, tuple[list[str], dict]]:
+def commands(folder: Path, work: Path, tag: str, workers: int,
+             only: str = "ours,ours-torch,plain") -> dict[str, tuple[list[str], dict]]:
     ours = [sys.executable, "-m", "cnncodes", "extract", os.fspath(folder), "--overwrite",
             "--no-progress"]
-    return {
+    every = {
         "ours": ([*ours, "-o", os.fspath(work / f"{tag}-ours.h5")], {}),
         "ours-torch": ([*ours, "-o", os.fspath(work / f"{tag}-ours-torch.h5"),
                         "--jpeg-scaling", "off"], {"CNNCODES_TORCH_FREE": "0"}),
@@ -105,12 +108,18 @@ def commands(folder: Path, work: Path, tag: str, workers: int) -> dict[str, tupl
                    "--folder", os.fspath(folder), "--out", os.fspath(work / f"{tag}-plain.npz"),
                    "--backbone", "mobilenet_v2", "--weights", "auto", "--workers", str(workers),
                    "--batch-size", "64"], {}),
+        "ours-int8": ([*ours, "-o", os.fspath(work / f"{tag}-ours-int8.h5"), "--precision",
+                       "int8"], {}),
     }
+    names = [k for k in only.split(",") if k]
+    if "plain" not in names or any(k not in every for k in names):
+        raise SystemExit(f"--commands: a comma-separated subset of {', '.join(every)} with plain")
+    return {k: every[k] for k in names}
 
 
 def section(name: str, folder: Path, n: int, work: Path, env: dict, rounds: int,
-            workers: int) -> dict:
-    cmds = commands(folder, work, name, workers)
+            workers: int, only: str = "ours,ours-torch,plain") -> dict:
+    cmds = commands(folder, work, name, workers, only)
     print(f"[{name}] {n} images, load average {os.getloadavg()[0]:.1f}", flush=True)
     for k, (c, e) in cmds.items():
         timed(c, {**env, **e})  # warm-up: file cache, the one-off ONNX export
@@ -126,13 +135,16 @@ def section(name: str, folder: Path, n: int, work: Path, env: dict, rounds: int,
         v = {"median_wall_s": med, "img_s": n / med, "peak_rss_mb": max(r["rss_mb"] for r in rs),
              "median_cpu_s": statistics.median(r["cpu_s"] for r in rs),
              "ratio_vs_plain": statistics.median(
-                 p["wall_s"] / r["wall_s"] for p, r in zip(runs["plain"], rs, strict=True))}
-        if k != "plain":
+                 p["wall_s"] / r["wall_s"] for p, r in zip(runs["plain"], rs, strict=True)),
+             "cpu_ratio_vs_plain": statistics.median(
+                 p["cpu_s"] / r["cpu_s"] for p, r in zip(runs["plain"], rs, strict=True))}
+        if k != "plain":  # every row's cosine; the min is printed
             v["min_cosine_vs_plain"] = min_cosine(plain, load_ours(work / f"{name}-{k}.h5"))
         res[k] = v
         cos = f", min cos vs plain {v['min_cosine_vs_plain']:.6f}" if k != "plain" else ""
         print(f"  {k:>10}: {med:6.2f} s ({n / med:6.1f} img/s), CPU {v['median_cpu_s']:.1f} s, "
-              f"peak RSS {v['peak_rss_mb']:.0f} MB, {v['ratio_vs_plain']:.2f}x plain{cos}",
+              f"peak RSS {v['peak_rss_mb']:.0f} MB, {v['ratio_vs_plain']:.2f}x plain "
+              f"({v['cpu_ratio_vs_plain']:.2f}x in CPU s){cos}",
               flush=True)
     return res
 
@@ -210,6 +222,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sections", default="startup,steady,photos")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cnncodes-fast"))
+    ap.add_argument("--commands", default="ours,ours-torch,plain",
+                    help="which to run: ours, ours-torch, ours-int8 (--precision int8), plain")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -221,16 +235,19 @@ def main() -> None:
     todo = args.sections.split(",")
     if "startup" in todo:
         f8 = small_jpegs(work / "jpegs8", 8)
-        res["startup"] = section("startup", f8, 8, work, env, args.rounds, workers)
+        res["startup"] = section("startup", f8, 8, work, env, args.rounds, workers,
+                                 args.commands)
         res["startup"]["imports"] = import_profile(f8, work, env)
         print("  slowest imports of ours: " + ", ".join(f"{k} {v:.2f} s"
                                                         for k, v in res["startup"]["imports"]))
     if "steady" in todo:
         fn = small_jpegs(work / f"jpegs{args.n}", args.n)
-        res["steady"] = section("steady", fn, args.n, work, env, args.rounds, workers)
+        res["steady"] = section("steady", fn, args.n, work, env, args.rounds, workers,
+                                 args.commands)
     if "photos" in todo:
         fp = make_photos(work / f"photos{args.photos}", args.photos)
-        res["photos"] = section("photos", fp, args.photos, work, env, args.rounds, workers)
+        res["photos"] = section("photos", fp, args.photos, work, env, args.rounds, workers,
+                                 args.commands)
     # in-process measurements last: they import torch into this process
     os.environ["CNNCODES_CACHE"] = env["CNNCODES_CACHE"]
     if "steady" in todo:

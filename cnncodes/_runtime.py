@@ -62,6 +62,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> fp16 on CUDA, fp32 elsewhere (bf16 autocast is ~5x slower on CPUs)."""
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise OptionError(f"precision int8 runs on the CPU (ONNX Runtime). Got device {device} "
+                          "instead; use --device cpu, or --precision auto/fp16.")
     if precision not in PRECISIONS:
         raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}. Got {precision!r} "
                           "instead.")

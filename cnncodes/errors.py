@@ -88,3 +88,8 @@ class ReportError(CnnCodesError, ValueError):
     """A report file (``report.json``) is not what its schema says: not JSON, another kind of
     report, a newer schema, or a field missing or of the wrong type (the message names the file
     and the field)."""
+
+
+class FidelityError(OptionError):
+    """A fast path's codes fall below their fidelity bound against the reference codes (the
+    message names the layer, the measured cosine and the bound)."""

@@ -29,7 +29,11 @@ from .errors import OptionError
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_BACKBONE = "mobilenet_v2"
 POOLINGS = ("avg", "max", "avgmax", "none")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: ``int8``: extraction only, on the CPU (ONNX Runtime static quantisation calibrated on the
+#: run's first images and checked for fidelity at start, see cnncodes.codes.quantise)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+#: what training (fine-tuning) can run in
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8")
 DECODERS = ("auto", "tensor", "pil")
 #: large JPEGs: decoded DCT-scaled (``dct``, see cnncodes.sources.dct), in full (``off``), or
 #: ``auto`` (dct, unless the store or model being continued was made with full decoding)
@@ -245,7 +249,9 @@ class RuntimeOptions:
         batch_size: images per forward pass.
         num_workers: decoding processes; None = from the core count and the number of images.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``, or
+            ``int8`` (``extract`` on the CPU only: a quantised ONNX Runtime graph, refused
+            when its codes fall below the fidelity bound; never the default).
         threads: torch CPU threads for the forward pass; None = torch's default.
         decoder: ``auto``, ``tensor`` (libjpeg-turbo / nvJPEG) or ``pil``.
         max_pixels: decompression-bomb limit per image, width x height (default PIL's own,

@@ -65,7 +65,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    default=d.num_workers, help="decoding processes (default from the core count)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="compute precision (auto: fp16 on CUDA, fp32 on CPU)")
+                   help="compute precision (auto: fp16 on CUDA, fp32 on CPU; int8: extract on "
+                        "the CPU, an ONNX Runtime graph quantised on the run's first 64 images, "
+                        "refused below its fidelity bound)")
     g.add_argument("--threads", type=parse_flag("threads"), default=d.threads,
                    help="torch CPU threads")
     g.add_argument("--decoder", default=d.decoder, choices=DECODERS,

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from ..finetuning.config import OPTIMIZERS, SCHEDULES, STATES, FinetuneConfig
-from ..options import PRECISIONS
+from ..options import TRAIN_PRECISIONS
 from .common import int_or_none
 
 #: FinetuneConfig's fields: the options that reach the library
@@ -100,7 +100,7 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--precision", choices=PRECISIONS,
+    g.add_argument("--precision", choices=TRAIN_PRECISIONS,
                    help="auto: fp16 AMP on CUDA, fp32 on CPU")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none)

@@ -36,7 +36,8 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
 
 #: How to get codes that mix with the file's (appended to a mismatch of the field).
 _HINTS = {"numerics": " (codes of another precision do not mix: run with the file's "
-                      "--precision, and for fp16/bf16 its device; fp32 mixes across CPU and CUDA)",
+                      "--precision, and for fp16/bf16 its device; fp32 mixes across CPU and CUDA; "
+                      "int8 only with int8)",
           "decoding": " (nvJPEG and CPU-decoded pixels do not mix: --decoder pil decodes on the "
                       "CPU; --decoder tensor on CUDA uses nvJPEG; cpu-dct is CPU decoding with "
                       "large JPEGs DCT-scaled, --jpeg-scaling dct; cpu is --jpeg-scaling off)"}

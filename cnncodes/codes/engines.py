@@ -142,6 +142,9 @@ def select_engine(choice: str, *, module: nn.Module, layers: Sequence[str], inpu
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     torch_engine = TorchEngine(module, device, autocast, channels_last)
     if choice == "torch":
+        if precision == "int8":
+            raise OptionError("precision int8 quantises the ONNX Runtime graph: it needs --engine "
+                              "auto or onnxruntime. Got --engine torch instead.")
         return torch_engine
     if device.type != "cpu" or autocast is not None:
         if choice == "onnxruntime":

@@ -65,6 +65,7 @@ from .journal import Journal, Part, identity_arrays
 from .light import CPU, decode_threads, is_light, light_extractor
 from .numerics import compat_value, decoding
 from .part_writer import PartWriter
+from .quantise import calibration_dataset, previous_quantisation, quantise_extractor
 from .reader import check_is_store
 from .store import (
     CONFIG_FIELDS,
@@ -197,6 +198,8 @@ def extract(
             raise StoreMismatchError(f"{e} --overwrite does not replace it either: delete it "
                                      "yourself if it is yours.") from None
     src = open_source(source)
+    if ropts.precision == "int8" and ropts.device == "auto":
+        ropts = ropts.replace(device="cpu")  # an ONNX Runtime CPU graph
     light = light_extractor(bopts, ropts)  # the cached, checked graph without torch, or None
     dev = light.device if light is not None else resolve_device(ropts.device)
     with process_group(dev.type) as di:
@@ -345,6 +348,10 @@ def _extract_locked(job: _Job) -> ExtractResult:
                            decoder=job.runtime.decoder)
     job.prov["decoding"] = decoding(decoder_name(dataset, ext.device))  # the decoder that runs
     check_store_compatible(out, job.config)
+    if ext.precision == "int8":  # calibrated on the source's first images, checked, cached
+        calib = calibration_dataset(src, ext, job.runtime.max_pixels)
+        ext.quantisation = quantise_extractor(ext, calib, previous_quantisation(out, journal))
+        job.prov["quantisation"] = ext.quantisation
     if di.is_main and journal.part_files():
         journal.verify(ext.layers)  # damaged parts of a killed run: set aside, redo their images
     barrier()
@@ -364,6 +371,7 @@ def _extract_locked(job: _Job) -> ExtractResult:
     barrier()  # every rank has read the state before anyone writes
     if di.is_main:
         journal.write_manifest({**job.config, "sources": job.prov["sources"],
+                                **{k: job.prov[k] for k in ("quantisation",) if k in job.prov},
                                 "verify": job.verify})
     workers = (decode_threads(job.runtime.num_workers) if is_light(ext) else
                loader_workers(ext.device, job.runtime.num_workers, len(mine), bs))
@@ -560,6 +568,7 @@ def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
               "engine": job.ext.engine.name, "engine_version": job.ext.engine.version,
               "engine_threads": job.ext.engine.threads,
               "jpeg_scaling": job.ext.jpeg_scaling,
+              **({"int8_graph": q["graph"]} if (q := job.ext.quantisation) else {}),
               "interrupted": interrupted, "host": platform.node()}
     if job.journal.bad_parts:
         record["bad_parts"] = list(job.journal.bad_parts)

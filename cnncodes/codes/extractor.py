@@ -127,6 +127,8 @@ class CodeExtractor:
         backbone, weights, layers = bopts.backbone, bopts.weights, bopts.layers
         pooling, input_size = bopts.pooling, bopts.input_size
         device, precision = ropts.device, ropts.precision
+        if precision == "int8" and str(device) == "auto":
+            device = "cpu"  # int8 is an ONNX Runtime CPU graph
         self.spec: BackboneSpec = get_spec(backbone)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -137,6 +139,9 @@ class CodeExtractor:
         #: ``extract`` may set it to a store's own before making the dataset
         self.jpeg_scaling = "dct" if dct_enabled(ropts.jpeg_scaling) else "off"
         self._dims: dict[str, int] | None = None
+        #: ``--precision int8``: what :func:`cnncodes.codes.quantise.quantise_extractor` did
+        #: (None until then: an int8 extractor refuses to compute codes before it)
+        self.quantisation: dict[str, Any] | None = None
         module, resolved = create_backbone(backbone, weights=weights, layers=layers,
                                            pooling=pooling)
         self.module: FeatureExtractor = module
@@ -217,6 +222,10 @@ class CodeExtractor:
 
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 NCHW batch (any device) -> ``{layer: float32 (N, D) numpy}``."""
+        if self.precision == "int8" and self.quantisation is None:
+            from .numerics import int8_refusal
+
+            raise int8_refusal(f"this {self.spec.name} extractor")
         if images.shape[0] == 0:
             return {k: np.zeros((0, 0), np.float32) for k in self.layers}
         x = images.to(self.device, non_blocking=True)
@@ -231,7 +240,8 @@ class CodeExtractor:
                 "engine": {"name": self.engine.name, "version": self.engine.version,
                            "threads": self.engine.threads,
                            **({"fallback": fb} if (fb := getattr(self.engine, "fallback", ""))
-                              else {})}}
+                              else {})},
+                **({"quantisation": self.quantisation} if self.quantisation else {})}
 
 
 def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Preprocessing,
@@ -257,7 +267,7 @@ def _provenance(spec: BackboneSpec, resolved: ResolvedWeights, preprocessing: Pr
         "versions": versions(),
         # compatibility fields (see cnncodes.codes.numerics); extract records the decoder
         # that ran, this is the one a folder source would get
-        "numerics": numerics(precision, device), "tf32": False,
+        "precision": precision, "numerics": numerics(precision, device), "tf32": False,
         "decoding": decoding(planned_decoder(decoder_option, device,
                                              preprocessing.interpolation,
                                              dct=jpeg_scaling == "dct")),

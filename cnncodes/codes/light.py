@@ -138,7 +138,8 @@ def write_manifest(ext: Any, engine: OrtEngine) -> Path | None:
     x = probe_array(ext.preprocessing.crop)
     with torch.inference_mode():
         ref = {k: v.float().cpu().numpy() for k, v in ext.module(torch.from_numpy(x)).items()}
-    prov = ext.provenance()
+    prov = {**ext.provenance(), "precision": "fp32", "numerics": "fp32"}  # the graph's own
+    prov.pop("quantisation", None)
     doc = {"request": request_fields(ext.options), "graph": os.fspath(graph),
            "graph_sha256": digest, "layers": list(ext.layers), "dims": ext.dims,
            "provenance": prov, "spec": {"name": ext.spec.name, "family": ext.spec.family},
@@ -160,7 +161,8 @@ def _eligible(ropts: RuntimeOptions) -> str | None:
     """Why a run cannot take the torch-free path (None when it can)."""
     if os.environ.get(TORCH_FREE_ENV, "1") == "0":
         return f"{TORCH_FREE_ENV}=0"
-    if ropts.engine not in ("auto", "onnxruntime") or ropts.precision not in ("auto", "fp32"):
+    if (ropts.engine not in ("auto", "onnxruntime")
+            or ropts.precision not in ("auto", "fp32", "int8")):
         return "engine/precision"
     if ropts.decoder not in ("auto", "pil"):
         return "decoder"
@@ -250,7 +252,10 @@ class LightExtractor:
         self.pooling = prov["pooling"]
         self.preprocessing = Preprocessing.from_dict(prov["preprocessing"])
         self.device = CPU
-        self.precision = "fp32"
+        #: ``int8``: the engine is swapped for the quantised graph by
+        #: :func:`cnncodes.codes.quantise.quantise_extractor` (``quantisation`` says how)
+        self.precision = "int8" if ropts.precision == "int8" else "fp32"
+        self.quantisation: dict[str, Any] | None = None
         self.bn_folded = int(doc["bn_folded"])
         self.engine = engine
         self.decoder_option = "pil"
@@ -269,6 +274,10 @@ class LightExtractor:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 NCHW batch -> ``{layer: float32 (N, D)}`` (the torch path's normalisation)."""
+        if self.precision == "int8" and self.quantisation is None:
+            from .numerics import int8_refusal
+
+            raise int8_refusal(f"this {self.spec.name} extractor")
         if images.shape[0] == 0:
             return {k: np.zeros((0, 0), np.float32) for k in self.layers}
         x = (images.astype(np.float32) - self._mean) / self._std
@@ -280,6 +289,9 @@ class LightExtractor:
                        "threads": self.engine.threads}
         p["decoding"] = decoding(planned_decoder("pil", "cpu", self.preprocessing.interpolation,
                                                  dct=self.jpeg_scaling == "dct"))
+        p["precision"] = p["numerics"] = self.precision
+        if self.quantisation:
+            p["quantisation"] = self.quantisation
         return p
 
 

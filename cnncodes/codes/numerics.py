@@ -9,6 +9,8 @@ What may mix (decided from what differs, see README "Devices, precision and deco
   only by summation order (relative ~1e-6, like two CPU thread counts). ``fp16`` and ``bf16``
   (autocast) differ from fp32 by ~1e-3 and from each other, and CPU and CUDA autocast run
   different kernels: they are named with their device (``fp16/cuda``) and mix with nothing else.
+  ``int8`` (a quantised ONNX Runtime graph on the CPU, :mod:`cnncodes.codes.quantise`) mixes
+  with itself only, and a store continues with its own int8 graph.
 * ``decoding``: ``cpu`` (PIL or torchvision's libjpeg-turbo: the same IDCT and chroma
   interpolation; the existing tests hold them to cosine >= 0.9999) may mix with itself only;
   ``cpu-dct`` (the same decoders, with JPEGs at least twice the resize decoded DCT-scaled, see
@@ -41,11 +43,12 @@ DCT_SUFFIX = "+dct"
 
 
 def numerics(precision: str, device: torch.device | str) -> str:
-    """``fp32`` on any device (TF32 off); ``<precision>/<device type>`` for fp16 and bf16."""
+    """``fp32`` on any device (TF32 off); ``int8`` (a quantised ONNX Runtime graph on the CPU);
+    ``<precision>/<device type>`` for fp16 and bf16."""
     import torch
 
-    if precision == "fp32":
-        return "fp32"
+    if precision in ("fp32", "int8"):  # int8: ONNX Runtime on the CPU, mixes with itself only
+        return precision
     return f"{precision}/{torch.device(device).type}"
 
 
@@ -123,3 +126,13 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+def int8_refusal(where: str) -> Exception:
+    """The error of a path that cannot make int8 codes (only ``extract`` calibrates)."""
+    from ..errors import OptionError
+
+    return OptionError(f"--precision int8 codes are made by extract (and baseline, which "
+                       f"extracts) only: {where} has no run images to calibrate on. Extract into "
+                       "a store with --precision int8 and use the store, or use --precision "
+                       "fp32.")

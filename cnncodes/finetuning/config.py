@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError
-from ..options import PRECISIONS, BackboneOptions, RuntimeOptions
+from ..options import TRAIN_PRECISIONS, BackboneOptions, RuntimeOptions
 
 STATES = ("predict", "head-only", "full")
 #: a run's ``report.json``: its ``kind`` and the ``schema_version`` it is written in (read back
@@ -152,8 +152,8 @@ class FinetuneConfig:
                               ("schedule", SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise bad(name, "one of " + ", ".join(choices))
-        if self.precision not in PRECISIONS:
-            raise bad("precision", "one of " + ", ".join(PRECISIONS))
+        if self.precision not in TRAIN_PRECISIONS:
+            raise bad("precision", "one of " + ", ".join(TRAIN_PRECISIONS))
         from ..backbones.registry import get_spec  # torchvision: only when validating
 
         get_spec(self.backbone)
