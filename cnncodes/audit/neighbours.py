@@ -40,12 +40,16 @@ class Neighbours:
     method: str
 
 
-def normalize(X: np.ndarray, *, center: np.ndarray | None = None) -> np.ndarray:
+def normalize(X: np.ndarray, *, center: np.ndarray | None = None,
+              overwrite: bool = False) -> np.ndarray:
     """Rows of ``X`` (minus ``center`` when given) scaled to unit length, float32, C order
-    (a zero row stays zero)."""
+    (a zero row stays zero). ``overwrite``: scale ``X`` itself when it is a writeable, C-ordered
+    float32 array (no copy; its codes are gone afterwards)."""
     X = np.asarray(X, dtype=np.float32)
-    # one new (N, D) array, scaled in place (not four: centred, squared, divided, contiguous)
-    out = np.array(X, dtype=np.float32, order="C", copy=True)
+    if overwrite and X.flags.c_contiguous and X.flags.writeable:
+        out = X
+    else:  # one new (N, D) array, scaled in place (not four: centred, squared, divided, ...)
+        out = np.array(X, dtype=np.float32, order="C", copy=True)
     if center is not None:
         out -= np.asarray(center, dtype=np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]  # no (N, D) temporary of x * x

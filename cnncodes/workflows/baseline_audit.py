@@ -154,7 +154,8 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     res = audit_arrays(X, y, list(trained.classes), list(trained.train_paths),
                        test=(Xt, np.asarray(evaluation.y_true, np.int64), list(evaluation.paths)),
                        label_issues=False, map_method="tsne" if plan.map_rows else None,
-                       map_rows=plan.map_rows, seed=seed, test_accuracy=False)
+                       map_rows=plan.map_rows, seed=seed, test_accuracy=False,
+                       overwrite_X=not plan.label_issues)  # X is not needed after it then
     del Xt
     res.store, res.test, res.layer = os.fspath(train_store.path), os.fspath(test_store.path), \
         trained.layer

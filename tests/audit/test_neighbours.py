@@ -116,3 +116,27 @@ def test_flipped_labels_are_found_by_cleanlab():
     first = res.rows[0]
     assert res.given[0] == noisy[first] and res.suggested[0] != noisy[first]
     assert res.probabilities.shape == (n, c)
+
+
+def test_audit_in_place_finds_what_the_copying_audit_finds():
+    """``overwrite_X`` (baseline's default audit at scale: one (N, D) array less) scales the
+    caller's codes in place and reports exactly the same findings and map."""
+    from cnncodes.audit.run import audit_arrays
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(300, 32)) + 2.0).astype(np.float32)
+    X[20] = X[5] + 0.01 * rng.normal(size=32)  # a near-copy in training
+    Xt = np.vstack([X[7:8] + 0.01, rng.normal(size=(9, 32)) + 2.0]).astype(np.float32)  # a leak
+    y, yt = rng.integers(0, 3, 300), rng.integers(0, 3, 10)
+    kw = dict(label_issues=False, test_accuracy=False, map_rows=60, method="exact")
+    ref = audit_arrays(X.copy(), y, ["a", "b", "c"], [f"{i}" for i in range(300)],
+                       test=(Xt.copy(), yt, [f"t{i}" for i in range(10)]), **kw)
+    mine, mine_t = X.copy(), Xt.copy()
+    got = audit_arrays(mine, y, ["a", "b", "c"], [f"{i}" for i in range(300)],
+                       test=(mine_t, yt, [f"t{i}" for i in range(10)]), overwrite_X=True, **kw)
+    assert [g.tolist() for g in got.groups] == [g.tolist() for g in ref.groups] == [[5, 20]]
+    assert got.leaks.test_rows.tolist() == ref.leaks.test_rows.tolist() == [0]
+    assert got.outliers.rows.tolist() == ref.outliers.rows.tolist()
+    np.testing.assert_array_equal(got.map_xy, ref.map_xy)
+    assert not np.allclose(mine, X)  # the codes were used in place ...
+    np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-5)  # ... unit rows
