@@ -49,8 +49,8 @@ def test_no_audit_renders_nothing():
                          "label_issues": None, "label_issues_note": "not looked for: x",
                          "accuracy": {"all": 0.5, "without_leaks": 0.25, "n_without_leaks": 7},
                          "page": "audit/audit.html", "total_s": 1.0}, folder="rep")
-    assert len(lines) == 2 and "2 of 9 test images leak" in lines[0]
-    assert "without the leaked ones 0.250" in lines[0] and "rep/audit/audit.html" in lines[1]
+    assert len(lines) == 2 and "2 of 9 test images look like training images" in lines[0]
+    assert "without them 0.250" in lines[0] and "rep/audit/audit.html" in lines[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_baseline_reports_a_planted_leak_by_default(planted, tmp_path, capsys):
     rep = tmp_path / "rep"
     assert main(["baseline", str(src), "--report", str(rep), *args]) == 0
     out = capsys.readouterr().out
-    assert "audit: " in out and "test images leak from training" in out
+    assert "audit: " in out and "test images look like training images" in out
     audit = json.loads((rep / "report.json").read_text())["audit"]
     assert audit["leaks"] >= 1 and audit["page"] == "audit/audit.html"
     assert audit["plan"]["mode"] == "cheap"
@@ -87,7 +87,7 @@ def test_baseline_reports_a_planted_leak_by_default(planted, tmp_path, capsys):
     assert leaks["planted.png"].resolve() == source.resolve()
     html = (rep / "report.html").read_text()
     assert 'id="audit"' in html and 'href="audit/audit.html"' in html
-    assert f"{audit['leaks']} of 61 test images leak from training" in html
+    assert f"{audit['leaks']} of 61 test images look like training images" in html
     assert (rep / "audit" / "audit.html").is_file()
 
 
