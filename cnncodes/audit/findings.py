@@ -54,6 +54,14 @@ class Leaks:
     score: np.ndarray
     best_score: np.ndarray
     method: str
+    #: each pair's thumbnail difference (:mod:`cnncodes.audit.pixels`; None: not checked)
+    pixel_diff: np.ndarray | None = None
+
+    def same_picture(self, bound: float) -> np.ndarray:
+        """Which pairs the pixel check confirms (all False when it was not made)."""
+        if self.pixel_diff is None:
+            return np.zeros(len(self.test_rows), bool)
+        return np.asarray(self.pixel_diff <= bound)
 
 
 def find_leaks(test: np.ndarray, train: np.ndarray, threshold: float = DUPLICATE_THRESHOLD, *,

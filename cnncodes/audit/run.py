@@ -33,6 +33,7 @@ from .findings import (
 )
 from .labels import LabelIssues, find_label_issues, require_cleanlab
 from .neighbours import normalize, top_k
+from .pixels import PIXEL_BOUND, pair_differences
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,16 @@ class AuditResult:
             for g, rows in enumerate(self.groups) for r in rows])
         if self.leaks is not None:
             lk = self.leaks
-            t["leaks"] = (["test_path", "test_label", "train_path", "train_label", "score"], [
+            diff = (lk.pixel_diff if lk.pixel_diff is not None
+                    else np.full(len(lk.test_rows), np.nan, np.float32))
+            t["leaks"] = (["test_path", "test_label", "train_path", "train_label", "score",
+                           "pixel_difference", "same_picture"], [
                 [self.test_paths[a], self._label(self.test_labels[a]), self.paths[b],
-                 self._label(self.labels[b]), round(float(s), 4)]
-                for a, b, s in zip(lk.test_rows, lk.train_rows, lk.score, strict=True)])
+                 self._label(self.labels[b]), round(float(s), 4),
+                 "" if np.isnan(d) else round(float(d), 2),
+                 "" if np.isnan(d) else bool(d <= PIXEL_BOUND)]
+                for a, b, s, d in zip(lk.test_rows, lk.train_rows, lk.score, diff,
+                                      strict=True)])
         if self.label_issues is not None:
             li = self.label_issues
             t["label_issues"] = (["path", "given", "suggested", "quality"], [
@@ -114,6 +121,9 @@ class AuditResult:
             "duplicate_images": int(sum(len(g) for g in self.groups)),
             "duplicate_extra_copies": int(sum(len(g) - 1 for g in self.groups)),
             "leaks": None if self.leaks is None else int(len(self.leaks.test_rows)),
+            "leaks_same_picture": None if self.leaks is None or self.leaks.pixel_diff is None
+            else int(self.leaks.same_picture(PIXEL_BOUND).sum()),
+            "pixel_bound": PIXEL_BOUND,
             "accuracy": self.accuracy,
             "label_issues": None if self.label_issues is None else int(
                 len(self.label_issues.rows)),
@@ -200,7 +210,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
                  label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
                  map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
                  seed: int = 0, test_accuracy: bool = True,
-                 overwrite_X: bool = False) -> AuditResult:
+                 overwrite_X: bool = False, pixel_check: bool = True) -> AuditResult:
     """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
     -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
 
@@ -218,6 +228,9 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         test_accuracy: with ``test``, fit one logistic regression at ``C`` for the test
             accuracy with and without the leaked rows (``baseline`` scores its own predictions
             instead).
+        pixel_check: compare the images of each train -> test pair in pixels
+            (:mod:`cnncodes.audit.pixels`): ``leaks_same_picture`` counts the pairs that are
+            the same picture; the others are look-alikes by their codes only.
         overwrite_X: the caller gives up ``X`` and the test codes: they are centred and
             scaled in place for the neighbour search instead of copied (one (N, D) array less
             at the peak: 307 MB at 60,000 x 1,280); only without ``label_issues`` and
@@ -239,6 +252,11 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         Xt, yt, test_paths = test
         leaks = find_leaks(normalize(Xt, center=center, overwrite=in_place), A, threshold,
                            method=method)
+        if len(leaks.test_rows) and pixel_check:  # same picture, or near-identical things?
+            t1 = time.perf_counter()
+            leaks.pixel_diff = pair_differences([test_paths[r] for r in leaks.test_rows],
+                                                [paths[r] for r in leaks.train_rows])
+            secs["pixels"] = time.perf_counter() - t1
     else:
         yt, test_paths = np.zeros(0, np.int64), []
     secs["neighbours"] = time.perf_counter() - t0

@@ -22,10 +22,15 @@ def _leaks(audit: Mapping[str, Any]) -> str | None:
         return None
     thr = audit.get("duplicate_threshold")
     text = (f"{audit['leaks']} of {audit.get('test_rows')} test images look like training "
-            "images (possible leaks" + (f": codes cosine >= {thr})" if thr is not None else ")"))
+            "images (possible leaks" + (f": codes cosine >= {thr}" if thr is not None else ""))
+    same = audit.get("leaks_same_picture")
+    if same is not None:
+        text += f"; {same} of them the same picture in pixels"
+    text += ")"
     acc = audit.get("accuracy")
     if acc:
-        text += (f" (test accuracy {_acc(acc.get('all'))}, without them "
+        which = "the same pictures" if acc.get("removed") == "same picture" else "them"
+        text += (f" (test accuracy {_acc(acc.get('all'))}, without {which} "
                  f"{_acc(acc.get('without_leaks'))}, n={acc.get('n_without_leaks')})")
     return text
 
@@ -33,10 +38,13 @@ def _leaks(audit: Mapping[str, Any]) -> str | None:
 #: what a look-alike is and is not (shown with every audit): the codes alone decide, so
 #: different images of near-identical things count too (measured on full Fashion-MNIST: 958
 #: test images flagged, 4 of them nearly identical in pixels; README, audit)
-LOOKALIKE_NOTE = ("Near-duplicates and possible leaks are found by the codes alone (cosine of "
-                  "centred codes at or above the threshold): copies, re-encodes and resizes are "
-                  "found, but so are different images of near-identical things (small, plain "
-                  "images especially). Check the pairs on the audit page before removing any.")
+LOOKALIKE_NOTE = ("Near-duplicates and possible leaks are found by the codes (cosine of centred "
+                  "codes at or above the threshold): copies, re-encodes and resizes are found, "
+                  "but so are different images of near-identical things (small, plain images "
+                  "especially). Train -> test pairs are also compared in pixels (grey "
+                  "thumbnails; 'same picture' within the bound of cnncodes/audit/pixels.py); "
+                  "the accuracy without leaks removes the same pictures only. Check the pairs on "
+                  "the audit page before removing any.")
 
 
 def _labels(audit: Mapping[str, Any]) -> str:

@@ -134,6 +134,7 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     ``report.html``, ``plan``, ``seconds`` per phase, ``total_s`` wall and ``cpu_s`` CPU time)."""
     from ..audit.labels import find_label_issues, require_cleanlab
     from ..audit.page import AUDIT_HTML, BASELINE_AUDIT_DIR, write_audit
+    from ..audit.pixels import PIXEL_BOUND
     from ..audit.run import audit_arrays
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -173,7 +174,11 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
             label_note = f"not looked for: {e}"
         res.seconds["label_issues"] = time.perf_counter() - t1
     assert res.leaks is not None
-    res.accuracy = leak_free_accuracy(evaluation, res.leaks.test_rows)
+    lk = res.leaks
+    same = lk.test_rows[lk.same_picture(PIXEL_BOUND)] if lk.pixel_diff is not None \
+        else lk.test_rows  # without the pixel check, every look-alike counts
+    res.accuracy = leak_free_accuracy(evaluation, same)
+    res.accuracy["removed"] = "same picture" if lk.pixel_diff is not None else "look-alikes"
     del X
     t1 = time.perf_counter()
     write_audit(res, out / BASELINE_AUDIT_DIR, inputs=(train_store.path, test_store.path),
@@ -181,6 +186,7 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     res.seconds["page"] = time.perf_counter() - t1
     s = res.summary()
     keep = ("rows", "test_rows", "classes", "duplicate_groups", "duplicate_images", "leaks",
+            "leaks_same_picture", "pixel_bound",
             "accuracy", "label_issues", "outliers", "imbalance_ratio", "duplicate_threshold",
             "neighbour_search", "map", "seconds")
     summary = {k: s[k] for k in keep}

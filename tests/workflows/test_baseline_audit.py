@@ -78,13 +78,17 @@ def test_baseline_reports_a_planted_leak_by_default(planted, tmp_path, capsys):
     assert audit["leaks"] >= 1 and audit["page"] == "audit/audit.html"
     assert audit["plan"]["mode"] == "cheap"
     acc = audit["accuracy"]
-    assert acc["n"] == 61 and acc["n_without_leaks"] == 61 - audit["leaks"]
+    # the pixel check confirms the planted copy; the accuracy without leaks drops only those
+    assert 1 <= audit["leaks_same_picture"] <= audit["leaks"]
+    assert acc["n"] == 61 and acc["n_without_leaks"] == 61 - audit["leaks_same_picture"]
     # the cheap rule ran the label errors: a 4-value 3-fold search makes them 3 of 13 fits
     assert audit["plan"]["label_issues"] and audit["label_issues"] is not None
     assert audit["map"] == {"method": "tsne", "points": 140}
     with open(rep / "audit" / "leaks.csv", newline="") as f:
-        leaks = {Path(r["test_path"]).name: Path(r["train_path"]) for r in csv.DictReader(f)}
-    assert leaks["planted.png"].resolve() == source.resolve()
+        rows = {Path(r["test_path"]).name: r for r in csv.DictReader(f)}
+    assert Path(rows["planted.png"]["train_path"]).resolve() == source.resolve()
+    assert rows["planted.png"]["same_picture"] == "True"
+    assert sum(r["same_picture"] == "True" for r in rows.values()) == audit["leaks_same_picture"]
     html = (rep / "report.html").read_text()
     assert 'id="audit"' in html and 'href="audit/audit.html"' in html
     assert f"{audit['leaks']} of 61 test images look like training images" in html
