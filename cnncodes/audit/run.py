@@ -210,7 +210,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
                  label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
                  map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
                  seed: int = 0, test_accuracy: bool = True,
-                 overwrite_X: bool = False, pixel_check: bool = True) -> AuditResult:
+                 overwrite_X: bool = False) -> AuditResult:
     """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
     -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
 
@@ -228,9 +228,6 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         test_accuracy: with ``test``, fit one logistic regression at ``C`` for the test
             accuracy with and without the leaked rows (``baseline`` scores its own predictions
             instead).
-        pixel_check: compare the images of each train -> test pair in pixels
-            (:mod:`cnncodes.audit.pixels`): ``leaks_same_picture`` counts the pairs that are
-            the same picture; the others are look-alikes by their codes only.
         overwrite_X: the caller gives up ``X`` and the test codes: they are centred and
             scaled in place for the neighbour search instead of copied (one (N, D) array less
             at the peak: 307 MB at 60,000 x 1,280); only without ``label_issues`` and
@@ -252,7 +249,9 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
         Xt, yt, test_paths = test
         leaks = find_leaks(normalize(Xt, center=center, overwrite=in_place), A, threshold,
                            method=method)
-        if len(leaks.test_rows) and pixel_check:  # same picture, or near-identical things?
+        # every pair is also compared in pixels (cnncodes.audit.pixels): the same picture, or
+        # different images of near-identical things? (``leaks_same_picture`` in the summary)
+        if len(leaks.test_rows):
             t1 = time.perf_counter()
             leaks.pixel_diff = pair_differences([test_paths[r] for r in leaks.test_rows],
                                                 [paths[r] for r in leaks.train_rows])
