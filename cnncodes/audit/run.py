@@ -258,7 +258,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
             secs["pixels"] = time.perf_counter() - t1
     else:
         yt, test_paths = np.zeros(0, np.int64), []
-    secs["neighbours"] = time.perf_counter() - t0
+    secs["neighbours"] = time.perf_counter() - t0 - secs.get("pixels", 0.0)  # not twice
     t0 = time.perf_counter()
     outliers = find_outliers(A, y, len(classes), nb, fraction=outlier_fraction)
     balance = class_balance(y, classes)
