@@ -20,6 +20,11 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "cnncodes"
 #: the maxima the code reached after issue 27 (were 700 / 120 / 16): lower them as the code shrinks
 LIMITS = {"file_lines": 605, "function_lines": 118, "public_params": 16}
+#: what issue 27 aims at; ``--target`` checks against these instead
+TARGETS = {"file_lines": 500, "function_lines": 80, "public_params": 12}
+#: scikit-learn estimators take every hyper-parameter in ``__init__`` (their convention, which
+#: ``get_params``/``clone`` rely on): their constructors are exempt from the parameter limit
+ESTIMATOR_INITS = {"CNNCodes.__init__"}
 #: the one-way data flow: a module may import its own layer's folder and lower layers only;
 #: linear, advisor and finetuning are peers that must not import each other. report sits below
 #: workflows: a workflow (baseline) writes the report of the run it composes.
@@ -185,8 +190,12 @@ def h5_writes(srcs: dict[str, tuple[Path, ast.Module]]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when a limit is broken")
+    ap.add_argument("--target", action="store_true",
+                    help="check against the targets (%s) instead of the limits" % TARGETS)
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args()
+    if args.target:
+        LIMITS.update(TARGETS)
     srcs = sources()
     files = sorted(((len(p.read_text().splitlines()), str(p.relative_to(PKG.parent)))
                     for p, _ in srcs.values()), reverse=True)
@@ -195,7 +204,7 @@ def main() -> int:
         rel = path.relative_to(PKG.parent)
         for qual, fn in functions(tree):
             funcs.append((fn.end_lineno - fn.lineno + 1, f"{rel}:{fn.lineno} {qual}"))
-            if is_public(qual) and is_public(mod):
+            if is_public(qual) and is_public(mod) and qual not in ESTIMATOR_INITS:
                 sigs.append((n_params(fn), f"{rel}:{fn.lineno} {qual}"))
     funcs.sort(reverse=True)
     sigs.sort(reverse=True)
