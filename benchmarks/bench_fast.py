@@ -1,7 +1,7 @@
 """Issue 28 in one run: start-up, steady state and phone photos, whole processes, same inputs.
 
-    python benchmarks/bench_fast.py                      # 8 / 240 / 20 images, 2 rounds
-    python benchmarks/bench_fast.py --n 960 --photos 200 --rounds 3
+    python benchmarks/bench_fast.py                      # 8 / 240 / 20 / 480 images, 2 rounds
+    python benchmarks/bench_fast.py --n 960 --photos 200 --img2vec-n 480 --rounds 3  # the issue
     python benchmarks/bench_fast.py --commands ours,ours-int8,plain   # int8 next to fp32
 
 Every figure is a whole process timed from outside with its own rusage (wall, CPU, peak RSS),
@@ -21,7 +21,11 @@ imports), **steady** (``--n`` JPEGs 500x375; plus the ceiling on this machine: t
 decoding one image and of its forward pass, measured in this process, give
 ``cores / (decode + forward)`` images/s), **photos** (``--photos`` photo-like 4000x3000 JPEGs made
 from scikit-learn's sample photos, upscaled, sharpened, with noise; and the DCT-scaled decode's
-code fidelity against a full decode). The codes' min cosine to the plain loop is printed for each.
+code fidelity against a full decode), **img2vec** (``--img2vec-n`` JPEGs 500x375, resnet18 with
+the same seeded random weights for all three, offline: ours, ``img2vec_pytorch`` (``pip install
+img2vec_pytorch``; its ``get_vec`` on lists of 64 PIL images) and the plain loop; img2vec resizes
+to 224x224 without a crop, so its codes are not compared). The steady section also gives ours'
+rate beyond start-up, ``(n - 8) / (wall(n) - wall(8))``, against the ceiling. The codes' min cosine to the plain loop is printed for each.
 The machine's load average is printed: other jobs on the machine slow every figure.
 """
 
@@ -96,18 +100,30 @@ def small_jpegs(folder: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
     return folder
 
 
+def inputs(kind: str, folder: Path, n: int) -> Path:
+    """Make the inputs in a child process: this one must stay small, because on Linux a child's
+    peak RSS starts at its parent's (making 4000x3000 photos here grew it to ~1 GB, which every
+    later child then reported as its own peak)."""
+    subprocess.run([sys.executable, __file__, "--make", kind, os.fspath(folder), str(n)],
+                   check=True)
+    return folder
+
+
 def commands(folder: Path, work: Path, tag: str, workers: int,
-             only: str = "ours,ours-torch,plain") -> dict[str, tuple[list[str], dict]]:
+             only: str = "ours,ours-torch,plain", backbone: str = "mobilenet_v2",
+             weights: str = "auto") -> dict[str, tuple[list[str], dict]]:
     ours = [sys.executable, "-m", "cnncodes", "extract", os.fspath(folder), "--overwrite",
-            "--no-progress"]
+            "--no-progress", "--backbone", backbone, "--weights", weights]
+    child = [sys.executable, os.fspath(HERE / "bench_processes.py"), "--folder", os.fspath(folder),
+             "--backbone", backbone, "--weights", weights, "--workers", str(workers),
+             "--batch-size", "64"]
     every = {
         "ours": ([*ours, "-o", os.fspath(work / f"{tag}-ours.h5")], {}),
         "ours-torch": ([*ours, "-o", os.fspath(work / f"{tag}-ours-torch.h5"),
                         "--jpeg-scaling", "off"], {"CNNCODES_TORCH_FREE": "0"}),
-        "plain": ([sys.executable, os.fspath(HERE / "bench_processes.py"), "--child", "plain",
-                   "--folder", os.fspath(folder), "--out", os.fspath(work / f"{tag}-plain.npz"),
-                   "--backbone", "mobilenet_v2", "--weights", "auto", "--workers", str(workers),
-                   "--batch-size", "64"], {}),
+        "plain": ([*child, "--child", "plain", "--out", os.fspath(work / f"{tag}-plain.npz")], {}),
+        "img2vec": ([*child, "--child", "img2vec", "--out", os.fspath(work / f"{tag}-img2vec.npz")],
+                    {}),
         "ours-int8": ([*ours, "-o", os.fspath(work / f"{tag}-ours-int8.h5"), "--precision",
                        "int8"], {}),
     }
@@ -118,8 +134,8 @@ def commands(folder: Path, work: Path, tag: str, workers: int,
 
 
 def section(name: str, folder: Path, n: int, work: Path, env: dict, rounds: int,
-            workers: int, only: str = "ours,ours-torch,plain") -> dict:
-    cmds = commands(folder, work, name, workers, only)
+            workers: int, only: str = "ours,ours-torch,plain", **net: str) -> dict:
+    cmds = commands(folder, work, name, workers, only, **net)
     print(f"[{name}] {n} images, load average {os.getloadavg()[0]:.1f}", flush=True)
     for k, (c, e) in cmds.items():
         timed(c, {**env, **e})  # warm-up: file cache, the one-off ONNX export
@@ -138,10 +154,16 @@ def section(name: str, folder: Path, n: int, work: Path, env: dict, rounds: int,
                  p["wall_s"] / r["wall_s"] for p, r in zip(runs["plain"], rs, strict=True)),
              "cpu_ratio_vs_plain": statistics.median(
                  p["cpu_s"] / r["cpu_s"] for p, r in zip(runs["plain"], rs, strict=True))}
-        if k != "plain":  # every row's cosine; the min is printed
+        if "img2vec" in runs:
+            v["ratio_vs_img2vec"] = statistics.median(
+                p["wall_s"] / r["wall_s"] for p, r in zip(runs["img2vec"], rs, strict=True))
+        if k.startswith("ours"):  # every row's cosine; the min is printed
             v["min_cosine_vs_plain"] = min_cosine(plain, load_ours(work / f"{name}-{k}.h5"))
         res[k] = v
-        cos = f", min cos vs plain {v['min_cosine_vs_plain']:.6f}" if k != "plain" else ""
+        cos = (f", min cos vs plain {v['min_cosine_vs_plain']:.6f}"
+               if "min_cosine_vs_plain" in v else "")
+        if "ratio_vs_img2vec" in v and k != "img2vec":
+            cos += f", {v['ratio_vs_img2vec']:.2f}x img2vec"
         print(f"  {k:>10}: {med:6.2f} s ({n / med:6.1f} img/s), CPU {v['median_cpu_s']:.1f} s, "
               f"peak RSS {v['peak_rss_mb']:.0f} MB, {v['ratio_vs_plain']:.2f}x plain "
               f"({v['cpu_ratio_vs_plain']:.2f}x in CPU s){cos}",
@@ -220,12 +242,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=240, help="500x375 JPEGs of the steady section")
     ap.add_argument("--photos", type=int, default=20, help="4000x3000 JPEGs")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--sections", default="startup,steady,photos")
+    ap.add_argument("--sections", default="startup,steady,photos,img2vec")
+    ap.add_argument("--img2vec-n", type=int, default=480,
+                    help="500x375 JPEGs of the img2vec section (resnet18, random init: offline)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cnncodes-fast"))
     ap.add_argument("--commands", default="ours,ours-torch,plain",
                     help="which to run: ours, ours-torch, ours-int8 (--precision int8), plain")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--make", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make:
+        kind, where, n = args.make
+        (make_photos if kind == "photos" else small_jpegs)(Path(where), int(n))
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CNNCODES_CACHE": os.fspath(work / "export-cache")}
@@ -234,20 +263,24 @@ def main() -> None:
     res: dict = {"cores": os.cpu_count()}
     todo = args.sections.split(",")
     if "startup" in todo:
-        f8 = small_jpegs(work / "jpegs8", 8)
+        f8 = inputs("jpegs", work / "jpegs8", 8)
         res["startup"] = section("startup", f8, 8, work, env, args.rounds, workers,
                                  args.commands)
         res["startup"]["imports"] = import_profile(f8, work, env)
         print("  slowest imports of ours: " + ", ".join(f"{k} {v:.2f} s"
                                                         for k, v in res["startup"]["imports"]))
     if "steady" in todo:
-        fn = small_jpegs(work / f"jpegs{args.n}", args.n)
+        fn = inputs("jpegs", work / f"jpegs{args.n}", args.n)
         res["steady"] = section("steady", fn, args.n, work, env, args.rounds, workers,
                                  args.commands)
     if "photos" in todo:
-        fp = make_photos(work / f"photos{args.photos}", args.photos)
+        fp = inputs("photos", work / f"photos{args.photos}", args.photos)
         res["photos"] = section("photos", fp, args.photos, work, env, args.rounds, workers,
                                  args.commands)
+    if "img2vec" in todo:
+        fi = inputs("jpegs", work / f"jpegs{args.img2vec_n}", args.img2vec_n)
+        res["img2vec"] = section("img2vec", fi, args.img2vec_n, work, env, args.rounds, workers,
+                                 "ours,img2vec,plain", backbone="resnet18", weights="random")
     # in-process measurements last: they import torch into this process
     os.environ["CNNCODES_CACHE"] = env["CNNCODES_CACHE"]
     if "steady" in todo:
@@ -256,6 +289,12 @@ def main() -> None:
               f"{c['forward_cpu_ms']:.1f} ms CPU per image -> {c['ceiling_img_s']:.0f} img/s on "
               f"{os.cpu_count()} cores; ours reaches "
               f"{res['steady']['ours']['img_s'] / c['ceiling_img_s']:.0%} of it (whole process)")
+        if "startup" in res:  # the steady rate: the images beyond the 8 over the time beyond
+            extra = res["steady"]["ours"]["median_wall_s"] - res["startup"]["ours"]["median_wall_s"]
+            c["ours_steady_img_s"] = rate = (args.n - 8) / extra
+            c["ours_steady_share"] = rate / c["ceiling_img_s"]
+            print(f"[steady] ours beyond start-up: ({args.n} - 8) images in {extra:.1f} s more "
+                  f"than 8 -> {rate:.0f} img/s = {rate / c['ceiling_img_s']:.0%} of the ceiling")
     if "photos" in todo:
         res["photos"]["fidelity"] = fid = photo_fidelity(fp)
         print("[photos] DCT-scaled vs full decode, MobileNetV2 codes: " + ", ".join(
