@@ -153,7 +153,6 @@ class AuditResult:
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
-
     def _same_picture_counts(self) -> dict[str, int | None]:
         """The groups with members the pixel check confirms, those members, and the images
         that could go with one kept per same picture (None each: not checked)."""
