@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .defaults import DUPLICATE_THRESHOLD
+from .defaults import DUPLICATE_THRESHOLD, AuditSettings
 
 if TYPE_CHECKING:
     from .neighbours import Neighbours, normalize, top_k
@@ -24,8 +24,8 @@ _LAZY = {"Neighbours": ".neighbours", "normalize": ".neighbours", "top_k": ".nei
          "AuditResult": ".run", "audit": ".run", "audit_arrays": ".run",
          "SimilarResult": ".similar", "similar": ".similar"}
 
-__all__ = ["DUPLICATE_THRESHOLD", "AuditResult", "Neighbours", "SimilarResult", "audit",
-           "audit_arrays", "normalize", "similar", "top_k"]
+__all__ = ["DUPLICATE_THRESHOLD", "AuditResult", "AuditSettings", "Neighbours", "SimilarResult",
+           "audit", "audit_arrays", "normalize", "similar", "top_k"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .defaults import DUPLICATE_THRESHOLD
+from .defaults import DUPLICATE_THRESHOLD, OUTLIER_FRACTION, K
 from .neighbours import Neighbours, top_k
 
-#: neighbours kept per row (duplicate groups are linked through them)
-K = 10
-#: share of rows listed as outliers (the lowest similarity to every class centroid)
-OUTLIER_FRACTION = 0.01
+__all__ = ["K", "OUTLIER_FRACTION", "Leaks", "Outliers", "class_balance", "duplicate_groups",
+           "duplicate_pairs", "find_leaks", "find_outliers", "groups_from_pairs"]
 
 
 def groups_from_pairs(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
@@ -37,11 +35,24 @@ def groups_from_pairs(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def duplicate_pairs(nb: Neighbours, threshold: float = DUPLICATE_THRESHOLD
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``(a[i], b[i])``, ``a < b``, each once, of rows whose similarity the search
+    found >= ``threshold`` (from each row's neighbours ``nb`` within one set): at most ``k`` per
+    row."""
+    rows, cols = np.nonzero((nb.score >= threshold) & (nb.index >= 0))
+    other = nb.index[rows, cols].astype(np.int64)
+    a, b = np.minimum(rows, other), np.maximum(rows, other)
+    keep = a != b
+    n = max(1, nb.index.shape[0])
+    key = np.unique(a[keep] * n + b[keep])
+    return key // n, key % n
+
+
 def duplicate_groups(nb: Neighbours, threshold: float = DUPLICATE_THRESHOLD) -> list[np.ndarray]:
     """Groups of rows linked by similarity >= ``threshold`` (from each row's neighbours ``nb``
     within one set)."""
-    rows, cols = np.nonzero((nb.score >= threshold) & (nb.index >= 0))
-    return groups_from_pairs(nb.index.shape[0], rows, nb.index[rows, cols])
+    return groups_from_pairs(nb.index.shape[0], *duplicate_pairs(nb, threshold))
 
 
 @dataclass

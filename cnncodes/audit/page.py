@@ -107,7 +107,9 @@ def write_audit(res: AuditResult, out_dir: str | os.PathLike, *, inputs: Any = (
     files["json"] = out / AUDIT_JSON
     atomic_write_json(files["json"], finite_json(doc))
     lists = []
-    specs = {"duplicates": ("Near-duplicate groups (training set)", (1,)),
+    specs = {"duplicates": ("Look-alike groups (possible duplicates, training set; "
+                            "same_picture: within the pixel bound of a member it is paired with)",
+                            (1, 3)),
              "leaks": ("Leaks: test images with a near-duplicate in training", (0, 2)),
              "label_issues": ("Likely label errors (most likely first)", (0,)),
              "outliers": ("Outliers: least like any class", (0,))}
@@ -118,9 +120,17 @@ def write_audit(res: AuditResult, out_dir: str | os.PathLike, *, inputs: Any = (
     acc = res.accuracy
     s = summary
     head = [{"label": "images", "value": s["rows"]},
-            {"label": "near-duplicate groups", "value": s["duplicate_groups"]}]
+            {"label": "look-alike groups (possible duplicates)",
+             "value": f"{s['duplicate_groups']} ({s['duplicate_images']} images)"}]
+    if s["duplicate_groups_same_picture"] is not None:
+        head.append({"label": "of which the same picture in pixels", "value":
+                     f"{s['duplicate_images_same_picture']} images in "
+                     f"{s['duplicate_groups_same_picture']} groups"})
     if s["leaks"] is not None:
-        head.append({"label": "leaks", "value": f"{s['leaks']} of {s['test_rows']} test images"})
+        same = s["leaks_same_picture"]
+        head.append({"label": "leaks (look-alikes, possible leaks)",
+                     "value": f"{s['leaks']} of {s['test_rows']} test images" + (
+                         "" if same is None else f"; {same} the same picture in pixels")})
     if acc:
         wl = acc["without_leaks"]
         head.append({"label": "test accuracy", "value": f"{acc['all']:.3f} (without leaks "

@@ -12,6 +12,9 @@ resize at most 6.64; random different images of one class at least 11.4 (1st per
 codes (cosine >= 0.90) matched 958 test images with a training image; 129 of those pairs are
 within 6 grey levels, 312 within 8: nearly all are different garments whose 28-px images give
 near-identical codes, which the pixel check tells apart.
+
+:func:`pair_differences_cached` gives the same differences for many pairs among few images
+(the pairs inside the training set's duplicate groups): each image is decoded once.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ import numpy as np
 PIXEL_BOUND = 7.0
 
 
-def _grey(path: str | os.PathLike) -> object:
+def thumb_side(size: tuple[int, int]) -> int:
+    """The thumbnail side for an image of ``size``: ``max(4, min(16, smaller side // 2))`` (a
+    pair is compared at the smaller of its two images' sides)."""
+    return max(4, min(16, min(size) // 2))
+
+
+def _grey(path: str | os.PathLike, *, decode: bool = True) -> object:
+    """The image as a grey PIL image (``decode=False``: opened and drafted only, for its size)."""
     from PIL import Image
 
     from ..sources.images import open_regular
 
     with open_regular(path) as f, Image.open(f) as im:
         im.draft("L", (64, 64))  # JPEG: decode at a reduced scale (DCT), enough for 16 px
-        return im.convert("L")
+        return im.convert("L") if decode else im.size
 
 
 def pixel_difference(a: str | os.PathLike, b: str | os.PathLike) -> float:
@@ -48,7 +58,7 @@ def pixel_difference(a: str | os.PathLike, b: str | os.PathLike) -> float:
             ia, ib = _grey(a), _grey(b)
     except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
         return float("nan")
-    s = max(4, min(16, min(*ia.size, *ib.size) // 2))  # type: ignore[attr-defined]
+    s = min(thumb_side(ia.size), thumb_side(ib.size))  # type: ignore[attr-defined]
     ta = np.asarray(ia.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
     tb = np.asarray(ib.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
     return float(np.abs(ta - tb).mean())
@@ -59,3 +69,44 @@ def pair_differences(first: Sequence[str | os.PathLike],
     """:func:`pixel_difference` of each pair ``(first[i], second[i])`` (float32, NaN: unread)."""
     return np.array([pixel_difference(a, b) for a, b in zip(first, second, strict=True)],
                     np.float32)
+
+
+def _quiet(fn: object, *args: object, **kw: object) -> object:
+    """``fn(*args, **kw)``, or None when the image cannot be read (warnings silenced)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kw)  # type: ignore[operator]
+    except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
+        return None
+
+
+def pair_differences_cached(paths: Sequence[str | os.PathLike], a: np.ndarray,
+                            b: np.ndarray) -> np.ndarray:
+    """:func:`pixel_difference` of each pair ``(paths[a[i]], paths[b[i]])`` (float32, NaN:
+    unread), decoding each image of the pairs once: its header first (its thumbnail side), then
+    its pixels, kept only as the thumbnails its pairs need (at most 13 of at most 16 x 16)."""
+    from PIL import Image
+
+    rows = np.unique(np.concatenate([a, b])).tolist()
+    side = {r: (None if (sz := _quiet(_grey, paths[r], decode=False)) is None
+                else thumb_side(sz))  # type: ignore[arg-type]
+            for r in rows}
+    pair_side = [None if side[i] is None or side[j] is None else min(side[i], side[j])
+                 for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    need: dict[int, set[int]] = {}
+    for i, j, s in zip(a.tolist(), b.tolist(), pair_side, strict=True):
+        if s is not None:
+            need.setdefault(i, set()).add(s)
+            need.setdefault(j, set()).add(s)
+    thumbs: dict[tuple[int, int], np.ndarray] = {}
+    for r, sizes in need.items():
+        im = _quiet(_grey, paths[r])
+        for s in sizes if im is not None else ():
+            thumbs[r, s] = np.asarray(im.resize((s, s), Image.BOX),  # type: ignore[attr-defined]
+                                      np.float32)
+    out = np.full(len(a), np.nan, np.float32)
+    for n, (i, j, s) in enumerate(zip(a.tolist(), b.tolist(), pair_side, strict=True)):
+        if (i, s) in thumbs and (j, s) in thumbs:
+            out[n] = np.abs(thumbs[i, s] - thumbs[j, s]).mean()
+    return out

@@ -12,27 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..codes.store import FeatureStore
-from .defaults import MAP_ROWS
+from .defaults import AuditSettings
 from .embedding import map_2d, sample_rows
 from .findings import (
-    DUPLICATE_THRESHOLD,
-    OUTLIER_FRACTION,
-    K,
     Leaks,
     Outliers,
     class_balance,
-    duplicate_groups,
+    duplicate_pairs,
     find_leaks,
     find_outliers,
+    groups_from_pairs,
 )
+from .groups import GroupCheck, check_groups
 from .labels import LabelIssues, find_label_issues, require_cleanlab
-from .neighbours import normalize, top_k
+from .neighbours import Neighbours, normalize, top_k
 from .pixels import PIXEL_BOUND, pair_differences
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,8 @@ class AuditResult:
     map_xy: np.ndarray | None
     map_method: str | None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the groups' pairs compared in pixels (None: not checked)
+    group_check: GroupCheck | None = None
 
     def _label(self, y: int) -> str:
         return self.classes[y] if y >= 0 else ""
@@ -71,9 +72,7 @@ class AuditResult:
         """``{name: (header, rows)}`` for ``duplicates``, ``leaks``, ``label_issues``,
         ``outliers`` and ``balance``."""
         t: dict[str, tuple[list[str], list[list[Any]]]] = {}
-        t["duplicates"] = (["group", "path", "label"], [
-            [g + 1, self.paths[r], self._label(self.labels[r])]
-            for g, rows in enumerate(self.groups) for r in rows])
+        t["duplicates"] = self._duplicates()
         if self.leaks is not None:
             lk = self.leaks
             diff = (lk.pixel_diff if lk.pixel_diff is not None
@@ -101,6 +100,24 @@ class AuditResult:
                         [[b["class"], b["count"], round(b["share"], 4)] for b in self.balance])
         return t
 
+    def _duplicates(self) -> tuple[list[str], list[list[Any]]]:
+        """Each group's members, with the member of the group closest in pixels among those
+        the search paired it with, that difference and the verdict (blank: not read), and how
+        many members of the group are the same picture as another member."""
+        gc = self.group_check
+        rows: list[list[Any]] = []
+        for g, members in enumerate(self.groups):
+            diff = gc.member_diff[g] if gc is not None else np.full(len(members), np.nan)
+            near = gc.closest[g] if gc is not None else np.full(len(members), -1)
+            confirmed = "" if gc is None else int(np.sum(diff <= PIXEL_BOUND))
+            for r, d, c in zip(members, diff, near, strict=True):
+                rows.append([g + 1, self.paths[r], self._label(self.labels[r]),
+                             self.paths[c] if c >= 0 else "",
+                             "" if np.isnan(d) else round(float(d), 2),
+                             "" if np.isnan(d) else bool(d <= PIXEL_BOUND), confirmed])
+        return (["group", "path", "label", "closest_member", "pixel_difference", "same_picture",
+                 "group_same_picture"], rows)
+
     def frame(self, name: str) -> Any:
         """One of :meth:`tables` as a pandas DataFrame (pandas comes with the ``audit`` extra)."""
         import pandas as pd
@@ -120,6 +137,7 @@ class AuditResult:
             "duplicate_groups": len(self.groups),
             "duplicate_images": int(sum(len(g) for g in self.groups)),
             "duplicate_extra_copies": int(sum(len(g) - 1 for g in self.groups)),
+            **self._same_picture_counts(),
             "leaks": None if self.leaks is None else int(len(self.leaks.test_rows)),
             "leaks_same_picture": None if self.leaks is None or self.leaks.pixel_diff is None
             else int(self.leaks.same_picture(PIXEL_BOUND).sum()),
@@ -134,6 +152,20 @@ class AuditResult:
                                                       "points": int(len(self.map_rows))},
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
+
+    def _same_picture_counts(self) -> dict[str, int | None]:
+        """The groups with members the pixel check confirms, those members, and the images
+        that could go with one kept per same picture (None each: not checked)."""
+        gc = self.group_check
+        if gc is None:
+            return dict.fromkeys(("duplicate_groups_same_picture",
+                                  "duplicate_images_same_picture",
+                                  "duplicate_extra_copies_same_picture"))
+        confirmed = gc.confirmed(PIXEL_BOUND)
+        return {"duplicate_groups_same_picture": sum(c > 0 for c in confirmed),
+                "duplicate_images_same_picture": sum(confirmed),
+                "duplicate_extra_copies_same_picture": gc.extra_copies(len(self.paths),
+                                                                       PIXEL_BOUND)}
 
 
 def _store(s: FeatureStore | str | os.PathLike) -> FeatureStore:
@@ -162,7 +194,7 @@ def _test_accuracy(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray,
 
 def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os.PathLike |
           None = None, *, layer: str | None = None, allow_incomplete: bool = False,
-          **options: Any) -> AuditResult:
+          settings: AuditSettings | None = None, **options: Any) -> AuditResult:
     """Audit the images of ``store`` (and their leaks into ``test``) through their codes.
 
     Args:
@@ -171,10 +203,14 @@ def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os
             accuracy with and without them).
         layer: the layer compared (default the store's default layer).
         allow_incomplete: read stores whose extraction was stopped before it finished.
-        options: those of :func:`audit_arrays` (threshold, k, method, label_issues, C,
-            map_method, map_rows, outlier_fraction, seed).
+        settings: what to look for and how (:class:`~cnncodes.audit.defaults.AuditSettings`;
+            default its defaults).
+        options: fields of :class:`~cnncodes.audit.defaults.AuditSettings` replaced in
+            ``settings`` (threshold, k, method, label_issues, C, map_method, map_rows,
+            outlier_fraction, seed, test_accuracy).
     """
-    if options.get("label_issues", True):
+    settings = replace(settings or AuditSettings(), **options)
+    if settings.label_issues:
         require_cleanlab()
     t0 = time.perf_counter()
     st = _store(store)
@@ -197,91 +233,102 @@ def audit(store: FeatureStore | str | os.PathLike, test: FeatureStore | str | os
         yt = np.array([index.get(tcls[v], -1) if v >= 0 else -1 for v in yt_local], np.int64)
         test_arrays = (Xt, yt, [os.fspath(p) for p in tst.abspaths()])
     read = time.perf_counter() - t0
-    res = audit_arrays(X, y, classes, paths, test=test_arrays, **options)
+    res = audit_arrays(X, y, classes, paths, test=test_arrays, settings=settings)
     res.store, res.layer = os.fspath(st.path), name
     res.test = None if tst is None else os.fspath(tst.path)
     res.seconds = {"read": read, **res.seconds}
     return res
 
 
+@dataclass
+class _Search:
+    """What the neighbour search gives the rest of the audit."""
+
+    A: np.ndarray
+    nb: Neighbours
+    groups: list[np.ndarray]
+    group_check: GroupCheck
+    leaks: Leaks | None
+
+
+def _search(X: np.ndarray, paths: list[str], test: tuple[np.ndarray, np.ndarray, list[str]] |
+            None, s: AuditSettings, in_place: bool, secs: dict[str, float]) -> _Search:
+    """Unit rows, neighbours, duplicate groups and leaks, each pair the codes match compared in
+    pixels (:mod:`cnncodes.audit.pixels`: the same picture, or different images of
+    near-identical things?). ``secs`` gets ``neighbours``, ``pixels`` (leaks) and
+    ``group_pixels``."""
+    t0 = time.perf_counter()
+    center = X.mean(axis=0) if len(X) else None
+    A = normalize(X, center=center, overwrite=in_place)
+    nb = top_k(A, A, s.k, same=True, method=s.method)
+    a, b = duplicate_pairs(nb, s.threshold)
+    groups = groups_from_pairs(len(A), a, b)
+    leaks = None
+    if test is not None:
+        Xt, _, test_paths = test
+        leaks = find_leaks(normalize(Xt, center=center, overwrite=in_place), A, s.threshold,
+                           method=s.method)
+    secs["neighbours"] = time.perf_counter() - t0
+    if leaks is not None and len(leaks.test_rows):
+        t0 = time.perf_counter()
+        leaks.pixel_diff = pair_differences([test_paths[r] for r in leaks.test_rows],
+                                            [paths[r] for r in leaks.train_rows])
+        secs["pixels"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    check = check_groups(groups, a, b, paths)
+    secs["group_pixels"] = time.perf_counter() - t0
+    return _Search(A, nb, groups, check, leaks)
+
+
 def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[str], *,
                  test: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-                 threshold: float = DUPLICATE_THRESHOLD, k: int = K, method: str = "auto",
-                 label_issues: bool = True, C: float = 1.0, map_method: str | None = "tsne",
-                 map_rows: int = MAP_ROWS, outlier_fraction: float = OUTLIER_FRACTION,
-                 seed: int = 0, test_accuracy: bool = True,
-                 overwrite_X: bool = False) -> AuditResult:
+                 settings: AuditSettings | None = None, overwrite_X: bool = False,
+                 **options: Any) -> AuditResult:
     """:func:`audit` on codes in memory: ``X`` (N, D), labels ``y`` (indices into ``classes``,
     -1 unlabelled), ``paths``; ``test`` = (codes, labels in ``classes``' indices, paths).
 
     Args:
-        threshold: cosine similarity (codes centred on the training mean) at which two images
-            are near-duplicates.
-        k: neighbours per row linking duplicate groups.
-        method: neighbour search, ``auto`` (exact blocked search up to
-            :data:`~cnncodes.audit.neighbours.EXACT_MAX_ROWS` rows, faiss above it when
-            installed), ``exact`` or ``faiss``.
-        label_issues: find likely label errors (needs cleanlab).
-        C: inverse regularisation of the logistic regressions (label errors, accuracy).
-        map_method: ``tsne``, ``umap`` or None (no map).
-        map_rows: rows placed on the map at most (a random sample above).
-        test_accuracy: with ``test``, fit one logistic regression at ``C`` for the test
-            accuracy with and without the leaked rows (``baseline`` scores its own predictions
-            instead).
+        settings: what to look for and how (:class:`~cnncodes.audit.defaults.AuditSettings`).
         overwrite_X: the caller gives up ``X`` and the test codes: they are centred and
             scaled in place for the neighbour search instead of copied (one (N, D) array less
             at the peak: 307 MB at 60,000 x 1,280); only without ``label_issues`` and
             ``test_accuracy``, which need the codes as they were.
+        options: fields of ``settings`` replaced (threshold, k, method, label_issues, C,
+            map_method, map_rows, outlier_fraction, seed, test_accuracy).
     """
-    if label_issues:
+    s = replace(settings or AuditSettings(), **options)
+    if s.label_issues:
         require_cleanlab()
     secs: dict[str, float] = {}
+    in_place = overwrite_X and not s.label_issues and not (test is not None and s.test_accuracy)
+    rows = sample_rows(len(X), s.map_rows, s.seed)
+    mapped = X[rows] if s.map_method else None  # a copy, taken before any in-place scaling
+    found = _search(X, paths, test, s, in_place, secs)
     t0 = time.perf_counter()
-    center = X.mean(axis=0) if len(X) else None
-    in_place = overwrite_X and not label_issues and not (test is not None and test_accuracy)
-    rows = sample_rows(len(X), map_rows, seed)
-    mapped = X[rows] if map_method else None  # a copy, taken before any in-place scaling
-    A = normalize(X, center=center, overwrite=in_place)
-    nb = top_k(A, A, k, same=True, method=method)
-    groups = duplicate_groups(nb, threshold)
-    leaks = None
-    if test is not None:
-        Xt, yt, test_paths = test
-        leaks = find_leaks(normalize(Xt, center=center, overwrite=in_place), A, threshold,
-                           method=method)
-        # every pair is also compared in pixels (cnncodes.audit.pixels): the same picture, or
-        # different images of near-identical things? (``leaks_same_picture`` in the summary)
-        if len(leaks.test_rows):
-            t1 = time.perf_counter()
-            leaks.pixel_diff = pair_differences([test_paths[r] for r in leaks.test_rows],
-                                                [paths[r] for r in leaks.train_rows])
-            secs["pixels"] = time.perf_counter() - t1
-    else:
-        yt, test_paths = np.zeros(0, np.int64), []
-    secs["neighbours"] = time.perf_counter() - t0 - secs.get("pixels", 0.0)  # not twice
-    t0 = time.perf_counter()
-    outliers = find_outliers(A, y, len(classes), nb, fraction=outlier_fraction)
+    outliers = find_outliers(found.A, y, len(classes), found.nb, fraction=s.outlier_fraction)
     balance = class_balance(y, classes)
     secs["outliers"] = time.perf_counter() - t0
-    del A
+    found.A = np.zeros((0, 0), np.float32)  # the unit rows are not needed after this
     issues = None
-    if label_issues:
+    if s.label_issues:
         t0 = time.perf_counter()
-        issues = find_label_issues(X, y, n_classes=len(classes), C=C, seed=seed)
+        issues = find_label_issues(X, y, n_classes=len(classes), C=s.C, seed=s.seed)
         secs["label_issues"] = time.perf_counter() - t0
-    accuracy = None
-    if test is not None and leaks is not None and test_accuracy:
+    accuracy, leaks = None, found.leaks
+    yt, test_paths = (test[1], test[2]) if test is not None else (np.zeros(0, np.int64), [])
+    if test is not None and leaks is not None and s.test_accuracy:
         t0 = time.perf_counter()
-        accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, C, seed)
+        accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, s.C, s.seed)
         secs["accuracy"] = time.perf_counter() - t0
     xy = None
     if mapped is not None:
         t0 = time.perf_counter()
-        xy = map_2d(mapped, method=map_method, seed=seed)
+        xy = map_2d(mapped, method=s.map_method, seed=s.seed)
         secs["map"] = time.perf_counter() - t0
     log.debug("audit: %d rows, %d duplicate groups, %s leaks, %s label issues (%s search)",
-             len(X), len(groups), "-" if leaks is None else len(leaks.test_rows),
-             "-" if issues is None else len(issues.rows), nb.method)
+              len(X), len(found.groups), "-" if leaks is None else len(leaks.test_rows),
+              "-" if issues is None else len(issues.rows), found.nb.method)
     return AuditResult("", None, "", list(classes), list(paths), np.asarray(y, np.int64),
-                       list(test_paths), np.asarray(yt, np.int64), threshold, nb.method, groups,
-                       leaks, accuracy, issues, outliers, balance, rows, xy, map_method, secs)
+                       list(test_paths), np.asarray(yt, np.int64), s.threshold, found.nb.method,
+                       found.groups, leaks, accuracy, issues, outliers, balance, rows, xy,
+                       s.map_method, secs, found.group_check)

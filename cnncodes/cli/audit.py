@@ -73,8 +73,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def add_audit(sub: Any) -> argparse.ArgumentParser:
-    from ..audit.defaults import DUPLICATE_THRESHOLD, MAP_ROWS
+    from ..audit.defaults import AuditSettings
 
+    d = AuditSettings()
     p = sub.add_parser("audit", help="near-duplicates, train/test leaks, likely label errors, "
                                      "outliers, class balance and a 2-D map of a code store")
     p.add_argument("store", help="the training .h5 code store")
@@ -82,19 +83,20 @@ def add_audit(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--report", default=None,
                    help="folder for audit.html, audit.json and the CSVs")
     p.add_argument("--layer", default=None, help="layer compared (default the store's default)")
-    p.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
-                   help=f"cosine similarity of near-duplicates (default {DUPLICATE_THRESHOLD}, "
-                        "calibrated: see README)")
-    p.add_argument("--method", default="auto", choices=("auto", "exact", "faiss"),
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help=f"cosine similarity of look-alikes (possible duplicates; default "
+                        f"{d.threshold}, calibrated: see README); each pair is then compared in "
+                        "pixels (the same picture or not)")
+    p.add_argument("--method", default=d.method, choices=("auto", "exact", "faiss"),
                    help="neighbour search (auto: exact up to 20,000 rows, faiss above when "
                         "installed)")
     p.add_argument("--no-label-issues", action="store_true",
                    help="skip the label-error search (needs cleanlab otherwise)")
-    p.add_argument("--map", default="tsne", choices=("tsne", "umap", "none"),
+    p.add_argument("--map", default=d.map_method, choices=("tsne", "umap", "none"),
                    help="2-D map method (default tsne; umap needs umap-learn)")
-    p.add_argument("--map-rows", type=int, default=MAP_ROWS,
-                   help=f"images on the map at most (default {MAP_ROWS})")
-    p.add_argument("-C", type=float, default=1.0,
+    p.add_argument("--map-rows", type=int, default=d.map_rows,
+                   help=f"images on the map at most (default {d.map_rows})")
+    p.add_argument("-C", type=float, default=d.C,
                    help="inverse regularisation of the logistic regressions (default 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a --report folder another command wrote")
@@ -105,25 +107,32 @@ def add_audit(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .._runtime import command_line
+    from ..audit.defaults import AuditSettings
     from ..audit.page import AUDIT_FILES, write_audit
     from ..audit.run import audit
+    from ..report.audit_summary import duplicates_text
     from ..report.files import check_report_folder
 
     inputs = tuple(x for x in (args.store, args.test) if x)
     if args.report:
         check_report_folder(args.report, inputs=inputs, files=AUDIT_FILES, owner="audit",
                             overwrite=args.overwrite)
-    res = audit(args.store, args.test, layer=args.layer, threshold=args.threshold,
-                method=args.method, label_issues=not args.no_label_issues, C=args.C,
-                map_method=None if args.map == "none" else args.map,
-                map_rows=args.map_rows, allow_incomplete=args.allow_incomplete)
+    settings = AuditSettings(threshold=args.threshold, method=args.method,
+                             label_issues=not args.no_label_issues, C=args.C,
+                             map_method=None if args.map == "none" else args.map,
+                             map_rows=args.map_rows)
+    res = audit(args.store, args.test, layer=args.layer, settings=settings,
+                allow_incomplete=args.allow_incomplete)
     s = res.summary()
     print(f"{s['rows']} images, {s['classes']} classes ({res.layer}; {s['neighbour_search']} "
           f"neighbour search, duplicate threshold {s['duplicate_threshold']})")
-    print(f"  near-duplicate groups: {s['duplicate_groups']} ({s['duplicate_images']} images)")
+    print(f"  {duplicates_text(s)}")
     if s["leaks"] is not None:
+        same = s["leaks_same_picture"]
         print(f"  leaks: {s['leaks']} of {s['test_rows']} test images have a near-duplicate in "
-              "training")
+              "training (look-alikes, possible leaks" + ("" if same is None else
+                                                         f"; {same} the same picture in pixels")
+              + ")")
     acc = s["accuracy"]
     if acc:
         wl = acc["without_leaks"]

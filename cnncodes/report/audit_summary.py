@@ -17,6 +17,24 @@ def _acc(a: Any) -> str:
     return "n/a" if a is None else f"{float(a):.3f}"
 
 
+def duplicates_text(audit: Mapping[str, Any]) -> str:
+    """The training set's near-duplicate groups: look-alike codes (possible duplicates) and,
+    when the pixel check ran, how many of them are the same picture (``audit``: an audit
+    summary, :meth:`cnncodes.audit.AuditResult.summary` or ``report["audit"]``)."""
+    groups = int(audit.get("duplicate_groups") or 0)
+    thr, images = audit.get("duplicate_threshold"), audit.get("duplicate_images")
+    text = f"{plural(groups, 'group')} of look-alikes in training (possible duplicates"
+    if images is not None:
+        text += f": {plural(int(images), 'image')}"
+    if thr is not None:
+        text += f", codes cosine >= {thr}"
+    same = audit.get("duplicate_groups_same_picture")
+    if same is not None:
+        text += (f"; {audit.get('duplicate_images_same_picture')} images in "
+                 f"{plural(int(same), 'group')} the same picture in pixels")
+    return text + ")"
+
+
 def _leaks(audit: Mapping[str, Any]) -> str | None:
     if audit.get("leaks") is None:
         return None
@@ -41,8 +59,9 @@ def _leaks(audit: Mapping[str, Any]) -> str | None:
 LOOKALIKE_NOTE = ("Near-duplicates and possible leaks are found by the codes (cosine of centred "
                   "codes at or above the threshold): copies, re-encodes and resizes are found, "
                   "but so are different images of near-identical things (small, plain images "
-                  "especially). Train -> test pairs are also compared in pixels (grey "
-                  "thumbnails; 'same picture' within the bound of cnncodes/audit/pixels.py); "
+                  "especially). Train -> test pairs and the pairs within training groups are "
+                  "also compared in pixels (grey thumbnails; 'same picture' within the bound "
+                  "of cnncodes/audit/pixels.py); "
                   "the accuracy without leaks removes the same pictures only. Check the pairs on "
                   "the audit page before removing any.")
 
@@ -88,8 +107,7 @@ def audit_lines(audit: Mapping[str, Any] | None, folder: Any = None) -> list[str
     """What the audit found, in one or two lines (none without an audit)."""
     if not audit:
         return []
-    found = [f"{plural(int(audit.get('duplicate_groups') or 0), 'near-duplicate group')} in "
-             "training"]
+    found = [duplicates_text(audit)]
     leaks = _leaks(audit)
     if leaks is not None:
         found.append(leaks)

@@ -132,6 +132,7 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     """Audit the baseline's training rows (and their leaks into its test rows) into
     ``out/audit/``; returns the summary ``report.json`` records (with ``page``, the link from
     ``report.html``, ``plan``, ``seconds`` per phase, ``total_s`` wall and ``cpu_s`` CPU time)."""
+    from ..audit.defaults import AuditSettings
     from ..audit.labels import find_label_issues, require_cleanlab
     from ..audit.page import AUDIT_HTML, BASELINE_AUDIT_DIR, write_audit
     from ..audit.pixels import PIXEL_BOUND
@@ -154,8 +155,10 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     read = time.perf_counter() - t0
     res = audit_arrays(X, y, list(trained.classes), list(trained.train_paths),
                        test=(Xt, np.asarray(evaluation.y_true, np.int64), list(evaluation.paths)),
-                       label_issues=False, map_method="tsne" if plan.map_rows else None,
-                       map_rows=plan.map_rows, seed=seed, test_accuracy=False,
+                       settings=AuditSettings(label_issues=False, map_method="tsne"
+                                              if plan.map_rows else None,
+                                              map_rows=plan.map_rows, seed=seed,
+                                              test_accuracy=False),
                        overwrite_X=not plan.label_issues)  # X is not needed after it then
     del Xt
     res.store, res.test, res.layer = os.fspath(train_store.path), os.fspath(test_store.path), \
@@ -185,7 +188,9 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
                 overwrite=overwrite, command=command)
     res.seconds["page"] = time.perf_counter() - t1
     s = res.summary()
-    keep = ("rows", "test_rows", "classes", "duplicate_groups", "duplicate_images", "leaks",
+    keep = ("rows", "test_rows", "classes", "duplicate_groups", "duplicate_images",
+            "duplicate_groups_same_picture", "duplicate_images_same_picture",
+            "duplicate_extra_copies_same_picture", "leaks",
             "leaks_same_picture", "pixel_bound",
             "accuracy", "label_issues", "outliers", "imbalance_ratio", "duplicate_threshold",
             "neighbour_search", "map", "seconds")
