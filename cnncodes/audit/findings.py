@@ -67,12 +67,14 @@ class Leaks:
     method: str
     #: each pair's thumbnail difference (:mod:`cnncodes.audit.pixels`; None: not checked)
     pixel_diff: np.ndarray | None = None
+    #: the bound each pair's difference is held to (:func:`~cnncodes.audit.pixels.pair_bound`)
+    pixel_bound: np.ndarray | None = None
 
-    def same_picture(self, bound: float) -> np.ndarray:
+    def same_picture(self) -> np.ndarray:
         """Which pairs the pixel check confirms (all False when it was not made)."""
-        if self.pixel_diff is None:
+        if self.pixel_diff is None or self.pixel_bound is None:
             return np.zeros(len(self.test_rows), bool)
-        return np.asarray(self.pixel_diff <= bound)
+        return np.asarray(self.pixel_diff <= self.pixel_bound)
 
 
 def find_leaks(test: np.ndarray, train: np.ndarray, threshold: float = DUPLICATE_THRESHOLD, *,

@@ -133,7 +133,8 @@ def write_audit(res: AuditResult, out_dir: str | os.PathLike, *, inputs: Any = (
                          "" if same is None else f"; {same} the same picture in pixels")})
     if acc:
         wl = acc["without_leaks"]
-        head.append({"label": "test accuracy", "value": f"{acc['all']:.3f} (without leaks "
+        which = "the same pictures" if acc.get("removed") == "same picture" else "leaks"
+        head.append({"label": "test accuracy", "value": f"{acc['all']:.3f} (without {which} "
                      f"{'n/a' if wl is None else f'{wl:.3f}'})"})
     if s["label_issues"] is not None:
         head.append({"label": "likely label errors", "value": s["label_issues"]})

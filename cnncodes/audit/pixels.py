@@ -10,8 +10,11 @@ JPEG re-encode at quality 75 at most 2.92, a 0.5x resize at most 6.73 (99th perc
 resize at most 6.64; random different images of one class at least 11.4 (1st percentile 17.1).
 :data:`PIXEL_BOUND` (7) keeps every planted copy, re-encode and resize. On full Fashion-MNIST the
 codes (cosine >= 0.90) matched 958 test images with a training image; 129 of those pairs are
-within 6 grey levels, 312 within 8: nearly all are different garments whose 28-px images give
-near-identical codes, which the pixel check tells apart.
+within 6 grey levels, 312 within 8. Looked at by eye, the pairs within about 3 are the same
+picture, but most between 4 and 7 are different trousers, flip-flops and dresses: plain shapes on
+black stay within 7. So two images of the SAME pixel size, which can only be a copy or a
+re-encode of each other, get the tighter :data:`SAME_SIZE_BOUND` (4; JPEG q75 at most 2.92); a
+resize (different sizes) keeps 7.
 
 :func:`pair_differences_cached` gives the same differences for many pairs among few images
 (the pairs inside the training set's duplicate groups): each image is decoded once.
@@ -22,12 +25,42 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-#: mean absolute grey-level difference (0-255) of the thumbnails at or below which a pair is the
-#: same picture (a copy, a re-encode, a resize); see the module docstring
+#: mean absolute grey-level difference (0-255) of the thumbnails at or below which a pair of
+#: images of DIFFERENT sizes is the same picture (a resize, perhaps re-encoded); see the docstring
 PIXEL_BOUND = 7.0
+#: the bound for two images of the SAME size: then only a copy or a re-encode can be the same
+#: picture (JPEG quality 75: at most 2.92), and different pictures of plain things (Fashion-MNIST's
+#: trousers and flip-flops on black) come within 7 (by eye, on the 958 code look-alikes)
+SAME_SIZE_BOUND = 4.0
+
+
+def pair_bound(size_a: tuple[int, int] | None, size_b: tuple[int, int] | None) -> float:
+    """The bound for a pair of images of these pixel sizes (NaN when either is unknown)."""
+    if size_a is None or size_b is None:
+        return float("nan")
+    return SAME_SIZE_BOUND if tuple(size_a) == tuple(size_b) else PIXEL_BOUND
+
+
+@dataclass
+class PixelPairs:
+    """Each pair's thumbnail difference ``diff`` and the ``bound`` that applies to it
+    (:func:`pair_bound`; NaN both when an image cannot be read)."""
+
+    diff: np.ndarray
+    bound: np.ndarray
+
+    @property
+    def same(self) -> np.ndarray:
+        """Which pairs are the same picture (False where unread: NaN compares False)."""
+        return np.asarray(self.diff <= self.bound)
+
+    @staticmethod
+    def empty() -> PixelPairs:
+        return PixelPairs(np.zeros(0, np.float32), np.zeros(0, np.float32))
 
 
 def thumb_side(size: tuple[int, int]) -> int:
@@ -37,38 +70,47 @@ def thumb_side(size: tuple[int, int]) -> int:
 
 
 def _grey(path: str | os.PathLike, *, decode: bool = True) -> object:
-    """The image as a grey PIL image (``decode=False``: opened and drafted only, for its size)."""
+    """The image as a grey PIL image (``decode=False``: its pixel size, from the header)."""
     from PIL import Image
 
     from ..sources.images import open_regular
 
     with open_regular(path) as f, Image.open(f) as im:
+        if not decode:
+            return im.size  # the stored size (a JPEG's draft below would shrink it)
         im.draft("L", (64, 64))  # JPEG: decode at a reduced scale (DCT), enough for 16 px
-        return im.convert("L") if decode else im.size
+        return im.convert("L")
 
 
-def pixel_difference(a: str | os.PathLike, b: str | os.PathLike) -> float:
-    """Mean absolute grey-level difference of the two images' thumbnails (NaN when either
-    cannot be read)."""
+def pixel_check(a: str | os.PathLike, b: str | os.PathLike) -> tuple[float, float]:
+    """Mean absolute grey-level difference of the two images' thumbnails and the bound that
+    applies to the pair (:func:`pair_bound`); NaN both when either cannot be read."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            sa, sb = _grey(a, decode=False), _grey(b, decode=False)
             ia, ib = _grey(a), _grey(b)
     except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
-        return float("nan")
-    s = min(thumb_side(ia.size), thumb_side(ib.size))  # type: ignore[attr-defined]
+        return float("nan"), float("nan")
+    s = min(thumb_side(sa), thumb_side(sb))  # type: ignore[arg-type]
     ta = np.asarray(ia.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
     tb = np.asarray(ib.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
-    return float(np.abs(ta - tb).mean())
+    return float(np.abs(ta - tb).mean()), pair_bound(sa, sb)  # type: ignore[arg-type]
+
+
+def pixel_difference(a: str | os.PathLike, b: str | os.PathLike) -> float:
+    """The thumbnail difference of :func:`pixel_check` alone."""
+    return pixel_check(a, b)[0]
 
 
 def pair_differences(first: Sequence[str | os.PathLike],
-                     second: Sequence[str | os.PathLike]) -> np.ndarray:
-    """:func:`pixel_difference` of each pair ``(first[i], second[i])`` (float32, NaN: unread)."""
-    return np.array([pixel_difference(a, b) for a, b in zip(first, second, strict=True)],
-                    np.float32)
+                     second: Sequence[str | os.PathLike]) -> PixelPairs:
+    """:func:`pixel_check` of each pair ``(first[i], second[i])``."""
+    got = [pixel_check(a, b) for a, b in zip(first, second, strict=True)]
+    return PixelPairs(np.array([d for d, _ in got], np.float32),
+                      np.array([m for _, m in got], np.float32))
 
 
 def _quiet(fn: object, *args: object, **kw: object) -> object:
@@ -82,16 +124,16 @@ def _quiet(fn: object, *args: object, **kw: object) -> object:
 
 
 def pair_differences_cached(paths: Sequence[str | os.PathLike], a: np.ndarray,
-                            b: np.ndarray) -> np.ndarray:
+                            b: np.ndarray) -> PixelPairs:
     """:func:`pixel_difference` of each pair ``(paths[a[i]], paths[b[i]])`` (float32, NaN:
     unread), decoding each image of the pairs once: its header first (its thumbnail side), then
     its pixels, kept only as the thumbnails its pairs need (at most 13 of at most 16 x 16)."""
     from PIL import Image
 
     rows = np.unique(np.concatenate([a, b])).tolist()
-    side = {r: (None if (sz := _quiet(_grey, paths[r], decode=False)) is None
-                else thumb_side(sz))  # type: ignore[arg-type]
-            for r in rows}
+    size = {r: _quiet(_grey, paths[r], decode=False) for r in rows}
+    side = {r: None if sz is None else thumb_side(sz)  # type: ignore[arg-type]
+            for r, sz in size.items()}
     pair_side = [None if side[i] is None or side[j] is None else min(side[i], side[j])
                  for i, j in zip(a.tolist(), b.tolist(), strict=True)]
     need: dict[int, set[int]] = {}
@@ -106,7 +148,9 @@ def pair_differences_cached(paths: Sequence[str | os.PathLike], a: np.ndarray,
             thumbs[r, s] = np.asarray(im.resize((s, s), Image.BOX),  # type: ignore[attr-defined]
                                       np.float32)
     out = np.full(len(a), np.nan, np.float32)
+    bound = np.full(len(a), np.nan, np.float32)
     for n, (i, j, s) in enumerate(zip(a.tolist(), b.tolist(), pair_side, strict=True)):
         if (i, s) in thumbs and (j, s) in thumbs:
             out[n] = np.abs(thumbs[i, s] - thumbs[j, s]).mean()
-    return out
+            bound[n] = pair_bound(size[i], size[j])  # type: ignore[arg-type]
+    return PixelPairs(out, bound)

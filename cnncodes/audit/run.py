@@ -32,7 +32,7 @@ from .findings import (
 from .groups import GroupCheck, check_groups
 from .labels import LabelIssues, find_label_issues, require_cleanlab
 from .neighbours import Neighbours, normalize, top_k
-from .pixels import PIXEL_BOUND, pair_differences
+from .pixels import PIXEL_BOUND, SAME_SIZE_BOUND, pair_differences
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,17 @@ class AuditResult:
         t["duplicates"] = self._duplicates()
         if self.leaks is not None:
             lk = self.leaks
-            diff = (lk.pixel_diff if lk.pixel_diff is not None
-                    else np.full(len(lk.test_rows), np.nan, np.float32))
+            nan = np.full(len(lk.test_rows), np.nan, np.float32)
+            diff = lk.pixel_diff if lk.pixel_diff is not None else nan
+            bound = lk.pixel_bound if lk.pixel_bound is not None else nan
             t["leaks"] = (["test_path", "test_label", "train_path", "train_label", "score",
-                           "pixel_difference", "same_picture"], [
+                           "pixel_difference", "pixel_bound", "same_picture"], [
                 [self.test_paths[a], self._label(self.test_labels[a]), self.paths[b],
                  self._label(self.labels[b]), round(float(s), 4),
-                 "" if np.isnan(d) else round(float(d), 2),
-                 "" if np.isnan(d) else bool(d <= PIXEL_BOUND)]
-                for a, b, s, d in zip(lk.test_rows, lk.train_rows, lk.score, diff,
-                                      strict=True)])
+                 "" if np.isnan(d) else round(float(d), 2), "" if np.isnan(d) else float(m),
+                 "" if np.isnan(d) else bool(d <= m)]
+                for a, b, s, d, m in zip(lk.test_rows, lk.train_rows, lk.score, diff, bound,
+                                         strict=True)])
         if self.label_issues is not None:
             li = self.label_issues
             t["label_issues"] = (["path", "given", "suggested", "quality"], [
@@ -107,16 +108,19 @@ class AuditResult:
         gc = self.group_check
         rows: list[list[Any]] = []
         for g, members in enumerate(self.groups):
-            diff = gc.member_diff[g] if gc is not None else np.full(len(members), np.nan)
+            nan = np.full(len(members), np.nan)
+            diff = gc.member_diff[g] if gc is not None else nan
+            bound = gc.member_bound[g] if gc is not None else nan
             near = gc.closest[g] if gc is not None else np.full(len(members), -1)
-            confirmed = "" if gc is None else int(np.sum(diff <= PIXEL_BOUND))
-            for r, d, c in zip(members, diff, near, strict=True):
+            confirmed = "" if gc is None else int(np.sum(diff <= bound))
+            for r, d, m, c in zip(members, diff, bound, near, strict=True):
                 rows.append([g + 1, self.paths[r], self._label(self.labels[r]),
                              self.paths[c] if c >= 0 else "",
                              "" if np.isnan(d) else round(float(d), 2),
-                             "" if np.isnan(d) else bool(d <= PIXEL_BOUND), confirmed])
-        return (["group", "path", "label", "closest_member", "pixel_difference", "same_picture",
-                 "group_same_picture"], rows)
+                             "" if np.isnan(d) else float(m),
+                             "" if np.isnan(d) else bool(d <= m), confirmed])
+        return (["group", "path", "label", "closest_member", "pixel_difference", "pixel_bound",
+                 "same_picture", "group_same_picture"], rows)
 
     def frame(self, name: str) -> Any:
         """One of :meth:`tables` as a pandas DataFrame (pandas comes with the ``audit`` extra)."""
@@ -140,8 +144,8 @@ class AuditResult:
             **self._same_picture_counts(),
             "leaks": None if self.leaks is None else int(len(self.leaks.test_rows)),
             "leaks_same_picture": None if self.leaks is None or self.leaks.pixel_diff is None
-            else int(self.leaks.same_picture(PIXEL_BOUND).sum()),
-            "pixel_bound": PIXEL_BOUND,
+            else int(self.leaks.same_picture().sum()),
+            "pixel_bound": PIXEL_BOUND, "pixel_bound_same_size": SAME_SIZE_BOUND,
             "accuracy": self.accuracy,
             "label_issues": None if self.label_issues is None else int(
                 len(self.label_issues.rows)),
@@ -161,11 +165,10 @@ class AuditResult:
             return dict.fromkeys(("duplicate_groups_same_picture",
                                   "duplicate_images_same_picture",
                                   "duplicate_extra_copies_same_picture"))
-        confirmed = gc.confirmed(PIXEL_BOUND)
+        confirmed = gc.confirmed()
         return {"duplicate_groups_same_picture": sum(c > 0 for c in confirmed),
                 "duplicate_images_same_picture": sum(confirmed),
-                "duplicate_extra_copies_same_picture": gc.extra_copies(len(self.paths),
-                                                                       PIXEL_BOUND)}
+                "duplicate_extra_copies_same_picture": gc.extra_copies(len(self.paths))}
 
 
 def _store(s: FeatureStore | str | os.PathLike) -> FeatureStore:
@@ -271,8 +274,9 @@ def _search(X: np.ndarray, paths: list[str], test: tuple[np.ndarray, np.ndarray,
     secs["neighbours"] = time.perf_counter() - t0
     if leaks is not None and len(leaks.test_rows):
         t0 = time.perf_counter()
-        leaks.pixel_diff = pair_differences([test_paths[r] for r in leaks.test_rows],
-                                            [paths[r] for r in leaks.train_rows])
+        px = pair_differences([test_paths[r] for r in leaks.test_rows],
+                              [paths[r] for r in leaks.train_rows])
+        leaks.pixel_diff, leaks.pixel_bound = px.diff, px.bound
         secs["pixels"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     check = check_groups(groups, a, b, paths)
@@ -318,7 +322,11 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
     yt, test_paths = (test[1], test[2]) if test is not None else (np.zeros(0, np.int64), [])
     if test is not None and leaks is not None and s.test_accuracy:
         t0 = time.perf_counter()
-        accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows, s.C, s.seed)
+        checked = leaks.pixel_diff is not None  # then only the same pictures are removed
+        accuracy = _test_accuracy(X, y, test[0], yt, leaks.test_rows[leaks.same_picture()]
+                                  if checked else leaks.test_rows, s.C, s.seed)
+        if accuracy is not None:
+            accuracy["removed"] = "same picture" if checked else "look-alikes"
         secs["accuracy"] = time.perf_counter() - t0
     xy = None
     if mapped is not None:

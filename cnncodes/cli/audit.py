@@ -136,7 +136,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     acc = s["accuracy"]
     if acc:
         wl = acc["without_leaks"]
-        print(f"  test accuracy {acc['all']:.3f} (n={acc['n']}); without leaks "
+        which = "the same pictures" if acc.get("removed") == "same picture" else "the leaks"
+        print(f"  test accuracy {acc['all']:.3f} (n={acc['n']}); without {which} "
               f"{'n/a' if wl is None else f'{wl:.3f}'} (n={acc['n_without_leaks']})")
     if s["label_issues"] is not None:
         print(f"  likely label errors: {s['label_issues']}")

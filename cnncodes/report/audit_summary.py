@@ -60,8 +60,8 @@ LOOKALIKE_NOTE = ("Near-duplicates and possible leaks are found by the codes (co
                   "codes at or above the threshold): copies, re-encodes and resizes are found, "
                   "but so are different images of near-identical things (small, plain images "
                   "especially). Train -> test pairs and the pairs within training groups are "
-                  "also compared in pixels (grey thumbnails; 'same picture' within the bound "
-                  "of cnncodes/audit/pixels.py); "
+                  "also compared in pixels (grey thumbnails; 'same picture': a mean difference "
+                  "within 4 grey levels for two images of one size, 7 for a resize); "
                   "the accuracy without leaks removes the same pictures only. Check the pairs on "
                   "the audit page before removing any.")
 

@@ -135,7 +135,6 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
     from ..audit.defaults import AuditSettings
     from ..audit.labels import find_label_issues, require_cleanlab
     from ..audit.page import AUDIT_HTML, BASELINE_AUDIT_DIR, write_audit
-    from ..audit.pixels import PIXEL_BOUND
     from ..audit.run import audit_arrays
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -178,7 +177,7 @@ def baseline_audit(out: Path, stores: Mapping[str, FeatureStore], trained: Any,
         res.seconds["label_issues"] = time.perf_counter() - t1
     assert res.leaks is not None
     lk = res.leaks
-    same = lk.test_rows[lk.same_picture(PIXEL_BOUND)] if lk.pixel_diff is not None \
+    same = lk.test_rows[lk.same_picture()] if lk.pixel_diff is not None \
         else lk.test_rows  # without the pixel check, every look-alike counts
     res.accuracy = leak_free_accuracy(evaluation, same)
     res.accuracy["removed"] = "same picture" if lk.pixel_diff is not None else "look-alikes"
