@@ -25,7 +25,8 @@ pooling, input size, device, precision, engine, decoder, threads) and shared by 
 (:func:`cnncodes.codes.shared.shared_extractor`, an LRU of two networks): a grid over the
 classifier's parameters on cached codes costs what the classifier costs. ``fit`` builds nothing
 when the configuration was built before in the process or when a store cache already holds the
-layer (the description then comes from the registry's metadata); the network is built only when
+layer (the description then comes from the torch-free extractor when its graph is cached, else
+from the registry's metadata); the network is built only when
 ``transform`` has images to compute. :func:`clear_network_cache` forgets the built networks.
 
 When the sealed, checked ONNX graph of the configuration is cached (an earlier run exported it),
@@ -260,8 +261,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _describe(self) -> tuple[dict[str, Any], int]:
         """(provenance, code dimension): from an earlier build of this configuration in this
-        process, from the registry's metadata when a store cache already has this layer (no build;
-        the store's own check then runs in ``transform``), else from building the network."""
+        process, when a store cache already has this layer from the torch-free extractor (its
+        graph cached; started, not built) or else the registry's metadata (no build; the store's
+        own check then runs in ``transform``), else from building the network."""
         import copy
 
         from ..codes.shared import extractor_key
