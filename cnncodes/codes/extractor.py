@@ -9,8 +9,6 @@ import contextlib
 import io
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -298,48 +296,3 @@ def describe_codes(backbone: BackboneOptions, runtime: RuntimeOptions) -> dict[s
     prov = _provenance(spec, resolved, pre, layers, pooling, precision, device, runtime.decoder,
                        scaling)
     return {**prov, "dims": dims}
-
-
-def extractor_key(backbone: BackboneOptions, runtime: RuntimeOptions) -> tuple:
-    """Everything a built :class:`CodeExtractor` depends on (a weights file by its path, size and
-    mtime, so a rewritten checkpoint is a new key); batch size and workers are not in it."""
-    w = backbone.weights
-    wkey: Any = None if w is None else os.fspath(w)
-    if isinstance(wkey, str) and os.path.isfile(os.path.expanduser(wkey)):
-        path = os.path.abspath(os.path.expanduser(wkey))
-        st = os.stat(path)
-        wkey = ("file", path, st.st_size, st.st_mtime_ns)
-    layers = backbone.layers
-    layers = (layers,) if isinstance(layers, str) else tuple(layers or ())
-    return (backbone.backbone, wkey, layers, backbone.pooling, backbone.input_size,
-            str(resolve_device(runtime.device)), runtime.precision, runtime.engine,
-            runtime.decoder, runtime.threads)
-
-
-#: Built extractors shared by the calls of one process (``CNNCodes`` clones in a grid search),
-#: least recently used first; at most :data:`SHARED_SIZE` networks are kept alive.
-_SHARED: OrderedDict[tuple, CodeExtractor] = OrderedDict()
-_SHARED_LOCK = threading.Lock()
-SHARED_SIZE = 2
-
-
-def shared_extractor(backbone: BackboneOptions, runtime: RuntimeOptions) -> CodeExtractor:
-    """One :class:`CodeExtractor` per configuration (:func:`extractor_key`) and process, built on
-    first use and reused after (with its ONNX session); a bounded LRU of :data:`SHARED_SIZE`."""
-    key = extractor_key(backbone, runtime)
-    with _SHARED_LOCK:
-        ext = _SHARED.get(key)
-        if ext is not None:
-            _SHARED.move_to_end(key)
-            return ext
-        ext = CodeExtractor(backbone, runtime=runtime)
-        _SHARED[key] = ext
-        while len(_SHARED) > SHARED_SIZE:
-            _SHARED.popitem(last=False)
-        return ext
-
-
-def clear_shared_extractors() -> None:
-    """Drop the networks :func:`shared_extractor` keeps (their memory is freed when unused)."""
-    with _SHARED_LOCK:
-        _SHARED.clear()

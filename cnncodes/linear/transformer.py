@@ -22,11 +22,18 @@ cached, so the many fits of a grid search do not re-run the backbone:
 
 The network itself is built once per process and configuration (backbone, weights file, layer,
 pooling, input size, device, precision, engine, decoder, threads) and shared by every clone
-(:func:`cnncodes.codes.extractor.shared_extractor`, an LRU of two networks): a grid over the
+(:func:`cnncodes.codes.shared.shared_extractor`, an LRU of two networks): a grid over the
 classifier's parameters on cached codes costs what the classifier costs. ``fit`` builds nothing
 when the configuration was built before in the process or when a store cache already holds the
-layer (the description then comes from the registry's metadata); the network is built only when
+layer (the description then comes from the torch-free extractor when its graph is cached, else
+from the registry's metadata); the network is built only when
 ``transform`` has images to compute. :func:`clear_network_cache` forgets the built networks.
+
+When the sealed, checked ONNX graph of the configuration is cached (an earlier run exported it),
+the "network" is the torch-free :class:`~cnncodes.codes.light.LightExtractor` (the rules of
+``extract``: CPU, fp32, decoder auto|pil, ``CNNCODES_TORCH_FREE`` not ``0``, its start-up check
+passed), and fit/transform import neither torch nor torchvision. Its codes, provenance and
+memory-cache key are the torch path's.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ def clear_memory_cache() -> None:
 
 def clear_network_cache() -> None:
     """Forget the networks built by ``CNNCodes`` in this process (the next fit builds again)."""
-    from ..codes.extractor import clear_shared_extractors
+    from ..codes.shared import clear_shared_extractors
 
     with _LOCK:
         _DESCRIBED.clear()
@@ -101,6 +108,20 @@ def _as_paths(X: Any) -> list[str]:
                              f"{p!r}.")
         out.append(os.path.abspath(os.path.expanduser(os.fspath(p))))
     return out
+
+
+def _describe_light(bopts: BackboneOptions, ropts: RuntimeOptions) -> dict[str, Any] | None:
+    """What :func:`~cnncodes.codes.extractor.describe_codes` gives (provenance less ``engine``,
+    plus ``dims``), from the shared torch-free extractor (started now, so ``transform`` reuses
+    it); None when the configuration cannot take that path (``describe_codes`` then says it)."""
+    from ..codes.shared import shared_light
+
+    ext = shared_light(bopts, ropts)
+    if ext is None:
+        return None
+    prov = ext.provenance()
+    prov.pop("engine", None)
+    return {**prov, "dims": ext.dims}
 
 
 class CNNCodes(TransformerMixin, BaseEstimator):
@@ -156,7 +177,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         """Describe the codes (layer, dimension, provenance); no image is read, codes are computed
         by ``transform``. The network is built at most once per configuration and process (see
         the module docstring), and not at all when a store cache already holds this layer."""
-        from ..backbones.registry import get_spec
+        from ..backbones.registry import default_layer
 
         _as_paths(X)
         if self.on_error not in ("raise", "zeros"):
@@ -164,10 +185,10 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if self.layer is not None and ("," in str(self.layer) or
                                        not isinstance(self.layer, str)):
             raise ValueError(f"CNNCodes reads one layer; got layer={self.layer!r}.")
-        spec = get_spec(self.backbone)
+        default = default_layer(self.backbone)  # the catalog's: no torch import
         for stale in ("provenance_", "n_features_out_"):  # a refit describes afresh
             self.__dict__.pop(stale, None)
-        self.layer_ = self.layer or spec.default_layer
+        self.layer_ = self.layer or default
         prov, dim = self._describe()
         self.provenance_ = prov
         self.n_features_out_ = dim
@@ -217,7 +238,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
-    # the torch module (with forward hooks) is rebuilt after unpickling, not pickled
+    # the extractor (a torch module with forward hooks, or an ONNX Runtime session) is rebuilt
+    # after unpickling, not pickled
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_extractor", None)
@@ -239,11 +261,12 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _describe(self) -> tuple[dict[str, Any], int]:
         """(provenance, code dimension): from an earlier build of this configuration in this
-        process, from the registry's metadata when a store cache already has this layer (no build;
-        the store's own check then runs in ``transform``), else from building the network."""
+        process, when a store cache already has this layer from the torch-free extractor (its
+        graph cached; started, not built) or else the registry's metadata (no build; the store's
+        own check then runs in ``transform``), else from building the network."""
         import copy
 
-        from ..codes.extractor import describe_codes, extractor_key
+        from ..codes.shared import extractor_key
 
         bopts, ropts = self._options()
         key = extractor_key(bopts, ropts)
@@ -253,7 +276,11 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             return copy.deepcopy(hit[0]), hit[1]
         store = self._store_cache()
         if store is not None and store.is_file() and self._store_has_layer(store):
-            desc = describe_codes(bopts, ropts)
+            desc = _describe_light(bopts, ropts)
+            if desc is None:
+                from ..codes.extractor import describe_codes
+
+                desc = describe_codes(bopts, ropts)
             if desc is not None:
                 dims = desc.pop("dims")
                 return desc, int(dims[self.layer_])
@@ -270,7 +297,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _get_extractor(self) -> Any:
         """The shared network of this configuration (built on first use in the process)."""
-        from ..codes.extractor import extractor_key, shared_extractor
+        from ..codes.shared import extractor_key, shared_extractor
 
         bopts, ropts = self._options()
         ext = shared_extractor(bopts, ropts)

@@ -209,7 +209,7 @@ def test_grid_search_over_c_with_cached_codes_builds_the_network_at_most_once(
 
 
 def test_shared_networks_are_bounded_and_keyed_by_the_configuration(digits_data, monkeypatch):  # noqa: F811
-    from cnncodes.codes import extractor
+    from cnncodes.codes import shared
 
     paths, _ = _paths_labels(digits_data.test_dir)
     builds = _count_builds(monkeypatch)
@@ -217,7 +217,7 @@ def test_shared_networks_are_bounded_and_keyed_by_the_configuration(digits_data,
     for layer in ("pool", "layer3", "layer2", "pool"):
         CNNCodes(BACKBONE, layer=layer, **kw).fit_transform(paths[:1])
     # three configurations, two kept: "pool" was evicted by layer2 and built again
-    assert builds == [BACKBONE] * 4 and len(extractor._SHARED) == extractor.SHARED_SIZE == 2
+    assert builds == [BACKBONE] * 4 and len(shared._SHARED) == shared.SHARED_SIZE == 2
     CNNCodes(BACKBONE, layer="layer2", **kw).fit_transform(paths[:1])
     CNNCodes(BACKBONE, layer="pool", batch_size=7, **kw).fit_transform(paths[:1])
     assert len(builds) == 4  # both still held; the batch size is not part of the network
