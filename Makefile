@@ -29,9 +29,15 @@ demo: $(STAMP)
 	$(VENV)/bin/cnncodes baseline $(DEMO)/animal-mnist --cache $(DEMO) --report $(DEMO)/baseline --input-size $(DEMO_SIZE) --layer pool --no-progress
 	@echo "demo report: file://$(abspath $(DEMO)/baseline/report.html)"
 
-# the fast suite (a few minutes on 2 cores); pytest's exit code 5 (nothing collected) is not a failure
+# the fast suite (a few minutes on 2 cores); pytest's exit code 5 (nothing collected) is not a failure.
+# tests/conftest.py sets SCIPY_ARRAY_API=1 (as the cnncodes command does); the second run is the
+# model-selection tests again as a plain Python process runs them, SciPy without it
+# (CNNCODES_TESTS_WITHOUT_ARRAY_API=1: the array-API tests skip themselves)
+LINEAR_WITHOUT_ARRAY_API ?= tests/linear/test_array_api_env.py tests/linear/test_array_api.py \
+	tests/linear/test_large.py tests/linear/test_choice.py
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	env -u SCIPY_ARRAY_API CNNCODES_TESTS_WITHOUT_ARRAY_API=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(LINEAR_WITHOUT_ARRAY_API)
 
 # the slow tests (kill -9 / Ctrl-C / torchrun subprocesses); .ci/run runs both
 test-slow: $(STAMP)

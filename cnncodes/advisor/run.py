@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ from ..sources.folders import ImageSource, open_source
 from ..sources.splits import stratified_order
 from .advice import Advice
 from .defaults import FOLDS, HEAD_SAMPLE, PROBE, SAMPLE
-from .evidence import measure_size
+from .evidence import SizeInfo, measure_size
 from .meter import PretrainedMeter
-from .probe import check_probe, probe_layers
+from .probe import ProbeResult, check_probe, probe_layers
 from .rule import RunSetup, Thresholds, check_probe_size, decide
 from .sample import budgeted_size, parse_budget, select_sample
 from .similarity import SimilarityEvidence
@@ -58,9 +59,12 @@ log = logging.getLogger(__name__)
 
 #: Side of the raw-pixel thumbnails used as the probe's reference row.
 RAW_SIDE = 16
+#: :func:`run_advisor`'s own keyword arguments besides the options objects and the budget (the
+#: sample and the probe); :func:`cnncodes.workflows.advice.advise` accepts them as ``**options``.
+PROBE_OPTIONS = ("max_images", "folds", "probe", "seed", "head_sample", "thresholds")
 #: advise's own keyword arguments (the others are fields of the two options objects; ``report``
 #: is :func:`cnncodes.workflows.advice.advise`'s).
-ADVISE_OPTIONS = ("max_images", "folds", "probe", "seed", "head_sample", "thresholds", "report")
+ADVISE_OPTIONS = (*PROBE_OPTIONS, "report")
 
 
 def _raw_thumbnails(images: torch.Tensor) -> np.ndarray:
@@ -222,65 +226,126 @@ def run_advisor(
     budget_s = parse_budget(budget)
     _check_advise_args(probe, max_images, folds)
     src = open_source(source)
-    size = measure_size(src, seed=seed)
     where = os.fspath(src.root if isinstance(source, ImageSource) else source)
-    check_probe_size(size, source=where, thresholds=th,
-                     last_layer=get_spec(bopts.backbone).default_layer)  # before extracting
+    size = _measure(src, where, bopts.backbone, th, seed=seed)  # before extracting
     cand, depths = _candidates(bopts)
     ext = CodeExtractor(bopts.replace(layers=tuple(cand)), runtime=ropts)
-    meter = (PretrainedMeter(ext.spec, ext.resolved, device=ext.device)
-             if not ext.resolved.is_random and head_sample > 0 else None)
+    meter = _meter(ext, head_sample)
     order = stratified_order(src.labels, seed=seed)
-    n_cap = min(max_images, order.size)
-    got = _SampleCodes(src, ext, ropts, meter=meter, head_sample=head_sample, total=n_cap)
+    got = _SampleCodes(src, ext, ropts, meter=meter, head_sample=head_sample,
+                       total=min(max_images, order.size))
     try:
-        # the first rows measure the speed; the budget then sets the sample size
-        first = order[:min(n_cap, max(head_sample, 2 * ropts.batch_size))]
-        secs = got.run(first)
-        rate = len(first) / secs if secs > 0 else float("inf")
-        n = budgeted_size(rate, budget_s, probe=probe, cap=n_cap, floor=first.size)
-        if n < n_cap:
-            log.info("budget %.0f s at %.0f img/s: probing %d of %d images", budget_s, rate, n,
-                     order.size)
-        sample = select_sample(order, src.labels, n, min_per_class=folds)
-        got.set_total(len(sample))
-        rest = got.missing(sample)
-        if rest:
-            got.run(rest)
+        drawn = _draw_sample(got, order, max_images=max_images, budget_s=budget_s, probe=probe,
+                             folds=folds)
     finally:
         got.close()
     t_extract = time.perf_counter() - t0
-    in_sample = np.sort(np.array([i for i in sample if int(i) in got.codes], np.int64))
-    for p, r in got.failures:
-        log.warning("skipping %s: %s", p, r)
-    t_probe = time.perf_counter()
-    result = probe_layers({k: np.stack([got.codes[int(i)][k] for i in in_sample]) for k in cand},
-                          src.labels[in_sample], depths=depths, method=probe, folds=folds,
-                          seed=seed, raw=np.stack([got.raw[int(i)] for i in in_sample]),
-                          class_names=src.classes)
-    t_probe = time.perf_counter() - t_probe
+    result, n_used = _probe_sample(got, drawn.sample, depths, method=probe, folds=folds,
+                                   seed=seed)
+    t_probe = time.perf_counter() - t0 - t_extract
     head, bn = _network_view(ext, meter)
-    setup = RunSetup(source=where, backbone=bopts.backbone, input_size=bopts.input_size,
-                     pooling=bopts.pooling,
-                     weights=str(bopts.weights) if bopts.weights is not None else "random")
     verdict = decide(size, result, thresholds=th,
                      random_weights=ext.resolved.is_random, similarity=head_similarity(head))
     elapsed = time.perf_counter() - t0
+    _warn_over_budget(elapsed, budget_s)
+    meta = {"seed": seed, "budget_s": budget_s, "elapsed_s": round(elapsed, 2),
+            "extract_s": round(t_extract, 2), "probe_s": round(t_probe, 2),
+            **drawn.meta(n_used), **_extraction_meta(got, pooling=bopts.pooling),
+            "versions": versions()}
+    log.debug("advise: %s, layer %s", verdict.quadrant.value, verdict.layer)
+    return Advice(_run_setup(where, bopts), size, head, bn, result, verdict, th, meta)
+
+
+def _measure(src: ImageSource, where: str, backbone: str, th: Thresholds, *,
+             seed: int) -> SizeInfo:
+    """The data's size (:func:`~cnncodes.advisor.evidence.measure_size`), refused when too
+    small to probe (:func:`~cnncodes.advisor.rule.check_probe_size`)."""
+    size = measure_size(src, seed=seed)
+    check_probe_size(size, source=where, thresholds=th,
+                     last_layer=get_spec(backbone).default_layer)
+    return size
+
+
+def _meter(ext: CodeExtractor, head_sample: int) -> PretrainedMeter | None:
+    """The ImageNet head / BatchNorm meter (None for random weights or ``head_sample=0``)."""
+    if ext.resolved.is_random or head_sample <= 0:
+        return None
+    return PretrainedMeter(ext.spec, ext.resolved, device=ext.device)
+
+
+def _run_setup(where: str, bopts: BackboneOptions) -> RunSetup:
+    return RunSetup(source=where, backbone=bopts.backbone, input_size=bopts.input_size,
+                    pooling=bopts.pooling,
+                    weights=str(bopts.weights) if bopts.weights is not None else "random")
+
+
+def _warn_over_budget(elapsed: float, budget_s: float | None) -> None:
     if budget_s is not None and elapsed > 1.25 * budget_s:
         log.warning("advise took %.0f s, over its %.0f s budget (probe fits are slower than "
                     "estimated); pass a smaller --sample to stay within it", elapsed, budget_s)
-    meta = {
-        "seed": seed, "budget_s": budget_s, "elapsed_s": round(elapsed, 2),
-        "extract_s": round(t_extract, 2), "probe_s": round(t_probe, 2),
-        "images_per_s": round(rate, 1), "speed_rows": int(first.size),
-        "sample_requested": int(n), "sample_used": int(in_sample.size),
-        "failures": len(got.failures), "weights_id": ext.resolved.id,
-        "input_size": ext.preprocessing.crop, "pooling": bopts.pooling,
-        "device": str(ext.device), "decoder": decoder_name(got.dataset, ext.device),
-        "versions": versions(),
-    }
-    log.debug("advise: %s, layer %s", verdict.quadrant.value, verdict.layer)
-    return Advice(setup, size, head, bn, result, verdict, th, meta)
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """The sample drawn: its rows, the extraction speed measured on the first ``speed_rows``
+    (images/s) and the size the budget allowed (``requested``)."""
+
+    sample: np.ndarray
+    rate: float
+    speed_rows: int
+    requested: int
+
+    def meta(self, used: int) -> dict[str, Any]:
+        """The advice's record of the sample (``used``: rows extracted and probed)."""
+        return {"images_per_s": round(self.rate, 1), "speed_rows": self.speed_rows,
+                "sample_requested": self.requested, "sample_used": int(used)}
+
+
+def _draw_sample(got: _SampleCodes, order: np.ndarray, *, max_images: int,
+                 budget_s: float | None, probe: str, folds: int) -> _Drawn:
+    """Extract the first rows of ``order`` to measure the speed, let the budget set the sample
+    size (at most ``max_images``), select the sample (``folds`` rows per class at least) and
+    extract the rest of it."""
+    n_cap = min(max_images, order.size)
+    labels = got.src.labels
+    first = order[:min(n_cap, max(got.head_sample, 2 * got.ropts.batch_size))]
+    secs = got.run(first)
+    rate = len(first) / secs if secs > 0 else float("inf")
+    n = budgeted_size(rate, budget_s, probe=probe, cap=n_cap, floor=first.size)
+    if n < n_cap:
+        log.info("budget %.0f s at %.0f img/s: probing %d of %d images", budget_s, rate, n,
+                 order.size)
+    sample = select_sample(order, labels, n, min_per_class=folds)
+    got.set_total(len(sample))
+    rest = got.missing(sample)
+    if rest:
+        got.run(rest)
+    return _Drawn(sample, rate, int(first.size), int(n))
+
+
+def _probe_sample(got: _SampleCodes, sample: np.ndarray, depths: dict[str, str], *,
+                  method: str, folds: int, seed: int) -> tuple[ProbeResult, int]:
+    """Probe every candidate layer (``depths``' keys) on the rows of ``sample`` that were
+    extracted (unreadable ones are logged and skipped). Returns ``(probe result, rows
+    probed)``."""
+    in_sample = np.sort(np.array([i for i in sample if int(i) in got.codes], np.int64))
+    for p, r in got.failures:
+        log.warning("skipping %s: %s", p, r)
+    src = got.src
+    result = probe_layers({k: np.stack([got.codes[int(i)][k] for i in in_sample])
+                           for k in depths},
+                          src.labels[in_sample], depths=depths, method=method, folds=folds,
+                          seed=seed, raw=np.stack([got.raw[int(i)] for i in in_sample]),
+                          class_names=src.classes)
+    return result, int(in_sample.size)
+
+
+def _extraction_meta(got: _SampleCodes, *, pooling: str) -> dict[str, Any]:
+    """The advice's record of how the codes were extracted (as ``extract`` would)."""
+    ext = got.ext
+    return {"failures": len(got.failures), "weights_id": ext.resolved.id,
+            "input_size": ext.preprocessing.crop, "pooling": pooling, "device": str(ext.device),
+            "decoder": decoder_name(got.dataset, ext.device)}
 
 
 def recorded_advice(store: str | os.PathLike, *, backbone: str,

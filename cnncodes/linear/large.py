@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .options import LARGE_SET_VALUES
+from .options import LARGE_SET_VALUES, ClassifierOptions
 from .progress import FitProgress, ProgressArg
 
 log = logging.getLogger(__name__)
@@ -146,20 +146,30 @@ def permute_rows(X: np.ndarray, order: np.ndarray) -> None:
             i = j
 
 
+@dataclass(frozen=True)
+class PathStop:
+    """When the warm C path stops early: once ``patience`` C values in a row score more than
+    ``drop`` below the best so far (``patience=0``: every C is tried)."""
+
+    patience: int = PATH_PATIENCE
+    drop: float = PATH_DROP
+
+
 def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, seed: int,
-                     val_fraction: float = VAL_FRACTION, scoring: Any = "accuracy",
-                     l2: bool = False, standardize: bool = True,
-                     class_weight: str | Mapping[int, float] | None = None,
-                     max_iter: int = 1000, progress: ProgressArg = None,
-                     overwrite_X: bool = False, patience: int = PATH_PATIENCE,
-                     drop: float = PATH_DROP) -> tuple[Any, dict[str, Any]]:
+                     classifier: ClassifierOptions | None = None,
+                     val_fraction: float = VAL_FRACTION, progress: ProgressArg = None,
+                     overwrite_X: bool = False, stop: PathStop = PathStop()
+                     ) -> tuple[Any, dict[str, Any]]:
     """Logistic regression's C chosen on one stratified validation split along a warm-started
     float32 C path, then refitted on all rows (warm-started from the chosen C's solution).
 
-    The path stops early once ``patience`` C values in a row score more than ``drop`` below the
-    best so far (the validation score has peaked and is falling): the larger C values left are
-    the slowest fits and would not be chosen unless the score rose again. ``patience=0`` tries
-    every C.
+    ``classifier``: its ``scoring``, ``l2``, ``standardize``, ``class_weight`` and ``max_iter``
+    are used (the model is logistic regression, the grid is ``grid``, no PCA).
+
+    The path stops early (``stop``, a :class:`PathStop`) once ``patience`` C values in a row
+    score more than ``drop`` below the best so far (the validation score has peaked and is
+    falling): the larger C values left are the slowest fits and would not be chosen unless the
+    score rose again. ``PathStop(patience=0)`` tries every C.
 
     Memory: one float32 copy of ``X`` (rows permuted: training part, then validation part, both
     views), standardised in place with the training part's statistics; that same affine
@@ -175,77 +185,119 @@ def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, see
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import check_scoring
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import Normalizer
 
+    copts = classifier if classifier is not None else ClassifierOptions()
     X = np.asarray(X)
     n_features = X.shape[1]
     Cs = sorted(float(c) for c in grid)
     tr, va = validation_split(y, val_fraction, seed)
     order = np.concatenate([tr, va])
     n_tr = len(tr)
+    Xs, scaler, in_place = _scaled_rows(X, order, n_tr, copts, overwrite_X=overwrite_X)
+    del X
+    y_all = y[order]
+    clf = LogisticRegression(C=Cs[0], solver="lbfgs", max_iter=copts.max_iter,
+                             class_weight=copts.class_weight, random_state=seed,
+                             warm_start=True)
+    scorer = check_scoring(clf, scoring=copts.scoring)
+    bar = FitProgress(len(Cs) + 1, desc="model selection (validation split, warm C path)",
+                      progress=progress)
+    try:
+        path = _walk_path(clf, scorer, Xs, y_all, n_tr, Cs, bar, stop)
+        t = time.perf_counter()
+        final = _refit(clf, path.best, Xs, y_all)
+        refit_s = time.perf_counter() - t
+        bar.step(stage="refit", C=path.best[1])
+    finally:
+        bar.close()
+    del Xs
+    tried = Cs[:len(path.means)]
+    record = {"c_grid": tried, "cv_mean": path.means, "cv_std": [0.0] * len(tried),
+              "best_C": path.best[1], "c_not_tried": Cs[len(path.means):],
+              "best_cv_score": path.best[0], "n_val": int(len(va)), "fit_s": path.times,
+              "refit_time_s": round(refit_s, 3), "in_place": bool(in_place)}
+    return _path_pipeline(final, scaler, l2=copts.l2, n_features=n_features), record
+
+
+def _scaled_rows(X: np.ndarray, order: np.ndarray, n_tr: int, copts: ClassifierOptions, *,
+                 overwrite_X: bool) -> tuple[np.ndarray, Any, bool]:
+    """The rows of ``X`` in ``order``, [L2-normalised and] standardised with the first ``n_tr``
+    rows' statistics: ``X`` itself when ``overwrite_X`` allows (float, C-contiguous, writeable),
+    else one copy. Returns ``(rows, scaler or None, in place)``."""
     in_place = (overwrite_X and X.dtype in (np.float32, np.float64)
                 and X.flags.c_contiguous and X.flags.writeable)
     if in_place:
         permute_rows(X, order)
-        Xs = X
-        scaler = _fill_scaled(Xs, Xs, np.arange(len(order)), l2=l2, standardize=standardize,
-                              fit_rows=n_tr)
-    else:
-        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
-        Xs = np.empty((len(order), n_features), dtype)
-        scaler = _fill_scaled(Xs, X, order, l2=l2, standardize=standardize, fit_rows=n_tr)
-    del X
-    y_all = y[order]
+        scaler = _fill_scaled(X, X, np.arange(len(order)), l2=copts.l2,
+                              standardize=copts.standardize, fit_rows=n_tr)
+        return X, scaler, True
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
+    Xs = np.empty((len(order), X.shape[1]), dtype)
+    scaler = _fill_scaled(Xs, X, order, l2=copts.l2, standardize=copts.standardize,
+                          fit_rows=n_tr)
+    return Xs, scaler, False
+
+
+@dataclass
+class _Path:
+    """The C path walked so far: validation score and fit seconds per C tried, and the best
+    ``(score, C, coef, intercept)``."""
+
+    means: list[float]
+    times: list[float]
+    best: tuple[float, Any, Any, Any]
+
+
+def _walk_path(clf: Any, scorer: Any, Xs: np.ndarray, y_all: np.ndarray, n_tr: int,
+               Cs: list[float], bar: FitProgress, stop: PathStop) -> _Path:
+    """Fit ``clf`` (warm-started) on the first ``n_tr`` rows for each C in increasing order,
+    score it on the rest, until ``stop`` says the score has peaked."""
     y_tr, y_va = y_all[:n_tr], y_all[n_tr:]
-    clf = LogisticRegression(C=Cs[0], solver="lbfgs", max_iter=max_iter,
-                             class_weight=class_weight, random_state=seed, warm_start=True)
-    scorer = check_scoring(clf, scoring=scoring)
-    bar = FitProgress(len(Cs) + 1, desc="model selection (validation split, warm C path)",
-                      progress=progress)
-    means, times, best = [], [], (-np.inf, None, None, None)
+    path = _Path([], [], (-np.inf, None, None, None))
     falling = 0
-    try:
-        for i, C in enumerate(Cs):
-            if patience and falling >= patience:
-                log.info("model selection: stopping the C path after C=%.3g: %d C values in a "
-                         "row scored more than %.1f points below the best (%.4f at C=%.3g); "
-                         "not tried: %s", Cs[i - 1], falling, 100 * drop, best[0], best[1],
-                         ", ".join(f"{c:.3g}" for c in Cs[i:]))
-                bar.shrink(len(Cs) - i)
-                break
-            t = time.perf_counter()
-            clf.set_params(C=C)
-            clf.fit(Xs[:n_tr], y_tr)
-            s = float(scorer(clf, Xs[n_tr:], y_va))
-            times.append(round(time.perf_counter() - t, 3))
-            means.append(s)
-            if s > best[0]:  # strict: ties keep the smallest C (the documented rule)
-                best = (s, C, clf.coef_.copy(), clf.intercept_.copy())
-            falling = falling + 1 if s < best[0] - drop else 0
-            bar.step(C=C, score=s)
-        # refit on all rows (same scaling), from the chosen C's solution
+    for i, C in enumerate(Cs):
+        if stop.patience and falling >= stop.patience:
+            log.info("model selection: stopping the C path after C=%.3g: %d C values in a "
+                     "row scored more than %.1f points below the best (%.4f at C=%.3g); "
+                     "not tried: %s", Cs[i - 1], falling, 100 * stop.drop, path.best[0],
+                     path.best[1], ", ".join(f"{c:.3g}" for c in Cs[i:]))
+            bar.shrink(len(Cs) - i)
+            break
         t = time.perf_counter()
-        final = LogisticRegression(C=best[1], solver="lbfgs", max_iter=max_iter,
-                                   class_weight=class_weight, random_state=seed,
-                                   warm_start=True)
-        final.coef_, final.intercept_ = best[2], best[3]
-        final.fit(Xs, y_all)
-        final.set_params(warm_start=False)
-        refit_s = time.perf_counter() - t
-        bar.step(stage="refit", C=best[1])
-    finally:
-        bar.close()
-    del Xs
+        clf.set_params(C=C)
+        clf.fit(Xs[:n_tr], y_tr)
+        s = float(scorer(clf, Xs[n_tr:], y_va))
+        path.times.append(round(time.perf_counter() - t, 3))
+        path.means.append(s)
+        if s > path.best[0]:  # strict: ties keep the smallest C (the documented rule)
+            path.best = (s, C, clf.coef_.copy(), clf.intercept_.copy())
+        falling = falling + 1 if s < path.best[0] - stop.drop else 0
+        bar.step(C=C, score=s)
+    return path
+
+
+def _refit(clf: Any, best: tuple[float, Any, Any, Any], Xs: np.ndarray, y_all: np.ndarray
+           ) -> Any:
+    """``clf``'s settings at the chosen C, refitted on all rows (same scaling), warm-started
+    from the chosen C's solution."""
+    from sklearn.base import clone
+
+    final = clone(clf).set_params(C=best[1])
+    final.coef_, final.intercept_ = best[2], best[3]
+    final.fit(Xs, y_all)
+    final.set_params(warm_start=False)
+    return final
+
+
+def _path_pipeline(final: Any, scaler: Any, *, l2: bool, n_features: int) -> Any:
+    """The fitted pipeline [l2] -> [scale] -> clf the path search returns."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
     steps: list[tuple[str, Any]] = []
     if l2:
         steps.append(("l2", Normalizer(norm="l2").fit(np.zeros((1, n_features)))))
     if scaler is not None:
         steps.append(("scale", scaler))
     steps.append(("clf", final))
-    tried = Cs[:len(means)]
-    record = {"c_grid": tried, "cv_mean": means, "cv_std": [0.0] * len(tried), "best_C": best[1],
-              "c_not_tried": Cs[len(means):],
-              "best_cv_score": best[0], "n_val": int(len(va)), "fit_s": times,
-              "refit_time_s": round(refit_s, 3), "in_place": bool(in_place)}
-    return Pipeline(steps), record
+    return Pipeline(steps)

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,18 +101,35 @@ def _raw_one(X: np.ndarray, ok: np.ndarray, failures: list[tuple[str, str]], i: 
     return True
 
 
+@dataclass(frozen=True)
+class RawPixelOptions:
+    """Which raw pixels the reference row uses, and what it may cost.
+
+    Attributes:
+        size: side of the downscaled images (``--raw-size``).
+        grey: one grey channel instead of RGB.
+        budget: most training values (rows x features) the row may use; None = no limit.
+        subsample: over ``budget``, train on a stratified subsample instead of skipping the row.
+    """
+
+    size: int = DEFAULT_RAW_SIZE
+    grey: bool = False
+    budget: int | None = RAW_BASELINE_BUDGET
+    subsample: bool = False
+
+
 def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: Sequence[str],
-                   y_test: np.ndarray, *, classes: Sequence[str], size: int = DEFAULT_RAW_SIZE,
-                   grey: bool = False, classifier: ClassifierOptions | None = None,
-                   seed: int = 0, budget: int | None = RAW_BASELINE_BUDGET,
-                   device: str = "auto", subsample: bool = False,
-                   progress: ProgressArg = None, **options: Any) -> dict[str, Any]:
+                   y_test: np.ndarray, *, classes: Sequence[str],
+                   raw: RawPixelOptions | None = None,
+                   classifier: ClassifierOptions | None = None, seed: int = 0,
+                   device: str = "auto", progress: ProgressArg = None,
+                   **options: Any) -> dict[str, Any]:
     """Logistic regression with the codes' model selection on downscaled raw pixels of the same
-    images.
+    images (``raw``: their size and colour, and the row's budget: :class:`RawPixelOptions`).
 
     Returns a report row: ``name``, ``model`` (always :data:`RAW_BASELINE_MODEL`) with
     ``model_note``, CV record, test ``accuracy``/``balanced_accuracy``; or
-    ``{"name": ..., "skipped": reason}`` when it would not be cheap (more than ``budget``
+    ``{"name": ..., "skipped": reason}`` when it would not be cheap (more than ``raw.budget``
     training values) or the image files are gone.
 
     ``classifier`` (or single fields in ``options``) as for :func:`~cnncodes.train`: its C grid,
@@ -119,13 +137,15 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
     always logistic regression, see the module docstring), and the pixels are always
     standardised, without L2 normalisation or PCA (settings tuned for codes).
 
-    ``subsample``: over ``budget``, train on a stratified, seeded subsample of the training
+    ``raw.subsample``: over ``raw.budget``, train on a stratified, seeded subsample of the training
     images (at most :data:`RAW_SUBSAMPLE_VALUES` values, C by at most
     :data:`RAW_SUBSAMPLE_FOLDS`-fold CV) (``row["subsample"]`` says how many of
     how many) instead of skipping;
     the test rows are all scored. ``progress``: images read and fits done, with ETA.
     """
     copts, _ = classifier_options(classifier, options, where="pixel_baseline")
+    raw = raw if raw is not None else RawPixelOptions()
+    size, grey, budget = raw.size, raw.grey, raw.budget
     asked = copts.model_name
     copts = copts.replace(model=RAW_BASELINE_MODEL, l2=False, standardize=True, pca=None)
     note = "always logistic regression, whatever the codes use" + (
@@ -136,7 +156,7 @@ def pixel_baseline(train_paths: Sequence[str], y_train: np.ndarray, test_paths: 
     dim = size * size * ch
     sub: dict[str, Any] | None = None
     if budget is not None and len(train_paths) * dim > budget:
-        if not subsample:
+        if not raw.subsample:
             return {"name": name, "skipped": f"{len(train_paths)} x {dim} values is over the "
                     f"raw-baseline budget of {budget}; use a smaller --raw-size"}
         n_sub = max(min(budget, RAW_SUBSAMPLE_VALUES) // dim, 2 * len(classes))

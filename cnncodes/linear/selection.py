@@ -144,29 +144,14 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         score per C, the chosen C, fold count and timings (JSON-serialisable).
     """
     copts, _ = classifier_options(classifier, options, where="fit_codes")
-    model, cv, pca, n_jobs = copts.model_name, copts.cv, copts.pca, copts.n_jobs
-    class_weight, scoring = copts.class_weight, copts.scoring
-    X = np.asarray(X)
-    if X.dtype == np.float16:  # float16 stores: compute in float32 on both paths (lossless)
-        X = X.astype(np.float32)
-    y = np.asarray(y)
-    if X.ndim != 2 or X.shape[0] != y.shape[0]:
-        raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
-    if not _all_finite(X):
-        bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise ValueError(f"{plural(bad, 'row')} of the codes hold{'s' if bad == 1 else ''} NaN "
-                         "or inf values; re-extract them "
-                         "(fp16 overflow? try --precision fp32).")
+    model, pca = copts.model_name, copts.pca
+    X, y = _checked_codes(X, y)
     grid = parse_c_grid(copts.c_grid)
-    folds = resolve_cv(y, cv, classes=classes)
-    if pca is not None and not isinstance(pca, float):
-        limit = min(X.shape[1], X.shape[0] - X.shape[0] // folds)
-        if pca > limit:
-            raise ValueError(f"pca={pca} components is more than a training fold allows "
-                             f"(min(features, rows per fold) = {limit}); use --pca {limit} or "
-                             "less, or a variance fraction such as 0.95.")
+    folds = resolve_cv(y, copts.cv, classes=classes)
+    _check_pca(pca, X.shape, folds)
     pipe = build_pipeline(model=model, l2=copts.l2, standardize=copts.standardize, pca=pca,
-                          class_weight=class_weight, max_iter=copts.max_iter, random_state=seed)
+                          class_weight=copts.class_weight, max_iter=copts.max_iter,
+                          random_state=seed)
     compute = resolve_compute(device, pipeline=pipe,
                               shape=(X.shape[0], X.shape[1], len(np.unique(y))))
     plan = choose_search(X.shape[0], X.shape[1], cv=folds, model=model, pca=pca,
@@ -179,42 +164,83 @@ def fit_codes(X: np.ndarray, y: np.ndarray, *, classes: Sequence[str] | None = N
         limit = threads if threads is not None else (1 if X.size <= SMALL_FIT_VALUES else None)
         with threadpool_limits(limits=limit):
             best_pipe, rec = warm_path_search(
-                X, y, grid, seed=seed, val_fraction=plan.val_fraction, scoring=scoring,
-                l2=copts.l2, standardize=copts.standardize, class_weight=class_weight,
-                max_iter=copts.max_iter, progress=progress, overwrite_X=overwrite_X)
+                X, y, grid, seed=seed, classifier=copts, val_fraction=plan.val_fraction,
+                progress=progress, overwrite_X=overwrite_X)
         extra = {"n_val": rec["n_val"], "fit_s": rec["fit_s"], "in_place": rec["in_place"]}
     else:
         best_pipe, rec, compute = _grid_search(pipe, X, y, grid, plan, seed=seed,
-                                               scoring=scoring, n_jobs=n_jobs, threads=threads,
-                                               compute=compute, progress=progress)
+                                               scoring=copts.scoring, n_jobs=copts.n_jobs,
+                                               threads=threads, compute=compute,
+                                               progress=progress)
         extra = {"n_val": rec["n_val"]} if "n_val" in rec else {}
     seconds = time.perf_counter() - t0
-    selection = {
-        "model": model, "scoring": scoring, "cv": plan.folds, "cv_requested": int(cv),
-        "seed": seed, "search": plan.to_dict(), **extra,
-        "c_grid": [float(c) for c in rec["c_grid"]],
-        "c_not_tried": [float(c) for c in rec.get("c_not_tried", [])],
-        "cv_mean": [float(m) for m in rec["cv_mean"]],
-        "cv_std": [float(m) for m in rec["cv_std"]],
-        "best_C": float(rec["best_C"]), "best_cv_score": float(rec["best_cv_score"]),
-        "class_weight": class_weight, "l2": copts.l2, "standardize": copts.standardize,
-        "pca": pca, "max_iter": copts.max_iter, "n_jobs": n_jobs, "large_set": copts.large_set,
-        "steps": [n for n, _ in best_pipe.steps],
-        "n_train": int(X.shape[0]), "n_features": int(X.shape[1]),
-        "compute": {**compute.to_dict(), "dtype": str(X.dtype)},
-        "train_time_s": round(seconds, 3), "refit_time_s": round(float(rec["refit_time_s"]), 3),
-    }
-    selection.update(describe_choice(selection["c_grid"], selection["cv_mean"],
-                                     selection["best_C"], scoring=scoring, model=model))
+    selection = _selection_record(copts, plan, rec, extra, seed=seed, shape=X.shape,
+                                  steps=[n for n, _ in best_pipe.steps],
+                                  compute={**compute.to_dict(), "dtype": str(X.dtype)},
+                                  seconds=seconds)
     if selection.get("c_note"):  # says which fit it concerns (baseline runs two: codes, pixels)
         log.warning("C search of %s on %d x %d: %s", model, X.shape[0], X.shape[1],
                     selection["c_note"])
     how = (f"{folds} folds" if plan.kind == "kfold" else
            f"validation split of {selection.get('n_val')} rows")
     log.info("%s on %d x %d: best C %.3g, CV %s %.4f (%s, %d C values, %.1f s, %s)",
-             model, X.shape[0], X.shape[1], selection["best_C"], scoring,
+             model, X.shape[0], X.shape[1], selection["best_C"], copts.scoring,
              selection["best_cv_score"], how, len(grid), seconds, compute.describe())
     return best_pipe, selection
+
+
+def _checked_codes(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``X, y`` as arrays (float16 codes as float32: lossless, both compute paths), after
+    checking their shapes and that every code is finite."""
+    X = np.asarray(X)
+    if X.dtype == np.float16:
+        X = X.astype(np.float32)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"X must be (N, D) with N = len(y); got X {X.shape}, y {y.shape}.")
+    if not _all_finite(X):
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise ValueError(f"{plural(bad, 'row')} of the codes hold{'s' if bad == 1 else ''} NaN "
+                         "or inf values; re-extract them "
+                         "(fp16 overflow? try --precision fp32).")
+    return X, y
+
+
+def _check_pca(pca: int | float | None, shape: tuple[int, ...], folds: int) -> None:
+    """A number of PCA components must fit a training fold of ``shape`` codes."""
+    if pca is None or isinstance(pca, float):
+        return
+    limit = min(shape[1], shape[0] - shape[0] // folds)
+    if pca > limit:
+        raise ValueError(f"pca={pca} components is more than a training fold allows "
+                         f"(min(features, rows per fold) = {limit}); use --pca {limit} or "
+                         "less, or a variance fraction such as 0.95.")
+
+
+def _selection_record(copts: ClassifierOptions, plan: SearchPlan, rec: dict[str, Any],
+                      extra: dict[str, Any], *, seed: int, shape: tuple[int, ...],
+                      steps: list[str], compute: dict[str, Any], seconds: float
+                      ) -> dict[str, Any]:
+    """The JSON-serialisable ``selection`` :func:`fit_codes` returns: the options, the search
+    plan, the score per C, the choice (with :func:`describe_choice`'s words) and timings."""
+    selection = {
+        "model": copts.model_name, "scoring": copts.scoring, "cv": plan.folds,
+        "cv_requested": int(copts.cv), "seed": seed, "search": plan.to_dict(), **extra,
+        "c_grid": [float(c) for c in rec["c_grid"]],
+        "c_not_tried": [float(c) for c in rec.get("c_not_tried", [])],
+        "cv_mean": [float(m) for m in rec["cv_mean"]],
+        "cv_std": [float(m) for m in rec["cv_std"]],
+        "best_C": float(rec["best_C"]), "best_cv_score": float(rec["best_cv_score"]),
+        "class_weight": copts.class_weight, "l2": copts.l2, "standardize": copts.standardize,
+        "pca": copts.pca, "max_iter": copts.max_iter, "n_jobs": copts.n_jobs,
+        "large_set": copts.large_set, "steps": steps,
+        "n_train": int(shape[0]), "n_features": int(shape[1]), "compute": compute,
+        "train_time_s": round(seconds, 3), "refit_time_s": round(float(rec["refit_time_s"]), 3),
+    }
+    selection.update(describe_choice(selection["c_grid"], selection["cv_mean"],
+                                     selection["best_C"], scoring=copts.scoring,
+                                     model=copts.model_name))
+    return selection
 
 
 def _all_finite(X: np.ndarray, rows: int = 4096) -> bool:

@@ -126,35 +126,9 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
     name = resolve_layer(st, layer)
     X, y = st.load(name, allow_incomplete=True)
     paths = np.asarray(_abs_paths(st), dtype=object)
-    store_classes = st.classes
-    labelled = np.flatnonzero(y >= 0)
-    if labelled.size == 0:
-        raise ValueError(f"{st.path} has no labelled rows (it was extracted from a flat folder or "
-                         "an unlabelled list); extract a folder of class folders to train.")
-    if labelled.size < len(y):
-        log.info("%s: ignoring %d unlabelled rows", st.path, len(y) - labelled.size)
-    present = np.unique(y[labelled])
-    classes = [store_classes[i] for i in present]
-    yl = np.searchsorted(present, y[labelled])
-    split: dict[str, Any] = {"kind": "all", "store": os.fspath(st.path), "n_train": int(len(yl))}
-    rows = np.arange(len(yl))
-    if holdout_paths is not None:
-        held = set(holdout_paths)
-        is_test = np.array([p in held for p in st.paths[labelled].tolist()], bool)
-        tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-        rows = tr
-        split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
-                 "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te)),
-                 "made_on": "source files"}
-        log.info("held out %d of %d rows for testing (split of the source files)", len(te),
-                 len(yl))
-    elif holdout:
-        tr, te = stratified_holdout(yl, test_size=holdout, seed=seed)
-        rows = tr
-        split = {"kind": "holdout", "store": os.fspath(st.path), "test_size": float(holdout),
-                 "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te))}
-        log.info("held out %d of %d rows for testing (stratified, seed %d)", len(te), len(yl),
-                 seed)
+    labelled, classes, yl = _labelled(st, y)
+    rows, split = _training_rows(st, labelled, yl, holdout=holdout, seed=seed,
+                                 holdout_paths=holdout_paths)
     if note is not None:
         split["incomplete_store"] = report_note(note)
     keep = labelled[rows]
@@ -172,18 +146,64 @@ def train(store: str | os.PathLike | FeatureStore, *, layer: str | None = None,
                                 seed=seed, threads=threads, device=device, progress=progress,
                                 overwrite_X=True)  # Xtr is ours: no second copy
     selection.update(model_source=source, model_reason=reason)
-    prov = store_provenance(st)
-    bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
-    bound["layers"] = [name]
-    bound["layer_info"] = {name: prov["layer_info"].get(name, {})}
-    bound["store_layers"] = list(prov.get("layers", []))
     from .._runtime import versions  # imports torch: only once a model is trained
 
     return TrainedModel(
-        pipeline=pipe, classes=classes, layer=name, provenance=bound, split=split,
-        selection=selection, train_paths=paths[labelled][rows].tolist(),
+        pipeline=pipe, classes=classes, layer=name, provenance=_bound_provenance(st, name),
+        split=split, selection=selection, train_paths=paths[labelled][rows].tolist(),
         train_labels=ytr.astype(np.int64), store=os.fspath(st.path),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         # plain str: torch.__version__ is a TorchVersion, whose pickle would import torch
         versions={k: str(v) for k, v in {**versions(), "scikit-learn": _sklearn_version(),
                                           "cnncodes": __version__}.items()})
+
+
+def _labelled(st: FeatureStore, y: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The labelled rows of ``y``: ``(their indices, the classes present, their labels
+    renumbered 0..k-1 over those classes)``.
+
+    Raises:
+        ValueError: no labelled rows."""
+    labelled = np.flatnonzero(y >= 0)
+    if labelled.size == 0:
+        raise ValueError(f"{st.path} has no labelled rows (it was extracted from a flat folder or "
+                         "an unlabelled list); extract a folder of class folders to train.")
+    if labelled.size < len(y):
+        log.info("%s: ignoring %d unlabelled rows", st.path, len(y) - labelled.size)
+    present = np.unique(y[labelled])
+    store_classes = st.classes
+    return labelled, [store_classes[i] for i in present], np.searchsorted(present, y[labelled])
+
+
+def _training_rows(st: FeatureStore, labelled: np.ndarray, yl: np.ndarray, *, holdout: float,
+                   seed: int, holdout_paths: Collection[str] | None
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The training rows (indices into the labelled rows) and the ``split`` record: all rows,
+    all but the stored paths in ``holdout_paths``, or all but a stratified ``holdout`` share."""
+    where = os.fspath(st.path)
+    if holdout_paths is not None:
+        held = set(holdout_paths)
+        is_test = np.array([p in held for p in st.paths[labelled].tolist()], bool)
+        tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        log.info("held out %d of %d rows for testing (split of the source files)", len(te),
+                 len(yl))
+        return tr, {"kind": "holdout", "store": where, "test_size": float(holdout),
+                    "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te)),
+                    "made_on": "source files"}
+    if holdout:
+        tr, te = stratified_holdout(yl, test_size=holdout, seed=seed)
+        log.info("held out %d of %d rows for testing (stratified, seed %d)", len(te), len(yl),
+                 seed)
+        return tr, {"kind": "holdout", "store": where, "test_size": float(holdout),
+                    "seed": int(seed), "n_train": int(len(tr)), "n_test": int(len(te))}
+    return np.arange(len(yl)), {"kind": "all", "store": where, "n_train": int(len(yl))}
+
+
+def _bound_provenance(st: FeatureStore, layer: str) -> dict[str, Any]:
+    """The store's provenance a model keeps: the copied fields, narrowed to ``layer``."""
+    prov = store_provenance(st)
+    bound = {k: prov[k] for k in _COPIED_FIELDS if k in prov}
+    bound["layers"] = [layer]
+    bound["layer_info"] = {layer: prov["layer_info"].get(layer, {})}
+    bound["store_layers"] = list(prov.get("layers", []))
+    return bound

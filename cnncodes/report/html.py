@@ -8,7 +8,8 @@ PNGs the report already wrote; small JPEG thumbnails made from the test images o
 no JavaScript and nothing is fetched, so the page works from ``file://`` offline and can be mailed.
 The only links are relative ones to the other files of the same folder.
 
-The page content comes from :mod:`cnncodes.report.html_context` (plain dicts of strings);
+The page content comes from :mod:`cnncodes.report.html_context` and
+:mod:`cnncodes.report.finetune_context` (plain dicts of strings);
 this module owns the template environment, the images and writing the file
 (:func:`cnncodes.atomic.atomic_write_text`).
 """
@@ -28,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 from ..atomic import atomic_write_text
 from ..errors import DecodeError
+from . import finetune_context as ft_ctx
 from . import html_context as ctx
-from .schema import LinearReport, load_finetune_report
+from .finetune_schema import load_finetune_report
+from .schema import LinearReport
 
 if TYPE_CHECKING:
     from .verdict_text import Flags
@@ -216,7 +219,7 @@ def write_finetune_html(run_dir: str | os.PathLike) -> Path | None:
     rep_path = out / "report.json"
     if not rep_path.is_file():
         return None
-    context = ctx.finetune_context(load_finetune_report(rep_path))
+    context = ft_ctx.finetune_context(load_finetune_report(rep_path))
     context["curves_png"] = png_data_uri(out / "curves.png")
     context["files"] = _present(out, ["report.json", "curves.png", "model.pt", "checkpoint.pt",
                                       "split.json", "config.json"])
@@ -231,7 +234,7 @@ def write_escalation_html(out_dir: str | os.PathLike) -> Path | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    context = ctx.escalation_context(data)
+    context = ft_ctx.escalation_context(data)
     context["escalation_png"] = png_data_uri(out / "escalation.png")
     for arm in context["arms"]:
         arm["curves_png"] = png_data_uri(out / arm["name"] / "curves.png")

@@ -10,6 +10,8 @@ goes through :func:`adapt_v0` first: the only place that guesses the task from t
 Each section keeps the keys it does not type in ``extra`` (written back unchanged), so a field
 added by a writer needs no schema change until a reader wants it typed. The advice, fall-through
 and audit sections stay plain dicts here (:mod:`cnncodes.report.advice` owns the advice's shape).
+A fine-tuning run's ``report.json`` has its own schema on these sections:
+:mod:`cnncodes.report.finetune_schema`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ReportError
-from ..finetuning.config import REPORT_KIND as FINETUNE_KIND
-from ..finetuning.config import REPORT_SCHEMA_VERSION as FINETUNE_VERSION
 
 #: the version :meth:`LinearReport.to_dict` writes (files without one are version 0)
 SCHEMA_VERSION = 1
@@ -310,7 +310,7 @@ class LinearReport(Section):
             ReportError: not a classifier report, a newer schema, an unknown task, or a field
                 missing or of the wrong type (named, e.g. ``field model.classes``).
         """
-        version = _version(data, "format", REPORT_FORMAT, SCHEMA_VERSION)
+        version = read_version(data, "format", REPORT_FORMAT, SCHEMA_VERSION)
         rep = super().from_dict(adapt_v0(data) if version == 0 else data, where=where)
         if rep.task not in (*TASKS, UNKNOWN_TASK):
             raise ReportError(f"field task must be one of {', '.join(TASKS)}. Got {rep.task!r} "
@@ -327,7 +327,7 @@ class LinearReport(Section):
         return self.model_file or (self.files or {}).get("model")
 
 
-def _version(data: Any, key: str, kind: str, newest: int) -> int:
+def read_version(data: Any, key: str, kind: str, newest: int) -> int:
     """The ``schema_version`` of a report's content (0: none), after checking it is a JSON
     object of this ``kind`` (``data[key]``, when given) and not newer than ``newest``.
 
@@ -371,105 +371,9 @@ def adapt_v0(data: Mapping[str, Any]) -> dict[str, Any]:
     return {**data, "task": guess_task(data), "schema_version": SCHEMA_VERSION}
 
 
-@dataclass
-class RunSplit(Section):
-    """A fine-tuning run's split: images per part and its seed."""
-
-    train: int | None = None
-    val: int | None = None
-    test: int | None = None
-    seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunConfig(Section):
-    """The fine-tuning settings the page shows (the rest of ``config.json`` in ``extra``)."""
-
-    optimizer: str | None = None
-    lr: float | None = None
-    head_lr_mult: float | None = None
-    batch_size: int | None = None
-    freeze: Any = None
-    epochs: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    KEEP_NULL = ("optimizer", "lr", "head_lr_mult", "batch_size", "freeze", "epochs")
-
-
-@dataclass
-class FinetuneReport(Section):
-    """A fine-tuning run's ``report.json`` (written by :mod:`cnncodes.finetuning`): the run's
-    state and status, its split, per-epoch history, test and validation accuracy, provenance."""
-
-    state: str
-    status: str
-    task: str = "finetune"
-    kind: str = FINETUNE_KIND
-    schema_version: int = FINETUNE_VERSION
-    message: str | None = None
-    backbone: str | None = None
-    weights: str | None = None
-    weights_sha256: str | None = None
-    classes: list[Any] = field(default_factory=list)
-    input_size: Any = None
-    preprocessing: Any = None
-    device: str | None = None
-    precision: str | None = None
-    world_size: int | None = None
-    split: RunSplit = field(default_factory=RunSplit)
-    param_groups: list[dict[str, Any]] | None = None
-    trainable_params: int | None = None
-    epochs_run: int | None = None
-    best_epoch: int | None = None
-    val_accuracy: float | None = None
-    val_accuracy_note: str | None = None
-    test_accuracy: float | None = None
-    test_accuracy_note: str | None = None
-    per_class_test_accuracy: dict[str, Any] | None = None
-    per_class_test_accuracy_note: str | None = None
-    confusion_matrix: list[Any] | None = None
-    seconds: float | None = None
-    history: list[dict[str, Any]] | None = None
-    failures: list[Any] | None = None
-    config: RunConfig = field(default_factory=RunConfig)
-    command: str | None = None
-    versions: dict[str, Any] | None = None
-    created: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    KEEP_NULL = ("message", "best_epoch", "val_accuracy", "test_accuracy",
-                 "per_class_test_accuracy", "confusion_matrix")
-
-    @classmethod
-    def from_dict(cls, data: Any, *, where: str = "") -> FinetuneReport:
-        """The run's report from its ``report.json`` content (version 0: the task added).
-
-        Raises:
-            ReportError: not a fine-tuning report, a newer schema, or a field missing or of the
-                wrong type (named).
-        """
-        if isinstance(data, Mapping) and data.get("format") == REPORT_FORMAT:
-            raise ReportError(f"this is a classifier report (field format is {REPORT_FORMAT!r}), "
-                              f"not a {FINETUNE_KIND} file; read it with load_report.")
-        version = _version(data, "kind", FINETUNE_KIND, FINETUNE_VERSION)
-        if version == 0:
-            data = {**data, "task": "finetune", "schema_version": FINETUNE_VERSION}
-        rep = super().from_dict(data, where=where)
-        if rep.task != "finetune":
-            raise ReportError(f"field task must be finetune. Got {rep.task!r} instead.")
-        return rep
-
-    def notes(self) -> dict[str, str]:
-        """Why an accuracy is missing: ``{"val_accuracy": note, ...}`` for those with a note."""
-        return {k: v for k, v in (("val_accuracy", self.val_accuracy_note),
-                                  ("test_accuracy", self.test_accuracy_note),
-                                  ("per_class_test_accuracy",
-                                   self.per_class_test_accuracy_note)) if v}
-
-
-R = TypeVar("R", LinearReport, FinetuneReport)
-
-
-def _read(path: str | os.PathLike, cls: type[R]) -> R:
+def read_report_file(path: str | os.PathLike, cls: type[S]) -> S:
+    """``cls.from_dict`` of the JSON in ``path`` (a folder: its ``report.json``), errors naming the
+    file (the readers of both report kinds)."""
     from ..errors import NotFoundError
 
     p = Path(path)
@@ -497,10 +401,5 @@ def load_report(path: str | os.PathLike) -> LinearReport:
         ReportError: not JSON, or not a classifier report of this schema (names the file and
             the field).  NotFoundError: there is no such file.
     """
-    return _read(path, LinearReport)
+    return read_report_file(path, LinearReport)
 
-
-def load_finetune_report(path: str | os.PathLike) -> FinetuneReport:
-    """Read a fine-tuning run's ``report.json`` (the run folder or the file) through the
-    schema (errors as :func:`load_report`)."""
-    return _read(path, FinetuneReport)

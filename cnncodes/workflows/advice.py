@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..advisor.advice import Advice
-from ..advisor.defaults import FOLDS, HEAD_SAMPLE, PROBE, SAMPLE
 from ..advisor.plots import check_report_folder, save_report
 from ..advisor.ranking import Ranking, parse_backbones, rank_rows, recommend
-from ..advisor.rule import Thresholds
-from ..advisor.run import ADVISE_OPTIONS, recorded_advice, run_advisor
+from ..advisor.run import ADVISE_OPTIONS, PROBE_OPTIONS, recorded_advice, run_advisor
 from ..advisor.sample import parse_budget
 from ..atomic import atomic_write_json
 from ..errors import OptionError, WeightsUnavailableError
@@ -49,12 +47,6 @@ def advise(
     backbone: str | BackboneOptions = DEFAULT_BACKBONE,
     runtime: RuntimeOptions | None = None,
     budget: str | float | None = ADVISE_BUDGET,
-    max_images: int = SAMPLE,
-    folds: int = FOLDS,
-    probe: str = PROBE,
-    seed: int = 0,
-    head_sample: int = HEAD_SAMPLE,
-    thresholds: Thresholds | None = None,
     report: str | os.PathLike | None = None,
     overwrite: bool = False,
     flags: Flags = DEFAULT_FLAGS,
@@ -64,10 +56,17 @@ def advise(
     (:func:`cnncodes.advisor.run.run_advisor`, whose arguments these are), and write the report.
 
     Args:
+        source, backbone, runtime, budget: as :func:`~cnncodes.advisor.run.run_advisor`.
         report: folder to write ``advice.json`` and ``advice.png`` into (checked before any
             work); ``overwrite``: also into a folder another command wrote (only advise's files
             are replaced).
         flags: the option names the JSON's next commands are spelled with.
+        options: the probe's own keywords, as :func:`~cnncodes.advisor.run.run_advisor`:
+            ``max_images`` (default :data:`~cnncodes.advisor.defaults.SAMPLE`), ``folds``
+            (:data:`~cnncodes.advisor.defaults.FOLDS`), ``probe``
+            (:data:`~cnncodes.advisor.defaults.PROBE`), ``seed`` (0), ``head_sample``
+            (:data:`~cnncodes.advisor.defaults.HEAD_SAMPLE`), ``thresholds``; and single fields
+            of either options object (``weights="random"``, ``layers=``, ``batch_size=16``...).
 
     Returns:
         An :class:`~cnncodes.advisor.advice.Advice`; ``advice.layer`` is the recommended layer.
@@ -75,12 +74,13 @@ def advise(
     Raises:
         OptionError: as :func:`~cnncodes.advisor.run.run_advisor`.
         OutputError: ``report`` is not a folder advise may write.
+        TypeError: an unknown keyword (the message lists the valid ones).
     """
+    bopts, ropts, own = split_options(backbone, runtime, options, where="advise",
+                                      allow=PROBE_OPTIONS)
     if report is not None:
         check_report_folder(report, inputs=(source,), overwrite=overwrite)  # before the work
-    adv = run_advisor(source, backbone=backbone, runtime=runtime, budget=budget,
-                      max_images=max_images, folds=folds, probe=probe, seed=seed,
-                      head_sample=head_sample, thresholds=thresholds, **options)
+    adv = run_advisor(source, backbone=bopts, runtime=ropts, budget=budget, **own)
     if report is not None:
         save_report(adv, report, advice_json(adv, flags), overwrite=overwrite)
     return adv

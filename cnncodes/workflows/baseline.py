@@ -33,7 +33,7 @@ from ..linear.options import (
     ClassifierOptions,
     classifier_options,
 )
-from ..linear.pixels import RAW_BASELINE_BUDGET, pixel_baseline
+from ..linear.pixels import RAW_BASELINE_BUDGET, RawPixelOptions, pixel_baseline
 from ..linear.training import train
 from ..options import (
     AUTO_LAYER_BUDGET,
@@ -373,11 +373,12 @@ def pixel_rows(trained: TrainedModel, evaluation: Evaluation, classifier: Classi
     subsample that fits the budget, and the row says so (``row["subsample"]``)."""
     if steps.raw_baseline is False:
         return []
+    raw = RawPixelOptions(size=steps.raw_size, grey=steps.raw_grey, subsample=True,
+                          budget=None if steps.raw_baseline else RAW_BASELINE_BUDGET)
     return [pixel_baseline(trained.train_paths, trained.train_labels, evaluation.paths,
-                           evaluation.y_true, classes=trained.classes, size=steps.raw_size,
-                           grey=steps.raw_grey, classifier=classifier, seed=steps.seed,
-                           budget=None if steps.raw_baseline else RAW_BASELINE_BUDGET,
-                           subsample=True, device=device, progress=progress)]
+                           evaluation.y_true, classes=trained.classes, raw=raw,
+                           classifier=classifier, seed=steps.seed, device=device,
+                           progress=progress)]
 
 
 def _list_source(paths: list[str], labels: np.ndarray, classes: list[str]) -> ImageSource:

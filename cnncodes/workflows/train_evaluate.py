@@ -14,7 +14,7 @@ from ..errors import OptionError
 from ..linear.evaluation import Evaluation, evaluate
 from ..linear.model_file import TrainedModel, load_model, save_model
 from ..linear.options import DEFAULT_RAW_SIZE, ClassifierOptions
-from ..linear.pixels import pixel_baseline
+from ..linear.pixels import RawPixelOptions, pixel_baseline
 from ..linear.training import train
 from ..outputs import check_output
 from ..report.files import build_report
@@ -80,8 +80,9 @@ def evaluate_report(model: TrainedModel | str | os.PathLike,
                  **{k: evaluation.metrics[k] for k in ("accuracy", "balanced_accuracy",
                                                        "macro_f1")}},
                 pixel_baseline(m.train_paths, m.train_labels, evaluation.paths,
-                               evaluation.y_true, classes=m.classes, size=raw_size,
-                               grey=raw_grey, classifier=ClassifierOptions.from_selection(sel),
+                               evaluation.y_true, classes=m.classes,
+                               raw=RawPixelOptions(size=raw_size, grey=raw_grey),
+                               classifier=ClassifierOptions.from_selection(sel),
                                seed=sel.get("seed", 0))]
     source = os.fspath(model) if not isinstance(model, TrainedModel) else m.store
     rep = build_report(model=m, task="evaluate", evaluation=evaluation, rows=rows,

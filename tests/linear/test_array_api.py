@@ -25,6 +25,7 @@ from cnncodes.linear.pipelines import build_pipeline
 from cnncodes.linear.selection import fit_codes
 from cnncodes.sources.splits import stratified_holdout
 
+from ..conftest import requires_scipy_array_api
 from .digits import digits_data  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +72,7 @@ def both_paths(X, y, **kw):
 # --------------------------------------------------------------- same results as the NumPy path
 
 
+@requires_scipy_array_api
 @pytest.mark.parametrize("options", [
     {},
     {"l2": True, "pca": 20, "class_weight": "balanced"},
@@ -95,6 +97,7 @@ def test_array_api_training_on_cpu_torch_matches_numpy(digits, options):
     assert isinstance(xp_pipe.named_steps["clf"].coef_, np.ndarray)
 
 
+@requires_scipy_array_api
 def test_array_api_training_on_float32_codes(digits):
     """Codes are stored as float32 and both paths compute in float32: the chosen C and the
     predictions agree; only float32 rounding separates the coefficients."""
@@ -110,6 +113,7 @@ def test_array_api_training_on_float32_codes(digits):
                        atol=1e-3)
 
 
+@requires_scipy_array_api
 def test_array_api_model_file_holds_numpy_and_predicts_without_torch(
         digits_data, tmp_path):  # noqa: F811
     """train(device="cpu-torch") on a code store: same C and test predictions as the NumPy path,
@@ -145,6 +149,7 @@ def test_array_api_model_file_holds_numpy_and_predicts_without_torch(
     assert np.array_equal(pred, ev_xp.y_pred)
 
 
+@requires_scipy_array_api
 @pytest.mark.gpu
 def test_cuda_training_matches_numpy(digits):
     X, y, tr, te = digits
@@ -166,6 +171,7 @@ def test_cuda_training_matches_numpy(digits):
 # ------------------------------------------------------------------------ choices and fallbacks
 
 
+@requires_scipy_array_api
 def test_resolve_compute_choices():
     assert resolve_compute("cpu") == Compute("numpy", "cpu", "cpu")
     assert resolve_compute("cpu-torch", pipeline=build_pipeline()) == \
@@ -182,6 +188,7 @@ def test_resolve_compute_choices():
             resolve_compute("cuda")
 
 
+@requires_scipy_array_api
 def test_linearsvc_stays_on_cpu_and_says_why(digits, caplog, monkeypatch):
     X, y, tr, _ = digits
     with caplog.at_level(logging.WARNING, logger="cnncodes"):
@@ -211,6 +218,7 @@ def test_scipy_array_api_switched_off_falls_back(digits, monkeypatch, caplog):
     assert "not the array API" in caplog.text
 
 
+@requires_scipy_array_api
 def test_a_failing_array_api_fit_is_redone_with_numpy(digits, caplog):
     """A scorer that only takes NumPy arrays fails on tensors: warning, NumPy refit, same
     result as asking for the CPU, and the reason recorded."""

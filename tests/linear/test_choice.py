@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from cnncodes import FeatureStore, fit_codes, parse_c_grid, train
 from cnncodes.cli import main
 from cnncodes.codes.store import update_provenance
-from cnncodes.linear.pixels import RAW_BASELINE_MODEL, pixel_baseline
+from cnncodes.linear.pixels import RAW_BASELINE_MODEL, RawPixelOptions, pixel_baseline
 from cnncodes.linear.selection import describe_choice
 from cnncodes.report.files import build_report
 from cnncodes.report.text import format_table
@@ -136,8 +136,8 @@ def test_the_raw_pixel_row_is_logistic_regression_whatever_the_codes_use(digits_
     st = FeatureStore(digits_data.test_h5)
     test_paths = [str(p) for p in st.abspaths()]
     row = pixel_baseline(m.train_paths, m.train_labels, test_paths, st.labels,
-                         classes=m.classes, size=8, classifier=None, model="linearsvc",
-                         c_grid=[0.01, 0.1], cv=3)
+                         classes=m.classes, raw=RawPixelOptions(size=8), classifier=None,
+                         model="linearsvc", c_grid=[0.01, 0.1], cv=3)
     assert row["model"] == RAW_BASELINE_MODEL == "logreg"
     assert row["selection"]["model"] == "logreg" and row["selection"]["c_grid"] == [0.01, 0.1]
     assert "whatever the codes use (here linearsvc)" in row["model_note"]

@@ -17,6 +17,7 @@ from joblib._parallel_backends import ThreadingBackend
 
 from cnncodes import train
 
+from ..conftest import requires_scipy_array_api
 from .digits import digits_data  # noqa: F401 - session fixture
 
 KW = dict(layer="pool", c_grid="1e-3:1e-1:3", cv=3, device="cpu")
@@ -73,6 +74,7 @@ def test_train_dispatches_its_fits_to_the_callers_backend(digits_data, sequentia
     assert CountingBackend.batches == 0
 
 
+@requires_scipy_array_api
 def test_array_api_path_keeps_its_fits_in_process(digits_data):  # noqa: F811
     """Torch tensors are not shipped to a joblib backend: the array API path runs sequentially
     whatever backend is active."""

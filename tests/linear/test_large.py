@@ -12,8 +12,8 @@ import pytest
 from cnncodes import FeatureStore, fit_codes, train
 from cnncodes.linear import large
 from cnncodes.linear.large import VAL_FRACTION, choose_search, validation_split
-from cnncodes.linear.options import LARGE_SET_VALUES
-from cnncodes.linear.pixels import pixel_baseline
+from cnncodes.linear.options import LARGE_SET_VALUES, ClassifierOptions
+from cnncodes.linear.pixels import RawPixelOptions, pixel_baseline
 from cnncodes.report.files import build_report
 from cnncodes.report.text import format_table
 
@@ -157,15 +157,16 @@ def test_an_over_budget_raw_pixel_row_runs_on_a_subsample(digits_data):  # noqa:
     n = len(m.train_paths)
     budget = (n // 2) * 8 * 8 * 3
     row = pixel_baseline(m.train_paths, m.train_labels, test_paths, st.labels,
-                         classes=m.classes, size=8, c_grid=[0.1], cv=5, budget=budget,
-                         subsample=True)
+                         classes=m.classes, c_grid=[0.1], cv=5,
+                         raw=RawPixelOptions(size=8, budget=budget, subsample=True))
     sub = row["subsample"]
     assert sub["cv"] == 3 and row["selection"]["cv"] == 3  # fewer folds for the cheap row
     assert sub["of"] == n and abs(sub["n_train"] - n // 2) <= len(m.classes)
     assert row["selection"]["n_train"] == sub["n_train"] and row["n_test"] == len(test_paths)
     assert "stratified subsample" in sub["note"] and 0 < row["accuracy"] <= 1
     skipped = pixel_baseline(m.train_paths, m.train_labels, test_paths, st.labels,
-                             classes=m.classes, size=8, c_grid=[0.1], cv=3, budget=budget)
+                             classes=m.classes, c_grid=[0.1], cv=3,
+                             raw=RawPixelOptions(size=8, budget=budget))
     assert "skipped" in skipped
     codes = {"name": "codes", "model": "logreg", "selection": m.selection, "accuracy": 0.9,
              "balanced_accuracy": 0.9, "features": m.n_features}
@@ -206,6 +207,7 @@ def test_the_warm_path_stops_once_the_score_falls(codes):
     grid = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
     scores = iter([0.5, 0.6, 0.7, 0.65, 0.64, 0.9, 0.95])  # would rise again: never reached
     calls = []
+    few = ClassifierOptions(max_iter=5)
 
     def fake_scorer(clf, Xv, yv):
         return next(scores)
@@ -213,10 +215,11 @@ def test_the_warm_path_stops_once_the_score_falls(codes):
     orig = m.check_scoring
     try:
         m.check_scoring = lambda *a, **k: fake_scorer
-        _, rec = large.warm_path_search(X, y, grid, seed=0, max_iter=5,
+        _, rec = large.warm_path_search(X, y, grid, seed=0, classifier=few,
                                         progress=lambda d, t, i: calls.append((d, t)))
         scores = iter([0.5, 0.6, 0.7, 0.65, 0.64, 0.9, 0.95])
-        _, full = large.warm_path_search(X, y, grid, seed=0, max_iter=5, patience=0)
+        _, full = large.warm_path_search(X, y, grid, seed=0, classifier=few,
+                                         stop=large.PathStop(patience=0))
     finally:
         m.check_scoring = orig
     assert rec["c_grid"] == grid[:5] and rec["c_not_tried"] == grid[5:]

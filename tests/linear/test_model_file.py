@@ -25,6 +25,8 @@ from cnncodes.linear.model_format import MAGIC_MEMBER
 from cnncodes.linear.pixels import RAW_BASELINE_MODEL
 from cnncodes.outputs import sniff
 
+from ..conftest import requires_scipy_array_api
+
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -159,6 +161,7 @@ def test_every_pipeline_shape_round_trips_exactly(shape, tmp_path):
         assert any(k.endswith("coef_") for k in z.files)
 
 
+@requires_scipy_array_api
 def test_array_api_trained_model_round_trips(tmp_path):
     pytest.importorskip("torch")
     X, y = _data(3)

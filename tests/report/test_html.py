@@ -20,7 +20,7 @@ from cnncodes.linear.evaluation import Evaluation, score_predictions
 from cnncodes.linear.model_file import TrainedModel
 from cnncodes.linear.selection import fit_codes
 from cnncodes.report.files import build_report, write_report
-from cnncodes.report.schema import FinetuneReport, load_finetune_report
+from cnncodes.report.finetune_schema import FinetuneReport, load_finetune_report
 from cnncodes.stats import accuracy_interval, format_accuracy
 
 from .html_check import assert_self_contained, parse

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from cnncodes.errors import CnnCodesError, OptionError, ReportError
+from cnncodes.report import finetune_context as fc
 from cnncodes.report import html_context as hc
 from cnncodes.report.files import build_report, write_report
+from cnncodes.report.finetune_schema import load_finetune_report
 from cnncodes.report.schema import (
     SCHEMA_VERSION,
     UNKNOWN_TASK,
     LinearReport,
     guess_task,
-    load_finetune_report,
     load_report,
 )
 
@@ -65,7 +66,7 @@ def test_old_finetune_report_renders_as_before(tmp_path):
     rep = load_finetune_report(tmp_path)
     assert rep.task == "finetune" and rep.split.test == 12 and rep.config.batch_size == 8
     expected = json.loads((V0 / "finetune.context.json").read_text())
-    assert _stable(hc.finetune_context(rep)) == _stable(expected)
+    assert _stable(fc.finetune_context(rep)) == _stable(expected)
     assert rep.to_dict() == {**old, "task": "finetune", "schema_version": rep.schema_version}
     with pytest.raises(ReportError, match="not a cnncodes-report file: field format is None"):
         LinearReport.from_dict({**old, "format": None})
