@@ -43,6 +43,7 @@ from .ddp import quiet_unless_main, rank_device
 from .evaluation import confusion, fmt, per_class, per_class_note
 from .model_file import is_finetuned_model
 from .predict import predict_images
+from .run_report import run_report
 from .split import Split, check_same_sources, make_split
 from .trainer import Trainer
 
@@ -188,7 +189,7 @@ def _finish(trainer: Trainer, diverged: str | None) -> FinetuneResult:
     """Test the best model, write the report and curves, return the result (every rank)."""
     out, di, st = trainer.out, trainer.di, trainer.state
     test_ev = trainer.test()
-    report = trainer.report(diverged, test_ev)
+    report = run_report(trainer, diverged, test_ev)
     if di.is_main:
         atomic_write_json(out / "report.json", report)
         if st.history:
