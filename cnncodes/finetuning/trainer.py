@@ -77,11 +77,10 @@ class Trainer:
     """
 
     def __init__(self, split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *,
-                 di: DistInfo, saved: dict[str, Any] | None = None, progress: bool = False,
-                 command: str = "") -> None:
+                 di: DistInfo, saved: dict[str, Any] | None = None, command: str = "") -> None:
         self.t_start = time.perf_counter()
         self.split, self.out, self.cfg, self.device, self.di = split, out, cfg, device, di
-        self.progress, self.command = progress, command
+        self.progress, self.command = cfg.runtime.progress, command
         self.train_src: ImageSource = split.source("train")
         self.val_src: ImageSource = split.source("val")
         self.per_rank = -(-len(self.train_src) // di.world)
@@ -117,11 +116,11 @@ class Trainer:
         self.net = net.to(self.device)
         if di.enabled:  # each rank its own dropout stream (one process keeps the plain seed)
             torch.manual_seed(rank_seed(cfg.seed, di.rank, 0))
-        self.precision, self.amp = amp_dtype(cfg.precision, self.device)
+        self.precision, self.amp = amp_dtype(cfg.runtime.precision, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
-        self.drop_last = self.per_rank % cfg.batch_size == 1
-        self.steps = (self.per_rank // cfg.batch_size if self.drop_last
-                      else math.ceil(self.per_rank / cfg.batch_size))
+        self.drop_last = self.per_rank % cfg.runtime.batch_size == 1
+        self.steps = (self.per_rank // cfg.runtime.batch_size if self.drop_last
+                      else math.ceil(self.per_rank / cfg.runtime.batch_size))
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps)
         self.warmup = self._warmup_record()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"
@@ -188,9 +187,10 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_src), cfg.seed, di.rank, di.world)
         dataset = SplitDataset(self.train_src, self.pp, train=True, augment=cfg.augment,
                                crop_scale=cfg.crop_scale, hflip=cfg.hflip, seed=cfg.seed,
-                               max_pixels=cfg.max_pixels)
+                               max_pixels=cfg.runtime.max_pixels)
         self.train_loader: DataLoader | None = make_loader(
-            dataset, batch_size=cfg.batch_size, workers=loader_workers(cfg, device, self.per_rank),
+            dataset, batch_size=cfg.runtime.batch_size,
+            workers=loader_workers(cfg, device, self.per_rank),
             seed=cfg.seed, sampler=self.sampler, drop_last=self.drop_last,
             pin=device.type == "cuda")
         self.val_loader: DataLoader | None = (eval_loader(self.val_src, self.pp, cfg, device, di)
@@ -208,8 +208,9 @@ class Trainer:
         cfg, di = self.cfg, self.di
         total = sum(p.numel() for p in self.net.parameters())
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        ddp = (f", DDP over {di.world} processes ({dist_backend()}), batch {cfg.batch_size} per "
-               f"process = {cfg.batch_size * di.world}{', SyncBatchNorm' if self.sync_bn else ''}"
+        batch = cfg.runtime.batch_size
+        ddp = (f", DDP over {di.world} processes ({dist_backend()}), batch {batch} per "
+               f"process = {batch * di.world}{', SyncBatchNorm' if self.sync_bn else ''}"
                if di.enabled else "")
         log.info("%s %s on %s (%s%s): %d classes, %d train / %d val / %d test images at %d px; "
                  "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
