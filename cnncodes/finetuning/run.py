@@ -111,11 +111,9 @@ def finetune(
         test: a separate labelled test source (instead of ``test_fraction``).
         split: use this split (e.g. shared by the escalation's runs) instead of making one.
         resume: continue the run in ``output`` from its last checkpoint (exactly: same batches,
-            augmentation, dropout and optimiser state); on resume the saved configuration is used
-            and ``options`` may only change runtime fields (device, workers, threads, epochs,
-            early_stopping, max_pixels, progress). ``source`` may be None (the saved split is
-            used); another source than the run's is refused. Without a checkpoint a new run
-            starts.
+            augmentation, dropout and optimiser state) with its saved configuration; ``options``
+            may only change :attr:`FinetuneConfig.RUNTIME_FIELDS`. ``source`` may be None (the
+            saved split is used; another source is refused). No checkpoint: a new run.
         overwrite: delete a previous run's files in ``output`` first.
         command: command line recorded in the report.
 
