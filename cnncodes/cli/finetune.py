@@ -1,24 +1,29 @@
 """``cnncodes finetune``: training the network end to end (and the escalation comparison).
 
 Parse -> one library call (:func:`cnncodes.finetune` or :func:`cnncodes.escalate`) -> print
-(:mod:`cnncodes.report.finetune`). Options are :class:`~cnncodes.FinetuneConfig` fields; only those
-given on the command line reach the library, so ``--resume`` alone continues with the saved ones.
+(:mod:`cnncodes.report.finetune`). Options are :class:`~cnncodes.FinetuneConfig` fields and the
+fields of its ``runtime`` (:class:`~cnncodes.RuntimeOptions`) that training uses; only those given
+on the command line reach the library, so ``--resume`` alone continues with the saved ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
 
-from ..finetuning.config import OPTIMIZERS, SCHEDULES, STATES, FinetuneConfig
-from ..options import TRAIN_PRECISIONS
-from .common import int_or_none
+from ..finetuning.config import (
+    OPTIMIZERS,
+    OPTION_NAMES,
+    SCHEDULES,
+    STATES,
+    FinetuneConfig,
+    finetune_runtime,
+)
+from ..options import TRAIN_PRECISIONS, parse_flag
 
-#: FinetuneConfig's fields: the options that reach the library
-CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
 _D = FinetuneConfig()
+_R = finetune_runtime()
 
 
 def crop_scale(s: str) -> tuple[float, float]:
@@ -61,16 +66,22 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--backbone", help=f"registry name (see `cnncodes models`), timm/<model> or "
                                       f"torchvision/<model> (default {_D.backbone})")
     g.add_argument("--weights", help="auto, a weights name, a checkpoint or RUN/model.pt, random")
-    g.add_argument("--input-size", type=int, help="crop size in pixels (default from the weights)")
+    g.add_argument("--input-size", type=parse_flag("input_size"),
+                   help="crop size in pixels (default from the weights)")
     g.add_argument("--state", choices=STATES,
                    help="full (default), head-only (backbone frozen), predict (evaluate "
                         "--weights RUN/model.pt, no training)")
     g.add_argument("--freeze", type=int,
                    help=f"freeze the first K stages (default {_D.freeze})")
-    g = p.add_argument_group("optimisation")
+    _add_optimisation(p.add_argument_group("optimisation"))
+    _add_data_and_runtime(p)
+    return p
+
+
+def _add_optimisation(g: Any) -> None:
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int,
-                   help=f"images per step per process (default {_D.batch_size}); under torchrun "
+    g.add_argument("--batch-size", type=parse_flag("batch_size"),
+                   help=f"images per step per process (default {_R.batch_size}); under torchrun "
                         "each of the N processes takes this many, so the global batch is N x "
                         "this (the learning rate is not rescaled)")
     g.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -89,6 +100,9 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm")
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without validation improvement")
+
+
+def _add_data_and_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random resized crop / flip")
@@ -103,17 +117,17 @@ def add_finetune(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=TRAIN_PRECISIONS,
                    help="auto: fp16 AMP on CUDA, fp32 on CPU")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    g.add_argument("--workers", "--num-workers", dest="num_workers", type=int_or_none)
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--workers", "--num-workers", dest="num_workers",
+                   type=parse_flag("num_workers"))
+    g.add_argument("--threads", type=parse_flag("threads"), help="torch CPU threads")
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
                    help="under torchrun on GPUs: SyncBatchNorm (batch statistics over all "
                         "processes) for the layers that train; frozen stages keep theirs")
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms during the run")
-    g.add_argument("--max-pixels", type=int,
-                   help=f"decompression-bomb limit per image in pixels (default {_D.max_pixels:,}; "
+    g.add_argument("--max-pixels", type=parse_flag("max_pixels"),
+                   help=f"decompression-bomb limit per image in pixels (default {_R.max_pixels:,}; "
                         "0 = no limit)")
-    return p
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -125,7 +139,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .._runtime import command_line
     from ..report.finetune import format_escalation, format_finetune
 
-    options = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
+    # the options given (unset ones are absent): make_config sorts them into FinetuneConfig and
+    # its RuntimeOptions; a RuntimeOptions built here would carry defaults that --resume refuses
+    options = {k: v for k, v in vars(args).items() if k in OPTION_NAMES}
     common = dict(test=getattr(args, "test", None), resume=args.resume,
                   overwrite=args.overwrite, progress=not args.no_progress,
                   command=command_line())

@@ -1,11 +1,14 @@
 """Fine-tuning options: :class:`FinetuneConfig` (every option, validated, stored as plain data in
 each checkpoint and report) and :func:`make_config` (defaults + keyword overrides).
 
-The backbone and runtime fields it shares with :mod:`cnncodes.options` (``backbone``, ``weights``,
-``input_size``, ``device``, ``precision``, ``num_workers``, ``threads``, ``max_pixels``) take their
-names and defaults from :class:`~cnncodes.options.BackboneOptions` and
-:class:`~cnncodes.options.RuntimeOptions`; ``batch_size`` is fine-tuning's own (32 images per
-step, not 64 per forward pass). No torch import at module level: the CLI reads the choices here.
+The backbone fields it shares with :mod:`cnncodes.options` (``backbone``, ``weights``,
+``input_size``) take their names and defaults from :class:`~cnncodes.options.BackboneOptions`; how
+the run computes is one :class:`~cnncodes.options.RuntimeOptions`, ``FinetuneConfig.runtime``,
+passed along whole to the loaders, the trainer, state ``predict`` and the escalation's probe. Its
+default batch size is fine-tuning's own (:data:`FINETUNE_BATCH_SIZE`: 32 images per step, not 64
+per forward pass). Stored files keep the runtime fields training uses flat beside the others
+(:meth:`FinetuneConfig.to_dict`), as before. No torch import at module level: the CLI reads the
+choices here.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import dataclasses
 import difflib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptionError
-from ..options import TRAIN_PRECISIONS, BackboneOptions, RuntimeOptions
+from ..options import RUNTIME_FIELDS as ALL_RUNTIME_FIELDS
+from ..options import TRAIN_PRECISIONS, BackboneOptions, RuntimeOptions, check_param
 
 STATES = ("predict", "head-only", "full")
 #: a run's ``report.json``: its ``kind`` and the ``schema_version`` it is written in (read back
@@ -28,7 +32,26 @@ REPORT_SCHEMA_VERSION = 1
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 _BACKBONE = BackboneOptions()
-_RUNTIME = RuntimeOptions()
+#: images per step and process when no batch size is given (RuntimeOptions' 64 is per forward
+#: pass of extraction)
+FINETUNE_BATCH_SIZE = 32
+#: the runtime fields training uses; stored flat in checkpoints, ``config.json`` and reports
+STORED_RUNTIME = ("batch_size", "device", "precision", "num_workers", "threads", "max_pixels")
+#: runtime fields training has no use for, and why (a RuntimeOptions shared with extraction may
+#: carry them: they are ignored; as keywords they are refused); ``progress`` is used, not stored
+NOT_TRAINING = {
+    "decoder": "training decodes with PIL, whose images its augmentation crops",
+    "engine": "training runs in torch",
+    "jpeg_scaling": "training decodes images in full",
+}
+#: the keyword options fine-tuning takes that go into ``FinetuneConfig.runtime``
+RUNTIME_OPTIONS = tuple(f for f in ALL_RUNTIME_FIELDS if f not in NOT_TRAINING)
+
+
+def finetune_runtime(**changes: Any) -> RuntimeOptions:
+    """Fine-tuning's default :class:`RuntimeOptions` (batch size :data:`FINETUNE_BATCH_SIZE`) with
+    ``changes``."""
+    return RuntimeOptions(batch_size=FINETUNE_BATCH_SIZE).replace(**changes)
 
 
 @dataclass
@@ -44,10 +67,6 @@ class FinetuneConfig:
             (backbone frozen, BatchNorm in eval mode) or ``predict`` (no training: evaluate the
             fine-tuned model given as ``weights``).
         epochs: passes over the training split.
-        batch_size: images per step and process (>= 2: BatchNorm needs two images in training
-            mode). Per rank, as in torch: under ``torchrun --nproc-per-node N`` each of the N
-            processes takes this many, so the global batch is ``N * batch_size`` (the learning
-            rate is not rescaled for you).
         optimizer: ``sgd`` (momentum, the default) or ``adamw``.
         lr: base learning rate of the pretrained layers (default 0.001 for SGD, 1e-4 for
             AdamW; the head trains 10x faster).
@@ -77,17 +96,24 @@ class FinetuneConfig:
         early_stopping: stop after this many epochs without validation improvement (None = off).
         grad_clip: clip the gradient norm to this value (None = off).
         seed: seeds the split, the head init, the batch order, augmentation and dropout.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``auto`` (fp16 autocast + GradScaler on CUDA, fp32 on CPU), ``fp32``,
-            ``fp16`` (CUDA only) or ``bf16``.
         channels_last: NHWC memory format for model and inputs.
-        num_workers: decoding processes (default from the core count; 0 = in-process).
-        threads: torch CPU threads during the call (restored afterwards).
         deterministic: ``torch.use_deterministic_algorithms`` during the call (restored after).
-        max_pixels: decompression-bomb limit per image (0 or None = no limit).
         sync_bn: under torchrun on CUDA, BatchNorm layers that train use batch statistics over
             all ranks (:class:`torch.nn.SyncBatchNorm`); frozen stages keep theirs. No effect in
             one process; not available on CPU (gloo).
+        runtime: how the run computes (:class:`~cnncodes.options.RuntimeOptions`, default
+            :func:`finetune_runtime`): ``batch_size`` images per step and process (>= 2:
+            BatchNorm needs two images in training mode; per rank, as in torch: under
+            ``torchrun --nproc-per-node N`` the global batch is ``N * batch_size``, the learning
+            rate is not rescaled for you); ``device``; ``precision`` (``auto``: fp16 autocast +
+            GradScaler on CUDA, fp32 on CPU; ``fp16`` CUDA only; ``bf16``; not ``int8``);
+            ``num_workers`` decoding processes (default from the core count; 0 = in-process);
+            ``threads`` torch CPU threads during the call (restored afterwards); ``max_pixels``
+            the decompression-bomb limit per image (0 or None = no limit); ``progress`` bars on
+            stderr. ``decoder``, ``engine`` and ``jpeg_scaling`` are not used by training (see
+            :data:`NOT_TRAINING`). ``make_config``/``finetune`` also take these fields as
+            keywords (``batch_size=16``); a RuntimeOptions given whole is taken whole (its own
+            default batch size is 64).
     """
 
     backbone: str = _BACKBONE.backbone
@@ -95,7 +121,6 @@ class FinetuneConfig:
     input_size: int | None = _BACKBONE.input_size
     state: str = "full"
     epochs: int = 15
-    batch_size: int = 32
     optimizer: str = "sgd"
     lr: float | None = None
     head_lr_mult: float = 10.0
@@ -116,19 +141,15 @@ class FinetuneConfig:
     early_stopping: int | None = None
     grad_clip: float | None = None
     seed: int = 0
-    device: str = _RUNTIME.device
-    precision: str = _RUNTIME.precision
     channels_last: bool = True
-    num_workers: int | None = _RUNTIME.num_workers
-    threads: int | None = _RUNTIME.threads
     deterministic: bool = False
-    max_pixels: int | None = _RUNTIME.max_pixels
     sync_bn: bool = False
+    runtime: RuntimeOptions = field(default_factory=finetune_runtime)
 
     #: Options that may differ when a run is resumed (they do not change what is computed, or
-    #: only extend it).
+    #: only extend it; ``progress`` is not stored at all).
     RUNTIME_FIELDS = frozenset({"device", "num_workers", "threads", "epochs", "early_stopping",
-                                "max_pixels"})
+                                "max_pixels", "progress"})
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_scale, list):
@@ -145,21 +166,24 @@ class FinetuneConfig:
 
     def validate(self) -> FinetuneConfig:
         """Check every value; raises ValueError naming the bad value and the valid range."""
+        rt = self.runtime
+        if not isinstance(rt, RuntimeOptions):
+            raise OptionError(f"runtime must be a cnncodes.RuntimeOptions; got {rt!r}.")
+
         def bad(name: str, want: str) -> OptionError:
-            return OptionError(f"{name} must be {want}; got {getattr(self, name)!r}.")
+            value = getattr(rt if name in ALL_RUNTIME_FIELDS else self, name)
+            return OptionError(f"{name} must be {want}; got {value!r}.")
 
         for name, choices in (("state", STATES), ("optimizer", OPTIMIZERS),
-                              ("schedule", SCHEDULES)):
-            if getattr(self, name) not in choices:
+                              ("schedule", SCHEDULES), ("precision", TRAIN_PRECISIONS)):
+            if getattr(rt if name == "precision" else self, name) not in choices:
                 raise bad(name, "one of " + ", ".join(choices))
-        if self.precision not in TRAIN_PRECISIONS:
-            raise bad("precision", "one of " + ", ".join(TRAIN_PRECISIONS))
         from ..backbones.registry import get_spec  # torchvision: only when validating
 
         get_spec(self.backbone)
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise bad("epochs", "an integer >= 1")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+        if rt.batch_size < 2:  # an int >= 1: RuntimeOptions checked it
             raise bad("batch_size", "an integer >= 2 (BatchNorm needs two images per step)")
         for name in ("lr", "head_lr_mult", "layer_decay", "momentum", "weight_decay",
                      "warmup_epochs", "gamma", "label_smoothing", "grad_clip", "val_fraction",
@@ -207,8 +231,6 @@ class FinetuneConfig:
         if self.input_size is not None and (not isinstance(self.input_size, int)
                                             or self.input_size < 16):
             raise bad("input_size", "an integer >= 16 pixels or None")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise bad("num_workers", ">= 0")
         return self
 
     def _check_learning_rates(self, bad: Any) -> None:
@@ -232,25 +254,49 @@ class FinetuneConfig:
                               "underflows). Raise --lr or --head-lr-mult.")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/torch-safe dict."""
-        d = dataclasses.asdict(self)
+        """Plain JSON/torch-safe dict: the fields, with the runtime fields training uses
+        (:data:`STORED_RUNTIME`) flat beside them (the layout of every stored configuration)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name != "runtime"}
         d["crop_scale"] = [float(x) for x in self.crop_scale]
+        for k in STORED_RUNTIME:
+            v = getattr(self.runtime, k)
+            d[k] = str(v) if k == "device" else v  # a torch.device is stored as its name
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The configuration :meth:`to_dict` stored (names it does not know are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"runtime"}
+        runtime = finetune_runtime(**{k: v for k, v in d.items() if k in STORED_RUNTIME})
+        return cls(**{k: v for k, v in d.items() if k in known}, runtime=runtime)
 
 
-def make_config(config: FinetuneConfig | None = None, **options: Any) -> FinetuneConfig:
-    """``config`` (or the defaults) with ``options`` applied; unknown option names are named."""
-    known = [f.name for f in dataclasses.fields(FinetuneConfig)]
-    unknown = [k for k in options if k not in known]
+#: every keyword option of :func:`make_config` (and of ``finetune``/``escalate``)
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(FinetuneConfig)
+                     if f.name != "runtime") + RUNTIME_OPTIONS
+
+
+def make_config(config: FinetuneConfig | None = None, *, runtime: RuntimeOptions | None = None,
+                **options: Any) -> FinetuneConfig:
+    """``config`` (or the defaults) with ``runtime`` (taken whole) and ``options`` applied.
+
+    ``options`` are FinetuneConfig fields and the RuntimeOptions fields training uses (they change
+    ``runtime``); unknown names are named, with the closest valid one.
+    """
+    unknown = [k for k in options if k not in OPTION_NAMES]
     if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1))
-                 else repr(k) for k in unknown]
+        hints = [f"{k!r} ({NOT_TRAINING[k]})" if k in NOT_TRAINING
+                 else f"{k!r} (did you mean {m[0]!r}?)"
+                 if (m := difflib.get_close_matches(k, OPTION_NAMES, 1)) else repr(k)
+                 for k in unknown]
         raise OptionError(f"Unknown fine-tuning option {', '.join(hints)}; options are "
-                         f"{', '.join(known)}.")
+                          f"{', '.join(OPTION_NAMES)}.")
     base = config if config is not None else FinetuneConfig()
-    return dataclasses.replace(base, **options).validate()
+    rt = runtime if runtime is not None else base.runtime
+    if not isinstance(rt, RuntimeOptions):
+        raise OptionError(f"runtime must be a cnncodes.RuntimeOptions; got {rt!r}.")
+    changes = {k: options.pop(k) for k in list(options) if k in RUNTIME_OPTIONS}
+    for k, v in changes.items():
+        check_param(k, v, "finetune()")
+    return dataclasses.replace(base, runtime=rt.replace(**changes), **options).validate()

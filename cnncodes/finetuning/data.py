@@ -147,9 +147,9 @@ def local_world() -> int:
 def loader_workers(cfg: FinetuneConfig, device: torch.device, n: int) -> int:
     """Decoding processes for a loader of ``n`` images (the default is shared between the ranks
     of one machine)."""
-    if cfg.num_workers is not None:
-        return int(cfg.num_workers)
-    return 0 if n < 2 * cfg.batch_size else max(1, default_workers(device) // local_world())
+    if cfg.runtime.num_workers is not None:
+        return int(cfg.runtime.num_workers)
+    return 0 if n < 2 * cfg.runtime.batch_size else max(1, default_workers(device) // local_world())
 
 
 def eval_loader(src: ImageSource, pp: Preprocessing, cfg: FinetuneConfig, device: torch.device,
@@ -157,7 +157,8 @@ def eval_loader(src: ImageSource, pp: Preprocessing, cfg: FinetuneConfig, device
     """Deterministic evaluation loader; under DDP over this rank's whole batches (no padding, cut on
     the single-process batch grid, so every batch is the same as in one process)."""
     rows = list(range(len(src)))
-    mine = shard_batches(rows, cfg.batch_size, di.rank, di.world) if di.enabled else rows
-    return make_loader(SplitDataset(src, pp, train=False, max_pixels=cfg.max_pixels),
-                       batch_size=cfg.batch_size, workers=loader_workers(cfg, device, len(mine)),
+    rt = cfg.runtime
+    mine = shard_batches(rows, rt.batch_size, di.rank, di.world) if di.enabled else rows
+    return make_loader(SplitDataset(src, pp, train=False, max_pixels=rt.max_pixels),
+                       batch_size=rt.batch_size, workers=loader_workers(cfg, device, len(mine)),
                        seed=cfg.seed, sampler=mine, pin=device.type == "cuda")

@@ -22,8 +22,8 @@ from .net import FinetuneNet
 
 
 def rank_device(cfg: FinetuneConfig, di: DistInfo) -> torch.device:
-    """``cfg.device``; under torchrun ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
-    return shared_rank_device(cfg.device, resolve_device(cfg.device), di)
+    """``cfg.runtime.device``; under torchrun ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
+    return shared_rank_device(cfg.runtime.device, resolve_device(cfg.runtime.device), di)
 
 
 def rank_seed(seed: int, rank: int, epoch: int) -> int:

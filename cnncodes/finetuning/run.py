@@ -19,7 +19,6 @@ the same number of ranks continues exactly. The run folder must be on a filesyst
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -30,19 +29,27 @@ from typing import Any
 
 import torch
 
-from .._distributed import barrier, env_info, process_group
+from .._distributed import DistInfo, barrier, env_info, process_group
 from .._runtime import command_line, num_threads, resolve_device, versions
 from ..atomic import atomic_write_json, jsonable
 from ..errors import FinetuneDivergedError, OptionError, StaleRunError
+from ..options import RuntimeOptions
 from ..outputs import check_output, claim_folder
 from ..sources.folders import ImageSource
 from ..stats import ci_record
-from .config import REPORT_KIND, REPORT_SCHEMA_VERSION, FinetuneConfig, make_config
+from .config import (
+    REPORT_KIND,
+    REPORT_SCHEMA_VERSION,
+    STORED_RUNTIME,
+    FinetuneConfig,
+    make_config,
+)
 from .data import local_world
 from .ddp import quiet_unless_main, rank_device
 from .evaluation import confusion, fmt, per_class, per_class_note
 from .model_file import is_finetuned_model
 from .predict import predict_images
+from .run_report import run_report
 from .split import Split, check_same_sources, make_split
 from .trainer import Trainer
 
@@ -81,11 +88,11 @@ def finetune(
     output: str | os.PathLike,
     *,
     config: FinetuneConfig | None = None,
+    runtime: RuntimeOptions | None = None,
     test: str | os.PathLike | ImageSource | None = None,
     split: Split | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
     command: str | None = None,
     **options: Any,
 ) -> FinetuneResult:
@@ -98,15 +105,16 @@ def finetune(
             ``report.json``).
         config: a :class:`FinetuneConfig`; ``options`` override single fields
             (``finetune(src, "run", backbone="resnet50", epochs=15, freeze=2)``).
+        runtime: a :class:`~cnncodes.options.RuntimeOptions` instead of ``config.runtime``;
+            ``options`` also take its fields (``batch_size``, ``device``, ``progress``: bars on
+            stderr, rank 0 only under torchrun...).
         test: a separate labelled test source (instead of ``test_fraction``).
         split: use this split (e.g. shared by the escalation's runs) instead of making one.
         resume: continue the run in ``output`` from its last checkpoint (exactly: same batches,
-            augmentation, dropout and optimiser state); on resume the saved configuration is used
-            and ``options`` may only change runtime fields (device, workers, threads, epochs,
-            early_stopping). ``source`` may be None (the saved split is used); another source
-            than the run's is refused. Without a checkpoint a new run starts.
+            augmentation, dropout and optimiser state) with its saved configuration; ``options``
+            may only change :attr:`FinetuneConfig.RUNTIME_FIELDS`. ``source`` may be None (the
+            saved split is used; another source is refused). No checkpoint: a new run.
         overwrite: delete a previous run's files in ``output`` first.
-        progress: tqdm bars on stderr (rank 0 only under torchrun).
         command: command line recorded in the report.
 
     Under ``torchrun`` every rank calls this with the same arguments: the model trains with
@@ -122,73 +130,102 @@ def finetune(
             ``resume``/``overwrite``, a resume whose options differ from the saved run, or
             whose ``source``/``test`` is not the one the run was made from (both are named).
     """
-    weights = options.get("weights", config.weights if config is not None else None)
+    asked = make_config(config, runtime=runtime, **options)
+    given = _given(config, runtime, options)
+    w = asked.weights if "weights" in given and isinstance(asked.weights, str) else None
     out = check_output(output, kind="folder", files=RUN_FILES, option="-o", owner="finetune",
-                       overwrite=overwrite,
-                       inputs=(source, test, weights if isinstance(weights, (str, os.PathLike))
-                               else None))
-    ckpt_path = out / "checkpoint.pt"
-    saved: dict[str, Any] | None = None
-    # Reading before joining the process group is safe: without overwrite no rank writes the
-    # folder before every rank has taken part in the first collective, after its read.
-    if not overwrite and ckpt_path.is_file():
-        if not resume:
-            raise OptionError(f"{out} already holds a fine-tuning run ({ckpt_path.name}); pass "
-                             "--resume (resume=True) to continue it, --overwrite to start over, "
-                             "or another -o folder.")
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                       overwrite=overwrite, inputs=(source, test, w))
+    saved = _saved_checkpoint(out, resume=resume, overwrite=overwrite)
     # the device decides the backend (gloo / nccl); resolved as the configuration will be
-    device_opt = options.get("device", config.device if config is not None else
-                             saved["config"].get("device", "auto") if saved else "auto")
+    device_opt = (asked.runtime.device if saved is None or "device" in given
+                  else saved["config"].get("device", "auto"))
     with quiet_unless_main(env_info()), process_group(resolve_device(device_opt).type) as di:
         if overwrite and di.is_main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         barrier()  # no rank looks at the folder before rank 0 has cleared it
+        cfg = asked
         if saved is not None:
-            cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), config, options)
-            saved_split = Split.from_dict(saved["split"])
-            check_same_sources(out, saved_split, source, test)
-            if split is not None and split.to_dict() != saved_split.to_dict():
-                raise StaleRunError(f"The split given differs from the one {out} was trained "
-                                    "on; resume without a split, or use another -o folder.")
-            split = saved_split
-        else:
-            cfg = make_config(config, **options)
-            if resume:
-                log.info("%s has no checkpoint yet: starting a new run", out)
+            cfg, split = _resumed(out, saved, asked, given, source=source, test=test,
+                                  split=split)
+        elif resume:
+            log.info("%s has no checkpoint yet: starting a new run", out)
         if cfg.state == "predict":
             if di.enabled:
                 raise OptionError("State 'predict' evaluates a model in one process; run it "
                                  "without torchrun (or use `cnncodes predict`).")
-            return _evaluate_only(source, out, cfg, test=test, progress=progress,
-                                  command=command)
+            return _evaluate_only(source, out, cfg, test=test, command=command)
         if split is None:
             if source is None:
                 raise OptionError("Pass a source (or a split) to fine-tune on.")
             split = make_split(source, val_fraction=cfg.val_fraction,
                                test_fraction=cfg.test_fraction, seed=cfg.seed, test=test)
-        device = rank_device(cfg, di)
-        if cfg.sync_bn and di.enabled and device.type != "cuda":
-            raise OptionError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on "
-                             "CPU / gloo); drop --sync-bn for CPU runs.")
-        out.mkdir(parents=True, exist_ok=True)
-        if di.is_main:  # the folder is this run's: another command needs --overwrite
-            claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
-        threads = cfg.threads
-        if di.enabled and device.type == "cpu" and threads is None:
-            threads = max(1, (os.cpu_count() or 1) // local_world())
-        with _run_context(cfg, device, threads=threads):
-            trainer = Trainer(split, out, cfg, device, di=di, saved=saved, progress=progress,
-                              command=command or command_line())
-            return _finish(trainer, trainer.fit())
+        return _train(split, out, cfg, di, saved, command=command or command_line())
+
+
+def _train(split: Split, out: Path, cfg: FinetuneConfig, di: DistInfo,
+           saved: dict[str, Any] | None, *, command: str) -> FinetuneResult:
+    """Train (or continue) the run in ``out`` on this rank's device; test and report."""
+    device = rank_device(cfg, di)
+    if cfg.sync_bn and di.enabled and device.type != "cuda":
+        raise OptionError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on "
+                          "CPU / gloo); drop --sync-bn for CPU runs.")
+    out.mkdir(parents=True, exist_ok=True)
+    if di.is_main:  # the folder is this run's: another command needs --overwrite
+        claim_folder(out, "finetune", files=RUN_FILES, command=command)
+    threads = cfg.runtime.threads
+    if di.enabled and device.type == "cpu" and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // local_world())
+    with _run_context(cfg, device, threads=threads):
+        trainer = Trainer(split, out, cfg, device, di=di, saved=saved, command=command)
+        return _finish(trainer, trainer.fit())
+
+
+def _given(config: FinetuneConfig | None, runtime: RuntimeOptions | None,
+           options: dict[str, Any]) -> set[str]:
+    """The option names a call asked for: every field of a ``config`` or ``runtime`` given,
+    and the keyword ``options``."""
+    names = set(options)
+    if config is not None:
+        names |= set(config.to_dict()) | {"progress"}
+    if runtime is not None:
+        names |= set(STORED_RUNTIME) | {"progress"}
+    return names
+
+
+def _saved_checkpoint(out: Path, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The run's ``checkpoint.pt`` when it is to be continued (None for a new run).
+
+    Reading before joining the process group is safe: without overwrite no rank writes the
+    folder before every rank has taken part in the first collective, after its read."""
+    ckpt_path = out / "checkpoint.pt"
+    if overwrite or not ckpt_path.is_file():
+        return None
+    if not resume:
+        raise OptionError(f"{out} already holds a fine-tuning run ({ckpt_path.name}); pass "
+                          "--resume (resume=True) to continue it, --overwrite to start over, "
+                          "or another -o folder.")
+    saved: dict[str, Any] = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return saved
+
+
+def _resumed(out: Path, saved: dict[str, Any], asked: FinetuneConfig, given: set[str], *,
+             source: Any, test: Any, split: Split | None) -> tuple[FinetuneConfig, Split]:
+    """The configuration and split of the run being resumed (checked against what was asked)."""
+    cfg = _resume_config(FinetuneConfig.from_dict(saved["config"]), asked, given)
+    saved_split = Split.from_dict(saved["split"])
+    check_same_sources(out, saved_split, source, test)
+    if split is not None and split.to_dict() != saved_split.to_dict():
+        raise StaleRunError(f"The split given differs from the one {out} was trained "
+                            "on; resume without a split, or use another -o folder.")
+    return cfg, saved_split
 
 
 def _finish(trainer: Trainer, diverged: str | None) -> FinetuneResult:
     """Test the best model, write the report and curves, return the result (every rank)."""
     out, di, st = trainer.out, trainer.di, trainer.state
     test_ev = trainer.test()
-    report = trainer.report(diverged, test_ev)
+    report = run_report(trainer, diverged, test_ev)
     if di.is_main:
         atomic_write_json(out / "report.json", report)
         if st.history:
@@ -217,25 +254,23 @@ def _finish(trainer: Trainer, diverged: str | None) -> FinetuneResult:
     return result
 
 
-def _resume_config(saved: FinetuneConfig, config: FinetuneConfig | None,
-                   options: dict[str, Any]) -> FinetuneConfig:
-    """The saved configuration with the allowed runtime changes; other differences are errors."""
-    wanted = {**(config.to_dict() if config is not None else {}), **options}
-    make_config(None, **wanted)  # validates names and values
-    cur = saved.to_dict()
-    diff = [f"{k}: run has {cur[k]!r}, asked {v!r}" for k, v in wanted.items()
-            if k not in FinetuneConfig.RUNTIME_FIELDS
-            and (list(v) if isinstance(v, tuple) else v) != cur[k]]
+def _resume_config(saved: FinetuneConfig, asked: FinetuneConfig,
+                   given: set[str]) -> FinetuneConfig:
+    """The saved configuration with the allowed runtime changes among the ``given`` options of
+    ``asked``; other differences are errors."""
+    cur, new = saved.to_dict(), asked.to_dict()
+    diff = [f"{k}: run has {cur[k]!r}, asked {new[k]!r}" for k in new
+            if k in given and k not in FinetuneConfig.RUNTIME_FIELDS and new[k] != cur[k]]
     if diff:
         raise StaleRunError("Cannot resume with different training options ("
                             + "; ".join(diff) + "). Resume with the run's own options (or "
                             "none), or start a new run in another -o folder.")
-    runtime = {k: v for k, v in wanted.items() if k in FinetuneConfig.RUNTIME_FIELDS}
-    if "epochs" in runtime and runtime["epochs"] != saved.epochs:
+    changes = {k: new[k] for k in new if k in given and k in FinetuneConfig.RUNTIME_FIELDS}
+    if changes.get("epochs", saved.epochs) != saved.epochs:
         log.warning("resuming with epochs=%d instead of %d: the learning-rate schedule is "
-                    "stretched from here on (not an exact continuation)", runtime["epochs"],
+                    "stretched from here on (not an exact continuation)", changes["epochs"],
                     saved.epochs)
-    return dataclasses.replace(saved, **runtime).validate()
+    return make_config(saved, progress=asked.runtime.progress, **changes)
 
 
 @contextlib.contextmanager
@@ -247,7 +282,7 @@ def _run_context(config: FinetuneConfig, device: torch.device, *,
         if device.type == "cuda" else []
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=devices), num_threads(threads or config.threads):
+    with torch.random.fork_rng(devices=devices), num_threads(threads or config.runtime.threads):
         torch.manual_seed(config.seed)
         try:
             if config.deterministic:
@@ -259,8 +294,7 @@ def _run_context(config: FinetuneConfig, device: torch.device, *,
 
 
 def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
-                   cfg: FinetuneConfig, *, test: Any, progress: bool,
-                   command: str | None) -> FinetuneResult:
+                   cfg: FinetuneConfig, *, test: Any, command: str | None) -> FinetuneResult:
     """State ``predict``: evaluate the fine-tuned model ``cfg.weights`` on all of ``test or
     source`` (nothing is trained, so no split is needed)."""
     t0 = time.perf_counter()
@@ -269,10 +303,7 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
         raise OptionError(f"state 'predict' evaluates a fine-tuned model without training: pass "
                          f"--weights RUN/model.pt (written by cnncodes finetune); got weights="
                          f"{w!r}, which has no head for your classes.")
-    pred = predict_images(w, test if test is not None else source, batch_size=cfg.batch_size,
-                          device=cfg.device, precision=cfg.precision,
-                          num_workers=cfg.num_workers, threads=cfg.threads,
-                          max_pixels=cfg.max_pixels, progress=progress,
+    pred = predict_images(w, test if test is not None else source, runtime=cfg.runtime,
                           input_size=cfg.input_size)
     claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
     acc = pred.accuracy

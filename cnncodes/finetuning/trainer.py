@@ -1,10 +1,11 @@
 """The fine-tuning loop as a small state object: :class:`Trainer` builds the network, optimiser,
 scheduler and loaders of one run, and offers :meth:`~Trainer.step` (one optimiser step),
 :meth:`~Trainer.train_epoch`, :meth:`~Trainer.evaluate`, :meth:`~Trainer.checkpoint` and
-:meth:`~Trainer.resume`; :class:`TrainState` is what a checkpoint carries besides the tensors.
+:meth:`~Trainer.resume`; :class:`~.checkpoint.TrainState` is what a checkpoint carries besides
+the tensors, and :mod:`.run_report` turns a finished trainer into ``report.json``.
 
 Resume is exact: a checkpoint (written atomically after every epoch) holds the model, optimiser,
-scheduler and scaler states, every rank's dropout RNG state, and the :class:`TrainState`; batch
+scheduler and scaler states, every rank's dropout RNG state, and the ``TrainState``; batch
 order and augmentation are seeded by ``(seed, epoch)``, so a run killed at any moment and resumed
 computes the same weights bit for bit (with the same number of ranks).
 
@@ -18,7 +19,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +34,24 @@ from .._distributed import (
     broadcast_buffers,
 )
 from .._distributed import backend as dist_backend
-from .._runtime import progress_bar, versions
-from ..atomic import atomic_write_json, jsonable
+from .._runtime import progress_bar
+from ..atomic import atomic_write_json
 from ..backbones.registry import get_spec
 from ..backbones.weights import weights_sha256
-from ..errors import OptionError
 from ..sources.folders import ImageSource
 from ..sources.loader import Batch, normalize_batch
-from ..stats import ci_record, format_lr, plural
-from .config import REPORT_KIND, REPORT_SCHEMA_VERSION, FinetuneConfig
+from ..stats import format_lr, plural
+from .checkpoint import CHECKPOINT_KIND, TrainState, check_resume_precision
+from .config import FinetuneConfig
 from .data import EpochSampler, SplitDataset, eval_loader, loader_workers, make_loader
 from .ddp import convert_sync_bn, gather_rng_states, rank_seed, restore_rng
 from .evaluation import (
     Evaluation,
     amp_dtype,
     autocast,
-    confusion,
     evaluate,
     finite,
     fmt,
-    per_class,
-    per_class_note,
-    set_metric,
 )
 from .model_file import atomic_torch_save, read_model_file, save_model_file
 from .net import build_finetune_model
@@ -68,63 +64,9 @@ log = logging.getLogger(__name__)
 #: the default warmup (a shortened default warmup is logged as information, not a warning)
 DEFAULT_WARMUP_EPOCHS = FinetuneConfig.__dataclass_fields__["warmup_epochs"].default
 
-CHECKPOINT_KIND = "cnncodes-finetune-checkpoint"
-
 
 class Diverged(Exception):
     """The training loss became NaN/inf (raised on every rank at the same step)."""
-
-
-@dataclass
-class TrainState:
-    """Where a run stands: what a checkpoint carries besides the model/optimiser tensors."""
-
-    epoch: int = 0
-    best_accuracy: float = -1.0
-    best_loss: float = math.inf
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)
-    stopped: str | None = None
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {"epoch": self.epoch,
-                "best": {"accuracy": self.best_accuracy, "loss": self.best_loss,
-                         "epoch": self.best_epoch},
-                "bad_epochs": self.bad_epochs, "history": self.history,
-                "failures": self.failures, "stopped": self.stopped}
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
-        best = saved["best"]
-        return cls(int(saved["epoch"]), float(best["accuracy"]), float(best["loss"]),
-                   best["epoch"], int(saved["bad_epochs"]), list(saved["history"]),
-                   dict(saved["failures"]), saved.get("stopped"))
-
-
-def checkpoint_precision(saved: dict[str, Any]) -> str:
-    """The precision a checkpoint was trained with: recorded since it is saved resolved; in older
-    checkpoints the configured one, where ``auto`` meant fp16 exactly when the GradScaler ran
-    (its state is empty otherwise)."""
-    if saved.get("precision"):
-        return str(saved["precision"])
-    asked = str(saved.get("config", {}).get("precision", "auto"))
-    if asked != "auto":
-        return asked
-    return "fp16" if saved.get("scaler") else "fp32"
-
-
-def check_resume_precision(saved: dict[str, Any], precision: str, device: torch.device) -> None:
-    """Refuse to resume a run in another precision than it was trained in (the weights, the
-    optimiser's moments and the loss scale belong to it; ``auto`` resolves differently on CPU
-    and CUDA)."""
-    was = checkpoint_precision(saved)
-    if was != precision:
-        on = f" on {saved['device']}" if saved.get("device") else ""
-        raise OptionError(f"this run was trained in {was}{on}; resuming it on {device} would "
-                          f"train in {precision}. Resume with --precision {was} (and a device "
-                          f"that supports it), or start a new run in another -o folder.")
 
 
 class Trainer:
@@ -135,11 +77,10 @@ class Trainer:
     """
 
     def __init__(self, split: Split, out: Path, cfg: FinetuneConfig, device: torch.device, *,
-                 di: DistInfo, saved: dict[str, Any] | None = None, progress: bool = False,
-                 command: str = "") -> None:
+                 di: DistInfo, saved: dict[str, Any] | None = None, command: str = "") -> None:
         self.t_start = time.perf_counter()
         self.split, self.out, self.cfg, self.device, self.di = split, out, cfg, device, di
-        self.progress, self.command = progress, command
+        self.progress, self.command = cfg.runtime.progress, command
         self.train_src: ImageSource = split.source("train")
         self.val_src: ImageSource = split.source("val")
         self.per_rank = -(-len(self.train_src) // di.world)
@@ -175,11 +116,11 @@ class Trainer:
         self.net = net.to(self.device)
         if di.enabled:  # each rank its own dropout stream (one process keeps the plain seed)
             torch.manual_seed(rank_seed(cfg.seed, di.rank, 0))
-        self.precision, self.amp = amp_dtype(cfg.precision, self.device)
+        self.precision, self.amp = amp_dtype(cfg.runtime.precision, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
-        self.drop_last = self.per_rank % cfg.batch_size == 1
-        self.steps = (self.per_rank // cfg.batch_size if self.drop_last
-                      else math.ceil(self.per_rank / cfg.batch_size))
+        self.drop_last = self.per_rank % cfg.runtime.batch_size == 1
+        self.steps = (self.per_rank // cfg.runtime.batch_size if self.drop_last
+                      else math.ceil(self.per_rank / cfg.runtime.batch_size))
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps)
         self.warmup = self._warmup_record()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"
@@ -246,9 +187,10 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_src), cfg.seed, di.rank, di.world)
         dataset = SplitDataset(self.train_src, self.pp, train=True, augment=cfg.augment,
                                crop_scale=cfg.crop_scale, hflip=cfg.hflip, seed=cfg.seed,
-                               max_pixels=cfg.max_pixels)
+                               max_pixels=cfg.runtime.max_pixels)
         self.train_loader: DataLoader | None = make_loader(
-            dataset, batch_size=cfg.batch_size, workers=loader_workers(cfg, device, self.per_rank),
+            dataset, batch_size=cfg.runtime.batch_size,
+            workers=loader_workers(cfg, device, self.per_rank),
             seed=cfg.seed, sampler=self.sampler, drop_last=self.drop_last,
             pin=device.type == "cuda")
         self.val_loader: DataLoader | None = (eval_loader(self.val_src, self.pp, cfg, device, di)
@@ -266,8 +208,9 @@ class Trainer:
         cfg, di = self.cfg, self.di
         total = sum(p.numel() for p in self.net.parameters())
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
-        ddp = (f", DDP over {di.world} processes ({dist_backend()}), batch {cfg.batch_size} per "
-               f"process = {cfg.batch_size * di.world}{', SyncBatchNorm' if self.sync_bn else ''}"
+        batch = cfg.runtime.batch_size
+        ddp = (f", DDP over {di.world} processes ({dist_backend()}), batch {batch} per "
+               f"process = {batch * di.world}{', SyncBatchNorm' if self.sync_bn else ''}"
                if di.enabled else "")
         log.info("%s %s on %s (%s%s): %d classes, %d train / %d val / %d test images at %d px; "
                  "%s of %s parameters train (%s)", cfg.state, cfg.backbone, self.device,
@@ -490,91 +433,6 @@ class Trainer:
         loader = eval_loader(test_src, self.pp, self.cfg, self.device, self.di)
         return self.evaluate(loader, test_src,
                              progress="test" if self.progress and self.di.is_main else None)
-
-    # ------------------------------------------------------------------------------ report
-
-    def _metrics(self, best_rec: dict[str, Any] | None,
-                 test_ev: Evaluation | None) -> dict[str, Any]:
-        """Validation/test accuracy, test loss and per-class accuracy; each null one with a
-        ``<name>_note`` saying why."""
-        split, m = self.split, {}
-        no_model = "no epoch finished, so there is no model.pt to test"
-        if not split.val:
-            why_val = (f"no validation images (val_fraction {split.val_fraction}: the validation "
-                       "part is empty)")
-        elif best_rec is None:
-            why_val = "no epoch finished"
-        else:
-            why_val = best_rec.get("val_note", "no validation image could be read")
-        set_metric(m, "val_accuracy", best_rec["val_acc"] if best_rec else None, why_val)
-        if not split.test:
-            why_test = "no test images (test_fraction 0 and no --test source)"
-        elif test_ev is None:
-            why_test = no_model
-        else:
-            why_test = f"none of the {len(split.test)} test images could be read"
-        set_metric(m, "test_accuracy", test_ev.accuracy if test_ev else None, why_test)
-        if test_ev is not None:  # the one interval of cnncodes.stats (95% Wilson)
-            m.update({f"test_{k}": v for k, v in
-                      ci_record(test_ev.accuracy, len(test_ev.predicted)).items()})
-        set_metric(m, "test_loss", test_ev.loss if test_ev else None, why_test)
-        labels = split.source("test").labels
-        m["per_class_test_accuracy"] = (per_class(labels, test_ev.predicted, split.classes)
-                                        if test_ev else None)
-        note = (per_class_note(labels, test_ev.predicted, split.classes) if test_ev
-                else why_test)
-        if note:
-            m["per_class_test_accuracy_note"] = note
-        return m
-
-    def report(self, diverged: str | None, test_ev: Evaluation | None) -> dict[str, Any]:
-        """The run's ``report.json`` content."""
-        cfg, di, st, split = self.cfg, self.di, self.state, self.split
-        history = st.history
-        test_src = split.source("test")
-        status = "diverged" if diverged else (st.stopped or "completed")
-        train_seconds = float(sum(h["seconds"] for h in history))
-        this_session = sum(h["seconds"] for h in history[self.first_epoch_this_session:])
-        best_rec = next((h for h in history if h["epoch"] == st.best_epoch), None)
-        test_labels = test_src.labels
-        return jsonable({  # JSON types only, no NaN: the report is printed as JSON too
-            "kind": REPORT_KIND, "schema_version": REPORT_SCHEMA_VERSION, "task": "finetune",
-            "status": status, "state": cfg.state,
-            "message": diverged, "backbone": cfg.backbone, "weights": self.resolved.id,
-            "weights_sha256": weights_sha256(self.resolved) or "", "classes": split.classes,
-            "input_size": self.pp.crop, "preprocessing": self.pp.to_dict(),
-            "device": str(self.device), "precision": self.precision, "world_size": di.world,
-            "distributed": {"world_size": di.world,
-                            "backend": dist_backend() if di.enabled else None,
-                            "batch_size_per_process": cfg.batch_size,
-                            "global_batch_size": cfg.batch_size * di.world,
-                            "sync_bn": self.sync_bn,
-                            "train_padding_per_epoch": self.sampler.padding},
-            "split": {**split.sizes(), "seed": split.seed, "val_fraction": split.val_fraction,
-                      "test_fraction": split.test_fraction, "test_source": split.test_source},
-            "stages": [{"index": s.index, "span": s.span, "params": len(s.params),
-                        "frozen": s.index <= self.net.frozen_stages} for s in self.net.stages],
-            "param_groups": self.groups(), "warmup": self.warmup,
-            "trainable_params": sum(p.numel() for p in self.net.parameters()
-                                    if p.requires_grad),
-            "total_params": sum(p.numel() for p in self.net.parameters()),
-            "epochs_run": len(history), "best_epoch": st.best_epoch,
-            **self._metrics(best_rec, test_ev),
-            "confusion_matrix": confusion(test_labels, test_ev.predicted, len(split.classes))
-            if test_ev else None,
-            "train_seconds": train_seconds,
-            # every epoch's time (also from sessions before a resume) + this session's setup/test
-            "seconds": train_seconds + max(0.0, time.perf_counter() - self.t_start
-                                           - this_session),
-            "history": history, "resumed_from": self.resumed_from,
-            "failures": sorted(st.failures.items()), "config": cfg.to_dict(),
-            "files": {"model": "model.pt" if (self.out / "model.pt").is_file() else None,
-                      "checkpoint": "checkpoint.pt", "curves": "curves.png",
-                      "split": "split.json"},
-            "command": self.command, "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-
 
 
 def epoch_lr(start: Any, end: float) -> str:

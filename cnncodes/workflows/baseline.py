@@ -222,9 +222,8 @@ def _baseline(source: str | os.PathLike, *, report: str | os.PathLike | None,
     if sopts.fall_through:
         assert out is not None
         extra["fall_through"], ft_result = fall_through_step(
-            trained, evaluation, rows, choice, sopts, out=out, source=source, split=split,
-            backbone=bopts, runtime=ropts, overwrite=overwrite, command=command,
-            write_running=write)
+            trained, evaluation, rows, choice, sopts, out=out, split=split, backbone=bopts,
+            runtime=ropts, overwrite=overwrite, command=command, write_running=write)
     rep = write({})
     return BaselineResult(trained, evaluation, rows, rep, files,
                           {k: v.path for k, v in stores.items()}, failures, choice.advice,
@@ -388,13 +387,14 @@ def _list_source(paths: list[str], labels: np.ndarray, classes: list[str]) -> Im
 
 def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[dict[str, Any]],
                       choice: LayerChoice, steps: BaselineOptions, *, out: Path,
-                      source: str | os.PathLike, split: Mapping[str, Path],
-                      backbone: BackboneOptions, runtime: RuntimeOptions, overwrite: bool,
-                      command: str | None, write_running: Any) -> tuple[dict[str, Any], Any]:
+                      split: Mapping[str, Path], backbone: BackboneOptions,
+                      runtime: RuntimeOptions, overwrite: bool, command: str | None,
+                      write_running: Any) -> tuple[dict[str, Any], Any]:
     """Fine-tune on the linear probe's exact split when the training rows are large (or
     forced); else say why not and give the command. Appends its row to ``rows``; returns
     ``(report["fall_through"], FinetuneResult or None)``. ``write_running(extra)`` writes the
-    report before the (long) run starts."""
+    report before the (long) run starts. ``split`` is :func:`.inputs.find_split`'s (its ``all``
+    is the source); ``backbone`` and ``runtime`` are the baseline's, passed on whole."""
     # fine-tuning needs torch; imported here so a baseline on cached codes never loads it
     from .compare import fall_through_verdict, finetune_command, run_fall_through
 
@@ -427,7 +427,7 @@ def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[
         rows.append(row)
         return rec, result
     parts = ([os.fspath(split["train"]), "--test", os.fspath(split["test"])]
-             if "all" not in split else [os.fspath(source), "--test-fraction",
+             if "all" not in split else [os.fspath(split["all"]), "--test-fraction",
                                          f"{steps.holdout:g}", "--seed", str(steps.seed)])
     cmd = finetune_command(parts, backbone=b.backbone, weights=b.weights,
                            input_size=b.input_size, out=ft_out, options=opts)

@@ -28,7 +28,7 @@ from ..atomic import atomic_write_json, atomic_write_text, save_figure
 from ..codes.extraction import extract_arrays
 from ..codes.extractor import CodeExtractor
 from ..errors import FinetuneDivergedError, OptionError, StaleRunError
-from ..finetuning.config import FinetuneConfig, make_config
+from ..finetuning.config import FINETUNE_BATCH_SIZE, FinetuneConfig, make_config
 from ..finetuning.evaluation import fmt
 from ..finetuning.run import FinetuneResult, finetune
 from ..finetuning.split import Split, make_split
@@ -80,9 +80,10 @@ class Arm:
 
 
 def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool = True,
-            overwrite: bool = False, restart_stale: bool = False, progress: bool = False,
+            overwrite: bool = False, restart_stale: bool = False,
             command: str | None = None) -> Arm:
-    """Fine-tune ``config`` (its ``state``) on ``split`` in the run folder ``output``.
+    """Fine-tune ``config`` (its ``state``, its ``runtime``) on ``split`` in the run folder
+    ``output``.
 
     Args:
         resume: continue an earlier run there (exactly, when it was interrupted).
@@ -99,8 +100,7 @@ def run_arm(split: Split, output: Path, config: FinetuneConfig, *, resume: bool 
 
     def run(fresh: bool) -> FinetuneResult:
         return finetune(None, output, config=config, split=split,
-                        resume=resume and not fresh, overwrite=fresh, progress=progress,
-                        command=command)
+                        resume=resume and not fresh, overwrite=fresh, command=command)
 
     try:
         try:
@@ -254,10 +254,10 @@ def _escalation_probe(split: Split, out: Path, cfg: FinetuneConfig, *,
                 and probe.get("config_input_size") == cfg.input_size):
             return probe
     log.info("escalation 1/3: linear probe on %s codes", cfg.backbone)
+    # the run's runtime, at least 64 images per forward pass (extraction needs no BatchNorm)
+    runtime = cfg.runtime.replace(batch_size=max(cfg.runtime.batch_size, 64))
     probe = linear_probe(split, backbone=cfg.backbone, weights=cfg.weights,
-                         input_size=cfg.input_size, device=cfg.device, precision=cfg.precision,
-                         batch_size=max(cfg.batch_size, 64), num_workers=cfg.num_workers,
-                         threads=cfg.threads, max_pixels=cfg.max_pixels, seed=cfg.seed)
+                         input_size=cfg.input_size, runtime=runtime, seed=cfg.seed)
     probe.update(config_weights=cfg.weights, config_input_size=cfg.input_size)
     atomic_write_json(out / "probe.json", probe)
     return probe
@@ -268,10 +268,10 @@ def escalate(
     output: str | os.PathLike,
     *,
     config: FinetuneConfig | None = None,
+    runtime: RuntimeOptions | None = None,
     test: str | os.PathLike | ImageSource | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
     command: str | None = None,
     **options: Any,
 ) -> EscalationResult:
@@ -280,6 +280,8 @@ def escalate(
     Writes ``split.json``, ``probe.json``, ``head-only/`` and ``full/`` run folders, and
     ``escalation.json`` / ``escalation.md`` / ``escalation.png`` (accuracy and wall time per
     method). ``config.freeze`` applies to the full run; ``config.state`` is not used.
+    ``config``, ``runtime`` and ``options`` as for :func:`cnncodes.finetune` (``progress=True``:
+    bars).
 
     Raises:
         ValueError: state ``predict``, or an existing escalation without ``resume``/``overwrite``.
@@ -288,7 +290,7 @@ def escalate(
         raise OptionError("The escalation report runs in one process (its linear probe and the "
                           "wall-time comparison are single-process); run --escalation without "
                           "torchrun, or fine-tune under torchrun with --state head-only / full.")
-    cfg = make_config(config, **options)
+    cfg = make_config(config, runtime=runtime, **options)
     if cfg.state == "predict":
         raise OptionError("The escalation report trains head-only and full models; state "
                           "'predict' does not apply (drop --state or --escalation).")
@@ -311,7 +313,7 @@ def escalate(
         sub = dataclasses.replace(cfg, state=state,
                                   freeze=0 if state == "head-only" else cfg.freeze)
         arm = run_arm(split, out / state, sub, resume=resume, overwrite=overwrite,
-                      progress=progress, command=command)
+                      command=command)
         rep = arm.report
         row = {"method": arm.method, "status": arm.status,
                "val_accuracy": rep.get("val_accuracy"), "test_accuracy": rep.get("test_accuracy"),
@@ -343,7 +345,7 @@ def _write_escalation(out: Path, cfg: FinetuneConfig, split: Split, probe: Mappi
     md = (f"# Escalation report: {cfg.backbone} ({probe['weights']}), {size} px\n\n"
           f"Same split for every method: {sizes['train']} train / {sizes['val']} validation / "
           f"{sizes['test']} test images, {len(split.classes)} classes (seed {split.seed}); "
-          f"{cfg.epochs} epochs of fine-tuning, batch {cfg.batch_size}, {cfg.optimizer} lr "
+          f"{cfg.epochs} epochs of fine-tuning, batch {cfg.runtime.batch_size}, {cfg.optimizer} lr "
           f"{cfg.base_lr:g} (head x{cfg.head_lr_mult:g}), freeze {cfg.freeze} for full.\n\n"
           + comparison_table(rows) + f"\n\n{text}\n")
     atomic_write_text(out / "escalation.md", md)
@@ -390,18 +392,18 @@ def run_fall_through(train_source: ImageSource, test_source: ImageSource, output
     is continued (an interrupted one resumes exactly) when its options and split are the same,
     else, or with ``overwrite``, started over.
     """
-    r = runtime  # fine-tuning takes the runtime fields it has (its batch size is its own)
+    # the baseline's runtime, whole; the batch size is fine-tuning's own (the baseline's is per
+    # forward pass of extraction) unless ``options`` give one
     cfg = make_config(None, backbone=backbone.backbone, weights=backbone.weights,
-                      input_size=backbone.input_size, state="full", seed=seed, device=r.device,
-                      precision=r.precision, num_workers=r.num_workers, threads=r.threads,
-                      max_pixels=r.max_pixels, **dict(options))
+                      input_size=backbone.input_size, state="full", seed=seed,
+                      runtime=runtime.replace(batch_size=FINETUNE_BATCH_SIZE), **dict(options))
     split = make_split(train_source, val_fraction=cfg.val_fraction, test_fraction=0.0,
                        seed=cfg.seed, test=test_source)
     log.info("fall-through: full fine-tuning of %s on %d train / %d validation / %d test images "
              "(%d epochs) in %s", backbone.backbone, len(split.train), len(split.val),
              len(split.test), cfg.epochs, output)
     arm = run_arm(split, output, cfg, resume=True, overwrite=overwrite, restart_stale=True,
-                  progress=r.progress, command=command)
+                  command=command)
     rep = arm.report
     epochs = rep.get("epochs_run")
     plural = "" if epochs == 1 else "s"

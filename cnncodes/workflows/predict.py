@@ -118,7 +118,7 @@ def refuse_checkpoint(model: Any) -> None:
         return
     import torch
 
-    from ..finetuning.trainer import CHECKPOINT_KIND
+    from ..finetuning.checkpoint import CHECKPOINT_KIND
 
     path = Path(model)
     try:

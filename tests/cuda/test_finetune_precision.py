@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cnncodes.errors import OptionError
+from cnncodes.finetuning.checkpoint import check_resume_precision, checkpoint_precision
 from cnncodes.finetuning.run import finetune
-from cnncodes.finetuning.trainer import check_resume_precision, checkpoint_precision
 
 from ..conftest import write_tree
 
