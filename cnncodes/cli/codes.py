@@ -313,7 +313,7 @@ def _first_run(args: argparse.Namespace) -> int | None:
     from pathlib import Path
 
     from ..codes.journal import Journal
-    from ..codes.reader import first_run_text
+    from ..codes.unfinished import first_run_text
 
     if Path(args.store).exists():
         return None

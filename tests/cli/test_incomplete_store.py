@@ -170,7 +170,7 @@ def test_incomplete_store_error_is_a_value_error_and_a_cnncodes_error():
 
 def test_an_extract_in_progress_is_named_instead_of_the_command(digits_data, tmp_path,
                                                                 monkeypatch, capsys):  # noqa: F811
-    from cnncodes.codes.reader import incomplete_message
+    from cnncodes.codes.unfinished import incomplete_message
 
     note = {"store": "s.h5", "rows": 3, "missing": 5, "command": "cnncodes extract a -o s.h5",
             "running": {"pid": 4242, "host": "h", "since": "t"}}
