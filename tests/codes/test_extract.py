@@ -171,7 +171,7 @@ def test_fold_is_atomic_when_it_fails(image_tree, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr("cnncodes.codes.store._write_attrs", boom)
+    monkeypatch.setattr("cnncodes.codes.store.write_attrs", boom)
     with pytest.raises(OSError, match="disk full"):
         extract(image_tree, out, batch_size=5, num_workers=0, **OPTS)
     assert out.read_bytes() == before                  # the old store is intact ...
