@@ -1,5 +1,5 @@
 """Cost of the fletcher32 checksum on codes (issue 25): fold and load of a 20,000 x 1,280
-float32 store, with and without ``store.CHECKSUM``. Prints seconds (best of 3) and the ratio.
+float32 store, with and without ``store_layout.CHECKSUM``. Prints seconds (best of 3) and the ratio.
 
     PYTHONPATH=. python benchmarks/bench_checksum.py
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from cnncodes import FeatureStore
 from cnncodes.codes import store as store_mod
+from cnncodes.codes import store_layout
 from cnncodes.codes.journal import Journal, Part
 
 N, D, PER_PART = 20_000, 1280, 1000
@@ -24,7 +25,7 @@ PROV = {"backbone": "bench", "weights": "random", "weights_sha256": "", "layers"
 
 
 def run(tmp: Path, checksum: bool, codes: np.ndarray, compression: str | None) -> tuple[float, float]:
-    store_mod.CHECKSUM = checksum
+    store_layout.CHECKSUM = checksum
     path = tmp / f"s-{checksum}-{compression}.h5"
     j = Journal(path)
     j.dir.mkdir(exist_ok=True)

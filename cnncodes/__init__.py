@@ -39,6 +39,8 @@ _LAZY: dict[str, str] = {
     "extract_arrays": ".codes.extraction",
     # .codes.extractor
     "CodeExtractor": ".codes.extractor",
+    # .codes.options
+    "StoreOptions": ".codes.options",
     # .codes.store
     "FeatureStore": ".codes.store",
     # .errors
@@ -128,7 +130,7 @@ __all__ = [
     # sources, backbones, codes
     "BackboneSpec", "CodeExtractor", "Cut", "ExtractResult", "FeatureExtractor", "FeatureStore",
     "ImageSource", "Preprocessing", "create_backbone", "extract", "extract_arrays", "get_spec",
-    "list_backbones", "BackboneOptions", "RuntimeOptions",
+    "list_backbones", "BackboneOptions", "RuntimeOptions", "StoreOptions",
     "load_rgb", "open_source", "register",
     # classifiers on codes
     "BaselineOptions", "CNNCodes", "ClassifierOptions", "TrainedModel", "baseline",

@@ -32,7 +32,7 @@ import torch
 
 from .._runtime import loader_workers, progress_bar, versions
 from ..backbones.registry import get_spec, resolve_layers
-from ..codes.extraction import decoder_name, iter_codes, make_dataset
+from ..codes.batches import decoder_name, iter_codes, make_dataset
 from ..codes.extractor import CodeExtractor
 from ..codes.journal import Journal
 from ..codes.store import FeatureStore

@@ -247,6 +247,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .._distributed import env_info
     from .._runtime import command_line
     from ..codes.extraction import ExtractResult, extract
+    from ..codes.options import StoreOptions
     from ..report.store_info import (
         format_extract_result,
         format_interrupted,
@@ -257,11 +258,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     try:
         res = extract(
             args.source, args.output, backbone=backbone_options(args, layers=layers),
-            runtime=runtime_options(args), extra_provenance=advice, dtype=args.dtype,
-            compression=args.compression, overwrite=args.overwrite,
-            retry_failed=args.retry_failed, repair=args.repair, command=command_line(args.argv),
-            commit_every=args.commit_every, verify=args.verify, add_source=args.add_source,
-            keep_missing=args.keep_missing)
+            runtime=runtime_options(args), extra_provenance=advice,
+            store=StoreOptions(
+                dtype=args.dtype, compression=args.compression, overwrite=args.overwrite,
+                retry_failed=args.retry_failed, repair=args.repair, verify=args.verify,
+                add_source=args.add_source, keep_missing=args.keep_missing,
+                commit_every=args.commit_every),
+            command=command_line(args.argv))
     except KeyboardInterrupt as e:
         partial = e.args[0] if e.args and isinstance(e.args[0], ExtractResult) else None
         print(format_interrupted(partial), file=sys.stderr)
@@ -313,7 +316,7 @@ def _first_run(args: argparse.Namespace) -> int | None:
     from pathlib import Path
 
     from ..codes.journal import Journal
-    from ..codes.reader import first_run_text
+    from ..codes.unfinished import first_run_text
 
     if Path(args.store).exists():
         return None

@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .._distributed import (
     DistInfo,
     all_gather_objects,
-    all_reduce,
-    all_reduce_sum,
     barrier,
-    is_active,
     local_world_size,
     process_group,
     rank_device,
@@ -37,7 +31,6 @@ from .._runtime import (
     loader_workers,
     per_rank_threads,
     per_rank_workers,
-    progress_bar,
     resolve_device,
 )
 from ..errors import (
@@ -57,22 +50,20 @@ from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported h
     ArrayCodes,
     decoder_name,
     extract_arrays,
-    iter_codes,
     make_dataset,
 )
-from .identity import FileIdentity, check_verify, describe_source, store_sources
-from .journal import Journal, Part, identity_arrays
+from .extract_run import Job, Progress, gather_stats, run_batches, run_record
+from .identity import FileIdentity, describe_source, store_sources
+from .journal import Journal
 from .light import CPU, decode_threads, is_light, light_extractor
 from .numerics import compat_value, decoding
-from .part_writer import PartWriter
+from .options import STORE_FIELDS, StoreOptions, store_options
 from .quantise import calibration_dataset, previous_quantisation, quantise_extractor
 from .reader import check_is_store
 from .store import (
-    CONFIG_FIELDS,
     FeatureStore,
     check_store_compatible,
     disk_full_message,
-    fold,
     is_disk_full,
     remove_store,
 )
@@ -81,16 +72,9 @@ from .sync import Sync, plan_sync, resolve_sources, stored_paths
 if TYPE_CHECKING:  # torch is imported by the torch path only (cnncodes.codes.light needs none)
     import torch
 
-    from ..sources.loader import Batch
     from .extractor import CodeExtractor
 
 log = logging.getLogger(__name__)
-
-
-#: Storage dtypes of a store's codes.
-STORE_DTYPES = ("float32", "float16")
-#: HDF5 compressions of a store's codes.
-COMPRESSIONS = (None, "none", "gzip", "lzf")
 
 
 @dataclass
@@ -130,17 +114,9 @@ def extract(
     *,
     backbone: str | BackboneOptions = DEFAULT_BACKBONE,
     runtime: RuntimeOptions | None = None,
-    dtype: str = "float32",
-    compression: str | None = None,
-    overwrite: bool = False,
-    retry_failed: bool = False,
-    repair: bool = False,
+    store: StoreOptions | None = None,
     command: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
-    commit_every: float | None = 600.0,
-    verify: str | None = None,
-    add_source: bool = False,
-    keep_missing: bool = False,
     **options: Any,
 ) -> ExtractResult:
     """Extract codes of every image in ``source`` into the HDF5 store ``output``.
@@ -151,23 +127,12 @@ def extract(
         backbone: a registry name or a :class:`~cnncodes.options.BackboneOptions` (which codes).
         runtime: a :class:`~cnncodes.options.RuntimeOptions` (batch size, workers, device,
             precision, threads, decoder, max_pixels, progress); the codes do not depend on it.
-        dtype: storage dtype, ``float32`` or ``float16``.
-        compression: HDF5 compression (``gzip``, ``lzf`` or None).
-        overwrite: delete an existing store and journal first.
-        retry_failed: try again the files recorded as failures.
-        repair: read every chunk of the store first and extract again the rows whose codes fail
-            their checksum (bit rot), replacing them in place.
+        store: a :class:`~cnncodes.codes.options.StoreOptions` (dtype, compression, overwrite,
+            retry_failed, repair, verify, add_source, keep_missing, commit_every).
         command: command line recorded in the provenance.
-        options: single fields of either options object (``layers="pool"``, ``batch_size=32``).
-        commit_every: seconds between commit points during a long run, where the journal is
-            folded into ``output`` so the store is readable (marked incomplete) while extraction
-            goes on; None = only at the end. Single-process runs only.
-        verify: how a rerun recognises a changed file: ``stat`` (size + mtime_ns) or ``hash``
-            (size + SHA-256 of the bytes; reads every file on every run); default: the mode the
-            store was made with, else ``stat``.
-        add_source: allow a store made from another source to take this one's images too.
-        keep_missing: keep (flagged) the rows of files that are gone from the source, instead of
-            dropping them.
+        extra_provenance: more provenance fields recorded in the store.
+        options: single fields of any of the three options objects (``layers="pool"``,
+            ``batch_size=32``, ``overwrite=True``).
 
     Raises:
         StoreMismatchError: ``output`` exists with another backbone/weights/layers/pooling/
@@ -177,26 +142,10 @@ def extract(
         OptionError: a bad option value (the message lists the valid ones).
     """
     t0 = time.perf_counter()
-    bopts, ropts, _ = split_options(backbone, runtime, options, where="extract")
-    if dtype not in STORE_DTYPES:
-        raise OptionError(f"dtype must be one of {', '.join(STORE_DTYPES)}. Got {dtype!r} "
-                          "instead.")
-    if compression not in COMPRESSIONS:
-        raise OptionError(f"compression must be gzip, lzf or none. Got {compression!r} instead.")
-    out = Path(output)
-    if out.exists() and out.is_dir():
-        raise OptionError(f"output must be a file path such as {out / 'codes.h5'}. Got the "
-                          f"folder {out} instead.")
-    check_verify(verify)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_file():
-        try:
-            check_is_store(out)
-        except StoreMismatchError as e:
-            if not overwrite:
-                raise
-            raise StoreMismatchError(f"{e} --overwrite does not replace it either: delete it "
-                                     "yourself if it is yours.") from None
+    bopts, ropts, rest = split_options(backbone, runtime, options, where="extract",
+                                       allow=STORE_FIELDS)
+    sopts, _ = store_options(store, rest, where="extract")
+    out = _check_output(Path(output), sopts.overwrite)
     src = open_source(source)
     if ropts.precision == "int8" and ropts.device == "auto":
         ropts = ropts.replace(device="cpu")  # an ONNX Runtime CPU graph
@@ -207,30 +156,24 @@ def extract(
         ext = light or _torch_extractor(bopts, ropts)
         prov = ext.provenance()
         prov.update({
-            "dtype": dtype, "command": command or "python: cnncodes.extract(...)",
+            "dtype": sopts.dtype, "command": command or "python: cnncodes.extract(...)",
             "truncated_images": truncated_policy(), "max_pixels": int(ropts.max_pixels or 0),
-        })
-        if extra_provenance:
-            prov.update(extra_provenance)
+            **(extra_provenance or {})})
         journal = Journal(out)
-        if overwrite and di.is_main:
+        if sopts.overwrite and di.is_main:
             journal.clear()
             remove_store(out)  # the file and its segments
         barrier()
-        if (not overwrite and not di.enabled and out.is_file() and not journal.exists()
+        job = Job(src, out, journal, ext, prov, di, ropts, sopts, t0=t0, verify=sopts.verify)
+        desc = describe_source(source, src.root, src.kind)
+        if (not sopts.overwrite and not di.enabled and out.is_file() and not journal.exists()
                 and not os.access(out.parent, os.W_OK)):  # a read-only disk: write nothing
-            job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
-                       retry_failed=retry_failed, commit_every=commit_every, t0=t0,
-                       verify=verify, keep_missing=keep_missing)
-            _attach_source(job, describe_source(source, src.root, src.kind), add_source)
+            _attach_source(job, desc, sopts.add_source)
             return _extract_readonly(job)
         journal.lock(di.rank)
         try:
-            job = _Job(src, out, journal, ext, prov, di, ropts, compression=compression,
-                       retry_failed=retry_failed, commit_every=commit_every, t0=t0,
-                       verify=verify, keep_missing=keep_missing)
-            _attach_source(job, describe_source(source, src.root, src.kind), add_source)
-            if repair and di.is_main:
+            _attach_source(job, desc, sopts.add_source)
+            if sopts.repair and di.is_main:
                 job.redo = damaged_paths(out)
             return _extract_locked(job)
         except OSError as e:
@@ -241,6 +184,24 @@ def extract(
             journal.unlock()
             if di.is_main and not di.enabled and journal.exists() and not journal.part_files():
                 journal.clear()
+
+
+def _check_output(out: Path, overwrite: bool) -> Path:
+    """``out`` as a store path (its folder made): refused when it is a folder, or a file that
+    is not a cnncodes store (which ``overwrite`` does not replace either)."""
+    if out.exists() and out.is_dir():
+        raise OptionError(f"output must be a file path such as {out / 'codes.h5'}. Got the "
+                          f"folder {out} instead.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file():
+        try:
+            check_is_store(out)
+        except StoreMismatchError as e:
+            if not overwrite:
+                raise
+            raise StoreMismatchError(f"{e} --overwrite does not replace it either: delete it "
+                                     "yourself if it is yours.") from None
+    return out
 
 
 def _torch_extractor(bopts: BackboneOptions, ropts: RuntimeOptions) -> CodeExtractor:
@@ -263,46 +224,7 @@ def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> Run
     return ropts.replace(**changes)
 
 
-@dataclass
-class _Job:
-    """One extraction under the writer lock: what to extract, where, and how."""
-
-    src: ImageSource
-    out: Path
-    journal: Journal
-    ext: CodeExtractor
-    prov: dict[str, Any]
-    di: DistInfo
-    runtime: RuntimeOptions
-    compression: str | None
-    retry_failed: bool
-    commit_every: float | None
-    t0: float
-    verify: str | None = None
-    keep_missing: bool = False
-    #: each source file's path as the store records it (see :func:`stored_paths`)
-    stored: list[str] = field(default_factory=list)
-    #: this run's index in the store's sources; whether this run adds the source to the list
-    source: int = 0
-    new_source: bool = False
-    sync: Sync = field(default_factory=Sync)
-    #: stored paths to extract again whatever their file (``repair``: damaged rows)
-    redo: set[str] = field(default_factory=set)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {k: self.prov[k] for k in CONFIG_FIELDS}
-
-    def fold(self, *, complete: bool, remaining: int = 0, **kw: Any) -> dict[str, int]:
-        """Fold the journal into the store with this run's drops, flags and the backbone's dims;
-        ``remaining``: images of this run not extracted yet (recorded when not ``complete``)."""
-        prov = {**self.prov, "complete": complete, "remaining": 0 if complete else int(remaining)}
-        return fold(self.out, self.journal, prov,
-                    compression=self.compression, drop=self.sync.drop, flags=self.sync.flags,
-                    dims=self.ext.dims, **kw)
-
-
-def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
+def _attach_source(job: Job, desc: dict[str, Any], add_source: bool) -> None:
     """Match this run's source with the store's (refusing another one unless ``add_source``),
     and set the store root, the sources and the verify mode in the provenance."""
     old: dict[str, Any] = {}
@@ -327,21 +249,7 @@ def _attach_source(job: _Job, desc: dict[str, Any], add_source: bool) -> None:
                      "sources": sources, "verify": verify})
 
 
-@dataclass
-class _Progress:
-    """What the batch loop did (this rank)."""
-
-    new: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    layer_dims: dict[str, int] = field(default_factory=dict)
-    interrupted: bool = False
-    seconds: float = 0.0
-    #: images of the plan gone through (extracted or failed)
-    done: int = 0
-    health: Any = None  # GpuDecodeHealth of the nvJPEG batches
-
-
-def _extract_locked(job: _Job) -> ExtractResult:
+def _extract_locked(job: Job) -> ExtractResult:
     """Check, plan, run the batches, fold; the body of :func:`extract` under the writer lock."""
     src, out, journal, ext, di = job.src, job.out, job.journal, job.ext, job.di
     dataset = make_dataset(src, ext, max_pixels=job.runtime.max_pixels,
@@ -375,12 +283,12 @@ def _extract_locked(job: _Job) -> ExtractResult:
                                 "verify": job.verify})
     workers = (decode_threads(job.runtime.num_workers) if is_light(ext) else
                loader_workers(ext.device, job.runtime.num_workers, len(mine), bs))
-    run = _run_batches(job, dataset, mine, workers) if mine else _Progress()
+    run = run_batches(job, dataset, mine, workers) if mine else Progress()
     if run.interrupted and di.enabled:
         raise KeyboardInterrupt(ExtractResult(path=out, rows=sync.done, new=run.new,
                                               skipped=skipped, failed=run.failures,
                                               interrupted=True))
-    stats = _gather_stats(run.new, len(run.failures), run.seconds)
+    stats = gather_stats(run.new, len(run.failures), run.seconds)
     failures = [f for part in all_gather_objects(run.failures) for f in part]
     barrier()  # every rank's parts are committed
     if di.is_main and (journal.part_files() or not out.is_file() or sync.drop or sync.flags
@@ -388,7 +296,7 @@ def _extract_locked(job: _Job) -> ExtractResult:
         decoder = decoder_name(dataset, ext.device)
         if decoder == "nvjpeg" and run.health is not None:  # what ran (this rank: rank 0)
             decoder = run.health.decoder()
-        record = _run_record(job, stats, workers, decoder, run.interrupted)
+        record = run_record(job, stats, workers, decoder, run.interrupted)
         if run.health is not None and run.health.sent:
             record["nvjpeg"] = run.health.record()
         job.fold(complete=not run.interrupted, run_record=record,
@@ -419,7 +327,7 @@ def _extract_locked(job: _Job) -> ExtractResult:
     return result
 
 
-def _extract_readonly(job: _Job) -> ExtractResult:
+def _extract_readonly(job: Job) -> ExtractResult:
     """A rerun into a folder this process may not write (a read-only disk): the store is
     checked and compared with the source without the lock or journal (nothing is written); when
     it is up to date that is the result, else :class:`AccessDeniedError` before any work."""
@@ -463,7 +371,7 @@ def _marked_incomplete(out: Path) -> bool:
     return out.is_file() and FeatureStore(out).provenance.get("complete") is False
 
 
-def _plan(job: _Job) -> Sync:
+def _plan(job: Job) -> Sync:
     """The store and journal compared with the source's files now (:func:`plan_sync`)."""
     src = job.src
     ids = None
@@ -474,113 +382,13 @@ def _plan(job: _Job) -> Sync:
         abspaths=[] if ids is not None else [src.abspath(i) for i in range(len(src))],
         labels=[src.classes[y] if y >= 0 else "" for y in src.labels.tolist()],
         source=job.source, append_only=job.prov["sources"][job.source]["kind"] == "paths",
-        verify=job.verify or "stat", retry_failed=job.retry_failed, redo=job.redo,
-        keep_missing=job.keep_missing)
+        verify=job.verify or "stat", retry_failed=job.store.retry_failed, redo=job.redo,
+        keep_missing=job.store.keep_missing)
     if sync.changed or sync.removed or sync.missing or sync.retried:
         log.info("%s: %d files changed, %d gone (%s), %d failures to try again", job.out,
                  sync.changed, sync.removed + sync.missing,
-                 "kept, flagged missing" if job.keep_missing else "rows dropped", sync.retried)
+                 "kept, flagged missing" if job.store.keep_missing else "rows dropped",
+                 sync.retried)
     return sync
 
 
-def _part(job: _Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
-          fails: list[tuple[str, str]]) -> Part:
-    src, ids = job.src, job.sync.ids
-    rows = [ids[i] for i in batch.indices]
-    bad = [ids[i] for i, _ in batch.failures]
-    return Part(
-        seq=key, rank=job.di.rank, source=job.source,
-        paths=np.array([job.stored[i] for i in batch.indices], dtype=np.str_),
-        labels=np.array([src.classes[src.labels[i]] if src.labels[i] >= 0 else ""
-                         for i in batch.indices], dtype=np.str_),
-        codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
-        fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
-        fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
-        **identity_arrays(rows, bad))
-
-
-def _run_batches(job: _Job, dataset: Any, mine: list[int], workers: int) -> _Progress:
-    """Extract ``mine`` batch by batch into the journal (with commit points); Ctrl-C stops it
-    cleanly with the finished batches kept."""
-    ext, di = job.ext, job.di
-    if is_light(ext):
-        run = _Progress()
-    else:
-        from ..sources.tensor_decode import GpuDecodeHealth
-
-        run = _Progress(health=GpuDecodeHealth())
-    t_run = time.perf_counter()
-    bar = progress_bar(len(mine), f"extract {ext.spec.name}"
-                       + (f" rank 0/{di.world}" if di.enabled else ""),
-                       enabled=job.runtime.progress and di.is_main)
-    writer = PartWriter(job.journal)
-    pos = 0
-    last_commit = time.monotonic()
-    try:
-        for batch, codes in iter_codes(dataset, ext, mine, batch_size=job.runtime.batch_size,
-                                       num_workers=workers, threads=job.runtime.threads,
-                                       health=run.health):
-            n_items = len(batch.indices) + len(batch.failures)
-            key = mine[pos]  # source index of the batch's first item: parts fold in order
-            pos += n_items
-            run.layer_dims.update({k: int(v.shape[1]) for k, v in codes.items() if v.shape[0]})
-            fails = [(job.stored[i], r) for i, r in batch.failures]
-            for p, r in fails:
-                log.warning("skipping %s: %s", p, r)
-            run.failures.extend(fails)
-            writer.put(_part(job, key, batch, codes, fails))
-            run.new += len(batch.indices)
-            run.done = pos
-            if bar is not None:
-                bar.update(n_items)
-            if (job.commit_every is not None and not di.enabled and pos < len(mine)
-                    and time.monotonic() - last_commit >= job.commit_every):
-                writer.flush()  # commit point: fold what is on disk, keep extracting
-                job.fold(complete=False, keep_journal=True, remaining=len(mine) - pos)
-                last_commit = time.monotonic()
-                log.info("commit point: %d images folded into %s", run.new, job.out)
-    except KeyboardInterrupt:
-        run.interrupted = True
-        log.warning("interrupted: keeping the %d images done so far; rerun the same "
-                    "command to continue", run.new)
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-    run.seconds = time.perf_counter() - t_run
-    return run
-
-
-def _run_record(job: _Job, stats: dict[str, float], workers: int, decoder: str,
-                interrupted: bool) -> dict[str, Any]:
-    """The entry this run adds to the store's ``runs`` history."""
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": job.prov["command"],
-              "device": str(job.ext.device), "precision": job.ext.precision,
-              "new": stats["new"], "failed": stats["failed"], "added": job.sync.added,
-              "changed": job.sync.changed, "retried": job.sync.retried,
-              "removed": job.sync.removed, "missing": job.sync.missing,
-              "verify": job.verify,
-              "seconds": round(stats["seconds"], 3),
-              "images_per_s": round(stats["new"] / stats["seconds"], 2)
-              if stats["seconds"] > 0 else 0.0,
-              "batch_size": job.runtime.batch_size, "workers": workers, "ranks": job.di.world,
-              "decoder": decoder, "bn_folded": job.ext.bn_folded,
-              "engine": job.ext.engine.name, "engine_version": job.ext.engine.version,
-              "engine_threads": job.ext.engine.threads,
-              "jpeg_scaling": job.ext.jpeg_scaling,
-              **({"int8_graph": q["graph"]} if (q := job.ext.quantisation) else {}),
-              "interrupted": interrupted, "host": platform.node()}
-    if job.journal.bad_parts:
-        record["bad_parts"] = list(job.journal.bad_parts)
-    return record
-
-
-def _gather_stats(new: int, failed: int, seconds: float) -> dict[str, float]:
-    """Totals across ranks (images, failures; the slowest rank's time); local values alone."""
-    if not is_active():
-        return {"new": int(new), "failed": int(failed), "seconds": float(seconds)}
-    import torch
-
-    total_new, total_failed = all_reduce_sum([new, failed])
-    slowest = all_reduce(torch.tensor([seconds], dtype=torch.float64), "max")
-    return {"new": int(total_new), "failed": int(total_failed), "seconds": float(slowest[0])}

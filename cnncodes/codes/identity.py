@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
-
 #: ``verify`` modes: ``stat`` (size + mtime_ns) and ``hash`` (size + SHA-256 of the bytes).
 VERIFY_MODES = ("stat", "hash")
 
@@ -96,12 +94,6 @@ def from_columns(columns: Mapping[str, Any]) -> list[FileIdentity]:
     return [FileIdentity(int(a), int(b), str(c))
             for a, b, c in zip(np.asarray(size).tolist(), np.asarray(mtime).tolist(),
                                np.asarray(hashes).tolist(), strict=True)]
-
-
-def check_verify(verify: str | None) -> None:
-    if verify is not None and verify not in VERIFY_MODES:
-        raise OptionError(f"verify must be one of {', '.join(VERIFY_MODES)}. Got {verify!r} "
-                          "instead.")
 
 
 def _sha256(path: str | os.PathLike[str]) -> str:

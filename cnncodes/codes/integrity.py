@@ -1,8 +1,8 @@
 """Bit rot: finding the rows of a store file whose stored bytes no longer read back.
 
 Stores written since checksums were added carry HDF5's fletcher32 filter on every chunk of the
-codes and labels (:data:`cnncodes.codes.store.CHECKSUM`): HDF5 checks it on every read, so one
-flipped bit is a read error, not a wrong number. A damaged compressed chunk fails to inflate
+codes and labels (:data:`cnncodes.codes.store_layout.CHECKSUM`): HDF5 checks it on every read,
+so one flipped bit is a read error, not a wrong number. A damaged compressed chunk fails to inflate
 whether or not it is checksummed. Either way the read raises ``OSError``; this module scans the
 file chunk by chunk to say which rows are damaged, and words the one error
 (:class:`~cnncodes.errors.StoreDamagedError`) naming the store, the file and the rows.

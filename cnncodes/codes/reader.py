@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from ..errors import (
 )
 from .identity import FILE_COLUMNS, UNKNOWN, store_sources
 from .integrity import is_checksummed
-from .journal import Journal, describe_holder
+from .journal import Journal
+from .unfinished import first_run_text, incomplete_message, missing_text
 from .view import SEGMENTED_FORMAT, View, segments_dir
 from .view import text as _text
 
@@ -340,7 +341,7 @@ class FeatureStore:
         if not allow_incomplete:
             raise IncompleteStoreError(incomplete_message(note))
         log.warning("%s is incomplete (%s); reading its %d rows as asked (--allow-incomplete)",
-                    self.path, _missing_text(note), note["rows"])
+                    self.path, missing_text(note), note["rows"])
         return note
 
     def _layer(self, layer: str | None) -> str:
@@ -432,47 +433,6 @@ class FeatureStore:
             "sources": self.sources,
             "provenance": prov,
         }
-
-
-def first_run_text(progress: Mapping[str, Any] | None) -> str:
-    """What to say of a store not created yet whose journal exists (:meth:`Journal.progress`):
-    an extraction in progress (process, rows so far) or an unfinished one; '' when neither."""
-    if not progress:
-        return ""
-    n, k, where = progress["rows"], progress["parts"], progress["dir"]
-    failed = f" and {progress['failed']} failed files" if progress["failed"] else ""
-    if progress["running"]:
-        holder = describe_holder(progress["running"])
-        return (f" A first extraction into it is in progress ({holder}"
-                f"): {n} rows{failed} journaled so far in {k} batches in {where}; the store "
-                "appears at its first commit point (--commit-every) or when the run ends.")
-    if k:
-        return (f" An unfinished extraction left {n} rows in {k} part files in {where}; rerun "
-                "the same `cnncodes extract` command to finish it.")
-    return ""
-
-
-def _missing_text(note: Mapping[str, Any]) -> str:
-    n = note.get("missing")
-    return (f"{n} images not extracted yet" if n is not None
-            else "an unrecorded number of images not extracted yet")
-
-
-def incomplete_message(note: Mapping[str, Any]) -> str:
-    """The one line refusing an unfinished store (:meth:`FeatureStore.incomplete`'s record)."""
-    path, running, command = note["store"], note.get("running"), note.get("command")
-    head = f"{path} is incomplete: it holds {note['rows']} rows, {_missing_text(note)}"
-    allow = ("or pass --allow-incomplete (allow_incomplete=True) to use the rows it has "
-             "(the report then says so).")
-    if running:
-        return (f"{head}: an extraction is writing it now ({describe_holder(running)}). Wait "
-                f"for it to finish, {allow}")
-    if command and not str(command).startswith("python:"):
-        how = f"finish it by running the command that made it again: {command}"
-    else:
-        how = ("finish it by calling cnncodes.extract again with the same source, store and "
-               "options")
-    return f"{head} (its extraction was stopped). {how[0].upper()}{how[1:]}; {allow}"
 
 
 def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:

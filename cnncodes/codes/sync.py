@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,18 +130,7 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
     """
     now = list(ids) if ids is not None else file_ids(list(abspaths), hashed=verify == "hash")
     index = {p: i for i, p in enumerate(stored)}
-    rows: dict[str, tuple[FileIdentity, int, str, bool]] = {}
-    fails: dict[str, tuple[FileIdentity, int]] = {}
-    if store.is_file():
-        st = FeatureStore(store)
-        t, cls, lab = st.file_table(), st.classes, st.labels
-        for p, fid, s, y, m in zip(st.paths.tolist(), from_columns(t), t["source"].tolist(),
-                                   lab.tolist(), t["missing"].tolist(), strict=True):
-            rows[p] = (fid, int(s), cls[y] if y >= 0 else "", bool(m))
-        ft = st.failure_table()
-        for p, fid, s in zip(ft["paths"].tolist(), from_columns(ft), ft["source"].tolist(),
-                             strict=True):
-            fails[p] = (fid, int(s))
+    rows, fails = _store_rows(store)
     _refuse_relabel(store, rows, index, labels, source)
     sync = Sync()
 
@@ -150,24 +139,7 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
         return i is not None and (changed(fid, now[i], verify)
                                   or (label is not None and label != labels[i]))
 
-    jrows: dict[str, tuple[FileIdentity, int]] = {}
-    jfails: dict[str, tuple[FileIdentity, int]] = {}
-    for part in journal.read_parts(codes=False):
-        r_ids, f_ids = part.ids(), part.fail_ids()
-        if (any(stale(p, fid, y) for p, fid, y in zip(part.paths.tolist(), r_ids,
-                                                       part.labels.tolist(), strict=True))
-                or any(stale(p, fid, None) for p, fid in zip(part.fail_paths.tolist(), f_ids,
-                                                             strict=True))):
-            log.info("journal part %s holds files that changed since; extracting them again",
-                     part.file.name if part.file else "?")
-            if part.file is not None:
-                part.file.unlink(missing_ok=True)
-            sync.stale_parts += 1
-            continue
-        jrows.update((p, (fid, part.source)) for p, fid in zip(part.paths.tolist(), r_ids,
-                                                                 strict=True))
-        jfails.update((p, (fid, part.source)) for p, fid in zip(part.fail_paths.tolist(), f_ids,
-                                                                  strict=True))
+    jrows, jfails = _journal_rows(journal, stale, sync)
     for i, p in enumerate(stored):
         if p in jrows:
             sync.done += 1
@@ -194,6 +166,52 @@ def plan_sync(store: Path, journal: Journal, *, stored: Sequence[str], abspaths:
     sync.done += sum(1 for p in rows if p not in index and p not in sync.drop)
     sync.ids = {i: now[i] or UNSTATABLE for i in sync.pending}
     return sync
+
+
+def _store_rows(store: Path) -> tuple[dict[str, tuple[FileIdentity, int, str, bool]],
+                                      dict[str, tuple[FileIdentity, int]]]:
+    """The store's rows (path: identity, source, label, missing flag) and failures (path:
+    identity, source); both empty when there is no store file yet."""
+    rows: dict[str, tuple[FileIdentity, int, str, bool]] = {}
+    fails: dict[str, tuple[FileIdentity, int]] = {}
+    if store.is_file():
+        st = FeatureStore(store)
+        t, cls, lab = st.file_table(), st.classes, st.labels
+        for p, fid, s, y, m in zip(st.paths.tolist(), from_columns(t), t["source"].tolist(),
+                                   lab.tolist(), t["missing"].tolist(), strict=True):
+            rows[p] = (fid, int(s), cls[y] if y >= 0 else "", bool(m))
+        ft = st.failure_table()
+        for p, fid, s in zip(ft["paths"].tolist(), from_columns(ft), ft["source"].tolist(),
+                             strict=True):
+            fails[p] = (fid, int(s))
+    return rows, fails
+
+
+def _journal_rows(journal: Journal, stale: Callable[[str, FileIdentity, str | None], bool],
+                  sync: Sync) -> tuple[dict[str, tuple[FileIdentity, int]],
+                                       dict[str, tuple[FileIdentity, int]]]:
+    """The journal's rows and failures (path: identity, source); a part holding a file that
+    changed since (``stale``) is deleted instead (counted in ``sync.stale_parts``) so its files
+    are extracted again."""
+    jrows: dict[str, tuple[FileIdentity, int]] = {}
+    jfails: dict[str, tuple[FileIdentity, int]] = {}
+    for part in journal.read_parts(codes=False):
+        r_ids, f_ids = part.ids(), part.fail_ids()
+        if (any(stale(p, fid, y) for p, fid, y in zip(part.paths.tolist(), r_ids,
+                                                       part.labels.tolist(), strict=True))
+                or any(stale(p, fid, None) for p, fid in zip(part.fail_paths.tolist(), f_ids,
+                                                             strict=True))):
+            log.info("journal part %s holds files that changed since; extracting them again",
+                     part.file.name if part.file else "?")
+            if part.file is not None:
+                part.file.unlink(missing_ok=True)
+            sync.stale_parts += 1
+            continue
+        jrows.update((p, (fid, part.source)) for p, fid in zip(part.paths.tolist(), r_ids,
+                                                                 strict=True))
+        jfails.update((p, (fid, part.source)) for p, fid in zip(part.fail_paths.tolist(), f_ids,
+                                                                  strict=True))
+    return jrows, jfails
 
 
 def _gone(sync: Sync, source: int, listed: dict[str, int],

@@ -28,7 +28,8 @@ SEGMENTED_FORMAT = 3
 
 def text(ds: Any) -> Any:
     """A string dataset read as ``str``; a name stored as non-UTF-8 bytes (a file named in
-    Latin-1, see :func:`cnncodes.codes.store.fs_bytes`) comes back as ``os.fsdecode`` gives it."""
+    Latin-1, see :func:`cnncodes.codes.store_layout.fs_bytes`) comes back as ``os.fsdecode``
+    gives it."""
     return ds.asstr(errors="surrogateescape")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..backbones.registry import default_layer
+from ..codes.options import StoreOptions
 from ..codes.store import FeatureStore
 from ..errors import OptionError, StoreMismatchError
 from ..linear.evaluation import Evaluation, evaluate
@@ -302,7 +303,7 @@ def extract_split(split: Mapping[str, Path], cache_dir: Path, choice: LayerChoic
     """Codes of each part of ``split`` (``all``, or ``train`` + ``test``) in ``cache_dir``
     (``codes.h5`` or ``train.h5``/``test.h5``), with the advice recorded in every store."""
     advice = choice.advice
-    kw: dict[str, Any] = {"overwrite": overwrite, "command": command}
+    kw: dict[str, Any] = {"store": StoreOptions(overwrite=overwrite), "command": command}
     if advice is not None:
         kw["extra_provenance"] = {"advice": advice}
     try:

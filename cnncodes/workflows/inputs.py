@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codes.options import STORE_FIELDS, StoreOptions, store_options
 from ..codes.store import FeatureStore
 from ..errors import OptionError, SourceError, StoreMismatchError
 from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions
@@ -81,14 +82,17 @@ def check_split(split: dict[str, Path]) -> None:
 
 def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.PathLike, *,
                    layer: str, backbone: str | BackboneOptions = DEFAULT_BACKBONE,
-                   runtime: RuntimeOptions | None = None, **kwargs: Any) -> FeatureStore:
+                   runtime: RuntimeOptions | None = None, store: StoreOptions | None = None,
+                   **kwargs: Any) -> FeatureStore:
     """``extract`` into ``cache`` but reuse an existing cache that holds ``layer`` among others.
 
-    ``kwargs``: other arguments of :func:`cnncodes.extract` (``overwrite``, ``command``,
-    ``extra_provenance``...) or single backbone/runtime fields.
+    ``kwargs``: other arguments of :func:`cnncodes.extract` (``command``,
+    ``extra_provenance``...) or single backbone/runtime/store fields.
     """
     from ..codes.extraction import extract
 
+    store, _ = store_options(store, {k: kwargs.pop(k) for k in list(kwargs) if k in STORE_FIELDS},
+                             where="extract_cached")
     cache = Path(cache)
     layers: list[str] = [layer]
     if cache.is_file():
@@ -100,17 +104,17 @@ def extract_cached(source: str | os.PathLike | ImageSource, cache: str | os.Path
             layers = existing
     bopts = backbone if isinstance(backbone, BackboneOptions) else BackboneOptions(backbone)
     bopts = bopts.replace(layers=tuple(layers))
-    if kwargs.get("overwrite") and cache.is_file():
+    if store.overwrite and cache.is_file():
         # a cache: ``overwrite`` discards only codes made with other settings (the help says
         # so); codes that the run would make again are kept, not extracted a second time
         try:
             res = extract(source, cache, backbone=bopts, runtime=runtime,
-                          **{**kwargs, "overwrite": False})
+                          store=store.replace(overwrite=False), **kwargs)
         except StoreMismatchError as e:
             log.warning("discarding the cached codes in %s (--overwrite): %s", cache, e)
-            res = extract(source, cache, backbone=bopts, runtime=runtime, **kwargs)
+            res = extract(source, cache, backbone=bopts, runtime=runtime, store=store, **kwargs)
     else:
-        res = extract(source, cache, backbone=bopts, runtime=runtime, **kwargs)
+        res = extract(source, cache, backbone=bopts, runtime=runtime, store=store, **kwargs)
     if res.failed:
         log.warning("%s of %s could not be read and %s left out",
                     plural(len(res.failed), "image"), getattr(source, "root", source),

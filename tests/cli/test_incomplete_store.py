@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-import cnncodes.codes.extraction as extraction
+import cnncodes.codes.extract_run as extract_run
 from cnncodes import CNNCodes, FeatureStore, evaluate, train
 from cnncodes.cli import main
 from cnncodes.errors import CnnCodesError, IncompleteStoreError
@@ -26,7 +26,7 @@ def run(capsys, *argv):
 def stop_after(monkeypatch, batches: int) -> None:
     """The next extraction is interrupted (KeyboardInterrupt, as Ctrl-C) after ``batches``
     (or after its last batch when it has no more)."""
-    real = extraction.iter_codes
+    real = extract_run.iter_codes
 
     def stopping(*a, **k):
         for n, item in enumerate(real(*a, **k)):
@@ -35,7 +35,7 @@ def stop_after(monkeypatch, batches: int) -> None:
             yield item
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extraction, "iter_codes", stopping)
+    monkeypatch.setattr(extract_run, "iter_codes", stopping)
 
 
 def interrupted(monkeypatch, capsys, data, folder, out, batches=3):
@@ -170,7 +170,7 @@ def test_incomplete_store_error_is_a_value_error_and_a_cnncodes_error():
 
 def test_an_extract_in_progress_is_named_instead_of_the_command(digits_data, tmp_path,
                                                                 monkeypatch, capsys):  # noqa: F811
-    from cnncodes.codes.reader import incomplete_message
+    from cnncodes.codes.unfinished import incomplete_message
 
     note = {"store": "s.h5", "rows": 3, "missing": 5, "command": "cnncodes extract a -o s.h5",
             "running": {"pid": 4242, "host": "h", "since": "t"}}

@@ -171,7 +171,7 @@ def test_fold_is_atomic_when_it_fails(image_tree, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
-    monkeypatch.setattr("cnncodes.codes.store._write_attrs", boom)
+    monkeypatch.setattr("cnncodes.codes.store.write_attrs", boom)
     with pytest.raises(OSError, match="disk full"):
         extract(image_tree, out, batch_size=5, num_workers=0, **OPTS)
     assert out.read_bytes() == before                  # the old store is intact ...
@@ -323,7 +323,7 @@ def test_commit_points_make_the_store_readable_mid_run_and_change_nothing(image_
     ref = extract(image_tree, tmp_path / "ref.h5", batch_size=5, num_workers=0,
                   commit_every=None, **OPTS)
     import importlib
-    ex = importlib.import_module("cnncodes.codes.extraction")
+    ex = importlib.import_module("cnncodes.codes.extract_run")
     seen = []
     real_fold = ex.fold
 

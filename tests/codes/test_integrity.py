@@ -12,6 +12,7 @@ import pytest
 from cnncodes import FeatureStore
 from cnncodes.cli import main
 from cnncodes.codes import store as store_mod
+from cnncodes.codes import store_layout
 from cnncodes.codes.journal import Journal, Part
 from cnncodes.codes.store import fold
 from cnncodes.errors import StoreDamagedError
@@ -97,14 +98,14 @@ def test_a_damaged_segment_is_named(tmp_path, monkeypatch):
 
 
 def test_an_old_store_without_checksums_reads_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(store_mod, "CHECKSUM", False)
+    monkeypatch.setattr(store_layout, "CHECKSUM", False)
     path = _store(tmp_path / "old.h5")
     st = FeatureStore(path)
     assert st.checksummed() == "none"
     assert st.load()[0].shape == (3000, DIM)
     assert main(["info", str(path)]) == 0
     assert "not checksummed" in capsys.readouterr().out
-    monkeypatch.setattr(store_mod, "CHECKSUM", True)
+    monkeypatch.setattr(store_layout, "CHECKSUM", True)
     store_mod.compact(path)  # a rewrite adds them
     assert FeatureStore(path).checksummed() == "all"
 
@@ -155,7 +156,7 @@ def test_extract_repair_re_extracts_exactly_the_damaged_rows(tmp_path, monkeypat
 def test_a_damaged_compressed_chunk_of_an_old_store_is_the_same_one_error(tmp_path, monkeypatch,
                                                                          capsys):
     """Without checksums a bad byte in a gzip chunk still fails to inflate: no zlib traceback."""
-    monkeypatch.setattr(store_mod, "CHECKSUM", False)
+    monkeypatch.setattr(store_layout, "CHECKSUM", False)
     path = _store(tmp_path / "old.h5", compression="gzip")
     lo, hi = _flip(path, chunk=2, byte=200, bit=0)
     with pytest.raises(StoreDamagedError) as e:

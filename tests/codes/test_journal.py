@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cnncodes import FeatureStore, extract
-from cnncodes.codes import extraction
+from cnncodes.codes import extract_run
 from cnncodes.codes import journal as journal_mod
 from cnncodes.codes.journal import Journal
 from cnncodes.codes.store import fold
@@ -28,7 +28,7 @@ def _extract(src, out):
 
 def _parts_only(src, out, monkeypatch):
     """An extraction killed before its fold: every batch committed as a part, no store."""
-    monkeypatch.setattr(extraction, "fold", lambda *a, **k: None)
+    monkeypatch.setattr(extract_run, "fold", lambda *a, **k: None)
     _extract(src, out)
     monkeypatch.undo()
     parts = Journal(out).part_files()

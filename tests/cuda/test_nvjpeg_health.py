@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from cnncodes.codes.extraction import iter_codes
+from cnncodes.codes.batches import iter_codes
 from cnncodes.codes.extractor import CodeExtractor
 from cnncodes.sources import tensor_decode
 from cnncodes.sources.folders import open_source

@@ -325,7 +325,7 @@ def test_disk_full_inside_the_fold_keeps_the_store_and_the_journal(tmp_path, mon
     _extract(src, out)
     kept = out.read_bytes()
     write_tree(src, classes=("dog",), per_class=3, seed=7)
-    monkeypatch.setattr(store_mod, "_write_parts", _enospc)  # while writing the new file
+    monkeypatch.setattr(store_mod, "write_parts", _enospc)  # while writing the new file
     with pytest.raises(DiskFullError) as e:
         _extract(src, out)
     msg = str(e.value)

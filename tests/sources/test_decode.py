@@ -23,14 +23,13 @@ from cnncodes.sources.tensor_decode import (
     BytesDataset,
     RawBatch,
     RawItem,
-    apply_orientation,
     collate_raw,
     decode_batch,
     gpu_min_side,
     make_bytes_loader,
     read_item,
-    resize_crop,
 )
+from cnncodes.sources.tensor_resize import apply_orientation, resize_crop
 
 from ..conftest import requires_packaged_weights
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cnncodes import FeatureStore, extract
-from cnncodes.codes import extraction
+from cnncodes.codes import extract_run
 from cnncodes.codes.journal import Journal
 from cnncodes.errors import SourceError
 from cnncodes.sources.folders import open_source
@@ -121,7 +121,7 @@ def test_resume_failed_members_and_a_rewritten_shard(tmp_path, monkeypatch):
         _add(tf, "cow_fine.cls", b"cow")
     pattern = shards / "train-{000000..000003}.tar"
     out = tmp_path / "c.h5"
-    monkeypatch.setattr(extraction, "fold", lambda *a, **k: None)  # killed before its fold
+    monkeypatch.setattr(extract_run, "fold", lambda *a, **k: None)  # killed before its fold
     torch.manual_seed(0)
     extract(pattern, out, **OPTS)
     monkeypatch.undo()
