@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "cnncodes"
-#: the maxima the code reached after issue 27 (were 700 / 120 / 16): lower them as the code shrinks
-LIMITS = {"file_lines": 605, "function_lines": 118, "public_params": 16}
-#: what issue 27 aims at; ``--target`` checks against these instead
+#: issue 27's aims, reached (were 700 / 120 / 16, then 605 / 118 / 16): move code out rather than
+#: raise them
+LIMITS = {"file_lines": 500, "function_lines": 80, "public_params": 12}
+#: what ``--target`` checks against (the next aims go here before the code reaches them)
 TARGETS = {"file_lines": 500, "function_lines": 80, "public_params": 12}
 #: scikit-learn estimators take every hyper-parameter in ``__init__`` (their convention, which
 #: ``get_params``/``clone`` rely on): their constructors are exempt from the parameter limit

@@ -26,7 +26,7 @@ from ..options import TRAIN_PRECISIONS, BackboneOptions, RuntimeOptions, check_p
 
 STATES = ("predict", "head-only", "full")
 #: a run's ``report.json``: its ``kind`` and the ``schema_version`` it is written in (read back
-#: through :class:`cnncodes.report.schema.FinetuneReport`; files without one are version 0)
+#: through :class:`cnncodes.report.finetune_schema.FinetuneReport`; files without one are version 0)
 REPORT_KIND = "cnncodes-finetune-report"
 REPORT_SCHEMA_VERSION = 1
 OPTIMIZERS = ("sgd", "adamw")
