@@ -56,6 +56,8 @@ class TimmModel(Protocol):
 
     def get_classifier(self) -> nn.Module: ...
 
+    def reset_classifier(self, num_classes: int) -> None: ...
+
     def forward_intermediates(self, x: torch.Tensor, indices: list[int], *,
                               intermediates_only: bool = False, stop_early: bool = False) -> Any:
         """``(final, [maps])``, or ``[maps]`` alone with ``intermediates_only``."""
