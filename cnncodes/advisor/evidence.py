@@ -26,11 +26,16 @@ from ..sources.splits import stratified_order
 
 
 class SizeThresholds(Protocol):
-    """The size half of :class:`cnncodes.advisor.rule.Thresholds`."""
+    """The size half of :class:`cnncodes.advisor.rule.Thresholds` (read-only: it is frozen)."""
 
-    small_per_class: int
-    large_per_class: int
-    large_total: int
+    @property
+    def small_per_class(self) -> int: ...
+
+    @property
+    def large_per_class(self) -> int: ...
+
+    @property
+    def large_total(self) -> int: ...
 
 
 @dataclass
@@ -92,7 +97,10 @@ def measure_size(source: ImageSource, *, sample: int = 200, seed: int = 0) -> Si
     order = stratified_order(source.labels, seed=seed)[:sample]
     from PIL import Image
 
-    ws, hs, modes, bad = [], [], {}, 0
+    ws: list[int] = []
+    hs: list[int] = []
+    modes: dict[str, int] = {}
+    bad = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i in order:

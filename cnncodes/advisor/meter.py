@@ -44,7 +44,9 @@ class PretrainedMeter:
         with torch.random.fork_rng(devices=[]):
             model = build_model(spec, resolved.id)
         load_weights(model, spec, resolved)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        # torch's Module.to overloads lack (device, memory_format) together; Module.to takes them
+        self.model = model.eval().to(self.device,  # type: ignore[call-overload]
+                                     memory_format=torch.channels_last)
         self.bns = [(n, m) for n, m in self.model.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                     and m.running_mean is not None]
@@ -171,6 +173,7 @@ class PretrainedMeter:
                 continue
             mu = self._sum[i].cpu() / self._cnt[i]
             var = (self._sq[i].cpu() / self._cnt[i] - mu * mu).clamp_min(0) + m.eps
+            assert m.running_mean is not None and m.running_var is not None  # as kept in bns
             rm = m.running_mean.detach().double().cpu()
             rv = m.running_var.detach().double().cpu() + m.eps
             kl = 0.5 * (torch.log(rv / var) + (var + (mu - rm) ** 2) / rv - 1)

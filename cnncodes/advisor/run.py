@@ -89,7 +89,7 @@ class _SampleCodes:
         self.failures: list[tuple[str, str]] = []
         self.bar = progress_bar(total, f"advise {ext.spec.name}", enabled=ropts.progress)
 
-    def run(self, indices: Sequence[int]) -> float:
+    def run(self, indices: Sequence[int] | np.ndarray) -> float:
         """Extract ``indices``; returns the seconds spent outside the head/BN meter."""
         r, meter, labels = self.ropts, self.meter, self.src.labels
         workers = loader_workers(self.ext.device, r.num_workers, len(indices), r.batch_size)
@@ -98,10 +98,11 @@ class _SampleCodes:
         for batch, codes in iter_codes(self.dataset, self.ext, [int(i) for i in indices],
                                        batch_size=r.batch_size, num_workers=workers,
                                        threads=r.threads):
-            raw = _raw_thumbnails(batch.images) if batch.indices else None
-            for j, i in enumerate(batch.indices):
-                self.codes[i] = {k: v[j] for k, v in codes.items()}
-                self.raw[i] = raw[j]
+            if batch.indices:
+                raw = _raw_thumbnails(batch.images)
+                for j, i in enumerate(batch.indices):
+                    self.codes[i] = {k: v[j] for k, v in codes.items()}
+                    self.raw[i] = raw[j]
             self.failures.extend((self.src.paths[i], why) for i, why in batch.failures)
             if meter is not None and meter.n_seen < self.head_sample and batch.indices:
                 tm = time.perf_counter()

@@ -197,8 +197,8 @@ for _n, _dims in (("efficientnet_b0", (24, 40, 112, 320, 1280)),
         [("features.2", _dims[0]), ("features.3", _dims[1]), ("features.5", _dims[2]),
          ("features.7", _dims[3])],
         Cut("avgpool", _dims[4], "gap", depth="last"),
-        **({"default_weights": "IMAGENET1K_V2", "weights": _V1_V2} if _n == "efficientnet_b1"
-           else {}),
+        default_weights="IMAGENET1K_V2" if _n == "efficientnet_b1" else "IMAGENET1K_V1",
+        weights=_V1_V2 if _n == "efficientnet_b1" else ("IMAGENET1K_V1",),
     ))
 _add(Entry(
     name="densenet121", family="densenet",

@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -45,6 +45,33 @@ def _timm() -> Any:
     return timm
 
 
+class TimmModel(Protocol):
+    """The part of a timm model's API used here. timm's models are :class:`nn.Module` subclasses
+    with these members; timm is imported lazily, so its classes are not named in annotations
+    (and ``nn.Module.__getattr__`` would type them ``Tensor | Module``)."""
+
+    feature_info: list[dict[str, Any]]
+    pretrained_cfg: dict[str, Any]
+    num_features: int
+
+    def get_classifier(self) -> nn.Module: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
+
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int], *,
+                              intermediates_only: bool = False, stop_early: bool = False) -> Any:
+        """``(final, [maps])``, or ``[maps]`` alone with ``intermediates_only``."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+
+def _api(model: nn.Module) -> TimmModel:
+    """``model`` (a timm model) seen through :class:`TimmModel`."""
+    return cast(TimmModel, model)
+
+
 def preprocessing_from_config(cfg: dict[str, Any]) -> Preprocessing:
     """cnncodes' :class:`Preprocessing` of a timm data config (``resolve_data_config``'s dict):
     resize the shorter side to ``floor(size / crop_pct)``, centre crop ``size`` (as timm's eval
@@ -60,8 +87,13 @@ def preprocessing_from_config(cfg: dict[str, Any]) -> Preprocessing:
     if interp not in INTERPOLATIONS:
         interp = "bilinear"
     return Preprocessing(resize=int(math.floor(h / crop_pct)), crop=int(h),
-                         mean=tuple(float(x) for x in cfg["mean"]),
-                         std=tuple(float(x) for x in cfg["std"]), interpolation=interp)
+                         mean=_rgb(cfg["mean"]), std=_rgb(cfg["std"]),
+                         interpolation=interp)
+
+
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    """timm's per-channel mean or std as floats (three: timm's models take RGB)."""
+    return cast("tuple[float, float, float]", tuple(float(x) for x in values))
 
 
 def _check_name(name: str) -> tuple[str, str]:
@@ -91,20 +123,20 @@ def meta_model(name: str) -> nn.Module:
 
 def pool_dim(model: nn.Module) -> int:
     """Width of the pre-logits pooled code (what the classifier receives)."""
-    clf = model.get_classifier()
+    clf = _api(model).get_classifier()
     if isinstance(clf, nn.Linear):
         return int(clf.in_features)
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    return int(getattr(model, "head_hidden_size", None) or _api(model).num_features)
 
 
 def describe_stages(model: nn.Module) -> list[dict[str, Any]]:
     """Per feature_info entry: ``{"layer": "stageK", "module", "dim", "stride"}``."""
     return [{"layer": f"stage{i + 1}", "module": str(f["module"]), "dim": int(f["num_chs"]),
-             "stride": int(f["reduction"])} for i, f in enumerate(model.feature_info)]
+             "stride": int(f["reduction"])} for i, f in enumerate(_api(model).feature_info)]
 
 
 def _classifier_path(model: nn.Module) -> str:
-    clf = model.pretrained_cfg.get("classifier") or "head"
+    clf = _api(model).pretrained_cfg.get("classifier") or "head"
     return str(clf[0] if isinstance(clf, (list, tuple)) else clf)
 
 
@@ -123,19 +155,21 @@ class TimmTap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        model = _api(self.model)
         idx = sorted(set(self.index.values()))
         final = None
         if idx and self.with_pool:
-            final, inter = self.model.forward_intermediates(x, indices=idx)
+            final, inter = model.forward_intermediates(x, indices=idx)
         elif idx:
-            inter = self.model.forward_intermediates(x, indices=idx, intermediates_only=True,
-                                                     stop_early=True)
+            inter = model.forward_intermediates(x, indices=idx, intermediates_only=True,
+                                                stop_early=True)
         else:
-            inter, final = [], self.model.forward_features(x)
+            inter, final = [], model.forward_features(x)
         for layer, i in self.index.items():
             out[layer] = inter[idx.index(i)]
         if self.with_pool:
-            out["pool"] = self.model.forward_head(final, pre_logits=True)
+            assert final is not None  # both branches that run with the pool set it
+            out["pool"] = model.forward_head(final, pre_logits=True)
         return out
 
 
@@ -261,7 +295,7 @@ def timm_spec(name: str) -> BackboneSpec:
     head = _classifier_path(model)
     kwargs = build_kwargs(model)
     layers["pool"] = Cut(head, pool_dim(model), "vector", depth="last")
-    default_tag = tag or (model.pretrained_cfg.get("tag") or "")
+    default_tag = tag or (_api(model).pretrained_cfg.get("tag") or "")
     pp = preprocessing_from_config(timm.data.resolve_model_data_config(model))
     return BackboneSpec(
         name=PREFIX + name, family=f"timm:{type(model).__module__.rsplit('.', 1)[-1]}",
@@ -289,9 +323,10 @@ def list_timm(pattern: str | None = None, *, limit: int = 40) -> tuple[list[dict
         try:
             m = meta_model(n)
             stages = describe_stages(m)
+            cfg = _api(m).pretrained_cfg
             rows.append({"backbone": PREFIX + n, "stages": stages, "pool": pool_dim(m),
-                         "input_size": int(m.pretrained_cfg.get("input_size", (3, 224))[1]),
-                         "fixed_input_size": bool(m.pretrained_cfg.get("fixed_input_size"))
+                         "input_size": int(cfg.get("input_size", (3, 224))[1]),
+                         "fixed_input_size": bool(cfg.get("fixed_input_size"))
                          and not build_kwargs(m),
                          "pretrained": _tags(n)})
         except Exception as e:  # noqa: BLE001 - a model that cannot build on meta: say so

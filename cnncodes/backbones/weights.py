@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -69,9 +69,14 @@ def _preprocessing_of(enum_member: Any) -> Preprocessing:
     interp_name = getattr(interp, "value", "bilinear")
     return Preprocessing(
         resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
-        mean=tuple(float(x) for x in t.mean), std=tuple(float(x) for x in t.std),
+        mean=_rgb(t.mean), std=_rgb(t.std),
         interpolation=str(interp_name),
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    """torchvision's per-channel mean or std as floats (three: its models take RGB)."""
+    return cast("tuple[float, float, float]", tuple(float(x) for x in values))
 
 
 def _hub_checkpoint_dir() -> Path:
@@ -217,6 +222,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or a dict holding one under ``state_dict``/``model``; strips a
     ``module.`` prefix (DataParallel/DDP).
     """
+    obj: Any  # whatever the file holds, checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

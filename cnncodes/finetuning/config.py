@@ -153,7 +153,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_scale, list):
-            self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
+            self.crop_scale = tuple(self.crop_scale)
         if self.weights is not None and not isinstance(self.weights, str):
             self.weights = os.fspath(self.weights)
 

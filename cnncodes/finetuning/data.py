@@ -64,7 +64,8 @@ class SplitDataset(Dataset):
                  crop_scale: tuple[float, float] = (0.35, 1.0), hflip: bool = True,
                  seed: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.source, self.pp, self.train = source, pp, train
-        self.augment, self.crop_scale, self.hflip = augment, tuple(crop_scale), hflip
+        self.augment, self.hflip = augment, hflip
+        self.crop_scale = (crop_scale[0], crop_scale[1])  # a tuple, if a list was passed
         self.seed, self.max_pixels = seed, max_pixels
 
     def __len__(self) -> int:

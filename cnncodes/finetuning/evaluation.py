@@ -62,7 +62,8 @@ def evaluate(net: FinetuneNet, loader: DataLoader, labels: np.ndarray, pp: Prepr
     n = len(labels)
     pred = np.full(n, -1, np.int64)
     probs = np.zeros((n, n_classes), np.float32)
-    loss_sum, count, failures = 0.0, 0, []
+    count: float = 0  # rows with a loss (a float once summed over ranks)
+    loss_sum, failures = 0.0, []
     bar = progress_bar(len(loader.sampler), progress or "",  # type: ignore[arg-type]
                        enabled=bool(progress), leave=False)
     try:

@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from ..errors import ModelMismatchError, OptionError
 from ..sources.preprocessing import Preprocessing
 from .config import FinetuneConfig
 from .model_file import read_model_file
+
+if TYPE_CHECKING:
+    from ..backbones.timm_models import TimmModel
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,7 @@ def wrap_stock(stock: nn.Module, spec: BackboneSpec, classes: Sequence[str]) -> 
     A timm model drops its classifier with its own ``reset_classifier(0)`` (its forward then
     returns the pre-logits code, of the spec's ``pool`` width)."""
     if spec.extra.get("reset_classifier") and hasattr(stock, "reset_classifier"):
-        stock.reset_classifier(0)
+        cast("TimmModel", stock).reset_classifier(0)
         return FinetuneNet(stock, new_head(spec.layers["pool"].dim, len(classes)), spec=spec,
                            head_path=spec.extra["head"], classes=classes)
     path = find_head(stock, spec)

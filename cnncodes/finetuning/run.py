@@ -303,8 +303,11 @@ def _evaluate_only(source: str | os.PathLike | ImageSource | None, out: Path,
         raise OptionError(f"state 'predict' evaluates a fine-tuned model without training: pass "
                          f"--weights RUN/model.pt (written by cnncodes finetune); got weights="
                          f"{w!r}, which has no head for your classes.")
-    pred = predict_images(w, test if test is not None else source, runtime=cfg.runtime,
-                          input_size=cfg.input_size)
+    images = test if test is not None else source
+    if images is None:
+        raise OptionError("state 'predict' evaluates the model on images: pass a source (or "
+                          "test=...); got neither.")
+    pred = predict_images(w, images, runtime=cfg.runtime, input_size=cfg.input_size)
     claim_folder(out, "finetune", files=RUN_FILES, command=command or command_line())
     acc = pred.accuracy
     report = {

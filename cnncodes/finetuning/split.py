@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ def make_split(source: str | os.PathLike | ImageSource, *, val_fraction: float =
     parts = stratified_parts(src.labels, val_fraction=float(val_fraction), test_fraction=tf,
                              seed=int(seed), class_names=list(src.classes))
 
-    def rows(ids: Sequence[int], s: ImageSource) -> list[tuple[str, str]]:
+    def rows(ids: Iterable[int], s: ImageSource) -> list[tuple[str, str]]:
         return [(s.paths[i], s.classes[int(s.labels[i])]) for i in sorted(int(i) for i in ids)]
 
     test_rows = (rows(range(len(test_src)), test_src) if test_src is not None

@@ -131,9 +131,10 @@ class Trainer:
         """The warmup used (clamped to half of the run's steps; logged when it was)."""
         cfg, steps = self.cfg, self.steps
         used, asked = warmup_steps(cfg, steps)
-        rec = {"warmup_epochs": cfg.warmup_epochs, "steps_asked": asked, "steps": used,
-               "epochs": used / steps if steps else 0.0, "clamped": used < asked,
-               "total_steps": cfg.epochs * steps}
+        rec: dict[str, Any] = {
+            "warmup_epochs": cfg.warmup_epochs, "steps_asked": asked, "steps": used,
+            "epochs": used / steps if steps else 0.0, "clamped": used < asked,
+            "total_steps": cfg.epochs * steps}
         if used < asked and self.di.is_main:
             # the default warmup on a short run is shortened as documented: said, not warned
             level = logging.INFO if cfg.warmup_epochs == DEFAULT_WARMUP_EPOCHS else \
@@ -277,7 +278,9 @@ class Trainer:
         self.model.train()
         self.sampler.set_epoch(epoch)
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum = 0.0
+        correct: float = 0  # counts (floats once summed over ranks below)
+        seen: float = 0
         steps: list[tuple[float, float]] = []  # per optimiser step: (loss, accuracy), this rank
         bar = progress_bar(self.per_rank, f"epoch {epoch + 1}/{cfg.epochs}",
                            enabled=self.progress and di.is_main, leave=False)
