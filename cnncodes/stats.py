@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 #: the normal quantile of a two-sided 95% interval
 Z95 = 1.959963984540054
@@ -70,7 +70,8 @@ def format_accuracy(accuracy: Any, n: Any, *, digits: int = 3) -> str:
     return f"{acc:.{digits}f} (95% CI {lo:.{digits}f}-{hi:.{digits}f}, n={int(n)})"
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[float]:
+    """A finite int or float (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

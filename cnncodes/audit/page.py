@@ -57,7 +57,7 @@ def _map_points(res: AuditResult) -> list[dict[str, Any]]:
             not in suspects]
     with_thumb = set((flagged + rest)[:MAP_THUMBS])
     w, h = MAP_SIZE
-    pts = []
+    pts: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
         r = int(r)
         lab = int(res.labels[r])

@@ -24,10 +24,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+_T = TypeVar("_T")
 
 #: mean absolute grey-level difference (0-255) of the thumbnails at or below which a pair of
 #: images of DIFFERENT sizes is the same picture (a resize, perhaps re-encoded); see the docstring
@@ -69,15 +75,24 @@ def thumb_side(size: tuple[int, int]) -> int:
     return max(4, min(16, min(size) // 2))
 
 
-def _grey(path: str | os.PathLike, *, decode: bool = True) -> object:
-    """The image as a grey PIL image (``decode=False``: its pixel size, from the header)."""
+def _size(path: str | os.PathLike) -> tuple[int, int]:
+    """The image's pixel size, from its header (the stored size: a JPEG's draft would shrink
+    it)."""
     from PIL import Image
 
     from ..sources.images import open_regular
 
     with open_regular(path) as f, Image.open(f) as im:
-        if not decode:
-            return im.size  # the stored size (a JPEG's draft below would shrink it)
+        return im.size
+
+
+def _grey(path: str | os.PathLike) -> PILImage:
+    """The image as a grey PIL image."""
+    from PIL import Image
+
+    from ..sources.images import open_regular
+
+    with open_regular(path) as f, Image.open(f) as im:
         im.draft("L", (64, 64))  # JPEG: decode at a reduced scale (DCT), enough for 16 px
         return im.convert("L")
 
@@ -90,14 +105,14 @@ def pixel_check(a: str | os.PathLike, b: str | os.PathLike) -> tuple[float, floa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sa, sb = _grey(a, decode=False), _grey(b, decode=False)
+            sa, sb = _size(a), _size(b)
             ia, ib = _grey(a), _grey(b)
     except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
         return float("nan"), float("nan")
-    s = min(thumb_side(sa), thumb_side(sb))  # type: ignore[arg-type]
-    ta = np.asarray(ia.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
-    tb = np.asarray(ib.resize((s, s), Image.BOX), np.float32)  # type: ignore[attr-defined]
-    return float(np.abs(ta - tb).mean()), pair_bound(sa, sb)  # type: ignore[arg-type]
+    s = min(thumb_side(sa), thumb_side(sb))
+    ta = np.asarray(ia.resize((s, s), Image.Resampling.BOX), np.float32)
+    tb = np.asarray(ib.resize((s, s), Image.Resampling.BOX), np.float32)
+    return float(np.abs(ta - tb).mean()), pair_bound(sa, sb)
 
 
 def pixel_difference(a: str | os.PathLike, b: str | os.PathLike) -> float:
@@ -113,12 +128,12 @@ def pair_differences(first: Sequence[str | os.PathLike],
                       np.array([m for _, m in got], np.float32))
 
 
-def _quiet(fn: object, *args: object, **kw: object) -> object:
+def _quiet(fn: Callable[..., _T], *args: object, **kw: object) -> _T | None:
     """``fn(*args, **kw)``, or None when the image cannot be read (warnings silenced)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fn(*args, **kw)  # type: ignore[operator]
+            return fn(*args, **kw)
     except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
         return None
 
@@ -131,11 +146,11 @@ def pair_differences_cached(paths: Sequence[str | os.PathLike], a: np.ndarray,
     from PIL import Image
 
     rows = np.unique(np.concatenate([a, b])).tolist()
-    size = {r: _quiet(_grey, paths[r], decode=False) for r in rows}
-    side = {r: None if sz is None else thumb_side(sz)  # type: ignore[arg-type]
-            for r, sz in size.items()}
-    pair_side = [None if side[i] is None or side[j] is None else min(side[i], side[j])
-                 for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    size = {r: _quiet(_size, paths[r]) for r in rows}
+    side = {r: None if sz is None else thumb_side(sz) for r, sz in size.items()}
+    pair_side = [None if si is None or sj is None else min(si, sj)
+                 for si, sj in ((side[i], side[j])
+                                for i, j in zip(a.tolist(), b.tolist(), strict=True))]
     need: dict[int, set[int]] = {}
     for i, j, s in zip(a.tolist(), b.tolist(), pair_side, strict=True):
         if s is not None:
@@ -144,13 +159,14 @@ def pair_differences_cached(paths: Sequence[str | os.PathLike], a: np.ndarray,
     thumbs: dict[tuple[int, int], np.ndarray] = {}
     for r, sizes in need.items():
         im = _quiet(_grey, paths[r])
-        for s in sizes if im is not None else ():
-            thumbs[r, s] = np.asarray(im.resize((s, s), Image.BOX),  # type: ignore[attr-defined]
-                                      np.float32)
+        if im is None:
+            continue
+        for s in sizes:
+            thumbs[r, s] = np.asarray(im.resize((s, s), Image.Resampling.BOX), np.float32)
     out = np.full(len(a), np.nan, np.float32)
     bound = np.full(len(a), np.nan, np.float32)
     for n, (i, j, s) in enumerate(zip(a.tolist(), b.tolist(), pair_side, strict=True)):
-        if (i, s) in thumbs and (j, s) in thumbs:
+        if s is not None and (i, s) in thumbs and (j, s) in thumbs:
             out[n] = np.abs(thumbs[i, s] - thumbs[j, s]).mean()
-            bound[n] = pair_bound(size[i], size[j])  # type: ignore[arg-type]
+            bound[n] = pair_bound(size[i], size[j])
     return PixelPairs(out, bound)

@@ -329,7 +329,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, classes: list[str], paths: list[s
             accuracy["removed"] = "same picture" if checked else "look-alikes"
         secs["accuracy"] = time.perf_counter() - t0
     xy = None
-    if mapped is not None:
+    if mapped is not None and s.map_method:  # (mapped only with a map method)
         t0 = time.perf_counter()
         xy = map_2d(mapped, method=s.map_method, seed=s.seed)
         secs["map"] = time.perf_counter() - t0

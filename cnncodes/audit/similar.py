@@ -105,6 +105,7 @@ def similar(store: FeatureStore | str | os.PathLike, query: str | os.PathLike, *
     qpath = Path(query).expanduser()
     row = _store_row(abspaths, qpath) if qpath.is_file() else None
     failures: list[tuple[str, str]] = []
+    own: list[int | None]  # each query's own row in the store (None: not in it)
     if row is not None:
         queries, qnames, own = base[row:row + 1], [os.fspath(qpath)], [row]
     else:

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from .._version import __version__
 from ..errors import CnnCodesError
@@ -85,16 +85,18 @@ class _StderrHandler(logging.StreamHandler):
     this command's CLI options (``names``, see :func:`cli_message`)."""
 
     names: dict[str, str] = {}
+    #: set on the handler :func:`_setup_logging` installs (found again by it on the next call)
+    _cnncodes: bool = False
 
     def format(self, record: logging.LogRecord) -> str:
         return cli_message(super().format(record), self.names)
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D401
+    @property
+    def stream(self) -> TextIO:  # noqa: D401
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
@@ -108,7 +110,7 @@ def _setup_logging(verbose: int, quiet: bool, names: dict[str, str] | None = Non
     if handler is None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("cnncodes: %(message)s"))
-        handler._cnncodes = True  # type: ignore[attr-defined]
+        handler._cnncodes = True
         root.addHandler(handler)
         root.propagate = False
     if isinstance(handler, _StderrHandler):
@@ -147,6 +149,8 @@ def _names_as_bytes() -> Iterator[None]:
     old = getattr(out, "errors", None)
     try:
         if old == "strict":
+            # sys.stdout is typed TextIO, which lacks TextIOWrapper's reconfigure (the except
+            # below covers a stream without it)
             out.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     except (AttributeError, ValueError, OSError):  # not a text stream that can change
         old = None
@@ -155,7 +159,7 @@ def _names_as_bytes() -> Iterator[None]:
     finally:
         if old == "strict":
             with contextlib.suppress(AttributeError, ValueError, OSError):
-                out.reconfigure(errors=old)  # type: ignore[union-attr]
+                out.reconfigure(errors=old)  # type: ignore[union-attr]  # (as above)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

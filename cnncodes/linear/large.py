@@ -155,8 +155,8 @@ class PathStop:
     drop: float = PATH_DROP
 
 
-def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float], *, seed: int,
-                     classifier: ClassifierOptions | None = None,
+def warm_path_search(X: np.ndarray, y: np.ndarray, grid: Sequence[float] | np.ndarray, *,
+                     seed: int, classifier: ClassifierOptions | None = None,
                      val_fraction: float = VAL_FRACTION, progress: ProgressArg = None,
                      overwrite_X: bool = False, stop: PathStop = PathStop()
                      ) -> tuple[Any, dict[str, Any]]:

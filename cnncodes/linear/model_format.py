@@ -47,7 +47,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -166,7 +166,7 @@ def encode_pipeline(pipe: Any, enc: _Encoder) -> dict[str, Any]:
     return {"params": enc(params, "pipeline parameter"), "steps": out}
 
 
-def _estimator_class(name: str) -> type:
+def _estimator_class(name: str) -> type[Any]:
     import importlib
 
     module, cls = ESTIMATORS[name]
@@ -193,7 +193,8 @@ def write_archive(path: str | os.PathLike, document: Mapping[str, Any],
         zf.writestr(_info(MAGIC_MEMBER, zipfile.ZIP_STORED), _MAGIC_TEXT.encode("ascii"))
         zf.writestr(_info(_JSON_MEMBER), body)
         for name, a in arrays.items():
-            order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+            fortran = a.flags.f_contiguous and not a.flags.c_contiguous
+            order: Literal["C", "F"] = "F" if fortran else "C"
             a = np.require(a, a.dtype.newbyteorder("<"), order)  # little-endian on any machine
             with zf.open(_info(f"{_ARRAY_DIR}{name}.npy"), "w",
                          force_zip64=a.nbytes > (1 << 31)) as f:

@@ -59,7 +59,7 @@ def raw_pixels(paths: Sequence[str | os.PathLike], *, size: int = 32, grey: bool
     ch = 1 if grey else 3
     X = np.zeros((len(paths), size * size * ch), np.float32)
     ok = np.zeros(len(paths), bool)
-    failures = []
+    failures: list[tuple[str, str]] = []
     bar = FitProgress(len(paths), desc=f"raw pixels {size}x{size}", progress=progress,
                       unit="img", log_every=2000)
     try:

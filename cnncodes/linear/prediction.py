@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -24,6 +24,10 @@ from ..sources.folders import ImageSource
 from ..stats import ci_record, plural
 from .model_file import TrainedModel, load_model, store_provenance, weights_argument
 from .training import _abs_paths, _as_store
+
+if TYPE_CHECKING:
+    from ..codes.extractor import CodeExtractor
+    from ..codes.light import LightExtractor
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +189,8 @@ def model_extractor(model: TrainedModel, *, runtime: RuntimeOptions | None = Non
                             layers=(model.layer,), pooling=p.get("pooling", "avg"),
                             input_size=p.get("input_size"))
     ropts = model_runtime(model, runtime)
-    ext = light_extractor(bopts, ropts)  # the torch-free path when its graph is cached
+    # the torch-free path when its graph is cached
+    ext: LightExtractor | CodeExtractor | None = light_extractor(bopts, ropts)
     if ext is None:
         from ..codes.extractor import CodeExtractor
 
@@ -208,8 +213,8 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     """
     m = load_model(model, trust_pickle=trust_pickle)
     true: list[str] | None = None
-    if is_store_source(source):
-        st = _as_store(source)  # type: ignore[arg-type]
+    if isinstance(source, FeatureStore) or is_store_source(source):  # (isinstance: for mypy)
+        st = _as_store(source)
         sp = store_provenance(st)
         m.check_compatible(sp, dim=sp["dims"].get(m.layer), what=f"the codes in {st.path}")
         st.check_complete(allow_incomplete=True)  # labels the rows it has; warns of the rest
@@ -247,7 +252,8 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
     return pred
 
 
-def is_store_source(source: Any) -> bool:
+def is_store_source(source: Any) -> TypeGuard[str | os.PathLike | FeatureStore]:
+    """Whether ``source`` is a code store: a :class:`FeatureStore` or an ``.h5`` file."""
     return isinstance(source, FeatureStore) or (
         isinstance(source, (str, os.PathLike)) and Path(source).is_file()
         and Path(source).suffix.lower() in (".h5", ".hdf5"))

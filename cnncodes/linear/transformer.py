@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             for p, row in zip(paths, rows, strict=True):
                 table[p] = (_stat_key(p), row.copy())
 
-    def _compute(self, paths: list[str], positions: list[int], codes: np.ndarray,
+    def _compute(self, paths: list[str], positions: Sequence[int | np.integer], codes: np.ndarray,
                  done: np.ndarray) -> dict[str, str]:
         from ..codes.extraction import extract_arrays
 

@@ -64,12 +64,12 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str],
                    path: str | os.PathLike, *, title: str = "confusion matrix") -> Path:
     """Confusion matrix (rows: true class, columns: predicted), coloured by row-normalised rate,
     annotated with counts when it is small enough to read."""
-    cm = np.asarray(cm, float)
+    counts = np.asarray(cm, float)
     k = len(classes)
     size = min(16.0, max(4.5, 0.45 * k + 2.5))
     fig = _figure((size, size * 0.9))
     ax = fig.add_subplot(1, 1, 1)
-    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ax.set_xticks(range(k), [str(c) for c in classes], rotation=60, ha="right",
@@ -80,8 +80,8 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str],
     if k <= 30:
         for i in range(k):
             for j in range(k):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                if counts[i, j]:
+                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     ax.set_title(title)
     fig.tight_layout()

@@ -120,6 +120,8 @@ class Section:
     #: typed fields written as ``null`` when None (the others are left out)
     KEEP_NULL: ClassVar[tuple[str, ...]] = ()
     extra: dict[str, Any]
+    #: every section is a dataclass (declared for the type checker; set by ``@dataclass``)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     @classmethod
     def from_dict(cls: type[S], data: Any, *, where: str = "") -> S:
@@ -134,7 +136,7 @@ class Section:
                               "instead.")
         hints = typing.get_type_hints(cls)
         kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             if f.name == "extra":
                 continue
             if f.name not in data:
@@ -144,7 +146,7 @@ class Section:
                                       "required).")
                 continue
             kw[f.name] = _value(hints[f.name], data[f.name], _at(where, f.name))
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in dataclasses.fields(cls)}
         kw["extra"] = {k: v for k, v in data.items() if k not in names}
         return cls(**kw)
 
@@ -152,7 +154,7 @@ class Section:
         """The JSON object: typed fields (None ones left out unless in ``KEEP_NULL``), then
         ``extra``."""
         out = {f.name: _plain(getattr(self, f.name))
-               for f in dataclasses.fields(self)  # type: ignore[arg-type]
+               for f in dataclasses.fields(self)
                if f.name != "extra" and (getattr(self, f.name) is not None
                                          or f.name in self.KEEP_NULL)}
         out.update(self.extra)

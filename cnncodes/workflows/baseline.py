@@ -386,6 +386,20 @@ def _list_source(paths: list[str], labels: np.ndarray, classes: list[str]) -> Im
                        np.asarray(labels, np.int64), list(classes), "list")
 
 
+def advised_finetune(advice: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fine-tuning options advise's policy gives for the advice's similarity
+    (``head_lr_mult``, ``freeze``); empty without advice or a similarity it knows."""
+    if advice is None or not advice.get("similarity"):
+        return {}
+    from ..advisor.rule import FINETUNE_POLICY
+
+    by_name = {str(sim): pol for sim, pol in FINETUNE_POLICY.items()}
+    pol = by_name.get(str(advice["similarity"]))
+    if pol is None:
+        return {}
+    return {"head_lr_mult": float(pol.head_lr_mult), "freeze": int(pol.freeze)}
+
+
 def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[dict[str, Any]],
                       choice: LayerChoice, steps: BaselineOptions, *, out: Path,
                       split: Mapping[str, Path], backbone: BackboneOptions,
@@ -402,14 +416,7 @@ def fall_through_step(trained: TrainedModel, evaluation: Evaluation, rows: list[
     ft_train = _list_source(trained.train_paths, trained.train_labels, trained.classes)
     ft_test = _list_source(evaluation.paths, evaluation.y_true, trained.classes)
     size = size_check(ft_train, steps.thresholds)
-    opts: dict[str, Any] = {}
-    advice = choice.advice
-    if advice is not None and advice.get("similarity"):
-        from ..advisor.rule import FINETUNE_POLICY
-
-        pol = FINETUNE_POLICY.get(str(advice["similarity"]))
-        if pol:  # advise's fine-tuning policy for this similarity
-            opts.update(head_lr_mult=float(pol["head_lr_mult"]), freeze=int(pol["freeze"]))
+    opts = advised_finetune(choice.advice)
     opts.update(dict(steps.finetune_options or {}))
     ft_out = out / "finetune"
     probe = {k: rows[0].get(k) for k in ("name", "accuracy", "balanced_accuracy", "n_test",

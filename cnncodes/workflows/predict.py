@@ -15,7 +15,7 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -68,12 +68,12 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
     if is_linear_model_file(model):  # recognised by its first bytes: no torch.load attempt
         return linear_predict(model, source, runtime=ropts, trust_pickle=trust_pickle)
     if is_finetuned_file(model):
-        return _predict_finetuned(model, source, runtime=ropts)  # type: ignore[arg-type]
+        return _predict_finetuned(model, source, runtime=ropts)
     refuse_checkpoint(model)
     if _is_torch_file(model):  # a .pt that is not a fine-tuned model: say why it is not
         from ..finetuning.model_file import read_model_file
 
-        read_model_file(model)  # type: ignore[arg-type]
+        read_model_file(model)
     return linear_predict(model, source, runtime=ropts, trust_pickle=trust_pickle)
 
 
@@ -101,7 +101,7 @@ def is_linear_model_file(model: Any) -> bool:
         return False
 
 
-def _is_torch_file(model: Any) -> bool:
+def _is_torch_file(model: Any) -> TypeGuard[str | os.PathLike]:
     from ..outputs import sniff
 
     try:
@@ -137,7 +137,7 @@ def refuse_checkpoint(model: Any) -> None:
                      f"{best}.")
 
 
-def is_finetuned_file(model: Any) -> bool:
+def is_finetuned_file(model: Any) -> TypeGuard[str | os.PathLike]:
     """Whether ``model`` is a ``model.pt`` of :func:`cnncodes.finetune` (a torch zip archive), not
     a linear model file."""
     if not isinstance(model, (str, os.PathLike)) or not zipfile.is_zipfile(model):
@@ -153,10 +153,10 @@ def _predict_finetuned(model: str | os.PathLike, source: Source, *,
     from ..finetuning.predict import predict_images
     from ..sources.folders import open_source
 
-    if is_store_source(source):
+    if isinstance(source, FeatureStore) or is_store_source(source):  # (isinstance: for mypy)
         raise ValueError(f"{os.fspath(model)} is a fine-tuned network: it predicts from images, "
                          "not from a code store. Pass the images (a folder or a list file).")
-    src = open_source(source)  # type: ignore[arg-type]
+    src = open_source(source)
     r = runtime or RuntimeOptions()
     # the fine-tuning module's own keyword fields (its preprocessing is the model's)
     res = predict_images(model, src, batch_size=r.batch_size, device=r.device,

@@ -16,6 +16,7 @@ from cnncodes.advisor.rule import Thresholds
 from cnncodes.cli import main
 from cnncodes.errors import StoreMismatchError
 from cnncodes.sources.folders import open_source
+from cnncodes.workflows.baseline import advised_finetune
 from cnncodes.workflows.inputs import holdout_sources
 from cnncodes.workflows.layer_advice import size_check
 
@@ -190,6 +191,31 @@ def test_size_check_is_advises_rule(photos):
     short = size_check(src, Thresholds(small_per_class=2, large_per_class=12, large_total=37))
     assert not short["large"] and short["size_class"] == "medium"
     assert short["short_by"] == ["images < 37"]
+
+
+def test_fall_through_takes_advises_fine_tuning_policy_for_the_similarity():
+    assert advised_finetune({"similarity": "similar"}) == {"head_lr_mult": 10.0, "freeze": 1}
+    assert advised_finetune({"similarity": "dissimilar"}) == {"head_lr_mult": 1.0, "freeze": 0}
+    assert advised_finetune(None) == advised_finetune({"layer": "pool"}) == {}
+    assert advised_finetune({"similarity": "unknown"}) == {}
+
+
+@pytest.mark.slow
+def test_fall_through_after_layer_auto_fine_tunes_with_advises_policy(photos, tmp_path,
+                                                                      monkeypatch, capsys):
+    fake = FakeAdvisor("pool", "logreg")
+
+    def similar(source, **kw):
+        layer, advice = fake(source, **kw)
+        return layer, {**advice, "similarity": "similar"}
+
+    monkeypatch.setattr(advise_module, "choose_layer", similar)
+    rep = tmp_path / "rep"
+    rc, _, err = run(capsys, "baseline", photos, "--report", rep, "--layer", "auto",
+                     "--fall-through", "--finetune-epochs", "1", *TINY, *CLI_OPTS)
+    assert rc == 0, err
+    config = json.loads((rep / "finetune" / "report.json").read_text())["config"]
+    assert (config["head_lr_mult"], config["freeze"]) == (10.0, 1)  # similar: head x10, 1 frozen
 
 
 def test_fall_through_fine_tunes_on_the_same_split_when_large(photos, tmp_path, capsys):
