@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -18,7 +18,16 @@ from ..errors import OptionError
 from ..options import DECODERS, DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_options
 from ..sources.folders import ImageSource, open_source
 from ..sources.tarshards import TarShardSource
-from .light import LightDataset, decode_threads, is_light, iter_light, light_extractor
+from .light import (
+    LightBatch,
+    LightDataset,
+    LightExtractor,
+    _Cpu,
+    decode_threads,
+    is_light,
+    iter_light,
+    light_extractor,
+)
 from .numerics import DCT_SUFFIX
 
 if TYPE_CHECKING:  # torch, torchvision and the torch extractor are imported where they run
@@ -30,7 +39,7 @@ if TYPE_CHECKING:  # torch, torchvision and the torch extractor are imported whe
 log = logging.getLogger(__name__)
 
 
-def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None,
+def make_dataset(src: ImageSource, ext: CodeExtractor | LightExtractor, *, max_pixels: int | None,
                  decoder: str = "auto") -> ImageDataset | Any:
     """The dataset for ``decoder``: ``pil`` (PIL in the workers), ``tensor`` (JPEG bytes decoded by
     libjpeg-turbo on CPU or nvJPEG on CUDA, resized as tensors; other files go through PIL), or
@@ -64,7 +73,7 @@ def make_dataset(src: ImageSource, ext: CodeExtractor, *, max_pixels: int | None
                         draft_to=draft if ext.device.type == "cpu" else None)
 
 
-def decoder_name(dataset: Any, device: torch.device) -> str:
+def decoder_name(dataset: Any, device: torch.device | _Cpu) -> str:
     """``pil``, ``libjpeg-turbo`` or ``nvjpeg``; a CPU decoder with ``+dct`` when large JPEGs
     are decoded DCT-scaled (see :data:`cnncodes.codes.numerics.DECODER_FAMILY`)."""
     dct = DCT_SUFFIX if getattr(dataset, "draft_to", None) else ""
@@ -76,9 +85,23 @@ def decoder_name(dataset: Any, device: torch.device) -> str:
     return "pil" + dct
 
 
+#: ``{layer: codes}`` of one batch
+_LayerCodes = dict[str, np.ndarray]
+
+
+@overload
 def iter_codes(dataset: Any, ext: CodeExtractor, indices: Sequence[int], *,
                batch_size: int, num_workers: int, threads: int | None = None,
-               health: Any = None) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+               health: Any = None) -> Iterator[tuple[Batch, _LayerCodes]]: ...
+@overload
+def iter_codes(dataset: Any, ext: CodeExtractor | LightExtractor, indices: Sequence[int], *,
+               batch_size: int, num_workers: int, threads: int | None = None,
+               health: Any = None) -> Iterator[tuple[Batch | LightBatch, _LayerCodes]]: ...
+
+
+def iter_codes(dataset: Any, ext: CodeExtractor | LightExtractor, indices: Sequence[int], *,
+               batch_size: int, num_workers: int, threads: int | None = None,
+               health: Any = None) -> Iterator[tuple[Batch | LightBatch, _LayerCodes]]:
     """Yield ``(batch, {layer: codes})`` over ``indices`` in order (the one extraction loop).
 
     ``health``: a :class:`~cnncodes.sources.tensor_decode.GpuDecodeHealth` watching nvJPEG (one is
@@ -155,7 +178,7 @@ class ArrayCodes:
 
 
 def extract_arrays(
-    source: str | os.PathLike | Sequence[str] | ImageSource,
+    source: str | os.PathLike[str] | Sequence[str] | ImageSource,
     *,
     extractor: CodeExtractor | None = None,
     backbone: str | BackboneOptions = DEFAULT_BACKBONE,

@@ -155,7 +155,7 @@ def drop_orphan_manifests(onnx: Path) -> list[Path]:
     """Delete the torch-free manifests in ``onnx`` whose graph is gone (regular files named like a
     manifest only, never a symlink; an unreadable manifest is left alone). Returns those
     deleted."""
-    gone = []
+    gone: list[Path] = []
     try:
         it = list(os.scandir(onnx))
     except OSError:

@@ -63,7 +63,7 @@ def _short(v: Any) -> str:
 # Compatibility: the one check of a store (and its journal) against requested settings
 
 
-def check_store_compatible(path: str | os.PathLike, config: Mapping[str, Any], *,
+def check_store_compatible(path: str | os.PathLike[str], config: Mapping[str, Any], *,
                            fields: Sequence[str] = CONFIG_FIELDS, layer: str | None = None,
                            journal: bool = True, what: str | None = None,
                            fix: str | None = None) -> None:

@@ -173,7 +173,10 @@ def export_onnx(extractor: nn.Module, layers: Sequence[str], input_size: int) ->
     axes = {INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in layers}}
     with warnings.catch_warnings(), torch.no_grad(), _captured_output(), _mha_decomposed():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (x,), buf, dynamo=False, opset_version=OPSET,
+        # torch's hint says a path, but the TorchScript exporter (dynamo=False) writes to a file
+        # object too: a stub gap, not a bug
+        torch.onnx.export(wrapper, (x,), buf,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=list(layers),
                           dynamic_axes=axes, do_constant_folding=True)
     return buf.getvalue()

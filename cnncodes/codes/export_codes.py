@@ -48,7 +48,7 @@ FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"
 PARQUET_KEY = b"cnncodes"
 
 
-def export_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """``npz``, ``csv`` or ``parquet``: ``fmt`` if given, else from the extension of ``path``.
 
     Raises:
@@ -66,7 +66,7 @@ def export_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     return FORMATS[ext]
 
 
-def csv_sidecar(path: str | os.PathLike) -> Path:
+def csv_sidecar(path: str | os.PathLike[str]) -> Path:
     """Where the provenance of a CSV export goes: ``<path>.json``."""
     p = Path(path)
     return p.with_name(p.name + ".json")
@@ -103,7 +103,7 @@ def _blocks(store: FeatureStore, layer: str, n: int, block: int
         yield rows, X, y
 
 
-def export_store(store: FeatureStore, path: str | os.PathLike, *, layer: str | None = None,
+def export_store(store: FeatureStore, path: str | os.PathLike[str], *, layer: str | None = None,
                  fmt: str | None = None, allow_incomplete: bool = False,
                  block: int = BLOCK) -> dict[str, Any]:
     """Write one layer of ``store`` to ``path`` (see the module docstring for each format).

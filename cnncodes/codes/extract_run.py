@@ -23,7 +23,7 @@ from ..options import RuntimeOptions
 from ..sources.folders import ImageSource
 from .batches import iter_codes
 from .journal import Journal, Part, identity_arrays
-from .light import is_light
+from .light import LightBatch, LightExtractor, is_light
 from .options import StoreOptions
 from .part_writer import PartWriter
 from .store import CONFIG_FIELDS, fold
@@ -43,7 +43,7 @@ class Job:
     src: ImageSource
     out: Path
     journal: Journal
-    ext: CodeExtractor
+    ext: CodeExtractor | LightExtractor
     prov: dict[str, Any]
     di: DistInfo
     runtime: RuntimeOptions
@@ -87,7 +87,7 @@ class Progress:
     health: Any = None  # GpuDecodeHealth of the nvJPEG batches
 
 
-def make_part(job: Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
+def make_part(job: Job, key: int, batch: Batch | LightBatch, codes: dict[str, np.ndarray],
           fails: list[tuple[str, str]]) -> Part:
     src, ids = job.src, job.sync.ids
     rows = [ids[i] for i in batch.indices]
@@ -100,7 +100,7 @@ def make_part(job: Job, key: int, batch: Batch, codes: dict[str, np.ndarray],
         codes={k: v.astype(np.float32, copy=False) for k, v in codes.items()},
         fail_paths=np.array([p for p, _ in fails], dtype=np.str_),
         fail_reasons=np.array([r for _, r in fails], dtype=np.str_),
-        **identity_arrays(rows, bad))
+        file=None, **identity_arrays(rows, bad))
 
 
 def run_batches(job: Job, dataset: Any, mine: list[int], workers: int) -> Progress:

@@ -55,7 +55,7 @@ from .batches import (  # noqa: F401 - ArrayCodes, extract_arrays: re-exported h
 from .extract_run import Job, Progress, gather_stats, run_batches, run_record
 from .identity import FileIdentity, describe_source, store_sources
 from .journal import Journal
-from .light import CPU, decode_threads, is_light, light_extractor
+from .light import CPU, _Cpu, decode_threads, is_light, light_extractor
 from .numerics import compat_value, decoding
 from .options import STORE_FIELDS, StoreOptions, store_options
 from .quantise import calibration_dataset, previous_quantisation, quantise_extractor
@@ -109,8 +109,8 @@ class ExtractResult:
 
 
 def extract(
-    source: str | os.PathLike | Sequence[str] | ImageSource,
-    output: str | os.PathLike,
+    source: str | os.PathLike[str] | Sequence[str] | ImageSource,
+    output: str | os.PathLike[str],
     *,
     backbone: str | BackboneOptions = DEFAULT_BACKBONE,
     runtime: RuntimeOptions | None = None,
@@ -210,10 +210,13 @@ def _torch_extractor(bopts: BackboneOptions, ropts: RuntimeOptions) -> CodeExtra
     return CodeExtractor(bopts, runtime=ropts)
 
 
-def _rank_runtime(ropts: RuntimeOptions, dev: torch.device, di: DistInfo) -> RuntimeOptions:
+def _rank_runtime(ropts: RuntimeOptions, dev: torch.device | _Cpu,
+                  di: DistInfo) -> RuntimeOptions:
     """The runtime of this rank: its own GPU, and a share of the machine's threads and workers."""
     if not di.enabled:
         return ropts.replace(device="cpu" if dev is CPU else dev)  # CPU: the torch-free path
+    # the torch-free path (its device CPU) is never taken under torchrun (light._eligible)
+    assert not isinstance(dev, _Cpu), "the torch-free path runs without torchrun only"
     local_world = local_world_size(di)
     dev = rank_device(ropts.device, dev, di)  # cuda:LOCAL_RANK; refuses cuda:N for every rank
     changes: dict[str, Any] = {"device": dev}

@@ -26,8 +26,9 @@ from ..options import DEFAULT_BACKBONE, BackboneOptions, RuntimeOptions, split_o
 from ..sources.dct import dct_enabled
 from ..sources.loader import normalize_batch
 from ..sources.preprocessing import Preprocessing
-from .engines import OrtEngine, TorchEngine, select_engine
+from .engines import TorchEngine, select_engine
 from .numerics import decoding, numerics, planned_decoder
+from .ort_engine import OrtEngine
 
 log = logging.getLogger(__name__)
 

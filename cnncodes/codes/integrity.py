@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -30,14 +30,14 @@ def checked_datasets(f: h5py.File) -> list[str]:
     return names + [n for n in _ROW_DATASETS if n in f]
 
 
-def is_checksummed(path: str | os.PathLike) -> bool:
+def is_checksummed(path: str | os.PathLike[str]) -> bool:
     """Whether every code dataset of a store file carries a fletcher32 checksum."""
     with h5py.File(path, "r") as f:
         names = [n for n in checked_datasets(f) if n.startswith("codes/")]
         return bool(names) and all(f[n].fletcher32 for n in names)
 
 
-def damaged_rows(path: str | os.PathLike) -> list[tuple[str, int, int]]:
+def damaged_rows(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
     """``(dataset, first row, end row)`` of every chunk of ``path`` that cannot be read back
     (checksum mismatch, a compressed chunk that does not inflate, an unreadable chunk)."""
     out: list[tuple[str, int, int]] = []
@@ -95,7 +95,8 @@ def old_codes(view: Any, layer: str, s: int, e: int, redone: np.ndarray) -> np.n
     chunk fails its checksum, row by row, leaving zeros in
     the rows the journal replaces (``--repair``) and raising for any other."""
     def read(a: int, b: int) -> np.ndarray:
-        return view.gather(lambda g, k, sel: g["codes"][layer][sel], slice(a, b))
+        # view: Any, as importing View here would make an import cycle (view imports us)
+        return cast(np.ndarray, view.gather(lambda g, k, sel: g["codes"][layer][sel], slice(a, b)))
     try:
         return read(s, e)
     except StoreDamagedError:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class Part:
 class Journal:
     """Append-only part files next to the store; each part is committed atomically."""
 
-    def __init__(self, store_path: str | os.PathLike):
+    def __init__(self, store_path: str | os.PathLike[str]):
         self.store_path = Path(store_path)
         self.dir = self.store_path.with_name(self.store_path.name + ".parts")
         self._lock_fd: int | None = None
@@ -146,7 +146,7 @@ class Journal:
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text())
+            return cast("dict[str, Any]", json.loads(p.read_text()))  # written by write_manifest
         except (OSError, ValueError):
             return None
 
@@ -171,7 +171,8 @@ class Journal:
             arrays[key] = np.asarray(v if v is not None else _unknown(col, size), dtype=dt)
         final = self.dir / f"part-{part.seq:010d}-r{part.rank:04d}.npz"
         with atomic_path(final, tmp=final.with_suffix(".npz.tmp")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            # allow_pickle=True is numpy's default, named so mypy sees **arrays cannot be it
+            np.savez(f, allow_pickle=True, **arrays)
         return final
 
     def read_parts(self, files: Sequence[Path] | None = None, *, codes: bool = True,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from ..sources.preprocessing import Preprocessing, preprocess_array
 from .export_cache import cache_path, read_cached, unseal
 from .numerics import decoding, planned_decoder
 from .ort_engine import CHECK_COSINE, OrtEngine, default_ort_threads, min_cosine
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ def write_manifest(ext: Any, engine: OrtEngine) -> Path | None:
     path = manifest_path(ext.options)
     graph = Path(engine.path) if engine.path else None
     payload = read_cached(graph) if graph is not None else None
-    if payload is None:
+    if graph is None or payload is None:  # (payload is None when graph is)
         return None
     digest = hashlib.sha256(payload).hexdigest()
     try:
@@ -244,7 +247,7 @@ class LightExtractor:
 
     def __init__(self, doc: dict[str, Any], engine: OrtEngine, ropts: RuntimeOptions):
         prov = doc["provenance"]
-        self._prov = prov
+        self._prov: dict[str, Any] = prov
         self._dims = {k: int(v) for k, v in doc["dims"].items()}
         self.spec = SimpleNamespace(**doc["spec"])
         self.resolved = SimpleNamespace(id=doc["resolved_id"])
@@ -297,7 +300,7 @@ class LightExtractor:
         return p
 
 
-def is_light(ext: Any) -> bool:
+def is_light(ext: Any) -> TypeIs[LightExtractor]:
     return getattr(ext, "light", False) is True
 
 
@@ -334,7 +337,7 @@ def iter_light(dataset: LightDataset, ext: LightExtractor, indices: Sequence[int
     up to two batches ahead while ONNX Runtime runs the current one."""
     crop = dataset.preprocessing.crop
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnncodes-decode")
-    pending: deque[Future] = deque()
+    pending: deque[Future[tuple[int, Any, str | None]]] = deque()
     todo = iter(indices)
     ahead = 2 * batch_size + threads
 
@@ -348,7 +351,7 @@ def iter_light(dataset: LightDataset, ext: LightExtractor, indices: Sequence[int
     try:
         fill()
         while pending:
-            items = []
+            items: list[tuple[int, Any, str | None]] = []
             while pending and len(items) < batch_size:
                 items.append(pending.popleft().result())
                 fill()

@@ -107,7 +107,8 @@ def quantise_graph(fp32: bytes, calib: np.ndarray) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class _Reader(CalibrationDataReader):
+    # onnxruntime ships no type hints, so its base class is Any to mypy
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self.batches: Iterator[dict[str, np.ndarray]] = iter(
                 [{INPUT_NAME: calib[i:i + _BATCH]} for i in range(0, len(calib), _BATCH)])

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import h5py
 import numpy as np
@@ -35,7 +35,7 @@ from .identity import FILE_COLUMNS, UNKNOWN, store_sources
 from .integrity import is_checksummed
 from .journal import Journal
 from .unfinished import first_run_text, incomplete_message, missing_text
-from .view import SEGMENTED_FORMAT, View, segments_dir
+from .view import SEGMENTED_FORMAT, Reader, View, segments_dir
 from .view import text as _text
 
 _View = View
@@ -50,7 +50,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2, 3)
 
 
-def store_bytes(path: str | os.PathLike) -> int:
+def store_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of a store on disk: the file plus its segment folder (0 when there is none)."""
     path = Path(path)
     total = path.stat().st_size if path.is_file() else 0
@@ -107,10 +107,15 @@ def check_is_store(path: Path) -> int:
     return version
 
 
-def _one_commit(method: Callable[..., Any]) -> Callable[..., Any]:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_commit(method: Callable[Concatenate[FeatureStore, _P], _R]
+                ) -> Callable[Concatenate[FeatureStore, _P], _R]:
     """Run a :class:`FeatureStore` method inside one :meth:`FeatureStore.snapshot`."""
     @functools.wraps(method)
-    def call(self: FeatureStore, *args: Any, **kwargs: Any) -> Any:
+    def call(self: FeatureStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self.snapshot():
             return method(self, *args, **kwargs)
     return call
@@ -129,7 +134,7 @@ class FeatureStore:
     ``with store.snapshot():`` makes several calls read the same commit.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not self.path.is_file():
             raise NotFoundError(f"No code store at {self.path}."
@@ -179,7 +184,7 @@ class FeatureStore:
     def _view(self) -> _View:
         snap = getattr(self._local, "snap", None)
         if snap is not None:
-            return snap[0]
+            return cast(_View, snap[0])  # set by snapshot(); threading.local is untyped
         return _View.open(self.path) if self.segmented else _View.single(self.path)
 
     @_one_commit
@@ -270,8 +275,7 @@ class FeatureStore:
         (index into :attr:`sources`), ``missing`` (file gone, row kept by ``keep_missing``).
         Rows of a format-1 store have size -1 (unverified)."""
         view = self._view()
-        out = {key: view.gather(lambda f, k, sel, key=key: _column(f, "files", key, sel))
-               for key in (c.name for c in FILE_COLUMNS)}
+        out = {key: view.gather(_files_column(key)) for key in (c.name for c in FILE_COLUMNS)}
         view.apply_flags(out["missing"])
         return out
 
@@ -291,8 +295,7 @@ class FeatureStore:
         view = self._view()
         for name in self.layers:
             for s in range(0, view.n, block):
-                x = view.gather(lambda f, k, sel, name=name: f["codes"][name][sel],
-                                slice(s, min(view.n, s + block)))
+                x = view.gather(_codes_of(name), slice(s, min(view.n, s + block)))
                 bad.update((np.flatnonzero(~np.isfinite(x).all(axis=1)) + s).tolist())
         return sorted(bad)
 
@@ -386,7 +389,7 @@ class FeatureStore:
             return torch.from_numpy(X).to(device or "cpu"), torch.from_numpy(y).to(device or "cpu")
         return X, y
 
-    def export(self, path: str | os.PathLike, layer: str | None = None, *,
+    def export(self, path: str | os.PathLike[str], layer: str | None = None, *,
                allow_incomplete: bool = False) -> dict[str, Any]:
         """Write one layer's codes, labels, paths, classes and provenance to ``.npz``, ``.csv``
         or ``.parquet`` (by extension; see :mod:`cnncodes.codes.export_codes`), all of one
@@ -433,6 +436,16 @@ class FeatureStore:
             "sources": self.sources,
             "provenance": prov,
         }
+
+
+def _files_column(key: str) -> Reader:
+    """A segment reader of one ``/files`` identity column (:func:`_column`)."""
+    return lambda f, k, sel: _column(f, "files", key, sel)
+
+
+def _codes_of(layer: str) -> Reader:
+    """A segment reader of one layer's codes."""
+    return lambda f, k, sel: f["codes"][layer][sel]
 
 
 def _column(f: h5py.File, group: str, key: str, sel: Any) -> np.ndarray:

@@ -32,7 +32,7 @@ def weights_option(recorded: Any) -> str:
     return m[1] if m else w
 
 
-def recorded_options(path: str | os.PathLike) -> dict[str, Any] | None:
+def recorded_options(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The model options the store at ``path`` was made with (``backbone``, ``weights`` as a
     ``--weights`` value, ``layers`` comma-joined, ``pooling``, ``input_size``, ``dtype``), from
     the store or, before its first fold, from its unfinished extraction's manifest; None when
@@ -66,7 +66,8 @@ def _same(field: str, given: Any, recorded: Any) -> bool:
     if field == "layers":
         if str(given).strip().lower() == "auto":
             return True  # the recorded choice is reused (choose_layer's reuse_from)
-        return [s.strip() for s in str(given).split(",") if s.strip()] == recorded.split(",")
+        return bool([s.strip() for s in str(given).split(",") if s.strip()]
+                    == recorded.split(","))
     if field == "input_size":
         return recorded is None or int(given) == int(recorded)
     if field == "weights":
@@ -87,7 +88,7 @@ def _same_weights(g: str, r: str) -> bool:
     return g == r or r.endswith("." + g)
 
 
-def check_rerun(output: str | os.PathLike, given: Mapping[str, Any],
+def check_rerun(output: str | os.PathLike[str], given: Mapping[str, Any],
                 recorded: Mapping[str, Any]) -> dict[str, Any]:
     """The options of a rerun into ``output``: every option not given takes the recorded value.
 

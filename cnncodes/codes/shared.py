@@ -17,7 +17,7 @@ from ..options import BackboneOptions, RuntimeOptions
 from .light import TORCH_FREE_ENV, LightExtractor, is_light, light_extractor
 
 #: Built extractors, least recently used first; at most :data:`SHARED_SIZE` are kept alive.
-_SHARED: OrderedDict[tuple, Any] = OrderedDict()
+_SHARED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
 SHARED_SIZE = 2
 
@@ -33,7 +33,7 @@ def device_key(device: Any) -> str:
     return str(resolve_device(device))
 
 
-def extractor_key(backbone: BackboneOptions, runtime: RuntimeOptions) -> tuple:
+def extractor_key(backbone: BackboneOptions, runtime: RuntimeOptions) -> tuple[Any, ...]:
     """Everything a built extractor depends on (a weights file by its path, size and mtime, so a
     rewritten checkpoint is a new key; whether ``CNNCODES_TORCH_FREE=0`` turns the torch-free path
     off); batch size and workers are not in it."""
@@ -50,7 +50,7 @@ def extractor_key(backbone: BackboneOptions, runtime: RuntimeOptions) -> tuple:
             runtime.decoder, runtime.threads, os.environ.get(TORCH_FREE_ENV, "1") == "0")
 
 
-def _hold(key: tuple, ext: Any) -> Any:
+def _hold(key: tuple[Any, ...], ext: Any) -> Any:
     """Keep ``ext`` under ``key`` (the most recently used), dropping the least recently used."""
     _SHARED[key] = ext
     while len(_SHARED) > SHARED_SIZE:

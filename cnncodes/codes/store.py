@@ -96,13 +96,7 @@ from .compat import (
 )
 from .fold_plan import FoldOptions, FoldPlan, plan_fold
 from .journal import Journal
-from .reader import (
-    SEGMENTED_FORMAT,
-    STR,
-    FeatureStore,
-    segments_dir,
-    store_bytes,
-)
+from .reader import STR, FeatureStore, store_bytes
 from .store_layout import (
     DamagedPart,
     copy_old_rows,
@@ -113,6 +107,7 @@ from .store_layout import (
     write_failures,
     write_parts,
 )
+from .view import SEGMENTED_FORMAT, segments_dir
 
 __all__ = ["CONFIG_FIELDS", "FeatureStore", "FoldOptions", "canonical", "check_store_compatible",
            "compact",
@@ -132,7 +127,7 @@ MANY_SEGMENTS = 64
 # Folding the journal into the HDF5 file
 
 
-def fold(store_path: str | os.PathLike, journal: Journal, provenance: Mapping[str, Any],
+def fold(store_path: str | os.PathLike[str], journal: Journal, provenance: Mapping[str, Any],
          options: FoldOptions | None = None, **changes: Any) -> dict[str, int]:
     """Build a new store from the existing one plus the journal; atomically replace; clear journal.
 
@@ -377,7 +372,7 @@ def _collect_garbage(store_path: Path) -> None:
             seg_dir.rmdir()  # only when empty: a file someone else put there stays
 
 
-def remove_store(store_path: str | os.PathLike) -> None:
+def remove_store(store_path: str | os.PathLike[str]) -> None:
     """Delete a store: its file and its segments (``--overwrite``); the journal is not touched."""
     store_path = Path(store_path)
     if store_path.is_file() or store_path.is_symlink():
@@ -385,7 +380,7 @@ def remove_store(store_path: str | os.PathLike) -> None:
     _collect_garbage(store_path)
 
 
-def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any]) -> bool:
+def update_provenance(store_path: str | os.PathLike[str], updates: Mapping[str, Any]) -> bool:
     """Set provenance fields of a complete store (e.g. the advisor's evidence under ``advice``).
 
     Under the writer lock, by :func:`fold` with no journal parts: a segmented store (or a single
@@ -408,7 +403,7 @@ def update_provenance(store_path: str | os.PathLike, updates: Mapping[str, Any])
     return _refold(store_path, updates, compact=False, skip=same) is not None
 
 
-def compact(store_path: str | os.PathLike) -> dict[str, int]:
+def compact(store_path: str | os.PathLike[str]) -> dict[str, int]:
     """Rewrite a store as one file (``cnncodes compact``): every segment's live rows copied in
     order into a new single-file store, renamed over the index, then the segments deleted. Costs
     one copy of the store (and that much free disk); the rows, labels, failures and provenance
@@ -422,7 +417,7 @@ def compact(store_path: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
-def _refold(store_path: str | os.PathLike, updates: Mapping[str, Any], *, compact: bool,
+def _refold(store_path: str | os.PathLike[str], updates: Mapping[str, Any], *, compact: bool,
             skip: Any) -> dict[str, int] | None:
     """Fold a complete store with no journal parts under the writer lock (provenance updated);
     None when ``skip(provenance)`` says there is nothing to do."""

@@ -33,7 +33,7 @@ def text(ds: Any) -> Any:
     return ds.asstr(errors="surrogateescape")
 
 
-def segments_dir(path: str | os.PathLike) -> Path:
+def segments_dir(path: str | os.PathLike[str]) -> Path:
     """The folder of a store's segment files: ``codes.h5.segments/`` beside ``codes.h5``."""
     path = Path(path)
     return path.with_name(path.name + ".segments")

@@ -84,7 +84,7 @@ def dct_check() -> tuple[bool, str]:
         with Image.open(io.BytesIO(data)) as im:
             full = _crop(im.convert("RGB"))
         with Image.open(io.BytesIO(data)) as im:
-            im.draft(None, (draft_target(_RESIZE),) * 2)  # type: ignore[arg-type]
+            im.draft(None, (draft_target(_RESIZE),) * 2)
             scaled_size = im.size
             small = _crop(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - a failing check only turns the fast path off

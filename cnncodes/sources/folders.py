@@ -29,7 +29,9 @@ import numpy as np
 
 from ..atomic import file_kind
 from ..errors import NotFoundError, SourceError
-from .base import IMAGE_EXTENSIONS, UNLABELLED, ImageSource, label_index
+# ImageSource is re-exported (``as``): callers import it from here
+from .base import IMAGE_EXTENSIONS, UNLABELLED, label_index
+from .base import ImageSource as ImageSource
 from .listfile import ListRow, read_list, resolve_path, warn_if_relative_to_cwd
 from ..stats import plural
 
@@ -60,7 +62,7 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
+def _dir_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -92,7 +94,7 @@ def _walk_images(folder: Path, skip: set[tuple[int, int]] | None = None) -> list
     return sorted(out, key=lambda p: p.as_posix())
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()  # follows links; a link loop raises ELOOP
     except OSError:
@@ -106,7 +108,7 @@ def _rel(p: Path, root: Path) -> str:
         return p.as_posix()
 
 
-def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageSource,
+def open_source(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | ImageSource,
                 *, classes: Sequence[str] | None = None) -> ImageSource:
     """Find the images of ``source`` in a deterministic order.
 
@@ -158,7 +160,7 @@ def open_source(source: str | os.PathLike | Sequence[str | os.PathLike] | ImageS
     return _LISTINGS[key]
 
 
-def check_source_exists(source: str | os.PathLike) -> None:
+def check_source_exists(source: str | os.PathLike[str]) -> None:
     """Refuse a folder or list source that does not exist (tar shard patterns are checked when
     they are expanded). Cheap: the CLI calls it before importing torch.
 
@@ -173,7 +175,7 @@ def check_source_exists(source: str | os.PathLike) -> None:
                         "of images, a folder of class folders, or a .txt/.csv list.")
 
 
-def special_file_kind(path: str | os.PathLike) -> str:
+def special_file_kind(path: str | os.PathLike[str]) -> str:
     """What ``path`` is, in words, when it is neither a regular file nor a folder."""
     try:
         mode = os.stat(path).st_mode

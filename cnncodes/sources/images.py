@@ -153,7 +153,7 @@ def _not_regular_reason(mode: int) -> str:
     return f"not a regular file: {file_kind(mode)}, not an image file; remove it from the source"
 
 
-def open_regular(path: str | os.PathLike) -> BinaryIO:
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for reading if (after following links) it is a regular, non-empty file.
 
     Nothing else is opened in a way that can block: the type is checked before the open, and
@@ -225,7 +225,7 @@ def pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
             _apply_limit()
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+def load_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
              draft_to: int | None = None) -> Image.Image:
     """Open ``path`` as an 8-bit RGB PIL image with EXIF orientation applied.
 
@@ -272,7 +272,7 @@ def _pil_bomb(e: Exception, max_pixels: int | None) -> DecodeError:
                        "for no limit)")
 
 
-def decode_rgb(f: BinaryIO, *, name: str | os.PathLike,
+def decode_rgb(f: BinaryIO, *, name: str | os.PathLike[str],
                max_pixels: int | None = DEFAULT_MAX_PIXELS,
                draft_to: int | None = None) -> Image.Image:
     """:func:`load_rgb` of an open binary file (closed here), e.g. a member of a tar shard;

@@ -106,7 +106,7 @@ class _Lines:
 
     def __init__(self, path: Path, text: str):
         self.path = path
-        self.lines = _PHYSICAL.findall(text)
+        self.lines: list[str] = _PHYSICAL.findall(text)
         self.pos = 0
         self.at_row_start = True
         self.start = 0

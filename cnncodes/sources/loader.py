@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -32,7 +32,7 @@ def preprocess_pil(img: Image.Image, pp: Preprocessing, *,
     check_resize(img.width, img.height, pp, max_pixels)
     img = TF.resize(img, pp.resize, interpolation=interpolation_mode(pp.interpolation))
     img = TF.center_crop(img, [pp.crop, pp.crop])
-    return TF.pil_to_tensor(img)
+    return cast(torch.Tensor, TF.pil_to_tensor(img))  # torchvision is untyped
 
 
 _MEAN_STD: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -61,7 +61,11 @@ def normalize_batch(images: torch.Tensor, pp: Preprocessing, *, dtype: torch.dty
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-class ImageDataset(SourceItems, Dataset):
+#: one item of an :class:`ImageDataset`: ``(index, uint8 CHW tensor | None, failure | None)``
+Item = tuple[int, torch.Tensor | None, str | None]
+
+
+class ImageDataset(SourceItems, Dataset[Item]):
     """Items ``(index, uint8 CHW tensor | None, failure reason | None)`` for an :class:`ImageSource`
     (:class:`~cnncodes.sources.items.SourceItems`, prepared by :func:`preprocess_pil`)."""
 
@@ -81,7 +85,7 @@ class Batch:
         return Batch(self.indices, self.images.pin_memory(), self.failures)
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+def collate(items: list[Item]) -> Batch:
     ok = [(i, t) for i, t, _ in items if t is not None]
     failures = [(i, r) for i, t, r in items if t is None]
     images = torch.stack([t for _, t in ok]) if ok else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
@@ -89,7 +93,7 @@ def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
 
 
 def make_loader(dataset: ImageDataset, indices: Sequence[int], *, batch_size: int,
-                num_workers: int, pin_memory: bool = False) -> DataLoader:
+                num_workers: int, pin_memory: bool = False) -> DataLoader[Item]:
     """An ordered DataLoader over ``indices`` of ``dataset`` yielding :class:`Batch` objects."""
     sub = torch.utils.data.Subset(dataset, list(indices))
     kw: dict[str, Any] = {}

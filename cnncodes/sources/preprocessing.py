@@ -8,9 +8,12 @@ say which one they were trained with. Nothing here imports torch or torchvision 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, OptionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Interpolation names a :class:`Preprocessing` may carry (torchvision ``InterpolationMode`` values).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact", "lanczos", "box", "hamming")
@@ -98,7 +101,7 @@ PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "b
                "box": 4, "hamming": 5}
 
 
-def preprocess_array(img: Any, pp: Preprocessing, *, max_pixels: int | None) -> Any:
+def preprocess_array(img: Any, pp: Preprocessing, *, max_pixels: int | None) -> np.ndarray:
     """The torch-free twin of :func:`cnncodes.sources.loader.preprocess_pil`: resize (shorter
     side, Pillow), centre crop, uint8 CHW NumPy array; the same pixels as torchvision's
     ``resize``/``center_crop``/``pil_to_tensor`` on PIL images (tested bit-exact).

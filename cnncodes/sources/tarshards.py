@@ -59,7 +59,7 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _Row = tuple[int, str, int, int, "str | None", "str | None"]
 
 
-def is_tar_source(source: str | os.PathLike) -> bool:
+def is_tar_source(source: str | os.PathLike[str]) -> bool:
     """Whether ``source`` names tar shards (a ``.tar`` file, or a pattern or glob of them)."""
     s = os.fspath(source)
     return s.lower().endswith(".tar") and (Path(s).is_file() or "{" in s or "*" in s
@@ -171,7 +171,7 @@ class TarShardSource(ImageSource):
         return [i for i in indices if int(self.shard_of[i]) % world == rank]
 
 
-def open_tar_shards(source: str | os.PathLike, *,
+def open_tar_shards(source: str | os.PathLike[str], *,
                     classes: Sequence[str] | None = None) -> TarShardSource:
     """The rows of the tar shards named by ``source`` (see the module docstring).
 

@@ -145,7 +145,7 @@ def gpu_min_side(pp: Preprocessing, scale: float = GPU_MIN_SCALE) -> int:
     return int(math.ceil(scale * pp.resize)) if scale > 0 else 0
 
 
-def read_item(index: int, path: str | os.PathLike, pp: Preprocessing, *,
+def read_item(index: int, path: str | os.PathLike[str], pp: Preprocessing, *,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, tensor_path: bool = True,
               cpu_below: int = 0, progressive_on_cpu: bool = False,
               draft_to: int | None = None) -> RawItem:
@@ -248,7 +248,7 @@ def _pil_item(index: int, path: str, pp: Preprocessing, max_pixels: int | None,
                        failure=f"preprocessing error: {type(e).__name__}: {e}")
 
 
-class BytesDataset(Dataset):
+class BytesDataset(Dataset[RawItem]):
     """Items :class:`RawItem` for an :class:`~cnncodes.sources.folders.ImageSource`: JPEG bytes for the batch
     decoder, or finished images for files it should not take (PIL path; on the GPU also small
     chroma-subsampled JPEGs, decoded with libjpeg here). Load with :func:`make_bytes_loader`.
@@ -477,7 +477,7 @@ class DecodingCollate:
 
 
 def make_bytes_loader(dataset: BytesDataset, indices: Sequence[int], *, batch_size: int,
-                      num_workers: int, pin_memory: bool = False) -> DataLoader:
+                      num_workers: int, pin_memory: bool = False) -> DataLoader[RawItem]:
     """An ordered DataLoader over ``indices`` of ``dataset``.
 
     If ``dataset.decode_device`` is the CPU it yields :class:`cnncodes.sources.loader.Batch` (decoded in the

@@ -8,6 +8,7 @@ does. Both agree with PIL to 1-2 grey levels (see ``tests/sources/test_decode.py
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -39,15 +40,16 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F2
 
-    return F2.center_crop(x, [crop, crop])
+    return cast(torch.Tensor, F2.center_crop(x, [crop, crop]))  # torchvision is untyped
 
 
 def _resize_uint8(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """torch's native uint8 antialiased kernel (CPU; ported from Pillow-SIMD)."""
     from torchvision.transforms.v2 import functional as F2
 
-    return F2.resize(x, list(size), interpolation=interpolation_mode(interpolation),
-                     antialias=True)
+    out = F2.resize(x, list(size), interpolation=interpolation_mode(interpolation),
+                    antialias=True)
+    return cast(torch.Tensor, out)  # torchvision is untyped
 
 
 def _resize_float_two_pass(x: torch.Tensor, size: tuple[int, int], interpolation: str
