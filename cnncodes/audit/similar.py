@@ -109,7 +109,7 @@ def similar(store: FeatureStore | str | os.PathLike, query: str | os.PathLike, *
     if row is not None:
         queries, qnames, own = base[row:row + 1], [os.fspath(qpath)], [row]
     else:
-        from ..codes.extraction import extract_arrays
+        from ..codes.batches import extract_arrays
 
         src = [os.fspath(qpath)] if qpath.is_file() else os.fspath(qpath)
         ext = store_extractor(st, name, runtime=runtime)

@@ -225,7 +225,7 @@ def linear_predict(model: TrainedModel | str | os.PathLike,
             cls = st.classes
             true = [cls[i] if i >= 0 else "" for i in y]
     else:
-        from ..codes.extraction import extract_arrays
+        from ..codes.batches import extract_arrays
 
         runtime = model_runtime(m, runtime)
         ext = model_extractor(m, runtime=runtime)

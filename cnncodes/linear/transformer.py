@@ -351,7 +351,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _compute(self, paths: list[str], positions: Sequence[int | np.integer], codes: np.ndarray,
                  done: np.ndarray) -> dict[str, str]:
-        from ..codes.extraction import extract_arrays
+        from ..codes.batches import extract_arrays
 
         src = ImageSource(Path("/"), list(paths), np.full(len(paths), -1, np.int64), [], "list")
         res = extract_arrays(src, extractor=self._get_extractor(), runtime=self._options()[1])

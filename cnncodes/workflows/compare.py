@@ -25,7 +25,7 @@ import numpy as np
 from .._distributed import env_info
 from .._runtime import command_line, versions
 from ..atomic import atomic_write_json, atomic_write_text, save_figure
-from ..codes.extraction import extract_arrays
+from ..codes.batches import extract_arrays
 from ..codes.extractor import CodeExtractor
 from ..errors import FinetuneDivergedError, OptionError, StaleRunError
 from ..finetuning.config import FINETUNE_BATCH_SIZE, FinetuneConfig, make_config

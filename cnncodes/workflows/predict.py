@@ -79,7 +79,7 @@ def predict(model: TrainedModel | str | os.PathLike, source: Source, *,
 
 def single_image(source: Source) -> Source:
     """A path to one image file becomes a one-path list (a folder, list file or store is kept)."""
-    from ..sources.folders import IMAGE_EXTENSIONS
+    from ..sources.base import IMAGE_EXTENSIONS
 
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
