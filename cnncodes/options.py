@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -286,6 +286,30 @@ BACKBONE_FIELDS = tuple(f.name for f in fields(BackboneOptions))
 RUNTIME_FIELDS = tuple(f.name for f in fields(RuntimeOptions))
 
 
+def sort_keywords(options: Mapping[str, Any], groups: Sequence[Collection[str]], *, where: str,
+                  allow: Collection[str] = (),
+                  check: Callable[[str, Any], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sort keyword ``options`` into one dict per field group (the first group naming a key
+    takes it; ``check(key, value)`` first) and the rest named in ``allow``; any other key is a
+    TypeError listing the valid names. The one loop behind every ``*_options`` splitter."""
+    found: list[dict[str, Any]] = [{} for _ in groups]
+    rest: dict[str, Any] = {}
+    for key, value in options.items():
+        group = next((g for g, names in enumerate(groups) if key in names), None)
+        if group is not None:
+            if check is not None:
+                check(key, value)
+            found[group][key] = value
+        elif key in allow:
+            rest[key] = value
+        else:
+            valid = sorted(set().union(*groups) | set(allow))
+            raise TypeError(f"{where}() got an unexpected option {key!r}; valid options are "
+                            f"{', '.join(valid)}.")
+    return found, rest
+
+
 def split_options(
     backbone: str | BackboneOptions | None,
     runtime: RuntimeOptions | None,
@@ -317,20 +341,9 @@ def split_options(
     if not isinstance(ropts, RuntimeOptions):
         raise TypeError(f"{where}(): runtime must be a RuntimeOptions. Got "
                         f"{type(ropts).__name__} instead.")
-    b_changes, r_changes, rest = {}, {}, {}
-    for key, value in options.items():
-        if key in BACKBONE_FIELDS and key != "backbone":
-            check_param(key, value, f"{where}()")
-            b_changes[key] = value
-        elif key in RUNTIME_FIELDS:
-            check_param(key, value, f"{where}()")
-            r_changes[key] = value
-        elif key in allow:
-            rest[key] = value
-        else:
-            valid = sorted(set(BACKBONE_FIELDS[1:]) | set(RUNTIME_FIELDS) | set(allow))
-            raise TypeError(f"{where}() got an unexpected option {key!r}; valid options are "
-                            f"{', '.join(valid)}.")
+    (b_changes, r_changes), rest = sort_keywords(
+        options, [BACKBONE_FIELDS[1:], RUNTIME_FIELDS], where=where, allow=allow,
+        check=lambda key, value: check_param(key, value, f"{where}()"))
     if b_changes:
         bopts = bopts.replace(**b_changes)
     if r_changes:

@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..options import NONE, Constraint, InstanceOf, Interval, StrOptions, check_param
+from ..options import (
+    NONE,
+    Constraint,
+    InstanceOf,
+    Interval,
+    StrOptions,
+    check_param,
+    sort_keywords,
+)
 from .identity import VERIFY_MODES
 
 #: Storage dtypes of a store's codes.
@@ -98,15 +106,7 @@ def store_options(store: StoreOptions | None, options: Mapping[str, Any], *, whe
     if not isinstance(sopts, StoreOptions):
         raise TypeError(f"{where}(): store must be a StoreOptions. Got {type(sopts).__name__} "
                         "instead.")
-    changes, rest = {}, {}
-    for key, value in options.items():
-        if key in STORE_FIELDS:
-            check_param(key, value, f"{where}()", STORE_CONSTRAINTS[key])
-            changes[key] = value
-        elif key in allow:
-            rest[key] = value
-        else:
-            valid = sorted(set(STORE_FIELDS) | set(allow))
-            raise TypeError(f"{where}() got an unexpected option {key!r}; valid options are "
-                            f"{', '.join(valid)}.")
+    (changes,), rest = sort_keywords(
+        options, [STORE_FIELDS], where=where, allow=allow,
+        check=lambda key, value: check_param(key, value, f"{where}()", STORE_CONSTRAINTS[key]))
     return (sopts.replace(**changes) if changes else sopts), rest

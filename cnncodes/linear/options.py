@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import OptionError
+from ..options import sort_keywords
 
 #: Classifier names accepted by ``model=`` / ``--model``.
 MODELS = ("logreg", "linearsvc")
@@ -111,14 +112,5 @@ def classifier_options(classifier: ClassifierOptions | None, options: Mapping[st
     if not isinstance(copts, ClassifierOptions):
         raise TypeError(f"{where}(): classifier must be a ClassifierOptions. Got "
                         f"{type(copts).__name__} instead.")
-    changes, rest = {}, {}
-    for key, value in options.items():
-        if key in CLASSIFIER_FIELDS:
-            changes[key] = value
-        elif key in allow:
-            rest[key] = value
-        else:
-            valid = sorted(set(CLASSIFIER_FIELDS) | set(allow))
-            raise TypeError(f"{where}() got an unexpected option {key!r}; valid options are "
-                            f"{', '.join(valid)}.")
+    (changes,), rest = sort_keywords(options, [CLASSIFIER_FIELDS], where=where, allow=allow)
     return (copts.replace(**changes) if changes else copts), rest
