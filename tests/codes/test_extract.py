@@ -276,26 +276,30 @@ def test_batchnorm_folding_keeps_the_codes(name):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_work_and_the_rerun_finishes(tmp_path):
-    src = write_tree(tmp_path / "photos", classes=("a", "b"), per_class=60, seed=2)
+    # long enough that Ctrl-C lands mid-run (at 60 px and 120 images a fast machine finished
+    # before the second part file was seen, and the test then signalled a finished process)
+    n = 240
+    src = write_tree(tmp_path / "photos", classes=("a", "b"), per_class=n // 2, seed=2)
     out = tmp_path / "c.h5"
     cmd = [sys.executable, "-m", "cnncodes", "extract", str(src), "-o", str(out), "--weights",
-           "random", "--input-size", "64", "--batch-size", "4", "--workers", "1",
+           "random", "--input-size", "112", "--batch-size", "4", "--workers", "1",
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = Journal(out)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(journal.part_files()) < 2:
         time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted: make it longer"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-1000:]
     assert "run the same command again to continue" in err
     partial = FeatureStore(out)
-    assert 0 < len(partial) < 120 and partial.provenance["complete"] is False
+    assert 0 < len(partial) < n and partial.provenance["complete"] is False
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1000:]
     done = FeatureStore(out)
-    assert len(done) == 120 and done.provenance["complete"] is True
+    assert len(done) == n and done.provenance["complete"] is True
     assert list(done.paths) == sorted(done.paths, key=lambda p: (p.split("/")[0], p))
 
 
