@@ -276,15 +276,18 @@ def test_batchnorm_folding_keeps_the_codes(name):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_work_and_the_rerun_finishes(tmp_path):
-    # long enough that Ctrl-C lands mid-run (at 60 px and 120 images a fast machine finished
-    # before the second part file was seen, and the test then signalled a finished process)
+    # long enough that Ctrl-C lands mid-run
     n = 240
     src = write_tree(tmp_path / "photos", classes=("a", "b"), per_class=n // 2, seed=2)
     out = tmp_path / "c.h5"
     cmd = [sys.executable, "-m", "cnncodes", "extract", str(src), "-o", str(out), "--weights",
            "random", "--input-size", "112", "--batch-size", "4", "--workers", "1",
            "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C in a terminal: SIGINT at its default. A job started in the background of a
+    # non-interactive shell (`cmd &`, as a CI script may run the tests) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the run finished with exit 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = Journal(out)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(journal.part_files()) < 2:
