@@ -86,15 +86,21 @@ def _size(path: str | os.PathLike) -> tuple[int, int]:
         return im.size
 
 
-def _grey(path: str | os.PathLike) -> PILImage:
-    """The image as a grey PIL image."""
+def _sized_grey(path: str | os.PathLike) -> tuple[tuple[int, int], PILImage]:
+    """The image's stored size and the image as a grey PIL image, from one open."""
     from PIL import Image
 
     from ..sources.images import open_regular
 
     with open_regular(path) as f, Image.open(f) as im:
+        size = im.size  # before the draft, which shrinks a JPEG
         im.draft("L", (64, 64))  # JPEG: decode at a reduced scale (DCT), enough for 16 px
-        return im.convert("L")
+        return size, im.convert("L")
+
+
+def _grey(path: str | os.PathLike) -> PILImage:
+    """The image as a grey PIL image."""
+    return _sized_grey(path)[1]
 
 
 def pixel_check(a: str | os.PathLike, b: str | os.PathLike) -> tuple[float, float]:
@@ -102,13 +108,10 @@ def pixel_check(a: str | os.PathLike, b: str | os.PathLike) -> tuple[float, floa
     applies to the pair (:func:`pair_bound`); NaN both when either cannot be read."""
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sa, sb = _size(a), _size(b)
-            ia, ib = _grey(a), _grey(b)
-    except Exception:  # noqa: BLE001 - an unreadable image is "not confirmed", not an error
+    ra, rb = _quiet(_sized_grey, a), _quiet(_sized_grey, b)
+    if ra is None or rb is None:  # an unreadable image is "not confirmed", not an error
         return float("nan"), float("nan")
+    (sa, ia), (sb, ib) = ra, rb
     s = min(thumb_side(sa), thumb_side(sb))
     ta = np.asarray(ia.resize((s, s), Image.Resampling.BOX), np.float32)
     tb = np.asarray(ib.resize((s, s), Image.Resampling.BOX), np.float32)
