@@ -31,7 +31,8 @@ ESTIMATOR_INITS = {"CNNCodes.__init__"}
 #: workflows: a workflow (baseline) writes the report of the run it composes.
 PEERS = 4
 LAYERS = [
-    {"cnncodes", "cnncodes._version", "cnncodes.errors", "cnncodes.options", "cnncodes.atomic",
+    {"cnncodes", "cnncodes._version", "cnncodes._lazy", "cnncodes.errors", "cnncodes.options",
+     "cnncodes.atomic",
      "cnncodes._runtime", "cnncodes._distributed"},
     {"cnncodes.sources"}, {"cnncodes.backbones"}, {"cnncodes.codes"},
     {"cnncodes.linear", "cnncodes.advisor", "cnncodes.finetuning"},

@@ -9,9 +9,9 @@ likely label errors, outliers, class balance and a 2-D map (``cnncodes similar``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_getattr
 from .defaults import DUPLICATE_THRESHOLD, AuditSettings
 
 if TYPE_CHECKING:
@@ -28,9 +28,4 @@ __all__ = ["DUPLICATE_THRESHOLD", "AuditResult", "AuditSettings", "Neighbours", 
            "audit", "audit_arrays", "normalize", "similar", "top_k"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -7,8 +7,9 @@ imports neither torch nor torchvision; the registry registers its entries on fir
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .cutting import FeatureExtractor
@@ -44,9 +45,4 @@ __all__ = ["BackboneSpec", "Cut", "FeatureExtractor", "ResolvedWeights", "build_
            "layer_dims", "list_backbones", "register", "resolve_layers", "resolve_weights"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
